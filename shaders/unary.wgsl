@@ -1,0 +1,49 @@
+// Elementwise unary ops, four elements per invocation. OP selects the function; the
+// numbering is `UnaryOp as u32` in src/ops/unary.rs. Buffers are allocated in whole
+// vec4s, so the tail past n is scratch space that nothing reads.
+override OP: u32 = 0u;
+override WG: u32 = 256u;
+
+struct Params {
+    n4: u32,
+    _pad: u32,
+    a: f32,
+    b: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+
+fn apply(v: vec4<f32>) -> vec4<f32> {
+    switch OP {
+        case 0u: { return -v; }
+        case 1u: { return exp(v); }
+        case 2u: { return log(v); }
+        case 3u: { return sqrt(v); }
+        case 4u: { return v * v; }
+        case 5u: { return abs(v); }
+        case 6u: { return sin(v); }
+        case 7u: { return cos(v); }
+        // Clamped because some drivers compute tanh from exp(2x), which overflows to
+        // NaN for large |x|; tanh(±15) is ±1 in f32 already.
+        case 8u: { return tanh(clamp(v, vec4<f32>(-15.0), vec4<f32>(15.0))); }
+        case 9u: { return 1.0 / (1.0 + exp(-v)); }
+        case 10u: { return max(v, vec4<f32>(0.0)); }
+        case 11u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
+        case 12u: { return p.a * v + p.b; }
+        case 13u: { return sign(v); }
+        case 14u: { return 1.0 / v; }
+        default: { return v; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i < p.n4) {
+        y[i] = apply(x[i]);
+    }
+}

@@ -1,0 +1,4 @@
+fn main() {
+    let choice = blo::Device::best_available();
+    println!("{}", choice.reason);
+}

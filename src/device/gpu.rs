@@ -1,0 +1,745 @@
+//! The wgpu side of a GPU device: adapter and queue, pipeline cache, buffer pool and the
+//! pending command stream that batches many dispatches into one submission.
+//!
+//! Execution model: an op records a dispatch into a compute pass that stays open across
+//! ops; nothing waits until the host reads a buffer or calls [`GpuContext::sync`]. Small
+//! per-dispatch parameters are appended to a host-side arena and bound with a dynamic
+//! uniform offset, so a dispatch costs no staging buffer and no round trip; the arena is
+//! written with one `write_buffer` right before its submission.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::shaders::Shader;
+
+/// Bytes reserved per dispatch for its parameter block (uniform, dynamic offset).
+/// 256 is the largest `min_uniform_buffer_offset_alignment` wgpu allows, so one value
+/// works on every adapter.
+pub(crate) const PARAM_BLOCK: u64 = 256;
+/// Dispatches per submission. A submission lets the device start working while the
+/// host records the next batch; the parameter arena holds exactly one batch.
+const DISPATCHES_PER_SUBMIT: u64 = 512;
+/// Smallest pooled allocation (and the alignment of every binding), so that kernels
+/// may read and write whole `vec4<f32>`s past a tensor's end without leaving its buffer.
+const MIN_ALLOC: u64 = 256;
+
+/// One compute entry point of a shader, with its binding signature: binding 0 is the
+/// parameter uniform, then `reads` read-only storage buffers, then `writes` read-write
+/// storage buffers.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    pub shader: &'static Shader,
+    pub entry: &'static str,
+    pub reads: u32,
+    pub writes: u32,
+}
+
+/// What blo reports about an adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// Adapter name as the driver reports it, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// PCI vendor id (0 when the backend does not report one).
+    pub vendor: u32,
+    /// Graphics API wgpu uses for it: Vulkan, Metal, Dx12, Gl or BrowserWebGpu.
+    pub backend: String,
+    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu (a software rasteriser) or Other.
+    pub device_type: String,
+    /// Driver name.
+    pub driver: String,
+    /// Driver version or other driver detail.
+    pub driver_info: String,
+}
+
+impl AdapterInfo {
+    pub(crate) fn from_wgpu(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            vendor: info.vendor,
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+
+    /// True for a hardware (or virtualised hardware) GPU, false for a software
+    /// rasteriser or an adapter of unknown kind.
+    pub fn is_hardware(&self) -> bool {
+        matches!(
+            self.device_type.as_str(),
+            "DiscreteGpu" | "IntegratedGpu" | "VirtualGpu"
+        )
+    }
+}
+
+/// Device-memory accounting of the buffer pool, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes of buffers held by live tensors.
+    pub live_bytes: u64,
+    /// Bytes of free buffers kept in the pool for reuse.
+    pub pooled_bytes: u64,
+    /// Largest `live_bytes` seen since the context was created (or the last reset).
+    pub peak_live_bytes: u64,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    arena: Vec<u8>,
+    batch_dispatches: u64,
+}
+
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    live_bytes: u64,
+    pooled_bytes: u64,
+    peak_live_bytes: u64,
+}
+
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// A wgpu device and queue with blo's execution machinery. Shared behind an `Arc` by
+/// [`crate::Device::Gpu`] and every GPU tensor.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    params: wgpu::Buffer,
+    pending: Mutex<Pending>,
+    pool: Mutex<Pool>,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    layouts: Mutex<HashMap<(u32, u32), Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+    poison: AtomicBool,
+    dispatch_count: AtomicU64,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gpu_err(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
+    Error::Gpu {
+        context: context.into(),
+        message: e.to_string(),
+    }
+}
+
+impl GpuContext {
+    /// Opens a device on `adapter`, requesting the adapter's real limits (software and
+    /// hardware adapters usually allow far more than wgpu's defaults).
+    pub(crate) fn new(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = AdapterInfo::from_wgpu(&adapter.get_info());
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("blo"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| gpu_err(format!("request_device on {}", info.name), e))?;
+
+        // wgpu's default handler panics; a library must turn device errors into Results.
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("blo params arena"),
+            size: PARAM_BLOCK * DISPATCHES_PER_SUBMIT,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            params,
+            pending: Mutex::new(Pending {
+                encoder: None,
+                pass: None,
+                arena: Vec::with_capacity((PARAM_BLOCK * DISPATCHES_PER_SUBMIT) as usize),
+                batch_dispatches: 0,
+            }),
+            pool: Mutex::new(Pool::default()),
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
+            poison: AtomicBool::new(std::env::var_os("BLO_POISON").is_some()),
+            dispatch_count: AtomicU64::new(0),
+            uncaptured,
+        })
+    }
+
+    /// The adapter this context runs on.
+    pub fn info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Features enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel
+    /// that leaves an output element unwritten produces a visible NaN. Tests turn it on;
+    /// the environment variable `BLO_POISON` turns it on for a whole process.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Number of compute dispatches recorded since the context was created.
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatch_count.load(Ordering::Relaxed)
+    }
+
+    /// Buffer-pool accounting.
+    pub fn memory(&self) -> MemoryStats {
+        let pool = self.lock_pool();
+        MemoryStats {
+            live_bytes: pool.live_bytes,
+            pooled_bytes: pool.pooled_bytes,
+            peak_live_bytes: pool.peak_live_bytes,
+        }
+    }
+
+    /// Resets the peak of live bytes to the current live bytes.
+    pub fn reset_peak_memory(&self) {
+        let mut pool = self.lock_pool();
+        pool.peak_live_bytes = pool.live_bytes;
+    }
+
+    /// Frees every buffer kept in the pool (buffers held by tensors are unaffected).
+    pub fn release_pooled(&self) {
+        let mut pool = self.lock_pool();
+        pool.free.clear();
+        pool.pooled_bytes = 0;
+    }
+
+    /// Submits everything recorded so far and waits until the device has finished it.
+    pub fn sync(&self) -> Result<()> {
+        {
+            let mut pending = self.lock_pending();
+            self.flush_locked(&mut pending);
+        }
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_err("sync", e))?;
+        self.check_uncaptured("sync")
+    }
+
+    /// Submits everything recorded so far without waiting.
+    pub fn flush(&self) {
+        let mut pending = self.lock_pending();
+        self.flush_locked(&mut pending);
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_uncaptured(&self, context: &str) -> Result<()> {
+        let mut slot = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(message) => Err(gpu_err(context, message)),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_locked(&self, pending: &mut Pending) {
+        // The pass borrows the encoder (its lifetime was erased), so it must end first.
+        pending.pass = None;
+        if let Some(encoder) = pending.encoder.take() {
+            if !pending.arena.is_empty() {
+                self.queue.write_buffer(&self.params, 0, &pending.arena);
+            }
+            self.queue.submit([encoder.finish()]);
+        }
+        pending.arena.clear();
+        pending.batch_dispatches = 0;
+    }
+
+    fn encoder<'p>(&self, pending: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
+        pending.pass = None;
+        pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("blo") })
+        })
+    }
+
+    /// Checks a tensor's byte size against the adapter's storage-binding and buffer limits.
+    pub(crate) fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let binding = u64::from(self.limits.max_storage_buffer_binding_size);
+        if bytes > binding {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit_name: "max_buffer_size",
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Size class of an allocation: powers of two (bounded waste, many reuses), capped at
+    /// the binding limit so a tensor that fits the limit always gets a buffer.
+    fn bucket(&self, bytes: u64) -> u64 {
+        let b = bytes.max(MIN_ALLOC).next_power_of_two();
+        let cap =
+            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        if b > cap {
+            bytes.div_ceil(MIN_ALLOC) * MIN_ALLOC
+        } else {
+            b
+        }
+    }
+
+    /// A buffer for `bytes` bytes from the pool (or new). Its contents are undefined
+    /// (NaN when poisoning is on).
+    pub(crate) fn alloc(self: &Arc<Self>, bytes: u64) -> Result<GpuBuffer> {
+        self.check_size("tensor", bytes)?;
+        let size = self.bucket(bytes);
+        let reused = {
+            let mut pool = self.lock_pool();
+            let buffer = pool.free.get_mut(&size).and_then(Vec::pop);
+            if buffer.is_some() {
+                pool.pooled_bytes -= size;
+            }
+            pool.live_bytes += size;
+            pool.peak_live_bytes = pool.peak_live_bytes.max(pool.live_bytes);
+            buffer
+        };
+        let buffer = match reused {
+            Some(b) => b,
+            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("blo tensor"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        let out = GpuBuffer {
+            buffer: Some(buffer),
+            bytes,
+            ctx: self.clone(),
+        };
+        if self.poison.load(Ordering::Relaxed) {
+            crate::ops::fill::fill_gpu_bits(&out, f32::NAN.to_bits())?;
+        }
+        Ok(out)
+    }
+
+    fn release(&self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        let mut pool = self.lock_pool();
+        pool.live_bytes -= size;
+        pool.pooled_bytes += size;
+        pool.free.entry(size).or_default().push(buffer);
+    }
+
+    /// Copies host data into a new buffer. The copy is recorded in the command stream
+    /// (not written directly through the queue) so that it stays ordered after pending
+    /// dispatches that may still read a pooled buffer being reused here.
+    pub(crate) fn upload(self: &Arc<Self>, data: &[u8]) -> Result<GpuBuffer> {
+        let out = self.alloc(data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(out);
+        }
+        let padded = (data.len() as u64).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("blo upload"),
+            size: padded,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = staging
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| gpu_err("upload map", e))?;
+            view.slice(..data.len()).copy_from_slice(data);
+        }
+        staging.unmap();
+        let mut pending = self.lock_pending();
+        self.encoder(&mut pending)
+            .copy_buffer_to_buffer(&staging, 0, out.raw(), 0, padded);
+        Ok(out)
+    }
+
+    /// Copies `bytes` bytes from `src` at `src_offset` to `dst` at `dst_offset` in the
+    /// command stream. Offsets and length must be multiples of 4.
+    pub(crate) fn copy(
+        &self,
+        src: &GpuBuffer,
+        src_offset: u64,
+        dst: &GpuBuffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
+        if bytes == 0 {
+            return;
+        }
+        let mut pending = self.lock_pending();
+        self.encoder(&mut pending).copy_buffer_to_buffer(
+            src.raw(),
+            src_offset,
+            dst.raw(),
+            dst_offset,
+            bytes,
+        );
+    }
+
+    /// Reads `bytes` bytes of a buffer back to the host: submits pending work and waits.
+    pub(crate) fn read(&self, src: &GpuBuffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("blo readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut pending = self.lock_pending();
+            self.encoder(&mut pending)
+                .copy_buffer_to_buffer(src.raw(), 0, &staging, 0, padded);
+            self.flush_locked(&mut pending);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_err("readback", e))?;
+        self.check_uncaptured("readback")?;
+        rx.recv()
+            .map_err(|e| gpu_err("readback", e))?
+            .map_err(|e| gpu_err("readback map", e))?;
+        let data = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| gpu_err("readback map", e))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    fn module(&self, shader: &'static Shader) -> Result<Arc<wgpu::ShaderModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(shader.name) {
+            return Ok(m.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(format!("compiling shader {}", shader.name), e));
+        }
+        let module = Arc::new(module);
+        modules.insert(shader.name, module.clone());
+        Ok(module)
+    }
+
+    fn layout(
+        &self,
+        reads: u32,
+        writes: u32,
+    ) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        layouts
+            .entry((reads, writes))
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }];
+                for i in 0..reads + writes {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: 1 + i,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: i < reads,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let bgl = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some("blo kernel"),
+                        entries: &entries,
+                    });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some("blo kernel"),
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                Arc::new((bgl, pl))
+            })
+            .clone()
+    }
+
+    /// The compute pipeline of `kernel` specialised with `constants` (WGSL `override`s),
+    /// created once and cached. A shader error is returned, never a panic.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &'static Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key: PipelineKey = (
+            kernel.shader.name,
+            kernel.entry,
+            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        );
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let module = self.module(kernel.shader)?;
+        let layout = self.layout(kernel.reads, kernel.writes);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: Some(&layout.1),
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(
+                format!("creating pipeline {}::{}", kernel.shader.name, kernel.entry),
+                e,
+            ));
+        }
+        let pipeline = Arc::new(pipeline);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Records one dispatch of `kernel`. `params` is the kernel's uniform parameter block
+    /// (at most [`PARAM_BLOCK`] bytes); `buffers` are the storage bindings in order, reads
+    /// first. Nothing is submitted unless the current batch is full.
+    pub(crate) fn dispatch(
+        &self,
+        kernel: &'static Kernel,
+        constants: &[(&'static str, f64)],
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        debug_assert_eq!(
+            buffers.len() as u32,
+            kernel.reads + kernel.writes,
+            "{}",
+            kernel.entry
+        );
+        debug_assert!(params.len() as u64 <= PARAM_BLOCK);
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&g| g > max_groups) {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "dispatch of {} with {:?} workgroups",
+                    kernel.entry, workgroups
+                ),
+                bytes: u64::from(*workgroups.iter().max().unwrap_or(&0)),
+                limit_name: "max_compute_workgroups_per_dimension",
+                limit: u64::from(max_groups),
+            });
+        }
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel, constants)?;
+        let layout = self.layout(kernel.reads, kernel.writes);
+
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.params,
+                offset: 0,
+                size: std::num::NonZeroU64::new(PARAM_BLOCK),
+            }),
+        });
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.raw(),
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(b.binding_size()),
+                }),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout.0,
+            entries: &entries,
+        });
+
+        let mut pending = self.lock_pending();
+        if pending.batch_dispatches >= DISPATCHES_PER_SUBMIT {
+            self.flush_locked(&mut pending);
+        }
+        let offset = pending.arena.len() as u32;
+        pending.arena.extend_from_slice(params);
+        pending
+            .arena
+            .resize((offset as u64 + PARAM_BLOCK) as usize, 0);
+        if pending.pass.is_none() {
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("blo") })
+            });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            pending.pass = Some(pass);
+        }
+        let pass = pending.pass.as_mut().expect("pass opened above");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[offset]);
+        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        pending.batch_dispatches += 1;
+        self.dispatch_count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Workgroup counts covering `items` work items with `per_group` items per group,
+    /// spilling into the y dimension past the per-dimension limit. Kernels recover the
+    /// linear group index as `wid.x + wid.y * nwg.x`.
+    pub(crate) fn grid(&self, items: u64, per_group: u64) -> Result<[u32; 3]> {
+        let groups = items.div_ceil(per_group.max(1));
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        if groups <= max {
+            return Ok([groups as u32, 1, 1]);
+        }
+        let y = groups.div_ceil(max);
+        if y > max {
+            return Err(Error::TooLarge {
+                what: format!("a grid of {items} work items"),
+                bytes: items,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+                limit: max * max * per_group,
+            });
+        }
+        Ok([groups.div_ceil(y) as u32, y as u32, 1])
+    }
+}
+
+/// A device buffer owned by one tensor storage; it returns to the pool when dropped.
+pub(crate) struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    bytes: u64,
+    pub(crate) ctx: Arc<GpuContext>,
+}
+
+impl GpuBuffer {
+    pub(crate) fn raw(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("buffer is present until drop")
+    }
+
+    /// Logical size in bytes.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Binding size: the logical size rounded up to whole `vec4<f32>`s (the allocation
+    /// always has room for that), at least 16 bytes since empty bindings are invalid.
+    fn binding_size(&self) -> u64 {
+        (self.bytes.div_ceil(16) * 16).clamp(16, self.raw().size())
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            self.ctx.release(b);
+        }
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer({} bytes)", self.bytes)
+    }
+}

@@ -1,0 +1,245 @@
+//! Devices: where tensors live and ops run.
+//!
+//! [`Device::Cpu`] is the reference backend (plain Rust, f32 and f64); [`Device::Gpu`]
+//! runs WGSL kernels through wgpu on any adapter. [`Device::best_available`] picks a
+//! hardware GPU and otherwise the CPU, and says why.
+
+mod gpu;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use gpu::{AdapterInfo, GpuContext, MemoryStats};
+pub(crate) use gpu::{GpuBuffer, Kernel};
+
+use crate::error::{Error, Result};
+
+const NO_ADAPTER_HINT: &str = "On Debian/Ubuntu without a GPU, install Mesa's software Vulkan driver: \
+`apt-get install mesa-vulkan-drivers libvulkan1`. With a GPU, install its Vulkan (or Metal/DX12) driver. \
+`blo devices` lists what wgpu can see; WGPU_BACKEND and WGPU_ADAPTER_NAME select among adapters.";
+
+/// Where a tensor's storage lives.
+#[derive(Clone)]
+pub enum Device {
+    /// The CPU reference backend: readable Rust, f32 and f64.
+    Cpu,
+    /// A wgpu device (f32 only).
+    Gpu(Arc<GpuContext>),
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Gpu(a), Device::Gpu(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Gpu(ctx) => write!(f, "gpu:{} ({})", ctx.info().name, ctx.info().backend),
+        }
+    }
+}
+
+/// The outcome of [`Device::best_available`]: the device and why it was chosen.
+#[derive(Debug, Clone)]
+pub struct DeviceChoice {
+    /// The chosen device.
+    pub device: Device,
+    /// One sentence saying what was chosen and why (for logs and the CLI).
+    pub reason: String,
+}
+
+fn instance() -> wgpu::Instance {
+    // `_from_env` makes WGPU_BACKEND (and wgpu's other variables) select backends.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Ranks adapters: discrete before integrated before virtual before software.
+fn preference(info: &wgpu::AdapterInfo) -> u8 {
+    match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn sorted_adapters() -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    // Stable sort: among equals keep wgpu's order, which puts Vulkan first on Linux.
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    adapters
+}
+
+fn requested_name() -> Option<String> {
+    std::env::var("WGPU_ADAPTER_NAME")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+impl Device {
+    /// The CPU reference backend.
+    pub fn cpu() -> Device {
+        Device::Cpu
+    }
+
+    /// A GPU device on the most capable adapter wgpu finds, software adapters included
+    /// (this is how tests run the GPU path on Mesa's llvmpipe). Honours
+    /// `WGPU_ADAPTER_NAME` (a case-insensitive substring of the adapter name) and
+    /// `WGPU_BACKEND`. Errors with [`Error::NoAdapter`] when there is none.
+    pub fn gpu() -> Result<Device> {
+        match requested_name() {
+            Some(name) => Self::gpu_named(&name),
+            None => {
+                let adapter =
+                    sorted_adapters()
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Error::NoAdapter {
+                            requested: String::new(),
+                            hint: NO_ADAPTER_HINT.to_string(),
+                        })?;
+                Ok(Device::Gpu(Arc::new(GpuContext::new(adapter)?)))
+            }
+        }
+    }
+
+    /// A GPU device on the first adapter whose name contains `name` (case-insensitive).
+    pub fn gpu_named(name: &str) -> Result<Device> {
+        let wanted = name.to_lowercase();
+        let adapters = sorted_adapters();
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        let adapter = adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| Error::NoAdapter {
+                requested: format!(" matching \"{name}\""),
+                hint: if names.is_empty() {
+                    NO_ADAPTER_HINT.to_string()
+                } else {
+                    format!("Adapters found: {}.", names.join(", "))
+                },
+            })?;
+        Ok(Device::Gpu(Arc::new(GpuContext::new(adapter)?)))
+    }
+
+    /// A GPU device on the adapter at `index` in [`Device::adapters`] order.
+    pub fn gpu_index(index: usize) -> Result<Device> {
+        let adapters = sorted_adapters();
+        let n = adapters.len();
+        let adapter = adapters
+            .into_iter()
+            .nth(index)
+            .ok_or_else(|| Error::NoAdapter {
+                requested: format!(" at index {index} ({n} found)"),
+                hint: NO_ADAPTER_HINT.to_string(),
+            })?;
+        Ok(Device::Gpu(Arc::new(GpuContext::new(adapter)?)))
+    }
+
+    /// The best device for speed: a hardware GPU (discrete, integrated or virtual) if
+    /// there is one, otherwise the CPU backend. A software adapter such as llvmpipe is
+    /// chosen only when asked for by name through `WGPU_ADAPTER_NAME`: it runs the GPU
+    /// code on the CPU and is slower than the CPU backend.
+    pub fn best_available() -> DeviceChoice {
+        if let Some(name) = requested_name() {
+            return match Self::gpu_named(&name) {
+                Ok(device) => DeviceChoice {
+                    reason: format!("WGPU_ADAPTER_NAME=\"{name}\" selected {device}"),
+                    device,
+                },
+                Err(e) => DeviceChoice {
+                    device: Device::Cpu,
+                    reason: format!("falling back to the CPU: {e}"),
+                },
+            };
+        }
+        let adapters = sorted_adapters();
+        let software: Vec<String> = adapters
+            .iter()
+            .filter(|a| !AdapterInfo::from_wgpu(&a.get_info()).is_hardware())
+            .map(|a| a.get_info().name)
+            .collect();
+        match adapters
+            .into_iter()
+            .find(|a| AdapterInfo::from_wgpu(&a.get_info()).is_hardware())
+        {
+            Some(adapter) => {
+                let name = adapter.get_info().name;
+                match GpuContext::new(adapter) {
+                    Ok(ctx) => {
+                        let device = Device::Gpu(Arc::new(ctx));
+                        DeviceChoice {
+                            reason: format!("chose hardware GPU {device}"),
+                            device,
+                        }
+                    }
+                    Err(e) => DeviceChoice {
+                        device: Device::Cpu,
+                        reason: format!("falling back to the CPU: could not open {name}: {e}"),
+                    },
+                }
+            }
+            None if software.is_empty() => DeviceChoice {
+                device: Device::Cpu,
+                reason: format!("no GPU adapter found, using the CPU backend. {NO_ADAPTER_HINT}"),
+            },
+            None => DeviceChoice {
+                device: Device::Cpu,
+                reason: format!(
+                    "no hardware GPU found, using the CPU backend (it is faster than the software adapter {}; \
+                     set WGPU_ADAPTER_NAME to use that anyway)",
+                    software.join(", ")
+                ),
+            },
+        }
+    }
+
+    /// Every adapter wgpu finds, in the order [`Device::gpu`] prefers them.
+    pub fn adapters() -> Vec<(AdapterInfo, wgpu::Limits, wgpu::Features)> {
+        sorted_adapters()
+            .into_iter()
+            .map(|a| {
+                (
+                    AdapterInfo::from_wgpu(&a.get_info()),
+                    a.limits(),
+                    a.features(),
+                )
+            })
+            .collect()
+    }
+
+    /// True for the CPU backend.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    /// The GPU context, if this is a GPU device.
+    pub fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
+        match self {
+            Device::Gpu(ctx) => Some(ctx),
+            Device::Cpu => None,
+        }
+    }
+
+    /// Waits until all work recorded on this device has finished (no-op on the CPU).
+    pub fn sync(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(ctx) => ctx.sync(),
+        }
+    }
+}

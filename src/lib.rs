@@ -1,0 +1,31 @@
+//! # blo: bilevel optimization on any GPU
+//!
+//! blo computes hypergradients `d L_out(w*(λ)) / dλ` and runs gradient-based bilevel
+//! optimization on any GPU through wgpu and hand-written WGSL kernels, with a CPU
+//! reference backend (f32 and f64) that every test uses as its oracle.
+//!
+//! ```
+//! use blo::{Device, Tensor};
+//! # fn main() -> blo::Result<()> {
+//! let dev = Device::cpu(); // or Device::gpu()?, or Device::best_available().device
+//! let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[3], &dev)?;
+//! let y = x.square()?.add(&Tensor::scalar(1.0, &dev)?)?;
+//! assert_eq!(y.to_vec::<f32>()?, vec![2.0, 5.0, 10.0]);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod shaders;
+pub mod tensor;
+#[doc(hidden)]
+pub mod testing;
+
+pub use device::{AdapterInfo, Device, DeviceChoice, GpuContext, MemoryStats};
+pub use error::{Error, Result};
+pub use ops::binary::BinaryOp;
+pub use ops::unary::UnaryOp;
+pub use tensor::{DType, Element, Tensor};

@@ -1,0 +1,454 @@
+//! Elementwise binary ops with NumPy broadcasting: `shaders/binary.wgsl` on the GPU,
+//! [`binary_cpu`] on the CPU. A 0-d tensor on the device is a valid operand, so a
+//! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
+
+use crate::device::{GpuBuffer, Kernel};
+use crate::error::{Error, Result, invalid};
+use crate::shaders;
+use crate::tensor::{Element, Storage, Tensor, numel, same_place};
+
+/// An elementwise function of two tensors. The discriminant is the `OP` constant of
+/// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum BinaryOp {
+    /// a + b
+    Add = 0,
+    /// a − b
+    Sub = 1,
+    /// a · b
+    Mul = 2,
+    /// a / b
+    Div = 3,
+    /// max(a, b)
+    Max = 4,
+    /// min(a, b)
+    Min = 5,
+    /// a > b
+    Gt = 6,
+    /// a ≥ b
+    Ge = 7,
+    /// a < b
+    Lt = 8,
+    /// a ≤ b
+    Le = 9,
+    /// a = b
+    Eq = 10,
+}
+
+/// Every binary op, for tests and `blo check`.
+pub const ALL_BINARY: [BinaryOp; 11] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Min,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+    BinaryOp::Lt,
+    BinaryOp::Le,
+    BinaryOp::Eq,
+];
+
+static BINARY: Kernel = Kernel {
+    shader: &shaders::BINARY,
+    entry: "main",
+    reads: 2,
+    writes: 1,
+};
+
+const WG: u32 = 256;
+/// Highest rank the GPU kernel's general broadcasting path indexes.
+pub(crate) const MAX_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    n4: u32,
+    rank: u32,
+    _pad: u32,
+    shape: [u32; MAX_RANK],
+    stride_a: [u32; MAX_RANK],
+    stride_b: [u32; MAX_RANK],
+}
+
+/// The CPU reference of one element.
+pub(crate) fn apply<T: Element>(op: BinaryOp, a: T, b: T) -> T {
+    let mask = |c: bool| if c { T::one() } else { T::zero() };
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Gt => mask(a > b),
+        BinaryOp::Ge => mask(a >= b),
+        BinaryOp::Lt => mask(a < b),
+        BinaryOp::Le => mask(a <= b),
+        BinaryOp::Eq => mask(a == b),
+    }
+}
+
+/// The NumPy broadcast of two shapes: aligned at the right, each pair of extents equal
+/// or one of them 1.
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for k in 0..rank {
+        let da = if k < a.len() { a[a.len() - 1 - k] } else { 1 };
+        let db = if k < b.len() { b[b.len() - 1 - k] } else { 1 };
+        out[rank - 1 - k] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: a.to_vec(),
+                    rhs: b.to_vec(),
+                });
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Element strides of an operand of `shape` read along `out` (0 on broadcast dims).
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; out.len()];
+    let mut stride = 1;
+    for k in 0..shape.len() {
+        let d = shape.len() - 1 - k;
+        let od = out.len() - 1 - k;
+        if shape[d] != 1 {
+            strides[od] = stride;
+        }
+        stride *= shape[d];
+    }
+    strides
+}
+
+/// CPU reference with general broadcasting.
+pub(crate) fn binary_cpu<T: Element>(
+    op: BinaryOp,
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &[usize],
+) -> Vec<T> {
+    let n = numel(out);
+    if a_shape == out && b_shape == out {
+        return a.iter().zip(b).map(|(&x, &y)| apply(op, x, y)).collect();
+    }
+    let sa = broadcast_strides(a_shape, out);
+    let sb = broadcast_strides(b_shape, out);
+    let mut idx = vec![0usize; out.len()];
+    let (mut ia, mut ib) = (0usize, 0usize);
+    let mut y = Vec::with_capacity(n);
+    for _ in 0..n {
+        y.push(apply(op, a[ia], b[ib]));
+        // Odometer increment of the output index, carrying the operand offsets along.
+        for d in (0..out.len()).rev() {
+            idx[d] += 1;
+            ia += sa[d];
+            ib += sb[d];
+            if idx[d] < out[d] {
+                break;
+            }
+            ia -= sa[d] * out[d];
+            ib -= sb[d] * out[d];
+            idx[d] = 0;
+        }
+    }
+    y
+}
+
+fn binary_gpu(
+    op: BinaryOp,
+    a: &GpuBuffer,
+    a_shape: &[usize],
+    b: &GpuBuffer,
+    b_shape: &[usize],
+    out: &[usize],
+) -> Result<GpuBuffer> {
+    let ctx = &a.ctx;
+    let n = numel(out);
+    let y = ctx.alloc((n * 4) as u64)?;
+    let n4 = n.div_ceil(4);
+    let mut params = Params {
+        n: n as u32,
+        n4: n4 as u32,
+        rank: out.len() as u32,
+        _pad: 0,
+        shape: [1; MAX_RANK],
+        stride_a: [0; MAX_RANK],
+        stride_b: [0; MAX_RANK],
+    };
+    let mode = if a_shape == out && b_shape == out {
+        0
+    } else if numel(a_shape) == 1 && b_shape == out {
+        1
+    } else if numel(b_shape) == 1 && a_shape == out {
+        2
+    } else {
+        if out.len() > MAX_RANK {
+            return Err(invalid(
+                "binary op",
+                format!(
+                    "GPU broadcasting supports rank ≤ {MAX_RANK}, got output shape {out:?}; reshape to fewer dimensions"
+                ),
+            ));
+        }
+        let (sa, sb) = (
+            broadcast_strides(a_shape, out),
+            broadcast_strides(b_shape, out),
+        );
+        for d in 0..out.len() {
+            params.shape[d] = out[d] as u32;
+            params.stride_a[d] = sa[d] as u32;
+            params.stride_b[d] = sb[d] as u32;
+        }
+        3
+    };
+    ctx.dispatch(
+        &BINARY,
+        &[
+            ("OP", f64::from(op as u32)),
+            ("MODE", f64::from(mode)),
+            ("WG", f64::from(WG)),
+        ],
+        bytemuck::bytes_of(&params),
+        &[a, b, &y],
+        ctx.grid(n4 as u64, u64::from(WG))?,
+    )?;
+    Ok(y)
+}
+
+pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = op_name(op);
+    same_place(name, a, b)?;
+    let out = broadcast_shape(name, a.shape(), b.shape())?;
+    let storage = match (&*a.storage, &*b.storage) {
+        (Storage::F32(x), Storage::F32(y)) => {
+            Storage::F32(binary_cpu(op, x, a.shape(), y, b.shape(), &out))
+        }
+        (Storage::F64(x), Storage::F64(y)) => {
+            Storage::F64(binary_cpu(op, x, a.shape(), y, b.shape(), &out))
+        }
+        (Storage::Gpu(x), Storage::Gpu(y)) => {
+            Storage::Gpu(binary_gpu(op, x, a.shape(), y, b.shape(), &out)?)
+        }
+        _ => unreachable!("same_place checked device and dtype"),
+    };
+    Ok(Tensor::from_storage(storage, &out))
+}
+
+fn op_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Max => "maximum",
+        BinaryOp::Min => "minimum",
+        BinaryOp::Gt => "gt",
+        BinaryOp::Ge => "ge",
+        BinaryOp::Lt => "lt",
+        BinaryOp::Le => "le",
+        BinaryOp::Eq => "eq",
+    }
+}
+
+impl Tensor {
+    /// `op` applied elementwise with NumPy broadcasting.
+    pub fn binary(&self, other: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        binary_raw(self, other, op)
+    }
+    /// self + other (broadcasting)
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Add)
+    }
+    /// self − other (broadcasting)
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Sub)
+    }
+    /// self · other (broadcasting)
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Mul)
+    }
+    /// self / other (broadcasting)
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Div)
+    }
+    /// Elementwise maximum (broadcasting).
+    pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Max)
+    }
+    /// Elementwise minimum (broadcasting).
+    pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Min)
+    }
+    /// 1 where self > other, else 0.
+    pub fn gt(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Gt)
+    }
+    /// 1 where self ≥ other, else 0.
+    pub fn ge(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Ge)
+    }
+    /// 1 where self < other, else 0.
+    pub fn lt(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Lt)
+    }
+    /// 1 where self ≤ other, else 0.
+    pub fn le(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Le)
+    }
+    /// 1 where self = other, else 0.
+    pub fn eq_mask(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, BinaryOp::Eq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use crate::testing::{assert_close, gpu_or_skip, oracle_pair};
+
+    #[test]
+    fn broadcast_shapes() {
+        assert_eq!(broadcast_shape("t", &[3, 1], &[4]).unwrap(), vec![3, 4]);
+        assert_eq!(broadcast_shape("t", &[], &[2, 5]).unwrap(), vec![2, 5]);
+        assert_eq!(
+            broadcast_shape("t", &[2, 1, 5], &[3, 1]).unwrap(),
+            vec![2, 3, 5]
+        );
+        let e = broadcast_shape("add", &[3, 2], &[3]).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
+    }
+
+    #[test]
+    fn cpu_reference_broadcasts_rows_and_columns() {
+        let cpu = Device::Cpu;
+        let m = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &cpu).unwrap();
+        let row = Tensor::from_vec(vec![10.0f64, 20.0, 30.0], &[3], &cpu).unwrap();
+        let col = Tensor::from_vec(vec![100.0f64, 200.0], &[2, 1], &cpu).unwrap();
+        assert_eq!(
+            m.add(&row).unwrap().to_vec::<f64>().unwrap(),
+            vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
+        );
+        assert_eq!(
+            m.add(&col).unwrap().to_vec::<f64>().unwrap(),
+            vec![101.0, 102.0, 103.0, 204.0, 205.0, 206.0]
+        );
+        assert_eq!(
+            row.reshape(&[1, 3])
+                .unwrap()
+                .sub(&col)
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap(),
+            vec![-90.0, -80.0, -70.0, -190.0, -180.0, -170.0]
+        );
+    }
+
+    /// Shape pairs covering every indexing mode: same shape, scalar on either side, a
+    /// 0-d device scalar, row and column broadcasting, and general rank-3 broadcasting.
+    fn cases() -> Vec<(Vec<usize>, Vec<usize>)> {
+        let mut v = vec![];
+        for &n in &[1usize, 7, 31, 257] {
+            v.push((vec![n], vec![n]));
+            v.push((vec![n], vec![]));
+            v.push((vec![], vec![n]));
+            v.push((vec![n, 3], vec![3]));
+            v.push((vec![n, 3], vec![n, 1]));
+            v.push((vec![1, n], vec![5, 1]));
+        }
+        v.push((vec![2, 1, 7], vec![3, 1]));
+        v.push((vec![31, 5], vec![1, 1]));
+        v
+    }
+
+    #[test]
+    fn gpu_matches_cpu_f64_with_broadcasting() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        for (k, (sa, sb)) in cases().into_iter().enumerate() {
+            let (a32, a64) = oracle_pair(&sa, 10 + k as u64);
+            let (mut b32, mut b64) = oracle_pair(&sb, 1000 + k as u64);
+            // Keep divisors away from 0 so Div compares arithmetic, not overflow.
+            for (x, y) in b32.iter_mut().zip(b64.iter_mut()) {
+                if x.abs() < 0.1 {
+                    *x += 0.2;
+                    *y = f64::from(*x);
+                }
+            }
+            // Make some elements equal so Eq/Ge/Le see ties.
+            let (ag, bg) = (
+                Tensor::from_vec(a32, &sa, &gpu).unwrap(),
+                Tensor::from_vec(b32, &sb, &gpu).unwrap(),
+            );
+            let (ac, bc) = (
+                Tensor::from_vec(a64, &sa, &Device::Cpu).unwrap(),
+                Tensor::from_vec(b64, &sb, &Device::Cpu).unwrap(),
+            );
+            for op in ALL_BINARY {
+                let yg = ag.binary(&bg, op).unwrap();
+                let yc = ac.binary(&bc, op).unwrap();
+                assert_eq!(yg.shape(), yc.shape());
+                assert_close(
+                    &yg.to_vec::<f64>().unwrap(),
+                    &yc.to_vec::<f64>().unwrap(),
+                    1e-5,
+                    1e-6,
+                    &format!("{op:?} {sa:?} {sb:?}"),
+                );
+            }
+            let tie = ag.eq_mask(&ag).unwrap().to_vec::<f32>().unwrap();
+            assert!(tie.iter().all(|&t| t == 1.0), "x == x must hold everywhere");
+        }
+    }
+
+    #[test]
+    fn device_scalar_scales_a_vector_without_readback() {
+        if gpu_or_skip().is_none() {
+            return;
+        }
+        // A context of its own: the shared one counts other tests' dispatches too.
+        let gpu = Device::gpu().unwrap();
+        let ctx = gpu.gpu_context().unwrap().clone();
+        let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0, 4.0, 5.0], &[5], &gpu).unwrap();
+        let s = Tensor::scalar(0.5, &gpu).unwrap();
+        let before = ctx.dispatch_count();
+        let y = x.mul(&s).unwrap();
+        assert_eq!(ctx.dispatch_count(), before + 1);
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.5, -1.0, 1.5, 2.0, 2.5]);
+    }
+
+    #[test]
+    fn mismatches_are_errors() {
+        let cpu = Device::Cpu;
+        let a = Tensor::zeros(&[2, 3], &cpu).unwrap();
+        let b = Tensor::zeros(&[4], &cpu).unwrap();
+        assert!(matches!(
+            a.add(&b),
+            Err(Error::ShapeMismatch { op: "add", .. })
+        ));
+        let c = a.to_dtype(crate::DType::F64).unwrap();
+        assert!(matches!(
+            a.mul(&c),
+            Err(Error::DTypeMismatch { op: "mul", .. })
+        ));
+        if let Some(gpu) = gpu_or_skip() {
+            let g = Tensor::zeros(&[2, 3], &gpu).unwrap();
+            assert!(matches!(
+                a.sub(&g),
+                Err(Error::DeviceMismatch { op: "sub", .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `fill`: writes one 32-bit pattern into a whole GPU buffer (zeros, ones, NaN poison).
+//! The CPU backend needs no kernel for this (`vec![v; n]`).
+
+use crate::device::{GpuBuffer, Kernel};
+use crate::error::Result;
+use crate::shaders;
+
+static FILL: Kernel = Kernel {
+    shader: &shaders::FILL,
+    entry: "main",
+    reads: 0,
+    writes: 1,
+};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n4: u32,
+    bits: u32,
+}
+
+/// Fills every element of `buf` (including its vec4 padding) with `bits`.
+pub(crate) fn fill_gpu_bits(buf: &GpuBuffer, bits: u32) -> Result<()> {
+    let n4 = buf.bytes().div_ceil(16).max(1);
+    let ctx = &buf.ctx;
+    let grid = ctx.grid(n4, u64::from(WG))?;
+    let params = Params {
+        n4: n4 as u32,
+        bits,
+    };
+    ctx.dispatch(
+        &FILL,
+        &[("WG", f64::from(WG))],
+        bytemuck::bytes_of(&params),
+        &[buf],
+        grid,
+    )
+}

@@ -1,0 +1,382 @@
+//! Tensors: a shape plus storage on a device.
+//!
+//! Tensors are immutable values; cloning one is cheap (storage is shared). f32 tensors
+//! live on either device; f64 tensors live on the CPU, where they serve as oracles.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::device::{Device, GpuBuffer};
+use crate::error::{Error, Result, invalid};
+
+/// Element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float: every device.
+    F32,
+    /// 64-bit float: the CPU device only (oracles, gradient checks).
+    F64,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
+/// A floating-point element type the CPU backend computes in.
+pub trait Element:
+    num_traits::Float + num_traits::FromPrimitive + bytemuck::Pod + Send + Sync + fmt::Debug + 'static
+{
+    /// The matching [`DType`].
+    const DTYPE: DType;
+    /// Converts from f64 (rounding for f32).
+    fn of(x: f64) -> Self;
+    /// Converts to f64 (exact).
+    fn f64(self) -> f64;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Element for f64 {
+    const DTYPE: DType = DType::F64;
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// Where a tensor's elements are.
+pub(crate) enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Gpu(GpuBuffer),
+}
+
+impl Storage {
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Storage::F32(_) | Storage::Gpu(_) => DType::F32,
+            Storage::F64(_) => DType::F64,
+        }
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        match self {
+            Storage::F32(_) | Storage::F64(_) => Device::Cpu,
+            Storage::Gpu(b) => Device::Gpu(b.ctx.clone()),
+        }
+    }
+}
+
+/// An n-dimensional array of floats on a [`Device`].
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) shape: Arc<[usize]>,
+    pub(crate) storage: Arc<Storage>,
+}
+
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    if len != numel(shape) {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: vec![len],
+            rhs: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+impl Tensor {
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
+        Tensor {
+            shape: shape.into(),
+            storage: Arc::new(storage),
+        }
+    }
+
+    /// A tensor holding `data` (row-major) with `shape`, on `device`.
+    /// f64 data is accepted on the CPU only.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Tensor> {
+        check_len("from_vec", data.len(), shape)?;
+        let storage = match (T::DTYPE, device) {
+            (DType::F32, Device::Cpu) => Storage::F32(bytemuck::cast_vec(data)),
+            (DType::F64, Device::Cpu) => Storage::F64(bytemuck::cast_vec(data)),
+            (DType::F32, Device::Gpu(ctx)) => {
+                Storage::Gpu(ctx.upload(bytemuck::cast_slice(&data))?)
+            }
+            (DType::F64, Device::Gpu(_)) => {
+                return Err(Error::UnsupportedDType {
+                    op: "from_vec",
+                    dtype: DType::F64,
+                    device: device.to_string(),
+                });
+            }
+        };
+        Ok(Tensor::from_storage(storage, shape))
+    }
+
+    /// A 0-d f32 tensor holding `value` on `device`.
+    pub fn scalar(value: f32, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(vec![value], &[], device)
+    }
+
+    /// An f32 tensor filled with `value`. On the GPU this is a fill kernel, not an upload.
+    pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Tensor::from_vec(vec![value; numel(shape)], shape, device),
+            Device::Gpu(ctx) => {
+                let buf = ctx.alloc((numel(shape) * 4) as u64)?;
+                crate::ops::fill::fill_gpu_bits(&buf, value.to_bits())?;
+                Ok(Tensor::from_storage(Storage::Gpu(buf), shape))
+            }
+        }
+    }
+
+    /// An f32 tensor of zeros.
+    pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
+        Tensor::full(shape, 0.0, device)
+    }
+
+    /// An f32 tensor of ones.
+    pub fn ones(shape: &[usize], device: &Device) -> Result<Tensor> {
+        Tensor::full(shape, 1.0, device)
+    }
+
+    /// A tensor of the same shape, dtype and device as `self`, filled with `value`.
+    pub fn full_like(&self, value: f64) -> Result<Tensor> {
+        match &*self.storage {
+            Storage::F64(_) => {
+                Tensor::from_vec(vec![value; self.numel()], &self.shape, &Device::Cpu)
+            }
+            _ => Tensor::full(&self.shape, value as f32, &self.device()),
+        }
+    }
+
+    /// Zeros of the same shape, dtype and device as `self`.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        self.full_like(0.0)
+    }
+
+    /// Ones of the same shape, dtype and device as `self`.
+    pub fn ones_like(&self) -> Result<Tensor> {
+        self.full_like(1.0)
+    }
+
+    /// f32 values drawn uniformly from `[low, high)` by a ChaCha8 generator seeded with
+    /// `seed` (the same values on every platform and device).
+    pub fn rand_uniform(
+        shape: &[usize],
+        low: f32,
+        high: f32,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if !(low.is_finite() && high.is_finite() && low < high) {
+            return Err(invalid(
+                "rand_uniform",
+                format!("need finite low < high, got [{low}, {high})"),
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| low + (high - low) * rng.random::<f32>())
+            .collect();
+        Tensor::from_vec(data, shape, device)
+    }
+
+    /// f32 values drawn from a normal distribution with `mean` and `std`, seeded.
+    pub fn rand_normal(
+        shape: &[usize],
+        mean: f32,
+        std: f32,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
+            return Err(invalid(
+                "rand_normal",
+                format!("need finite mean and std >= 0, got mean {mean}, std {std}"),
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| mean + std * rng.sample::<f32, _>(rand_distr::StandardNormal))
+            .collect();
+        Tensor::from_vec(data, shape, device)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+
+    /// The device the storage lives on.
+    pub fn device(&self) -> Device {
+        self.storage.device()
+    }
+
+    /// Copies the elements to a host vector, converting to `T`. On the GPU this submits
+    /// pending work and waits for it.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        Ok(match &*self.storage {
+            Storage::F32(v) => v.iter().map(|&x| T::of(f64::from(x))).collect(),
+            Storage::F64(v) => v.iter().map(|&x| T::of(x)).collect(),
+            Storage::Gpu(b) => {
+                let bytes = b.ctx.read(b, (self.numel() * 4) as u64)?;
+                bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)
+                    .into_iter()
+                    .map(|x| T::of(f64::from(x)))
+                    .collect()
+            }
+        })
+    }
+
+    /// The single element of a tensor with one element (any rank), as `T`.
+    pub fn to_scalar<T: Element>(&self) -> Result<T> {
+        if self.numel() != 1 {
+            return Err(Error::ShapeMismatch {
+                op: "to_scalar",
+                lhs: self.shape.to_vec(),
+                rhs: vec![],
+            });
+        }
+        Ok(self.to_vec::<T>()?[0])
+    }
+
+    /// The same values on `device`. f64 tensors must be converted to f32 before moving to
+    /// a GPU. Returns a cheap clone when already there.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device() == *device {
+            return Ok(self.clone());
+        }
+        match (&*self.storage, device) {
+            (Storage::F32(v), Device::Gpu(_)) => Tensor::from_vec(v.clone(), &self.shape, device),
+            (Storage::F64(_), Device::Gpu(_)) => Err(Error::UnsupportedDType {
+                op: "to_device",
+                dtype: DType::F64,
+                device: device.to_string(),
+            }),
+            (Storage::Gpu(_), Device::Cpu) => {
+                Tensor::from_vec(self.to_vec::<f32>()?, &self.shape, device)
+            }
+            (Storage::Gpu(_), Device::Gpu(ctx)) => {
+                let data = self.to_vec::<f32>()?;
+                Tensor::from_vec(data, &self.shape, &Device::Gpu(ctx.clone()))
+            }
+            (Storage::F32(_) | Storage::F64(_), Device::Cpu) => Ok(self.clone()),
+        }
+    }
+
+    /// The same values as `dtype`. Converting to f64 is for the CPU device only.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if self.dtype() == dtype {
+            return Ok(self.clone());
+        }
+        match (&*self.storage, dtype) {
+            (Storage::F32(v), DType::F64) => Ok(Tensor::from_storage(
+                Storage::F64(v.iter().map(|&x| f64::from(x)).collect()),
+                &self.shape,
+            )),
+            (Storage::F64(v), DType::F32) => Ok(Tensor::from_storage(
+                Storage::F32(v.iter().map(|&x| x as f32).collect()),
+                &self.shape,
+            )),
+            _ => Err(Error::UnsupportedDType {
+                op: "to_dtype",
+                dtype,
+                device: self.device().to_string(),
+            }),
+        }
+    }
+
+    /// The same elements with a new shape of the same element count. Free: no copy.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                lhs: self.shape.to_vec(),
+                rhs: shape.to_vec(),
+            });
+        }
+        Ok(Tensor {
+            shape: shape.into(),
+            storage: self.storage.clone(),
+        })
+    }
+
+    pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {
+        match &*self.storage {
+            Storage::Gpu(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, {:?}, {})",
+            self.shape,
+            self.dtype(),
+            self.device()
+        )
+    }
+}
+
+/// Checks that two operands share device and dtype; returns the shared device.
+pub(crate) fn same_place(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    let (da, db) = (a.device(), b.device());
+    if da != db {
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: da.to_string(),
+            rhs: db.to_string(),
+        });
+    }
+    if a.dtype() != b.dtype() {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: a.dtype(),
+            rhs: b.dtype(),
+        });
+    }
+    Ok(())
+}
