@@ -28,4 +28,5 @@ pub use device::{AdapterInfo, Device, DeviceChoice, GpuContext, MemoryStats};
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;
 pub use ops::unary::UnaryOp;
+pub use ops::update::Scalar;
 pub use tensor::{DType, Element, Tensor};

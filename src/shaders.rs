@@ -31,6 +31,8 @@ shaders! {
     FILL => "fill",
     UNARY => "unary",
     BINARY => "binary",
+    INDEX => "index",
+    UPDATE => "update",
 }
 
 #[cfg(test)]

@@ -3,4 +3,6 @@
 
 pub mod binary;
 pub(crate) mod fill;
+pub mod index;
 pub mod unary;
+pub mod update;
