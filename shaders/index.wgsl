@@ -5,9 +5,11 @@
 // be reported without a readback, so it turns its output row (one_hot) or element
 // (gather) into NaN, which poisons anything computed from it.
 override WG: u32 = 256u;
+// transpose: columns per tile; WG must be a multiple.
+override TILE: u32 = 32u;
 
 struct Params {
-    // one_hot / gather: rows n, columns classes. transpose: input [batch, rows, cols].
+    // one_hot / gather: rows n, columns classes. transpose: input [n, rows, cols].
     n: u32,
     classes: u32,
     rows: u32,
@@ -22,7 +24,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -49,19 +51,15 @@ fn one_hot(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let nan = bitcast<f32>(p.nan_bits);
-    var out = vec4<f32>(0.0);
     // Element e = 4i + j sits at (row, col); step col and wrap into the next row
     // instead of dividing four times.
     var row = (4u * i) / p.classes;
     var col = (4u * i) % p.classes;
     for (var j = 0u; j < 4u; j++) {
-        if (4u * i + j < p.total) {
+        let e = 4u * i + j;
+        if (e < p.total) {
             let c = class_of(a[row]);
-            if (c == p.classes) {
-                out[j] = nan;
-            } else {
-                out[j] = select(0.0, 1.0, col == c);
-            }
+            y[e] = select(select(0.0, 1.0, col == c), nan, c == p.classes);
         }
         col += 1u;
         if (col == p.classes) {
@@ -69,7 +67,6 @@ fn one_hot(@builtin(workgroup_id) wid: vec3<u32>,
             row += 1u;
         }
     }
-    y[i] = out;
 }
 
 // a = x [n, classes]; b = labels [n]; y = [n] with y[r] = x[r, label_r].
@@ -82,56 +79,46 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let nan = bitcast<f32>(p.nan_bits);
-    var out = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         let r = 4u * i + j;
         if (r < p.n) {
             let c = class_of(b[r]);
             if (c == p.classes) {
-                out[j] = nan;
+                y[r] = nan;
             } else {
-                out[j] = a[r * p.classes + c];
+                y[r] = a[r * p.classes + c];
             }
         }
     }
-    y[i] = out;
 }
 
-// a = x [batch, rows, cols]; b unused; y = [batch, cols, rows]. Four consecutive output
-// elements per invocation (one vec4 store), read with stride `cols` from x.
+// a = x [batch, rows, cols]; b unused; y = [batch, cols, rows].
+//
+// Each workgroup covers one TILE × TILE block of x (TILE columns, WG / TILE · 4 rows) and
+// each invocation moves four elements of one input column, so a workgroup touches TILE
+// input rows and TILE output rows only. Measured on llvmpipe at 4096 × 4096 this ran
+// 3–4× faster than walking the output in row order (which touches a new page per read)
+// and faster than the shared-memory tile, whose barrier is expensive there.
 @compute @workgroup_size(WG)
 fn transpose(@builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.total4) {
+    let g = wid.x + wid.y * nwg.x;
+    let tile_rows = (WG / TILE) * 4u;
+    let tiles_c = (p.cols + TILE - 1u) / TILE;
+    let tiles_r = (p.rows + tile_rows - 1u) / tile_rows;
+    let t = g / (tiles_c * tiles_r);
+    let k = g % (tiles_c * tiles_r);
+    let c = (k % tiles_c) * TILE + lid % TILE;
+    let r0 = (k / tiles_c) * tile_rows + (lid / TILE) * 4u;
+    if (t >= p.n || c >= p.cols) {
         return;
     }
-    let plane = p.rows * p.cols;
-    let e = 4u * i;
-    // Output element e is (t, c, r) in [batch, cols, rows] and reads x[t, r, c]. Step r
-    // and carry into c and t instead of dividing four times.
-    var r = e % p.rows;
-    var c = (e / p.rows) % p.cols;
-    var src = (e / plane) * plane + r * p.cols + c;
-    var out = vec4<f32>(0.0);
+    let base = t * p.rows * p.cols;
     for (var j = 0u; j < 4u; j++) {
-        if (e + j < p.total) {
-            out[j] = a[src];
-        }
-        r += 1u;
-        src += p.cols;
-        if (r == p.rows) {
-            // Back to input row 0, next column: src = t·plane + c + 1.
-            r = 0u;
-            c += 1u;
-            src = src - plane + 1u;
-            if (c == p.cols) {
-                // Past the last column: the next batch's (0, 0) = (t + 1)·plane.
-                c = 0u;
-                src = src - p.cols + plane;
-            }
+        let r = r0 + j;
+        if (r < p.rows) {
+            y[base + c * p.rows + r] = a[base + r * p.cols + c];
         }
     }
-    y[i] = out;
 }

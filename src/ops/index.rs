@@ -38,6 +38,8 @@ static TRANSPOSE: Kernel = Kernel {
 };
 
 const WG: u32 = 256;
+/// Columns per transpose tile; a workgroup covers TILE columns × (WG / TILE · 4) rows.
+const TILE: u32 = 32;
 const QUIET_NAN: u32 = 0x7fc0_0000;
 
 #[repr(C)]
@@ -64,13 +66,15 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     })
 }
 
-/// Records one dispatch of an index kernel writing `total` elements into a new buffer.
+/// Records one dispatch of an index kernel writing `total` elements into a new buffer,
+/// over `groups` workgroups (`None`: one invocation per four output elements).
 fn dispatch_index(
     kernel: &'static Kernel,
     mut params: Params,
     a: &GpuBuffer,
     b: &GpuBuffer,
     total: usize,
+    groups: Option<u64>,
 ) -> Result<GpuBuffer> {
     let ctx = &a.ctx;
     let y = ctx.alloc((total * 4) as u64)?;
@@ -78,12 +82,16 @@ fn dispatch_index(
     params.total = u32_of(kernel.entry, "element count", total)?;
     params.total4 = total4 as u32;
     params.nan_bits = QUIET_NAN;
+    let grid = match groups {
+        Some(g) => ctx.grid(g, 1)?,
+        None => ctx.grid(total4 as u64, u64::from(WG))?,
+    };
     ctx.dispatch(
         kernel,
-        &[("WG", f64::from(WG))],
+        &[("WG", f64::from(WG)), ("TILE", f64::from(TILE))],
         bytemuck::bytes_of(&params),
         &[a, b, &y],
-        ctx.grid(total4 as u64, u64::from(WG))?,
+        grid,
     )?;
     Ok(y)
 }
@@ -154,7 +162,7 @@ pub(crate) fn one_hot_raw(labels: &Tensor, classes: usize) -> Result<Tensor> {
                 classes: u32_of("one_hot", "classes", classes)?,
                 ..Params::default()
             };
-            Storage::Gpu(dispatch_index(&ONE_HOT, params, buf, buf, total)?)
+            Storage::Gpu(dispatch_index(&ONE_HOT, params, buf, buf, total, None)?)
         }
     };
     Ok(Tensor::from_storage(storage, &[n, classes]))
@@ -188,7 +196,7 @@ pub(crate) fn gather_raw(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
                 classes: u32_of("gather", "classes", classes)?,
                 ..Params::default()
             };
-            Storage::Gpu(dispatch_index(&GATHER, params, v, l, n)?)
+            Storage::Gpu(dispatch_index(&GATHER, params, v, l, n, None)?)
         }
         _ => unreachable!("same_place checked device and dtype"),
     };
@@ -228,11 +236,21 @@ pub(crate) fn transpose_raw(x: &Tensor) -> Result<Tensor> {
         Storage::F64(v) => Storage::F64(transpose_cpu(v, batch, rows, cols)),
         Storage::Gpu(buf) => {
             let params = Params {
+                n: u32_of("transpose", "batch", batch)?,
                 rows: u32_of("transpose", "rows", rows)?,
                 cols: u32_of("transpose", "cols", cols)?,
                 ..Params::default()
             };
-            Storage::Gpu(dispatch_index(&TRANSPOSE, params, buf, buf, x.numel())?)
+            let tile_rows = (WG / TILE * 4) as usize;
+            let tiles = batch * cols.div_ceil(TILE as usize) * rows.div_ceil(tile_rows);
+            Storage::Gpu(dispatch_index(
+                &TRANSPOSE,
+                params,
+                buf,
+                buf,
+                x.numel(),
+                Some(tiles as u64),
+            )?)
         }
     };
     Ok(Tensor::from_storage(storage, &out))
@@ -517,7 +535,12 @@ mod tests {
     #[test]
     fn gpu_transpose_matches_cpu_exactly() {
         let Some(gpu) = gpu_or_skip() else { return };
-        let shapes: [&[usize]; 12] = [
+        // Past one 32 × 32 tile in both dims, several tiles per batch plane, and more
+        // tiles than one grid dimension holds (65,535), so the grid spills into y.
+        let shapes: [&[usize]; 15] = [
+            &[2, 40, 70],
+            &[3, 33, 65],
+            &[70_000, 2, 1],
             &[1, 1],
             &[7, 3],
             &[3, 7],
