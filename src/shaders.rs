@@ -31,6 +31,7 @@ shaders! {
     FILL => "fill",
     UNARY => "unary",
     BINARY => "binary",
+    REDUCE => "reduce",
 }
 
 #[cfg(test)]
