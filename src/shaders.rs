@@ -32,6 +32,7 @@ shaders! {
     UNARY => "unary",
     BINARY => "binary",
     REDUCE => "reduce",
+    LOSS => "loss",
 }
 
 #[cfg(test)]

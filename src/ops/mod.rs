@@ -3,5 +3,6 @@
 
 pub mod binary;
 pub(crate) mod fill;
+pub mod loss;
 pub mod reduce;
 pub mod unary;

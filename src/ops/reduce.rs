@@ -252,7 +252,7 @@ pub(crate) fn axis_gpu(
     let mut owned: Option<GpuBuffer> = None;
     loop {
         let src = owned.as_ref().unwrap_or(x);
-        let vec = if inner > 1 && inner % 4 == 0 { 4 } else { 1 };
+        let vec = if inner > 1 && inner.is_multiple_of(4) { 4 } else { 1 };
         let out_threads = outer * inner / vec;
         let (splits, chunk) = split(len, out_threads);
         let threads = out_threads * splits;
