@@ -3,12 +3,13 @@
 // invocation needs no barrier. Row starts are not vec4-aligned, so the row is read as
 // whole vec4s with the lanes outside it masked off.
 //
-// `log_softmax`: y = z − logsumexp(z) per row, stable (the row max is subtracted).
+// `log_softmax`: y = z − logsumexp(z) per row, stable (exponents are taken relative
+// to the running row max).
 // `cross_entropy`: Σ_i w_i·(logsumexp(z_i) − z_{i,y_i}) with a strided loop over rows,
-// a workgroup tree, and one partial per workgroup (final, times `scale`, when there is
+// a workgroup sum, and one partial per workgroup (final, times `scale`, when there is
 // one workgroup). An invalid label (negative, ≥ c, not an integer, NaN) makes the
 // row's term NaN: checking on the host would need a readback.
-override WG: u32 = 64u;         // a power of two
+override WG: u32 = 64u;         // a multiple of 8
 override WEIGHTED: bool = false;
 
 struct RowParams {
@@ -43,31 +44,38 @@ fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u);
 }
 
-fn load(e: u32) -> f32 {
-    return z[e / 4u][e % 4u];
-}
-
 // Lanes of vec4 `v` that hold elements of [lo, hi).
 fn inside(v: u32, lo: u32, hi: u32) -> vec4<bool> {
     let e = v * 4u + vec4<u32>(0u, 1u, 2u, 3u);
     return e >= vec4<u32>(lo) & e < vec4<u32>(hi);
 }
 
-// log Σ exp z over elements [lo, hi), lo < hi: max first, so no exp overflows.
-fn logsumexp(lo: u32, hi: u32) -> f32 {
+// Over elements [lo, hi), lo < hi: (max m, Σ exp(z − m), z[pick]) in one pass (an
+// online softmax: the sum is rescaled whenever the max grows), so no exp overflows
+// and each element is loaded once. Loads are the costly part on CPU adapters, which
+// is why the row is read as whole vec4s rather than element by element.
+fn row_stats(lo: u32, hi: u32, pick: u32) -> vec3<f32> {
     let first = lo / 4u;
     let last = (hi - 1u) / 4u;
     let ninf = vec4<f32>(neg_inf());
-    var m4 = ninf;
+    var m = neg_inf();
+    var s = 0.0;
+    var zp = 0.0;
     for (var v = first; v <= last; v++) {
-        m4 = max(m4, select(ninf, z[v], inside(v, lo, hi)));
+        let x = select(ninf, z[v], inside(v, lo, hi));
+        let mn = max(m, max(max(x.x, x.y), max(x.z, x.w)));
+        let ex = exp(x - mn);
+        s = s * exp(m - mn) + ((ex.x + ex.y) + (ex.z + ex.w));
+        m = mn;
+        if (v == pick / 4u) {
+            zp = x[pick % 4u];
+        }
     }
-    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    var s4 = vec4<f32>(0.0);
-    for (var v = first; v <= last; v++) {
-        s4 += select(vec4<f32>(0.0), exp(z[v] - m), inside(v, lo, hi));
-    }
-    return m + log((s4.x + s4.y) + (s4.z + s4.w));
+    return vec3<f32>(m, s, zp);
+}
+
+fn logsumexp(st: vec3<f32>) -> f32 {
+    return st.x + log(st.y);
 }
 
 @compute @workgroup_size(WG)
@@ -80,9 +88,16 @@ fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let lo = r * rp.c;
     let hi = lo + rp.c;
-    let lse = logsumexp(lo, hi);
-    for (var e = lo; e < hi; e++) {
-        y[e] = load(e) - lse;
+    let lse = logsumexp(row_stats(lo, hi, lo));
+    let first = lo / 4u;
+    let last = (hi - 1u) / 4u;
+    for (var v = first; v <= last; v++) {
+        let x = z[v] - lse;
+        let e = v * 4u;
+        if (e >= lo) { y[e] = x.x; }
+        if (e + 1u >= lo && e + 1u < hi) { y[e + 1u] = x.y; }
+        if (e + 2u >= lo && e + 2u < hi) { y[e + 2u] = x.z; }
+        if (e + 3u < hi) { y[e + 3u] = x.w; }
     }
 }
 
@@ -99,7 +114,8 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
         // NaN fails every comparison, so it lands in the invalid branch too.
         var term = nan();
         if (label >= 0.0 && label < cf && floor(label) == label) {
-            term = logsumexp(lo, lo + cp.c) - load(lo + u32(label));
+            let st = row_stats(lo, lo + cp.c, lo + u32(label));
+            term = logsumexp(st) - st.z;
         }
         if (WEIGHTED) {
             term *= weights[r];
@@ -107,14 +123,16 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
         acc += term;
     }
     tree[lid] = acc;
+    // One barrier, then one invocation adds the WG partials (see reduce.wgsl `full`).
     workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            tree[lid] += tree[lid + half];
-        }
-        workgroupBarrier();
-    }
     if (lid == 0u) {
-        out[wid.x] = tree[0] * cp.scale;
+        var t0 = vec4<f32>(0.0);
+        var t1 = vec4<f32>(0.0);
+        for (var k = 0u; k < WG; k += 8u) {
+            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
+            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
+        }
+        let t = t0 + t1;
+        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * cp.scale;
     }
 }

@@ -1,12 +1,13 @@
 // Reductions (src/ops/reduce.rs).
 //
 // `full`: a whole buffer (or two, for dot products) to one value per workgroup. Each
-// invocation accumulates a strided run of vec4s (adjacent invocations read adjacent
-// vec4s), then the workgroup reduces its partial sums as a shared-memory tree. With one
-// workgroup the result is final (times `scale`); otherwise the host reduces the partials
-// with a second one-workgroup dispatch of the same entry. Splitting the sum across
-// invocations and then a tree is what keeps f32 accurate: no single accumulator adds
-// more than a few hundred terms.
+// workgroup owns a contiguous block of vec4s, its invocations interleaved inside it;
+// each invocation accumulates its share in registers, then one invocation adds the
+// workgroup's partials after a single barrier (barriers are what costs on CPU
+// adapters). With one workgroup the result is final (times `scale`); otherwise the
+// host reduces the partials with a second, one-workgroup dispatch of the same entry.
+// Splitting the sum this way keeps f32 accurate: no accumulator adds more than a few
+// hundred terms.
 //
 // `rows` and `cols`: one axis of a tensor viewed as [outer, len, inner]. An invocation
 // owns one output element (or four adjacent ones, VEC = 4, in `cols`) of one chunk of
@@ -14,14 +15,14 @@
 // again over the splits until one remains. `rows` is the inner = 1 case (the axis is
 // contiguous: vec4 loads along it); `cols` reads along a stride of `inner`.
 override OP: u32 = 0u;   // full: 0 Σa, 1 Σa², 2 Σab, 3 Σ(a−b)². rows/cols: 0 sum, 1 max.
-override WG: u32 = 256u; // a power of two
+override WG: u32 = 256u; // a multiple of 8
 override VEC: u32 = 1u;  // cols: outputs per invocation (1, or 4 when inner % 4 == 0)
 
 struct FullParams {
     n: u32,
     nv: u32, // whole vec4s: n / 4
     scale: f32,
-    _pad: u32,
+    block: u32, // vec4s per workgroup
 }
 
 struct AxisParams {
@@ -60,23 +61,25 @@ fn term(u: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
 fn full(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = wid.x * WG + lid;
-    let stride = nwg.x * WG;
-    // Two accumulators so consecutive loads do not wait on each other's adds.
+    // Workgroup g owns the contiguous vec4s [g·block, (g+1)·block); its invocations
+    // interleave inside it, so each step reads WG adjacent vec4s (coalesced on a GPU)
+    // and consecutive steps stay close (prefetch-friendly on a CPU adapter).
+    let lo = wid.x * p.block;
+    let hi = min(p.nv, lo + p.block);
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
-    var i = t;
+    var i = lo + lid;
     loop {
-        if (i + stride >= p.nv) { break; }
+        if (i + WG >= hi) { break; }
         acc0 += term(a[i], b[i]);
-        acc1 += term(a[i + stride], b[i + stride]);
-        i += 2u * stride;
+        acc1 += term(a[i + WG], b[i + WG]);
+        i += 2u * WG;
     }
-    if (i < p.nv) {
+    if (i < hi) {
         acc0 += term(a[i], b[i]);
     }
     // The last n % 4 elements: the rest of their vec4 is not ours to read as data.
-    if (t == 0u && p.nv * 4u < p.n) {
+    if (wid.x == 0u && lid == 0u && p.nv * 4u < p.n) {
         let k = p.n - p.nv * 4u;
         let m = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(k);
         let zero = vec4<f32>(0.0);
@@ -84,15 +87,18 @@ fn full(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let s = acc0 + acc1;
     tree[lid] = (s.x + s.y) + (s.z + s.w);
+    // One barrier, then one invocation adds the WG partials: barriers are the costly
+    // part of a tree on CPU adapters, and WG adds are cheap anywhere.
     workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            tree[lid] += tree[lid + half];
-        }
-        workgroupBarrier();
-    }
     if (lid == 0u) {
-        out[wid.x] = tree[0] * p.scale;
+        var t0 = vec4<f32>(0.0);
+        var t1 = vec4<f32>(0.0);
+        for (var k = 0u; k < WG; k += 8u) {
+            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
+            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
+        }
+        let t = t0 + t1;
+        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * p.scale;
     }
 }
 

@@ -353,7 +353,11 @@ mod tests {
             "(1·ln2 + 3·ln2) / 2"
         );
         let t = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 3.0], &[2, 2], &cpu).unwrap();
-        assert_eq!(z.mse(&t).unwrap().to_scalar::<f64>().unwrap(), 3.25, "(1 + 4 + 4 + 4) / 4");
+        assert_eq!(
+            z.mse(&t).unwrap().to_scalar::<f64>().unwrap(),
+            3.25,
+            "(1 + 4 + 4 + 4) / 4"
+        );
         // Stable at ±1000, where exp alone overflows even f64.
         let big = Tensor::from_vec(vec![1000.0f64, -1000.0], &[1, 2], &cpu).unwrap();
         let ls = big.log_softmax().unwrap().to_vec::<f64>().unwrap();

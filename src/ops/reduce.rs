@@ -61,10 +61,10 @@ static COLS: Kernel = Kernel {
 const FULL_WG: u32 = 256;
 /// At most this many partial sums, so the finishing dispatch is one workgroup whose
 /// invocations add at most a handful each.
-const FULL_MAX_GROUPS: u64 = 256;
+const FULL_MAX_GROUPS: u64 = 1024;
 /// Fewest vec4s an invocation of `full` accumulates before another workgroup is worth
 /// its share of the tree and of the finishing dispatch.
-const FULL_MIN_VEC4: u64 = 8;
+const FULL_MIN_VEC4: u64 = 64;
 /// Invocations per workgroup of `rows` and `cols`.
 const AXIS_WG: u32 = 64;
 /// Invocations an axis reduction aims for before it splits the axis into chunks.
@@ -80,7 +80,7 @@ struct FullParams {
     n: u32,
     nv: u32,
     scale: f32,
-    _pad: u32,
+    block: u32,
 }
 
 #[repr(C)]
@@ -179,7 +179,7 @@ fn full_pass(
         n: n as u32,
         nv: (n / 4) as u32,
         scale,
-        _pad: 0,
+        block: (n / 4).div_ceil(groups as usize) as u32,
     };
     ctx.dispatch(
         &FULL,
@@ -252,7 +252,11 @@ pub(crate) fn axis_gpu(
     let mut owned: Option<GpuBuffer> = None;
     loop {
         let src = owned.as_ref().unwrap_or(x);
-        let vec = if inner > 1 && inner.is_multiple_of(4) { 4 } else { 1 };
+        let vec = if inner > 1 && inner.is_multiple_of(4) {
+            4
+        } else {
+            1
+        };
         let out_threads = outer * inner / vec;
         let (splits, chunk) = split(len, out_threads);
         let threads = out_threads * splits;
