@@ -33,6 +33,8 @@ shaders! {
     BINARY => "binary",
     INDEX => "index",
     UPDATE => "update",
+    REDUCE => "reduce",
+    LOSS => "loss",
 }
 
 #[cfg(test)]

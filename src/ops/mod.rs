@@ -4,5 +4,7 @@
 pub mod binary;
 pub(crate) mod fill;
 pub mod index;
+pub mod loss;
+pub mod reduce;
 pub mod unary;
 pub mod update;

@@ -1,0 +1,138 @@
+// Softmax losses over the rows of a [rows, c] matrix (src/ops/loss.rs). One invocation
+// owns a row: rows are short in the losses blo computes (c = classes), and a row per
+// invocation needs no barrier. Row starts are not vec4-aligned, so the row is read as
+// whole vec4s with the lanes outside it masked off.
+//
+// `log_softmax`: y = z − logsumexp(z) per row, stable (exponents are taken relative
+// to the running row max).
+// `cross_entropy`: Σ_i w_i·(logsumexp(z_i) − z_{i,y_i}) with a strided loop over rows,
+// a workgroup sum, and one partial per workgroup (final, times `scale`, when there is
+// one workgroup). An invalid label (negative, ≥ c, not an integer, NaN) makes the
+// row's term NaN: checking on the host would need a readback.
+override WG: u32 = 64u;         // a multiple of 8
+override WEIGHTED: bool = false;
+
+struct RowParams {
+    rows: u32,
+    c: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct CeParams {
+    n: u32,
+    c: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> rp: RowParams;
+@group(0) @binding(0) var<uniform> cp: CeParams;
+@group(0) @binding(1) var<storage, read> z: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> labels: array<f32>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> tree: array<f32, WG>;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// Lanes of vec4 `v` that hold elements of [lo, hi).
+fn inside(v: u32, lo: u32, hi: u32) -> vec4<bool> {
+    let e = v * 4u + vec4<u32>(0u, 1u, 2u, 3u);
+    return e >= vec4<u32>(lo) & e < vec4<u32>(hi);
+}
+
+// Over elements [lo, hi), lo < hi: (max m, Σ exp(z − m), z[pick]) in one pass (an
+// online softmax: the sum is rescaled whenever the max grows), so no exp overflows
+// and each element is loaded once. Loads are the costly part on CPU adapters, which
+// is why the row is read as whole vec4s rather than element by element.
+fn row_stats(lo: u32, hi: u32, pick: u32) -> vec3<f32> {
+    let first = lo / 4u;
+    let last = (hi - 1u) / 4u;
+    let ninf = vec4<f32>(neg_inf());
+    var m = neg_inf();
+    var s = 0.0;
+    var zp = 0.0;
+    for (var v = first; v <= last; v++) {
+        let x = select(ninf, z[v], inside(v, lo, hi));
+        let mn = max(m, max(max(x.x, x.y), max(x.z, x.w)));
+        let ex = exp(x - mn);
+        s = s * exp(m - mn) + ((ex.x + ex.y) + (ex.z + ex.w));
+        m = mn;
+        if (v == pick / 4u) {
+            zp = x[pick % 4u];
+        }
+    }
+    return vec3<f32>(m, s, zp);
+}
+
+fn logsumexp(st: vec3<f32>) -> f32 {
+    return st.x + log(st.y);
+}
+
+@compute @workgroup_size(WG)
+fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let r = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (r >= rp.rows) {
+        return;
+    }
+    let lo = r * rp.c;
+    let hi = lo + rp.c;
+    let lse = logsumexp(row_stats(lo, hi, lo));
+    let first = lo / 4u;
+    let last = (hi - 1u) / 4u;
+    for (var v = first; v <= last; v++) {
+        let x = z[v] - lse;
+        let e = v * 4u;
+        if (e >= lo) { y[e] = x.x; }
+        if (e + 1u >= lo && e + 1u < hi) { y[e + 1u] = x.y; }
+        if (e + 2u >= lo && e + 2u < hi) { y[e + 2u] = x.z; }
+        if (e + 3u < hi) { y[e + 3u] = x.w; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let stride = nwg.x * WG;
+    let cf = f32(cp.c);
+    var acc = 0.0;
+    for (var r = wid.x * WG + lid; r < cp.n; r += stride) {
+        let lo = r * cp.c;
+        let label = labels[r];
+        // NaN fails every comparison, so it lands in the invalid branch too.
+        var term = nan();
+        if (label >= 0.0 && label < cf && floor(label) == label) {
+            let st = row_stats(lo, lo + cp.c, lo + u32(label));
+            term = logsumexp(st) - st.z;
+        }
+        if (WEIGHTED) {
+            term *= weights[r];
+        }
+        acc += term;
+    }
+    tree[lid] = acc;
+    // One barrier, then one invocation adds the WG partials (see reduce.wgsl `full`).
+    workgroupBarrier();
+    if (lid == 0u) {
+        var t0 = vec4<f32>(0.0);
+        var t1 = vec4<f32>(0.0);
+        for (var k = 0u; k < WG; k += 8u) {
+            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
+            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
+        }
+        let t = t0 + t1;
+        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * cp.scale;
+    }
+}

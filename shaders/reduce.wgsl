@@ -1,0 +1,245 @@
+// Reductions (src/ops/reduce.rs).
+//
+// `full`: a whole buffer (or two, for dot products) to one value per workgroup. Each
+// workgroup owns a contiguous block of vec4s, its invocations interleaved inside it;
+// each invocation accumulates its share in registers, then one invocation adds the
+// workgroup's partials after a single barrier (barriers are what costs on CPU
+// adapters). With one workgroup the result is final (times `scale`); otherwise the
+// host reduces the partials with a second, one-workgroup dispatch of the same entry.
+// Splitting the sum this way keeps f32 accurate: no accumulator adds more than a few
+// hundred terms.
+//
+// `rows` and `cols`: one axis of a tensor viewed as [outer, len, inner]. An invocation
+// owns one output element (or four adjacent ones, VEC = 4, in `cols`) of one chunk of
+// the axis, and writes [outer, splits, inner] partials; the host runs the same entry
+// again over the splits until one remains. `rows` is the inner = 1 case (the axis is
+// contiguous: vec4 loads along it); `cols` reads along a stride of `inner`.
+override OP: u32 = 0u;   // full: 0 Σa, 1 Σa², 2 Σab, 3 Σ(a−b)². rows/cols: 0 sum, 1 max.
+override WG: u32 = 256u; // a multiple of 8
+override VEC: u32 = 1u;  // cols: outputs per invocation (1, or 4 when inner % 4 == 0)
+
+struct FullParams {
+    n: u32,
+    nv: u32, // whole vec4s: n / 4
+    scale: f32,
+    block: u32, // vec4s per workgroup
+}
+
+struct AxisParams {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    splits: u32,
+    chunk: u32,
+    scale: f32,
+    threads: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: FullParams;
+@group(0) @binding(0) var<uniform> q: AxisParams;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out_axis: array<f32>;
+
+var<workgroup> tree: array<f32, WG>;
+
+fn term(u: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    switch OP {
+        case 0u: { return u; }
+        case 1u: { return u * u; }
+        case 2u: { return u * v; }
+        default: {
+            let d = u - v;
+            return d * d;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn full(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    // Workgroup g owns the contiguous vec4s [g·block, (g+1)·block); its invocations
+    // interleave inside it, so each step reads WG adjacent vec4s (coalesced on a GPU)
+    // and consecutive steps stay close (prefetch-friendly on a CPU adapter).
+    let lo = wid.x * p.block;
+    let hi = min(p.nv, lo + p.block);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var i = lo + lid;
+    loop {
+        if (i + WG >= hi) { break; }
+        acc0 += term(a[i], b[i]);
+        acc1 += term(a[i + WG], b[i + WG]);
+        i += 2u * WG;
+    }
+    if (i < hi) {
+        acc0 += term(a[i], b[i]);
+    }
+    // The last n % 4 elements: the rest of their vec4 is not ours to read as data.
+    if (wid.x == 0u && lid == 0u && p.nv * 4u < p.n) {
+        let k = p.n - p.nv * 4u;
+        let m = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(k);
+        let zero = vec4<f32>(0.0);
+        acc1 += select(zero, term(a[p.nv], b[p.nv]), m);
+    }
+    let s = acc0 + acc1;
+    tree[lid] = (s.x + s.y) + (s.z + s.w);
+    // One barrier, then one invocation adds the WG partials: barriers are the costly
+    // part of a tree on CPU adapters, and WG adds are cheap anywhere.
+    workgroupBarrier();
+    if (lid == 0u) {
+        var t0 = vec4<f32>(0.0);
+        var t1 = vec4<f32>(0.0);
+        for (var k = 0u; k < WG; k += 8u) {
+            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
+            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
+        }
+        let t = t0 + t1;
+        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * p.scale;
+    }
+}
+
+fn ident() -> f32 {
+    if (OP == 1u) {
+        return bitcast<f32>(0xff800000u); // −∞
+    }
+    return 0.0;
+}
+
+// max that keeps a NaN once seen (where the device honours NaN at all).
+fn comb(m: f32, v: f32) -> f32 {
+    if (OP == 1u) {
+        return select(m, v, v > m || v != v);
+    }
+    return m + v;
+}
+
+fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    if (OP == 1u) {
+        return select(m, v, v > m | v != v);
+    }
+    return m + v;
+}
+
+fn hcomb(v: vec4<f32>) -> f32 {
+    return comb(comb(v.x, v.y), comb(v.z, v.w));
+}
+
+fn finish(v: f32) -> f32 {
+    if (OP == 1u) {
+        return v;
+    }
+    return v * q.scale;
+}
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// Elements [lo, hi) of a: the masked head and tail vec4s, whole vec4s between.
+fn run(lo: u32, hi: u32) -> f32 {
+    let id = vec4<f32>(ident());
+    var acc0 = id;
+    var acc1 = id;
+    if (lo >= hi) {
+        return ident();
+    }
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let first = lo / 4u;
+    let last = (hi - 1u) / 4u;
+    let e0 = first * 4u + lanes;
+    acc0 = comb4(acc0, select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi)));
+    if (last > first) {
+        let e1 = last * 4u + lanes;
+        acc1 = comb4(acc1, select(id, a[last], e1 < vec4<u32>(hi)));
+    }
+    var v = first + 1u;
+    loop {
+        if (v + 1u >= last) { break; }
+        acc0 = comb4(acc0, a[v]);
+        acc1 = comb4(acc1, a[v + 1u]);
+        v += 2u;
+    }
+    if (v < last) {
+        acc0 = comb4(acc0, a[v]);
+    }
+    return hcomb(comb4(acc0, acc1));
+}
+
+@compute @workgroup_size(WG)
+fn rows(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let g = linear_id(wid, nwg, lid);
+    if (g >= q.threads) {
+        return;
+    }
+    let o = g / q.splits;
+    let s = g % q.splits;
+    let k0 = s * q.chunk;
+    let k1 = min(q.len, k0 + q.chunk);
+    let base = o * q.len;
+    out_axis[g] = finish(run(base + min(k0, k1), base + k1));
+}
+
+fn load1(e: u32) -> f32 {
+    return a[e / 4u][e % 4u];
+}
+
+@compute @workgroup_size(WG)
+fn cols(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let g = linear_id(wid, nwg, lid);
+    if (g >= q.threads) {
+        return;
+    }
+    let iv = q.inner / VEC;
+    let j = (g % iv) * VEC;
+    let rest = g / iv;
+    let s = rest % q.splits;
+    let o = rest / q.splits;
+    let k0 = s * q.chunk;
+    let k1 = min(q.len, k0 + q.chunk);
+    var e = o * q.len * q.inner + k0 * q.inner + j;
+    let dst = rest * q.inner + j;
+    if (VEC == 4u) {
+        let id = vec4<f32>(ident());
+        var acc0 = id;
+        var acc1 = id;
+        var k = k0;
+        loop {
+            if (k + 1u >= k1) { break; }
+            acc0 = comb4(acc0, a[e / 4u]);
+            acc1 = comb4(acc1, a[(e + q.inner) / 4u]);
+            e += 2u * q.inner;
+            k += 2u;
+        }
+        if (k < k1) {
+            acc0 = comb4(acc0, a[e / 4u]);
+        }
+        let r = comb4(acc0, acc1);
+        out_axis[dst] = finish(r.x);
+        out_axis[dst + 1u] = finish(r.y);
+        out_axis[dst + 2u] = finish(r.z);
+        out_axis[dst + 3u] = finish(r.w);
+    } else {
+        var acc0 = ident();
+        var acc1 = ident();
+        var k = k0;
+        loop {
+            if (k + 1u >= k1) { break; }
+            acc0 = comb(acc0, load1(e));
+            acc1 = comb(acc1, load1(e + q.inner));
+            e += 2u * q.inner;
+            k += 2u;
+        }
+        if (k < k1) {
+            acc0 = comb(acc0, load1(e));
+        }
+        out_axis[dst] = finish(comb(acc0, acc1));
+    }
+}
