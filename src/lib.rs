@@ -16,14 +16,19 @@
 
 #![warn(missing_docs)]
 
+pub mod autodiff;
+pub mod bilevel;
 pub mod device;
 pub mod error;
 pub mod ops;
+pub mod problems;
 pub mod shaders;
+pub mod solvers;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
+pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
 pub use device::{AdapterInfo, Device, DeviceChoice, GpuContext, MemoryStats};
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;

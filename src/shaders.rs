@@ -35,6 +35,8 @@ shaders! {
     UPDATE => "update",
     REDUCE => "reduce",
     LOSS => "loss",
+    MATMUL => "matmul",
+    MATMUL_PORTABLE => "matmul_portable",
 }
 
 #[cfg(test)]

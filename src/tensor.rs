@@ -91,6 +91,8 @@ impl Storage {
 pub struct Tensor {
     pub(crate) shape: Arc<[usize]>,
     pub(crate) storage: Arc<Storage>,
+    /// The op that produced this tensor, when it is on an autodiff graph.
+    pub(crate) node: Option<Arc<crate::autodiff::Node>>,
 }
 
 pub(crate) fn numel(shape: &[usize]) -> usize {
@@ -113,6 +115,7 @@ impl Tensor {
         Tensor {
             shape: shape.into(),
             storage: Arc::new(storage),
+            node: None,
         }
     }
 
@@ -324,21 +327,6 @@ impl Tensor {
                 device: self.device().to_string(),
             }),
         }
-    }
-
-    /// The same elements with a new shape of the same element count. Free: no copy.
-    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != self.numel() {
-            return Err(Error::ShapeMismatch {
-                op: "reshape",
-                lhs: self.shape.to_vec(),
-                rhs: shape.to_vec(),
-            });
-        }
-        Ok(Tensor {
-            shape: shape.into(),
-            storage: self.storage.clone(),
-        })
     }
 
     pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {

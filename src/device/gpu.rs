@@ -111,6 +111,7 @@ pub struct GpuContext {
     info: AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
+    subgroup_min_size: u32,
     params: wgpu::Buffer,
     pending: Mutex<Pending>,
     pool: Mutex<Pool>,
@@ -144,7 +145,10 @@ impl GpuContext {
     pub(crate) fn new(adapter: wgpu::Adapter) -> Result<Self> {
         let info = AdapterInfo::from_wgpu(&adapter.get_info());
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // SUBGROUP lets matmul share loads across a subgroup (src/ops/matmul.rs).
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        let subgroup_min_size = adapter.get_info().subgroup_min_size;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blo"),
             required_features: features,
@@ -177,6 +181,7 @@ impl GpuContext {
             info,
             limits,
             features,
+            subgroup_min_size,
             params,
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -207,6 +212,15 @@ impl GpuContext {
     /// Features enabled on the device.
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// The smallest subgroup size the adapter may use, or 0 without [`wgpu::Features::SUBGROUP`].
+    pub(crate) fn subgroup_min_size(&self) -> u32 {
+        if self.features.contains(wgpu::Features::SUBGROUP) {
+            self.subgroup_min_size
+        } else {
+            0
+        }
     }
 
     /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel

@@ -2,6 +2,7 @@
 //! [`binary_cpu`] on the CPU. A 0-d tensor on the device is a valid operand, so a
 //! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
 
+use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
@@ -133,7 +134,7 @@ pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 
 /// CPU reference with general broadcasting.
 pub(crate) fn binary_cpu<T: Element>(
-    op: BinaryOp,
+    f: impl Fn(T, T) -> T,
     a: &[T],
     a_shape: &[usize],
     b: &[T],
@@ -142,7 +143,7 @@ pub(crate) fn binary_cpu<T: Element>(
 ) -> Vec<T> {
     let n = numel(out);
     if a_shape == out && b_shape == out {
-        return a.iter().zip(b).map(|(&x, &y)| apply(op, x, y)).collect();
+        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
     }
     let sa = broadcast_strides(a_shape, out);
     let sb = broadcast_strides(b_shape, out);
@@ -150,7 +151,7 @@ pub(crate) fn binary_cpu<T: Element>(
     let (mut ia, mut ib) = (0usize, 0usize);
     let mut y = Vec::with_capacity(n);
     for _ in 0..n {
-        y.push(apply(op, a[ia], b[ib]));
+        y.push(f(a[ia], b[ib]));
         // Odometer increment of the output index, carrying the operand offsets along.
         for d in (0..out.len()).rev() {
             idx[d] += 1;
@@ -167,8 +168,9 @@ pub(crate) fn binary_cpu<T: Element>(
     y
 }
 
+/// `op_index` is the kernel's `OP` constant: a [`BinaryOp`] or [`OP_FIRST`].
 fn binary_gpu(
-    op: BinaryOp,
+    op_index: u32,
     a: &GpuBuffer,
     a_shape: &[usize],
     b: &GpuBuffer,
@@ -217,7 +219,7 @@ fn binary_gpu(
     ctx.dispatch(
         &BINARY,
         &[
-            ("OP", f64::from(op as u32)),
+            ("OP", f64::from(op_index)),
             ("MODE", f64::from(mode)),
             ("WG", f64::from(WG)),
         ],
@@ -234,17 +236,38 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor>
     let out = broadcast_shape(name, a.shape(), b.shape())?;
     let storage = match (&*a.storage, &*b.storage) {
         (Storage::F32(x), Storage::F32(y)) => {
-            Storage::F32(binary_cpu(op, x, a.shape(), y, b.shape(), &out))
+            Storage::F32(binary_cpu(|u, v| apply(op, u, v), x, a.shape(), y, b.shape(), &out))
         }
         (Storage::F64(x), Storage::F64(y)) => {
-            Storage::F64(binary_cpu(op, x, a.shape(), y, b.shape(), &out))
+            Storage::F64(binary_cpu(|u, v| apply(op, u, v), x, a.shape(), y, b.shape(), &out))
         }
         (Storage::Gpu(x), Storage::Gpu(y)) => {
-            Storage::Gpu(binary_gpu(op, x, a.shape(), y, b.shape(), &out)?)
+            Storage::Gpu(binary_gpu(op as u32, x, a.shape(), y, b.shape(), &out)?)
         }
         _ => unreachable!("same_place checked device and dtype"),
     };
     Ok(Tensor::from_storage(storage, &out))
+}
+
+/// The kernel's `OP` value that returns its left operand: broadcasting as a copy.
+const OP_FIRST: u32 = 11;
+
+/// `x` broadcast to `shape` (which must be a broadcast of x's shape).
+pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let out = broadcast_shape("broadcast_to", x.shape(), shape)?;
+    if out != shape {
+        return Err(Error::ShapeMismatch {
+            op: "broadcast_to",
+            lhs: x.shape().to_vec(),
+            rhs: shape.to_vec(),
+        });
+    }
+    let storage = match &*x.storage {
+        Storage::F32(v) => Storage::F32(binary_cpu(|u, _| u, v, x.shape(), v, x.shape(), shape)),
+        Storage::F64(v) => Storage::F64(binary_cpu(|u, _| u, v, x.shape(), v, x.shape(), shape)),
+        Storage::Gpu(b) => Storage::Gpu(binary_gpu(OP_FIRST, b, x.shape(), b, x.shape(), shape)?),
+    };
+    Ok(Tensor::from_storage(storage, shape))
 }
 
 fn op_name(op: BinaryOp) -> &'static str {
@@ -266,7 +289,8 @@ fn op_name(op: BinaryOp) -> &'static str {
 impl Tensor {
     /// `op` applied elementwise with NumPy broadcasting.
     pub fn binary(&self, other: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        binary_raw(self, other, op)
+        let out = binary_raw(self, other, op)?;
+        Ok(record(Op::Binary(op), &[self, other], out))
     }
     /// self + other (broadcasting)
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {

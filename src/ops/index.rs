@@ -11,6 +11,7 @@
 //! its output row (`one_hot`) or element (`gather`) into NaN, which shows up in any
 //! loss computed from it.
 
+use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
@@ -367,29 +368,48 @@ impl Tensor {
     /// of length `n` (class indices stored as floats). Invalid labels: as
     /// [`Tensor::one_hot`] (an error on the CPU, NaN on the GPU).
     pub fn gather(&self, labels: &Tensor) -> Result<Tensor> {
-        gather_raw(self, labels)
+        let out = gather_raw(self, labels)?;
+        Ok(record(
+            Op::Gather {
+                labels: labels.detach(),
+            },
+            &[self],
+            out,
+        ))
     }
 
     /// Swaps the last two dimensions: `[m, n]` → `[n, m]`, `[batch, m, n]` → `[batch, n, m]`.
     pub fn transpose(&self) -> Result<Tensor> {
-        transpose_raw(self)
+        let out = transpose_raw(self)?;
+        Ok(record(Op::Transpose, &[self], out))
     }
 
     /// Flattens each part and concatenates them into one rank-1 tensor (for example a
     /// model's parameters as one vector). All parts must share device and dtype.
     pub fn concat(parts: &[&Tensor]) -> Result<Tensor> {
-        concat_raw(parts)
+        let out = concat_raw(parts)?;
+        Ok(record(Op::Concat, parts, out))
     }
 
     /// Elements `[start, start + len)` of the flattened tensor, as a rank-1 tensor.
     pub fn slice(&self, start: usize, len: usize) -> Result<Tensor> {
-        slice_raw(self, start, len)
+        let out = slice_raw(self, start, len)?;
+        Ok(record(Op::Slice { start }, &[self], out))
     }
 
     /// Consecutive rank-1 pieces of the flattened tensor with the given `sizes`, which
     /// must sum to [`Tensor::numel`]. The inverse of [`Tensor::concat`].
     pub fn split(&self, sizes: &[usize]) -> Result<Vec<Tensor>> {
-        split_raw(self, sizes)
+        let pieces = split_raw(self, sizes)?;
+        let mut start = 0;
+        Ok(pieces
+            .into_iter()
+            .map(|p| {
+                let node = record(Op::Slice { start }, &[self], p);
+                start += node.numel();
+                node
+            })
+            .collect())
     }
 }
 

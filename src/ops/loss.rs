@@ -7,6 +7,7 @@
 //! logit, weights it and reduces the batch (a second, one-workgroup dispatch finishes
 //! large batches).
 
+use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::ops::reduce;
@@ -241,7 +242,8 @@ impl Tensor {
     /// (the row maximum is subtracted before exponentiating). Rank must be ≥ 1
     /// (`InvalidArgument` otherwise).
     pub fn log_softmax(&self) -> Result<Tensor> {
-        log_softmax_raw(self)
+        let out = log_softmax_raw(self)?;
+        Ok(record(Op::LogSoftmax, &[self], out))
     }
 
     /// Mean cross-entropy of logits `self` (`[n, c]`) against `labels` (`[n]`, f32
@@ -255,13 +257,21 @@ impl Tensor {
     /// term is NaN, whatever its weight). Shapes that do not fit are `ShapeMismatch`;
     /// logits that are not a matrix, or have no classes, are `InvalidArgument`.
     pub fn cross_entropy(&self, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
-        cross_entropy_raw(self, labels, weights)
+        let out = cross_entropy_raw(self, labels, weights)?;
+        let op = Op::CrossEntropy {
+            labels: labels.detach(),
+        };
+        Ok(match weights {
+            Some(w) => record(op, &[self, w], out),
+            None => record(op, &[self], out),
+        })
     }
 
     /// Mean squared error `mean((self − target)²)` as a 0-d tensor; the shapes must be
     /// equal (`ShapeMismatch`). An empty pair gives NaN (0 / 0).
     pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
-        mse_raw(self, target)
+        let out = mse_raw(self, target)?;
+        Ok(record(Op::Mse, &[self, target], out))
     }
 }
 

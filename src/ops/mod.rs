@@ -5,6 +5,8 @@ pub mod binary;
 pub(crate) mod fill;
 pub mod index;
 pub mod loss;
+pub mod matmul;
 pub mod reduce;
 pub mod unary;
+pub mod shape;
 pub mod update;

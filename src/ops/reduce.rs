@@ -8,6 +8,7 @@
 //! into chunks whose partial sums are reduced again), so even a 16M-element sum stays
 //! within 1e-4 relative of an f64 sum. The CPU accumulates in f64 for both dtypes.
 
+use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
@@ -420,43 +421,50 @@ pub(crate) fn max_axis_raw(x: &Tensor, axis: usize, keepdim: bool) -> Result<Ten
 impl Tensor {
     /// Sum of all elements as a 0-d tensor on the same device (0 for an empty tensor).
     pub fn sum(&self) -> Result<Tensor> {
-        sum_raw(self)
+        let out = sum_raw(self)?;
+        Ok(record(Op::Sum, &[self], out))
     }
 
     /// Mean of all elements as a 0-d tensor. An empty tensor gives NaN (0 / 0), as in
     /// NumPy, rather than an error, because the GPU cannot report one without a readback.
     pub fn mean(&self) -> Result<Tensor> {
-        mean_raw(self)
+        let out = mean_raw(self)?;
+        Ok(record(Op::Mean, &[self], out))
     }
 
     /// Sum along `axis`; with `keepdim` the axis stays as extent 1, otherwise it is
     /// removed. An empty axis sums to 0. Errors with `InvalidArgument` when
     /// `axis >= rank`.
     pub fn sum_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
-        sum_axis_raw(self, axis, keepdim)
+        let out = sum_axis_raw(self, axis, keepdim)?;
+        Ok(record(Op::SumAxis { axis, keepdim }, &[self], out))
     }
 
     /// Mean along `axis` (NaN where the axis is empty); `keepdim` as in
     /// [`Tensor::sum_axis`].
     pub fn mean_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
-        mean_axis_raw(self, axis, keepdim)
+        let out = mean_axis_raw(self, axis, keepdim)?;
+        Ok(record(Op::MeanAxis { axis, keepdim }, &[self], out))
     }
 
     /// Maximum along `axis`; `keepdim` as in [`Tensor::sum_axis`]. An empty axis is
     /// `InvalidArgument`. The CPU propagates NaN; on the GPU NaN inputs give an
     /// unspecified result, since WGSL lets drivers assume floats are not NaN.
     pub fn max_axis(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
-        max_axis_raw(self, axis, keepdim)
+        let out = max_axis_raw(self, axis, keepdim)?;
+        Ok(record(Op::MaxAxis { axis, keepdim }, &[self], out))
     }
 
     /// Σ selfᵢ · otherᵢ as a 0-d tensor; the shapes must be equal (`ShapeMismatch`).
     pub fn dot(&self, other: &Tensor) -> Result<Tensor> {
-        dot_raw(self, other)
+        let out = dot_raw(self, other)?;
+        Ok(record(Op::Dot, &[self, other], out))
     }
 
     /// Σ selfᵢ² (the squared Euclidean norm) as a 0-d tensor.
     pub fn sqnorm(&self) -> Result<Tensor> {
-        sqnorm_raw(self)
+        let out = sqnorm_raw(self)?;
+        Ok(record(Op::Sqnorm, &[self], out))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Elementwise unary ops: `shaders/unary.wgsl` on the GPU, [`unary_cpu`] on the CPU.
 
+use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::Result;
 use crate::shaders;
@@ -161,7 +162,11 @@ pub(crate) fn unary_raw(x: &Tensor, op: UnaryOp, a: f64, b: f64) -> Result<Tenso
 impl Tensor {
     /// Applies `op` to every element (for [`UnaryOp::ScaleShift`] use [`Tensor::scale_shift`]).
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        unary_raw(self, op, 1.0, 0.0)
+        if op == UnaryOp::ScaleShift {
+            return self.scale_shift(1.0, 0.0);
+        }
+        let out = unary_raw(self, op, 1.0, 0.0)?;
+        Ok(record(Op::Unary { op, a: 1.0 }, &[self], out))
     }
     /// −x
     pub fn neg(&self) -> Result<Tensor> {
@@ -221,7 +226,15 @@ impl Tensor {
     }
     /// a·x + b with host scalars.
     pub fn scale_shift(&self, a: f64, b: f64) -> Result<Tensor> {
-        unary_raw(self, UnaryOp::ScaleShift, a, b)
+        let out = unary_raw(self, UnaryOp::ScaleShift, a, b)?;
+        Ok(record(
+            Op::Unary {
+                op: UnaryOp::ScaleShift,
+                a,
+            },
+            &[self],
+            out,
+        ))
     }
     /// a·x
     pub fn scale(&self, a: f64) -> Result<Tensor> {

@@ -7,6 +7,7 @@
 //! computed on the GPU scales a vector without a readback, and conjugate gradient's
 //! α = rᵀr / pᵀAp never leaves the device ([`Tensor::axpy_ratio`]).
 
+use crate::autodiff::{Op, ScalarKind, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
 use crate::shaders;
@@ -191,15 +192,35 @@ pub(crate) fn update_raw(
     Ok(Tensor::from_storage(storage, y.shape()))
 }
 
+/// Records b·y + a·x with its device scalars as extra inputs (a's before b's).
+fn record_linear(y: &Tensor, x: &Tensor, a: Scalar<'_>, b: Scalar<'_>, out: Tensor) -> Tensor {
+    let mut inputs = vec![y, x];
+    for s in [&a, &b] {
+        if let Scalar::Device(t) = s {
+            inputs.push(t);
+        }
+    }
+    record(
+        Op::Axpby {
+            a: ScalarKind::of(&a),
+            b: ScalarKind::of(&b),
+        },
+        &inputs,
+        out,
+    )
+}
+
 impl Tensor {
     /// `self + a·x` in one pass (one dispatch on the GPU). `a` is a host number or a
     /// one-element tensor on the same device; `x` must have the shape of `self`.
     pub fn axpy<'a>(&self, a: impl Into<Scalar<'a>>, x: &Tensor) -> Result<Tensor> {
+        let a = a.into();
         let coefs = Coefs::Linear {
             b: Scalar::Host(1.0),
-            a: a.into(),
+            a,
         };
-        update_raw("axpy", self, coefs, x)
+        let out = update_raw("axpy", self, coefs, x)?;
+        Ok(record_linear(self, x, a, Scalar::Host(1.0), out))
     }
 
     /// `b·self + a·x` in one pass (one dispatch on the GPU). `a` and `b` are host numbers
@@ -210,11 +231,10 @@ impl Tensor {
         a: impl Into<Scalar<'a>>,
         x: &Tensor,
     ) -> Result<Tensor> {
-        let coefs = Coefs::Linear {
-            b: b.into(),
-            a: a.into(),
-        };
-        update_raw("axpby", self, coefs, x)
+        let (a, b) = (a.into(), b.into());
+        let coefs = Coefs::Linear { b, a };
+        let out = update_raw("axpby", self, coefs, x)?;
+        Ok(record_linear(self, x, a, b, out))
     }
 
     /// `self + sign·(num/den)·x` in one pass, where `num` and `den` are one-element
@@ -222,7 +242,8 @@ impl Tensor {
     /// never leaves the device): conjugate gradient's `x + α p` and `r − α Ap` with
     /// `α = rᵀr / pᵀAp`. A zero `den` gives inf or NaN, as the division would.
     pub fn axpy_ratio(&self, num: &Tensor, den: &Tensor, sign: f64, x: &Tensor) -> Result<Tensor> {
-        update_raw("axpy_ratio", self, Coefs::Ratio { sign, num, den }, x)
+        let out = update_raw("axpy_ratio", self, Coefs::Ratio { sign, num, den }, x)?;
+        Ok(record(Op::AxpyRatio { sign }, &[self, x, num, den], out))
     }
 }
 

@@ -1,0 +1,451 @@
+//! Reverse-mode automatic differentiation that can differentiate its own backward pass.
+//!
+//! Every op on a tensor that requires gradients records a [`Node`] holding the op, its
+//! inputs and (when its backward rule needs it) its output. [`grad`] walks the graph
+//! from a loss back to the requested tensors. With `create_graph = true` the backward
+//! pass is recorded like any other computation, because every backward rule (all in
+//! [`rules`]) is written with ordinary differentiable tensor ops. That is where
+//! Hessian-vector products and mixed second derivatives come from ([`hvp`], [`mixed`],
+//! [`mixed_t`]): no separate second-order code, and no host readback on the GPU.
+//!
+//! The graph is held by the tensors themselves (each result points at its inputs), so
+//! it is freed as soon as the last tensor of it is dropped and device buffers return to
+//! the pool.
+
+pub(crate) mod rules;
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Result, invalid};
+use crate::ops::binary::BinaryOp;
+use crate::ops::unary::UnaryOp;
+use crate::ops::update::Scalar;
+use crate::tensor::{Storage, Tensor};
+
+/// The recorded form of an op: what its backward rule needs besides the inputs.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// A tensor created by [`Tensor::requires_grad`].
+    Leaf,
+    Unary {
+        op: UnaryOp,
+        a: f64,
+    },
+    Binary(BinaryOp),
+    /// Broadcast of the input to the node's shape.
+    BroadcastTo,
+    /// Sum of the input down to the node's (broadcast-compatible) shape.
+    SumTo,
+    Reshape,
+    Matmul {
+        trans_a: bool,
+        trans_b: bool,
+    },
+    Sum,
+    Mean,
+    SumAxis {
+        axis: usize,
+        keepdim: bool,
+    },
+    MeanAxis {
+        axis: usize,
+        keepdim: bool,
+    },
+    MaxAxis {
+        axis: usize,
+        keepdim: bool,
+    },
+    Dot,
+    Sqnorm,
+    LogSoftmax,
+    /// Inputs: logits, then the weights if any.
+    CrossEntropy {
+        labels: Tensor,
+    },
+    Mse,
+    Gather {
+        labels: Tensor,
+    },
+    Transpose,
+    Concat,
+    Slice {
+        start: usize,
+    },
+    /// b·y + a·x; inputs: y, x, then the device scalars among (a, b) in that order.
+    Axpby {
+        a: ScalarKind,
+        b: ScalarKind,
+    },
+    /// y + sign·(num/den)·x; inputs: y, x, num, den.
+    AxpyRatio {
+        sign: f64,
+    },
+}
+
+/// How a scalar operand of a fused update was given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScalarKind {
+    Host(f64),
+    Device,
+}
+
+impl ScalarKind {
+    pub(crate) fn of(s: &Scalar<'_>) -> Self {
+        match s {
+            Scalar::Host(v) => ScalarKind::Host(*v),
+            Scalar::Device(_) => ScalarKind::Device,
+        }
+    }
+}
+
+/// One recorded op.
+pub(crate) struct Node {
+    id: u64,
+    pub(crate) op: Op,
+    pub(crate) inputs: Vec<Tensor>,
+    /// The op's output, kept only for ops whose backward rule reads it (exp, tanh, ...).
+    out: Option<Arc<Storage>>,
+    out_shape: Arc<[usize]>,
+}
+
+impl Drop for Node {
+    // A long chain (thousands of unrolled steps) would otherwise be freed recursively,
+    // one stack frame per node, and overflow the stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Node> = Vec::new();
+        let take = |inputs: &mut Vec<Tensor>, stack: &mut Vec<Node>| {
+            for t in inputs.drain(..) {
+                if let Some(node) = t.node
+                    && let Some(node) = Arc::into_inner(node)
+                {
+                    stack.push(node);
+                }
+            }
+        };
+        take(&mut self.inputs, &mut stack);
+        while let Some(mut node) = stack.pop() {
+            take(&mut node.inputs, &mut stack);
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` without recording: results of ops inside have no graph. Use it for updates
+/// that must not be differentiated through (an optimizer step on a detached copy,
+/// evaluation).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_grad_mode(false, f)
+}
+
+fn with_grad_mode<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
+    f()
+}
+
+/// True when ops record onto the graph (the default; false inside [`no_grad`]).
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Attaches a node for `op` to `out` when recording is on and an input is on the graph.
+/// Every public op calls this after computing its result with a `_raw` kernel function.
+pub(crate) fn record(op: Op, inputs: &[&Tensor], out: Tensor) -> Tensor {
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.node.is_some()) {
+        return out;
+    }
+    let keeps_output = matches!(
+        op,
+        Op::Unary {
+            op: UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Recip,
+            ..
+        } | Op::LogSoftmax
+            | Op::MaxAxis { .. }
+            | Op::Binary(BinaryOp::Div)
+    );
+    let node = Node {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        op,
+        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+        out: keeps_output.then(|| out.storage.clone()),
+        out_shape: out.shape.clone(),
+    };
+    Tensor {
+        node: Some(Arc::new(node)),
+        ..out
+    }
+}
+
+impl Tensor {
+    /// A copy of this tensor (sharing storage) that is a leaf of the graph: gradients
+    /// can be taken with respect to it.
+    pub fn requires_grad(&self) -> Tensor {
+        let node = Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            op: Op::Leaf,
+            inputs: Vec::new(),
+            out: None,
+            out_shape: self.shape.clone(),
+        };
+        Tensor {
+            shape: self.shape.clone(),
+            storage: self.storage.clone(),
+            node: Some(Arc::new(node)),
+        }
+    }
+
+    /// The same values with no graph: a constant for later ops.
+    pub fn detach(&self) -> Tensor {
+        Tensor {
+            shape: self.shape.clone(),
+            storage: self.storage.clone(),
+            node: None,
+        }
+    }
+
+    /// True if this tensor is on a graph (a leaf from [`Tensor::requires_grad`] or the
+    /// result of ops on one).
+    pub fn is_tracked(&self) -> bool {
+        self.node.is_some()
+    }
+}
+
+/// Gradients of the scalar `loss` with respect to each tensor in `wrt`, in the same
+/// order. A tensor the loss does not depend on gets zeros.
+///
+/// With `create_graph = true` the gradients are themselves on the graph and can be
+/// differentiated again; otherwise they are constants and the backward pass records
+/// nothing.
+pub fn grad(loss: &Tensor, wrt: &[&Tensor], create_graph: bool) -> Result<Vec<Tensor>> {
+    if loss.numel() != 1 {
+        return Err(invalid(
+            "grad",
+            format!(
+                "the loss must have one element, got shape {:?}; reduce it (sum/mean) or use vjp with a seed",
+                loss.shape()
+            ),
+        ));
+    }
+    let seed = loss.detach().ones_like()?;
+    vjp(loss, &seed, wrt, create_graph)
+}
+
+/// Vector-Jacobian product: Σ seed ⊙ ∂output/∂wrt for each tensor in `wrt`.
+pub fn vjp(output: &Tensor, seed: &Tensor, wrt: &[&Tensor], create_graph: bool) -> Result<Vec<Tensor>> {
+    if seed.shape() != output.shape() {
+        return Err(crate::Error::ShapeMismatch {
+            op: "vjp",
+            lhs: output.shape().to_vec(),
+            rhs: seed.shape().to_vec(),
+        });
+    }
+    for (i, w) in wrt.iter().enumerate() {
+        if w.node.is_none() {
+            return Err(invalid(
+                "grad",
+                format!(
+                    "wrt[{i}] (shape {:?}) is not on the graph; create it with .requires_grad() before using it",
+                    w.shape()
+                ),
+            ));
+        }
+    }
+    let wanted: HashSet<u64> = wrt.iter().map(|w| node_id(w)).collect();
+    let grads = with_grad_mode(create_graph, || backward(output, seed, &wanted))?;
+    wrt.iter()
+        .map(|w| match grads.get(&node_id(w)) {
+            Some(g) => Ok(g.clone()),
+            None => w.detach().zeros_like(),
+        })
+        .collect()
+}
+
+fn node_id(t: &Tensor) -> u64 {
+    t.node.as_ref().map_or(0, |n| n.id)
+}
+
+/// Reverse sweep: accumulates gradients of every node on a path to a wanted node.
+fn backward(output: &Tensor, seed: &Tensor, wanted: &HashSet<u64>) -> Result<HashMap<u64, Tensor>> {
+    let Some(root) = output.node.clone() else {
+        return Ok(HashMap::new());
+    };
+    // Post-order DFS (iterative: graphs of unrolled loops are deep), keeping only nodes
+    // from which a wanted node is reachable.
+    let mut order: Vec<Arc<Node>> = Vec::new();
+    let mut reaches: HashMap<u64, bool> = HashMap::new();
+    let mut stack: Vec<(Arc<Node>, usize)> = vec![(root.clone(), 0)];
+    let mut visiting: HashSet<u64> = HashSet::from([root.id]);
+    while let Some((node, next)) = stack.pop() {
+        if next < node.inputs.len() {
+            let child = node.inputs[next].node.clone();
+            stack.push((node, next + 1));
+            if let Some(child) = child
+                && !reaches.contains_key(&child.id)
+                && visiting.insert(child.id)
+            {
+                stack.push((child, 0));
+            }
+        } else {
+            let r = wanted.contains(&node.id)
+                || node
+                    .inputs
+                    .iter()
+                    .any(|t| t.node.as_ref().is_some_and(|c| reaches.get(&c.id) == Some(&true)));
+            reaches.insert(node.id, r);
+            if r {
+                order.push(node);
+            }
+        }
+    }
+
+    let mut grads: HashMap<u64, Tensor> = HashMap::new();
+    grads.insert(root.id, seed.detach());
+    for node in order.iter().rev() {
+        let Some(g) = grads.get(&node.id).cloned() else {
+            continue;
+        };
+        if matches!(node.op, Op::Leaf) {
+            continue;
+        }
+        let out = Tensor {
+            shape: node.out_shape.clone(),
+            storage: match &node.out {
+                Some(s) => s.clone(),
+                // Rules of ops that keep no output never read it; any storage will do.
+                None => g.storage.clone(),
+            },
+            node: Some(node.clone()),
+        };
+        let input_grads = rules::backward(&node.op, &node.inputs, &out, &g)?;
+        for (input, ig) in node.inputs.iter().zip(input_grads) {
+            let (Some(ig), Some(child)) = (ig, input.node.as_ref()) else {
+                continue;
+            };
+            if reaches.get(&child.id) != Some(&true) {
+                continue;
+            }
+            let acc = match grads.remove(&child.id) {
+                Some(prev) => prev.add(&ig)?,
+                None => ig,
+            };
+            grads.insert(child.id, acc);
+        }
+    }
+    grads.retain(|id, _| wanted.contains(id));
+    Ok(grads)
+}
+
+/// Second-order products of one scalar loss with respect to parameters `w`.
+///
+/// The gradient ∇_w L is built once with its graph; every product after that is one
+/// more backward pass through it (so an HVP costs about two gradients, not three).
+/// This is the operator conjugate gradient and Neumann iterate on.
+pub struct HvpOperator {
+    w: Vec<Tensor>,
+    grad_w: Vec<Tensor>,
+}
+
+impl HvpOperator {
+    /// Records ∇_w L for `loss`, which must have been computed from `w` with recording on.
+    pub fn new(loss: &Tensor, w: &[&Tensor]) -> Result<Self> {
+        let grad_w = with_grad_mode(true, || grad(loss, w, true))?;
+        Ok(Self {
+            w: w.iter().map(|t| (*t).clone()).collect(),
+            grad_w,
+        })
+    }
+
+    /// ∇_w L as constants.
+    pub fn gradient(&self) -> Vec<Tensor> {
+        self.grad_w.iter().map(Tensor::detach).collect()
+    }
+
+    /// H v, block by block (one direction tensor per parameter tensor).
+    pub fn hvp(&self, v: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let w: Vec<&Tensor> = self.w.iter().collect();
+        with_grad_mode(true, || {
+            let gv = dot_many("hvp", &self.grad_w, v)?;
+            grad(&gv, &w, false)
+        })
+    }
+
+    /// H v for a single parameter tensor.
+    pub fn hvp1(&self, v: &Tensor) -> Result<Tensor> {
+        Ok(self.hvp(&[v])?.remove(0))
+    }
+
+    /// (∂²L/∂λ∂w) v = ∇_λ (∇_w L · v) for tensors `lambda` the loss was computed from.
+    /// λ-tensors the loss does not depend on get zeros.
+    pub fn mixed(&self, lambda: &[&Tensor], v: &[&Tensor]) -> Result<Vec<Tensor>> {
+        with_grad_mode(true, || {
+            let gv = dot_many("mixed", &self.grad_w, v)?;
+            grad(&gv, lambda, false)
+        })
+    }
+}
+
+/// Hessian-vector product H v = ∇_w (∇_w L · v) of the scalar `loss` with respect to
+/// `w`, for a direction `v` of w's shape. `loss` must have been computed from `w` with
+/// recording on. The result is a constant (no graph). For many products with the same
+/// loss, build an [`HvpOperator`] once.
+pub fn hvp(loss: &Tensor, w: &Tensor, v: &Tensor) -> Result<Tensor> {
+    HvpOperator::new(loss, &[w])?.hvp1(v)
+}
+
+/// Mixed product (∂²L/∂λ∂w) v = ∇_λ (∇_w L · v): a vector in λ-space, for a direction
+/// `v` in w-space (one tensor per w-tensor). λ-tensors the loss does not depend on get zeros.
+pub fn mixed(loss: &Tensor, w: &[&Tensor], lambda: &[&Tensor], v: &[&Tensor]) -> Result<Vec<Tensor>> {
+    HvpOperator::new(loss, w)?.mixed(lambda, v)
+}
+
+/// Transposed mixed product (∂²L/∂w∂λ) u = ∇_w (∇_λ L · u): a vector in w-space, for a
+/// direction `u` in λ-space (forward-mode hypergradients need this one).
+pub fn mixed_t(loss: &Tensor, w: &[&Tensor], lambda: &[&Tensor], u: &[&Tensor]) -> Result<Vec<Tensor>> {
+    with_grad_mode(true, || {
+        let g = grad(loss, lambda, true)?;
+        let gu = dot_many("mixed_t", &g, u)?;
+        grad(&gu, w, false)
+    })
+}
+
+/// Σ_i ⟨a_i, b_i⟩ as a 0-d tensor on the graph.
+fn dot_many(op: &'static str, a: &[Tensor], b: &[&Tensor]) -> Result<Tensor> {
+    if a.len() != b.len() || a.is_empty() {
+        return Err(invalid(
+            op,
+            format!("expected {} direction tensor(s), got {}", a.len(), b.len()),
+        ));
+    }
+    let mut total: Option<Tensor> = None;
+    for (x, y) in a.iter().zip(b) {
+        if x.shape() != y.shape() {
+            return Err(crate::Error::ShapeMismatch {
+                op,
+                lhs: x.shape().to_vec(),
+                rhs: y.shape().to_vec(),
+            });
+        }
+        let d = x.dot(&y.detach())?;
+        total = Some(match total {
+            Some(t) => t.add(&d)?,
+            None => d,
+        });
+    }
+    Ok(total.expect("non-empty checked above"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Every backward rule of blo, in one table.
+//!
+//! A rule maps the upstream gradient `g` (shaped like the op's output) to one gradient
+//! per input (`None` where the input is not differentiable, e.g. a comparison). Rules
+//! are written only with public, recorded tensor ops, so with recording on they are
+//! themselves differentiated: that is all second-order autodiff needs.
+
+use super::{Op, ScalarKind};
+use crate::error::Result;
+use crate::ops::binary::BinaryOp;
+use crate::ops::unary::UnaryOp;
+use crate::tensor::Tensor;
+
+type Grads = Vec<Option<Tensor>>;
+
+/// Gradients of an op's inputs given its output `y` and the upstream gradient `g`.
+pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Result<Grads> {
+    let x = |i: usize| &inputs[i];
+    Ok(match op {
+        Op::Leaf => vec![],
+        Op::Unary { op, a } => vec![unary(*op, *a, x(0), y, g)?],
+        Op::Binary(op) => binary(*op, x(0), x(1), y, g)?,
+        Op::BroadcastTo => vec![Some(g.sum_to(x(0).shape())?)],
+        Op::SumTo => vec![Some(g.broadcast_to(x(0).shape())?)],
+        Op::Reshape => vec![Some(g.reshape(x(0).shape())?)],
+        Op::Matmul { trans_a, trans_b } => {
+            // C = op(A)·op(B) with op = transpose when flagged. Each input's gradient is
+            // arranged so that it comes out in the input's stored layout.
+            let (a, b) = (x(0), x(1));
+            let ga = match (*trans_a, *trans_b) {
+                (false, false) => g.matmul_t(b, false, true)?,
+                (false, true) => g.matmul_t(b, false, false)?,
+                (true, false) => b.matmul_t(g, false, true)?,
+                (true, true) => b.matmul_t(g, true, true)?,
+            };
+            let gb = match (*trans_a, *trans_b) {
+                (false, false) => a.matmul_t(g, true, false)?,
+                (false, true) => g.matmul_t(a, true, false)?,
+                (true, false) => a.matmul_t(g, false, false)?,
+                (true, true) => g.matmul_t(a, true, true)?,
+            };
+            // A right matrix shared across a batch collects the gradient of every batch.
+            let ga = if ga.rank() > a.rank() { ga.sum_axis(0, false)? } else { ga };
+            let gb = if gb.rank() > b.rank() { gb.sum_axis(0, false)? } else { gb };
+            vec![Some(ga), Some(gb)]
+        }
+        Op::Sum => vec![Some(g.broadcast_to(x(0).shape())?)],
+        Op::Mean => {
+            let n = x(0).numel().max(1) as f64;
+            vec![Some(g.scale(1.0 / n)?.broadcast_to(x(0).shape())?)]
+        }
+        Op::SumAxis { axis, keepdim } => vec![Some(unreduce(g, x(0).shape(), *axis, *keepdim)?)],
+        Op::MeanAxis { axis, keepdim } => {
+            let n = x(0).shape()[*axis].max(1) as f64;
+            vec![Some(unreduce(&g.scale(1.0 / n)?, x(0).shape(), *axis, *keepdim)?)]
+        }
+        Op::MaxAxis { axis, keepdim } => {
+            // Every element equal to the maximum receives the full gradient; ties have
+            // probability zero for continuous inputs, and the mask is a constant.
+            let shape = x(0).shape();
+            let ymax = unreduce(y, shape, *axis, *keepdim)?;
+            let mask = x(0).detach().eq_mask(&ymax.detach())?;
+            vec![Some(unreduce(g, shape, *axis, *keepdim)?.mul(&mask)?)]
+        }
+        Op::Dot => vec![Some(x(1).mul(g)?), Some(x(0).mul(g)?)],
+        Op::Sqnorm => vec![Some(x(0).mul(g)?.scale(2.0)?)],
+        Op::LogSoftmax => {
+            // y = z − logsumexp(z): ∂ = g − softmax(z)·Σg along the last axis.
+            let last = y.rank() - 1;
+            let softmax = y.exp()?;
+            let total = g.sum_axis(last, true)?;
+            vec![Some(g.sub(&softmax.mul(&total)?)?)]
+        }
+        Op::CrossEntropy { labels } => {
+            // L = (1/n) Σ w_i (logsumexp(z_i) − z_{i,y_i}).
+            let z = x(0);
+            let (n, c) = (z.shape()[0], z.shape()[1]);
+            let scale = g.scale(1.0 / n.max(1) as f64)?;
+            let onehot = Tensor::one_hot(labels, c)?;
+            let dlogits = z.log_softmax()?.exp()?.sub(&onehot)?;
+            match inputs.get(1) {
+                None => vec![Some(dlogits.mul(&scale)?)],
+                Some(w) => {
+                    let row = w.reshape(&[n, 1])?.mul(&scale)?;
+                    let per_row = z.log_softmax()?.gather(labels)?.neg()?;
+                    vec![Some(dlogits.mul(&row)?), Some(per_row.mul(&scale)?)]
+                }
+            }
+        }
+        Op::Mse => {
+            let n = x(0).numel().max(1) as f64;
+            let d = x(0).sub(x(1))?.mul(g)?.scale(2.0 / n)?;
+            vec![Some(d.clone()), Some(d.neg()?)]
+        }
+        Op::Gather { labels } => {
+            let c = x(0).shape()[1];
+            let rows = g.reshape(&[g.numel(), 1])?;
+            vec![Some(Tensor::one_hot(labels, c)?.mul(&rows)?)]
+        }
+        Op::Transpose => vec![Some(g.transpose()?)],
+        Op::Concat => {
+            let sizes: Vec<usize> = inputs.iter().map(Tensor::numel).collect();
+            g.split(&sizes)?
+                .into_iter()
+                .zip(inputs)
+                .map(|(p, t)| p.reshape(t.shape()).map(Some))
+                .collect::<Result<_>>()?
+        }
+        Op::Slice { start } => {
+            let n = x(0).numel();
+            let len = g.numel();
+            let before = Tensor::zeros(&[*start], &g.device())?;
+            let after = Tensor::zeros(&[n - start - len], &g.device())?;
+            let before = before.to_dtype(g.dtype())?;
+            let after = after.to_dtype(g.dtype())?;
+            vec![Some(Tensor::concat(&[&before, g, &after])?.reshape(x(0).shape())?)]
+        }
+        Op::Axpby { a, b } => {
+            // out = b·y + a·x; device scalars follow y and x in the inputs.
+            let (yv, xv) = (x(0), x(1));
+            let mut next = 2;
+            let mut scaled = |k: &ScalarKind| -> Result<(Tensor, bool)> {
+                Ok(match k {
+                    ScalarKind::Host(v) => (g.scale(*v)?, false),
+                    ScalarKind::Device => {
+                        let s = &inputs[next];
+                        next += 1;
+                        (g.mul(&s.reshape(&[])?)?, true)
+                    }
+                })
+            };
+            let (gx, a_dev) = scaled(a)?;
+            let (gy, b_dev) = scaled(b)?;
+            let mut out = vec![Some(gy), Some(gx)];
+            if a_dev {
+                out.push(Some(g.dot(xv)?.reshape(inputs[2].shape())?));
+            }
+            if b_dev {
+                out.push(Some(g.dot(yv)?.reshape(inputs[out.len()].shape())?));
+            }
+            out
+        }
+        Op::AxpyRatio { sign } => {
+            let (xv, num, den) = (x(1), x(2), x(3));
+            let ratio = num.reshape(&[])?.div(&den.reshape(&[])?)?.scale(*sign)?;
+            let gx = g.mul(&ratio)?;
+            let gdot = g.dot(xv)?.scale(*sign)?;
+            let gnum = gdot.div(&den.reshape(&[])?)?;
+            let gden = gnum.mul(&num.reshape(&[])?)?.div(&den.reshape(&[])?)?.neg()?;
+            vec![
+                Some(g.clone()),
+                Some(gx),
+                Some(gnum.reshape(num.shape())?),
+                Some(gden.reshape(den.shape())?),
+            ]
+        }
+    })
+}
+
+fn unary(op: UnaryOp, a: f64, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    Ok(Some(match op {
+        UnaryOp::Neg => g.neg()?,
+        UnaryOp::Exp => g.mul(y)?,
+        UnaryOp::Log => g.div(x)?,
+        UnaryOp::Sqrt => g.div(y)?.scale(0.5)?,
+        UnaryOp::Square => g.mul(x)?.scale(2.0)?,
+        UnaryOp::Abs => g.mul(&x.sign()?)?,
+        UnaryOp::Sin => g.mul(&x.cos()?)?,
+        UnaryOp::Cos => g.mul(&x.sin()?)?.neg()?,
+        UnaryOp::Tanh => g.mul(&y.square()?.scale_shift(-1.0, 1.0)?)?,
+        UnaryOp::Sigmoid => g.mul(&y.mul(&y.scale_shift(-1.0, 1.0)?)?)?,
+        UnaryOp::Relu => g.mul(&x.relu_mask()?)?,
+        UnaryOp::ScaleShift => g.scale(a)?,
+        UnaryOp::Recip => g.mul(&y.square()?)?.neg()?,
+        // Piecewise-constant functions: zero derivative almost everywhere.
+        UnaryOp::ReluMask | UnaryOp::Sign => return Ok(None),
+    }))
+}
+
+fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> Result<Grads> {
+    let (sa, sb) = (a.shape(), b.shape());
+    Ok(match op {
+        BinaryOp::Add => vec![Some(g.sum_to(sa)?), Some(g.sum_to(sb)?)],
+        BinaryOp::Sub => vec![Some(g.sum_to(sa)?), Some(g.sum_to(sb)?.neg()?)],
+        BinaryOp::Mul => vec![Some(g.mul(b)?.sum_to(sa)?), Some(g.mul(a)?.sum_to(sb)?)],
+        BinaryOp::Div => {
+            let ga = g.div(b)?;
+            let gb = ga.mul(y)?.neg()?;
+            vec![Some(ga.sum_to(sa)?), Some(gb.sum_to(sb)?)]
+        }
+        // The larger (smaller) operand takes the gradient; ties go to `a`.
+        BinaryOp::Max => {
+            let ma = a.detach().ge(&b.detach())?;
+            let mb = ma.scale_shift(-1.0, 1.0)?;
+            vec![Some(g.mul(&ma)?.sum_to(sa)?), Some(g.mul(&mb)?.sum_to(sb)?)]
+        }
+        BinaryOp::Min => {
+            let ma = a.detach().le(&b.detach())?;
+            let mb = ma.scale_shift(-1.0, 1.0)?;
+            vec![Some(g.mul(&ma)?.sum_to(sa)?), Some(g.mul(&mb)?.sum_to(sb)?)]
+        }
+        BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq => vec![None, None],
+    })
+}
+
+/// Brings a gradient of a reduction along `axis` back to the input's shape.
+fn unreduce(g: &Tensor, shape: &[usize], axis: usize, keepdim: bool) -> Result<Tensor> {
+    let g = if keepdim {
+        g.clone()
+    } else {
+        let mut kept = shape.to_vec();
+        kept[axis] = 1;
+        g.reshape(&kept)?
+    };
+    g.broadcast_to(shape)
+}

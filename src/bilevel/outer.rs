@@ -1,0 +1,295 @@
+//! The outer loop: λ ← λ − lr·hypergradient (or Adam), and HOAG.
+
+use std::time::Instant;
+
+use super::{
+    Hypergradient, Inner, InnerOptimizer, Problem, Report, check_lambda, detach_all, dot_list, hypergradient, refs,
+    track, Method,
+};
+use crate::autodiff::{grad, no_grad};
+use crate::error::{Result, invalid};
+use crate::tensor::Tensor;
+
+/// How λ moves along the hypergradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OuterOptimizer {
+    /// λ ← λ − lr·h.
+    Sgd {
+        /// Step size.
+        lr: f64,
+    },
+    /// Adam (Kingma & Ba) on λ with bias correction.
+    Adam {
+        /// Step size.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator offset.
+        eps: f64,
+    },
+}
+
+impl OuterOptimizer {
+    /// Adam with the usual defaults (β₁ 0.9, β₂ 0.999, ε 1e-8).
+    pub fn adam(lr: f64) -> Self {
+        OuterOptimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = match *self {
+            OuterOptimizer::Sgd { lr } => lr.is_finite() && lr > 0.0,
+            OuterOptimizer::Adam { lr, beta1, beta2, eps } => {
+                lr.is_finite()
+                    && lr > 0.0
+                    && (0.0..1.0).contains(&beta1)
+                    && (0.0..1.0).contains(&beta2)
+                    && eps.is_finite()
+                    && eps > 0.0
+            }
+        };
+        if !ok {
+            return Err(invalid(
+                "outer optimizer",
+                format!("{self:?}: need lr > 0, betas in [0, 1), eps > 0, all finite"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where each outer step starts the inner optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmStart {
+    /// From the problem's w₀ every time.
+    Reinit,
+    /// From the inner iterate the previous outer step ended at.
+    Warm,
+}
+
+/// Configuration of [`optimize`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OuterConfig {
+    /// Outer steps. 0 computes the hypergradient at the initial λ once.
+    pub steps: usize,
+    /// The update of λ.
+    pub optimizer: OuterOptimizer,
+    /// Re-initialise w or warm-start it.
+    pub warm_start: WarmStart,
+}
+
+/// One outer step of a [`Trace`].
+#[derive(Debug, Clone)]
+pub struct TraceStep {
+    /// Outer step index (0-based).
+    pub step: usize,
+    /// L_out at the point the hypergradient was evaluated (before this step's update).
+    pub outer_loss: f64,
+    /// ‖hypergradient‖₂.
+    pub hypergrad_norm: f64,
+    /// Seconds since the start of the run.
+    pub elapsed_s: f64,
+    /// The hypergradient computation's report.
+    pub report: Report,
+}
+
+/// The result of an outer loop.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// One entry per outer step (one entry for `steps = 0`).
+    pub steps: Vec<TraceStep>,
+    /// Final λ.
+    pub lambda: Vec<Tensor>,
+    /// The inner iterate of the last hypergradient evaluation.
+    pub w: Vec<Tensor>,
+    /// The last hypergradient.
+    pub last: Hypergradient,
+}
+
+fn norm(ts: &[Tensor]) -> Result<f64> {
+    Ok(no_grad(|| dot_list(ts, ts))?.to_scalar::<f64>()?.sqrt())
+}
+
+struct AdamState {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: i32,
+}
+
+fn update(opt: &OuterOptimizer, adam: &mut Option<AdamState>, lambda: &[Tensor], h: &[Tensor]) -> Result<Vec<Tensor>> {
+    no_grad(|| match *opt {
+        OuterOptimizer::Sgd { lr } => lambda.iter().zip(h).map(|(l, g)| l.axpy(-lr, g)).collect(),
+        OuterOptimizer::Adam { lr, beta1, beta2, eps } => {
+            let st = match adam {
+                Some(s) => s,
+                None => adam.insert(AdamState {
+                    m: h.iter().map(Tensor::zeros_like).collect::<Result<_>>()?,
+                    v: h.iter().map(Tensor::zeros_like).collect::<Result<_>>()?,
+                    t: 0,
+                }),
+            };
+            st.t += 1;
+            let c1 = 1.0 - beta1.powi(st.t);
+            let c2 = 1.0 - beta2.powi(st.t);
+            let mut out = Vec::with_capacity(lambda.len());
+            for i in 0..lambda.len() {
+                st.m[i] = st.m[i].axpby(beta1, 1.0 - beta1, &h[i])?;
+                st.v[i] = st.v[i].axpby(beta2, 1.0 - beta2, &h[i].square()?)?;
+                let denom = st.v[i].scale(1.0 / c2)?.sqrt()?.scale_shift(1.0, eps)?;
+                let step = st.m[i].div(&denom)?;
+                out.push(lambda[i].axpy(-lr / c1, &step)?);
+            }
+            Ok(out)
+        }
+    })
+}
+
+/// Runs the outer loop: at each step, the hypergradient by `method` at λ, then an
+/// update of λ. Returns the trace (one readback of the loss and the norm per step).
+pub fn optimize(
+    problem: &dyn Problem,
+    lambda0: &[Tensor],
+    inner: &Inner,
+    method: &Method,
+    config: &OuterConfig,
+) -> Result<Trace> {
+    check_lambda(problem, lambda0)?;
+    config.optimizer.validate()?;
+    let start = Instant::now();
+    let w0 = problem.init_w()?;
+    let mut lambda = detach_all(lambda0);
+    let mut w_start = w0.clone();
+    let mut adam = None;
+    let mut steps = Vec::new();
+    let mut step = 0;
+    loop {
+        let hg = hypergradient(problem, &lambda, &w_start, inner, method)?;
+        let hnorm = norm(&hg.grad)?;
+        if !hnorm.is_finite() {
+            return Err(invalid(
+                "optimize",
+                format!("the hypergradient at outer step {step} is not finite ({hnorm}); lower the outer step size"),
+            ));
+        }
+        steps.push(TraceStep {
+            step,
+            outer_loss: hg.report.outer_loss,
+            hypergrad_norm: hnorm,
+            elapsed_s: start.elapsed().as_secs_f64(),
+            report: hg.report.clone(),
+        });
+        if step >= config.steps || config.steps == 0 {
+            return Ok(Trace {
+                steps,
+                lambda,
+                w: hg.w.clone(),
+                last: hg,
+            });
+        }
+        lambda = update(&config.optimizer, &mut adam, &lambda, &hg.grad)?;
+        if config.warm_start == WarmStart::Warm && !matches!(method, Method::OneStep { .. }) {
+            w_start = hg.w.clone();
+        }
+        step += 1;
+    }
+}
+
+/// Configuration of [`hoag`] (Pedregosa 2016).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoagConfig {
+    /// Outer steps.
+    pub outer_steps: usize,
+    /// Step size of λ ← λ − lr·h.
+    pub lr: f64,
+    /// Initial tolerance ε₀.
+    pub eps0: f64,
+    /// Tolerance decay: ε_k = ε₀·decay^k, in (0, 1).
+    pub decay: f64,
+    /// The inner optimizer (warm-started across outer steps).
+    pub inner: InnerOptimizer,
+    /// Cap on inner steps per outer step.
+    pub max_inner_steps: usize,
+    /// Cap on CG iterations per outer step.
+    pub max_cg_iters: usize,
+    /// The inner gradient norm is read back every this many inner steps.
+    pub check_every: usize,
+}
+
+/// HOAG: at outer step k, run the inner optimizer (warm-started) until
+/// ‖∇_w L_in‖ ≤ ε_k, solve H v = g by CG to residual ε_k, step λ; ε_k = ε₀·decay^k.
+pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> Result<Trace> {
+    check_lambda(problem, lambda0)?;
+    config.inner.validate()?;
+    let c = config;
+    if !(c.lr.is_finite() && c.lr > 0.0 && c.eps0.is_finite() && c.eps0 > 0.0 && c.decay > 0.0 && c.decay < 1.0)
+        || c.max_inner_steps == 0
+        || c.max_cg_iters == 0
+        || c.check_every == 0
+    {
+        return Err(invalid(
+            "hoag",
+            format!("{c:?}: need lr > 0, eps0 > 0, decay in (0, 1), and positive step caps"),
+        ));
+    }
+    let start = Instant::now();
+    let mut lambda = detach_all(lambda0);
+    let mut w = problem.init_w()?;
+    let nw = w.len();
+    let mut steps = Vec::new();
+    let mut last = None;
+    for k in 0..=c.outer_steps {
+        let eps = c.eps0 * c.decay.powi(k as i32);
+        // Inner solve to ‖∇_w L_in‖ ≤ ε_k, checking every `check_every` steps.
+        let mut state = c.inner.init_state(&w)?;
+        let mut taken = 0;
+        while taken < c.max_inner_steps {
+            let burst = c.check_every.min(c.max_inner_steps - taken);
+            let states = super::run_inner(problem, &lambda, &c.inner, state, burst, false, nw)?;
+            state = states.into_iter().next().expect("run_inner returns the last state");
+            taken += burst;
+            let wt = track(&state[..nw]);
+            let g = grad(&problem.inner_loss(&wt, &lambda)?, &refs(&wt), false)?;
+            if norm(&g)? <= eps {
+                break;
+            }
+        }
+        w = state[..nw].to_vec();
+        let method = Method::Cg {
+            iters: c.max_cg_iters,
+            tol: Some(eps),
+            damping: 0.0,
+        };
+        let inner = Inner {
+            optimizer: c.inner,
+            steps: 0,
+        };
+        let mut hg = hypergradient(problem, &lambda, &w, &inner, &method)?;
+        hg.report.method = "hoag".to_string();
+        hg.report.inner_steps = taken;
+        let hnorm = norm(&hg.grad)?;
+        steps.push(TraceStep {
+            step: k,
+            outer_loss: hg.report.outer_loss,
+            hypergrad_norm: hnorm,
+            elapsed_s: start.elapsed().as_secs_f64(),
+            report: hg.report.clone(),
+        });
+        if k < c.outer_steps {
+            lambda = no_grad(|| lambda.iter().zip(&hg.grad).map(|(l, g)| l.axpy(-c.lr, g)).collect::<Result<Vec<_>>>())?;
+        }
+        last = Some(hg);
+    }
+    let last = last.expect("at least one outer step runs");
+    Ok(Trace {
+        steps,
+        lambda,
+        w: last.w.clone(),
+        last,
+    })
+}

@@ -1,0 +1,261 @@
+//! Datasets: the built-in UCI optical digits, seeded synthetic generators, and `.npy` I/O.
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::error::{Error, Result, invalid};
+
+/// A dense row-major f64 matrix on the host (features), before it becomes a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Rows × columns values, row-major.
+    pub data: Vec<f64>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+}
+
+impl Matrix {
+    /// The rows at `idx`, in that order.
+    pub fn select_rows(&self, idx: &[usize]) -> Matrix {
+        let mut data = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            data.extend_from_slice(&self.data[i * self.cols..(i + 1) * self.cols]);
+        }
+        Matrix {
+            data,
+            rows: idx.len(),
+            cols: self.cols,
+        }
+    }
+}
+
+const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
+
+/// The UCI optical digits as bundled by scikit-learn: 1,797 images of 8×8 pixels
+/// scaled to [0, 1] (64 features) and their labels 0..9. CC BY 4.0; see `data/README.md`.
+pub fn digits() -> (Matrix, Vec<usize>) {
+    let mut data = Vec::with_capacity(1797 * 64);
+    let mut labels = Vec::with_capacity(1797);
+    for line in DIGITS_CSV.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let mut fields = line.split(',').map(|f| f.parse::<u32>().expect("data/digits.csv holds integers"));
+        for _ in 0..64 {
+            data.push(f64::from(fields.next().expect("64 pixels per row")) / 16.0);
+        }
+        labels.push(fields.next().expect("a label per row") as usize);
+    }
+    let rows = labels.len();
+    (Matrix { data, rows, cols: 64 }, labels)
+}
+
+/// A labelled classification split.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Features.
+    pub x: Matrix,
+    /// Labels as observed (possibly corrupted).
+    pub labels: Vec<usize>,
+}
+
+/// The data-hyper-cleaning benchmark set-up (Franceschi et al. 2017): a seeded shuffle
+/// into `n_train` / `n_val` / rest (test), then a fraction `corruption` of the training
+/// labels replaced by a different, uniformly random class.
+#[derive(Debug, Clone)]
+pub struct CleaningData {
+    /// Training split with corrupted labels.
+    pub train: Split,
+    /// Which training labels were corrupted.
+    pub corrupted: Vec<bool>,
+    /// Validation split (clean).
+    pub val: Split,
+    /// Test split (clean).
+    pub test: Split,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// Splits and corrupts a dataset as [`CleaningData`] describes.
+pub fn cleaning_split(
+    x: &Matrix,
+    labels: &[usize],
+    classes: usize,
+    n_train: usize,
+    n_val: usize,
+    corruption: f64,
+    seed: u64,
+) -> Result<CleaningData> {
+    if n_train + n_val >= x.rows || n_train == 0 || n_val == 0 {
+        return Err(invalid(
+            "cleaning_split",
+            format!("need 0 < n_train, 0 < n_val and n_train + n_val < {} rows, got {n_train} + {n_val}", x.rows),
+        ));
+    }
+    if !(0.0..=1.0).contains(&corruption) || classes < 2 {
+        return Err(invalid("cleaning_split", format!("corruption must be in [0, 1] and classes ≥ 2, got {corruption}, {classes}")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut idx: Vec<usize> = (0..x.rows).collect();
+    idx.shuffle(&mut rng);
+    let (tr, rest) = idx.split_at(n_train);
+    let (va, te) = rest.split_at(n_val);
+    let mut train_labels: Vec<usize> = tr.iter().map(|&i| labels[i]).collect();
+    let n_bad = (corruption * n_train as f64).round() as usize;
+    let mut order: Vec<usize> = (0..n_train).collect();
+    order.shuffle(&mut rng);
+    let mut corrupted = vec![false; n_train];
+    for &i in &order[..n_bad] {
+        // A different class, uniformly among the other classes − 1 choices.
+        let shift = rng.random_range(1..classes);
+        train_labels[i] = (train_labels[i] + shift) % classes;
+        corrupted[i] = true;
+    }
+    Ok(CleaningData {
+        train: Split {
+            x: x.select_rows(tr),
+            labels: train_labels,
+        },
+        corrupted,
+        val: Split {
+            x: x.select_rows(va),
+            labels: va.iter().map(|&i| labels[i]).collect(),
+        },
+        test: Split {
+            x: x.select_rows(te),
+            labels: te.iter().map(|&i| labels[i]).collect(),
+        },
+        classes,
+    })
+}
+
+/// Seeded Gaussian-cluster classification data: `classes` means drawn N(0, sep²·I) in
+/// `d` dimensions, samples = mean + N(0, I), balanced classes.
+pub fn synthetic_classification(n: usize, d: usize, classes: usize, sep: f64, seed: u64) -> (Matrix, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let means: Vec<f64> = (0..classes * d).map(|_| sep * rng.sample::<f64, _>(StandardNormal)).collect();
+    let mut data = Vec::with_capacity(n * d);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        labels.push(c);
+        for j in 0..d {
+            data.push(means[c * d + j] + rng.sample::<f64, _>(StandardNormal));
+        }
+    }
+    (Matrix { data, rows: n, cols: d }, labels)
+}
+
+/// Seeded linear-regression data: X ~ N(0, 1), w_true ~ N(0, 1/d), y = X w_true + noise·N(0, 1).
+/// The same w_true generates every call with the same seed, so train and validation sets
+/// from `seed` and `seed + 1` share it when drawn with [`synthetic_regression_pair`].
+pub fn synthetic_regression_pair(n: usize, m: usize, d: usize, noise: f64, seed: u64) -> ((Matrix, Vec<f64>), (Matrix, Vec<f64>)) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scale = 1.0 / (d.max(1) as f64).sqrt();
+    let w_true: Vec<f64> = (0..d).map(|_| scale * rng.sample::<f64, _>(StandardNormal)).collect();
+    let mut draw = |rows: usize| {
+        let data: Vec<f64> = (0..rows * d).map(|_| rng.sample::<f64, _>(StandardNormal)).collect();
+        let y = (0..rows)
+            .map(|i| {
+                let clean: f64 = (0..d).map(|j| data[i * d + j] * w_true[j]).sum();
+                clean + noise * rng.sample::<f64, _>(StandardNormal)
+            })
+            .collect();
+        (Matrix { data, rows, cols: d }, y)
+    };
+    let train = draw(n);
+    let val = draw(m);
+    (train, val)
+}
+
+/// An array read from a `.npy` file: values as f64 and the shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    /// Values in C (row-major) order.
+    pub data: Vec<f64>,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    invalid("npy", format!("{}: {e}", path.display()))
+}
+
+/// Reads a `.npy` file of f32 or f64 values in C order.
+pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| io_err(path, e))?;
+    if npy.order() != npyz::Order::C {
+        return Err(io_err(path, "Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    let descr = npy.dtype().descr().replace(['\'', '"'], "");
+    let data: Vec<f64> = match descr.as_str() {
+        "<f8" => npy.into_vec::<f64>().map_err(|e| io_err(path, e))?,
+        "<f4" => npy.into_vec::<f32>().map_err(|e| io_err(path, e))?.into_iter().map(f64::from).collect(),
+        other => {
+            return Err(io_err(path, format!("dtype {other} is not supported; use float32 or float64 (little-endian)")));
+        }
+    };
+    Ok(NpyArray { data, shape })
+}
+
+/// Writes f64 values with `shape` to a `.npy` file (C order).
+pub fn write_npy(path: &Path, data: &[f64], shape: &[usize]) -> Result<()> {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
+    let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(|e| io_err(path, e))?;
+    writer.extend(data.iter().copied()).map_err(|e| io_err(path, e))?;
+    writer.finish().map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_load() {
+        let (x, y) = digits();
+        assert_eq!((x.rows, x.cols, y.len()), (1797, 64, 1797));
+        assert!(x.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(*y.iter().max().unwrap(), 9);
+    }
+
+    #[test]
+    fn cleaning_split_corrupts_exactly_the_flagged_labels() {
+        let (x, y) = digits();
+        let d = cleaning_split(&x, &y, 10, 500, 500, 0.5, 0).unwrap();
+        assert_eq!((d.train.x.rows, d.val.x.rows, d.test.x.rows), (500, 500, 797));
+        assert_eq!(d.corrupted.iter().filter(|&&c| c).count(), 250);
+        // Rebuild the clean training labels from the same shuffle and check each flag.
+        let again = cleaning_split(&x, &y, 10, 500, 500, 0.0, 0).unwrap();
+        for i in 0..500 {
+            assert_eq!(d.train.labels[i] != again.train.labels[i], d.corrupted[i]);
+        }
+        assert!(cleaning_split(&x, &y, 10, 1000, 1000, 0.5, 0).is_err());
+    }
+
+    #[test]
+    fn npy_round_trip_and_errors() {
+        let dir = std::env::temp_dir().join(format!("blo-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        write_npy(&p, &[1.0, 2.5, -3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        let a = read_npy(&p).unwrap();
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.data, vec![1.0, 2.5, -3.0, 4.0, 5.0, 6.0]);
+        assert!(read_npy(&dir.join("missing.npy")).is_err());
+        std::fs::write(dir.join("junk.npy"), b"not an npy file").unwrap();
+        assert!(read_npy(&dir.join("junk.npy")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,125 @@
+//! Ridge regression with one log-regularisation weight per feature.
+//!
+//! L_in(w, λ) = 1/(2n) ‖X w − y‖² + ½ Σ_j exp(λ_j) w_j²,
+//! L_out(w)   = 1/(2m) ‖X_val w − y_val‖²,
+//! w*(λ)      = (XᵀX/n + diag(exp λ))⁻¹ Xᵀy / n.
+
+use crate::bilevel::Problem;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::problems::data::{Matrix, synthetic_regression_pair};
+use crate::problems::{matrix_tensor, matvec, tensor};
+use crate::tensor::{DType, Tensor};
+
+/// The ridge problem (λ ∈ R^d).
+#[derive(Debug, Clone)]
+pub struct Ridge {
+    x: Tensor,
+    y: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+    /// Host copies for the closed form.
+    host: (Matrix, Vec<f64>),
+}
+
+impl Ridge {
+    /// A ridge problem on `device` in `dtype` (f64 only on the CPU). Shapes are checked:
+    /// X [n, d], y [n], X_val [m, d], y_val [m].
+    pub fn new(
+        x: &Matrix,
+        y: &[f64],
+        x_val: &Matrix,
+        y_val: &[f64],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mismatch = |what: &'static str, a: Vec<usize>, b: Vec<usize>| Error::ShapeMismatch { op: what, lhs: a, rhs: b };
+        if y.len() != x.rows {
+            return Err(mismatch("ridge: y must have one value per row of X", vec![y.len()], vec![x.rows, x.cols]));
+        }
+        if x_val.cols != x.cols {
+            return Err(mismatch("ridge: X_val must have X's columns", vec![x_val.rows, x_val.cols], vec![x.rows, x.cols]));
+        }
+        if y_val.len() != x_val.rows {
+            return Err(mismatch("ridge: y_val must have one value per row of X_val", vec![y_val.len()], vec![x_val.rows, x_val.cols]));
+        }
+        Ok(Self {
+            x: matrix_tensor(x, device, dtype)?,
+            y: tensor(y, &[y.len()], device, dtype)?,
+            x_val: matrix_tensor(x_val, device, dtype)?,
+            y_val: tensor(y_val, &[y_val.len()], device, dtype)?,
+            host: (x.clone(), y.to_vec()),
+        })
+    }
+
+    /// Seeded synthetic data: n training rows, m validation rows, d features, noise 0.5.
+    pub fn synthetic(n: usize, m: usize, d: usize, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        let ((x, y), (xv, yv)) = synthetic_regression_pair(n, m, d, 0.5, seed);
+        Self::new(&x, &y, &xv, &yv, device, dtype)
+    }
+
+    /// Number of features d.
+    pub fn dim(&self) -> usize {
+        self.x.shape()[1]
+    }
+}
+
+impl Problem for Ridge {
+    fn init_w(&self) -> Result<Vec<Tensor>> {
+        let d = self.dim();
+        Ok(vec![tensor(&vec![0.0; d], &[d], &self.x.device(), self.x.dtype())?])
+    }
+
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        vec![vec![self.dim()]]
+    }
+
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        let n = self.x.shape()[0] as f64;
+        let fit = matvec(&self.x, &w[0])?.sub(&self.y)?.sqnorm()?.scale(0.5 / n)?;
+        let reg = lambda[0].exp()?.mul(&w[0].square()?)?.sum()?.scale(0.5)?;
+        fit.add(&reg)
+    }
+
+    fn outer_loss(&self, w: &[Tensor], _lambda: &[Tensor]) -> Result<Tensor> {
+        let m = self.x_val.shape()[0] as f64;
+        matvec(&self.x_val, &w[0])?.sub(&self.y_val)?.sqnorm()?.scale(0.5 / m)
+    }
+
+    fn inner_solution(&self, lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
+        Some((|| {
+            let (x, y) = &self.host;
+            let (n, d) = (x.rows, x.cols);
+            let lam = lambda[0].to_vec::<f64>()?;
+            // Normal equations in f64 on the host: (XᵀX/n + diag(e^λ)) w = Xᵀy/n.
+            let mut a = vec![vec![0.0; d + 1]; d];
+            for i in 0..n {
+                let row = &x.data[i * d..(i + 1) * d];
+                for p in 0..d {
+                    for q in 0..d {
+                        a[p][q] += row[p] * row[q] / n as f64;
+                    }
+                    a[p][d] += row[p] * y[i] / n as f64;
+                }
+            }
+            for j in 0..d {
+                a[j][j] += lam[j].exp();
+            }
+            // The matrix is symmetric positive definite: elimination without pivoting is stable.
+            for c in 0..d {
+                for r in c + 1..d {
+                    let f = a[r][c] / a[c][c];
+                    for k in c..=d {
+                        a[r][k] -= f * a[c][k];
+                    }
+                }
+            }
+            let mut w = vec![0.0; d];
+            for r in (0..d).rev() {
+                let s: f64 = (r + 1..d).map(|k| a[r][k] * w[k]).sum();
+                w[r] = (a[r][d] - s) / a[r][r];
+            }
+            Ok(vec![tensor(&w, &[d], &self.x.device(), self.x.dtype())?])
+        })())
+    }
+}

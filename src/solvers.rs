@@ -1,0 +1,433 @@
+//! Linear solvers over a linear operator given as a closure (normally a Hessian-vector
+//! product, see [`crate::autodiff::HvpOperator`]), running entirely on the device.
+//!
+//! Vectors are single tensors of any shape (a model with several parameter tensors
+//! works on their flattened concatenation). Scalars the solvers produce (CG's α and β)
+//! stay on the device; the host reads a residual norm only every `check_every`
+//! iterations when a tolerance is set, and once at the end.
+
+use crate::autodiff::no_grad;
+use crate::error::{Error, Result, invalid};
+use crate::tensor::Tensor;
+
+/// Options of [`conjugate_gradient`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgOptions {
+    /// Maximum number of iterations K (each applies the operator once). Must be ≥ 1.
+    pub max_iters: usize,
+    /// Stop once ‖r‖ ≤ tol (checked on the host every `check_every` iterations).
+    /// `None` runs exactly `max_iters` iterations with no readback until the end.
+    pub tol: Option<f64>,
+    /// How often the residual is read back when `tol` is set (≥ 1).
+    pub check_every: usize,
+    /// Damping ρ ≥ 0: solves (A + ρI) x = b.
+    pub damping: f64,
+}
+
+impl Default for CgOptions {
+    fn default() -> Self {
+        Self {
+            max_iters: 20,
+            tol: None,
+            check_every: 10,
+            damping: 0.0,
+        }
+    }
+}
+
+/// What a solver returns.
+#[derive(Debug, Clone)]
+pub struct SolveResult {
+    /// The solution after the last completed iteration.
+    pub x: Tensor,
+    /// Operator applications done.
+    pub iterations: usize,
+    /// ‖b − A x‖ for the returned x, as the recurrence tracks it (CG), or the norm of the
+    /// last series term η(I − ηA)^K b (Neumann); read once at the end.
+    pub residual_norm: f64,
+}
+
+fn check_finite(op: &'static str, name: &str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(invalid(op, format!("{name} must be finite, got {v}")));
+    }
+    Ok(())
+}
+
+/// Conjugate gradient for A x = b with A symmetric positive definite, from x₀ = 0.
+///
+/// Each iteration costs one operator application plus a fixed number of small fused
+/// kernels: α = rᵀr / pᵀAp and β = r'ᵀr' / rᵀr are 0-d device tensors that feed the
+/// update kernels directly. The returned `x` is the iterate of the last completed
+/// iteration (a common bug returns the one before it).
+pub fn conjugate_gradient(
+    mut apply: impl FnMut(&Tensor) -> Result<Tensor>,
+    b: &Tensor,
+    opts: &CgOptions,
+) -> Result<SolveResult> {
+    const OP: &str = "conjugate_gradient";
+    if opts.max_iters == 0 {
+        return Err(invalid(OP, "max_iters must be at least 1"));
+    }
+    if opts.check_every == 0 {
+        return Err(invalid(OP, "check_every must be at least 1"));
+    }
+    check_finite(OP, "damping", opts.damping)?;
+    if opts.damping < 0.0 {
+        return Err(invalid(OP, format!("damping must be ≥ 0, got {}", opts.damping)));
+    }
+    if let Some(tol) = opts.tol {
+        check_finite(OP, "tol", tol)?;
+        if tol < 0.0 {
+            return Err(invalid(OP, format!("tol must be ≥ 0, got {tol}")));
+        }
+    }
+    let b = b.detach();
+    let mut x = b.zeros_like()?;
+    let mut r = b.clone();
+    let mut p = b.clone();
+    let mut rr = no_grad(|| r.sqnorm())?;
+    let mut done = 0;
+    for k in 1..=opts.max_iters {
+        let ap = apply(&p)?.detach();
+        if ap.shape() != p.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: p.shape().to_vec(),
+                rhs: ap.shape().to_vec(),
+            });
+        }
+        (x, r, rr, p) = no_grad(|| -> Result<_> {
+            let ap = if opts.damping > 0.0 { ap.axpy(opts.damping, &p)? } else { ap };
+            let pap = p.dot(&ap)?;
+            let x = x.axpy_ratio(&rr, &pap, 1.0, &p)?;
+            let r = r.axpy_ratio(&rr, &pap, -1.0, &ap)?;
+            let rr_new = r.sqnorm()?;
+            let p = r.axpy_ratio(&rr_new, &rr, 1.0, &p)?;
+            Ok((x, r, rr_new, p))
+        })?;
+        done = k;
+        if let Some(tol) = opts.tol
+            && k % opts.check_every == 0
+            && k < opts.max_iters
+            && rr.to_scalar::<f64>()?.sqrt() <= tol
+        {
+            break;
+        }
+    }
+    let residual_norm = rr.to_scalar::<f64>()?.sqrt();
+    if !residual_norm.is_finite() {
+        return Err(invalid(
+            OP,
+            format!(
+                "the residual became {residual_norm} after {done} iterations; the operator is probably not positive definite (add damping) or the input holds NaN"
+            ),
+        ));
+    }
+    Ok(SolveResult {
+        x,
+        iterations: done,
+        residual_norm,
+    })
+}
+
+/// Truncated Neumann series v = η Σ_{k=0..K} (I − ηA)^k b, which converges to A⁻¹b as
+/// K → ∞ when 0 < η < 2/λ_max(A) and A is positive definite. Applies the operator K times.
+///
+/// The fixed-point iteration u₀ = 0, u_{k+1} = (I − ηA) u_k + b, v = η u_K is the same
+/// sum (u_K = Σ_{k<K} (I − ηA)^k b), so it is not implemented twice: it equals
+/// `neumann(apply, b, K − 1, η)`; see [`fixed_point`].
+pub fn neumann(
+    mut apply: impl FnMut(&Tensor) -> Result<Tensor>,
+    b: &Tensor,
+    k: usize,
+    eta: f64,
+) -> Result<SolveResult> {
+    const OP: &str = "neumann";
+    check_finite(OP, "eta", eta)?;
+    if eta <= 0.0 {
+        return Err(invalid(OP, format!("the step eta must be > 0, got {eta}")));
+    }
+    let b = b.detach();
+    let mut term = b.clone();
+    let mut sum = b.clone();
+    for _ in 0..k {
+        let a_term = apply(&term)?.detach();
+        if a_term.shape() != term.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: term.shape().to_vec(),
+                rhs: a_term.shape().to_vec(),
+            });
+        }
+        (term, sum) = no_grad(|| -> Result<_> {
+            let term = term.axpy(-eta, &a_term)?;
+            let sum = sum.add(&term)?;
+            Ok((term, sum))
+        })?;
+    }
+    let (x, last) = no_grad(|| -> Result<_> { Ok((sum.scale(eta)?, term.sqnorm()?)) })?;
+    let residual_norm = eta * last.to_scalar::<f64>()?.sqrt();
+    if !residual_norm.is_finite() {
+        return Err(invalid(
+            OP,
+            format!("the series diverged (term norm {residual_norm}); use a smaller eta (< 2/λ_max)"),
+        ));
+    }
+    Ok(SolveResult {
+        x,
+        iterations: k,
+        residual_norm,
+    })
+}
+
+/// Fixed-point iteration u₀ = 0, u_{k+1} = (I − ηA) u_k + b (K times), v = η u_K.
+/// Identical to [`neumann`] with K − 1 terms, which is how it is computed. K ≥ 1.
+pub fn fixed_point(
+    apply: impl FnMut(&Tensor) -> Result<Tensor>,
+    b: &Tensor,
+    k: usize,
+    eta: f64,
+) -> Result<SolveResult> {
+    if k == 0 {
+        return Err(invalid("fixed_point", "K must be at least 1 (u_0 = 0 gives v = 0)"));
+    }
+    neumann(apply, b, k - 1, eta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use crate::testing::{gpu_or_skip, oracle_pair, rel_err};
+
+    /// A = Q diag(eig) Qᵀ with Q orthonormal (Gram–Schmidt of a seeded random matrix) and
+    /// eigenvalues spread geometrically from 1 to `cond`.
+    fn spd(n: usize, cond: f64, seed: u64) -> Vec<f64> {
+        let raw = oracle_pair(&[n, n], seed).1;
+        let mut q: Vec<Vec<f64>> = Vec::new();
+        for j in 0..n {
+            let mut v: Vec<f64> = (0..n).map(|i| raw[i * n + j]).collect();
+            for u in &q {
+                let d: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= d * b);
+            }
+            let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            q.push(v.into_iter().map(|a| a / norm).collect());
+        }
+        let eig: Vec<f64> = (0..n).map(|k| cond.powf(k as f64 / (n - 1) as f64)).collect();
+        let mut a = vec![0.0; n * n];
+        for (k, u) in q.iter().enumerate() {
+            for i in 0..n {
+                for j in 0..n {
+                    a[i * n + j] += eig[k] * u[i] * u[j];
+                }
+            }
+        }
+        a
+    }
+
+    /// Gaussian elimination with partial pivoting: the direct-solve oracle.
+    fn solve(a: &[f64], b: &[f64]) -> Vec<f64> {
+        let n = b.len();
+        let mut m: Vec<Vec<f64>> = (0..n).map(|i| {
+            let mut row = a[i * n..(i + 1) * n].to_vec();
+            row.push(b[i]);
+            row
+        }).collect();
+        for c in 0..n {
+            let p = (c..n).max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs())).unwrap();
+            m.swap(c, p);
+            for r in c + 1..n {
+                let f = m[r][c] / m[c][c];
+                for k in c..=n {
+                    m[r][k] -= f * m[c][k];
+                }
+            }
+        }
+        let mut x = vec![0.0; n];
+        for r in (0..n).rev() {
+            let s: f64 = (r + 1..n).map(|k| m[r][k] * x[k]).sum();
+            x[r] = (m[r][n] - s) / m[r][r];
+        }
+        x
+    }
+
+    fn matvec_op(a: &Tensor) -> impl FnMut(&Tensor) -> Result<Tensor> + '_ {
+        move |v: &Tensor| {
+            let n = v.numel();
+            a.matmul(&v.reshape(&[n, 1])?)?.reshape(&[n])
+        }
+    }
+
+    fn system(n: usize, cond: f64, dev: &Device) -> (Tensor, Tensor, Vec<f64>) {
+        let a = spd(n, cond, 1);
+        let b = oracle_pair(&[n], 2).1;
+        let x = solve(&a, &b);
+        let (at, bt) = if dev.is_cpu() {
+            (Tensor::from_vec(a, &[n, n], dev).unwrap(), Tensor::from_vec(b, &[n], dev).unwrap())
+        } else {
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            (Tensor::from_vec(a32, &[n, n], dev).unwrap(), Tensor::from_vec(b32, &[n], dev).unwrap())
+        };
+        (at, bt, x)
+    }
+
+    #[test]
+    fn cg_with_k_equal_to_dimension_solves_spd_systems() {
+        // In exact arithmetic CG solves an n×n SPD system in n iterations. In f64 that
+        // holds at κ = 10; at κ = 1e4 with eigenvalues spread over four decades, lost
+        // orthogonality delays convergence (Greenbaum 1997): n = 24 needs about 2n
+        // iterations (the same happens in a textbook host CG, checked below), while a
+        // small system still converges in n.
+        for (n, cond, k, tol) in [(24, 10.0, 24, 1e-10), (6, 1e4, 6, 1e-7), (24, 1e4, 72, 1e-10)] {
+            let (a, b, want) = system(n, cond, &Device::Cpu);
+            let opts = CgOptions { max_iters: k, ..CgOptions::default() };
+            let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
+            let err = rel_err(&out.x.to_vec::<f64>().unwrap(), &want);
+            assert!(err < tol, "n {n} cond {cond} K {k}: relative error {err:e}");
+            assert_eq!(out.iterations, k);
+            let host = host_cg_iterates(&a.to_vec::<f64>().unwrap(), &b.to_vec::<f64>().unwrap(), k);
+            let he = rel_err(&host[k], &want);
+            assert!(he < tol, "n {n} cond {cond}: the host reference CG: {he:e}");
+        }
+    }
+
+    #[test]
+    fn cg_stops_at_tolerance_checking_every_k() {
+        let n = 40;
+        let (a, b, want) = system(n, 10.0, &Device::Cpu);
+        let opts = CgOptions { max_iters: 200, tol: Some(1e-10), check_every: 5, damping: 0.0 };
+        let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
+        assert!(out.iterations % 5 == 0 && out.iterations < 200, "stopped after {}", out.iterations);
+        assert!(out.residual_norm <= 1e-10);
+        assert!(rel_err(&out.x.to_vec::<f64>().unwrap(), &want) < 1e-9);
+    }
+
+    /// A plain host CG recording every iterate: x_k after k iterations.
+    fn host_cg_iterates(a: &[f64], b: &[f64], k: usize) -> Vec<Vec<f64>> {
+        let n = b.len();
+        let mv = |v: &[f64]| -> Vec<f64> { (0..n).map(|i| (0..n).map(|j| a[i * n + j] * v[j]).sum()).collect() };
+        let dot = |u: &[f64], v: &[f64]| -> f64 { u.iter().zip(v).map(|(x, y)| x * y).sum() };
+        let (mut x, mut r, mut p) = (vec![0.0; n], b.to_vec(), b.to_vec());
+        let mut out = vec![x.clone()];
+        for _ in 0..k {
+            let ap = mv(&p);
+            let alpha = dot(&r, &r) / dot(&p, &ap);
+            let r_new: Vec<f64> = r.iter().zip(&ap).map(|(ri, api)| ri - alpha * api).collect();
+            x.iter_mut().zip(&p).for_each(|(xi, pi)| *xi += alpha * pi);
+            let beta = dot(&r_new, &r_new) / dot(&r, &r);
+            p = r_new.iter().zip(&p).map(|(ri, pi)| ri + beta * pi).collect();
+            r = r_new;
+            out.push(x.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn cg_returns_the_last_iterate_not_the_one_before() {
+        let n = 12;
+        let a = spd(n, 100.0, 3);
+        let b = oracle_pair(&[n], 4).1;
+        let iterates = host_cg_iterates(&a, &b, 6);
+        let at = Tensor::from_vec(a, &[n, n], &Device::Cpu).unwrap();
+        let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
+        for k in 1..=6 {
+            let opts = CgOptions { max_iters: k, ..CgOptions::default() };
+            let got = conjugate_gradient(matvec_op(&at), &bt, &opts).unwrap().x.to_vec::<f64>().unwrap();
+            assert!(rel_err(&got, &iterates[k]) < 1e-12, "K = {k} must return x_{k}");
+            assert!(rel_err(&got, &iterates[k - 1]) > 1e-6, "K = {k} returned x_{}", k - 1);
+        }
+    }
+
+    #[test]
+    fn damping_solves_the_shifted_system() {
+        let n = 10;
+        let a = spd(n, 10.0, 5);
+        let b = oracle_pair(&[n], 6).1;
+        let rho = 0.5;
+        let shifted: Vec<f64> = a.iter().enumerate().map(|(i, v)| if i / n == i % n { v + rho } else { *v }).collect();
+        let want = solve(&shifted, &b);
+        let at = Tensor::from_vec(a, &[n, n], &Device::Cpu).unwrap();
+        let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
+        let opts = CgOptions { max_iters: n, damping: rho, ..CgOptions::default() };
+        let got = conjugate_gradient(matvec_op(&at), &bt, &opts).unwrap().x.to_vec::<f64>().unwrap();
+        assert!(rel_err(&got, &want) < 1e-10);
+    }
+
+    #[test]
+    fn neumann_error_decays_as_predicted() {
+        // v_K − A⁻¹b = −(I − ηA)^{K+1} A⁻¹b exactly, so the error is predictable per K.
+        let n = 16;
+        let a = spd(n, 10.0, 7);
+        let b = oracle_pair(&[n], 8).1;
+        let xstar = solve(&a, &b);
+        let eta = 1.0 / 10.0; // λ_max = 10 ⇒ η < 2/λ_max
+        let at = Tensor::from_vec(a.clone(), &[n, n], &Device::Cpu).unwrap();
+        let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
+        let step = |v: &[f64]| -> Vec<f64> {
+            (0..n).map(|i| v[i] - eta * (0..n).map(|j| a[i * n + j] * v[j]).sum::<f64>()).collect()
+        };
+        let mut e = step(&xstar);
+        let mut last = f64::INFINITY;
+        for k in 0..40 {
+            let got = neumann(matvec_op(&at), &bt, k, eta).unwrap().x.to_vec::<f64>().unwrap();
+            let err: Vec<f64> = got.iter().zip(&xstar).map(|(g, x)| g - x).collect();
+            let want: Vec<f64> = e.iter().map(|v| -v).collect();
+            assert!(rel_err(&err, &want) < 1e-8, "K = {k}");
+            let norm = err.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!(norm < last, "error must decrease monotonically");
+            last = norm;
+            e = step(&e);
+        }
+        // With η above 2/λ_max the series diverges.
+        let bad = neumann(matvec_op(&at), &bt, 60, 0.25).unwrap();
+        let err = rel_err(&bad.x.to_vec::<f64>().unwrap(), &xstar);
+        assert!(err > 1e3, "η = 0.25 > 2/10 must diverge, error {err}");
+    }
+
+    #[test]
+    fn fixed_point_equals_neumann_with_one_term_fewer() {
+        let n = 8;
+        let (a, b, _) = system(n, 10.0, &Device::Cpu);
+        let eta = 0.05;
+        let k = 7;
+        // Independent fixed-point loop on the host.
+        let av = a.to_vec::<f64>().unwrap();
+        let bv = b.to_vec::<f64>().unwrap();
+        let mut u = vec![0.0; n];
+        for _ in 0..k {
+            u = (0..n).map(|i| u[i] - eta * (0..n).map(|j| av[i * n + j] * u[j]).sum::<f64>() + bv[i]).collect();
+        }
+        let want: Vec<f64> = u.iter().map(|v| eta * v).collect();
+        let got = fixed_point(matvec_op(&a), &b, k, eta).unwrap().x.to_vec::<f64>().unwrap();
+        assert!(rel_err(&got, &want) < 1e-13);
+        let via_neumann = neumann(matvec_op(&a), &b, k - 1, eta).unwrap().x.to_vec::<f64>().unwrap();
+        assert_eq!(got, via_neumann);
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let (a, b, _) = system(4, 10.0, &Device::Cpu);
+        let bad = |o: CgOptions| conjugate_gradient(matvec_op(&a), &b, &o).unwrap_err();
+        assert!(matches!(bad(CgOptions { max_iters: 0, ..CgOptions::default() }), Error::InvalidArgument { .. }));
+        assert!(matches!(bad(CgOptions { check_every: 0, tol: Some(1e-3), ..CgOptions::default() }), Error::InvalidArgument { .. }));
+        assert!(matches!(bad(CgOptions { damping: f64::NAN, ..CgOptions::default() }), Error::InvalidArgument { .. }));
+        assert!(matches!(neumann(matvec_op(&a), &b, 3, 0.0), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(fixed_point(matvec_op(&a), &b, 0, 0.1), Err(Error::InvalidArgument { .. })));
+    }
+
+    #[test]
+    fn gpu_cg_and_neumann_match_the_f64_solution() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let n = 37;
+        let (a, b, want) = system(n, 10.0, &gpu);
+        let opts = CgOptions { max_iters: n, ..CgOptions::default() };
+        let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
+        // f32 arithmetic: κ = 10 and n = 37 keep CG's rounding near κ·ε_f32.
+        assert!(rel_err(&out.x.to_vec::<f64>().unwrap(), &want) < 1e-4);
+        let nm = neumann(matvec_op(&a), &b, 300, 0.1).unwrap();
+        assert!(rel_err(&nm.x.to_vec::<f64>().unwrap(), &want) < 1e-4);
+    }
+}

@@ -1,0 +1,292 @@
+//! Hypergradient methods against closed forms, finite differences, each other, and
+//! the GPU against the CPU in f64.
+
+use blo::bilevel::{Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient, optimize};
+use blo::problems::data::{Matrix, cleaning_split, digits, synthetic_classification};
+use blo::problems::{HyperCleaning, Logistic, Ridge};
+use blo::testing::{gpu_or_skip, rel_err};
+use blo::{DType, Device, Error, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+fn vals(ts: &[Tensor]) -> Vec<f64> {
+    ts.iter().flat_map(|t| t.to_vec::<f64>().unwrap()).collect()
+}
+
+fn lam(values: Vec<f64>, dev: &Device, dtype: DType) -> Vec<Tensor> {
+    let n = values.len();
+    vec![match dtype {
+        DType::F64 => Tensor::from_vec(values, &[n], dev).unwrap(),
+        DType::F32 => Tensor::from_vec(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[n], dev).unwrap(),
+    }]
+}
+
+fn small_ridge(dev: &Device, dtype: DType) -> Ridge {
+    Ridge::synthetic(40, 30, 5, 3, dev, dtype).unwrap()
+}
+
+fn ridge_lambda(d: usize, dev: &Device, dtype: DType) -> Vec<Tensor> {
+    lam((0..d).map(|j| -0.5 + 0.25 * j as f64).collect(), dev, dtype)
+}
+
+fn gd(lr: f64, steps: usize) -> Inner {
+    Inner { optimizer: InnerOptimizer::Gd { lr }, steps }
+}
+
+fn hg(p: &dyn Problem, l: &[Tensor], inner: &Inner, m: Method) -> Vec<f64> {
+    let w0 = p.init_w().unwrap();
+    vals(&hypergradient(p, l, &w0, inner, &m).unwrap().grad)
+}
+
+/// The implicit ridge hypergradient computed independently on the host:
+/// h = −exp(λ) ⊙ w* ⊙ H⁻¹ g with H = XᵀX/n + diag(exp λ), g = X_valᵀ(X_val w* − y_val)/m.
+fn ridge_closed_form_hypergradient(
+    x: &Matrix,
+    y: &[f64],
+    xv: &Matrix,
+    yv: &[f64],
+    lam: &[f64],
+) -> Vec<f64> {
+    let (n, d, m) = (x.rows, x.cols, xv.rows);
+    let mut h = vec![vec![0.0; d]; d];
+    let mut rhs = vec![0.0; d];
+    for i in 0..n {
+        for p in 0..d {
+            rhs[p] += x.data[i * d + p] * y[i] / n as f64;
+            for q in 0..d {
+                h[p][q] += x.data[i * d + p] * x.data[i * d + q] / n as f64;
+            }
+        }
+    }
+    for j in 0..d {
+        h[j][j] += lam[j].exp();
+    }
+    let solve = |b: &[f64]| -> Vec<f64> {
+        let mut a: Vec<Vec<f64>> = h.iter().zip(b).map(|(r, bi)| {
+            let mut r = r.clone();
+            r.push(*bi);
+            r
+        }).collect();
+        for c in 0..d {
+            for r in c + 1..d {
+                let f = a[r][c] / a[c][c];
+                for k in c..=d {
+                    a[r][k] -= f * a[c][k];
+                }
+            }
+        }
+        let mut x = vec![0.0; d];
+        for r in (0..d).rev() {
+            let s: f64 = (r + 1..d).map(|k| a[r][k] * x[k]).sum();
+            x[r] = (a[r][d] - s) / a[r][r];
+        }
+        x
+    };
+    let w = solve(&rhs);
+    let mut g = vec![0.0; d];
+    for i in 0..m {
+        let r: f64 = (0..d).map(|j| xv.data[i * d + j] * w[j]).sum::<f64>() - yv[i];
+        for j in 0..d {
+            g[j] += xv.data[i * d + j] * r / m as f64;
+        }
+    }
+    let v = solve(&g);
+    (0..d).map(|j| -lam[j].exp() * w[j] * v[j]).collect()
+}
+
+#[test]
+fn ridge_methods_converge_to_the_closed_form() {
+    let ((x, y), (xv, yv)) = blo::problems::data::synthetic_regression_pair(40, 30, 5, 0.5, 3);
+    let p = Ridge::new(&x, &y, &xv, &yv, &CPU, DType::F64).unwrap();
+    let lv: Vec<f64> = (0..5).map(|j| -0.5 + 0.25 * j as f64).collect();
+    let l = lam(lv.clone(), &CPU, DType::F64);
+    let want = ridge_closed_form_hypergradient(&x, &y, &xv, &yv, &lv);
+    let check = |name: &str, got: Vec<f64>| {
+        let e = rel_err(&got, &want);
+        assert!(e <= 1e-4, "{name}: relative error {e:e} vs closed form");
+    };
+    check("exact", hg(&p, &l, &gd(0.1, 0), Method::Exact));
+    // Implicit methods at a converged w_T (GD with η = 0.2 on an H with eigenvalues in
+    // about [0.6, 3]: 400 steps contract the error by far more than 1e-4).
+    check("cg(K = d)", hg(&p, &l, &gd(0.2, 400), Method::Cg { iters: 5, tol: None, damping: 0.0 }));
+    check("neumann(K = 300)", hg(&p, &l, &gd(0.2, 400), Method::Neumann { k: 300, eta: 0.2 }));
+    check("rad(T = 400)", hg(&p, &l, &gd(0.2, 400), Method::Rad));
+    check("forward(T = 400)", hg(&p, &l, &gd(0.2, 400), Method::Forward));
+    check("rad with momentum", hg(&p, &l, &Inner { optimizer: InnerOptimizer::Momentum { lr: 0.1, momentum: 0.5 }, steps: 400 }, Method::Rad));
+}
+
+#[test]
+fn forward_equals_rad_and_trad_t_equals_rad_and_fixed_point_equals_neumann() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    for inner in [gd(0.15, 25), Inner { optimizer: InnerOptimizer::Momentum { lr: 0.1, momentum: 0.7 }, steps: 25 }] {
+        let rad = hg(&p, &l, &inner, Method::Rad);
+        let fwd = hg(&p, &l, &inner, Method::Forward);
+        assert!(rel_err(&fwd, &rad) <= 1e-8, "forward vs rad: {:e}", rel_err(&fwd, &rad));
+        let trad = hg(&p, &l, &inner, Method::Trad { k: 25 });
+        assert!(rel_err(&trad, &rad) <= 1e-12);
+        // Truncation changes the answer (it is not a no-op).
+        let trad5 = hg(&p, &l, &inner, Method::Trad { k: 5 });
+        assert!(rel_err(&trad5, &rad) > 1e-6);
+    }
+    let inner = gd(0.2, 50);
+    let fp = hg(&p, &l, &inner, Method::FixedPoint { k: 8, eta: 0.1 });
+    let nm = hg(&p, &l, &inner, Method::Neumann { k: 7, eta: 0.1 });
+    assert!(rel_err(&fp, &nm) <= 1e-14);
+}
+
+#[test]
+fn rad_matches_finite_differences_of_the_unrolled_outer_loss() {
+    // F(λ) = L_out(w_T(λ)) with w_T from T GD steps; central differences in f64.
+    let p = small_ridge(&CPU, DType::F64);
+    let lv: Vec<f64> = (0..5).map(|j| 0.1 * j as f64 - 0.2).collect();
+    let inner = gd(0.15, 30);
+    let rad = hg(&p, &lam(lv.clone(), &CPU, DType::F64), &inner, Method::Rad);
+    let f = |l: Vec<f64>| {
+        let w0 = p.init_w().unwrap();
+        hypergradient(&p, &lam(l, &CPU, DType::F64), &w0, &inner, &Method::Rad).unwrap().report.outer_loss
+    };
+    let h = 1e-5;
+    let fd: Vec<f64> = (0..5)
+        .map(|j| {
+            let (mut a, mut b) = (lv.clone(), lv.clone());
+            a[j] += h;
+            b[j] -= h;
+            (f(a) - f(b)) / (2.0 * h)
+        })
+        .collect();
+    let e = rel_err(&rad, &fd);
+    assert!(e <= 1e-6, "rad vs finite differences: {e:e}");
+}
+
+#[test]
+fn one_step_exact_and_finite_difference_agree() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let inner = gd(0.2, 10);
+    let exact = hg(&p, &l, &inner, Method::OneStep { xi: 0.1, exact: true });
+    let fd = hg(&p, &l, &inner, Method::OneStep { xi: 0.1, exact: false });
+    // DARTS's ε = 0.01/‖u‖ central difference; for ridge ∇_λ L_in is quadratic in w, so
+    // the central difference is exact up to rounding.
+    assert!(rel_err(&fd, &exact) <= 1e-8, "{:e}", rel_err(&fd, &exact));
+    // One step differentiates through exactly one step of GD from w_T: it equals T-RAD
+    // with K = 1 on the trajectory extended by one step, whose outer loss is at w'.
+    let trad1 = hg(&p, &l, &gd(0.1, 11), Method::Trad { k: 1 });
+    let _ = trad1; // different step sizes before w_T, so only a sanity bound:
+    assert!(exact.iter().all(|v| v.is_finite()));
+}
+
+fn tiny_cleaning(dev: &Device, dtype: DType) -> HyperCleaning {
+    let (x, y) = synthetic_classification(90, 6, 3, 2.0, 5);
+    let data = cleaning_split(&x, &y, 3, 30, 30, 0.3, 1).unwrap();
+    HyperCleaning::new(&data, 1e-2, dev, dtype).unwrap()
+}
+
+fn all_methods() -> Vec<Method> {
+    vec![
+        Method::Rad,
+        Method::Trad { k: 5 },
+        Method::Forward,
+        // Damped: this small Hessian has eigenvalues down to ~1e-2 (and the softmax bias
+        // an all-ones direction with none), so ten undamped CG iterations amplify f32
+        // rounding to ~3e-2 — on the CPU in f32 just as on the GPU (measured). With
+        // ρ = 0.1 both agree with f64 to ~1e-4.
+        Method::Cg { iters: 10, tol: None, damping: 0.1 },
+        Method::Neumann { k: 10, eta: 0.5 },
+        Method::FixedPoint { k: 10, eta: 0.5 },
+        Method::OneStep { xi: 0.5, exact: true },
+        Method::OneStep { xi: 0.5, exact: false },
+    ]
+}
+
+#[test]
+fn every_method_on_the_gpu_matches_the_cpu_in_f64() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let r32 = small_ridge(&gpu, DType::F32);
+    let r64 = small_ridge(&CPU, DType::F64);
+    let c32 = tiny_cleaning(&gpu, DType::F32);
+    let c64 = tiny_cleaning(&CPU, DType::F64);
+    let inner = gd(0.2, 12);
+    let mut methods = all_methods();
+    methods.push(Method::Exact);
+    for m in methods {
+        let a = hg(&r32, &ridge_lambda(5, &gpu, DType::F32), &inner, m);
+        let b = hg(&r64, &ridge_lambda(5, &CPU, DType::F64), &inner, m);
+        assert!(rel_err(&a, &b) <= 1e-3, "ridge {m:?}: {:e}", rel_err(&a, &b));
+        if m == Method::Exact {
+            continue;
+        }
+        let lv: Vec<f64> = (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect();
+        let a = hg(&c32, &lam(lv.clone(), &gpu, DType::F32), &inner, m);
+        let b = hg(&c64, &lam(lv, &CPU, DType::F64), &inner, m);
+        assert!(rel_err(&a, &b) <= 1e-3, "hyper-cleaning {m:?}: {:e}", rel_err(&a, &b));
+    }
+}
+
+#[test]
+fn hyper_cleaning_on_digits_improves_accuracy_and_finds_corrupted_labels() {
+    let p = HyperCleaning::digits(0, &CPU, DType::F32).unwrap();
+    let inner = gd(1.0, 100);
+    let zero = lam(vec![0.0; 500], &CPU, DType::F32);
+    // Uniform weights: plain training on the noisy labels.
+    let baseline = hypergradient(&p, &zero, &p.init_w().unwrap(), &inner, &Method::Cg { iters: 1, tol: None, damping: 0.0 }).unwrap();
+    let base_acc = p.test_accuracy(&baseline.w).unwrap();
+    let config = OuterConfig { steps: 60, optimizer: OuterOptimizer::adam(0.3), warm_start: WarmStart::Warm };
+    let trace = optimize(&p, &zero, &inner, &Method::Cg { iters: 20, tol: None, damping: 0.0 }, &config).unwrap();
+    let acc = p.test_accuracy(&trace.w).unwrap();
+    let f1 = p.corruption_f1(&trace.lambda).unwrap();
+    assert!(acc > base_acc + 0.02, "test accuracy {acc:.3} must beat uniform weights {base_acc:.3}");
+    assert!(f1 > 0.8, "F1 of corrupted-label detection {f1:.3} must exceed 0.8");
+    let first = trace.steps.first().unwrap().outer_loss;
+    let last = trace.steps.last().unwrap().outer_loss;
+    assert!(last < first, "validation loss must decrease: {first} → {last}");
+}
+
+#[test]
+fn logistic_problem_runs_with_scalar_and_per_feature_lambda() {
+    let (x, y) = synthetic_classification(80, 4, 2, 1.5, 2);
+    let idx: Vec<usize> = (0..80).collect();
+    let train = blo::problems::data::Split { x: x.select_rows(&idx[..50]), labels: y[..50].to_vec() };
+    let val = blo::problems::data::Split { x: x.select_rows(&idx[50..]), labels: y[50..].to_vec() };
+    for per_feature in [false, true] {
+        let p = Logistic::new(&train, &val, 2, per_feature, &CPU, DType::F64).unwrap();
+        let n = if per_feature { 4 } else { 1 };
+        let l = lam(vec![-1.0; n], &CPU, DType::F64);
+        let inner = gd(0.5, 1000);
+        let cg = hg(&p, &l, &inner, Method::Cg { iters: 30, tol: Some(1e-10), damping: 0.0 });
+        let rad = hg(&p, &l, &inner, Method::Rad);
+        assert_eq!(cg.len(), n);
+        // At a converged inner problem the implicit and unrolled hypergradients agree.
+        assert!(rel_err(&cg, &rad) <= 1e-3, "per_feature={per_feature}: {:e}", rel_err(&cg, &rad));
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let p = small_ridge(&CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let err = |r: blo::Result<blo::bilevel::Hypergradient>| r.unwrap_err();
+    // λ of the wrong length
+    let e = err(hypergradient(&p, &ridge_lambda(4, &CPU, DType::F64), &w0, &gd(0.1, 5), &Method::Rad));
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    // η ≤ 0
+    let e = err(hypergradient(&p, &l, &w0, &gd(0.0, 5), &Method::Rad));
+    assert!(e.to_string().contains("step size"), "{e}");
+    let e = err(hypergradient(&p, &l, &w0, &gd(0.1, 5), &Method::Neumann { k: 3, eta: -1.0 }));
+    assert!(e.to_string().contains("eta"), "{e}");
+    // K = 0
+    for m in [Method::Cg { iters: 0, tol: None, damping: 0.0 }, Method::Neumann { k: 0, eta: 0.1 }, Method::Trad { k: 0 }] {
+        let e = err(hypergradient(&p, &l, &w0, &gd(0.1, 5), &m));
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{m:?}: {e}");
+    }
+    // A diverging inner loop names the step.
+    let e = err(hypergradient(&p, &l, &w0, &gd(1e4, 50), &Method::Rad));
+    let msg = e.to_string();
+    assert!(msg.contains("diverged") && msg.contains("step"), "{msg}");
+    // Mismatched data shapes.
+    let ((x, y), (xv, yv)) = blo::problems::data::synthetic_regression_pair(10, 8, 3, 0.1, 1);
+    assert!(Ridge::new(&x, &y[..9], &xv, &yv, &CPU, DType::F64).is_err());
+    let bad_val = Matrix { data: vec![0.0; 8 * 2], rows: 8, cols: 2 };
+    assert!(Ridge::new(&x, &y, &bad_val, &yv, &CPU, DType::F64).is_err());
+}
