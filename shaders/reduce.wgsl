@@ -109,23 +109,51 @@ fn ident() -> f32 {
     return 0.0;
 }
 
-// max that keeps a NaN once seen (where the device honours NaN at all).
-fn comb(m: f32, v: f32) -> f32 {
-    if (OP == 1u) {
-        return select(m, v, v > m || v != v);
-    }
-    return m + v;
+// Accumulation of a chunk (thousands of terms) in two levels: blocks of BLOCK terms
+// into `b`, blocks into `s`. Each f32 add then rounds against a partial sum of about
+// √BLOCK or √(len / BLOCK) terms rather than √len, which cuts the rounding error of a
+// long chunk several times over at one extra add per block. (Kahan compensation
+// would do better on paper, but compilers may fold it away: WGSL arithmetic is not
+// marked exact.)
+const BLOCK: u32 = 32u;
+
+struct Acc {
+    s: vec4<f32>,
+    b: vec4<f32>,
+    k: u32,
+}
+
+fn acc_new() -> Acc {
+    return Acc(vec4<f32>(ident()), vec4<f32>(ident()), 0u);
 }
 
 fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
     if (OP == 1u) {
+        // max that keeps a NaN once seen (where the device honours NaN at all).
         return select(m, v, v > m | v != v);
     }
     return m + v;
 }
 
-fn hcomb(v: vec4<f32>) -> f32 {
-    return comb(comb(v.x, v.y), comb(v.z, v.w));
+fn acc_add(acc: ptr<function, Acc>, v: vec4<f32>) {
+    (*acc).b = comb4((*acc).b, v);
+    (*acc).k += 1u;
+    if ((*acc).k == BLOCK) {
+        (*acc).s = comb4((*acc).s, (*acc).b);
+        (*acc).b = vec4<f32>(ident());
+        (*acc).k = 0u;
+    }
+}
+
+fn acc_total(acc: Acc) -> vec4<f32> {
+    return comb4(acc.s, acc.b);
+}
+
+fn comb(m: f32, v: f32) -> f32 {
+    if (OP == 1u) {
+        return select(m, v, v > m || v != v);
+    }
+    return m + v;
 }
 
 fn finish(v: f32) -> f32 {
@@ -141,32 +169,25 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // Elements [lo, hi) of a: the masked head and tail vec4s, whole vec4s between.
 fn run(lo: u32, hi: u32) -> f32 {
-    let id = vec4<f32>(ident());
-    var acc0 = id;
-    var acc1 = id;
     if (lo >= hi) {
         return ident();
     }
+    var acc = acc_new();
+    let id = vec4<f32>(ident());
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
     let first = lo / 4u;
     let last = (hi - 1u) / 4u;
     let e0 = first * 4u + lanes;
-    acc0 = comb4(acc0, select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi)));
+    acc_add(&acc, select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi)));
+    for (var v = first + 1u; v < last; v++) {
+        acc_add(&acc, a[v]);
+    }
     if (last > first) {
         let e1 = last * 4u + lanes;
-        acc1 = comb4(acc1, select(id, a[last], e1 < vec4<u32>(hi)));
+        acc_add(&acc, select(id, a[last], e1 < vec4<u32>(hi)));
     }
-    var v = first + 1u;
-    loop {
-        if (v + 1u >= last) { break; }
-        acc0 = comb4(acc0, a[v]);
-        acc1 = comb4(acc1, a[v + 1u]);
-        v += 2u;
-    }
-    if (v < last) {
-        acc0 = comb4(acc0, a[v]);
-    }
-    return hcomb(comb4(acc0, acc1));
+    let r = acc_total(acc);
+    return comb(comb(r.x, r.y), comb(r.z, r.w));
 }
 
 @compute @workgroup_size(WG)
@@ -183,10 +204,6 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     let k1 = min(q.len, k0 + q.chunk);
     let base = o * q.len;
     out_axis[g] = finish(run(base + min(k0, k1), base + k1));
-}
-
-fn load1(e: u32) -> f32 {
-    return a[e / 4u][e % 4u];
 }
 
 @compute @workgroup_size(WG)
@@ -206,40 +223,22 @@ fn cols(@builtin(workgroup_id) wid: vec3<u32>,
     let k1 = min(q.len, k0 + q.chunk);
     var e = o * q.len * q.inner + k0 * q.inner + j;
     let dst = rest * q.inner + j;
+    var acc = acc_new();
     if (VEC == 4u) {
-        let id = vec4<f32>(ident());
-        var acc0 = id;
-        var acc1 = id;
-        var k = k0;
-        loop {
-            if (k + 1u >= k1) { break; }
-            acc0 = comb4(acc0, a[e / 4u]);
-            acc1 = comb4(acc1, a[(e + q.inner) / 4u]);
-            e += 2u * q.inner;
-            k += 2u;
+        for (var k = k0; k < k1; k++) {
+            acc_add(&acc, a[e / 4u]);
+            e += q.inner;
         }
-        if (k < k1) {
-            acc0 = comb4(acc0, a[e / 4u]);
-        }
-        let r = comb4(acc0, acc1);
+        let r = acc_total(acc);
         out_axis[dst] = finish(r.x);
         out_axis[dst + 1u] = finish(r.y);
         out_axis[dst + 2u] = finish(r.z);
         out_axis[dst + 3u] = finish(r.w);
     } else {
-        var acc0 = ident();
-        var acc1 = ident();
-        var k = k0;
-        loop {
-            if (k + 1u >= k1) { break; }
-            acc0 = comb(acc0, load1(e));
-            acc1 = comb(acc1, load1(e + q.inner));
-            e += 2u * q.inner;
-            k += 2u;
+        for (var k = k0; k < k1; k++) {
+            acc_add(&acc, vec4<f32>(a[e / 4u][e % 4u], 0.0, 0.0, 0.0));
+            e += q.inner;
         }
-        if (k < k1) {
-            acc0 = comb(acc0, load1(e));
-        }
-        out_axis[dst] = finish(comb(acc0, acc1));
+        out_axis[dst] = finish(acc_total(acc).x);
     }
 }
