@@ -325,8 +325,16 @@ mod tests {
         assert_close(&g, &w, 1e-4, atol, what);
     }
 
-    const SHAPES: [(usize, usize); 6] =
-        [(1, 1), (7, 3), (31, 10), (257, 13), (3000, 10), (20000, 7)];
+    /// Tiny, odd, many-rows (two dispatches for cross-entropy) and long-row shapes.
+    const SHAPES: [(usize, usize); 7] = [
+        (1, 1),
+        (7, 3),
+        (31, 10),
+        (257, 13),
+        (3000, 10),
+        (20000, 7),
+        (3, 5001),
+    ];
 
     #[test]
     fn cpu_reference_values() {
