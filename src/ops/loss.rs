@@ -27,7 +27,7 @@ static CROSS_ENTROPY: Kernel = Kernel {
     writes: 1,
 };
 
-/// Invocations per workgroup of the loss kernels (a power of two).
+/// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
 const WG: u32 = 64;
 /// Fewest rows an invocation of `cross_entropy` takes before another workgroup (and
 /// with it a finishing dispatch) is worth it: one workgroup covers 1,024 rows.

@@ -57,13 +57,14 @@ static COLS: Kernel = Kernel {
     writes: 1,
 };
 
-/// Invocations per workgroup of `full` (a power of two: the tree halves it).
+/// Invocations per workgroup of `full` (a multiple of 8, as the kernel requires).
 const FULL_WG: u32 = 256;
 /// At most this many partial sums, so the finishing dispatch is one workgroup whose
 /// invocations add at most a handful each.
 const FULL_MAX_GROUPS: u64 = 1024;
 /// Fewest vec4s an invocation of `full` accumulates before another workgroup is worth
-/// its share of the tree and of the finishing dispatch.
+/// its share of the workgroup sum and of the finishing dispatch (with 256 invocations:
+/// one dispatch up to 64K elements, blocks of 256 KiB per workgroup above).
 const FULL_MIN_VEC4: u64 = 64;
 /// Invocations per workgroup of `rows` and `cols`.
 const AXIS_WG: u32 = 64;
@@ -137,6 +138,15 @@ pub(crate) fn axis_cpu<T: Element>(
     inner: usize,
     scale: f64,
 ) -> Vec<T> {
+    if inner == 1 && op == AxisOp::Sum {
+        // Rows: the interleaved accumulators of `full_cpu` instead of one serial chain.
+        return (0..outer)
+            .map(|o| {
+                let row = &x[o * len..(o + 1) * len];
+                full_cpu::<T>(FullOp::Sum, row, row, scale)
+            })
+            .collect();
+    }
     let mut out = Vec::with_capacity(outer * inner);
     let mut acc = vec![0.0f64; inner];
     for o in 0..outer {
