@@ -1,6 +1,6 @@
 //! Losses: log-softmax, (weighted) cross-entropy and mean squared error.
-//! `shaders/loss.wgsl` on the GPU (mse is a `reduce` kernel), [`log_softmax_cpu`] and
-//! [`cross_entropy_cpu`] on the CPU. Every loss is a 0-d tensor on its device.
+//! `shaders/loss.wgsl` on the GPU (mse is a `reduce` kernel), `log_softmax_cpu` and
+//! `cross_entropy_cpu` on the CPU. Every loss is a 0-d tensor on its device.
 //!
 //! Cross-entropy is the inner loss of data hyper-cleaning, evaluated at every inner
 //! step, so it is fused: one dispatch computes each row's log-sum-exp, picks the label's

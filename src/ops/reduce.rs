@@ -1,6 +1,6 @@
 //! Reductions: sums, means, maxima, dot products and squared norms, over all elements
-//! (a 0-d result) or over one axis. `shaders/reduce.wgsl` on the GPU, [`full_cpu`] and
-//! [`axis_cpu`] on the CPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
+//! (a 0-d result) or over one axis. `shaders/reduce.wgsl` on the GPU, `full_cpu` and
+//! `axis_cpu` on the CPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
 //! that later kernels read, with no readback.
 //!
 //! Accuracy: the GPU accumulates in f32, but no accumulator adds more than a few
