@@ -597,7 +597,9 @@ mod tests {
         vec![
             vec![1],
             vec![7],
+            vec![31],
             vec![257],
+            vec![1000],
             vec![65537],
             vec![1, 1],
             vec![7, 3],
