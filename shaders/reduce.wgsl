@@ -109,23 +109,12 @@ fn ident() -> f32 {
     return 0.0;
 }
 
-// Accumulation of a chunk (thousands of terms) in two levels: blocks of BLOCK terms
-// into `b`, blocks into `s`. Each f32 add then rounds against a partial sum of about
-// √BLOCK or √(len / BLOCK) terms rather than √len, which cuts the rounding error of a
-// long chunk several times over at one extra add per block. (Kahan compensation
-// would do better on paper, but compilers may fold it away: WGSL arithmetic is not
-// marked exact.)
-const BLOCK: u32 = 32u;
-
-struct Acc {
-    s: vec4<f32>,
-    b: vec4<f32>,
-    k: u32,
-}
-
-fn acc_new() -> Acc {
-    return Acc(vec4<f32>(ident()), vec4<f32>(ident()), 0u);
-}
+// A chunk (thousands of terms) is accumulated in two levels: blocks of BLOCK terms,
+// then the blocks. Each f32 add then rounds against a partial sum of about √BLOCK or
+// √(len / BLOCK) terms rather than √len, which cuts the rounding error of a long
+// chunk several times over at one extra add per block. (Kahan compensation would do
+// better on paper, but compilers may fold it away: WGSL arithmetic is not exact.)
+const BLOCK: u32 = 64u;
 
 fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
     if (OP == 1u) {
@@ -133,20 +122,6 @@ fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
         return select(m, v, v > m | v != v);
     }
     return m + v;
-}
-
-fn acc_add(acc: ptr<function, Acc>, v: vec4<f32>) {
-    (*acc).b = comb4((*acc).b, v);
-    (*acc).k += 1u;
-    if ((*acc).k == BLOCK) {
-        (*acc).s = comb4((*acc).s, (*acc).b);
-        (*acc).b = vec4<f32>(ident());
-        (*acc).k = 0u;
-    }
-}
-
-fn acc_total(acc: Acc) -> vec4<f32> {
-    return comb4(acc.s, acc.b);
 }
 
 fn comb(m: f32, v: f32) -> f32 {
@@ -172,22 +147,36 @@ fn run(lo: u32, hi: u32) -> f32 {
     if (lo >= hi) {
         return ident();
     }
-    var acc = acc_new();
     let id = vec4<f32>(ident());
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
     let first = lo / 4u;
     let last = (hi - 1u) / 4u;
     let e0 = first * 4u + lanes;
-    acc_add(&acc, select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi)));
-    for (var v = first + 1u; v < last; v++) {
-        acc_add(&acc, a[v]);
-    }
+    var acc = select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi));
     if (last > first) {
         let e1 = last * 4u + lanes;
-        acc_add(&acc, select(id, a[last], e1 < vec4<u32>(hi)));
+        acc = comb4(acc, select(id, a[last], e1 < vec4<u32>(hi)));
     }
-    let r = acc_total(acc);
-    return comb(comb(r.x, r.y), comb(r.z, r.w));
+    // Two accumulators per block so consecutive loads do not wait on each other's adds.
+    var v = first + 1u;
+    loop {
+        if (v >= last) { break; }
+        let end = min(last, v + BLOCK);
+        var b0 = id;
+        var b1 = id;
+        loop {
+            if (v + 1u >= end) { break; }
+            b0 = comb4(b0, a[v]);
+            b1 = comb4(b1, a[v + 1u]);
+            v += 2u;
+        }
+        if (v < end) {
+            b0 = comb4(b0, a[v]);
+            v += 1u;
+        }
+        acc = comb4(acc, comb4(b0, b1));
+    }
+    return comb(comb(acc.x, acc.y), comb(acc.z, acc.w));
 }
 
 @compute @workgroup_size(WG)
@@ -206,6 +195,13 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     out_axis[g] = finish(run(base + min(k0, k1), base + k1));
 }
 
+fn load_col(e: u32) -> vec4<f32> {
+    if (VEC == 4u) {
+        return a[e / 4u];
+    }
+    return vec4<f32>(a[e / 4u][e % 4u], 0.0, 0.0, 0.0);
+}
+
 @compute @workgroup_size(WG)
 fn cols(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -222,23 +218,33 @@ fn cols(@builtin(workgroup_id) wid: vec3<u32>,
     let k0 = s * q.chunk;
     let k1 = min(q.len, k0 + q.chunk);
     var e = o * q.len * q.inner + k0 * q.inner + j;
+    let id = vec4<f32>(ident());
+    var acc = id;
+    var k = k0;
+    loop {
+        if (k >= k1) { break; }
+        let end = min(k1, k + BLOCK);
+        var b0 = id;
+        var b1 = id;
+        loop {
+            if (k + 1u >= end) { break; }
+            b0 = comb4(b0, load_col(e));
+            b1 = comb4(b1, load_col(e + q.inner));
+            e += 2u * q.inner;
+            k += 2u;
+        }
+        if (k < end) {
+            b0 = comb4(b0, load_col(e));
+            e += q.inner;
+            k += 1u;
+        }
+        acc = comb4(acc, comb4(b0, b1));
+    }
     let dst = rest * q.inner + j;
-    var acc = acc_new();
+    out_axis[dst] = finish(acc.x);
     if (VEC == 4u) {
-        for (var k = k0; k < k1; k++) {
-            acc_add(&acc, a[e / 4u]);
-            e += q.inner;
-        }
-        let r = acc_total(acc);
-        out_axis[dst] = finish(r.x);
-        out_axis[dst + 1u] = finish(r.y);
-        out_axis[dst + 2u] = finish(r.z);
-        out_axis[dst + 3u] = finish(r.w);
-    } else {
-        for (var k = k0; k < k1; k++) {
-            acc_add(&acc, vec4<f32>(a[e / 4u][e % 4u], 0.0, 0.0, 0.0));
-            e += q.inner;
-        }
-        out_axis[dst] = finish(acc_total(acc).x);
+        out_axis[dst + 1u] = finish(acc.y);
+        out_axis[dst + 2u] = finish(acc.z);
+        out_axis[dst + 3u] = finish(acc.w);
     }
 }
