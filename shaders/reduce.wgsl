@@ -109,23 +109,26 @@ fn ident() -> f32 {
     return 0.0;
 }
 
-// max that keeps a NaN once seen (where the device honours NaN at all).
-fn comb(m: f32, v: f32) -> f32 {
-    if (OP == 1u) {
-        return select(m, v, v > m || v != v);
-    }
-    return m + v;
-}
+// A chunk (thousands of terms) is accumulated in two levels: blocks of BLOCK terms,
+// then the blocks. Each f32 add then rounds against a partial sum of about √BLOCK or
+// √(len / BLOCK) terms rather than √len, which cuts the rounding error of a long
+// chunk several times over at one extra add per block. (Kahan compensation would do
+// better on paper, but compilers may fold it away: WGSL arithmetic is not exact.)
+const BLOCK: u32 = 64u;
 
 fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
     if (OP == 1u) {
+        // max that keeps a NaN once seen (where the device honours NaN at all).
         return select(m, v, v > m | v != v);
     }
     return m + v;
 }
 
-fn hcomb(v: vec4<f32>) -> f32 {
-    return comb(comb(v.x, v.y), comb(v.z, v.w));
+fn comb(m: f32, v: f32) -> f32 {
+    if (OP == 1u) {
+        return select(m, v, v > m || v != v);
+    }
+    return m + v;
 }
 
 fn finish(v: f32) -> f32 {
@@ -141,32 +144,39 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // Elements [lo, hi) of a: the masked head and tail vec4s, whole vec4s between.
 fn run(lo: u32, hi: u32) -> f32 {
-    let id = vec4<f32>(ident());
-    var acc0 = id;
-    var acc1 = id;
     if (lo >= hi) {
         return ident();
     }
+    let id = vec4<f32>(ident());
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
     let first = lo / 4u;
     let last = (hi - 1u) / 4u;
     let e0 = first * 4u + lanes;
-    acc0 = comb4(acc0, select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi)));
+    var acc = select(id, a[first], e0 >= vec4<u32>(lo) & e0 < vec4<u32>(hi));
     if (last > first) {
         let e1 = last * 4u + lanes;
-        acc1 = comb4(acc1, select(id, a[last], e1 < vec4<u32>(hi)));
+        acc = comb4(acc, select(id, a[last], e1 < vec4<u32>(hi)));
     }
+    // Two accumulators per block so consecutive loads do not wait on each other's adds.
     var v = first + 1u;
     loop {
-        if (v + 1u >= last) { break; }
-        acc0 = comb4(acc0, a[v]);
-        acc1 = comb4(acc1, a[v + 1u]);
-        v += 2u;
+        if (v >= last) { break; }
+        let end = min(last, v + BLOCK);
+        var b0 = id;
+        var b1 = id;
+        loop {
+            if (v + 1u >= end) { break; }
+            b0 = comb4(b0, a[v]);
+            b1 = comb4(b1, a[v + 1u]);
+            v += 2u;
+        }
+        if (v < end) {
+            b0 = comb4(b0, a[v]);
+            v += 1u;
+        }
+        acc = comb4(acc, comb4(b0, b1));
     }
-    if (v < last) {
-        acc0 = comb4(acc0, a[v]);
-    }
-    return hcomb(comb4(acc0, acc1));
+    return comb(comb(acc.x, acc.y), comb(acc.z, acc.w));
 }
 
 @compute @workgroup_size(WG)
@@ -185,8 +195,11 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     out_axis[g] = finish(run(base + min(k0, k1), base + k1));
 }
 
-fn load1(e: u32) -> f32 {
-    return a[e / 4u][e % 4u];
+fn load_col(e: u32) -> vec4<f32> {
+    if (VEC == 4u) {
+        return a[e / 4u];
+    }
+    return vec4<f32>(a[e / 4u][e % 4u], 0.0, 0.0, 0.0);
 }
 
 @compute @workgroup_size(WG)
@@ -205,41 +218,33 @@ fn cols(@builtin(workgroup_id) wid: vec3<u32>,
     let k0 = s * q.chunk;
     let k1 = min(q.len, k0 + q.chunk);
     var e = o * q.len * q.inner + k0 * q.inner + j;
+    let id = vec4<f32>(ident());
+    var acc = id;
+    var k = k0;
+    loop {
+        if (k >= k1) { break; }
+        let end = min(k1, k + BLOCK);
+        var b0 = id;
+        var b1 = id;
+        loop {
+            if (k + 1u >= end) { break; }
+            b0 = comb4(b0, load_col(e));
+            b1 = comb4(b1, load_col(e + q.inner));
+            e += 2u * q.inner;
+            k += 2u;
+        }
+        if (k < end) {
+            b0 = comb4(b0, load_col(e));
+            e += q.inner;
+            k += 1u;
+        }
+        acc = comb4(acc, comb4(b0, b1));
+    }
     let dst = rest * q.inner + j;
+    out_axis[dst] = finish(acc.x);
     if (VEC == 4u) {
-        let id = vec4<f32>(ident());
-        var acc0 = id;
-        var acc1 = id;
-        var k = k0;
-        loop {
-            if (k + 1u >= k1) { break; }
-            acc0 = comb4(acc0, a[e / 4u]);
-            acc1 = comb4(acc1, a[(e + q.inner) / 4u]);
-            e += 2u * q.inner;
-            k += 2u;
-        }
-        if (k < k1) {
-            acc0 = comb4(acc0, a[e / 4u]);
-        }
-        let r = comb4(acc0, acc1);
-        out_axis[dst] = finish(r.x);
-        out_axis[dst + 1u] = finish(r.y);
-        out_axis[dst + 2u] = finish(r.z);
-        out_axis[dst + 3u] = finish(r.w);
-    } else {
-        var acc0 = ident();
-        var acc1 = ident();
-        var k = k0;
-        loop {
-            if (k + 1u >= k1) { break; }
-            acc0 = comb(acc0, load1(e));
-            acc1 = comb(acc1, load1(e + q.inner));
-            e += 2u * q.inner;
-            k += 2u;
-        }
-        if (k < k1) {
-            acc0 = comb(acc0, load1(e));
-        }
-        out_axis[dst] = finish(comb(acc0, acc1));
+        out_axis[dst + 1u] = finish(acc.y);
+        out_axis[dst + 2u] = finish(acc.z);
+        out_axis[dst + 3u] = finish(acc.w);
     }
 }

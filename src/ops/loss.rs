@@ -1,6 +1,6 @@
 //! Losses: log-softmax, (weighted) cross-entropy and mean squared error.
-//! `shaders/loss.wgsl` on the GPU (mse is a `reduce` kernel), [`log_softmax_cpu`] and
-//! [`cross_entropy_cpu`] on the CPU. Every loss is a 0-d tensor on its device.
+//! `shaders/loss.wgsl` on the GPU (mse is a `reduce` kernel), `log_softmax_cpu` and
+//! `cross_entropy_cpu` on the CPU. Every loss is a 0-d tensor on its device.
 //!
 //! Cross-entropy is the inner loss of data hyper-cleaning, evaluated at every inner
 //! step, so it is fused: one dispatch computes each row's log-sum-exp, picks the label's
@@ -28,7 +28,7 @@ static CROSS_ENTROPY: Kernel = Kernel {
     writes: 1,
 };
 
-/// Invocations per workgroup of the loss kernels (a power of two).
+/// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
 const WG: u32 = 64;
 /// Fewest rows an invocation of `cross_entropy` takes before another workgroup (and
 /// with it a finishing dispatch) is worth it: one workgroup covers 1,024 rows.
@@ -335,8 +335,16 @@ mod tests {
         assert_close(&g, &w, 1e-4, atol, what);
     }
 
-    const SHAPES: [(usize, usize); 6] =
-        [(1, 1), (7, 3), (31, 10), (257, 13), (3000, 10), (20000, 7)];
+    /// Tiny, odd, many-rows (two dispatches for cross-entropy) and long-row shapes.
+    const SHAPES: [(usize, usize); 7] = [
+        (1, 1),
+        (7, 3),
+        (31, 10),
+        (257, 13),
+        (3000, 10),
+        (20000, 7),
+        (3, 5001),
+    ];
 
     #[test]
     fn cpu_reference_values() {

@@ -1,6 +1,6 @@
 //! Reductions: sums, means, maxima, dot products and squared norms, over all elements
-//! (a 0-d result) or over one axis. `shaders/reduce.wgsl` on the GPU, [`full_cpu`] and
-//! [`axis_cpu`] on the CPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
+//! (a 0-d result) or over one axis. `shaders/reduce.wgsl` on the GPU, `full_cpu` and
+//! `axis_cpu` on the CPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
 //! that later kernels read, with no readback.
 //!
 //! Accuracy: the GPU accumulates in f32, but no accumulator adds more than a few
@@ -58,18 +58,22 @@ static COLS: Kernel = Kernel {
     writes: 1,
 };
 
-/// Invocations per workgroup of `full` (a power of two: the tree halves it).
+/// Invocations per workgroup of `full` (a multiple of 8, as the kernel requires).
 const FULL_WG: u32 = 256;
 /// At most this many partial sums, so the finishing dispatch is one workgroup whose
 /// invocations add at most a handful each.
 const FULL_MAX_GROUPS: u64 = 1024;
 /// Fewest vec4s an invocation of `full` accumulates before another workgroup is worth
-/// its share of the tree and of the finishing dispatch.
+/// its share of the workgroup sum and of the finishing dispatch (with 256 invocations:
+/// one dispatch up to 64K elements, blocks of 256 KiB per workgroup above).
 const FULL_MIN_VEC4: u64 = 64;
 /// Invocations per workgroup of `rows` and `cols`.
 const AXIS_WG: u32 = 64;
 /// Invocations an axis reduction aims for before it splits the axis into chunks.
 const AXIS_THREADS: usize = 16384;
+/// Inputs smaller than this are not split for parallelism: a second dispatch costs
+/// more (about 50 µs on a CPU adapter) than the threads it would add save.
+const AXIS_SPLIT_MIN_ELEMS: usize = 1 << 18;
 /// Chunks of the axis are at least this long (split no finer)...
 const AXIS_MIN_CHUNK: usize = 64;
 /// ...and at most this long, which bounds the terms one f32 accumulator adds.
@@ -135,6 +139,15 @@ pub(crate) fn axis_cpu<T: Element>(
     inner: usize,
     scale: f64,
 ) -> Vec<T> {
+    if inner == 1 && op == AxisOp::Sum {
+        // Rows: the interleaved accumulators of `full_cpu` instead of one serial chain.
+        return (0..outer)
+            .map(|o| {
+                let row = &x[o * len..(o + 1) * len];
+                full_cpu::<T>(FullOp::Sum, row, row, scale)
+            })
+            .collect();
+    }
     let mut out = Vec::with_capacity(outer * inner);
     let mut acc = vec![0.0f64; inner];
     for o in 0..outer {
@@ -224,15 +237,21 @@ pub(crate) fn sum_partials_gpu(
 }
 
 /// How an axis of `len` is split when each chunk is reduced by one invocation and
-/// `out_threads` invocations cover the outputs: (splits, chunk length).
-fn split(len: usize, out_threads: usize) -> (usize, usize) {
+/// `out_threads` invocations (each `width` elements wide) cover the outputs:
+/// (splits, chunk length).
+fn split(len: usize, out_threads: usize, width: usize) -> (usize, usize) {
     if len == 0 {
         return (1, 0);
     }
     let for_accuracy = len.div_ceil(AXIS_MAX_CHUNK);
-    let for_parallelism = AXIS_THREADS
-        .div_ceil(out_threads.max(1))
-        .min(len.div_ceil(AXIS_MIN_CHUNK));
+    // Splitting for parallelism costs a second dispatch, worth it only for big inputs.
+    let for_parallelism = if out_threads * width * len < AXIS_SPLIT_MIN_ELEMS {
+        1
+    } else {
+        AXIS_THREADS
+            .div_ceil(out_threads.max(1))
+            .min(len.div_ceil(AXIS_MIN_CHUNK))
+    };
     let splits = for_accuracy.max(for_parallelism).max(1);
     let chunk = len.div_ceil(splits);
     (len.div_ceil(chunk), chunk)
@@ -259,7 +278,7 @@ pub(crate) fn axis_gpu(
             1
         };
         let out_threads = outer * inner / vec;
-        let (splits, chunk) = split(len, out_threads);
+        let (splits, chunk) = split(len, out_threads, vec);
         let threads = out_threads * splits;
         let out = ctx.alloc((outer * splits * inner * 4) as u64)?;
         let params = AxisParams {
@@ -484,11 +503,13 @@ mod tests {
     }
 
     /// Reductions sum O(n) rounded terms, so they get the looser 1e-4 of the brief,
-    /// elementwise and normwise. The atol covers outputs that cancel to near zero: a sum
-    /// of k terms in [-1, 1] carries f32 rounding of about 1e-7·√k·(partial sums), far
-    /// below 1e-5 for every size here.
+    /// normwise and elementwise. The atol is for outputs that cancel to near zero: a
+    /// sum of `terms` values in [-1, 1] is itself about √terms in size, and its f32
+    /// rounding error grows like √terms too (measured: 1.3e-5 for 9,000 terms with
+    /// blocked accumulation, 5e-5 without), so atol = 1e-6·√terms, ~16 ulp of 1 per
+    /// √term. A lost or doubled element is off by ~0.5, far outside it.
     #[track_caller]
-    fn check(got: &Tensor, want: &Tensor, what: &str) {
+    fn check_n(got: &Tensor, want: &Tensor, terms: usize, what: &str) {
         assert_eq!(got.shape(), want.shape(), "{what}: shape");
         let (g, w) = (got.to_vec::<f64>().unwrap(), want.to_vec::<f64>().unwrap());
         assert!(
@@ -496,7 +517,7 @@ mod tests {
             "{what}: rel_err {}",
             rel_err(&g, &w)
         );
-        assert_close(&g, &w, 1e-4, 1e-5, what);
+        assert_close(&g, &w, 1e-4, 1e-6 * (terms.max(1) as f64).sqrt(), what);
     }
 
     #[test]
@@ -526,24 +547,28 @@ mod tests {
         {
             let (xg, xc) = pair(&gpu, &[n], 10 + k as u64);
             let (yg, yc) = pair(&gpu, &[n], 500 + k as u64);
-            check(
+            check_n(
                 &xg.sum().unwrap(),
                 &xc.sum().unwrap(),
+                n,
                 &format!("sum n={n}"),
             );
-            check(
+            check_n(
                 &xg.mean().unwrap(),
                 &xc.mean().unwrap(),
+                n,
                 &format!("mean n={n}"),
             );
-            check(
+            check_n(
                 &xg.sqnorm().unwrap(),
                 &xc.sqnorm().unwrap(),
+                n,
                 &format!("sqnorm n={n}"),
             );
-            check(
+            check_n(
                 &xg.dot(&yg).unwrap(),
                 &xc.dot(&yc).unwrap(),
+                n,
                 &format!("dot n={n}"),
             );
         }
@@ -580,7 +605,9 @@ mod tests {
         vec![
             vec![1],
             vec![7],
+            vec![31],
             vec![257],
+            vec![1000],
             vec![65537],
             vec![1, 1],
             vec![7, 3],
@@ -604,19 +631,22 @@ mod tests {
             for axis in 0..shape.len() {
                 for keepdim in [false, true] {
                     let what = format!("{shape:?} axis {axis} keepdim {keepdim}");
-                    check(
+                    check_n(
                         &xg.sum_axis(axis, keepdim).unwrap(),
                         &xc.sum_axis(axis, keepdim).unwrap(),
+                        shape[axis],
                         &format!("sum_axis {what}"),
                     );
-                    check(
+                    check_n(
                         &xg.mean_axis(axis, keepdim).unwrap(),
                         &xc.mean_axis(axis, keepdim).unwrap(),
+                        shape[axis],
                         &format!("mean_axis {what}"),
                     );
-                    check(
+                    check_n(
                         &xg.max_axis(axis, keepdim).unwrap(),
                         &xc.max_axis(axis, keepdim).unwrap(),
+                        shape[axis],
                         &format!("max_axis {what}"),
                     );
                 }
@@ -707,16 +737,18 @@ mod tests {
         let t = Tensor::from_vec(pos32, &[n], &gpu).unwrap();
         let g = t.sum().unwrap().to_scalar::<f64>().unwrap();
         assert!(rel_err(&[g], &[want]) <= 1e-4, "sum |x| {g} vs {want}");
-        let g = t
-            .reshape(&[4096, 4096])
-            .unwrap()
-            .sum_axis(0, false)
-            .unwrap()
-            .sum()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(rel_err(&[g], &[want]) <= 1e-4, "column sums {g} vs {want}");
+        // The axis paths: three passes for one long row, two for rows and columns.
+        let g = t.sum_axis(0, false).unwrap().to_scalar::<f64>().unwrap();
+        assert!(rel_err(&[g], &[want]) <= 1e-4, "sum_axis(0) {g} vs {want}");
+        let m = t.reshape(&[4096, 4096]).unwrap();
+        for axis in [0, 1] {
+            let g = m.sum_axis(axis, false).unwrap().sum().unwrap();
+            let g = g.to_scalar::<f64>().unwrap();
+            assert!(
+                rel_err(&[g], &[want]) <= 1e-4,
+                "axis {axis} sums {g} vs {want}"
+            );
+        }
     }
 
     #[test]
