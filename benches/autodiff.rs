@@ -21,14 +21,21 @@ struct Case {
 fn mlp_case(dev: &Device) -> Case {
     let (n, d, h, c) = (1000, 784, 256, 10);
     let x = Tensor::rand_normal(&[n, d], 0.0, 1.0, 1, dev).unwrap();
-    let labels = Tensor::from_vec((0..n).map(|i| (i % c) as f32).collect::<Vec<_>>(), &[n], dev).unwrap();
+    let labels = Tensor::from_vec(
+        (0..n).map(|i| (i % c) as f32).collect::<Vec<_>>(),
+        &[n],
+        dev,
+    )
+    .unwrap();
     Case {
         name: "mlp_784_256_10",
         params: d * h + h + h * c + c,
         loss: Box::new(move |w: &Tensor| {
             let p = w.split(&[d * h, h, h * c, c])?;
             let a = x.matmul(&p[0].reshape(&[d, h])?)?.add(&p[1])?.tanh()?;
-            a.matmul(&p[2].reshape(&[h, c])?)?.add(&p[3])?.cross_entropy(&labels, None)
+            a.matmul(&p[2].reshape(&[h, c])?)?
+                .add(&p[3])?
+                .cross_entropy(&labels, None)
         }),
     }
 }
@@ -41,7 +48,11 @@ fn lsq_case(dev: &Device) -> Case {
         name: "least_squares_d1000_n10000",
         params: d,
         loss: Box::new(move |w: &Tensor| {
-            x.matmul(&w.reshape(&[d, 1])?)?.reshape(&[n])?.sub(&y)?.sqnorm()?.scale(0.5 / n as f64)
+            x.matmul(&w.reshape(&[d, 1])?)?
+                .reshape(&[n])?
+                .sub(&y)?
+                .sqnorm()?
+                .scale(0.5 / n as f64)
         }),
     }
 }
@@ -65,11 +76,15 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("autodiff");
     for (label, dev) in &devices {
         for case in [mlp_case(dev), lsq_case(dev)] {
-            let w = Tensor::rand_normal(&[case.params], 0.0, 0.05, 4, dev).unwrap().requires_grad();
+            let w = Tensor::rand_normal(&[case.params], 0.0, 0.05, 4, dev)
+                .unwrap()
+                .requires_grad();
             let v = Tensor::rand_normal(&[case.params], 0.0, 1.0, 5, dev).unwrap();
             let loss = &case.loss;
             group.bench_function(format!("{label}/{}/grad", case.name), |b| {
-                b.iter_custom(|iters| timed(dev, iters, || grad(&loss(&w)?, &[&w], false).map(drop)))
+                b.iter_custom(|iters| {
+                    timed(dev, iters, || grad(&loss(&w)?, &[&w], false).map(drop))
+                })
             });
             group.bench_function(format!("{label}/{}/hvp", case.name), |b| {
                 b.iter_custom(|iters| {
@@ -82,9 +97,16 @@ fn bench(c: &mut Criterion) {
             // One CG iteration: HVP on a fixed graph plus the fused vector updates.
             let op = HvpOperator::new(&loss(&w).unwrap(), &[&w]).unwrap();
             let g = op.gradient().remove(0);
-            let opts = CgOptions { max_iters: 1, ..CgOptions::default() };
+            let opts = CgOptions {
+                max_iters: 1,
+                ..CgOptions::default()
+            };
             group.bench_function(format!("{label}/{}/cg_iteration", case.name), |b| {
-                b.iter_custom(|iters| timed(dev, iters, || conjugate_gradient(|p| op.hvp1(p), &g, &opts).map(drop)))
+                b.iter_custom(|iters| {
+                    timed(dev, iters, || {
+                        conjugate_gradient(|p| op.hvp1(p), &g, &opts).map(drop)
+                    })
+                })
             });
             if let Some(ctx) = dev.gpu_context() {
                 let count = |f: &mut dyn FnMut()| {
@@ -95,9 +117,13 @@ fn bench(c: &mut Criterion) {
                 let grad_d = count(&mut || drop(grad(&loss(&w).unwrap(), &[&w], false).unwrap()));
                 let fwd_d = count(&mut || drop(loss(&w).unwrap()));
                 let hvp_d = count(&mut || drop(op.hvp1(&v).unwrap()));
-                let cg1 = count(&mut || drop(conjugate_gradient(|p| op.hvp1(p), &g, &opts).unwrap()));
+                let cg1 =
+                    count(&mut || drop(conjugate_gradient(|p| op.hvp1(p), &g, &opts).unwrap()));
                 let cg5 = count(&mut || {
-                    let o = CgOptions { max_iters: 5, ..CgOptions::default() };
+                    let o = CgOptions {
+                        max_iters: 5,
+                        ..CgOptions::default()
+                    };
                     drop(conjugate_gradient(|p| op.hvp1(p), &g, &o).unwrap())
                 });
                 println!(

@@ -12,7 +12,10 @@ use blo::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn gd(steps: usize, lr: f64) -> Inner {
-    Inner { optimizer: InnerOptimizer::Gd { lr }, steps }
+    Inner {
+        optimizer: InnerOptimizer::Gd { lr },
+        steps,
+    }
 }
 
 fn run(p: &dyn Problem, lambda: &[Tensor], w0: &[Tensor], inner: &Inner, m: &Method) {
@@ -25,8 +28,18 @@ fn cases(dev: &Device) -> Vec<(&'static str, Box<dyn Problem>, Vec<Tensor>, f64)
     let hc = HyperCleaning::digits(0, dev, dtype).unwrap();
     let lr = |v: Vec<f32>| Tensor::from_vec(v, &[200], dev).unwrap();
     vec![
-        ("ridge", Box::new(ridge) as Box<dyn Problem>, vec![lr(vec![0.0; 200])], 0.3),
-        ("hyper_cleaning", Box::new(hc), vec![Tensor::zeros(&[500], dev).unwrap()], 1.0),
+        (
+            "ridge",
+            Box::new(ridge) as Box<dyn Problem>,
+            vec![lr(vec![0.0; 200])],
+            0.3,
+        ),
+        (
+            "hyper_cleaning",
+            Box::new(hc),
+            vec![Tensor::zeros(&[500], dev).unwrap()],
+            1.0,
+        ),
     ]
 }
 
@@ -40,10 +53,24 @@ fn bench(c: &mut Criterion) {
     for (label, dev) in &devices {
         for (name, p, lambda, lr) in cases(dev) {
             let w0 = p.init_w().unwrap();
-            let w100 = hypergradient(p.as_ref(), &lambda, &w0, &gd(100, lr), &Method::Cg { iters: 1, tol: None, damping: 0.0 })
-                .unwrap()
-                .w;
-            let cg20 = Method::Cg { iters: 20, tol: None, damping: 0.0 };
+            let w100 = hypergradient(
+                p.as_ref(),
+                &lambda,
+                &w0,
+                &gd(100, lr),
+                &Method::Cg {
+                    iters: 1,
+                    tol: None,
+                    damping: 0.0,
+                },
+            )
+            .unwrap()
+            .w;
+            let cg20 = Method::Cg {
+                iters: 20,
+                tol: None,
+                damping: 0.0,
+            };
             let mut methods: Vec<(&str, Inner, Method, &Vec<Tensor>)> = vec![
                 ("rad_T100", gd(100, lr), Method::Rad, &w0),
                 ("cg_K20_at_w100", gd(0, lr), cg20, &w100),
@@ -61,7 +88,10 @@ fn bench(c: &mut Criterion) {
                 // 200 λ-tangents × 100 steps = 20,000 backward passes: one timed run.
                 let t = Instant::now();
                 run(p.as_ref(), &lambda, &w0, &gd(100, lr), &Method::Forward);
-                println!("{label}/{name}/forward_T100: one run {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+                println!(
+                    "{label}/{name}/forward_T100: one run {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
             }
             if let Some(ctx) = dev.gpu_context() {
                 let count = |inner: Inner, m: Method, start: &[Tensor]| {
@@ -69,10 +99,19 @@ fn bench(c: &mut Criterion) {
                     run(p.as_ref(), &lambda, start, &inner, &m);
                     ctx.dispatch_count() - before
                 };
-                let cg = |k| Method::Cg { iters: k, tol: None, damping: 0.0 };
-                let per_step = (count(gd(100, lr), cg(1), &w0) - count(gd(0, lr), cg(1), &w0)) as f64 / 100.0;
-                let per_cg = (count(gd(0, lr), cg(21), &w100) - count(gd(0, lr), cg(1), &w100)) as f64 / 20.0;
-                let rad_step = (count(gd(100, lr), Method::Rad, &w0) - count(gd(0, lr), Method::Rad, &w0)) as f64 / 100.0;
+                let cg = |k| Method::Cg {
+                    iters: k,
+                    tol: None,
+                    damping: 0.0,
+                };
+                let per_step =
+                    (count(gd(100, lr), cg(1), &w0) - count(gd(0, lr), cg(1), &w0)) as f64 / 100.0;
+                let per_cg = (count(gd(0, lr), cg(21), &w100) - count(gd(0, lr), cg(1), &w100))
+                    as f64
+                    / 20.0;
+                let rad_step = (count(gd(100, lr), Method::Rad, &w0)
+                    - count(gd(0, lr), Method::Rad, &w0)) as f64
+                    / 100.0;
                 println!(
                     "{name} on {label}: dispatches per inner GD step {per_step:.1}, per CG iteration {per_cg:.1}, \
                      per rad step (forward + reverse) {rad_step:.1}"

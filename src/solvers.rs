@@ -54,6 +54,53 @@ fn check_finite(op: &'static str, name: &str, v: f64) -> Result<()> {
     Ok(())
 }
 
+/// Solves the dense system A x = b on the host in f64 by Gaussian elimination with
+/// partial pivoting; `a` is n×n row-major with n = `b.len()`. For oracles and small exact
+/// solves (ridge's closed form, [`crate::bilevel::Method::Exact`]). Errors when A is
+/// singular to working precision.
+pub fn solve_dense(a: &[f64], b: &[f64]) -> Result<Vec<f64>> {
+    let n = b.len();
+    if a.len() != n * n {
+        return Err(Error::ShapeMismatch {
+            op: "solve_dense",
+            lhs: vec![a.len()],
+            rhs: vec![n, n],
+        });
+    }
+    let mut m: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let mut row = a[i * n..(i + 1) * n].to_vec();
+            row.push(b[i]);
+            row
+        })
+        .collect();
+    for c in 0..n {
+        let p = (c..n)
+            .max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs()))
+            .expect("c < n");
+        if m[p][c] == 0.0 || !m[p][c].is_finite() {
+            return Err(invalid(
+                "solve_dense",
+                "the matrix is singular (or holds NaN/inf)",
+            ));
+        }
+        m.swap(c, p);
+        let pivot = m[c].clone();
+        for row in m.iter_mut().skip(c + 1) {
+            let f = row[c] / pivot[c];
+            for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                *x -= f * p;
+            }
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|k| m[r][k] * x[k]).sum();
+        x[r] = (m[r][n] - s) / m[r][r];
+    }
+    Ok(x)
+}
+
 /// Conjugate gradient for A x = b with A symmetric positive definite, from x₀ = 0.
 ///
 /// Each iteration costs one operator application plus a fixed number of small fused
@@ -74,7 +121,10 @@ pub fn conjugate_gradient(
     }
     check_finite(OP, "damping", opts.damping)?;
     if opts.damping < 0.0 {
-        return Err(invalid(OP, format!("damping must be ≥ 0, got {}", opts.damping)));
+        return Err(invalid(
+            OP,
+            format!("damping must be ≥ 0, got {}", opts.damping),
+        ));
     }
     if let Some(tol) = opts.tol {
         check_finite(OP, "tol", tol)?;
@@ -98,7 +148,11 @@ pub fn conjugate_gradient(
             });
         }
         (x, r, rr, p) = no_grad(|| -> Result<_> {
-            let ap = if opts.damping > 0.0 { ap.axpy(opts.damping, &p)? } else { ap };
+            let ap = if opts.damping > 0.0 {
+                ap.axpy(opts.damping, &p)?
+            } else {
+                ap
+            };
             let pap = p.dot(&ap)?;
             let x = x.axpy_ratio(&rr, &pap, 1.0, &p)?;
             let r = r.axpy_ratio(&rr, &pap, -1.0, &ap)?;
@@ -171,7 +225,9 @@ pub fn neumann(
     if !residual_norm.is_finite() {
         return Err(invalid(
             OP,
-            format!("the series diverged (term norm {residual_norm}); use a smaller eta (< 2/λ_max)"),
+            format!(
+                "the series diverged (term norm {residual_norm}); use a smaller eta (< 2/λ_max)"
+            ),
         ));
     }
     Ok(SolveResult {
@@ -190,7 +246,10 @@ pub fn fixed_point(
     eta: f64,
 ) -> Result<SolveResult> {
     if k == 0 {
-        return Err(invalid("fixed_point", "K must be at least 1 (u_0 = 0 gives v = 0)"));
+        return Err(invalid(
+            "fixed_point",
+            "K must be at least 1 (u_0 = 0 gives v = 0)",
+        ));
     }
     neumann(apply, b, k - 1, eta)
 }
@@ -215,7 +274,9 @@ mod tests {
             let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
             q.push(v.into_iter().map(|a| a / norm).collect());
         }
-        let eig: Vec<f64> = (0..n).map(|k| cond.powf(k as f64 / (n - 1) as f64)).collect();
+        let eig: Vec<f64> = (0..n)
+            .map(|k| cond.powf(k as f64 / (n - 1) as f64))
+            .collect();
         let mut a = vec![0.0; n * n];
         for (k, u) in q.iter().enumerate() {
             for i in 0..n {
@@ -227,30 +288,17 @@ mod tests {
         a
     }
 
-    /// Gaussian elimination with partial pivoting: the direct-solve oracle.
     fn solve(a: &[f64], b: &[f64]) -> Vec<f64> {
-        let n = b.len();
-        let mut m: Vec<Vec<f64>> = (0..n).map(|i| {
-            let mut row = a[i * n..(i + 1) * n].to_vec();
-            row.push(b[i]);
-            row
-        }).collect();
-        for c in 0..n {
-            let p = (c..n).max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs())).unwrap();
-            m.swap(c, p);
-            for r in c + 1..n {
-                let f = m[r][c] / m[c][c];
-                for k in c..=n {
-                    m[r][k] -= f * m[c][k];
-                }
-            }
-        }
-        let mut x = vec![0.0; n];
-        for r in (0..n).rev() {
-            let s: f64 = (r + 1..n).map(|k| m[r][k] * x[k]).sum();
-            x[r] = (m[r][n] - s) / m[r][r];
-        }
-        x
+        solve_dense(a, b).unwrap()
+    }
+
+    #[test]
+    fn solve_dense_solves_and_rejects_singular_systems() {
+        // A permuted system that needs pivoting: [[0, 2], [3, 1]] x = [4, 5] ⇒ x = [1, 2].
+        let x = solve_dense(&[0.0, 2.0, 3.0, 1.0], &[4.0, 5.0]).unwrap();
+        assert!((x[0] - 1.0).abs() < 1e-15 && (x[1] - 2.0).abs() < 1e-15);
+        assert!(solve_dense(&[1.0, 2.0, 2.0, 4.0], &[1.0, 1.0]).is_err());
+        assert!(solve_dense(&[1.0, 2.0, 3.0], &[1.0, 1.0]).is_err());
     }
 
     fn matvec_op(a: &Tensor) -> impl FnMut(&Tensor) -> Result<Tensor> + '_ {
@@ -265,11 +313,17 @@ mod tests {
         let b = oracle_pair(&[n], 2).1;
         let x = solve(&a, &b);
         let (at, bt) = if dev.is_cpu() {
-            (Tensor::from_vec(a, &[n, n], dev).unwrap(), Tensor::from_vec(b, &[n], dev).unwrap())
+            (
+                Tensor::from_vec(a, &[n, n], dev).unwrap(),
+                Tensor::from_vec(b, &[n], dev).unwrap(),
+            )
         } else {
             let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
             let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
-            (Tensor::from_vec(a32, &[n, n], dev).unwrap(), Tensor::from_vec(b32, &[n], dev).unwrap())
+            (
+                Tensor::from_vec(a32, &[n, n], dev).unwrap(),
+                Tensor::from_vec(b32, &[n], dev).unwrap(),
+            )
         };
         (at, bt, x)
     }
@@ -281,14 +335,22 @@ mod tests {
         // orthogonality delays convergence (Greenbaum 1997): n = 24 needs about 2n
         // iterations (the same happens in a textbook host CG, checked below), while a
         // small system still converges in n.
-        for (n, cond, k, tol) in [(24, 10.0, 24, 1e-10), (6, 1e4, 6, 1e-7), (24, 1e4, 72, 1e-10)] {
+        for (n, cond, k, tol) in [
+            (24, 10.0, 24, 1e-10),
+            (6, 1e4, 6, 1e-7),
+            (24, 1e4, 72, 1e-10),
+        ] {
             let (a, b, want) = system(n, cond, &Device::Cpu);
-            let opts = CgOptions { max_iters: k, ..CgOptions::default() };
+            let opts = CgOptions {
+                max_iters: k,
+                ..CgOptions::default()
+            };
             let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
             let err = rel_err(&out.x.to_vec::<f64>().unwrap(), &want);
             assert!(err < tol, "n {n} cond {cond} K {k}: relative error {err:e}");
             assert_eq!(out.iterations, k);
-            let host = host_cg_iterates(&a.to_vec::<f64>().unwrap(), &b.to_vec::<f64>().unwrap(), k);
+            let host =
+                host_cg_iterates(&a.to_vec::<f64>().unwrap(), &b.to_vec::<f64>().unwrap(), k);
             let he = rel_err(&host[k], &want);
             assert!(he < tol, "n {n} cond {cond}: the host reference CG: {he:e}");
         }
@@ -298,9 +360,18 @@ mod tests {
     fn cg_stops_at_tolerance_checking_every_k() {
         let n = 40;
         let (a, b, want) = system(n, 10.0, &Device::Cpu);
-        let opts = CgOptions { max_iters: 200, tol: Some(1e-10), check_every: 5, damping: 0.0 };
+        let opts = CgOptions {
+            max_iters: 200,
+            tol: Some(1e-10),
+            check_every: 5,
+            damping: 0.0,
+        };
         let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
-        assert!(out.iterations % 5 == 0 && out.iterations < 200, "stopped after {}", out.iterations);
+        assert!(
+            out.iterations % 5 == 0 && out.iterations < 200,
+            "stopped after {}",
+            out.iterations
+        );
         assert!(out.residual_norm <= 1e-10);
         assert!(rel_err(&out.x.to_vec::<f64>().unwrap(), &want) < 1e-9);
     }
@@ -308,17 +379,29 @@ mod tests {
     /// A plain host CG recording every iterate: x_k after k iterations.
     fn host_cg_iterates(a: &[f64], b: &[f64], k: usize) -> Vec<Vec<f64>> {
         let n = b.len();
-        let mv = |v: &[f64]| -> Vec<f64> { (0..n).map(|i| (0..n).map(|j| a[i * n + j] * v[j]).sum()).collect() };
+        let mv = |v: &[f64]| -> Vec<f64> {
+            (0..n)
+                .map(|i| (0..n).map(|j| a[i * n + j] * v[j]).sum())
+                .collect()
+        };
         let dot = |u: &[f64], v: &[f64]| -> f64 { u.iter().zip(v).map(|(x, y)| x * y).sum() };
         let (mut x, mut r, mut p) = (vec![0.0; n], b.to_vec(), b.to_vec());
         let mut out = vec![x.clone()];
         for _ in 0..k {
             let ap = mv(&p);
             let alpha = dot(&r, &r) / dot(&p, &ap);
-            let r_new: Vec<f64> = r.iter().zip(&ap).map(|(ri, api)| ri - alpha * api).collect();
+            let r_new: Vec<f64> = r
+                .iter()
+                .zip(&ap)
+                .map(|(ri, api)| ri - alpha * api)
+                .collect();
             x.iter_mut().zip(&p).for_each(|(xi, pi)| *xi += alpha * pi);
             let beta = dot(&r_new, &r_new) / dot(&r, &r);
-            p = r_new.iter().zip(&p).map(|(ri, pi)| ri + beta * pi).collect();
+            p = r_new
+                .iter()
+                .zip(&p)
+                .map(|(ri, pi)| ri + beta * pi)
+                .collect();
             r = r_new;
             out.push(x.clone());
         }
@@ -334,10 +417,24 @@ mod tests {
         let at = Tensor::from_vec(a, &[n, n], &Device::Cpu).unwrap();
         let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
         for k in 1..=6 {
-            let opts = CgOptions { max_iters: k, ..CgOptions::default() };
-            let got = conjugate_gradient(matvec_op(&at), &bt, &opts).unwrap().x.to_vec::<f64>().unwrap();
-            assert!(rel_err(&got, &iterates[k]) < 1e-12, "K = {k} must return x_{k}");
-            assert!(rel_err(&got, &iterates[k - 1]) > 1e-6, "K = {k} returned x_{}", k - 1);
+            let opts = CgOptions {
+                max_iters: k,
+                ..CgOptions::default()
+            };
+            let got = conjugate_gradient(matvec_op(&at), &bt, &opts)
+                .unwrap()
+                .x
+                .to_vec::<f64>()
+                .unwrap();
+            assert!(
+                rel_err(&got, &iterates[k]) < 1e-12,
+                "K = {k} must return x_{k}"
+            );
+            assert!(
+                rel_err(&got, &iterates[k - 1]) > 1e-6,
+                "K = {k} returned x_{}",
+                k - 1
+            );
         }
     }
 
@@ -347,12 +444,24 @@ mod tests {
         let a = spd(n, 10.0, 5);
         let b = oracle_pair(&[n], 6).1;
         let rho = 0.5;
-        let shifted: Vec<f64> = a.iter().enumerate().map(|(i, v)| if i / n == i % n { v + rho } else { *v }).collect();
+        let shifted: Vec<f64> = a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i / n == i % n { v + rho } else { *v })
+            .collect();
         let want = solve(&shifted, &b);
         let at = Tensor::from_vec(a, &[n, n], &Device::Cpu).unwrap();
         let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
-        let opts = CgOptions { max_iters: n, damping: rho, ..CgOptions::default() };
-        let got = conjugate_gradient(matvec_op(&at), &bt, &opts).unwrap().x.to_vec::<f64>().unwrap();
+        let opts = CgOptions {
+            max_iters: n,
+            damping: rho,
+            ..CgOptions::default()
+        };
+        let got = conjugate_gradient(matvec_op(&at), &bt, &opts)
+            .unwrap()
+            .x
+            .to_vec::<f64>()
+            .unwrap();
         assert!(rel_err(&got, &want) < 1e-10);
     }
 
@@ -367,12 +476,18 @@ mod tests {
         let at = Tensor::from_vec(a.clone(), &[n, n], &Device::Cpu).unwrap();
         let bt = Tensor::from_vec(b, &[n], &Device::Cpu).unwrap();
         let step = |v: &[f64]| -> Vec<f64> {
-            (0..n).map(|i| v[i] - eta * (0..n).map(|j| a[i * n + j] * v[j]).sum::<f64>()).collect()
+            (0..n)
+                .map(|i| v[i] - eta * (0..n).map(|j| a[i * n + j] * v[j]).sum::<f64>())
+                .collect()
         };
         let mut e = step(&xstar);
         let mut last = f64::INFINITY;
         for k in 0..40 {
-            let got = neumann(matvec_op(&at), &bt, k, eta).unwrap().x.to_vec::<f64>().unwrap();
+            let got = neumann(matvec_op(&at), &bt, k, eta)
+                .unwrap()
+                .x
+                .to_vec::<f64>()
+                .unwrap();
             let err: Vec<f64> = got.iter().zip(&xstar).map(|(g, x)| g - x).collect();
             let want: Vec<f64> = e.iter().map(|v| -v).collect();
             assert!(rel_err(&err, &want) < 1e-8, "K = {k}");
@@ -398,12 +513,22 @@ mod tests {
         let bv = b.to_vec::<f64>().unwrap();
         let mut u = vec![0.0; n];
         for _ in 0..k {
-            u = (0..n).map(|i| u[i] - eta * (0..n).map(|j| av[i * n + j] * u[j]).sum::<f64>() + bv[i]).collect();
+            u = (0..n)
+                .map(|i| u[i] - eta * (0..n).map(|j| av[i * n + j] * u[j]).sum::<f64>() + bv[i])
+                .collect();
         }
         let want: Vec<f64> = u.iter().map(|v| eta * v).collect();
-        let got = fixed_point(matvec_op(&a), &b, k, eta).unwrap().x.to_vec::<f64>().unwrap();
+        let got = fixed_point(matvec_op(&a), &b, k, eta)
+            .unwrap()
+            .x
+            .to_vec::<f64>()
+            .unwrap();
         assert!(rel_err(&got, &want) < 1e-13);
-        let via_neumann = neumann(matvec_op(&a), &b, k - 1, eta).unwrap().x.to_vec::<f64>().unwrap();
+        let via_neumann = neumann(matvec_op(&a), &b, k - 1, eta)
+            .unwrap()
+            .x
+            .to_vec::<f64>()
+            .unwrap();
         assert_eq!(got, via_neumann);
     }
 
@@ -411,11 +536,36 @@ mod tests {
     fn bad_options_are_errors() {
         let (a, b, _) = system(4, 10.0, &Device::Cpu);
         let bad = |o: CgOptions| conjugate_gradient(matvec_op(&a), &b, &o).unwrap_err();
-        assert!(matches!(bad(CgOptions { max_iters: 0, ..CgOptions::default() }), Error::InvalidArgument { .. }));
-        assert!(matches!(bad(CgOptions { check_every: 0, tol: Some(1e-3), ..CgOptions::default() }), Error::InvalidArgument { .. }));
-        assert!(matches!(bad(CgOptions { damping: f64::NAN, ..CgOptions::default() }), Error::InvalidArgument { .. }));
-        assert!(matches!(neumann(matvec_op(&a), &b, 3, 0.0), Err(Error::InvalidArgument { .. })));
-        assert!(matches!(fixed_point(matvec_op(&a), &b, 0, 0.1), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            bad(CgOptions {
+                max_iters: 0,
+                ..CgOptions::default()
+            }),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            bad(CgOptions {
+                check_every: 0,
+                tol: Some(1e-3),
+                ..CgOptions::default()
+            }),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            bad(CgOptions {
+                damping: f64::NAN,
+                ..CgOptions::default()
+            }),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            neumann(matvec_op(&a), &b, 3, 0.0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            fixed_point(matvec_op(&a), &b, 0, 0.1),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]
@@ -423,7 +573,10 @@ mod tests {
         let Some(gpu) = gpu_or_skip() else { return };
         let n = 37;
         let (a, b, want) = system(n, 10.0, &gpu);
-        let opts = CgOptions { max_iters: n, ..CgOptions::default() };
+        let opts = CgOptions {
+            max_iters: n,
+            ..CgOptions::default()
+        };
         let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
         // f32 arithmetic: κ = 10 and n = 37 keep CG's rounding near κ·ε_f32.
         assert!(rel_err(&out.x.to_vec::<f64>().unwrap(), &want) < 1e-4);

@@ -1,7 +1,10 @@
 //! Hypergradient methods against closed forms, finite differences, each other, and
 //! the GPU against the CPU in f64.
 
-use blo::bilevel::{Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient, optimize};
+use blo::bilevel::{
+    Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient,
+    optimize,
+};
 use blo::problems::data::{Matrix, cleaning_split, digits, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
 use blo::testing::{gpu_or_skip, rel_err};
@@ -17,7 +20,12 @@ fn lam(values: Vec<f64>, dev: &Device, dtype: DType) -> Vec<Tensor> {
     let n = values.len();
     vec![match dtype {
         DType::F64 => Tensor::from_vec(values, &[n], dev).unwrap(),
-        DType::F32 => Tensor::from_vec(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[n], dev).unwrap(),
+        DType::F32 => Tensor::from_vec(
+            values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &[n],
+            dev,
+        )
+        .unwrap(),
     }]
 }
 
@@ -30,7 +38,10 @@ fn ridge_lambda(d: usize, dev: &Device, dtype: DType) -> Vec<Tensor> {
 }
 
 fn gd(lr: f64, steps: usize) -> Inner {
-    Inner { optimizer: InnerOptimizer::Gd { lr }, steps }
+    Inner {
+        optimizer: InnerOptimizer::Gd { lr },
+        steps,
+    }
 }
 
 fn hg(p: &dyn Problem, l: &[Tensor], inner: &Inner, m: Method) -> Vec<f64> {
@@ -62,11 +73,15 @@ fn ridge_closed_form_hypergradient(
         h[j][j] += lam[j].exp();
     }
     let solve = |b: &[f64]| -> Vec<f64> {
-        let mut a: Vec<Vec<f64>> = h.iter().zip(b).map(|(r, bi)| {
-            let mut r = r.clone();
-            r.push(*bi);
-            r
-        }).collect();
+        let mut a: Vec<Vec<f64>> = h
+            .iter()
+            .zip(b)
+            .map(|(r, bi)| {
+                let mut r = r.clone();
+                r.push(*bi);
+                r
+            })
+            .collect();
         for c in 0..d {
             for r in c + 1..d {
                 let f = a[r][c] / a[c][c];
@@ -108,21 +123,66 @@ fn ridge_methods_converge_to_the_closed_form() {
     check("exact", hg(&p, &l, &gd(0.1, 0), Method::Exact));
     // Implicit methods at a converged w_T (GD with η = 0.2 on an H with eigenvalues in
     // about [0.6, 3]: 400 steps contract the error by far more than 1e-4).
-    check("cg(K = d)", hg(&p, &l, &gd(0.2, 400), Method::Cg { iters: 5, tol: None, damping: 0.0 }));
-    check("neumann(K = 300)", hg(&p, &l, &gd(0.2, 400), Method::Neumann { k: 300, eta: 0.2 }));
+    check(
+        "cg(K = d)",
+        hg(
+            &p,
+            &l,
+            &gd(0.2, 400),
+            Method::Cg {
+                iters: 5,
+                tol: None,
+                damping: 0.0,
+            },
+        ),
+    );
+    check(
+        "neumann(K = 300)",
+        hg(&p, &l, &gd(0.2, 400), Method::Neumann { k: 300, eta: 0.2 }),
+    );
     check("rad(T = 400)", hg(&p, &l, &gd(0.2, 400), Method::Rad));
-    check("forward(T = 400)", hg(&p, &l, &gd(0.2, 400), Method::Forward));
-    check("rad with momentum", hg(&p, &l, &Inner { optimizer: InnerOptimizer::Momentum { lr: 0.1, momentum: 0.5 }, steps: 400 }, Method::Rad));
+    check(
+        "forward(T = 400)",
+        hg(&p, &l, &gd(0.2, 400), Method::Forward),
+    );
+    check(
+        "rad with momentum",
+        hg(
+            &p,
+            &l,
+            &Inner {
+                optimizer: InnerOptimizer::Momentum {
+                    lr: 0.1,
+                    momentum: 0.5,
+                },
+                steps: 400,
+            },
+            Method::Rad,
+        ),
+    );
 }
 
 #[test]
 fn forward_equals_rad_and_trad_t_equals_rad_and_fixed_point_equals_neumann() {
     let p = small_ridge(&CPU, DType::F64);
     let l = ridge_lambda(5, &CPU, DType::F64);
-    for inner in [gd(0.15, 25), Inner { optimizer: InnerOptimizer::Momentum { lr: 0.1, momentum: 0.7 }, steps: 25 }] {
+    for inner in [
+        gd(0.15, 25),
+        Inner {
+            optimizer: InnerOptimizer::Momentum {
+                lr: 0.1,
+                momentum: 0.7,
+            },
+            steps: 25,
+        },
+    ] {
         let rad = hg(&p, &l, &inner, Method::Rad);
         let fwd = hg(&p, &l, &inner, Method::Forward);
-        assert!(rel_err(&fwd, &rad) <= 1e-8, "forward vs rad: {:e}", rel_err(&fwd, &rad));
+        assert!(
+            rel_err(&fwd, &rad) <= 1e-8,
+            "forward vs rad: {:e}",
+            rel_err(&fwd, &rad)
+        );
         let trad = hg(&p, &l, &inner, Method::Trad { k: 25 });
         assert!(rel_err(&trad, &rad) <= 1e-12);
         // Truncation changes the answer (it is not a no-op).
@@ -144,7 +204,10 @@ fn rad_matches_finite_differences_of_the_unrolled_outer_loss() {
     let rad = hg(&p, &lam(lv.clone(), &CPU, DType::F64), &inner, Method::Rad);
     let f = |l: Vec<f64>| {
         let w0 = p.init_w().unwrap();
-        hypergradient(&p, &lam(l, &CPU, DType::F64), &w0, &inner, &Method::Rad).unwrap().report.outer_loss
+        hypergradient(&p, &lam(l, &CPU, DType::F64), &w0, &inner, &Method::Rad)
+            .unwrap()
+            .report
+            .outer_loss
     };
     let h = 1e-5;
     let fd: Vec<f64> = (0..5)
@@ -164,8 +227,24 @@ fn one_step_exact_and_finite_difference_agree() {
     let p = small_ridge(&CPU, DType::F64);
     let l = ridge_lambda(5, &CPU, DType::F64);
     let inner = gd(0.2, 10);
-    let exact = hg(&p, &l, &inner, Method::OneStep { xi: 0.1, exact: true });
-    let fd = hg(&p, &l, &inner, Method::OneStep { xi: 0.1, exact: false });
+    let exact = hg(
+        &p,
+        &l,
+        &inner,
+        Method::OneStep {
+            xi: 0.1,
+            exact: true,
+        },
+    );
+    let fd = hg(
+        &p,
+        &l,
+        &inner,
+        Method::OneStep {
+            xi: 0.1,
+            exact: false,
+        },
+    );
     // DARTS's ε = 0.01/‖u‖ central difference; for ridge ∇_λ L_in is quadratic in w, so
     // the central difference is exact up to rounding.
     assert!(rel_err(&fd, &exact) <= 1e-8, "{:e}", rel_err(&fd, &exact));
@@ -191,11 +270,21 @@ fn all_methods() -> Vec<Method> {
         // an all-ones direction with none), so ten undamped CG iterations amplify f32
         // rounding to ~3e-2 — on the CPU in f32 just as on the GPU (measured). With
         // ρ = 0.1 both agree with f64 to ~1e-4.
-        Method::Cg { iters: 10, tol: None, damping: 0.1 },
+        Method::Cg {
+            iters: 10,
+            tol: None,
+            damping: 0.1,
+        },
         Method::Neumann { k: 10, eta: 0.5 },
         Method::FixedPoint { k: 10, eta: 0.5 },
-        Method::OneStep { xi: 0.5, exact: true },
-        Method::OneStep { xi: 0.5, exact: false },
+        Method::OneStep {
+            xi: 0.5,
+            exact: true,
+        },
+        Method::OneStep {
+            xi: 0.5,
+            exact: false,
+        },
     ]
 }
 
@@ -212,14 +301,22 @@ fn every_method_on_the_gpu_matches_the_cpu_in_f64() {
     for m in methods {
         let a = hg(&r32, &ridge_lambda(5, &gpu, DType::F32), &inner, m);
         let b = hg(&r64, &ridge_lambda(5, &CPU, DType::F64), &inner, m);
-        assert!(rel_err(&a, &b) <= 1e-3, "ridge {m:?}: {:e}", rel_err(&a, &b));
+        assert!(
+            rel_err(&a, &b) <= 1e-3,
+            "ridge {m:?}: {:e}",
+            rel_err(&a, &b)
+        );
         if m == Method::Exact {
             continue;
         }
         let lv: Vec<f64> = (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect();
         let a = hg(&c32, &lam(lv.clone(), &gpu, DType::F32), &inner, m);
         let b = hg(&c64, &lam(lv, &CPU, DType::F64), &inner, m);
-        assert!(rel_err(&a, &b) <= 1e-3, "hyper-cleaning {m:?}: {:e}", rel_err(&a, &b));
+        assert!(
+            rel_err(&a, &b) <= 1e-3,
+            "hyper-cleaning {m:?}: {:e}",
+            rel_err(&a, &b)
+        );
     }
 }
 
@@ -229,35 +326,89 @@ fn hyper_cleaning_on_digits_improves_accuracy_and_finds_corrupted_labels() {
     let inner = gd(1.0, 100);
     let zero = lam(vec![0.0; 500], &CPU, DType::F32);
     // Uniform weights: plain training on the noisy labels.
-    let baseline = hypergradient(&p, &zero, &p.init_w().unwrap(), &inner, &Method::Cg { iters: 1, tol: None, damping: 0.0 }).unwrap();
+    let baseline = hypergradient(
+        &p,
+        &zero,
+        &p.init_w().unwrap(),
+        &inner,
+        &Method::Cg {
+            iters: 1,
+            tol: None,
+            damping: 0.0,
+        },
+    )
+    .unwrap();
     let base_acc = p.test_accuracy(&baseline.w).unwrap();
-    let config = OuterConfig { steps: 60, optimizer: OuterOptimizer::adam(0.3), warm_start: WarmStart::Warm };
-    let trace = optimize(&p, &zero, &inner, &Method::Cg { iters: 20, tol: None, damping: 0.0 }, &config).unwrap();
+    let config = OuterConfig {
+        steps: 60,
+        optimizer: OuterOptimizer::adam(0.3),
+        warm_start: WarmStart::Warm,
+    };
+    let trace = optimize(
+        &p,
+        &zero,
+        &inner,
+        &Method::Cg {
+            iters: 20,
+            tol: None,
+            damping: 0.0,
+        },
+        &config,
+    )
+    .unwrap();
     let acc = p.test_accuracy(&trace.w).unwrap();
     let f1 = p.corruption_f1(&trace.lambda).unwrap();
-    assert!(acc > base_acc + 0.02, "test accuracy {acc:.3} must beat uniform weights {base_acc:.3}");
-    assert!(f1 > 0.8, "F1 of corrupted-label detection {f1:.3} must exceed 0.8");
+    assert!(
+        acc > base_acc + 0.02,
+        "test accuracy {acc:.3} must beat uniform weights {base_acc:.3}"
+    );
+    assert!(
+        f1 > 0.8,
+        "F1 of corrupted-label detection {f1:.3} must exceed 0.8"
+    );
     let first = trace.steps.first().unwrap().outer_loss;
     let last = trace.steps.last().unwrap().outer_loss;
-    assert!(last < first, "validation loss must decrease: {first} → {last}");
+    assert!(
+        last < first,
+        "validation loss must decrease: {first} → {last}"
+    );
 }
 
 #[test]
 fn logistic_problem_runs_with_scalar_and_per_feature_lambda() {
     let (x, y) = synthetic_classification(80, 4, 2, 1.5, 2);
     let idx: Vec<usize> = (0..80).collect();
-    let train = blo::problems::data::Split { x: x.select_rows(&idx[..50]), labels: y[..50].to_vec() };
-    let val = blo::problems::data::Split { x: x.select_rows(&idx[50..]), labels: y[50..].to_vec() };
+    let train = blo::problems::data::Split {
+        x: x.select_rows(&idx[..50]),
+        labels: y[..50].to_vec(),
+    };
+    let val = blo::problems::data::Split {
+        x: x.select_rows(&idx[50..]),
+        labels: y[50..].to_vec(),
+    };
     for per_feature in [false, true] {
         let p = Logistic::new(&train, &val, 2, per_feature, &CPU, DType::F64).unwrap();
         let n = if per_feature { 4 } else { 1 };
         let l = lam(vec![-1.0; n], &CPU, DType::F64);
         let inner = gd(0.5, 1000);
-        let cg = hg(&p, &l, &inner, Method::Cg { iters: 30, tol: Some(1e-10), damping: 0.0 });
+        let cg = hg(
+            &p,
+            &l,
+            &inner,
+            Method::Cg {
+                iters: 30,
+                tol: Some(1e-10),
+                damping: 0.0,
+            },
+        );
         let rad = hg(&p, &l, &inner, Method::Rad);
         assert_eq!(cg.len(), n);
         // At a converged inner problem the implicit and unrolled hypergradients agree.
-        assert!(rel_err(&cg, &rad) <= 1e-3, "per_feature={per_feature}: {:e}", rel_err(&cg, &rad));
+        assert!(
+            rel_err(&cg, &rad) <= 1e-3,
+            "per_feature={per_feature}: {:e}",
+            rel_err(&cg, &rad)
+        );
     }
 }
 
@@ -268,15 +419,35 @@ fn bad_input_is_a_clear_error() {
     let l = ridge_lambda(5, &CPU, DType::F64);
     let err = |r: blo::Result<blo::bilevel::Hypergradient>| r.unwrap_err();
     // λ of the wrong length
-    let e = err(hypergradient(&p, &ridge_lambda(4, &CPU, DType::F64), &w0, &gd(0.1, 5), &Method::Rad));
+    let e = err(hypergradient(
+        &p,
+        &ridge_lambda(4, &CPU, DType::F64),
+        &w0,
+        &gd(0.1, 5),
+        &Method::Rad,
+    ));
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
     // η ≤ 0
     let e = err(hypergradient(&p, &l, &w0, &gd(0.0, 5), &Method::Rad));
     assert!(e.to_string().contains("step size"), "{e}");
-    let e = err(hypergradient(&p, &l, &w0, &gd(0.1, 5), &Method::Neumann { k: 3, eta: -1.0 }));
+    let e = err(hypergradient(
+        &p,
+        &l,
+        &w0,
+        &gd(0.1, 5),
+        &Method::Neumann { k: 3, eta: -1.0 },
+    ));
     assert!(e.to_string().contains("eta"), "{e}");
     // K = 0
-    for m in [Method::Cg { iters: 0, tol: None, damping: 0.0 }, Method::Neumann { k: 0, eta: 0.1 }, Method::Trad { k: 0 }] {
+    for m in [
+        Method::Cg {
+            iters: 0,
+            tol: None,
+            damping: 0.0,
+        },
+        Method::Neumann { k: 0, eta: 0.1 },
+        Method::Trad { k: 0 },
+    ] {
         let e = err(hypergradient(&p, &l, &w0, &gd(0.1, 5), &m));
         assert!(matches!(e, Error::InvalidArgument { .. }), "{m:?}: {e}");
     }
@@ -287,6 +458,10 @@ fn bad_input_is_a_clear_error() {
     // Mismatched data shapes.
     let ((x, y), (xv, yv)) = blo::problems::data::synthetic_regression_pair(10, 8, 3, 0.1, 1);
     assert!(Ridge::new(&x, &y[..9], &xv, &yv, &CPU, DType::F64).is_err());
-    let bad_val = Matrix { data: vec![0.0; 8 * 2], rows: 8, cols: 2 };
+    let bad_val = Matrix {
+        data: vec![0.0; 8 * 2],
+        rows: 8,
+        cols: 2,
+    };
     assert!(Ridge::new(&x, &y, &bad_val, &yv, &CPU, DType::F64).is_err());
 }

@@ -244,7 +244,12 @@ pub fn grad(loss: &Tensor, wrt: &[&Tensor], create_graph: bool) -> Result<Vec<Te
 }
 
 /// Vector-Jacobian product: Σ seed ⊙ ∂output/∂wrt for each tensor in `wrt`.
-pub fn vjp(output: &Tensor, seed: &Tensor, wrt: &[&Tensor], create_graph: bool) -> Result<Vec<Tensor>> {
+pub fn vjp(
+    output: &Tensor,
+    seed: &Tensor,
+    wrt: &[&Tensor],
+    create_graph: bool,
+) -> Result<Vec<Tensor>> {
     if seed.shape() != output.shape() {
         return Err(crate::Error::ShapeMismatch {
             op: "vjp",
@@ -300,10 +305,11 @@ fn backward(output: &Tensor, seed: &Tensor, wanted: &HashSet<u64>) -> Result<Has
             }
         } else {
             let r = wanted.contains(&node.id)
-                || node
-                    .inputs
-                    .iter()
-                    .any(|t| t.node.as_ref().is_some_and(|c| reaches.get(&c.id) == Some(&true)));
+                || node.inputs.iter().any(|t| {
+                    t.node
+                        .as_ref()
+                        .is_some_and(|c| reaches.get(&c.id) == Some(&true))
+                });
             reaches.insert(node.id, r);
             if r {
                 order.push(node);
@@ -407,13 +413,23 @@ pub fn hvp(loss: &Tensor, w: &Tensor, v: &Tensor) -> Result<Tensor> {
 
 /// Mixed product (∂²L/∂λ∂w) v = ∇_λ (∇_w L · v): a vector in λ-space, for a direction
 /// `v` in w-space (one tensor per w-tensor). λ-tensors the loss does not depend on get zeros.
-pub fn mixed(loss: &Tensor, w: &[&Tensor], lambda: &[&Tensor], v: &[&Tensor]) -> Result<Vec<Tensor>> {
+pub fn mixed(
+    loss: &Tensor,
+    w: &[&Tensor],
+    lambda: &[&Tensor],
+    v: &[&Tensor],
+) -> Result<Vec<Tensor>> {
     HvpOperator::new(loss, w)?.mixed(lambda, v)
 }
 
 /// Transposed mixed product (∂²L/∂w∂λ) u = ∇_w (∇_λ L · u): a vector in w-space, for a
 /// direction `u` in λ-space (forward-mode hypergradients need this one).
-pub fn mixed_t(loss: &Tensor, w: &[&Tensor], lambda: &[&Tensor], u: &[&Tensor]) -> Result<Vec<Tensor>> {
+pub fn mixed_t(
+    loss: &Tensor,
+    w: &[&Tensor],
+    lambda: &[&Tensor],
+    u: &[&Tensor],
+) -> Result<Vec<Tensor>> {
     with_grad_mode(true, || {
         let g = grad(loss, lambda, true)?;
         let gu = dot_many("mixed_t", &g, u)?;

@@ -40,8 +40,16 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
                 (true, true) => g.matmul_t(a, true, true)?,
             };
             // A right matrix shared across a batch collects the gradient of every batch.
-            let ga = if ga.rank() > a.rank() { ga.sum_axis(0, false)? } else { ga };
-            let gb = if gb.rank() > b.rank() { gb.sum_axis(0, false)? } else { gb };
+            let ga = if ga.rank() > a.rank() {
+                ga.sum_axis(0, false)?
+            } else {
+                ga
+            };
+            let gb = if gb.rank() > b.rank() {
+                gb.sum_axis(0, false)?
+            } else {
+                gb
+            };
             vec![Some(ga), Some(gb)]
         }
         Op::Sum => vec![Some(g.broadcast_to(x(0).shape())?)],
@@ -52,7 +60,12 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
         Op::SumAxis { axis, keepdim } => vec![Some(unreduce(g, x(0).shape(), *axis, *keepdim)?)],
         Op::MeanAxis { axis, keepdim } => {
             let n = x(0).shape()[*axis].max(1) as f64;
-            vec![Some(unreduce(&g.scale(1.0 / n)?, x(0).shape(), *axis, *keepdim)?)]
+            vec![Some(unreduce(
+                &g.scale(1.0 / n)?,
+                x(0).shape(),
+                *axis,
+                *keepdim,
+            )?)]
         }
         Op::MaxAxis { axis, keepdim } => {
             // Every element equal to the maximum receives the full gradient; ties have
@@ -113,7 +126,9 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             let after = Tensor::zeros(&[n - start - len], &g.device())?;
             let before = before.to_dtype(g.dtype())?;
             let after = after.to_dtype(g.dtype())?;
-            vec![Some(Tensor::concat(&[&before, g, &after])?.reshape(x(0).shape())?)]
+            vec![Some(
+                Tensor::concat(&[&before, g, &after])?.reshape(x(0).shape())?,
+            )]
         }
         Op::Axpby { a, b } => {
             // out = b·y + a·x; device scalars follow y and x in the inputs.
@@ -146,7 +161,10 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             let gx = g.mul(&ratio)?;
             let gdot = g.dot(xv)?.scale(*sign)?;
             let gnum = gdot.div(&den.reshape(&[])?)?;
-            let gden = gnum.mul(&num.reshape(&[])?)?.div(&den.reshape(&[])?)?.neg()?;
+            let gden = gnum
+                .mul(&num.reshape(&[])?)?
+                .div(&den.reshape(&[])?)?
+                .neg()?;
             vec![
                 Some(g.clone()),
                 Some(gx),
@@ -199,7 +217,9 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> Resul
             let mb = ma.scale_shift(-1.0, 1.0)?;
             vec![Some(g.mul(&ma)?.sum_to(sa)?), Some(g.mul(&mb)?.sum_to(sb)?)]
         }
-        BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq => vec![None, None],
+        BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq => {
+            vec![None, None]
+        }
     })
 }
 

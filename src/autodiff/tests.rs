@@ -20,7 +20,12 @@ fn with_values(like: &Tensor, v: Vec<f64>) -> Tensor {
 }
 
 /// Central finite differences of the scalar `f` with respect to input `i`.
-fn numeric_grad(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], i: usize, h: f64) -> Vec<f64> {
+fn numeric_grad(
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    i: usize,
+    h: f64,
+) -> Vec<f64> {
     let base = vals(&inputs[i]);
     (0..base.len())
         .map(|j| {
@@ -46,11 +51,18 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Tensor]) -> Result<Tensor
     let wrt: Vec<&Tensor> = tracked.iter().collect();
     let grads = grad(&loss, &wrt, false).unwrap();
     for (i, g) in grads.iter().enumerate() {
-        assert_eq!(g.shape(), inputs[i].shape(), "{name}: gradient shape of input {i}");
+        assert_eq!(
+            g.shape(),
+            inputs[i].shape(),
+            "{name}: gradient shape of input {i}"
+        );
         let want = numeric_grad(&f, &inputs, i, 1e-5);
         let got = vals(g);
         let err = rel_err(&got, &want);
-        assert!(err <= 1e-6, "{name}: input {i}: relative error {err:e}\n got {got:?}\nwant {want:?}");
+        assert!(
+            err <= 1e-6,
+            "{name}: input {i}: relative error {err:e}\n got {got:?}\nwant {want:?}"
+        );
     }
 }
 
@@ -72,7 +84,11 @@ fn unary_rules() {
             _ => x.clone(),
         };
         check(&format!("{op:?}"), vec![input], move |a| {
-            let y = if op == UnaryOp::ScaleShift { a[0].scale_shift(-1.5, 0.5)? } else { a[0].unary(op)? };
+            let y = if op == UnaryOp::ScaleShift {
+                a[0].scale_shift(-1.5, 0.5)?
+            } else {
+                a[0].unary(op)?
+            };
             weigh(y, 7)
         });
     }
@@ -80,7 +96,13 @@ fn unary_rules() {
 
 #[test]
 fn binary_rules_with_broadcasting() {
-    let shapes: [(&[usize], &[usize]); 5] = [(&[4, 3], &[4, 3]), (&[4, 3], &[3]), (&[4, 1], &[1, 3]), (&[4, 3], &[]), (&[2, 1, 3], &[4, 1])];
+    let shapes: [(&[usize], &[usize]); 5] = [
+        (&[4, 3], &[4, 3]),
+        (&[4, 3], &[3]),
+        (&[4, 1], &[1, 3]),
+        (&[4, 3], &[]),
+        (&[2, 1, 3], &[4, 1]),
+    ];
     for (sa, sb) in shapes {
         for op in crate::ops::binary::ALL_BINARY {
             let a = t64(sa, 2);
@@ -100,15 +122,29 @@ fn binary_rules_with_broadcasting() {
 
 #[test]
 fn shape_rules() {
-    check("reshape", vec![t64(&[2, 6], 1)], |v| weigh(v[0].reshape(&[3, 4])?, 2));
-    check("broadcast_to", vec![t64(&[3, 1], 1)], |v| weigh(v[0].broadcast_to(&[2, 3, 4])?, 2));
-    check("sum_to", vec![t64(&[2, 3, 4], 1)], |v| weigh(v[0].sum_to(&[3, 1])?, 2));
-    check("transpose", vec![t64(&[3, 5], 1)], |v| weigh(v[0].transpose()?, 2));
-    check("transpose batched", vec![t64(&[2, 3, 5], 1)], |v| weigh(v[0].transpose()?, 2));
-    check("concat", vec![t64(&[2, 3], 1), t64(&[4], 2), t64(&[1], 3)], |v| {
-        weigh(Tensor::concat(&[&v[0], &v[1], &v[2]])?, 4)
+    check("reshape", vec![t64(&[2, 6], 1)], |v| {
+        weigh(v[0].reshape(&[3, 4])?, 2)
     });
-    check("slice", vec![t64(&[3, 4], 1)], |v| weigh(v[0].slice(3, 5)?, 2));
+    check("broadcast_to", vec![t64(&[3, 1], 1)], |v| {
+        weigh(v[0].broadcast_to(&[2, 3, 4])?, 2)
+    });
+    check("sum_to", vec![t64(&[2, 3, 4], 1)], |v| {
+        weigh(v[0].sum_to(&[3, 1])?, 2)
+    });
+    check("transpose", vec![t64(&[3, 5], 1)], |v| {
+        weigh(v[0].transpose()?, 2)
+    });
+    check("transpose batched", vec![t64(&[2, 3, 5], 1)], |v| {
+        weigh(v[0].transpose()?, 2)
+    });
+    check(
+        "concat",
+        vec![t64(&[2, 3], 1), t64(&[4], 2), t64(&[1], 3)],
+        |v| weigh(Tensor::concat(&[&v[0], &v[1], &v[2]])?, 4),
+    );
+    check("slice", vec![t64(&[3, 4], 1)], |v| {
+        weigh(v[0].slice(3, 5)?, 2)
+    });
     check("split", vec![t64(&[9], 1)], |v| {
         let parts = v[0].split(&[2, 3, 4])?;
         weigh(parts[0].clone(), 2)?.add(&weigh(parts[2].clone(), 3)?)
@@ -120,9 +156,15 @@ fn matmul_rules() {
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let a = if ta { t64(&[4, 3], 1) } else { t64(&[3, 4], 1) };
         let b = if tb { t64(&[5, 4], 2) } else { t64(&[4, 5], 2) };
-        check(&format!("matmul ta={ta} tb={tb}"), vec![a, b], move |v| weigh(v[0].matmul_t(&v[1], ta, tb)?, 3));
+        check(&format!("matmul ta={ta} tb={tb}"), vec![a, b], move |v| {
+            weigh(v[0].matmul_t(&v[1], ta, tb)?, 3)
+        });
     }
-    check("matmul batched", vec![t64(&[2, 3, 4], 1), t64(&[2, 4, 5], 2)], |v| weigh(v[0].matmul(&v[1])?, 3));
+    check(
+        "matmul batched",
+        vec![t64(&[2, 3, 4], 1), t64(&[2, 4, 5], 2)],
+        |v| weigh(v[0].matmul(&v[1])?, 3),
+    );
 }
 
 #[test]
@@ -132,9 +174,21 @@ fn reduction_rules() {
     check("mean", vec![x.clone()], |v| v[0].mean()?.scale(1.7));
     for axis in 0..3 {
         for keepdim in [false, true] {
-            check(&format!("sum_axis {axis} {keepdim}"), vec![x.clone()], move |v| weigh(v[0].sum_axis(axis, keepdim)?, 2));
-            check(&format!("mean_axis {axis} {keepdim}"), vec![x.clone()], move |v| weigh(v[0].mean_axis(axis, keepdim)?, 2));
-            check(&format!("max_axis {axis} {keepdim}"), vec![x.clone()], move |v| weigh(v[0].max_axis(axis, keepdim)?, 2));
+            check(
+                &format!("sum_axis {axis} {keepdim}"),
+                vec![x.clone()],
+                move |v| weigh(v[0].sum_axis(axis, keepdim)?, 2),
+            );
+            check(
+                &format!("mean_axis {axis} {keepdim}"),
+                vec![x.clone()],
+                move |v| weigh(v[0].mean_axis(axis, keepdim)?, 2),
+            );
+            check(
+                &format!("max_axis {axis} {keepdim}"),
+                vec![x.clone()],
+                move |v| weigh(v[0].max_axis(axis, keepdim)?, 2),
+            );
         }
     }
     check("dot", vec![t64(&[7], 1), t64(&[7], 2)], |v| v[0].dot(&v[1]));
@@ -142,41 +196,66 @@ fn reduction_rules() {
 }
 
 fn labels(n: usize, c: usize) -> Tensor {
-    Tensor::from_vec((0..n).map(|i| ((i * 7 + 3) % c) as f64).collect::<Vec<_>>(), &[n], &CPU).unwrap()
+    Tensor::from_vec(
+        (0..n).map(|i| ((i * 7 + 3) % c) as f64).collect::<Vec<_>>(),
+        &[n],
+        &CPU,
+    )
+    .unwrap()
 }
 
 #[test]
 fn loss_rules() {
     let z = t64(&[5, 4], 1).scale(3.0).unwrap();
-    check("log_softmax", vec![z.clone()], |v| weigh(v[0].log_softmax()?, 2));
+    check("log_softmax", vec![z.clone()], |v| {
+        weigh(v[0].log_softmax()?, 2)
+    });
     let y = labels(5, 4);
     let y2 = y.clone();
-    check("cross_entropy", vec![z.clone()], move |v| v[0].cross_entropy(&y2, None));
+    check("cross_entropy", vec![z.clone()], move |v| {
+        v[0].cross_entropy(&y2, None)
+    });
     let w = t64(&[5], 3).sigmoid().unwrap();
     let y3 = y.clone();
-    check("cross_entropy weighted", vec![z.clone(), w], move |v| v[0].cross_entropy(&y3, Some(&v[1])));
-    check("mse", vec![t64(&[4, 3], 1), t64(&[4, 3], 2)], |v| v[0].mse(&v[1]));
+    check("cross_entropy weighted", vec![z.clone(), w], move |v| {
+        v[0].cross_entropy(&y3, Some(&v[1]))
+    });
+    check("mse", vec![t64(&[4, 3], 1), t64(&[4, 3], 2)], |v| {
+        v[0].mse(&v[1])
+    });
     let y4 = y.clone();
     check("gather", vec![z], move |v| weigh(v[0].gather(&y4)?, 5));
 }
 
 #[test]
 fn update_rules() {
-    check("axpy host", vec![t64(&[6], 1), t64(&[6], 2)], |v| weigh(v[0].axpy(0.7, &v[1])?, 3));
-    check("axpby host", vec![t64(&[6], 1), t64(&[6], 2)], |v| weigh(v[0].axpby(-0.3, 0.7, &v[1])?, 3));
-    check("axpby device", vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3), t64(&[], 4)], |v| {
-        weigh(v[0].axpby(&v[3], &v[2], &v[1])?, 3)
+    check("axpy host", vec![t64(&[6], 1), t64(&[6], 2)], |v| {
+        weigh(v[0].axpy(0.7, &v[1])?, 3)
     });
-    check("axpby device a", vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3)], |v| {
-        weigh(v[0].axpby(0.4, &v[2], &v[1])?, 3)
+    check("axpby host", vec![t64(&[6], 1), t64(&[6], 2)], |v| {
+        weigh(v[0].axpby(-0.3, 0.7, &v[1])?, 3)
     });
-    check("axpby device b", vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3)], |v| {
-        weigh(v[0].axpby(&v[2], 0.4, &v[1])?, 3)
-    });
+    check(
+        "axpby device",
+        vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3), t64(&[], 4)],
+        |v| weigh(v[0].axpby(&v[3], &v[2], &v[1])?, 3),
+    );
+    check(
+        "axpby device a",
+        vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3)],
+        |v| weigh(v[0].axpby(0.4, &v[2], &v[1])?, 3),
+    );
+    check(
+        "axpby device b",
+        vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3)],
+        |v| weigh(v[0].axpby(&v[2], 0.4, &v[1])?, 3),
+    );
     let den = t64(&[], 5).scale_shift(1.0, 2.0).unwrap();
-    check("axpy_ratio", vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3), den], |v| {
-        weigh(v[0].axpy_ratio(&v[2], &v[3], -1.0, &v[1])?, 3)
-    });
+    check(
+        "axpy_ratio",
+        vec![t64(&[6], 1), t64(&[6], 2), t64(&[], 3), den],
+        |v| weigh(v[0].axpy_ratio(&v[2], &v[3], -1.0, &v[1])?, 3),
+    );
 }
 
 #[test]
@@ -187,8 +266,14 @@ fn gradient_of_unused_input_is_zero_and_untracked_wrt_is_an_error() {
     let g = grad(&loss, &[&a, &b], false).unwrap();
     assert_eq!(vals(&g[1]), vec![0.0, 0.0]);
     let c = t64(&[2], 3);
-    assert!(matches!(grad(&loss, &[&c], false), Err(crate::Error::InvalidArgument { .. })));
-    assert!(matches!(grad(&a.mul(&a).unwrap(), &[&a], false), Err(crate::Error::InvalidArgument { .. })));
+    assert!(matches!(
+        grad(&loss, &[&c], false),
+        Err(crate::Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        grad(&a.mul(&a).unwrap(), &[&a], false),
+        Err(crate::Error::InvalidArgument { .. })
+    ));
 }
 
 #[test]
@@ -230,14 +315,19 @@ fn fd_hessian(f: &dyn Fn(&Tensor) -> Result<Tensor>, w: &Tensor) -> Vec<Vec<f64>
             p[j] += h;
             m[j] -= h;
             let (gp, gm) = (grad_at(p), grad_at(m));
-            gp.iter().zip(&gm).map(|(a, b)| (a - b) / (2.0 * h)).collect()
+            gp.iter()
+                .zip(&gm)
+                .map(|(a, b)| (a - b) / (2.0 * h))
+                .collect()
         })
         .collect() // column j
 }
 
 fn mat_vec(cols: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
     let rows = cols[0].len();
-    (0..rows).map(|i| cols.iter().zip(v).map(|(c, x)| c[i] * x).sum()).collect()
+    (0..rows)
+        .map(|i| cols.iter().zip(v).map(|(c, x)| c[i] * x).sum())
+        .collect()
 }
 
 #[track_caller]
@@ -255,7 +345,11 @@ fn check_hvp(name: &str, f: impl Fn(&Tensor) -> Result<Tensor>, w: Tensor) {
 fn hvp_of_a_quadratic_is_its_matrix() {
     // L = ½ wᵀ A w + bᵀ w with A = MᵀM + I ⇒ H = A exactly.
     let m = t64(&[6, 6], 1);
-    let a = m.matmul_t(&m, true, false).unwrap().add(&Tensor::from_vec(eye(6), &[6, 6], &CPU).unwrap()).unwrap();
+    let a = m
+        .matmul_t(&m, true, false)
+        .unwrap()
+        .add(&Tensor::from_vec(eye(6), &[6, 6], &CPU).unwrap())
+        .unwrap();
     let b = t64(&[6], 2);
     let f = |w: &Tensor| -> Result<Tensor> {
         let aw = a.matmul(&w.reshape(&[6, 1])?)?.reshape(&[6])?;
@@ -269,14 +363,19 @@ fn hvp_of_a_quadratic_is_its_matrix() {
 }
 
 fn eye(n: usize) -> Vec<f64> {
-    (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect()
+    (0..n * n)
+        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// Least squares with per-feature L2 weights exp(λ): the ridge inner loss.
 fn ridge_loss(x: &Tensor, y: &Tensor, w: &Tensor, lambda: &Tensor) -> Result<Tensor> {
     let n = x.shape()[0] as f64;
     let d = w.numel();
-    let r = x.matmul(&w.reshape(&[d, 1])?)?.reshape(&[x.shape()[0]])?.sub(y)?;
+    let r = x
+        .matmul(&w.reshape(&[d, 1])?)?
+        .reshape(&[x.shape()[0]])?
+        .sub(y)?;
     let fit = r.sqnorm()?.scale(0.5 / n)?;
     let reg = lambda.exp()?.mul(&w.square()?)?.sum()?.scale(0.5)?;
     fit.add(&reg)
@@ -292,13 +391,23 @@ fn ridge_hvp_and_mixed_products_match_closed_forms() {
     let loss = ridge_loss(&x, &y, &w, &lam).unwrap();
     let v = t64(&[d], 5);
     // H = XᵀX/n + diag(exp λ)
-    let xtx = x.matmul_t(&x, true, false).unwrap().scale(1.0 / n as f64).unwrap();
+    let xtx = x
+        .matmul_t(&x, true, false)
+        .unwrap()
+        .scale(1.0 / n as f64)
+        .unwrap();
     let want_h = vals(&xtx.matmul(&v.reshape(&[d, 1]).unwrap()).unwrap())
         .iter()
         .zip(vals(&lam).iter().zip(vals(&v)))
         .map(|(hv, (l, vi))| hv + l.exp() * vi)
         .collect::<Vec<_>>();
-    assert_close(&vals(&hvp(&loss, &w, &v).unwrap()), &want_h, 1e-12, 1e-12, "ridge HVP");
+    assert_close(
+        &vals(&hvp(&loss, &w, &v).unwrap()),
+        &want_h,
+        1e-12,
+        1e-12,
+        "ridge HVP",
+    );
     // ∂²L/∂λ_j∂w_k = δ_jk exp(λ_j) w_j, symmetric in the sense mixed(v) = mixed_t(v).
     let want_m: Vec<f64> = vals(&lam)
         .iter()
@@ -313,7 +422,11 @@ fn ridge_hvp_and_mixed_products_match_closed_forms() {
 }
 
 /// Explicit mixed block ∂²L/∂λ∂w as columns over w (FD of ∇_λ L in w).
-fn fd_mixed(f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, w: &Tensor, lam: &Tensor) -> Vec<Vec<f64>> {
+fn fd_mixed(
+    f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    w: &Tensor,
+    lam: &Tensor,
+) -> Vec<Vec<f64>> {
     let base = vals(w);
     let h = 1e-5;
     let grad_lam = |wv: Vec<f64>| {
@@ -326,13 +439,19 @@ fn fd_mixed(f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, w: &Tensor, lam: &Te
             let (mut p, mut m) = (base.clone(), base.clone());
             p[j] += h;
             m[j] -= h;
-            grad_lam(p).iter().zip(grad_lam(m)).map(|(a, b)| (a - b) / (2.0 * h)).collect()
+            grad_lam(p)
+                .iter()
+                .zip(grad_lam(m))
+                .map(|(a, b)| (a - b) / (2.0 * h))
+                .collect()
         })
         .collect() // column j (over w), rows over λ
 }
 
 fn transpose_cols(cols: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    (0..cols[0].len()).map(|i| cols.iter().map(|c| c[i]).collect()).collect()
+    (0..cols[0].len())
+        .map(|i| cols.iter().map(|c| c[i]).collect())
+        .collect()
 }
 
 #[test]
@@ -342,7 +461,8 @@ fn weighted_softmax_regression_second_order() {
     let x = t64(&[n, d], 1);
     let y = labels(n, c);
     let f = move |w: &Tensor, lam: &Tensor| -> Result<Tensor> {
-        x.matmul(&w.reshape(&[d, c])?)?.cross_entropy(&y, Some(&lam.sigmoid()?))
+        x.matmul(&w.reshape(&[d, c])?)?
+            .cross_entropy(&y, Some(&lam.sigmoid()?))
     };
     let w = t64(&[d * c], 2);
     let lam = t64(&[n], 3);
@@ -353,7 +473,12 @@ fn weighted_softmax_regression_second_order() {
 }
 
 #[track_caller]
-fn check_mixed(name: &str, f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, w: &Tensor, lam: &Tensor) {
+fn check_mixed(
+    name: &str,
+    f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    w: &Tensor,
+    lam: &Tensor,
+) {
     let cols = fd_mixed(f, w, lam); // J as columns over w: J[:, j] = ∂(∇_λ L)/∂w_j
     let (wt, lt) = (w.requires_grad(), lam.requires_grad());
     let loss = f(&wt, &lt).unwrap();
@@ -390,7 +515,9 @@ fn mlp_hvp_and_mixed_tanh_and_relu() {
         check_hvp(&format!("mlp relu={relu}"), f, w.clone());
         // λ: per-example weights through exp, so the mixed block is dense.
         let (x3, y3) = (x.clone(), y.clone());
-        let g = move |w: &Tensor, lam: &Tensor| mlp(&x3, w, (d, h, c), relu)?.cross_entropy(&y3, Some(&lam.exp()?));
+        let g = move |w: &Tensor, lam: &Tensor| {
+            mlp(&x3, w, (d, h, c), relu)?.cross_entropy(&y3, Some(&lam.exp()?))
+        };
         check_mixed(&format!("mlp relu={relu}"), &g, &w, &t64(&[n], 3));
     }
 }
@@ -405,10 +532,22 @@ fn hvp_operator_reuses_one_gradient_graph() {
     let op = HvpOperator::new(&loss, &[&w]).unwrap();
     for seed in 0..3 {
         let v = t64(&[d], 10 + seed);
-        assert_close(&vals(&op.hvp1(&v).unwrap()), &vals(&hvp(&loss, &w, &v).unwrap()), 1e-14, 1e-14, "operator");
+        assert_close(
+            &vals(&op.hvp1(&v).unwrap()),
+            &vals(&hvp(&loss, &w, &v).unwrap()),
+            1e-14,
+            1e-14,
+            "operator",
+        );
     }
     // Products work inside no_grad too: the operator turns recording on itself.
     let v = t64(&[d], 20);
     let inside = no_grad(|| op.hvp1(&v)).unwrap();
-    assert_close(&vals(&inside), &vals(&op.hvp1(&v).unwrap()), 0.0, 0.0, "no_grad");
+    assert_close(
+        &vals(&inside),
+        &vals(&op.hvp1(&v).unwrap()),
+        0.0,
+        0.0,
+        "no_grad",
+    );
 }

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::{
-    Hypergradient, Inner, Problem, Report, bytes_of, check_lambda, check_w, detach_all, dot_list, flatten, refs,
-    run_inner, track, unflatten,
+    Hypergradient, Inner, Problem, Report, bytes_of, check_lambda, check_w, detach_all, dot_list,
+    flatten, refs, run_inner, track, unflatten,
 };
 use crate::autodiff::{HvpOperator, grad, no_grad};
 use crate::device::Device;
@@ -93,7 +93,10 @@ impl Method {
     fn validate(&self, inner: &Inner) -> Result<()> {
         let positive = |what: &str, v: f64| -> Result<()> {
             if !v.is_finite() || v <= 0.0 {
-                return Err(invalid("method", format!("{what} must be finite and > 0, got {v}")));
+                return Err(invalid(
+                    "method",
+                    format!("{what} must be finite and > 0, got {v}"),
+                ));
             }
             Ok(())
         };
@@ -101,21 +104,34 @@ impl Method {
             Method::Rad | Method::Forward | Method::Exact => Ok(()),
             Method::Trad { k } => {
                 if k == 0 || k > inner.steps {
-                    return Err(invalid("trad", format!("K must be in 1..=T = {}, got {k}", inner.steps)));
+                    return Err(invalid(
+                        "trad",
+                        format!("K must be in 1..=T = {}, got {k}", inner.steps),
+                    ));
                 }
                 Ok(())
             }
-            Method::Cg { iters, tol, damping } => {
+            Method::Cg {
+                iters,
+                tol,
+                damping,
+            } => {
                 if iters == 0 {
                     return Err(invalid("cg", "K (iterations) must be at least 1"));
                 }
                 if let Some(t) = tol
                     && (!t.is_finite() || t < 0.0)
                 {
-                    return Err(invalid("cg", format!("tol must be finite and ≥ 0, got {t}")));
+                    return Err(invalid(
+                        "cg",
+                        format!("tol must be finite and ≥ 0, got {t}"),
+                    ));
                 }
                 if !damping.is_finite() || damping < 0.0 {
-                    return Err(invalid("cg", format!("damping must be finite and ≥ 0, got {damping}")));
+                    return Err(invalid(
+                        "cg",
+                        format!("damping must be finite and ≥ 0, got {damping}"),
+                    ));
                 }
                 Ok(())
             }
@@ -153,7 +169,15 @@ pub fn hypergradient(
         Method::Trad { k } => unrolled(problem, &lambda, state0, inner, k, nw)?,
         Method::Forward => forward_mode(problem, &lambda, state0, inner, nw)?,
         Method::Cg { .. } | Method::Neumann { .. } | Method::FixedPoint { .. } => {
-            let states = run_inner(problem, &lambda, &inner.optimizer, state0, inner.steps, false, nw)?;
+            let states = run_inner(
+                problem,
+                &lambda,
+                &inner.optimizer,
+                state0,
+                inner.steps,
+                false,
+                nw,
+            )?;
             let w = states[0][..nw].to_vec();
             implicit(problem, &lambda, w, method)?
         }
@@ -171,7 +195,15 @@ pub fn hypergradient(
             implicit(problem, &lambda, w, method)?
         }
         Method::OneStep { xi, exact } => {
-            let states = run_inner(problem, &lambda, &inner.optimizer, state0, inner.steps, false, nw)?;
+            let states = run_inner(
+                problem,
+                &lambda,
+                &inner.optimizer,
+                state0,
+                inner.steps,
+                false,
+                nw,
+            )?;
             one_step(problem, &lambda, states[0][..nw].to_vec(), xi, exact)?
         }
     };
@@ -179,7 +211,11 @@ pub fn hypergradient(
         (Some(c), Some(b)) => Some(c.dispatch_count() - b),
         _ => None,
     };
-    let inner_steps = if matches!(method, Method::Exact) { 0 } else { inner.steps };
+    let inner_steps = if matches!(method, Method::Exact) {
+        0
+    } else {
+        inner.steps
+    };
     Ok(Hypergradient {
         grad: grad_l,
         w,
@@ -199,7 +235,11 @@ pub fn hypergradient(
 type Parts = (Vec<Tensor>, Vec<Tensor>, usize, Option<f64>, u64, f64);
 
 /// L_out at (w, λ) with its gradients: (value, ∇_w L_out, ∇_λ L_out).
-fn outer_grads(problem: &dyn Problem, w: &[Tensor], lambda: &[Tensor]) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
+fn outer_grads(
+    problem: &dyn Problem,
+    w: &[Tensor],
+    lambda: &[Tensor],
+) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (wt, lt) = (track(w), track(lambda));
     let loss = problem.outer_loss(&wt, &lt)?;
     let mut all = refs(&wt);
@@ -214,7 +254,14 @@ fn add_lists(a: &[Tensor], b: &[Tensor]) -> Result<Vec<Tensor>> {
 }
 
 /// RAD (k = T) and T-RAD: reverse sweep over the last `k` of T stored steps.
-fn unrolled(problem: &dyn Problem, lambda: &[Tensor], state0: Vec<Tensor>, inner: &Inner, k: usize, nw: usize) -> Result<Parts> {
+fn unrolled(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    state0: Vec<Tensor>,
+    inner: &Inner,
+    k: usize,
+    nw: usize,
+) -> Result<Parts> {
     let t = inner.steps;
     let states = run_inner(problem, lambda, &inner.optimizer, state0, t, true, nw)?;
     let stored = bytes_of(&states.concat());
@@ -242,7 +289,13 @@ fn unrolled(problem: &dyn Problem, lambda: &[Tensor], state0: Vec<Tensor>, inner
 }
 
 /// Forward mode: one tangent Z_j of the optimizer state per λ element j.
-fn forward_mode(problem: &dyn Problem, lambda: &[Tensor], state0: Vec<Tensor>, inner: &Inner, nw: usize) -> Result<Parts> {
+fn forward_mode(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    state0: Vec<Tensor>,
+    inner: &Inner,
+    nw: usize,
+) -> Result<Parts> {
     let n_lambda: usize = lambda.iter().map(Tensor::numel).sum();
     let mut tangents: Vec<Vec<Tensor>> = (0..n_lambda)
         .map(|_| state0.iter().map(Tensor::zeros_like).collect::<Result<_>>())
@@ -276,7 +329,10 @@ fn forward_mode(problem: &dyn Problem, lambda: &[Tensor], state0: Vec<Tensor>, i
     if let Some(t) = values.iter().position(|v| !v.is_finite()) {
         return Err(invalid(
             "inner loop",
-            format!("the inner loss became {} at inner step {t} of {}: the inner optimizer diverged; lower its step size", values[t], inner.steps),
+            format!(
+                "the inner loss became {} at inner step {t} of {}: the inner optimizer diverged; lower its step size",
+                values[t], inner.steps
+            ),
         ));
     }
     let w_t = state[..nw].to_vec();
@@ -297,7 +353,12 @@ fn forward_mode(problem: &dyn Problem, lambda: &[Tensor], state0: Vec<Tensor>, i
 }
 
 /// Implicit methods at a given w: v ≈ H⁻¹ g, hypergradient = ∇_λ L_out − J v.
-fn implicit(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, method: &Method) -> Result<Parts> {
+fn implicit(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w: Vec<Tensor>,
+    method: &Method,
+) -> Result<Parts> {
     let (loss, gw, gl) = outer_grads(problem, &w, lambda)?;
     let (wt, lt) = (track(&w), track(lambda));
     let op = HvpOperator::new(&problem.inner_loss(&wt, &lt)?, &refs(&wt))?;
@@ -307,7 +368,11 @@ fn implicit(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, method: &M
     };
     let b = flatten(&gw)?;
     let solved = match *method {
-        Method::Cg { iters, tol, damping } => {
+        Method::Cg {
+            iters,
+            tol,
+            damping,
+        } => {
             let opts = CgOptions {
                 max_iters: iters,
                 tol,
@@ -324,7 +389,12 @@ fn implicit(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, method: &M
     let stored = 4 * bytes_of(std::slice::from_ref(&b));
     let v = unflatten(&solved.x, &w)?;
     let jv = op.mixed(&refs(&lt), &refs(&v))?;
-    let hyper = no_grad(|| gl.iter().zip(&jv).map(|(a, b)| a.sub(b)).collect::<Result<Vec<_>>>())?;
+    let hyper = no_grad(|| {
+        gl.iter()
+            .zip(&jv)
+            .map(|(a, b)| a.sub(b))
+            .collect::<Result<Vec<_>>>()
+    })?;
     Ok((
         hyper,
         w,
@@ -336,8 +406,11 @@ fn implicit(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, method: &M
 }
 
 /// Solves A x = b exactly for a small operator: A's columns from n applications to the
-/// unit vectors, then Gaussian elimination with partial pivoting on the host in f64.
-fn dense_solve(mut apply: impl FnMut(&Tensor) -> Result<Tensor>, b: &Tensor) -> Result<crate::solvers::SolveResult> {
+/// unit vectors, then [`crate::solvers::solve_dense`] on the host in f64.
+fn dense_solve(
+    mut apply: impl FnMut(&Tensor) -> Result<Tensor>,
+    b: &Tensor,
+) -> Result<crate::solvers::SolveResult> {
     let n = b.numel();
     let device = b.device();
     let dtype = b.dtype();
@@ -346,43 +419,33 @@ fn dense_solve(mut apply: impl FnMut(&Tensor) -> Result<Tensor>, b: &Tensor) -> 
         e[i] = 1.0;
         match dtype {
             DType::F64 => Tensor::from_vec(e, &[n], &device),
-            DType::F32 => Tensor::from_vec(e.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[n], &device),
+            DType::F32 => Tensor::from_vec(
+                e.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                &[n],
+                &device,
+            ),
         }
     };
-    let mut a = vec![vec![0.0f64; n + 1]; n]; // rows, augmented with b
+    let mut a = vec![0.0f64; n * n];
     for j in 0..n {
         let col = apply(&unit(j)?)?.to_vec::<f64>()?;
-        for i in 0..n {
-            a[i][j] = col[i];
+        for (i, v) in col.into_iter().enumerate() {
+            a[i * n + j] = v;
         }
     }
-    let bv = b.to_vec::<f64>()?;
-    for i in 0..n {
-        a[i][n] = bv[i];
-    }
-    for c in 0..n {
-        let p = (c..n)
-            .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
-            .expect("non-empty range");
-        if a[p][c] == 0.0 || !a[p][c].is_finite() {
-            return Err(invalid("exact", "the inner Hessian is singular at w*; the implicit hypergradient is undefined"));
-        }
-        a.swap(c, p);
-        for r in c + 1..n {
-            let f = a[r][c] / a[c][c];
-            for k in c..=n {
-                a[r][k] -= f * a[c][k];
-            }
-        }
-    }
-    let mut x = vec![0.0f64; n];
-    for r in (0..n).rev() {
-        let s: f64 = (r + 1..n).map(|k| a[r][k] * x[k]).sum();
-        x[r] = (a[r][n] - s) / a[r][r];
-    }
+    let x = crate::solvers::solve_dense(&a, &b.to_vec::<f64>()?).map_err(|_| {
+        invalid(
+            "exact",
+            "the inner Hessian is singular at w*; the implicit hypergradient is undefined",
+        )
+    })?;
     let x = match dtype {
         DType::F64 => Tensor::from_vec(x, &[n], &device)?,
-        DType::F32 => Tensor::from_vec(x.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[n], &device)?,
+        DType::F32 => Tensor::from_vec(
+            x.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &[n],
+            &device,
+        )?,
     };
     Ok(crate::solvers::SolveResult {
         x,
@@ -392,14 +455,26 @@ fn dense_solve(mut apply: impl FnMut(&Tensor) -> Result<Tensor>, b: &Tensor) -> 
 }
 
 /// DARTS's one-step approximation.
-fn one_step(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, xi: f64, exact: bool) -> Result<Parts> {
+fn one_step(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w: Vec<Tensor>,
+    xi: f64,
+    exact: bool,
+) -> Result<Parts> {
     let wt = track(&w);
     let g = grad(&problem.inner_loss(&wt, lambda)?, &refs(&wt), false)?;
-    let w_virtual: Vec<Tensor> = no_grad(|| w.iter().zip(&g).map(|(a, b)| a.axpy(-xi, b)).collect::<Result<_>>())?;
+    let w_virtual: Vec<Tensor> = no_grad(|| {
+        w.iter()
+            .zip(&g)
+            .map(|(a, b)| a.axpy(-xi, b))
+            .collect::<Result<_>>()
+    })?;
     let (loss, u, gl) = outer_grads(problem, &w_virtual, lambda)?;
     let ju: Vec<Tensor> = if exact {
         let (wt, lt) = (track(&w), track(lambda));
-        HvpOperator::new(&problem.inner_loss(&wt, &lt)?, &refs(&wt))?.mixed(&refs(&lt), &refs(&u))?
+        HvpOperator::new(&problem.inner_loss(&wt, &lt)?, &refs(&wt))?
+            .mixed(&refs(&lt), &refs(&u))?
     } else {
         // ε = 0.01/‖u‖ stays on the device: w ± ε u = w ± 0.01·u/‖u‖, and the
         // difference quotient multiplies by ‖u‖/0.02.
@@ -407,7 +482,10 @@ fn one_step(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, xi: f64, e
             let norm = no_grad(|| dot_list(&u, &u)?.sqrt())?;
             let c = norm.full_like(0.01)?;
             let shifted: Vec<Tensor> = no_grad(|| {
-                w.iter().zip(&u).map(|(wi, ui)| wi.axpy_ratio(&c, &norm, sign, ui)).collect::<Result<_>>()
+                w.iter()
+                    .zip(&u)
+                    .map(|(wi, ui)| wi.axpy_ratio(&c, &norm, sign, ui))
+                    .collect::<Result<_>>()
             })?;
             let lt = track(lambda);
             grad(&problem.inner_loss(&shifted, &lt)?, &refs(&lt), false)
@@ -421,6 +499,18 @@ fn one_step(problem: &dyn Problem, lambda: &[Tensor], w: Vec<Tensor>, xi: f64, e
                 .collect::<Result<_>>()
         })?
     };
-    let hyper = no_grad(|| gl.iter().zip(&ju).map(|(a, b)| a.axpy(-xi, b)).collect::<Result<Vec<_>>>())?;
-    Ok((hyper, w_virtual, 0, None, bytes_of(&w), loss.to_scalar::<f64>()?))
+    let hyper = no_grad(|| {
+        gl.iter()
+            .zip(&ju)
+            .map(|(a, b)| a.axpy(-xi, b))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok((
+        hyper,
+        w_virtual,
+        0,
+        None,
+        bytes_of(&w),
+        loss.to_scalar::<f64>()?,
+    ))
 }

@@ -13,7 +13,9 @@ mod outer;
 use std::time::Duration;
 
 pub use methods::{Method, hypergradient};
-pub use outer::{OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, hoag, optimize, HoagConfig};
+pub use outer::{
+    HoagConfig, OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, hoag, optimize,
+};
 
 use crate::autodiff::{grad, no_grad};
 use crate::error::{Error, Result, invalid};
@@ -70,12 +72,18 @@ impl InnerOptimizer {
     pub(crate) fn validate(&self) -> Result<()> {
         let lr = self.lr();
         if !lr.is_finite() || lr <= 0.0 {
-            return Err(invalid("inner optimizer", format!("the step size must be finite and > 0, got {lr}")));
+            return Err(invalid(
+                "inner optimizer",
+                format!("the step size must be finite and > 0, got {lr}"),
+            ));
         }
         if let InnerOptimizer::Momentum { momentum, .. } = self
             && !(0.0..1.0).contains(momentum)
         {
-            return Err(invalid("inner optimizer", format!("momentum must be in [0, 1), got {momentum}")));
+            return Err(invalid(
+                "inner optimizer",
+                format!("momentum must be in [0, 1), got {momentum}"),
+            ));
         }
         Ok(())
     }
@@ -96,10 +104,22 @@ impl InnerOptimizer {
     pub(crate) fn step(&self, state: &[Tensor], g: &[Tensor]) -> Result<Vec<Tensor>> {
         let n = g.len();
         match *self {
-            InnerOptimizer::Gd { lr } => state[..n].iter().zip(g).map(|(w, gi)| w.axpy(-lr, gi)).collect(),
+            InnerOptimizer::Gd { lr } => state[..n]
+                .iter()
+                .zip(g)
+                .map(|(w, gi)| w.axpy(-lr, gi))
+                .collect(),
             InnerOptimizer::Momentum { lr, momentum } => {
-                let m: Vec<Tensor> = state[n..].iter().zip(g).map(|(m, gi)| gi.axpy(momentum, m)).collect::<Result<_>>()?;
-                let mut next: Vec<Tensor> = state[..n].iter().zip(&m).map(|(w, mi)| w.axpy(-lr, mi)).collect::<Result<_>>()?;
+                let m: Vec<Tensor> = state[n..]
+                    .iter()
+                    .zip(g)
+                    .map(|(m, gi)| gi.axpy(momentum, m))
+                    .collect::<Result<_>>()?;
+                let mut next: Vec<Tensor> = state[..n]
+                    .iter()
+                    .zip(&m)
+                    .map(|(w, mi)| w.axpy(-lr, mi))
+                    .collect::<Result<_>>()?;
                 next.extend(m);
                 Ok(next)
             }
@@ -152,7 +172,9 @@ pub struct Report {
 }
 
 pub(crate) fn bytes_of(ts: &[Tensor]) -> u64 {
-    ts.iter().map(|t| (t.numel() * t.dtype().size()) as u64).sum()
+    ts.iter()
+        .map(|t| (t.numel() * t.dtype().size()) as u64)
+        .sum()
 }
 
 /// Checks λ against the problem's declared shapes.
@@ -178,7 +200,10 @@ pub(crate) fn check_lambda(problem: &dyn Problem, lambda: &[Tensor]) -> Result<(
 
 pub(crate) fn check_w(w0: &[Tensor], like: &[Tensor]) -> Result<()> {
     if w0.len() != like.len() {
-        return Err(invalid("hypergradient", format!("w must have {} tensor(s), got {}", like.len(), w0.len())));
+        return Err(invalid(
+            "hypergradient",
+            format!("w must have {} tensor(s), got {}", like.len(), w0.len()),
+        ));
     }
     for (a, b) in w0.iter().zip(like) {
         if a.shape() != b.shape() {

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use super::{
-    Hypergradient, Inner, InnerOptimizer, Problem, Report, check_lambda, detach_all, dot_list, hypergradient, refs,
-    track, Method,
+    Hypergradient, Inner, InnerOptimizer, Method, Problem, Report, check_lambda, detach_all,
+    dot_list, hypergradient, refs, track,
 };
 use crate::autodiff::{grad, no_grad};
 use crate::error::{Result, invalid};
@@ -45,7 +45,12 @@ impl OuterOptimizer {
     fn validate(&self) -> Result<()> {
         let ok = match *self {
             OuterOptimizer::Sgd { lr } => lr.is_finite() && lr > 0.0,
-            OuterOptimizer::Adam { lr, beta1, beta2, eps } => {
+            OuterOptimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
                 lr.is_finite()
                     && lr > 0.0
                     && (0.0..1.0).contains(&beta1)
@@ -122,10 +127,20 @@ struct AdamState {
     t: i32,
 }
 
-fn update(opt: &OuterOptimizer, adam: &mut Option<AdamState>, lambda: &[Tensor], h: &[Tensor]) -> Result<Vec<Tensor>> {
+fn update(
+    opt: &OuterOptimizer,
+    adam: &mut Option<AdamState>,
+    lambda: &[Tensor],
+    h: &[Tensor],
+) -> Result<Vec<Tensor>> {
     no_grad(|| match *opt {
         OuterOptimizer::Sgd { lr } => lambda.iter().zip(h).map(|(l, g)| l.axpy(-lr, g)).collect(),
-        OuterOptimizer::Adam { lr, beta1, beta2, eps } => {
+        OuterOptimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
             let st = match adam {
                 Some(s) => s,
                 None => adam.insert(AdamState {
@@ -174,7 +189,9 @@ pub fn optimize(
         if !hnorm.is_finite() {
             return Err(invalid(
                 "optimize",
-                format!("the hypergradient at outer step {step} is not finite ({hnorm}); lower the outer step size"),
+                format!(
+                    "the hypergradient at outer step {step} is not finite ({hnorm}); lower the outer step size"
+                ),
             ));
         }
         steps.push(TraceStep {
@@ -227,7 +244,12 @@ pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> R
     check_lambda(problem, lambda0)?;
     config.inner.validate()?;
     let c = config;
-    if !(c.lr.is_finite() && c.lr > 0.0 && c.eps0.is_finite() && c.eps0 > 0.0 && c.decay > 0.0 && c.decay < 1.0)
+    if !(c.lr.is_finite()
+        && c.lr > 0.0
+        && c.eps0.is_finite()
+        && c.eps0 > 0.0
+        && c.decay > 0.0
+        && c.decay < 1.0)
         || c.max_inner_steps == 0
         || c.max_cg_iters == 0
         || c.check_every == 0
@@ -251,7 +273,10 @@ pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> R
         while taken < c.max_inner_steps {
             let burst = c.check_every.min(c.max_inner_steps - taken);
             let states = super::run_inner(problem, &lambda, &c.inner, state, burst, false, nw)?;
-            state = states.into_iter().next().expect("run_inner returns the last state");
+            state = states
+                .into_iter()
+                .next()
+                .expect("run_inner returns the last state");
             taken += burst;
             let wt = track(&state[..nw]);
             let g = grad(&problem.inner_loss(&wt, &lambda)?, &refs(&wt), false)?;
@@ -281,7 +306,13 @@ pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> R
             report: hg.report.clone(),
         });
         if k < c.outer_steps {
-            lambda = no_grad(|| lambda.iter().zip(&hg.grad).map(|(l, g)| l.axpy(-c.lr, g)).collect::<Result<Vec<_>>>())?;
+            lambda = no_grad(|| {
+                lambda
+                    .iter()
+                    .zip(&hg.grad)
+                    .map(|(l, g)| l.axpy(-c.lr, g))
+                    .collect::<Result<Vec<_>>>()
+            })?;
         }
         last = Some(hg);
     }

@@ -47,9 +47,24 @@ fn devices() -> blo::Result<()> {
             (wgpu::Features::TIMESTAMP_QUERY, "timestamps"),
             (wgpu::Features::SHADER_FLOAT32_ATOMIC, "f32 atomics"),
         ];
-        let have: Vec<&str> = wanted.iter().filter(|(f, _)| features.contains(*f)).map(|(_, n)| *n).collect();
-        println!("      features: {}", if have.is_empty() { "-".to_string() } else { have.join(", ") });
-        let hardware = if info.is_hardware() { "hardware" } else { "software/other: used only when asked for" };
+        let have: Vec<&str> = wanted
+            .iter()
+            .filter(|(f, _)| features.contains(*f))
+            .map(|(_, n)| *n)
+            .collect();
+        println!(
+            "      features: {}",
+            if have.is_empty() {
+                "-".to_string()
+            } else {
+                have.join(", ")
+            }
+        );
+        let hardware = if info.is_hardware() {
+            "hardware"
+        } else {
+            "software/other: used only when asked for"
+        };
         println!("      {hardware}");
     }
     println!("  [cpu] blo's CPU reference backend (f32 and f64)");

@@ -101,6 +101,9 @@ struct Pool {
     peak_live_bytes: u64,
 }
 
+/// The bind-group layout of a binding signature and the pipeline layout around it.
+type KernelLayout = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
+
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
 /// A wgpu device and queue with blo's execution machinery. Shared behind an `Arc` by
@@ -117,9 +120,10 @@ pub struct GpuContext {
     pool: Mutex<Pool>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    layouts: Mutex<HashMap<(u32, u32), Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+    layouts: Mutex<HashMap<(u32, u32), Arc<KernelLayout>>>,
     poison: AtomicBool,
     dispatch_count: AtomicU64,
+    readback_count: AtomicU64,
     uncaptured: Arc<Mutex<Option<String>>>,
 }
 
@@ -195,6 +199,7 @@ impl GpuContext {
             layouts: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(std::env::var_os("BLO_POISON").is_some()),
             dispatch_count: AtomicU64::new(0),
+            readback_count: AtomicU64::new(0),
             uncaptured,
         })
     }
@@ -233,6 +238,12 @@ impl GpuContext {
     /// Number of compute dispatches recorded since the context was created.
     pub fn dispatch_count(&self) -> u64 {
         self.dispatch_count.load(Ordering::Relaxed)
+    }
+
+    /// Number of reads of device data to the host since the context was created (each
+    /// one waits for the device): hot loops should not add to it.
+    pub fn readback_count(&self) -> u64 {
+        self.readback_count.load(Ordering::Relaxed)
     }
 
     /// Buffer-pool accounting.
@@ -315,7 +326,7 @@ impl GpuContext {
 
     /// Checks a tensor's byte size against the adapter's storage-binding and buffer limits.
     pub(crate) fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
-        let binding = u64::from(self.limits.max_storage_buffer_binding_size);
+        let binding = self.limits.max_storage_buffer_binding_size;
         if bytes > binding {
             return Err(Error::TooLarge {
                 what: what.to_string(),
@@ -339,8 +350,10 @@ impl GpuContext {
     /// the binding limit so a tensor that fits the limit always gets a buffer.
     fn bucket(&self, bytes: u64) -> u64 {
         let b = bytes.max(MIN_ALLOC).next_power_of_two();
-        let cap =
-            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if b > cap {
             bytes.div_ceil(MIN_ALLOC) * MIN_ALLOC
         } else {
@@ -450,6 +463,7 @@ impl GpuContext {
         if bytes == 0 {
             return Ok(Vec::new());
         }
+        self.readback_count.fetch_add(1, Ordering::Relaxed);
         let padded = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("blo readback"),

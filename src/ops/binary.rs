@@ -235,12 +235,22 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor>
     same_place(name, a, b)?;
     let out = broadcast_shape(name, a.shape(), b.shape())?;
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => {
-            Storage::F32(binary_cpu(|u, v| apply(op, u, v), x, a.shape(), y, b.shape(), &out))
-        }
-        (Storage::F64(x), Storage::F64(y)) => {
-            Storage::F64(binary_cpu(|u, v| apply(op, u, v), x, a.shape(), y, b.shape(), &out))
-        }
+        (Storage::F32(x), Storage::F32(y)) => Storage::F32(binary_cpu(
+            |u, v| apply(op, u, v),
+            x,
+            a.shape(),
+            y,
+            b.shape(),
+            &out,
+        )),
+        (Storage::F64(x), Storage::F64(y)) => Storage::F64(binary_cpu(
+            |u, v| apply(op, u, v),
+            x,
+            a.shape(),
+            y,
+            b.shape(),
+            &out,
+        )),
         (Storage::Gpu(x), Storage::Gpu(y)) => {
             Storage::Gpu(binary_gpu(op as u32, x, a.shape(), y, b.shape(), &out)?)
         }

@@ -249,7 +249,10 @@ pub(crate) enum GpuKernel {
     Portable,
     /// The subgroup kernel with explicit `ROWS` and `WG` (tuning).
     #[allow(dead_code)]
-    Subgroup { rows: u32, wg: u32 },
+    Subgroup {
+        rows: u32,
+        wg: u32,
+    },
 }
 
 /// An operand ready for the kernels: stacked matrices whose rows are whole vec4s.
@@ -285,7 +288,11 @@ fn operand(
     cols: usize,
     transpose: bool,
 ) -> Result<Operand<'_>> {
-    let (out_rows, out_cols) = if transpose { (cols, rows) } else { (rows, cols) };
+    let (out_rows, out_cols) = if transpose {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
     let ld4 = out_cols.div_ceil(4);
     if !transpose && cols % 4 == 0 {
         return Ok(Operand {
@@ -448,12 +455,8 @@ pub(crate) fn matmul_with(
     same_place("matmul", a, b)?;
     let (d, out) = dims(a.shape(), b.shape(), trans_a, trans_b)?;
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => {
-            Storage::F32(matmul_cpu(x, y, &d, trans_a, trans_b))
-        }
-        (Storage::F64(x), Storage::F64(y)) => {
-            Storage::F64(matmul_cpu(x, y, &d, trans_a, trans_b))
-        }
+        (Storage::F32(x), Storage::F32(y)) => Storage::F32(matmul_cpu(x, y, &d, trans_a, trans_b)),
+        (Storage::F64(x), Storage::F64(y)) => Storage::F64(matmul_cpu(x, y, &d, trans_a, trans_b)),
         (Storage::Gpu(x), Storage::Gpu(y)) => {
             Storage::Gpu(matmul_gpu(x, y, &d, trans_a, trans_b, kernel)?)
         }

@@ -7,6 +7,6 @@ pub mod index;
 pub mod loss;
 pub mod matmul;
 pub mod reduce;
-pub mod unary;
 pub mod shape;
+pub mod unary;
 pub mod update;

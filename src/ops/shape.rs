@@ -44,10 +44,7 @@ impl Tensor {
             lhs: self.shape.to_vec(),
             rhs: shape.to_vec(),
         };
-        let lead = self
-            .rank()
-            .checked_sub(shape.len())
-            .ok_or_else(mismatch)?;
+        let lead = self.rank().checked_sub(shape.len()).ok_or_else(mismatch)?;
         let mut t = self.detach();
         // Leading dimensions that `shape` lacks are summed away (highest first keeps
         // the axis numbers of the rest valid); then size-1 dims keep theirs.

@@ -46,7 +46,9 @@ impl DeviceSplit {
             .enumerate()
             .filter(|&(i, &y)| {
                 let row = &logits[i * c..(i + 1) * c];
-                let best = (0..c).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                let best = (0..c)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
                 best == y
             })
             .count();
@@ -55,7 +57,12 @@ impl DeviceSplit {
 }
 
 fn zeros(shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    tensor(&vec![0.0; shape.iter().product()], shape, &like.device(), like.dtype())
+    tensor(
+        &vec![0.0; shape.iter().product()],
+        shape,
+        &like.device(),
+        like.dtype(),
+    )
 }
 
 /// Data hyper-cleaning (Franceschi et al. 2017) with a linear softmax classifier
@@ -77,7 +84,10 @@ impl HyperCleaning {
     /// The problem on prepared data, with L2 strength μ ≥ 0.
     pub fn new(data: &CleaningData, mu: f64, device: &Device, dtype: DType) -> Result<Self> {
         if !mu.is_finite() || mu < 0.0 {
-            return Err(invalid("hyper-cleaning", format!("mu must be finite and ≥ 0, got {mu}")));
+            return Err(invalid(
+                "hyper-cleaning",
+                format!("mu must be finite and ≥ 0, got {mu}"),
+            ));
         }
         let c = data.classes;
         Ok(Self {
@@ -120,14 +130,21 @@ impl HyperCleaning {
                 (false, false) => {}
             }
         }
-        Ok(if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) })
+        Ok(if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + fp + fneg)
+        })
     }
 }
 
 impl Problem for HyperCleaning {
     fn init_w(&self) -> Result<Vec<Tensor>> {
         let d = self.train.x.shape()[1];
-        Ok(vec![zeros(&[d, self.classes], &self.train.x)?, zeros(&[self.classes], &self.train.x)?])
+        Ok(vec![
+            zeros(&[d, self.classes], &self.train.x)?,
+            zeros(&[self.classes], &self.train.x)?,
+        ])
     }
 
     fn lambda_shapes(&self) -> Vec<Vec<usize>> {
@@ -136,7 +153,10 @@ impl Problem for HyperCleaning {
 
     fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
         let weights = lambda[0].sigmoid()?;
-        let ce = self.train.logits(w)?.cross_entropy(&self.train.labels, Some(&weights))?;
+        let ce = self
+            .train
+            .logits(w)?
+            .cross_entropy(&self.train.labels, Some(&weights))?;
         if self.mu == 0.0 {
             return Ok(ce);
         }
@@ -163,7 +183,14 @@ pub struct Logistic {
 
 impl Logistic {
     /// The problem on train / validation splits with `classes` classes.
-    pub fn new(train: &Split, val: &Split, classes: usize, per_feature: bool, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn new(
+        train: &Split,
+        val: &Split,
+        classes: usize,
+        per_feature: bool,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         if train.x.cols != val.x.cols {
             return Err(Error::ShapeMismatch {
                 op: "logistic: validation features must match training features",
@@ -188,16 +215,26 @@ impl Logistic {
 impl Problem for Logistic {
     fn init_w(&self) -> Result<Vec<Tensor>> {
         let d = self.train.x.shape()[1];
-        Ok(vec![zeros(&[d, self.classes], &self.train.x)?, zeros(&[self.classes], &self.train.x)?])
+        Ok(vec![
+            zeros(&[d, self.classes], &self.train.x)?,
+            zeros(&[self.classes], &self.train.x)?,
+        ])
     }
 
     fn lambda_shapes(&self) -> Vec<Vec<usize>> {
-        vec![vec![if self.per_feature { self.train.x.shape()[1] } else { 1 }]]
+        vec![vec![if self.per_feature {
+            self.train.x.shape()[1]
+        } else {
+            1
+        }]]
     }
 
     fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
         let d = self.train.x.shape()[1];
-        let ce = self.train.logits(w)?.cross_entropy(&self.train.labels, None)?;
+        let ce = self
+            .train
+            .logits(w)?
+            .cross_entropy(&self.train.labels, None)?;
         let strength = lambda[0].exp()?;
         let reg = if self.per_feature {
             w[0].square()?.mul(&strength.reshape(&[d, 1])?)?.sum()?

@@ -42,15 +42,27 @@ const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
 pub fn digits() -> (Matrix, Vec<usize>) {
     let mut data = Vec::with_capacity(1797 * 64);
     let mut labels = Vec::with_capacity(1797);
-    for line in DIGITS_CSV.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let mut fields = line.split(',').map(|f| f.parse::<u32>().expect("data/digits.csv holds integers"));
+    for line in DIGITS_CSV
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let mut fields = line
+            .split(',')
+            .map(|f| f.parse::<u32>().expect("data/digits.csv holds integers"));
         for _ in 0..64 {
             data.push(f64::from(fields.next().expect("64 pixels per row")) / 16.0);
         }
         labels.push(fields.next().expect("a label per row") as usize);
     }
     let rows = labels.len();
-    (Matrix { data, rows, cols: 64 }, labels)
+    (
+        Matrix {
+            data,
+            rows,
+            cols: 64,
+        },
+        labels,
+    )
 }
 
 /// A labelled classification split.
@@ -92,11 +104,17 @@ pub fn cleaning_split(
     if n_train + n_val >= x.rows || n_train == 0 || n_val == 0 {
         return Err(invalid(
             "cleaning_split",
-            format!("need 0 < n_train, 0 < n_val and n_train + n_val < {} rows, got {n_train} + {n_val}", x.rows),
+            format!(
+                "need 0 < n_train, 0 < n_val and n_train + n_val < {} rows, got {n_train} + {n_val}",
+                x.rows
+            ),
         ));
     }
     if !(0.0..=1.0).contains(&corruption) || classes < 2 {
-        return Err(invalid("cleaning_split", format!("corruption must be in [0, 1] and classes ≥ 2, got {corruption}, {classes}")));
+        return Err(invalid(
+            "cleaning_split",
+            format!("corruption must be in [0, 1] and classes ≥ 2, got {corruption}, {classes}"),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut idx: Vec<usize> = (0..x.rows).collect();
@@ -134,9 +152,17 @@ pub fn cleaning_split(
 
 /// Seeded Gaussian-cluster classification data: `classes` means drawn N(0, sep²·I) in
 /// `d` dimensions, samples = mean + N(0, I), balanced classes.
-pub fn synthetic_classification(n: usize, d: usize, classes: usize, sep: f64, seed: u64) -> (Matrix, Vec<usize>) {
+pub fn synthetic_classification(
+    n: usize,
+    d: usize,
+    classes: usize,
+    sep: f64,
+    seed: u64,
+) -> (Matrix, Vec<usize>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let means: Vec<f64> = (0..classes * d).map(|_| sep * rng.sample::<f64, _>(StandardNormal)).collect();
+    let means: Vec<f64> = (0..classes * d)
+        .map(|_| sep * rng.sample::<f64, _>(StandardNormal))
+        .collect();
     let mut data = Vec::with_capacity(n * d);
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
@@ -146,25 +172,49 @@ pub fn synthetic_classification(n: usize, d: usize, classes: usize, sep: f64, se
             data.push(means[c * d + j] + rng.sample::<f64, _>(StandardNormal));
         }
     }
-    (Matrix { data, rows: n, cols: d }, labels)
+    (
+        Matrix {
+            data,
+            rows: n,
+            cols: d,
+        },
+        labels,
+    )
 }
 
 /// Seeded linear-regression data: X ~ N(0, 1), w_true ~ N(0, 1/d), y = X w_true + noise·N(0, 1).
 /// The same w_true generates every call with the same seed, so train and validation sets
 /// from `seed` and `seed + 1` share it when drawn with [`synthetic_regression_pair`].
-pub fn synthetic_regression_pair(n: usize, m: usize, d: usize, noise: f64, seed: u64) -> ((Matrix, Vec<f64>), (Matrix, Vec<f64>)) {
+pub fn synthetic_regression_pair(
+    n: usize,
+    m: usize,
+    d: usize,
+    noise: f64,
+    seed: u64,
+) -> ((Matrix, Vec<f64>), (Matrix, Vec<f64>)) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let scale = 1.0 / (d.max(1) as f64).sqrt();
-    let w_true: Vec<f64> = (0..d).map(|_| scale * rng.sample::<f64, _>(StandardNormal)).collect();
+    let w_true: Vec<f64> = (0..d)
+        .map(|_| scale * rng.sample::<f64, _>(StandardNormal))
+        .collect();
     let mut draw = |rows: usize| {
-        let data: Vec<f64> = (0..rows * d).map(|_| rng.sample::<f64, _>(StandardNormal)).collect();
+        let data: Vec<f64> = (0..rows * d)
+            .map(|_| rng.sample::<f64, _>(StandardNormal))
+            .collect();
         let y = (0..rows)
             .map(|i| {
                 let clean: f64 = (0..d).map(|j| data[i * d + j] * w_true[j]).sum();
                 clean + noise * rng.sample::<f64, _>(StandardNormal)
             })
             .collect();
-        (Matrix { data, rows, cols: d }, y)
+        (
+            Matrix {
+                data,
+                rows,
+                cols: d,
+            },
+            y,
+        )
     };
     let train = draw(n);
     let val = draw(m);
@@ -189,15 +239,26 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| io_err(path, e))?;
     if npy.order() != npyz::Order::C {
-        return Err(io_err(path, "Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
+        return Err(io_err(
+            path,
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+        ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     let descr = npy.dtype().descr().replace(['\'', '"'], "");
     let data: Vec<f64> = match descr.as_str() {
         "<f8" => npy.into_vec::<f64>().map_err(|e| io_err(path, e))?,
-        "<f4" => npy.into_vec::<f32>().map_err(|e| io_err(path, e))?.into_iter().map(f64::from).collect(),
+        "<f4" => npy
+            .into_vec::<f32>()
+            .map_err(|e| io_err(path, e))?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         other => {
-            return Err(io_err(path, format!("dtype {other} is not supported; use float32 or float64 (little-endian)")));
+            return Err(io_err(
+                path,
+                format!("dtype {other} is not supported; use float32 or float64 (little-endian)"),
+            ));
         }
     };
     Ok(NpyArray { data, shape })
@@ -214,7 +275,9 @@ pub fn write_npy(path: &Path, data: &[f64], shape: &[usize]) -> Result<()> {
         .writer(std::io::BufWriter::new(file))
         .begin_nd()
         .map_err(|e| io_err(path, e))?;
-    writer.extend(data.iter().copied()).map_err(|e| io_err(path, e))?;
+    writer
+        .extend(data.iter().copied())
+        .map_err(|e| io_err(path, e))?;
     writer.finish().map_err(|e| io_err(path, e))
 }
 
@@ -234,7 +297,10 @@ mod tests {
     fn cleaning_split_corrupts_exactly_the_flagged_labels() {
         let (x, y) = digits();
         let d = cleaning_split(&x, &y, 10, 500, 500, 0.5, 0).unwrap();
-        assert_eq!((d.train.x.rows, d.val.x.rows, d.test.x.rows), (500, 500, 797));
+        assert_eq!(
+            (d.train.x.rows, d.val.x.rows, d.test.x.rows),
+            (500, 500, 797)
+        );
         assert_eq!(d.corrupted.iter().filter(|&&c| c).count(), 250);
         // Rebuild the clean training labels from the same shuffle and check each flag.
         let again = cleaning_split(&x, &y, 10, 500, 500, 0.0, 0).unwrap();

@@ -13,10 +13,19 @@ use crate::problems::data::Matrix;
 use crate::tensor::{DType, Tensor};
 
 /// Makes a tensor on `device` in `dtype` from f64 host values.
-pub(crate) fn tensor(data: &[f64], shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+pub(crate) fn tensor(
+    data: &[f64],
+    shape: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     match dtype {
         DType::F64 => Tensor::from_vec(data.to_vec(), shape, device),
-        DType::F32 => Tensor::from_vec(data.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape, device),
+        DType::F32 => Tensor::from_vec(
+            data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            shape,
+            device,
+        ),
     }
 }
 
@@ -24,9 +33,17 @@ pub(crate) fn matrix_tensor(m: &Matrix, device: &Device, dtype: DType) -> Result
     tensor(&m.data, &[m.rows, m.cols], device, dtype)
 }
 
-pub(crate) fn labels_tensor(labels: &[usize], classes: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+pub(crate) fn labels_tensor(
+    labels: &[usize],
+    classes: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(invalid("labels", format!("label {bad} is out of range for {classes} classes")));
+        return Err(invalid(
+            "labels",
+            format!("label {bad} is out of range for {classes} classes"),
+        ));
     }
     let v: Vec<f64> = labels.iter().map(|&l| l as f64).collect();
     tensor(&v, &[labels.len()], device, dtype)

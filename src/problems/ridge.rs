@@ -33,15 +33,31 @@ impl Ridge {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let mismatch = |what: &'static str, a: Vec<usize>, b: Vec<usize>| Error::ShapeMismatch { op: what, lhs: a, rhs: b };
+        let mismatch = |what: &'static str, a: Vec<usize>, b: Vec<usize>| Error::ShapeMismatch {
+            op: what,
+            lhs: a,
+            rhs: b,
+        };
         if y.len() != x.rows {
-            return Err(mismatch("ridge: y must have one value per row of X", vec![y.len()], vec![x.rows, x.cols]));
+            return Err(mismatch(
+                "ridge: y must have one value per row of X",
+                vec![y.len()],
+                vec![x.rows, x.cols],
+            ));
         }
         if x_val.cols != x.cols {
-            return Err(mismatch("ridge: X_val must have X's columns", vec![x_val.rows, x_val.cols], vec![x.rows, x.cols]));
+            return Err(mismatch(
+                "ridge: X_val must have X's columns",
+                vec![x_val.rows, x_val.cols],
+                vec![x.rows, x.cols],
+            ));
         }
         if y_val.len() != x_val.rows {
-            return Err(mismatch("ridge: y_val must have one value per row of X_val", vec![y_val.len()], vec![x_val.rows, x_val.cols]));
+            return Err(mismatch(
+                "ridge: y_val must have one value per row of X_val",
+                vec![y_val.len()],
+                vec![x_val.rows, x_val.cols],
+            ));
         }
         Ok(Self {
             x: matrix_tensor(x, device, dtype)?,
@@ -53,7 +69,14 @@ impl Ridge {
     }
 
     /// Seeded synthetic data: n training rows, m validation rows, d features, noise 0.5.
-    pub fn synthetic(n: usize, m: usize, d: usize, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn synthetic(
+        n: usize,
+        m: usize,
+        d: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let ((x, y), (xv, yv)) = synthetic_regression_pair(n, m, d, 0.5, seed);
         Self::new(&x, &y, &xv, &yv, device, dtype)
     }
@@ -67,7 +90,12 @@ impl Ridge {
 impl Problem for Ridge {
     fn init_w(&self) -> Result<Vec<Tensor>> {
         let d = self.dim();
-        Ok(vec![tensor(&vec![0.0; d], &[d], &self.x.device(), self.x.dtype())?])
+        Ok(vec![tensor(
+            &vec![0.0; d],
+            &[d],
+            &self.x.device(),
+            self.x.dtype(),
+        )?])
     }
 
     fn lambda_shapes(&self) -> Vec<Vec<usize>> {
@@ -76,14 +104,20 @@ impl Problem for Ridge {
 
     fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
         let n = self.x.shape()[0] as f64;
-        let fit = matvec(&self.x, &w[0])?.sub(&self.y)?.sqnorm()?.scale(0.5 / n)?;
+        let fit = matvec(&self.x, &w[0])?
+            .sub(&self.y)?
+            .sqnorm()?
+            .scale(0.5 / n)?;
         let reg = lambda[0].exp()?.mul(&w[0].square()?)?.sum()?.scale(0.5)?;
         fit.add(&reg)
     }
 
     fn outer_loss(&self, w: &[Tensor], _lambda: &[Tensor]) -> Result<Tensor> {
         let m = self.x_val.shape()[0] as f64;
-        matvec(&self.x_val, &w[0])?.sub(&self.y_val)?.sqnorm()?.scale(0.5 / m)
+        matvec(&self.x_val, &w[0])?
+            .sub(&self.y_val)?
+            .sqnorm()?
+            .scale(0.5 / m)
     }
 
     fn inner_solution(&self, lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
@@ -92,33 +126,20 @@ impl Problem for Ridge {
             let (n, d) = (x.rows, x.cols);
             let lam = lambda[0].to_vec::<f64>()?;
             // Normal equations in f64 on the host: (XᵀX/n + diag(e^λ)) w = Xᵀy/n.
-            let mut a = vec![vec![0.0; d + 1]; d];
-            for i in 0..n {
-                let row = &x.data[i * d..(i + 1) * d];
+            let mut a = vec![0.0; d * d];
+            let mut rhs = vec![0.0; d];
+            for (row, yi) in x.data.chunks_exact(d).zip(y) {
                 for p in 0..d {
+                    rhs[p] += row[p] * yi / n as f64;
                     for q in 0..d {
-                        a[p][q] += row[p] * row[q] / n as f64;
-                    }
-                    a[p][d] += row[p] * y[i] / n as f64;
-                }
-            }
-            for j in 0..d {
-                a[j][j] += lam[j].exp();
-            }
-            // The matrix is symmetric positive definite: elimination without pivoting is stable.
-            for c in 0..d {
-                for r in c + 1..d {
-                    let f = a[r][c] / a[c][c];
-                    for k in c..=d {
-                        a[r][k] -= f * a[c][k];
+                        a[p * d + q] += row[p] * row[q] / n as f64;
                     }
                 }
             }
-            let mut w = vec![0.0; d];
-            for r in (0..d).rev() {
-                let s: f64 = (r + 1..d).map(|k| a[r][k] * w[k]).sum();
-                w[r] = (a[r][d] - s) / a[r][r];
+            for (j, l) in lam.iter().enumerate() {
+                a[j * d + j] += l.exp();
             }
+            let w = crate::solvers::solve_dense(&a, &rhs)?;
             Ok(vec![tensor(&w, &[d], &self.x.device(), self.x.dtype())?])
         })())
     }
