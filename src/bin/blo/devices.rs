@@ -1,25 +1,11 @@
-//! The `blo` command line.
+//! `blo devices`.
 
 use std::process::ExitCode;
 
 use blo::Device;
-use clap::{Parser, Subcommand};
 
-/// blo: bilevel optimization and hypergradients on any GPU (wgpu + WGSL).
-#[derive(Parser)]
-#[command(name = "blo", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// List every adapter wgpu finds, plus the CPU backend, marking the one "best" picks.
-    Devices,
-}
-
-fn devices() -> blo::Result<()> {
+/// Prints every adapter with its limits and features, and the choice of "best".
+pub fn run() -> ExitCode {
     let adapters = Device::adapters();
     let choice = Device::best_available();
     println!("Adapters found by wgpu ({}):", adapters.len());
@@ -69,19 +55,6 @@ fn devices() -> blo::Result<()> {
     }
     println!("  [cpu] blo's CPU reference backend (f32 and f64)");
     println!("best available: {} — {}", choice.device, choice.reason);
-    Ok(())
+    ExitCode::SUCCESS
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Devices) | None => devices(),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
