@@ -168,11 +168,13 @@ impl Device {
             };
         }
         let adapters = sorted_adapters();
-        let software: Vec<String> = adapters
+        let mut software: Vec<String> = adapters
             .iter()
             .filter(|a| !AdapterInfo::from_wgpu(&a.get_info()).is_hardware())
             .map(|a| a.get_info().name)
             .collect();
+        // The same driver often appears once per backend (Vulkan and GL).
+        software.dedup();
         match adapters
             .into_iter()
             .find(|a| AdapterInfo::from_wgpu(&a.get_info()).is_hardware())
