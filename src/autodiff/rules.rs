@@ -85,17 +85,18 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             vec![Some(g.sub(&softmax.mul(&total)?)?)]
         }
         Op::CrossEntropy { labels } => {
-            // L = (1/n) Σ w_i (logsumexp(z_i) − z_{i,y_i}).
+            // L = (1/n) Σ w_i (logsumexp(z_i) − z_{i,y_i}):
+            // ∂L/∂z_i = (w_i/n)(softmax(z_i) − onehot(y_i)), ∂L/∂w_i = CE_i / n.
             let z = x(0);
             let (n, c) = (z.shape()[0], z.shape()[1]);
             let scale = g.scale(1.0 / n.max(1) as f64)?;
-            let onehot = Tensor::one_hot(labels, c)?;
-            let dlogits = z.log_softmax()?.exp()?.sub(&onehot)?;
+            let log_p = z.log_softmax()?;
+            let dlogits = log_p.exp()?.sub(&Tensor::one_hot(labels, c)?)?;
             match inputs.get(1) {
                 None => vec![Some(dlogits.mul(&scale)?)],
                 Some(w) => {
                     let row = w.reshape(&[n, 1])?.mul(&scale)?;
-                    let per_row = z.log_softmax()?.gather(labels)?.neg()?;
+                    let per_row = log_p.gather(labels)?.neg()?;
                     vec![Some(dlogits.mul(&row)?), Some(per_row.mul(&scale)?)]
                 }
             }

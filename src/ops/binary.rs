@@ -133,6 +133,41 @@ pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 }
 
 /// CPU reference with general broadcasting.
+/// How an operand's elements map onto the output's, for the CPU's fast paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    /// Same shape as the output.
+    Full,
+    /// Output element i reads element i % period (a row broadcast down the leading dims).
+    Tile(usize),
+    /// Output element i reads element i / block (a column broadcast along trailing dims;
+    /// a single element is a block of the whole output).
+    Repeat(usize),
+}
+
+fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
+    if shape == out {
+        return Some(Pattern::Full);
+    }
+    let n = numel(shape);
+    let trimmed: &[usize] = {
+        let lead = shape.iter().take_while(|&&d| d == 1).count();
+        &shape[lead..]
+    };
+    if out.ends_with(trimmed) {
+        return Some(Pattern::Tile(n.max(1)));
+    }
+    let mut padded = vec![1; out.len() - shape.len()];
+    padded.extend_from_slice(shape);
+    let j = padded.iter().zip(out).take_while(|(p, o)| p == o).count();
+    if padded[j..].iter().all(|&d| d == 1) {
+        return Some(Pattern::Repeat(numel(&out[j..]).max(1)));
+    }
+    None
+}
+
+/// CPU reference with general broadcasting. Row, column and scalar broadcasts (bias
+/// adds, per-row weights) take contiguous loops; other patterns walk an odometer.
 pub(crate) fn binary_cpu<T: Element>(
     f: impl Fn(T, T) -> T,
     a: &[T],
@@ -142,8 +177,23 @@ pub(crate) fn binary_cpu<T: Element>(
     out: &[usize],
 ) -> Vec<T> {
     let n = numel(out);
-    if a_shape == out && b_shape == out {
-        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    match (pattern(a_shape, out), pattern(b_shape, out)) {
+        (Some(Pattern::Full), Some(Pattern::Full)) => {
+            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        }
+        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 => {
+            return a.chunks(p).flat_map(|row| row.iter().zip(b).map(|(&x, &y)| f(x, y))).collect();
+        }
+        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 => {
+            return b.chunks(p).flat_map(|row| a.iter().zip(row).map(|(&x, &y)| f(x, y))).collect();
+        }
+        (Some(Pattern::Full), Some(Pattern::Repeat(k))) => {
+            return a.chunks(k).zip(b).flat_map(|(row, &y)| row.iter().map(move |&x| (x, y))).map(|(x, y)| f(x, y)).collect();
+        }
+        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
+            return b.chunks(k).zip(a).flat_map(|(row, &x)| row.iter().map(move |&y| (x, y))).map(|(x, y)| f(x, y)).collect();
+        }
+        _ => {}
     }
     let sa = broadcast_strides(a_shape, out);
     let sb = broadcast_strides(b_shape, out);
@@ -364,6 +414,41 @@ mod tests {
         );
         let e = broadcast_shape("add", &[3, 2], &[3]).unwrap_err();
         assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
+    }
+
+    /// Every CPU fast path against a naive index computation.
+    #[test]
+    fn cpu_fast_paths_match_naive_broadcasting() {
+        let shapes: [(&[usize], &[usize]); 9] = [
+            (&[4, 3], &[3]),
+            (&[3], &[4, 3]),
+            (&[4, 3], &[4, 1]),
+            (&[4, 1], &[4, 3]),
+            (&[2, 4, 3], &[1, 3]),
+            (&[2, 4, 3], &[2, 1, 1]),
+            (&[2, 4, 3], &[]),
+            (&[2, 1, 3], &[4, 1]),
+            (&[0, 3], &[3]),
+        ];
+        for (sa, sb) in shapes {
+            let out = broadcast_shape("t", sa, sb).unwrap();
+            let (a, b) = (oracle_pair(sa, 1).1, oracle_pair(sb, 2).1);
+            let got = binary_cpu(|x, y| x * 10.0 + y, &a, sa, &b, sb, &out);
+            let (stra, strb) = (broadcast_strides(sa, &out), broadcast_strides(sb, &out));
+            let want: Vec<f64> = (0..numel(&out))
+                .map(|i| {
+                    let (mut rem, mut ia, mut ib) = (i, 0, 0);
+                    for d in (0..out.len()).rev() {
+                        let c = rem % out[d];
+                        rem /= out[d];
+                        ia += c * stra[d];
+                        ib += c * strb[d];
+                    }
+                    a[ia] * 10.0 + b[ib]
+                })
+                .collect();
+            assert_eq!(got, want, "{sa:?} {sb:?}");
+        }
     }
 
     #[test]

@@ -54,9 +54,13 @@ struct CeParams {
 }
 
 /// log Σ exp of a row, in f64, with the row max subtracted first.
+/// Stable log Σ exp, in the element type: after subtracting the maximum every term is
+/// in (0, 1], so f32 keeps ~1e-7 relative accuracy without widening to f64 (whose exp
+/// is several times slower).
 fn logsumexp<T: Element>(row: &[T]) -> f64 {
-    let m = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f64()));
-    m + row.iter().map(|v| (v.f64() - m).exp()).sum::<f64>().ln()
+    let m = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let s = row.iter().fold(T::zero(), |acc, &v| acc + (v - m).exp());
+    (m + s.ln()).f64()
 }
 
 /// CPU reference of log-softmax over rows of length `c` (`c > 0`).
