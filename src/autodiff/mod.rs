@@ -1,10 +1,10 @@
 //! Reverse-mode automatic differentiation that can differentiate its own backward pass.
 //!
-//! Every op on a tensor that requires gradients records a [`Node`] holding the op, its
+//! Every op on a tensor that requires gradients records a node holding the op, its
 //! inputs and (when its backward rule needs it) its output. [`grad`] walks the graph
 //! from a loss back to the requested tensors. With `create_graph = true` the backward
 //! pass is recorded like any other computation, because every backward rule (all in
-//! [`rules`]) is written with ordinary differentiable tensor ops. That is where
+//! `autodiff/rules.rs`) is written with ordinary differentiable tensor ops. That is where
 //! Hessian-vector products and mixed second derivatives come from ([`hvp`], [`mixed`],
 //! [`mixed_t`]): no separate second-order code, and no host readback on the GPU.
 //!

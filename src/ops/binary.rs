@@ -1,5 +1,5 @@
 //! Elementwise binary ops with NumPy broadcasting: `shaders/binary.wgsl` on the GPU,
-//! [`binary_cpu`] on the CPU. A 0-d tensor on the device is a valid operand, so a
+//! `binary_cpu` on the CPU. A 0-d tensor on the device is a valid operand, so a
 //! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
 
 use crate::autodiff::{Op, record};

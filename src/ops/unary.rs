@@ -1,4 +1,4 @@
-//! Elementwise unary ops: `shaders/unary.wgsl` on the GPU, [`unary_cpu`] on the CPU.
+//! Elementwise unary ops: `shaders/unary.wgsl` on the GPU, `unary_cpu` on the CPU.
 
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};

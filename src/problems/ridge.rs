@@ -24,7 +24,7 @@ pub struct Ridge {
 
 impl Ridge {
     /// A ridge problem on `device` in `dtype` (f64 only on the CPU). Shapes are checked:
-    /// X [n, d], y [n], X_val [m, d], y_val [m].
+    /// X `[n, d]`, y `[n]`, X_val `[m, d]`, y_val `[m]`.
     pub fn new(
         x: &Matrix,
         y: &[f64],
