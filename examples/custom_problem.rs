@@ -46,18 +46,33 @@ fn main() -> Result<()> {
         .sum();
     println!("closed form: {exact:.6}");
 
-    let inner = Inner { optimizer: InnerOptimizer::Gd { lr: 0.5 }, steps: 60 };
+    let inner = Inner {
+        optimizer: InnerOptimizer::Gd { lr: 0.5 },
+        steps: 60,
+    };
     let w0 = problem.init_w()?;
     for method in [
         Method::Rad,
         Method::Forward,
-        Method::Cg { iters: 3, tol: None, damping: 0.0 },
+        Method::Cg {
+            iters: 3,
+            tol: None,
+            damping: 0.0,
+        },
         Method::Neumann { k: 50, eta: 0.5 },
     ] {
         let h = hypergradient(&problem, &lambda, &w0, &inner, &method)?;
         let got = h.grad[0].to_vec::<f64>()?[0];
-        println!("{:>8}: {got:.6}  (|error| {:.1e})", method.name(), (got - exact).abs());
-        assert!((got - exact).abs() < 1e-4 * exact.abs().max(1.0), "{} disagrees with the closed form", method.name());
+        println!(
+            "{:>8}: {got:.6}  (|error| {:.1e})",
+            method.name(),
+            (got - exact).abs()
+        );
+        assert!(
+            (got - exact).abs() < 1e-4 * exact.abs().max(1.0),
+            "{} disagrees with the closed form",
+            method.name()
+        );
     }
     Ok(())
 }

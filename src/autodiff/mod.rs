@@ -335,7 +335,18 @@ fn backward(output: &Tensor, seed: &Tensor, wanted: &HashSet<u64>) -> Result<Has
             },
             node: Some(node.clone()),
         };
-        let input_grads = rules::backward(&node.op, &node.inputs, &out, &g)?;
+        // Rules skip inputs nothing wanted depends on (data matrices, labels, λ during
+        // an inner step): for a matmul with data that halves the backward work.
+        let needed: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|t| {
+                t.node
+                    .as_ref()
+                    .is_some_and(|c| reaches.get(&c.id) == Some(&true))
+            })
+            .collect();
+        let input_grads = rules::backward(&node.op, &node.inputs, &needed, &out, &g)?;
         for (input, ig) in node.inputs.iter().zip(input_grads) {
             let (Some(ig), Some(child)) = (ig, input.node.as_ref()) else {
                 continue;

@@ -14,12 +14,25 @@ use crate::tensor::Tensor;
 type Grads = Vec<Option<Tensor>>;
 
 /// Gradients of an op's inputs given its output `y` and the upstream gradient `g`.
-pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Result<Grads> {
+/// `needed[i]` says whether input i's gradient is used; rules of ops with several
+/// inputs skip the others (returning `None` for them).
+pub(crate) fn backward(
+    op: &Op,
+    inputs: &[Tensor],
+    needed: &[bool],
+    y: &Tensor,
+    g: &Tensor,
+) -> Result<Grads> {
     let x = |i: usize| &inputs[i];
+    let need = |i: usize| needed.get(i).copied().unwrap_or(false);
+    // Computes input i's gradient only when it is needed.
+    let when = |i: usize, f: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+        if need(i) { f().map(Some) } else { Ok(None) }
+    };
     Ok(match op {
         Op::Leaf => vec![],
         Op::Unary { op, a } => vec![unary(*op, *a, x(0), y, g)?],
-        Op::Binary(op) => binary(*op, x(0), x(1), y, g)?,
+        Op::Binary(op) => binary(*op, x(0), x(1), [need(0), need(1)], y, g)?,
         Op::BroadcastTo => vec![Some(g.sum_to(x(0).shape())?)],
         Op::SumTo => vec![Some(g.broadcast_to(x(0).shape())?)],
         Op::Reshape => vec![Some(g.reshape(x(0).shape())?)],
@@ -27,30 +40,34 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             // C = op(A)·op(B) with op = transpose when flagged. Each input's gradient is
             // arranged so that it comes out in the input's stored layout.
             let (a, b) = (x(0), x(1));
-            let ga = match (*trans_a, *trans_b) {
-                (false, false) => g.matmul_t(b, false, true)?,
-                (false, true) => g.matmul_t(b, false, false)?,
-                (true, false) => b.matmul_t(g, false, true)?,
-                (true, true) => b.matmul_t(g, true, true)?,
-            };
-            let gb = match (*trans_a, *trans_b) {
-                (false, false) => a.matmul_t(g, true, false)?,
-                (false, true) => g.matmul_t(a, true, false)?,
-                (true, false) => a.matmul_t(g, false, false)?,
-                (true, true) => g.matmul_t(a, true, true)?,
-            };
-            // A right matrix shared across a batch collects the gradient of every batch.
-            let ga = if ga.rank() > a.rank() {
-                ga.sum_axis(0, false)?
-            } else {
-                ga
-            };
-            let gb = if gb.rank() > b.rank() {
-                gb.sum_axis(0, false)?
-            } else {
-                gb
-            };
-            vec![Some(ga), Some(gb)]
+            let ga = when(0, &|| {
+                let ga = match (*trans_a, *trans_b) {
+                    (false, false) => g.matmul_t(b, false, true)?,
+                    (false, true) => g.matmul_t(b, false, false)?,
+                    (true, false) => b.matmul_t(g, false, true)?,
+                    (true, true) => b.matmul_t(g, true, true)?,
+                };
+                // A matrix shared across a batch collects the gradient of every batch.
+                if ga.rank() > a.rank() {
+                    ga.sum_axis(0, false)
+                } else {
+                    Ok(ga)
+                }
+            })?;
+            let gb = when(1, &|| {
+                let gb = match (*trans_a, *trans_b) {
+                    (false, false) => a.matmul_t(g, true, false)?,
+                    (false, true) => g.matmul_t(a, true, false)?,
+                    (true, false) => a.matmul_t(g, false, false)?,
+                    (true, true) => g.matmul_t(a, true, true)?,
+                };
+                if gb.rank() > b.rank() {
+                    gb.sum_axis(0, false)
+                } else {
+                    Ok(gb)
+                }
+            })?;
+            vec![ga, gb]
         }
         Op::Sum => vec![Some(g.broadcast_to(x(0).shape())?)],
         Op::Mean => {
@@ -75,7 +92,7 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             let mask = x(0).detach().eq_mask(&ymax.detach())?;
             vec![Some(unreduce(g, shape, *axis, *keepdim)?.mul(&mask)?)]
         }
-        Op::Dot => vec![Some(x(1).mul(g)?), Some(x(0).mul(g)?)],
+        Op::Dot => vec![when(0, &|| x(1).mul(g))?, when(1, &|| x(0).mul(g))?],
         Op::Sqnorm => vec![Some(x(0).mul(g)?.scale(2.0)?)],
         Op::LogSoftmax => {
             // y = z − logsumexp(z): ∂ = g − softmax(z)·Σg along the last axis.
@@ -95,16 +112,16 @@ pub(crate) fn backward(op: &Op, inputs: &[Tensor], y: &Tensor, g: &Tensor) -> Re
             match inputs.get(1) {
                 None => vec![Some(dlogits.mul(&scale)?)],
                 Some(w) => {
-                    let row = w.reshape(&[n, 1])?.mul(&scale)?;
-                    let per_row = log_p.gather(labels)?.neg()?;
-                    vec![Some(dlogits.mul(&row)?), Some(per_row.mul(&scale)?)]
+                    let gz = when(0, &|| dlogits.mul(&w.reshape(&[n, 1])?.mul(&scale)?))?;
+                    let gw = when(1, &|| log_p.gather(labels)?.neg()?.mul(&scale))?;
+                    vec![gz, gw]
                 }
             }
         }
         Op::Mse => {
             let n = x(0).numel().max(1) as f64;
             let d = x(0).sub(x(1))?.mul(g)?.scale(2.0 / n)?;
-            vec![Some(d.clone()), Some(d.neg()?)]
+            vec![Some(d.clone()), when(1, &|| d.neg())?]
         }
         Op::Gather { labels } => {
             let c = x(0).shape()[1];
@@ -196,16 +213,32 @@ fn unary(op: UnaryOp, a: f64, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Opti
     }))
 }
 
-fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> Result<Grads> {
+fn binary(
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+    need: [bool; 2],
+    y: &Tensor,
+    g: &Tensor,
+) -> Result<Grads> {
     let (sa, sb) = (a.shape(), b.shape());
+    let when = |i: usize, f: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+        if need[i] { f().map(Some) } else { Ok(None) }
+    };
     Ok(match op {
-        BinaryOp::Add => vec![Some(g.sum_to(sa)?), Some(g.sum_to(sb)?)],
-        BinaryOp::Sub => vec![Some(g.sum_to(sa)?), Some(g.sum_to(sb)?.neg()?)],
-        BinaryOp::Mul => vec![Some(g.mul(b)?.sum_to(sa)?), Some(g.mul(a)?.sum_to(sb)?)],
+        BinaryOp::Add => vec![when(0, &|| g.sum_to(sa))?, when(1, &|| g.sum_to(sb))?],
+        BinaryOp::Sub => vec![
+            when(0, &|| g.sum_to(sa))?,
+            when(1, &|| g.sum_to(sb)?.neg())?,
+        ],
+        BinaryOp::Mul => vec![
+            when(0, &|| g.mul(b)?.sum_to(sa))?,
+            when(1, &|| g.mul(a)?.sum_to(sb))?,
+        ],
         BinaryOp::Div => {
             let ga = g.div(b)?;
-            let gb = ga.mul(y)?.neg()?;
-            vec![Some(ga.sum_to(sa)?), Some(gb.sum_to(sb)?)]
+            let gb = when(1, &|| ga.mul(y)?.neg()?.sum_to(sb))?;
+            vec![when(0, &|| ga.sum_to(sa))?, gb]
         }
         // The larger (smaller) operand takes the gradient; ties go to `a`.
         BinaryOp::Max => {

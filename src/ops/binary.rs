@@ -182,16 +182,32 @@ pub(crate) fn binary_cpu<T: Element>(
             return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         }
         (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 => {
-            return a.chunks(p).flat_map(|row| row.iter().zip(b).map(|(&x, &y)| f(x, y))).collect();
+            return a
+                .chunks(p)
+                .flat_map(|row| row.iter().zip(b).map(|(&x, &y)| f(x, y)))
+                .collect();
         }
         (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 => {
-            return b.chunks(p).flat_map(|row| a.iter().zip(row).map(|(&x, &y)| f(x, y))).collect();
+            return b
+                .chunks(p)
+                .flat_map(|row| a.iter().zip(row).map(|(&x, &y)| f(x, y)))
+                .collect();
         }
         (Some(Pattern::Full), Some(Pattern::Repeat(k))) => {
-            return a.chunks(k).zip(b).flat_map(|(row, &y)| row.iter().map(move |&x| (x, y))).map(|(x, y)| f(x, y)).collect();
+            return a
+                .chunks(k)
+                .zip(b)
+                .flat_map(|(row, &y)| row.iter().map(move |&x| (x, y)))
+                .map(|(x, y)| f(x, y))
+                .collect();
         }
         (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
-            return b.chunks(k).zip(a).flat_map(|(row, &x)| row.iter().map(move |&y| (x, y))).map(|(x, y)| f(x, y)).collect();
+            return b
+                .chunks(k)
+                .zip(a)
+                .flat_map(|(row, &x)| row.iter().map(move |&y| (x, y)))
+                .map(|(x, y)| f(x, y))
+                .collect();
         }
         _ => {}
     }
