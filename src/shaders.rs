@@ -31,6 +31,8 @@ shaders! {
     FILL => "fill",
     UNARY => "unary",
     BINARY => "binary",
+    MATMUL => "matmul",
+    MATMUL_PORTABLE => "matmul_portable",
 }
 
 #[cfg(test)]

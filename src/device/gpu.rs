@@ -111,6 +111,7 @@ pub struct GpuContext {
     info: AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
+    subgroup_sizes: (u32, u32),
     params: wgpu::Buffer,
     pending: Mutex<Pending>,
     pool: Mutex<Pool>,
@@ -144,7 +145,11 @@ impl GpuContext {
     pub(crate) fn new(adapter: wgpu::Adapter) -> Result<Self> {
         let info = AdapterInfo::from_wgpu(&adapter.get_info());
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // SUBGROUP lets matmul share loads across a subgroup (src/ops/matmul.rs).
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        let wgpu_info = adapter.get_info();
+        let subgroup_sizes = (wgpu_info.subgroup_min_size, wgpu_info.subgroup_max_size);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blo"),
             required_features: features,
@@ -177,6 +182,7 @@ impl GpuContext {
             info,
             limits,
             features,
+            subgroup_sizes,
             params,
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -207,6 +213,14 @@ impl GpuContext {
     /// Features enabled on the device.
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// The smallest and largest subgroup sizes the adapter may use, or `None` without
+    /// [`wgpu::Features::SUBGROUP`].
+    pub(crate) fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.features
+            .contains(wgpu::Features::SUBGROUP)
+            .then_some(self.subgroup_sizes)
     }
 
     /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel

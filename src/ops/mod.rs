@@ -3,4 +3,5 @@
 
 pub mod binary;
 pub(crate) mod fill;
+pub mod matmul;
 pub mod unary;

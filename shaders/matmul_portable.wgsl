@@ -1,0 +1,167 @@
+// Matmul without subgroup operations, for adapters that lack them (the GL backend, some
+// web and mobile adapters), and `pack`, which gives an operand a leading dimension that is
+// a multiple of 4 so that both matmul kernels can load it as vec4s.
+//
+// `main` computes the same thing as shaders/matmul.wgsl with the same parameters, but
+// each invocation loads the A values of its own 8 rows instead of sharing them across a
+// subgroup: about 3x slower on llvmpipe, fine on hardware.
+override WG: u32 = 64u;
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    k4: u32,
+    lda4: u32,
+    ldb4: u32,
+    a_batch4: u32,
+    b_batch4: u32,
+    a_last_row: u32,
+    a_last_col4: u32,
+    b_last_row: u32,
+    b_last_col4: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// See `opaque` in matmul.wgsl: keeps lavapipe from recompiling for every loop bound.
+fn opaque(x: u32) -> u32 {
+    return x | (arrayLength(&c) & 0x80000000u);
+}
+
+fn opaque_pack(x: u32) -> u32 {
+    return x | (arrayLength(&dst) & 0x80000000u);
+}
+
+fn load_a(base: u32, row: u32, col4: u32) -> vec4<f32> {
+    return a[base + min(row, p.a_last_row) * p.lda4 + min(col4, p.a_last_col4)];
+}
+
+fn load_b(base: u32, row: u32, col4: u32) -> vec4<f32> {
+    return b[base + min(row, p.b_last_row) * p.ldb4 + min(col4, p.b_last_col4)];
+}
+
+fn load_a_masked(base: u32, kk: u32, col4: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), load_a(base, kk, col4), kk < p.k);
+}
+
+// Rows r..r+3 of A at k..k+3 as a matrix whose column j is row r+j.
+fn a_block(base: u32, r: u32, q: u32) -> mat4x4<f32> {
+    if (TRANS_A) {
+        let k0 = 4u * q;
+        return transpose(mat4x4<f32>(
+            load_a_masked(base, k0, r / 4u),
+            load_a_masked(base, k0 + 1u, r / 4u),
+            load_a_masked(base, k0 + 2u, r / 4u),
+            load_a_masked(base, k0 + 3u, r / 4u),
+        ));
+    }
+    return mat4x4<f32>(
+        load_a(base, r, q),
+        load_a(base, r + 1u, q),
+        load_a(base, r + 2u, q),
+        load_a(base, r + 3u, q),
+    );
+}
+
+fn store_row(r: u32, v: vec4<f32>, col: u32, cbase: u32) {
+    if (r < p.m) {
+        let at = cbase + r * p.n + col;
+        for (var e = 0u; e < 4u; e++) {
+            if (col + e < p.n) {
+                c[at + e] = v[e];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col4 = wid.x * WG + lid;
+    let row0 = wid.y * 8u;
+    let abase = wid.z * p.a_batch4;
+    let bbase = wid.z * p.b_batch4;
+    var lo = mat4x4<f32>();
+    var hi = mat4x4<f32>();
+    let k4 = opaque(p.k4);
+    for (var q = 0u; q < k4; q++) {
+        let k0 = 4u * q;
+        var bm: mat4x4<f32>;
+        if (TRANS_B) {
+            bm = transpose(mat4x4<f32>(
+                load_b(bbase, 4u * col4, q),
+                load_b(bbase, 4u * col4 + 1u, q),
+                load_b(bbase, 4u * col4 + 2u, q),
+                load_b(bbase, 4u * col4 + 3u, q),
+            ));
+        } else {
+            bm = mat4x4<f32>(
+                select(vec4<f32>(0.0), load_b(bbase, k0, col4), k0 < p.k),
+                select(vec4<f32>(0.0), load_b(bbase, k0 + 1u, col4), k0 + 1u < p.k),
+                select(vec4<f32>(0.0), load_b(bbase, k0 + 2u, col4), k0 + 2u < p.k),
+                select(vec4<f32>(0.0), load_b(bbase, k0 + 3u, col4), k0 + 3u < p.k),
+            );
+        }
+        lo += bm * a_block(abase, row0, q);
+        hi += bm * a_block(abase, row0 + 4u, q);
+    }
+    let cbase = wid.z * p.m * p.n;
+    let col = 4u * col4;
+    for (var j = 0u; j < 4u; j++) {
+        store_row(row0 + j, lo[j], col, cbase);
+        store_row(row0 + 4u + j, hi[j], col, cbase);
+    }
+}
+
+struct PackParams {
+    // Each of the stacked source matrices is [rows, cols]; the destination holds the same
+    // matrices (transposed when TRANSPOSE) with rows of ld4 vec4s, zero padded.
+    rows: u32,
+    cols: u32,
+    out_rows: u32,
+    out_cols: u32,
+    ld4: u32,
+    total_rows: u32,
+}
+
+override TRANSPOSE: bool = false;
+
+@group(0) @binding(0) var<uniform> pk: PackParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
+
+// One invocation per destination row, so the index arithmetic (integer division is slow
+// on CPU adapters) is paid once per row rather than once per element.
+@compute @workgroup_size(WG)
+fn pack(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= pk.total_rows) {
+        return;
+    }
+    let mat = i / pk.out_rows;
+    let orow = i - mat * pk.out_rows;
+    let base = mat * pk.rows * pk.cols;
+    // Step through the source along the destination row.
+    var at = base + select(orow * pk.cols, orow, TRANSPOSE);
+    let step = select(1u, pk.cols, TRANSPOSE);
+    let full4 = opaque_pack(pk.out_cols / 4u);
+    for (var c4 = 0u; c4 < full4; c4++) {
+        dst[i * pk.ld4 + c4] = vec4<f32>(src[at], src[at + step], src[at + 2u * step], src[at + 3u * step]);
+        at += 4u * step;
+    }
+    if (full4 < pk.ld4) {
+        var v = vec4<f32>(0.0);
+        let tail = pk.out_cols - 4u * full4;
+        for (var e = 0u; e < tail; e++) {
+            v[e] = src[at + e * step];
+        }
+        dst[i * pk.ld4 + full4] = v;
+    }
+}
