@@ -18,12 +18,10 @@ struct Params {
     ldb4: u32,
     a_batch4: u32,
     b_batch4: u32,
-    a_rows: u32,
-    a_cols4: u32,
-    b_rows: u32,
-    b_cols4: u32,
-    groups_n: u32,
-    groups_m: u32,
+    a_last_row: u32,
+    a_last_col4: u32,
+    b_last_row: u32,
+    b_last_col4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,12 +29,21 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
+// See `opaque` in matmul.wgsl: keeps lavapipe from recompiling for every loop bound.
+fn opaque(x: u32) -> u32 {
+    return x | (arrayLength(&c) & 0x80000000u);
+}
+
+fn opaque_pack(x: u32) -> u32 {
+    return x | (arrayLength(&dst) & 0x80000000u);
+}
+
 fn load_a(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return a[base + min(row, p.a_rows) * p.lda4 + min(col4, p.a_cols4)];
+    return a[base + min(row, p.a_last_row) * p.lda4 + min(col4, p.a_last_col4)];
 }
 
 fn load_b(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return b[base + min(row, p.b_rows) * p.ldb4 + min(col4, p.b_cols4)];
+    return b[base + min(row, p.b_last_row) * p.ldb4 + min(col4, p.b_last_col4)];
 }
 
 fn load_a_masked(base: u32, kk: u32, col4: u32) -> vec4<f32> {
@@ -81,7 +88,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let bbase = wid.z * p.b_batch4;
     var lo = mat4x4<f32>();
     var hi = mat4x4<f32>();
-    for (var q = 0u; q < p.k4; q++) {
+    let k4 = opaque(p.k4);
+    for (var q = 0u; q < k4; q++) {
         let k0 = 4u * q;
         var bm: mat4x4<f32>;
         if (TRANS_B) {
@@ -143,14 +151,15 @@ fn pack(@builtin(workgroup_id) wid: vec3<u32>,
     // Step through the source along the destination row.
     var at = base + select(orow * pk.cols, orow, TRANSPOSE);
     let step = select(1u, pk.cols, TRANSPOSE);
-    let full4 = pk.out_cols / 4u;
+    let full4 = opaque_pack(pk.out_cols / 4u);
     for (var c4 = 0u; c4 < full4; c4++) {
         dst[i * pk.ld4 + c4] = vec4<f32>(src[at], src[at + step], src[at + 2u * step], src[at + 3u * step]);
         at += 4u * step;
     }
     if (full4 < pk.ld4) {
         var v = vec4<f32>(0.0);
-        for (var e = 0u; e < pk.out_cols - 4u * full4; e++) {
+        let tail = pk.out_cols - 4u * full4;
+        for (var e = 0u; e < tail; e++) {
             v[e] = src[at + e * step];
         }
         dst[i * pk.ld4 + full4] = v;

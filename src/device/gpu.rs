@@ -114,7 +114,7 @@ pub struct GpuContext {
     info: AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
-    subgroup_min_size: u32,
+    subgroup_sizes: (u32, u32),
     params: wgpu::Buffer,
     pending: Mutex<Pending>,
     pool: Mutex<Pool>,
@@ -152,7 +152,8 @@ impl GpuContext {
         // SUBGROUP lets matmul share loads across a subgroup (src/ops/matmul.rs).
         let features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
-        let subgroup_min_size = adapter.get_info().subgroup_min_size;
+        let wgpu_info = adapter.get_info();
+        let subgroup_sizes = (wgpu_info.subgroup_min_size, wgpu_info.subgroup_max_size);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blo"),
             required_features: features,
@@ -185,7 +186,7 @@ impl GpuContext {
             info,
             limits,
             features,
-            subgroup_min_size,
+            subgroup_sizes,
             params,
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -219,13 +220,12 @@ impl GpuContext {
         self.features
     }
 
-    /// The smallest subgroup size the adapter may use, or 0 without [`wgpu::Features::SUBGROUP`].
-    pub(crate) fn subgroup_min_size(&self) -> u32 {
-        if self.features.contains(wgpu::Features::SUBGROUP) {
-            self.subgroup_min_size
-        } else {
-            0
-        }
+    /// The smallest and largest subgroup sizes the adapter may use, or `None` without
+    /// [`wgpu::Features::SUBGROUP`].
+    pub(crate) fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.features
+            .contains(wgpu::Features::SUBGROUP)
+            .then_some(self.subgroup_sizes)
     }
 
     /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel

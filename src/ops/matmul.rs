@@ -64,13 +64,10 @@ struct Params {
     ldb4: u32,
     a_batch4: u32,
     b_batch4: u32,
-    a_rows: u32,
-    a_cols4: u32,
-    b_rows: u32,
-    b_cols4: u32,
-    groups_n: u32,
-    groups_m: u32,
-    _pad: [u32; 2],
+    a_last_row: u32,
+    a_last_col4: u32,
+    b_last_row: u32,
+    b_last_col4: u32,
 }
 
 #[repr(C)]
@@ -206,7 +203,7 @@ impl Gemm for f64 {
 fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool) -> Vec<T> {
     let Dims { batch, m, k, n, .. } = *d;
     let mut c = vec![T::zero(); batch * m * n];
-    if m == 0 || n == 0 || k == 0 {
+    if c.is_empty() || k == 0 {
         return c;
     }
     // Element (i, p) of op(A) is at i·rsa + p·csa in a stored [m, k] or (transposed) [k, m].
@@ -241,18 +238,16 @@ fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool)
     c
 }
 
-/// Which GPU kernel runs, and its block shape. `Auto` is what the public ops use; tests
-/// force the portable kernel to cover it on adapters that have subgroups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GpuKernel {
-    Auto,
-    Portable,
-    /// The subgroup kernel with explicit `ROWS` and `WG` (tuning).
-    #[allow(dead_code)]
-    Subgroup {
-        rows: u32,
-        wg: u32,
-    },
+/// How the GPU runs one product. The default is what the public ops use; tests and
+/// tuning override parts of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GpuPlan {
+    /// Run `matmul_portable.wgsl` even when the adapter has subgroups.
+    pub portable: bool,
+    /// `(ROWS, WG)` of the subgroup kernel instead of the automatic choice.
+    pub shape: Option<(u32, u32)>,
+    /// Copy operands to the layout with rows along k: always, never, or by size (`None`).
+    pub pack: Option<bool>,
 }
 
 /// An operand ready for the kernels: stacked matrices whose rows are whole vec4s.
@@ -294,7 +289,7 @@ fn operand(
         (rows, cols)
     };
     let ld4 = out_cols.div_ceil(4);
-    if !transpose && cols % 4 == 0 {
+    if !transpose && cols.is_multiple_of(4) {
         return Ok(Operand {
             buf: Packed::Borrowed(buf),
             rows,
@@ -331,20 +326,30 @@ fn operand(
     })
 }
 
-/// Block shape of the subgroup kernel for an output of m rows. 64 rows per invocation was
-/// the fastest on llvmpipe (32 rows: −15% at n = 1024; the accumulators spill either way);
-/// small m takes the smallest block that covers it, so no work is spent on clamped rows.
-/// 8 lanes per workgroup (one llvmpipe subgroup): see `bench_notes` in the tests.
-/// Products of at least this many flops copy their operands to the fastest layout first.
-const PACK_MIN_FLOP: usize = 1 << 30;
+/// Products of at least this many flops first copy a transposed A to [m, k] and an
+/// untransposed B to [n, k], so the kernel reads both along k. Measured on llvmpipe (GFLOP/s
+/// by CPU time, plain A·B, n = 512 / 1024 / 2048): as stored 60 / 55 / 45, copied 48 / 53 /
+/// 55; Aᵀ·B: 56 / 51 / 43 and 50 / 51 / 51. The copies pay off once B no longer fits in the
+/// cache and its rows, read 32 bytes at a time, stop being prefetched.
+const PACK_MIN_FLOP: u64 = 1 << 32;
 
-fn subgroup_shape(m: usize) -> (u32, u32) {
-    let rows = [8u32, 16, 32, 64]
+/// Rows per invocation of the subgroup kernel for an output of `m` rows: 64 for large
+/// products (32: −10% at n = 1024; 128 with 8 columns: −20%, too many spills), otherwise
+/// the smallest of 8, 16, 32 that covers m, so that small products do not compute clamped
+/// rows. Compile time grows with the block: ~0.6 s for 8 rows, ~5 s for 64 on llvmpipe,
+/// once per variant (Mesa caches it on disk, after which it is ~0.8 s).
+fn rows_for(m: usize) -> u32 {
+    [8u32, 16, 32]
         .into_iter()
         .find(|&r| m <= r as usize)
-        .unwrap_or(64);
-    (rows, 8)
+        .unwrap_or(64)
 }
+
+/// Columns owned by one invocation of each kernel.
+const SUBGROUP_COLS: usize = 8;
+const PORTABLE_COLS: usize = 4;
+const PORTABLE_ROWS: usize = 8;
+const PORTABLE_WG: u32 = 64;
 
 fn matmul_gpu(
     a: &GpuBuffer,
@@ -352,7 +357,7 @@ fn matmul_gpu(
     d: &Dims,
     trans_a: bool,
     trans_b: bool,
-    kernel: GpuKernel,
+    plan: GpuPlan,
 ) -> Result<GpuBuffer> {
     let ctx = &a.ctx;
     let Dims { batch, m, k, n, .. } = *d;
@@ -368,26 +373,33 @@ fn matmul_gpu(
         if d.a_batched { batch } else { 1 },
         if d.b_batched { batch } else { 1 },
     );
-    // Stored shapes: A is [m, k] or (transposed) [k, m]; B is [k, n] or [n, k]. Large
-    // products first copy A to [m, k] and B to [n, k] (rows along k), the layout the kernel
-    // reads fastest (see `PACK_MIN_FLOP`).
+    // Stored shapes: A is [m, k] or (transposed) [k, m]; B is [k, n] or [n, k].
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    let big = std::env::var("SCR_PACK").map_or(2 * m * n * k >= PACK_MIN_FLOP, |v| v == "1");
+    let big = plan
+        .pack
+        .unwrap_or(2 * (m as u64) * (n as u64) * (k as u64) >= PACK_MIN_FLOP);
     let pa = operand(a, a_count, a_rows, a_cols, big && trans_a)?;
     let pb = operand(b, b_count, b_rows, b_cols, big && !trans_b)?;
     let (trans_a, trans_b) = (trans_a && !big, trans_b || big);
 
-    let subgroups = ctx.subgroup_min_size() >= 8;
-    let (entry, rows, wg) = match kernel {
-        GpuKernel::Auto if subgroups => {
-            let (rows, wg) = subgroup_shape(m);
-            (&MATMUL, rows, wg)
-        }
-        GpuKernel::Subgroup { rows, wg } if subgroups => (&MATMUL, rows, wg),
-        _ => (&MATMUL_PORTABLE, 8, 64),
+    // The subgroup kernel broadcasts from lanes 0..7, so every subgroup needs 8 lanes. One
+    // subgroup per workgroup: the kernel shares nothing across subgroups, and on llvmpipe
+    // (8 lanes) a small workgroup wastes the least on columns past n.
+    let sizes = ctx
+        .subgroup_sizes()
+        .filter(|&(min, _)| min >= 8 && !plan.portable);
+    let (entry, rows, wg, cols) = match (plan.shape, sizes) {
+        (None, Some((_, max))) => (&MATMUL, rows_for(m), max.min(64), SUBGROUP_COLS),
+        (Some((rows, wg)), Some(_)) => (&MATMUL, rows, wg, SUBGROUP_COLS),
+        (_, None) => (
+            &MATMUL_PORTABLE,
+            PORTABLE_ROWS as u32,
+            PORTABLE_WG,
+            PORTABLE_COLS,
+        ),
     };
-    let groups_n = n.div_ceil(4).div_ceil(wg as usize);
+    let groups_n = n.div_ceil(cols).div_ceil(wg as usize);
     let groups_m = m.div_ceil(rows as usize);
     let params = Params {
         m: m as u32,
@@ -406,34 +418,25 @@ fn matmul_gpu(
         } else {
             0
         },
-        a_rows: pa.rows as u32 - 1,
-        a_cols4: pa.ld4 as u32 - 1,
-        b_rows: pb.rows as u32 - 1,
-        b_cols4: pb.ld4 as u32 - 1,
-        groups_n: groups_n as u32,
-        groups_m: groups_m as u32,
-        _pad: [0; 2],
+        a_last_row: pa.rows as u32 - 1,
+        a_last_col4: pa.ld4 as u32 - 1,
+        b_last_row: pb.rows as u32 - 1,
+        b_last_col4: pb.ld4 as u32 - 1,
     };
     let mut constants = vec![
         ("WG", f64::from(wg)),
         ("TRANS_A", f64::from(u8::from(trans_a))),
         ("TRANS_B", f64::from(u8::from(trans_b))),
     ];
-    let swap = std::env::var("SCR_SWAP").is_ok_and(|v| v == "1");
     if std::ptr::eq(entry, &MATMUL) {
         constants.push(("ROWS", f64::from(rows)));
-        constants.push(("SWAP", f64::from(u8::from(swap))));
     }
     ctx.dispatch(
         entry,
         &constants,
         bytemuck::bytes_of(&params),
         &[pa.buf(), pb.buf(), &out],
-        if swap {
-            [groups_m as u32, groups_n as u32, batch as u32]
-        } else {
-            [groups_n as u32, groups_m as u32, batch as u32]
-        },
+        [groups_n as u32, groups_m as u32, batch as u32],
     )?;
     Ok(out)
 }
@@ -442,7 +445,7 @@ fn matmul_gpu(
 /// are rank 2 ([m, k]·[k, n]) or rank 3 with a shared leading batch dimension; a rank-2
 /// operand next to a rank-3 one is shared by every batch entry.
 pub(crate) fn matmul_raw(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    matmul_with(a, b, trans_a, trans_b, GpuKernel::Auto)
+    matmul_with(a, b, trans_a, trans_b, GpuPlan::default())
 }
 
 pub(crate) fn matmul_with(
@@ -450,7 +453,7 @@ pub(crate) fn matmul_with(
     b: &Tensor,
     trans_a: bool,
     trans_b: bool,
-    kernel: GpuKernel,
+    plan: GpuPlan,
 ) -> Result<Tensor> {
     same_place("matmul", a, b)?;
     let (d, out) = dims(a.shape(), b.shape(), trans_a, trans_b)?;
@@ -458,7 +461,7 @@ pub(crate) fn matmul_with(
         (Storage::F32(x), Storage::F32(y)) => Storage::F32(matmul_cpu(x, y, &d, trans_a, trans_b)),
         (Storage::F64(x), Storage::F64(y)) => Storage::F64(matmul_cpu(x, y, &d, trans_a, trans_b)),
         (Storage::Gpu(x), Storage::Gpu(y)) => {
-            Storage::Gpu(matmul_gpu(x, y, &d, trans_a, trans_b, kernel)?)
+            Storage::Gpu(matmul_gpu(x, y, &d, trans_a, trans_b, plan)?)
         }
         _ => unreachable!("same_place checked device and dtype"),
     };
@@ -483,5 +486,258 @@ impl Tensor {
 }
 
 #[cfg(test)]
-#[path = "/work/scratch/mm_scratch.rs"]
-mod scratch;
+mod tests {
+    use super::*;
+    use crate::Device;
+    use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
+
+    /// (m, k, n): ones, primes, k smaller than m and n, sizes that are not multiples of
+    /// any block (4, 8 lanes, 8 columns, 8..64 rows) and ones that are.
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (7, 3, 5),
+        (13, 5, 33),
+        (31, 257, 13),
+        (257, 31, 129),
+        (64, 64, 64),
+        (130, 1, 70),
+        (3, 100, 1),
+        (65, 9, 17),
+    ];
+
+    /// Stored shape of an operand: [rows, cols] of op(X), swapped when transposed, with a
+    /// leading batch dimension when batched.
+    fn stored(rows: usize, cols: usize, trans: bool, batch: Option<usize>) -> Vec<usize> {
+        let mut s: Vec<usize> = batch.into_iter().collect();
+        if trans {
+            s.extend([cols, rows]);
+        } else {
+            s.extend([rows, cols]);
+        }
+        s
+    }
+
+    /// The same seeded inputs as f32 on `dev` and as f64 on the CPU.
+    fn inputs(shape: &[usize], seed: u64, dev: &Device) -> (Tensor, Tensor) {
+        let (x32, x64) = oracle_pair(shape, seed);
+        (
+            Tensor::from_vec(x32, shape, dev).unwrap(),
+            Tensor::from_vec(x64, shape, &Device::Cpu).unwrap(),
+        )
+    }
+
+    /// Compares `got` with the f64 reference: norm-wise relative error ≤ 1e-4 and
+    /// elementwise |got − want| ≤ max(1e-4·|want|, 2e-6·k). The absolute part scales with
+    /// k because an f32 dot product of k terms of size ≤ 1 carries an error that grows
+    /// with k (~√k for random signs, k in the worst case); elements near zero need it.
+    fn check(got: &Tensor, want: &Tensor, k: usize, what: &str) {
+        assert_eq!(got.shape(), want.shape(), "{what}: shape");
+        let (g, w) = (got.to_vec::<f64>().unwrap(), want.to_vec::<f64>().unwrap());
+        let e = rel_err(&g, &w);
+        assert!(e <= 1e-4, "{what}: relative error {e:e}");
+        assert_close(&g, &w, 1e-4, 2e-6 * k.max(1) as f64, what);
+    }
+
+    /// Runs every shape, every transpose combination, unbatched and with a batch of 3,
+    /// through `plan` on `dev`, against the CPU in f64.
+    fn against_f64(dev: &Device, plan: GpuPlan, shapes: &[(usize, usize, usize)], label: &str) {
+        let mut seed = 0;
+        for &(m, k, n) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for batch in [None, Some(3)] {
+                    seed += 2;
+                    let (a, a64) = inputs(&stored(m, k, ta, batch), seed, dev);
+                    let (b, b64) = inputs(&stored(k, n, tb, batch), seed + 1, dev);
+                    let got = matmul_with(&a, &b, ta, tb, plan).unwrap();
+                    let want = a64.matmul_t(&b64, ta, tb).unwrap();
+                    let what = format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
+                    check(&got, &want, k, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_reference_known_values() {
+        let cpu = Device::Cpu;
+        // [[1,2,3],[4,5,6]] · [[1,0],[0,1],[1,1]] = [[4,5],[10,11]]
+        let a = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &cpu).unwrap();
+        let b = Tensor::from_vec(vec![1.0f64, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2], &cpu).unwrap();
+        let c = a.matmul(&b).unwrap();
+        assert_eq!(c.shape(), &[2, 2]);
+        assert_eq!(c.to_vec::<f64>().unwrap(), vec![4.0, 5.0, 10.0, 11.0]);
+        // aᵀ·a is [3, 3]; a·aᵀ is [2, 2] = [[14, 32], [32, 77]].
+        assert_eq!(a.matmul_t(&a, true, false).unwrap().shape(), &[3, 3]);
+        assert_eq!(
+            a.matmul_t(&a, false, true)
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap(),
+            vec![14.0, 32.0, 32.0, 77.0]
+        );
+        // (a·b)ᵀ = bᵀ·aᵀ, with both operands stored untransposed.
+        assert_eq!(
+            b.matmul_t(&a, true, true).unwrap().to_vec::<f64>().unwrap(),
+            vec![4.0, 10.0, 5.0, 11.0]
+        );
+    }
+
+    #[test]
+    fn cpu_f32_matches_cpu_f64() {
+        against_f64(&Device::Cpu, GpuPlan::default(), &SHAPES, "cpu f32");
+    }
+
+    #[test]
+    fn gpu_matches_cpu_f64_all_transposes_and_batches() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        against_f64(&gpu, GpuPlan::default(), &SHAPES, "gpu");
+    }
+
+    #[test]
+    fn gpu_with_copied_operands_matches_cpu_f64() {
+        // The layout large products use (A as [m, k], B as [n, k]), forced on small ones.
+        let Some(gpu) = gpu_or_skip() else { return };
+        let plan = GpuPlan {
+            pack: Some(true),
+            ..GpuPlan::default()
+        };
+        against_f64(&gpu, plan, &SHAPES[..6], "gpu packed");
+    }
+
+    #[test]
+    fn gpu_portable_kernel_matches_cpu_f64() {
+        // The kernel for adapters without subgroups, run here although llvmpipe has them.
+        let Some(gpu) = gpu_or_skip() else { return };
+        let plan = GpuPlan {
+            portable: true,
+            ..GpuPlan::default()
+        };
+        against_f64(&gpu, plan, &SHAPES, "gpu portable");
+    }
+
+    #[test]
+    fn gpu_subgroup_block_shapes_match_cpu_f64() {
+        // Every rows-per-invocation the automatic choice uses, on an m that is not a
+        // multiple of it, and a wider workgroup than llvmpipe's subgroup.
+        let Some(gpu) = gpu_or_skip() else { return };
+        for (rows, wg) in [(8, 8), (16, 8), (32, 8), (64, 8), (8, 32)] {
+            let plan = GpuPlan {
+                shape: Some((rows, wg)),
+                ..GpuPlan::default()
+            };
+            let (m, k, n) = (rows as usize + 3, 21, 77);
+            let (a, a64) = inputs(&[m, k], 7, &gpu);
+            let (b, b64) = inputs(&[n, k], 8, &gpu);
+            let got = matmul_with(&a, &b, false, true, plan).unwrap();
+            let want = a64.matmul_t(&b64, false, true).unwrap();
+            check(&got, &want, k, &format!("rows {rows} wg {wg}"));
+        }
+    }
+
+    #[test]
+    fn shared_operand_across_the_batch() {
+        let mut devices = vec![Device::Cpu];
+        devices.extend(gpu_or_skip());
+        for dev in devices {
+            let (m, k, n, bt) = (9, 6, 11, 4);
+            // [B, m, k]·[k, n]: the right matrix is shared.
+            let (a, a64) = inputs(&[bt, m, k], 21, &dev);
+            let (w, w64) = inputs(&[k, n], 22, &dev);
+            let got = a.matmul(&w).unwrap();
+            assert_eq!(got.shape(), &[bt, m, n]);
+            // The reference: each batch entry on its own.
+            let a_rows = a64.to_vec::<f64>().unwrap();
+            let mut want = Vec::new();
+            for t in 0..bt {
+                let at = Tensor::from_vec(
+                    a_rows[t * m * k..(t + 1) * m * k].to_vec(),
+                    &[m, k],
+                    &Device::Cpu,
+                )
+                .unwrap();
+                want.extend(at.matmul(&w64).unwrap().to_vec::<f64>().unwrap());
+            }
+            let want = Tensor::from_vec(want, &[bt, m, n], &Device::Cpu).unwrap();
+            check(&got, &want, k, &format!("{dev} shared right"));
+            // [m, k]ᵀ-stored left matrix shared against [B, n, k]ᵀ-stored right ones.
+            let (l, l64) = inputs(&[k, m], 23, &dev);
+            let (r, r64) = inputs(&[bt, n, k], 24, &dev);
+            let got = l.matmul_t(&r, true, true).unwrap();
+            let want = l64.matmul_t(&r64, true, true).unwrap();
+            assert_eq!(got.shape(), &[bt, m, n]);
+            check(&got, &want, k, &format!("{dev} shared left"));
+        }
+    }
+
+    #[test]
+    fn empty_dimensions() {
+        let mut devices = vec![Device::Cpu];
+        devices.extend(gpu_or_skip());
+        for dev in devices {
+            // k = 0: a sum of nothing, zeros (the GPU output starts as NaN poison).
+            let a = Tensor::zeros(&[3, 0], &dev).unwrap();
+            let b = Tensor::zeros(&[0, 5], &dev).unwrap();
+            let c = a.matmul(&b).unwrap();
+            assert_eq!(c.shape(), &[3, 5]);
+            assert_eq!(c.to_vec::<f32>().unwrap(), vec![0.0; 15]);
+            // m = 0 or n = 0 (or an empty batch): empty results.
+            let e = Tensor::zeros(&[0, 4], &dev)
+                .unwrap()
+                .matmul(&Tensor::ones(&[4, 6], &dev).unwrap())
+                .unwrap();
+            assert_eq!((e.shape(), e.numel()), (&[0usize, 6][..], 0));
+            let e = Tensor::ones(&[2, 4], &dev)
+                .unwrap()
+                .matmul(&Tensor::ones(&[4, 0], &dev).unwrap())
+                .unwrap();
+            assert_eq!(e.shape(), &[2, 0]);
+            let e = Tensor::ones(&[0, 2, 4], &dev)
+                .unwrap()
+                .matmul(&Tensor::ones(&[0, 4, 3], &dev).unwrap())
+                .unwrap();
+            assert_eq!(e.shape(), &[0, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_typed_errors() {
+        let cpu = Device::Cpu;
+        let t = |s: &[usize]| Tensor::zeros(s, &cpu).unwrap();
+        let shape_err = |r: Result<Tensor>, lhs: &[usize], rhs: &[usize]| match r {
+            Err(Error::ShapeMismatch { op, lhs: l, rhs: r }) => {
+                assert_eq!((op, &l[..], &r[..]), ("matmul", lhs, rhs));
+            }
+            other => panic!("expected a matmul ShapeMismatch for {lhs:?}·{rhs:?}, got {other:?}"),
+        };
+        shape_err(t(&[2, 3]).matmul(&t(&[4, 5])), &[2, 3], &[4, 5]);
+        // The flags decide which dimension is k.
+        shape_err(
+            t(&[2, 3]).matmul_t(&t(&[3, 4]), true, false),
+            &[2, 3],
+            &[3, 4],
+        );
+        shape_err(
+            t(&[2, 3]).matmul_t(&t(&[3, 4]), false, true),
+            &[2, 3],
+            &[3, 4],
+        );
+        assert!(t(&[2, 3]).matmul_t(&t(&[2, 4]), true, false).is_ok());
+        // Ranks other than 2 and 3, and unequal batches.
+        shape_err(t(&[3]).matmul(&t(&[3, 2])), &[3], &[3, 2]);
+        shape_err(t(&[1, 2, 2, 2]).matmul(&t(&[2, 2])), &[1, 2, 2, 2], &[2, 2]);
+        shape_err(t(&[2, 2, 3]).matmul(&t(&[3, 3, 4])), &[2, 2, 3], &[3, 3, 4]);
+        // Element types and devices.
+        let f64_b = t(&[3, 4]).to_dtype(crate::DType::F64).unwrap();
+        assert!(matches!(
+            t(&[2, 3]).matmul(&f64_b),
+            Err(Error::DTypeMismatch { op: "matmul", .. })
+        ));
+        if let Some(gpu) = gpu_or_skip() {
+            let g = Tensor::zeros(&[3, 4], &gpu).unwrap();
+            assert!(matches!(
+                t(&[2, 3]).matmul(&g),
+                Err(Error::DeviceMismatch { op: "matmul", .. })
+            ));
+        }
+    }
+}
