@@ -200,10 +200,87 @@ impl Gemm for f64 {
 }
 
 /// CPU reference: one strided GEMM per batch entry.
+/// Σ x_i·y_i with eight independent accumulators, so the loop vectorises (a single
+/// floating-point accumulator forces a sequential chain).
+fn dot_lanes<T: Element>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: T = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .fold(T::zero(), |s, (&p, &q)| s + p * q);
+    for (p, q) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] = acc[l] + p[l] * q[l];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+/// out += s·row
+fn axpy_row<T: Element>(out: &mut [T], s: T, row: &[T]) {
+    for (o, &r) in out.iter_mut().zip(row) {
+        *o = *o + s * r;
+    }
+}
+
+/// Matrix–vector products (n = 1 or m = 1), which a GEMM kernel handles badly: it packs
+/// the whole matrix on every call (measured: 70% of a ridge hypergradient's time).
+/// Returns false when the shape is not a matrix–vector product.
+fn matvec_cpu<T: Element>(
+    a: &[T],
+    b: &[T],
+    d: &Dims,
+    trans_a: bool,
+    trans_b: bool,
+    c: &mut [T],
+) -> bool {
+    let Dims { batch, m, k, n, .. } = *d;
+    if n != 1 && m != 1 {
+        return false;
+    }
+    let (sa, sb) = (
+        if d.a_batched { m * k } else { 0 },
+        if d.b_batched { k * n } else { 0 },
+    );
+    for t in 0..batch {
+        let (at, bt) = (&a[t * sa..t * sa + m * k], &b[t * sb..t * sb + k * n]);
+        let ct = &mut c[t * m * n..(t + 1) * m * n];
+        if n == 1 {
+            // op(B) is a k-vector whatever its flag; op(A) is [m, k].
+            if trans_a {
+                for (p, row) in at.chunks_exact(m).enumerate() {
+                    axpy_row(ct, bt[p], row);
+                }
+            } else {
+                for (ci, row) in ct.iter_mut().zip(at.chunks_exact(k)) {
+                    *ci = dot_lanes(row, bt);
+                }
+            }
+        } else {
+            // m = 1: op(A) is a k-vector; op(B) is [k, n].
+            if trans_b {
+                for (cj, row) in ct.iter_mut().zip(bt.chunks_exact(k)) {
+                    *cj = dot_lanes(row, at);
+                }
+            } else {
+                for (p, row) in bt.chunks_exact(n).enumerate() {
+                    axpy_row(ct, at[p], row);
+                }
+            }
+        }
+    }
+    true
+}
+
 fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool) -> Vec<T> {
     let Dims { batch, m, k, n, .. } = *d;
     let mut c = vec![T::zero(); batch * m * n];
     if c.is_empty() || k == 0 {
+        return c;
+    }
+    if matvec_cpu(a, b, d, trans_a, trans_b, &mut c) {
         return c;
     }
     // Element (i, p) of op(A) is at i·rsa + p·csa in a stored [m, k] or (transposed) [k, m].
@@ -487,6 +564,63 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
+
+    /// The CPU matrix–vector fast path against a naive triple loop, every flag, batched.
+    #[test]
+    fn cpu_matvec_fast_path_matches_naive() {
+        for (m, k, n) in [
+            (7, 5, 1),
+            (1, 5, 7),
+            (1, 1, 1),
+            (33, 17, 1),
+            (1, 17, 33),
+            (1, 9, 1),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let batch = 3;
+                let a = crate::testing::oracle_pair(&[batch * m * k], 1).1;
+                let b = crate::testing::oracle_pair(&[batch * k * n], 2).1;
+                let d = Dims {
+                    batch,
+                    m,
+                    k,
+                    n,
+                    a_batched: true,
+                    b_batched: true,
+                };
+                let got = matmul_cpu(&a, &b, &d, ta, tb);
+                let mut want = vec![0.0; batch * m * n];
+                for t in 0..batch {
+                    for i in 0..m {
+                        for j in 0..n {
+                            want[t * m * n + i * n + j] = (0..k)
+                                .map(|p| {
+                                    let av = if ta {
+                                        a[t * m * k + p * m + i]
+                                    } else {
+                                        a[t * m * k + i * k + p]
+                                    };
+                                    let bv = if tb {
+                                        b[t * k * n + j * k + p]
+                                    } else {
+                                        b[t * k * n + p * n + j]
+                                    };
+                                    av * bv
+                                })
+                                .sum();
+                        }
+                    }
+                }
+                crate::testing::assert_close(
+                    &got,
+                    &want,
+                    1e-12,
+                    1e-12,
+                    &format!("{m}x{k}x{n} ta={ta} tb={tb}"),
+                );
+            }
+        }
+    }
     use super::*;
     use crate::Device;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
