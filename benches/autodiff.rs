@@ -11,11 +11,14 @@ use blo::solvers::{CgOptions, conjugate_gradient};
 use blo::{Device, HvpOperator, Result, Tensor, grad};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// A scalar loss of flat parameters.
+type Loss = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+
 /// A loss of flat parameters w, with its parameter count.
 struct Case {
     name: &'static str,
     params: usize,
-    loss: Box<dyn Fn(&Tensor) -> Result<Tensor>>,
+    loss: Loss,
 }
 
 fn mlp_case(dev: &Device) -> Case {

@@ -22,7 +22,10 @@ fn run(p: &dyn Problem, lambda: &[Tensor], w0: &[Tensor], inner: &Inner, m: &Met
     hypergradient(p, lambda, w0, inner, m).expect("hypergradient");
 }
 
-fn cases(dev: &Device) -> Vec<(&'static str, Box<dyn Problem>, Vec<Tensor>, f64)> {
+/// A benchmark problem: name, problem, initial λ and the inner step size.
+type Case = (&'static str, Box<dyn Problem>, Vec<Tensor>, f64);
+
+fn cases(dev: &Device) -> Vec<Case> {
     let dtype = DType::F32;
     let ridge = Ridge::synthetic(2000, 1000, 200, 1, dev, dtype).unwrap();
     let hc = HyperCleaning::digits(0, dev, dtype).unwrap();

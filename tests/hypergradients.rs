@@ -5,8 +5,9 @@ use blo::bilevel::{
     Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient,
     optimize,
 };
-use blo::problems::data::{Matrix, cleaning_split, digits, synthetic_classification};
+use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
+use blo::solvers::solve_dense;
 use blo::testing::{gpu_or_skip, rel_err};
 use blo::{DType, Device, Error, Tensor};
 
@@ -58,54 +59,29 @@ fn ridge_closed_form_hypergradient(
     yv: &[f64],
     lam: &[f64],
 ) -> Vec<f64> {
-    let (n, d, m) = (x.rows, x.cols, xv.rows);
-    let mut h = vec![vec![0.0; d]; d];
+    let (n, d, m) = (x.rows as f64, x.cols, xv.rows as f64);
+    let mut h = vec![0.0; d * d];
     let mut rhs = vec![0.0; d];
-    for i in 0..n {
-        for p in 0..d {
-            rhs[p] += x.data[i * d + p] * y[i] / n as f64;
-            for q in 0..d {
-                h[p][q] += x.data[i * d + p] * x.data[i * d + q] / n as f64;
+    for (row, yi) in x.data.chunks_exact(d).zip(y) {
+        for (p, xp) in row.iter().enumerate() {
+            rhs[p] += xp * yi / n;
+            for (q, xq) in row.iter().enumerate() {
+                h[p * d + q] += xp * xq / n;
             }
         }
     }
-    for j in 0..d {
-        h[j][j] += lam[j].exp();
+    for (j, l) in lam.iter().enumerate() {
+        h[j * d + j] += l.exp();
     }
-    let solve = |b: &[f64]| -> Vec<f64> {
-        let mut a: Vec<Vec<f64>> = h
-            .iter()
-            .zip(b)
-            .map(|(r, bi)| {
-                let mut r = r.clone();
-                r.push(*bi);
-                r
-            })
-            .collect();
-        for c in 0..d {
-            for r in c + 1..d {
-                let f = a[r][c] / a[c][c];
-                for k in c..=d {
-                    a[r][k] -= f * a[c][k];
-                }
-            }
-        }
-        let mut x = vec![0.0; d];
-        for r in (0..d).rev() {
-            let s: f64 = (r + 1..d).map(|k| a[r][k] * x[k]).sum();
-            x[r] = (a[r][d] - s) / a[r][r];
-        }
-        x
-    };
-    let w = solve(&rhs);
+    let w = solve_dense(&h, &rhs).unwrap();
     let mut g = vec![0.0; d];
-    for i in 0..m {
-        let r: f64 = (0..d).map(|j| xv.data[i * d + j] * w[j]).sum::<f64>() - yv[i];
-        for j in 0..d {
-            g[j] += xv.data[i * d + j] * r / m as f64;
+    for (row, yi) in xv.data.chunks_exact(d).zip(yv) {
+        let r: f64 = row.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() - yi;
+        for (gj, xj) in g.iter_mut().zip(row) {
+            *gj += xj * r / m;
         }
     }
-    let v = solve(&g);
+    let v = solve_dense(&h, &g).unwrap();
     (0..d).map(|j| -lam[j].exp() * w[j] * v[j]).collect()
 }
 
