@@ -489,6 +489,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+const TOP_LEVEL: [&str; 3] = ["device", "dtype", "hypergradient_out"];
+
+/// serde's type names in plain words.
+fn friendlier(message: &str) -> String {
+    let mut m = message
+        .replace("expected usize", "expected an integer ≥ 0")
+        .replace("expected u64", "expected an integer ≥ 0")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    if let Some(i) = m.find("expected struct ") {
+        m.replace_range(i.., "expected a table");
+    }
+    m
+}
+
 impl Config {
     /// Parses a config from TOML text. `file` names the source in error messages.
     pub fn from_toml_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -502,12 +517,32 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let key = if path == "." { String::new() } else { path };
+            let mut key = if path == "." { String::new() } else { path };
+            let mut message = friendlier(inner.message().trim());
+            // serde reports a missing key at its table; name the key itself.
+            if let Some(name) = message
+                .strip_prefix("missing field `")
+                .and_then(|r| r.strip_suffix('`'))
+            {
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
+                message = "missing: this key is required".to_string();
+            }
+            if message.starts_with("unknown field")
+                && TOP_LEVEL.iter().any(|k| key.ends_with(&format!(".{k}")))
+            {
+                message.push_str(
+                    "; top-level keys (device, dtype, hypergradient_out) must come before the first [table]",
+                );
+            }
             ConfigError {
                 file: file.to_path_buf(),
                 position: at(&inner),
                 key,
-                message: inner.message().trim().to_string(),
+                message,
             }
         })
     }

@@ -49,8 +49,8 @@ use std::path::{Path, PathBuf};
 
 pub use config::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceSpec, InnerConfig, InnerKind,
-    LambdaConfig, LambdaInit, MethodConfig, MethodKind, OuterConfigToml, OuterKind,
-    ProblemConfig, ProblemKind,
+    LambdaConfig, LambdaInit, MethodConfig, MethodKind, OuterConfigToml, OuterKind, ProblemConfig,
+    ProblemKind,
 };
 pub use results::{DeviceRecord, Metrics, Results, StepRecord, write_atomic};
 

@@ -92,7 +92,12 @@ impl LinePlot {
             .flat_map(|s| s.points.iter().copied().filter(finite))
             .collect();
         let (mut x0, mut x1, mut y0, mut y1) = all.iter().fold(
-            (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY),
+            (
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+            ),
             |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
         );
         if all.is_empty() {

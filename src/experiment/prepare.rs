@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{
-    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, MethodKind,
-    OuterKind, ProblemKind,
+    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, MethodKind, OuterKind,
+    ProblemKind,
 };
 use super::{ConfigError, Experiment, HostData, Plan};
 use crate::bilevel::{
@@ -80,10 +80,7 @@ impl Ctx<'_> {
         allowed: &[&str],
         when: &str,
     ) -> Result<(), ConfigError> {
-        if let Some((k, _)) = present
-            .iter()
-            .find(|(k, set)| *set && !allowed.contains(k))
-        {
+        if let Some((k, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
             let list = if allowed.is_empty() {
                 "none".to_string()
             } else {
@@ -104,7 +101,10 @@ impl Ctx<'_> {
                 crate::Error::InvalidArgument { msg, .. } => msg,
                 other => other.to_string(),
             };
-            self.err(key, format!("expected a readable .npy file of float32/float64: {msg}"))
+            self.err(
+                key,
+                format!("expected a readable .npy file of float32/float64: {msg}"),
+            )
         })?;
         if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
             return Err(self.err(
@@ -395,8 +395,14 @@ fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
             Method::Trad { k }
         }
         MethodKind::Cg => Method::Cg {
-            iters: ctx.at_least_one("method.iters", ctx.required("method.iters", m.iters, &need)?)?,
-            tol: m.tol.map(|t| ctx.non_negative("method.tol", t)).transpose()?,
+            iters: ctx.at_least_one(
+                "method.iters",
+                ctx.required("method.iters", m.iters, &need)?,
+            )?,
+            tol: m
+                .tol
+                .map(|t| ctx.non_negative("method.tol", t))
+                .transpose()?,
             damping: ctx.non_negative("method.damping", m.damping.unwrap_or(0.0))?,
         },
         MethodKind::Neumann | MethodKind::FixedPoint => {
@@ -524,25 +530,32 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
     };
     ctx.only("data", &data_keys(d), allowed, &when)?;
     let seed = d.seed.unwrap_or(0);
-    let count = |key: &str, v: Option<usize>, default: Option<usize>| -> Result<usize, ConfigError> {
-        let v = match (v, default) {
-            (Some(v), _) => v,
-            (None, Some(d)) => d,
-            (None, None) => ctx.required(&format!("data.{key}"), None::<usize>, &need)?,
+    let count =
+        |key: &str, v: Option<usize>, default: Option<usize>| -> Result<usize, ConfigError> {
+            let v = match (v, default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d,
+                (None, None) => ctx.required(&format!("data.{key}"), None::<usize>, &need)?,
+            };
+            ctx.at_least_one(&format!("data.{key}"), v)
         };
-        ctx.at_least_one(&format!("data.{key}"), v)
-    };
     let classes = |default: Option<usize>| -> Result<usize, ConfigError> {
         let c = count("classes", d.classes, default)?;
         if c < 2 {
-            return Err(ctx.err("data.classes", format!("expected at least 2 classes, got {c}")));
+            return Err(ctx.err(
+                "data.classes",
+                format!("expected at least 2 classes, got {c}"),
+            ));
         }
         Ok(c)
     };
     let corruption = || -> Result<f64, ConfigError> {
         let v = d.corruption.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&v) {
-            return Err(ctx.err("data.corruption", format!("expected a fraction in [0, 1], got {v}")));
+            return Err(ctx.err(
+                "data.corruption",
+                format!("expected a fraction in [0, 1], got {v}"),
+            ));
         }
         Ok(v)
     };
@@ -552,14 +565,21 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
     };
     let per_feature = p.per_feature.unwrap_or(false);
     let path = |key: &str, v: &Option<PathBuf>| -> Result<PathBuf, ConfigError> {
-        v.clone()
-            .ok_or_else(|| ctx.err(&format!("data.{key}"), format!("missing: this key is required {need}")))
+        v.clone().ok_or_else(|| {
+            ctx.err(
+                &format!("data.{key}"),
+                format!("missing: this key is required {need}"),
+            )
+        })
     };
     Ok(match (d.source, problem) {
         (S::Digits, P::Ridge) => unreachable!("rejected above"),
         (S::Digits, _) => {
             let (x, y) = digits();
-            let (n_train, n_val) = (count("n_train", d.n_train, Some(500))?, count("n_val", d.n_val, Some(500))?);
+            let (n_train, n_val) = (
+                count("n_train", d.n_train, Some(500))?,
+                count("n_val", d.n_val, Some(500))?,
+            );
             if n_train + n_val >= x.rows {
                 return Err(ctx.err(
                     "data.n_train",
@@ -569,7 +589,11 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
                     ),
                 ));
             }
-            let corr = if problem == P::HyperCleaning { corruption()? } else { 0.0 };
+            let corr = if problem == P::HyperCleaning {
+                corruption()?
+            } else {
+                0.0
+            };
             let split = cleaning_split(&x, &y, 10, n_train, n_val, corr, seed)
                 .map_err(|e| ctx.err("data", e.to_string()))?;
             classification(problem, split, mu, per_feature, true)
@@ -584,14 +608,38 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
             let ((x, y), (x_val, y_val)) = synthetic_regression_pair(n, m, f, noise, seed);
             HostData::Ridge { x, y, x_val, y_val }
         }
-        (S::Synthetic, _) => {
+        (S::Synthetic, P::Logistic) => {
             let n_train = count("n_train", d.n_train, None)?;
             let n_val = count("n_val", d.n_val, None)?;
-            let n_test = if problem == P::HyperCleaning { count("n_test", d.n_test, None)? } else { 1 };
             let f = count("features", d.features, None)?;
             let classes = classes(Some(2))?;
             let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
-            let corr = if problem == P::HyperCleaning { corruption()? } else { 0.0 };
+            // The rows are i.i.d. with labels cycling through the classes, so the
+            // first n_train rows train and the next n_val validate.
+            let (x, y) = synthetic_classification(n_train + n_val, f, classes, sep, seed);
+            let (tr, va): (Vec<usize>, Vec<usize>) =
+                ((0..n_train).collect(), (n_train..n_train + n_val).collect());
+            HostData::Logistic {
+                train: Split {
+                    x: x.select_rows(&tr),
+                    labels: y[..n_train].to_vec(),
+                },
+                val: Split {
+                    x: x.select_rows(&va),
+                    labels: y[n_train..].to_vec(),
+                },
+                classes,
+                per_feature,
+            }
+        }
+        (S::Synthetic, P::HyperCleaning) => {
+            let n_train = count("n_train", d.n_train, None)?;
+            let n_val = count("n_val", d.n_val, None)?;
+            let n_test = count("n_test", d.n_test, None)?;
+            let f = count("features", d.features, None)?;
+            let classes = classes(Some(2))?;
+            let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
+            let corr = corruption()?;
             let (x, y) = synthetic_classification(n_train + n_val + n_test, f, classes, sep, seed);
             let split = cleaning_split(&x, &y, classes, n_train, n_val, corr, seed)
                 .map_err(|e| ctx.err("data", e.to_string()))?;
@@ -599,37 +647,77 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
         }
         (S::Npy, P::Ridge) => {
             let x = ctx.npy_matrix("data.x_train", &path("x_train", &d.x_train)?)?;
-            let y = ctx.npy_vector("data.y_train", &path("y_train", &d.y_train)?, x.rows, "data.x_train")?;
+            let y = ctx.npy_vector(
+                "data.y_train",
+                &path("y_train", &d.y_train)?,
+                x.rows,
+                "data.x_train",
+            )?;
             let x_val = ctx.npy_matrix("data.x_val", &path("x_val", &d.x_val)?)?;
             check_cols(ctx, "data.x_val", &x_val, &x)?;
-            let y_val = ctx.npy_vector("data.y_val", &path("y_val", &d.y_val)?, x_val.rows, "data.x_val")?;
+            let y_val = ctx.npy_vector(
+                "data.y_val",
+                &path("y_val", &d.y_val)?,
+                x_val.rows,
+                "data.x_val",
+            )?;
             HostData::Ridge { x, y, x_val, y_val }
         }
         (S::Npy, _) => {
             let x = ctx.npy_matrix("data.x_train", &path("x_train", &d.x_train)?)?;
-            let y = ctx.npy_labels("data.y_train", &path("y_train", &d.y_train)?, x.rows, "data.x_train")?;
+            let y = ctx.npy_labels(
+                "data.y_train",
+                &path("y_train", &d.y_train)?,
+                x.rows,
+                "data.x_train",
+            )?;
             let x_val = ctx.npy_matrix("data.x_val", &path("x_val", &d.x_val)?)?;
             check_cols(ctx, "data.x_val", &x_val, &x)?;
-            let y_val = ctx.npy_labels("data.y_val", &path("y_val", &d.y_val)?, x_val.rows, "data.x_val")?;
+            let y_val = ctx.npy_labels(
+                "data.y_val",
+                &path("y_val", &d.y_val)?,
+                x_val.rows,
+                "data.x_val",
+            )?;
             let (test, corrupted) = if problem == P::HyperCleaning {
                 let x_test = ctx.npy_matrix("data.x_test", &path("x_test", &d.x_test)?)?;
                 check_cols(ctx, "data.x_test", &x_test, &x)?;
-                let y_test = ctx.npy_labels("data.y_test", &path("y_test", &d.y_test)?, x_test.rows, "data.x_test")?;
+                let y_test = ctx.npy_labels(
+                    "data.y_test",
+                    &path("y_test", &d.y_test)?,
+                    x_test.rows,
+                    "data.x_test",
+                )?;
                 let corrupted = match &d.corrupted {
                     Some(p) => {
                         let v = ctx.npy_vector("data.corrupted", p, x.rows, "data.x_train")?;
                         if let Some(i) = v.iter().position(|&f| f != 0.0 && f != 1.0) {
-                            return Err(ctx.err("data.corrupted", format!("expected 0/1 flags, element {i} is {}", v[i])));
+                            return Err(ctx.err(
+                                "data.corrupted",
+                                format!("expected 0/1 flags, element {i} is {}", v[i]),
+                            ));
                         }
                         Some(v.iter().map(|&f| f == 1.0).collect())
                     }
                     None => None,
                 };
-                (Some(Split { x: x_test, labels: y_test }), corrupted)
+                (
+                    Some(Split {
+                        x: x_test,
+                        labels: y_test,
+                    }),
+                    corrupted,
+                )
             } else {
                 (None, None)
             };
-            let seen = y.iter().chain(&y_val).chain(test.iter().flat_map(|t| &t.labels)).max().copied().unwrap_or(0);
+            let seen = y
+                .iter()
+                .chain(&y_val)
+                .chain(test.iter().flat_map(|t| &t.labels))
+                .max()
+                .copied()
+                .unwrap_or(0);
             let classes = match d.classes {
                 Some(_) => classes(None)?,
                 None => (seen + 1).max(2),
@@ -639,15 +727,28 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
                 .chain(test.iter().map(|t| ("data.y_test", &t.labels)))
             {
                 if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-                    return Err(ctx.err(key, format!("label {bad} is out of range for data.classes = {classes}")));
+                    return Err(ctx.err(
+                        key,
+                        format!("label {bad} is out of range for data.classes = {classes}"),
+                    ));
                 }
             }
             let have_flags = corrupted.is_some();
             let split = CleaningData {
                 corrupted: corrupted.unwrap_or_else(|| vec![false; x.rows]),
                 train: Split { x, labels: y },
-                val: Split { x: x_val, labels: y_val },
-                test: test.unwrap_or(Split { x: Matrix { data: vec![], rows: 0, cols: 0 }, labels: vec![] }),
+                val: Split {
+                    x: x_val,
+                    labels: y_val,
+                },
+                test: test.unwrap_or(Split {
+                    x: Matrix {
+                        data: vec![],
+                        rows: 0,
+                        cols: 0,
+                    },
+                    labels: vec![],
+                }),
                 classes,
             };
             classification(problem, split, mu, per_feature, have_flags)
@@ -676,7 +777,11 @@ fn classification(
     has_flags: bool,
 ) -> HostData {
     match problem {
-        ProblemKind::HyperCleaning => HostData::HyperCleaning { data, mu, has_flags },
+        ProblemKind::HyperCleaning => HostData::HyperCleaning {
+            data,
+            mu,
+            has_flags,
+        },
         _ => HostData::Logistic {
             train: data.train,
             val: data.val,

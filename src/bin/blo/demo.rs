@@ -180,14 +180,20 @@ pub fn run(args: Args) -> ExitCode {
         Err(e) => return fail(e, 1),
     };
     let (t, s) = (args.inner_steps, args.outer_steps);
-    println!("blo demo: data hyper-cleaning on the UCI digits (500 train with 50% corrupted labels, 500 validation, 797 test)");
+    println!(
+        "blo demo: data hyper-cleaning on the UCI digits (500 train with 50% corrupted labels, 500 validation, 797 test)"
+    );
     println!("device: {reason}");
     println!(
         "budget per method: {s} outer steps of Adam (lr {OUTER_LR}) on λ ∈ R^500, each after T = {t} warm-started GD steps (lr {INNER_LR})"
     );
 
     let prepare = |m: MethodConfig, inner: usize, outer: usize| {
-        Experiment::from_config(config(&args, m, inner, outer), Path::new("<demo>"), Path::new("."))
+        Experiment::from_config(
+            config(&args, m, inner, outer),
+            Path::new("<demo>"),
+            Path::new("."),
+        )
     };
     // Uniform weights get the same total training as the warm-started methods.
     let baseline_steps = t * (s + 1);
@@ -236,10 +242,7 @@ pub fn run(args: Args) -> ExitCode {
             bar.inc(1);
             bar.set_message(format!("L_out {:.4}", step.outer_loss));
         })?;
-        let mut summary = format!(
-            "test acc {:.3}",
-            outcome.test_accuracy.unwrap_or(f64::NAN)
-        );
+        let mut summary = format!("test acc {:.3}", outcome.test_accuracy.unwrap_or(f64::NAN));
         if e.outer_steps() > 0 {
             summary.push_str(&format!(
                 ", F1 {:.3}",

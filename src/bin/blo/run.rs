@@ -58,7 +58,9 @@ pub fn run(args: Args) -> ExitCode {
     }
     let hg_path = experiment.hypergradient_path(&out);
     if let Some(p) = &hg_path
-        && !p.parent().is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+        && !p
+            .parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
     {
         return config_error(format!(
             "{}: key `hypergradient_out`: the directory of {} does not exist",
@@ -106,13 +108,10 @@ pub fn run(args: Args) -> ExitCode {
     if let Some(p) = &hg_path {
         // Through a temporary file too, so a failed write leaves nothing behind.
         let tmp = p.with_extension(format!("npy.{}.tmp", std::process::id()));
-        let written = blo::problems::data::write_npy(
-            &tmp,
-            &outcome.hypergradient,
-            &outcome.lambda_shape,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|()| std::fs::rename(&tmp, p).map_err(|e| e.to_string()));
+        let written =
+            blo::problems::data::write_npy(&tmp, &outcome.hypergradient, &outcome.lambda_shape)
+                .map_err(|e| e.to_string())
+                .and_then(|()| std::fs::rename(&tmp, p).map_err(|e| e.to_string()));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return run_error(format!("cannot write {}: {e}", p.display()));
