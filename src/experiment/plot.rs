@@ -191,17 +191,29 @@ impl LinePlot {
                     pts[0].split(',').nth(1).unwrap_or("0")
                 );
             } else if !pts.is_empty() {
+                // Every other line dashed, so lines that coincide (rad and forward
+                // compute the same hypergradient) both stay visible.
+                let dash = if i % 2 == 1 {
+                    r#" stroke-dasharray="7 4""#
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     s,
-                    r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                    r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"#,
                     pts.join(" ")
                 );
             }
             let ly = TOP + 10.0 + 20.0 * i as f64;
             let lx = LEFT + pw + 14.0;
+            let dash = if i % 2 == 1 {
+                r#" stroke-dasharray="7 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="3"{dash}/><text x="{}" y="{}">{}</text>"#,
                 lx + 24.0,
                 lx + 30.0,
                 ly + 4.0,

@@ -31,7 +31,7 @@ pub struct Args {
     pub outer_steps: usize,
     /// Inner gradient-descent steps T per outer step (warm-started). Forward mode costs
     /// 1 + |λ| = 501 backward passes per inner step, which sets the default budget.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 8)]
     pub inner_steps: usize,
     /// Directory for blo-demo.json and blo-demo.svg.
     #[arg(long, default_value = ".")]
