@@ -734,3 +734,21 @@ fn the_demo_code_path_runs_at_tiny_size() {
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == methods.len());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## The experiment config format")
+        .nth(1)
+        .expect("the README has the config section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the section has a toml example");
+    let file = Path::new("README.md");
+    let config = Config::from_toml_str(toml, file).unwrap();
+    blo::experiment::Experiment::from_config(config, file, Path::new(".")).unwrap();
+}
