@@ -238,6 +238,10 @@ pub fn run(args: Args) -> ExitCode {
 
     let run_one = |label: &str, e: &Experiment, bar: &ProgressBar| {
         bar.reset_elapsed();
+        if live {
+            // Forward mode's outer steps take seconds; keep the clock moving.
+            bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        }
         let outcome = e.run(&device, &mut |step| {
             bar.inc(1);
             bar.set_message(format!("L_out {:.4}", step.outer_loss));
