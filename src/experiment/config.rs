@@ -220,25 +220,25 @@ pub struct DataConfig {
     /// Fraction of corrupted training labels (hyper-cleaning on digits/synthetic, default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corruption: Option<f64>,
-    /// `.npy` training features [n, d].
+    /// `.npy` training features `[n, d]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_train: Option<PathBuf>,
-    /// `.npy` training targets [n] (ridge) or labels 0..classes−1 stored as floats.
+    /// `.npy` training targets `[n]` (ridge) or labels 0..classes−1 stored as floats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y_train: Option<PathBuf>,
-    /// `.npy` validation features [m, d].
+    /// `.npy` validation features `[m, d]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_val: Option<PathBuf>,
-    /// `.npy` validation targets or labels [m].
+    /// `.npy` validation targets or labels `[m]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y_val: Option<PathBuf>,
-    /// `.npy` test features [k, d] (hyper-cleaning).
+    /// `.npy` test features `[k, d]` (hyper-cleaning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_test: Option<PathBuf>,
-    /// `.npy` test labels [k] (hyper-cleaning).
+    /// `.npy` test labels `[k]` (hyper-cleaning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y_test: Option<PathBuf>,
-    /// `.npy` 0/1 flags [n] of which training labels are corrupted (hyper-cleaning,
+    /// `.npy` 0/1 flags `[n]` of which training labels are corrupted (hyper-cleaning,
     /// optional: without it no F1 is reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupted: Option<PathBuf>,
