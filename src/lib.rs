@@ -20,6 +20,7 @@ pub mod autodiff;
 pub mod bilevel;
 pub mod device;
 pub mod error;
+pub mod experiment;
 pub mod ops;
 pub mod problems;
 pub mod shaders;

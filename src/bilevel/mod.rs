@@ -14,7 +14,8 @@ use std::time::Duration;
 
 pub use methods::{Method, hypergradient};
 pub use outer::{
-    HoagConfig, OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, hoag, optimize,
+    HoagConfig, OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, hoag, hoag_with,
+    optimize, optimize_with,
 };
 
 use crate::autodiff::{grad, no_grad};

@@ -174,6 +174,19 @@ pub fn optimize(
     method: &Method,
     config: &OuterConfig,
 ) -> Result<Trace> {
+    optimize_with(problem, lambda0, inner, method, config, &mut |_| {})
+}
+
+/// [`optimize`], calling `observe` with each [`TraceStep`] as soon as it is recorded
+/// (for progress bars and live logs).
+pub fn optimize_with(
+    problem: &dyn Problem,
+    lambda0: &[Tensor],
+    inner: &Inner,
+    method: &Method,
+    config: &OuterConfig,
+    observe: &mut dyn FnMut(&TraceStep),
+) -> Result<Trace> {
     check_lambda(problem, lambda0)?;
     config.optimizer.validate()?;
     let start = Instant::now();
@@ -201,6 +214,7 @@ pub fn optimize(
             elapsed_s: start.elapsed().as_secs_f64(),
             report: hg.report.clone(),
         });
+        observe(&steps[steps.len() - 1]);
         if step >= config.steps || config.steps == 0 {
             return Ok(Trace {
                 steps,
@@ -241,6 +255,16 @@ pub struct HoagConfig {
 /// HOAG: at outer step k, run the inner optimizer (warm-started) until
 /// ‖∇_w L_in‖ ≤ ε_k, solve H v = g by CG to residual ε_k, step λ; ε_k = ε₀·decay^k.
 pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> Result<Trace> {
+    hoag_with(problem, lambda0, config, &mut |_| {})
+}
+
+/// [`hoag`], calling `observe` with each [`TraceStep`] as soon as it is recorded.
+pub fn hoag_with(
+    problem: &dyn Problem,
+    lambda0: &[Tensor],
+    config: &HoagConfig,
+    observe: &mut dyn FnMut(&TraceStep),
+) -> Result<Trace> {
     check_lambda(problem, lambda0)?;
     config.inner.validate()?;
     let c = config;
@@ -305,6 +329,7 @@ pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> R
             elapsed_s: start.elapsed().as_secs_f64(),
             report: hg.report.clone(),
         });
+        observe(&steps[steps.len() - 1]);
         if k < c.outer_steps {
             lambda = no_grad(|| {
                 lambda

@@ -1,0 +1,560 @@
+//! The experiment file (TOML) as Rust types, and its parser.
+//!
+//! Every table denies unknown keys. Keys that exist but do not apply to the chosen kind
+//! (say `method.k` with `kind = "cg"`) are rejected later, by
+//! [`Experiment::from_config`](super::Experiment::from_config), which also checks every
+//! value. The README's "The experiment config format" section is the user-facing copy
+//! of these docs.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::ConfigError;
+
+/// A whole experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where to run: `"best"` (default), `"cpu"`, `"gpu"`, an adapter index (an integer,
+    /// in `blo devices` order) or a substring of an adapter name.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Element type: `"f32"` (default, the GPU's type) or `"f64"` (CPU only).
+    #[serde(default)]
+    pub dtype: DTypeName,
+    /// Optional `.npy` file for the hypergradient (f64, C order, shaped like λ): the one
+    /// at the initial λ when `outer.steps = 0`, otherwise the last one computed (at the
+    /// final λ). Relative to the results file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypergradient_out: Option<PathBuf>,
+    /// The bilevel problem.
+    pub problem: ProblemConfig,
+    /// Its data.
+    pub data: DataConfig,
+    /// λ's initial value.
+    #[serde(default)]
+    pub lambda: LambdaConfig,
+    /// The inner optimizer.
+    pub inner: InnerConfig,
+    /// The hypergradient method.
+    pub method: MethodConfig,
+    /// The outer loop.
+    #[serde(default)]
+    pub outer: OuterConfigToml,
+}
+
+/// `device`: which device runs the experiment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// `"best"`: [`crate::Device::best_available`].
+    #[default]
+    Best,
+    /// `"cpu"`: the CPU reference backend.
+    Cpu,
+    /// `"gpu"`: [`crate::Device::gpu`], the most capable adapter, software ones included.
+    Gpu,
+    /// An integer: [`crate::Device::gpu_index`].
+    Index(usize),
+    /// Any other string: [`crate::Device::gpu_named`] (case-insensitive substring).
+    Name(String),
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Best => write!(f, "best"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Gpu => write!(f, "gpu"),
+            DeviceSpec::Index(i) => write!(f, "{i}"),
+            DeviceSpec::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = std::convert::Infallible;
+
+    /// `best`, `cpu`, `gpu`, a decimal adapter index, or an adapter-name substring.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim() {
+            "best" => DeviceSpec::Best,
+            "cpu" => DeviceSpec::Cpu,
+            "gpu" => DeviceSpec::Gpu,
+            t => match t.parse::<usize>() {
+                Ok(i) => DeviceSpec::Index(i),
+                Err(_) => DeviceSpec::Name(t.to_string()),
+            },
+        })
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DeviceSpec::Index(i) => s.serialize_u64(*i as u64),
+            other => s.serialize_str(&other.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DeviceSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "\"best\", \"cpu\", \"gpu\", an adapter index (integer ≥ 0) or a non-empty adapter name",
+                )
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DeviceSpec, E> {
+                usize::try_from(v)
+                    .map(DeviceSpec::Index)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DeviceSpec, E> {
+                Ok(DeviceSpec::Index(v as usize))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DeviceSpec, E> {
+                if v.trim().is_empty() {
+                    return Err(E::invalid_value(de::Unexpected::Str(v), &self));
+                }
+                Ok(v.parse().unwrap_or(DeviceSpec::Best))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeName {
+    /// 32-bit floats (every device).
+    #[default]
+    F32,
+    /// 64-bit floats (the CPU backend only).
+    F64,
+}
+
+impl From<DTypeName> for crate::DType {
+    fn from(d: DTypeName) -> Self {
+        match d {
+            DTypeName::F32 => crate::DType::F32,
+            DTypeName::F64 => crate::DType::F64,
+        }
+    }
+}
+
+/// `[problem]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProblemConfig {
+    /// `"ridge"`, `"logistic"` or `"hyper-cleaning"`.
+    pub kind: ProblemKind,
+    /// hyper-cleaning: the L2 strength μ ≥ 0 on W (default 1e-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mu: Option<f64>,
+    /// logistic: one λ per feature (true) or one λ for all (false, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_feature: Option<bool>,
+}
+
+/// The built-in problems ([`crate::problems`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// [`crate::problems::Ridge`]: λ ∈ R^d, one log-regularisation weight per feature.
+    Ridge,
+    /// [`crate::problems::Logistic`]: λ ∈ R¹ or R^d, log L2 strength.
+    Logistic,
+    /// [`crate::problems::HyperCleaning`]: λ ∈ R^n_train, one weight per training example.
+    #[serde(alias = "hyper_cleaning")]
+    HyperCleaning,
+}
+
+impl ProblemKind {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::Ridge => "ridge",
+            ProblemKind::Logistic => "logistic",
+            ProblemKind::HyperCleaning => "hyper-cleaning",
+        }
+    }
+}
+
+/// `[data]`: which keys apply depends on `source` and the problem; see the README.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `"digits"`, `"synthetic"` or `"npy"`.
+    pub source: DataSourceKind,
+    /// Seed of the synthetic generator and of the digits shuffle / corruption (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Training rows (digits, synthetic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_train: Option<usize>,
+    /// Validation rows (digits, synthetic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_val: Option<usize>,
+    /// Test rows (synthetic hyper-cleaning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_test: Option<usize>,
+    /// Features (synthetic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<usize>,
+    /// Classes (synthetic classification; npy: default max label + 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// Label noise standard deviation (synthetic ridge, default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<f64>,
+    /// Class separation (synthetic classification, default 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sep: Option<f64>,
+    /// Fraction of corrupted training labels (hyper-cleaning on digits/synthetic, default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<f64>,
+    /// `.npy` training features `[n, d]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_train: Option<PathBuf>,
+    /// `.npy` training targets `[n]` (ridge) or labels 0..classes−1 stored as floats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_train: Option<PathBuf>,
+    /// `.npy` validation features `[m, d]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_val: Option<PathBuf>,
+    /// `.npy` validation targets or labels `[m]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_val: Option<PathBuf>,
+    /// `.npy` test features `[k, d]` (hyper-cleaning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_test: Option<PathBuf>,
+    /// `.npy` test labels `[k]` (hyper-cleaning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_test: Option<PathBuf>,
+    /// `.npy` 0/1 flags `[n]` of which training labels are corrupted (hyper-cleaning,
+    /// optional: without it no F1 is reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupted: Option<PathBuf>,
+}
+
+/// `data.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSourceKind {
+    /// The built-in UCI digits ([`crate::problems::data::digits`]).
+    #[default]
+    Digits,
+    /// A seeded generator ([`crate::problems::data::synthetic_regression_pair`],
+    /// [`crate::problems::data::synthetic_classification`]).
+    Synthetic,
+    /// `.npy` files, one per array.
+    Npy,
+}
+
+/// `[lambda]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaConfig {
+    /// Every λ_i = this number (default 0), or a `.npy` file holding λ (relative to
+    /// the config file).
+    #[serde(default)]
+    pub init: LambdaInit,
+}
+
+/// `lambda.init`: a number or a path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LambdaInit {
+    /// Every element equals this value.
+    Value(f64),
+    /// A `.npy` file with one value per element of λ.
+    Npy(PathBuf),
+}
+
+impl Default for LambdaInit {
+    fn default() -> Self {
+        LambdaInit::Value(0.0)
+    }
+}
+
+impl Serialize for LambdaInit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LambdaInit::Value(v) => s.serialize_f64(*v),
+            LambdaInit::Npy(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LambdaInit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = LambdaInit;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or the path of a .npy file")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<LambdaInit, E> {
+                Ok(LambdaInit::Value(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LambdaInit, E> {
+                Ok(LambdaInit::Value(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LambdaInit, E> {
+                Ok(LambdaInit::Value(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LambdaInit, E> {
+                Ok(LambdaInit::Npy(PathBuf::from(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[inner]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InnerConfig {
+    /// `"gd"` or `"momentum"`.
+    pub kind: InnerKind,
+    /// Step size η > 0.
+    pub lr: f64,
+    /// Inner steps T per hypergradient (HOAG: the cap per outer step).
+    pub steps: usize,
+    /// momentum: μ in [0, 1) (required for `kind = "momentum"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+}
+
+/// `inner.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerKind {
+    /// Gradient descent.
+    Gd,
+    /// Heavy-ball momentum.
+    Momentum,
+}
+
+/// `[method]`: which keys apply depends on `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// One of `rad`, `trad`, `forward`, `cg`, `neumann`, `fixed_point`, `one_step`,
+    /// `exact`, `hoag`.
+    pub kind: MethodKind,
+    /// trad: steps K to differentiate through (1 ≤ K ≤ T); neumann / fixed_point: terms K ≥ 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// cg: iterations K ≥ 1; hoag: cap on CG iterations per outer step (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iters: Option<usize>,
+    /// cg: optional residual tolerance ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
+    /// cg: damping ρ ≥ 0 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damping: Option<f64>,
+    /// neumann / fixed_point: series step η > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
+    /// one_step: the virtual step ξ > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xi: Option<f64>,
+    /// one_step: exact mixed product (default true) or DARTS's finite difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
+    /// hoag: initial tolerance ε₀ > 0 (default 1e-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps0: Option<f64>,
+    /// hoag: tolerance decay in (0, 1) (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay: Option<f64>,
+    /// hoag: read the inner gradient norm every this many steps (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_every: Option<usize>,
+}
+
+/// `method.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    /// [`crate::bilevel::Method::Rad`].
+    Rad,
+    /// [`crate::bilevel::Method::Trad`].
+    Trad,
+    /// [`crate::bilevel::Method::Forward`].
+    Forward,
+    /// [`crate::bilevel::Method::Cg`].
+    Cg,
+    /// [`crate::bilevel::Method::Neumann`].
+    Neumann,
+    /// [`crate::bilevel::Method::FixedPoint`].
+    #[serde(alias = "fixed-point")]
+    FixedPoint,
+    /// [`crate::bilevel::Method::OneStep`].
+    #[serde(alias = "one-step")]
+    OneStep,
+    /// [`crate::bilevel::Method::Exact`] (ridge only).
+    Exact,
+    /// [`crate::bilevel::hoag`].
+    Hoag,
+}
+
+impl MethodKind {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Rad => "rad",
+            MethodKind::Trad => "trad",
+            MethodKind::Forward => "forward",
+            MethodKind::Cg => "cg",
+            MethodKind::Neumann => "neumann",
+            MethodKind::FixedPoint => "fixed_point",
+            MethodKind::OneStep => "one_step",
+            MethodKind::Exact => "exact",
+            MethodKind::Hoag => "hoag",
+        }
+    }
+}
+
+/// `[outer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OuterConfigToml {
+    /// Outer steps; 0 (the default) computes the hypergradient at the initial λ once.
+    #[serde(default)]
+    pub steps: usize,
+    /// `"sgd"` or `"adam"` (required when steps > 0; hoag takes sgd steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<OuterKind>,
+    /// Step size > 0 (required when steps > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// adam: β₁ in [0, 1) (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    /// adam: β₂ in [0, 1) (default 0.999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// adam: ε > 0 (default 1e-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Start each outer step's inner run from the previous one's last iterate (default
+    /// true) or from w₀ (false).
+    #[serde(default = "yes")]
+    pub warm_start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for OuterConfigToml {
+    fn default() -> Self {
+        OuterConfigToml {
+            steps: 0,
+            kind: None,
+            lr: None,
+            beta1: None,
+            beta2: None,
+            eps: None,
+            warm_start: true,
+        }
+    }
+}
+
+/// `outer.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OuterKind {
+    /// λ ← λ − lr·h.
+    Sgd,
+    /// Adam on λ.
+    Adam,
+}
+
+/// 1-based (line, column) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+const TOP_LEVEL: [&str; 3] = ["device", "dtype", "hypergradient_out"];
+
+/// serde's type names in plain words.
+fn friendlier(message: &str) -> String {
+    let mut m = message
+        .replace("expected usize", "expected an integer ≥ 0")
+        .replace("expected u64", "expected an integer ≥ 0")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    if let Some(i) = m.find("expected struct ") {
+        m.replace_range(i.., "expected a table");
+    }
+    m
+}
+
+impl Config {
+    /// Parses a config from TOML text. `file` names the source in error messages.
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let at = |e: &toml::de::Error| e.span().map(|s| line_col(text, s.start));
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            message: format!("not valid TOML: {}", e.message().trim()),
+            position: at(&e),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut key = if path == "." { String::new() } else { path };
+            let mut message = friendlier(inner.message().trim());
+            // serde reports a missing key at its table; name the key itself.
+            if let Some(name) = message
+                .strip_prefix("missing field `")
+                .and_then(|r| r.strip_suffix('`'))
+            {
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
+                message = "missing: this key is required".to_string();
+            }
+            if message.starts_with("unknown field")
+                && TOP_LEVEL.iter().any(|k| key.ends_with(&format!(".{k}")))
+            {
+                message.push_str(
+                    "; top-level keys (device, dtype, hypergradient_out) must come before the first [table]",
+                );
+            }
+            ConfigError {
+                file: file.to_path_buf(),
+                position: at(&inner),
+                key,
+                message,
+            }
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+            position: None,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+}

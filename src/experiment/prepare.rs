@@ -1,0 +1,792 @@
+//! From a parsed [`Config`] to a checked [`Experiment`]: every value validated, every
+//! `.npy` file read and fitted to the problem, before any device is touched.
+
+use std::path::{Path, PathBuf};
+
+use super::config::{
+    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, MethodKind, OuterKind,
+    ProblemKind,
+};
+use super::{ConfigError, Experiment, HostData, Plan};
+use crate::bilevel::{
+    HoagConfig, Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, WarmStart,
+};
+use crate::problems::data::{
+    CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
+    synthetic_regression_pair,
+};
+
+/// Builds [`ConfigError`]s for one file.
+pub(crate) struct Ctx<'a> {
+    pub file: &'a Path,
+    pub base: &'a Path,
+}
+
+impl Ctx<'_> {
+    pub fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn positive(&self, key: &str, v: f64) -> Result<f64, ConfigError> {
+        if !v.is_finite() || v <= 0.0 {
+            return Err(self.err(key, format!("expected a finite number > 0, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn non_negative(&self, key: &str, v: f64) -> Result<f64, ConfigError> {
+        if !v.is_finite() || v < 0.0 {
+            return Err(self.err(key, format!("expected a finite number ≥ 0, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn unit(&self, key: &str, v: f64) -> Result<f64, ConfigError> {
+        if !(0.0..1.0).contains(&v) {
+            return Err(self.err(key, format!("expected a number in [0, 1), got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn at_least_one(&self, key: &str, v: usize) -> Result<usize, ConfigError> {
+        if v == 0 {
+            return Err(self.err(key, "expected an integer ≥ 1, got 0"));
+        }
+        Ok(v)
+    }
+
+    fn required<T: Copy>(&self, key: &str, v: Option<T>, when: &str) -> Result<T, ConfigError> {
+        v.ok_or_else(|| self.err(key, format!("missing: this key is required {when}")))
+    }
+
+    /// Rejects keys that are set but do not apply; `present` lists (key, is set).
+    fn only(
+        &self,
+        table: &str,
+        present: &[(&str, bool)],
+        allowed: &[&str],
+        when: &str,
+    ) -> Result<(), ConfigError> {
+        if let Some((k, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            let list = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(self.err(
+                &format!("{table}.{k}"),
+                format!("does not apply {when}; the keys that apply are: {list}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn npy(&self, key: &str, p: &Path) -> Result<(Vec<f64>, Vec<usize>), ConfigError> {
+        let path = self.resolve(p);
+        let a = read_npy(&path).map_err(|e| {
+            let msg = match e {
+                crate::Error::InvalidArgument { msg, .. } => msg,
+                other => other.to_string(),
+            };
+            self.err(
+                key,
+                format!("expected a readable .npy file of float32/float64: {msg}"),
+            )
+        })?;
+        if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
+            return Err(self.err(
+                key,
+                format!(
+                    "{}: element {i} is {}; every value must be finite",
+                    path.display(),
+                    a.data[i]
+                ),
+            ));
+        }
+        Ok((a.data, a.shape))
+    }
+
+    fn npy_matrix(&self, key: &str, p: &Path) -> Result<Matrix, ConfigError> {
+        let (data, shape) = self.npy(key, p)?;
+        if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+            return Err(self.err(
+                key,
+                format!(
+                    "expected a non-empty 2-D array [rows, features], got shape {shape:?} ({})",
+                    p.display()
+                ),
+            ));
+        }
+        Ok(Matrix {
+            data,
+            rows: shape[0],
+            cols: shape[1],
+        })
+    }
+
+    /// A 1-D array of `rows` values; `of` names what the length must match.
+    fn npy_vector(
+        &self,
+        key: &str,
+        p: &Path,
+        rows: usize,
+        of: &str,
+    ) -> Result<Vec<f64>, ConfigError> {
+        let (data, shape) = self.npy(key, p)?;
+        if shape != [rows] {
+            return Err(self.err(
+                key,
+                format!(
+                    "expected shape [{rows}] (one value per row of {of}), got {shape:?} ({})",
+                    p.display()
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    fn npy_labels(
+        &self,
+        key: &str,
+        p: &Path,
+        rows: usize,
+        of: &str,
+    ) -> Result<Vec<usize>, ConfigError> {
+        let v = self.npy_vector(key, p, rows, of)?;
+        v.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if x >= 0.0 && x.fract() == 0.0 && x < 1e9 {
+                    Ok(x as usize)
+                } else {
+                    Err(self.err(
+                        key,
+                        format!("expected class labels (integers ≥ 0), element {i} is {x}"),
+                    ))
+                }
+            })
+            .collect()
+    }
+}
+
+impl Experiment {
+    /// Checks a parsed config and loads its data. Relative paths in the config are
+    /// resolved against `base_dir` (the config file's directory); `file` names the
+    /// config in error messages. Needs no device: every error found here is the
+    /// config's fault.
+    pub fn from_config(config: Config, file: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
+        let ctx = Ctx {
+            file,
+            base: base_dir,
+        };
+        let dtype: crate::DType = config.dtype.into();
+        if dtype == crate::DType::F64 && config.device != super::config::DeviceSpec::Cpu {
+            return Err(ctx.err(
+                "dtype",
+                format!(
+                    "\"f64\" runs on the CPU backend only; set device = \"cpu\" (device is \"{}\") or dtype = \"f32\"",
+                    config.device
+                ),
+            ));
+        }
+        let data = load_data(&ctx, &config)?;
+        let lambda_len = match &data {
+            HostData::Ridge { x, .. } => x.cols,
+            HostData::Logistic {
+                train, per_feature, ..
+            } => {
+                if *per_feature {
+                    train.x.cols
+                } else {
+                    1
+                }
+            }
+            HostData::HyperCleaning { data, .. } => data.train.x.rows,
+        };
+        let lambda0 = match &config.lambda.init {
+            LambdaInit::Value(v) => {
+                if !v.is_finite() {
+                    return Err(ctx.err(
+                        "lambda.init",
+                        format!("expected a finite number or a .npy path, got {v}"),
+                    ));
+                }
+                vec![*v; lambda_len]
+            }
+            LambdaInit::Npy(p) => {
+                let (values, shape) = ctx.npy("lambda.init", p)?;
+                if values.len() != lambda_len || shape.len() > 1 {
+                    return Err(ctx.err(
+                        "lambda.init",
+                        format!(
+                            "λ of problem {} has shape [{lambda_len}], the file {} holds shape {shape:?}",
+                            config.problem.kind.name(),
+                            p.display()
+                        ),
+                    ));
+                }
+                values
+            }
+        };
+        let inner = inner_of(&ctx, &config)?;
+        let plan = plan_of(&ctx, &config, &inner)?;
+        Ok(Experiment {
+            file: file.to_path_buf(),
+            config,
+            data,
+            lambda0,
+            plan,
+            dtype,
+        })
+    }
+
+    /// Reads, parses and checks a config file; relative paths are resolved against
+    /// the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let config = Config::from_file(path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_config(config, path, base)
+    }
+}
+
+fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
+    let i = &c.inner;
+    let lr = ctx.positive("inner.lr", i.lr)?;
+    let optimizer = match i.kind {
+        InnerKind::Gd => {
+            if i.momentum.is_some() {
+                return Err(ctx.err(
+                    "inner.momentum",
+                    "does not apply to kind = \"gd\"; use kind = \"momentum\" or remove it",
+                ));
+            }
+            InnerOptimizer::Gd { lr }
+        }
+        InnerKind::Momentum => {
+            let m = ctx.required("inner.momentum", i.momentum, "for kind = \"momentum\"")?;
+            InnerOptimizer::Momentum {
+                lr,
+                momentum: ctx.unit("inner.momentum", m)?,
+            }
+        }
+    };
+    let steps = if c.method.kind == MethodKind::Exact {
+        i.steps
+    } else {
+        ctx.at_least_one("inner.steps", i.steps)?
+    };
+    Ok(Inner { optimizer, steps })
+}
+
+fn method_keys(m: &MethodConfig) -> [(&'static str, bool); 10] {
+    [
+        ("k", m.k.is_some()),
+        ("iters", m.iters.is_some()),
+        ("tol", m.tol.is_some()),
+        ("damping", m.damping.is_some()),
+        ("eta", m.eta.is_some()),
+        ("xi", m.xi.is_some()),
+        ("exact", m.exact.is_some()),
+        ("eps0", m.eps0.is_some()),
+        ("decay", m.decay.is_some()),
+        ("check_every", m.check_every.is_some()),
+    ]
+}
+
+fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
+    let m = &c.method;
+    let when = format!("to method kind = \"{}\"", m.kind.name());
+    let need = format!("for method kind = \"{}\"", m.kind.name());
+    let allowed: &[&str] = match m.kind {
+        MethodKind::Rad | MethodKind::Forward | MethodKind::Exact => &[],
+        MethodKind::Trad => &["k"],
+        MethodKind::Cg => &["iters", "tol", "damping"],
+        MethodKind::Neumann | MethodKind::FixedPoint => &["k", "eta"],
+        MethodKind::OneStep => &["xi", "exact"],
+        MethodKind::Hoag => &["iters", "eps0", "decay", "check_every"],
+    };
+    ctx.only("method", &method_keys(m), allowed, &when)?;
+    let o = &c.outer;
+    let outer_keys = [
+        ("kind", o.kind.is_some()),
+        ("lr", o.lr.is_some()),
+        ("beta1", o.beta1.is_some()),
+        ("beta2", o.beta2.is_some()),
+        ("eps", o.eps.is_some()),
+    ];
+    let (kind, lr) = if o.steps > 0 {
+        let kind = ctx.required("outer.kind", o.kind, "when outer.steps > 0")?;
+        let lr = ctx.required("outer.lr", o.lr, "when outer.steps > 0")?;
+        (kind, ctx.positive("outer.lr", lr)?)
+    } else {
+        // One hypergradient at the initial λ: the update's settings are unused but
+        // still checked when given, so a typo does not go unnoticed.
+        if let Some(lr) = o.lr {
+            ctx.positive("outer.lr", lr)?;
+        }
+        (o.kind.unwrap_or(OuterKind::Sgd), o.lr.unwrap_or(1.0))
+    };
+    let optimizer = match kind {
+        OuterKind::Sgd => {
+            ctx.only(
+                "outer",
+                &outer_keys,
+                &["kind", "lr"],
+                "to outer kind = \"sgd\"",
+            )?;
+            OuterOptimizer::Sgd { lr }
+        }
+        OuterKind::Adam => OuterOptimizer::Adam {
+            lr,
+            beta1: ctx.unit("outer.beta1", o.beta1.unwrap_or(0.9))?,
+            beta2: ctx.unit("outer.beta2", o.beta2.unwrap_or(0.999))?,
+            eps: ctx.positive("outer.eps", o.eps.unwrap_or(1e-8))?,
+        },
+    };
+    let outer = OuterConfig {
+        steps: o.steps,
+        optimizer,
+        warm_start: if o.warm_start {
+            WarmStart::Warm
+        } else {
+            WarmStart::Reinit
+        },
+    };
+    let method = match m.kind {
+        MethodKind::Rad => Method::Rad,
+        MethodKind::Forward => Method::Forward,
+        MethodKind::Exact => {
+            if c.problem.kind != ProblemKind::Ridge {
+                return Err(ctx.err(
+                    "method.kind",
+                    format!(
+                        "\"exact\" needs a closed-form inner solution, which only problem kind = \"ridge\" has (problem is \"{}\")",
+                        c.problem.kind.name()
+                    ),
+                ));
+            }
+            Method::Exact
+        }
+        MethodKind::Trad => {
+            let k = ctx.required("method.k", m.k, &need)?;
+            let k = ctx.at_least_one("method.k", k)?;
+            if k > inner.steps {
+                return Err(ctx.err(
+                    "method.k",
+                    format!("expected 1 ≤ K ≤ inner.steps = {}, got {k}", inner.steps),
+                ));
+            }
+            Method::Trad { k }
+        }
+        MethodKind::Cg => Method::Cg {
+            iters: ctx.at_least_one(
+                "method.iters",
+                ctx.required("method.iters", m.iters, &need)?,
+            )?,
+            tol: m
+                .tol
+                .map(|t| ctx.non_negative("method.tol", t))
+                .transpose()?,
+            damping: ctx.non_negative("method.damping", m.damping.unwrap_or(0.0))?,
+        },
+        MethodKind::Neumann | MethodKind::FixedPoint => {
+            let k = ctx.at_least_one("method.k", ctx.required("method.k", m.k, &need)?)?;
+            let eta = ctx.positive("method.eta", ctx.required("method.eta", m.eta, &need)?)?;
+            if m.kind == MethodKind::Neumann {
+                Method::Neumann { k, eta }
+            } else {
+                Method::FixedPoint { k, eta }
+            }
+        }
+        MethodKind::OneStep => Method::OneStep {
+            xi: ctx.positive("method.xi", ctx.required("method.xi", m.xi, &need)?)?,
+            exact: m.exact.unwrap_or(true),
+        },
+        MethodKind::Hoag => {
+            if o.steps > 0 && kind != OuterKind::Sgd {
+                return Err(ctx.err(
+                    "outer.kind",
+                    "hoag takes plain gradient steps λ ← λ − lr·h; set kind = \"sgd\"",
+                ));
+            }
+            let decay = m.decay.unwrap_or(0.9);
+            if !(decay > 0.0 && decay < 1.0) {
+                return Err(ctx.err(
+                    "method.decay",
+                    format!("expected a number in (0, 1), got {decay}"),
+                ));
+            }
+            return Ok(Plan::Hoag(HoagConfig {
+                outer_steps: o.steps,
+                lr,
+                eps0: ctx.positive("method.eps0", m.eps0.unwrap_or(1e-2))?,
+                decay,
+                inner: inner.optimizer,
+                max_inner_steps: inner.steps,
+                max_cg_iters: ctx.at_least_one("method.iters", m.iters.unwrap_or(100))?,
+                check_every: ctx.at_least_one("method.check_every", m.check_every.unwrap_or(10))?,
+            }));
+        }
+    };
+    Ok(Plan::Optimize {
+        inner: *inner,
+        method,
+        outer,
+    })
+}
+
+fn data_keys(d: &DataConfig) -> [(&'static str, bool); 16] {
+    [
+        ("seed", d.seed.is_some()),
+        ("n_train", d.n_train.is_some()),
+        ("n_val", d.n_val.is_some()),
+        ("n_test", d.n_test.is_some()),
+        ("features", d.features.is_some()),
+        ("classes", d.classes.is_some()),
+        ("noise", d.noise.is_some()),
+        ("sep", d.sep.is_some()),
+        ("corruption", d.corruption.is_some()),
+        ("x_train", d.x_train.is_some()),
+        ("y_train", d.y_train.is_some()),
+        ("x_val", d.x_val.is_some()),
+        ("y_val", d.y_val.is_some()),
+        ("x_test", d.x_test.is_some()),
+        ("y_test", d.y_test.is_some()),
+        ("corrupted", d.corrupted.is_some()),
+    ]
+}
+
+fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
+    use DataSourceKind as S;
+    use ProblemKind as P;
+    let d = &c.data;
+    let p = &c.problem;
+    let problem = p.kind;
+    let when = format!(
+        "to data source = \"{}\" with problem kind = \"{}\"",
+        match d.source {
+            S::Digits => "digits",
+            S::Synthetic => "synthetic",
+            S::Npy => "npy",
+        },
+        problem.name()
+    );
+    let need = format!("for {}", &when[3..]);
+    if problem != P::HyperCleaning && p.mu.is_some() {
+        return Err(ctx.err("problem.mu", "applies to kind = \"hyper-cleaning\" only"));
+    }
+    if problem != P::Logistic && p.per_feature.is_some() {
+        return Err(ctx.err("problem.per_feature", "applies to kind = \"logistic\" only"));
+    }
+    let allowed: &[&str] = match (d.source, problem) {
+        (S::Digits, P::Ridge) => {
+            return Err(ctx.err(
+                "data.source",
+                "the digits data is a classification set; ridge takes source = \"synthetic\" or \"npy\"",
+            ));
+        }
+        (S::Digits, P::Logistic) => &["seed", "n_train", "n_val"],
+        (S::Digits, P::HyperCleaning) => &["seed", "n_train", "n_val", "corruption"],
+        (S::Synthetic, P::Ridge) => &["seed", "n_train", "n_val", "features", "noise"],
+        (S::Synthetic, P::Logistic) => &["seed", "n_train", "n_val", "features", "classes", "sep"],
+        (S::Synthetic, P::HyperCleaning) => &[
+            "seed",
+            "n_train",
+            "n_val",
+            "n_test",
+            "features",
+            "classes",
+            "sep",
+            "corruption",
+        ],
+        (S::Npy, P::Ridge) => &["x_train", "y_train", "x_val", "y_val"],
+        (S::Npy, P::Logistic) => &["x_train", "y_train", "x_val", "y_val", "classes"],
+        (S::Npy, P::HyperCleaning) => &[
+            "x_train",
+            "y_train",
+            "x_val",
+            "y_val",
+            "x_test",
+            "y_test",
+            "corrupted",
+            "classes",
+        ],
+    };
+    ctx.only("data", &data_keys(d), allowed, &when)?;
+    let seed = d.seed.unwrap_or(0);
+    let count =
+        |key: &str, v: Option<usize>, default: Option<usize>| -> Result<usize, ConfigError> {
+            let v = match (v, default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d,
+                (None, None) => ctx.required(&format!("data.{key}"), None::<usize>, &need)?,
+            };
+            ctx.at_least_one(&format!("data.{key}"), v)
+        };
+    let classes = |default: Option<usize>| -> Result<usize, ConfigError> {
+        let c = count("classes", d.classes, default)?;
+        if c < 2 {
+            return Err(ctx.err(
+                "data.classes",
+                format!("expected at least 2 classes, got {c}"),
+            ));
+        }
+        Ok(c)
+    };
+    let corruption = || -> Result<f64, ConfigError> {
+        let v = d.corruption.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ctx.err(
+                "data.corruption",
+                format!("expected a fraction in [0, 1], got {v}"),
+            ));
+        }
+        Ok(v)
+    };
+    let mu = match p.mu {
+        Some(m) => ctx.non_negative("problem.mu", m)?,
+        None => 1e-3,
+    };
+    let per_feature = p.per_feature.unwrap_or(false);
+    let path = |key: &str, v: &Option<PathBuf>| -> Result<PathBuf, ConfigError> {
+        v.clone().ok_or_else(|| {
+            ctx.err(
+                &format!("data.{key}"),
+                format!("missing: this key is required {need}"),
+            )
+        })
+    };
+    Ok(match (d.source, problem) {
+        (S::Digits, P::Ridge) => unreachable!("rejected above"),
+        (S::Digits, _) => {
+            let (x, y) = digits();
+            let (n_train, n_val) = (
+                count("n_train", d.n_train, Some(500))?,
+                count("n_val", d.n_val, Some(500))?,
+            );
+            if n_train + n_val >= x.rows {
+                return Err(ctx.err(
+                    "data.n_train",
+                    format!(
+                        "data.n_train + data.n_val must be below the {} digits (the rest is the test set), got {n_train} + {n_val}",
+                        x.rows
+                    ),
+                ));
+            }
+            let corr = if problem == P::HyperCleaning {
+                corruption()?
+            } else {
+                0.0
+            };
+            let split = cleaning_split(&x, &y, 10, n_train, n_val, corr, seed)
+                .map_err(|e| ctx.err("data", e.to_string()))?;
+            classification(problem, split, mu, per_feature, true)
+        }
+        (S::Synthetic, P::Ridge) => {
+            let (n, m, f) = (
+                count("n_train", d.n_train, None)?,
+                count("n_val", d.n_val, None)?,
+                count("features", d.features, None)?,
+            );
+            let noise = ctx.non_negative("data.noise", d.noise.unwrap_or(0.5))?;
+            let ((x, y), (x_val, y_val)) = synthetic_regression_pair(n, m, f, noise, seed);
+            HostData::Ridge { x, y, x_val, y_val }
+        }
+        (S::Synthetic, P::Logistic) => {
+            let n_train = count("n_train", d.n_train, None)?;
+            let n_val = count("n_val", d.n_val, None)?;
+            let f = count("features", d.features, None)?;
+            let classes = classes(Some(2))?;
+            let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
+            // The rows are i.i.d. with labels cycling through the classes, so the
+            // first n_train rows train and the next n_val validate.
+            let (x, y) = synthetic_classification(n_train + n_val, f, classes, sep, seed);
+            let (tr, va): (Vec<usize>, Vec<usize>) =
+                ((0..n_train).collect(), (n_train..n_train + n_val).collect());
+            HostData::Logistic {
+                train: Split {
+                    x: x.select_rows(&tr),
+                    labels: y[..n_train].to_vec(),
+                },
+                val: Split {
+                    x: x.select_rows(&va),
+                    labels: y[n_train..].to_vec(),
+                },
+                classes,
+                per_feature,
+            }
+        }
+        (S::Synthetic, P::HyperCleaning) => {
+            let n_train = count("n_train", d.n_train, None)?;
+            let n_val = count("n_val", d.n_val, None)?;
+            let n_test = count("n_test", d.n_test, None)?;
+            let f = count("features", d.features, None)?;
+            let classes = classes(Some(2))?;
+            let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
+            let corr = corruption()?;
+            let (x, y) = synthetic_classification(n_train + n_val + n_test, f, classes, sep, seed);
+            let split = cleaning_split(&x, &y, classes, n_train, n_val, corr, seed)
+                .map_err(|e| ctx.err("data", e.to_string()))?;
+            classification(problem, split, mu, per_feature, true)
+        }
+        (S::Npy, P::Ridge) => {
+            let x = ctx.npy_matrix("data.x_train", &path("x_train", &d.x_train)?)?;
+            let y = ctx.npy_vector(
+                "data.y_train",
+                &path("y_train", &d.y_train)?,
+                x.rows,
+                "data.x_train",
+            )?;
+            let x_val = ctx.npy_matrix("data.x_val", &path("x_val", &d.x_val)?)?;
+            check_cols(ctx, "data.x_val", &x_val, &x)?;
+            let y_val = ctx.npy_vector(
+                "data.y_val",
+                &path("y_val", &d.y_val)?,
+                x_val.rows,
+                "data.x_val",
+            )?;
+            HostData::Ridge { x, y, x_val, y_val }
+        }
+        (S::Npy, _) => {
+            let x = ctx.npy_matrix("data.x_train", &path("x_train", &d.x_train)?)?;
+            let y = ctx.npy_labels(
+                "data.y_train",
+                &path("y_train", &d.y_train)?,
+                x.rows,
+                "data.x_train",
+            )?;
+            let x_val = ctx.npy_matrix("data.x_val", &path("x_val", &d.x_val)?)?;
+            check_cols(ctx, "data.x_val", &x_val, &x)?;
+            let y_val = ctx.npy_labels(
+                "data.y_val",
+                &path("y_val", &d.y_val)?,
+                x_val.rows,
+                "data.x_val",
+            )?;
+            let (test, corrupted) = if problem == P::HyperCleaning {
+                let x_test = ctx.npy_matrix("data.x_test", &path("x_test", &d.x_test)?)?;
+                check_cols(ctx, "data.x_test", &x_test, &x)?;
+                let y_test = ctx.npy_labels(
+                    "data.y_test",
+                    &path("y_test", &d.y_test)?,
+                    x_test.rows,
+                    "data.x_test",
+                )?;
+                let corrupted = match &d.corrupted {
+                    Some(p) => {
+                        let v = ctx.npy_vector("data.corrupted", p, x.rows, "data.x_train")?;
+                        if let Some(i) = v.iter().position(|&f| f != 0.0 && f != 1.0) {
+                            return Err(ctx.err(
+                                "data.corrupted",
+                                format!("expected 0/1 flags, element {i} is {}", v[i]),
+                            ));
+                        }
+                        Some(v.iter().map(|&f| f == 1.0).collect())
+                    }
+                    None => None,
+                };
+                (
+                    Some(Split {
+                        x: x_test,
+                        labels: y_test,
+                    }),
+                    corrupted,
+                )
+            } else {
+                (None, None)
+            };
+            let seen = y
+                .iter()
+                .chain(&y_val)
+                .chain(test.iter().flat_map(|t| &t.labels))
+                .max()
+                .copied()
+                .unwrap_or(0);
+            let classes = match d.classes {
+                Some(_) => classes(None)?,
+                None => (seen + 1).max(2),
+            };
+            for (key, labels) in [("data.y_train", &y), ("data.y_val", &y_val)]
+                .into_iter()
+                .chain(test.iter().map(|t| ("data.y_test", &t.labels)))
+            {
+                if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+                    return Err(ctx.err(
+                        key,
+                        format!("label {bad} is out of range for data.classes = {classes}"),
+                    ));
+                }
+            }
+            let have_flags = corrupted.is_some();
+            let split = CleaningData {
+                corrupted: corrupted.unwrap_or_else(|| vec![false; x.rows]),
+                train: Split { x, labels: y },
+                val: Split {
+                    x: x_val,
+                    labels: y_val,
+                },
+                test: test.unwrap_or(Split {
+                    x: Matrix {
+                        data: vec![],
+                        rows: 0,
+                        cols: 0,
+                    },
+                    labels: vec![],
+                }),
+                classes,
+            };
+            classification(problem, split, mu, per_feature, have_flags)
+        }
+    })
+}
+
+fn check_cols(ctx: &Ctx, key: &str, m: &Matrix, train: &Matrix) -> Result<(), ConfigError> {
+    if m.cols != train.cols {
+        return Err(ctx.err(
+            key,
+            format!(
+                "expected {} columns like data.x_train [{}, {}], got shape [{}, {}]",
+                train.cols, train.rows, train.cols, m.rows, m.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn classification(
+    problem: ProblemKind,
+    data: CleaningData,
+    mu: f64,
+    per_feature: bool,
+    has_flags: bool,
+) -> HostData {
+    match problem {
+        ProblemKind::HyperCleaning => HostData::HyperCleaning {
+            data,
+            mu,
+            has_flags,
+        },
+        _ => HostData::Logistic {
+            train: data.train,
+            val: data.val,
+            classes: data.classes,
+            per_feature,
+        },
+    }
+}
