@@ -31,7 +31,27 @@ enum Command {
     Run(run::Args),
 }
 
+/// Mesa's drivers print "XDG_RUNTIME_DIR is invalid or not set" on headless machines
+/// whenever an adapter is probed. The command (not the library) gives them a private
+/// 0700 directory when the variable is missing, so its output stays clean.
+#[cfg(unix)]
+fn quiet_mesa_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return;
+    }
+    let dir = std::env::temp_dir().join("blo-xdg-runtime");
+    if std::fs::create_dir_all(&dir).is_ok()
+        && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+    {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    quiet_mesa_runtime_dir();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Devices) => devices::run(),
