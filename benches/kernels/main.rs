@@ -8,6 +8,7 @@ use blo::{Device, Result};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 mod elementwise;
+mod matmul;
 
 /// The GPU device to benchmark (any adapter, software included), or `None` with a notice.
 pub fn gpu() -> Option<Device> {
@@ -50,6 +51,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = elementwise::bench
+    targets = elementwise::bench, matmul::bench
 }
 criterion_main!(benches);

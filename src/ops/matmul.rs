@@ -2,29 +2,36 @@
 //! `matrixmultiply` on the CPU (transposes are free there: they are just strides).
 //!
 //! ## The GPU kernel, and why it looks the way it does
-//! Each invocation owns 4 adjacent columns of C and `ROWS` rows; its accumulators live in
-//! registers. The rows are shared by the whole subgroup: lanes 0..7 each load one vec4 of
-//! A, and `subgroupBroadcast` hands all 32 values to every lane, while B (the lane's own
-//! columns) is loaded per lane, one vec4 per k row, and reused by all `ROWS` rows.
+//! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
+//! stack slots). The rows are shared by the subgroup: lanes 0..7 each load one vec4 of A
+//! per 8 rows and `subgroupBroadcast` hands all 32 values to every lane; B, the lane's own
+//! columns, is loaded per lane and reused by all the rows.
 //!
-//! Measured on llvmpipe (Mesa 22.3, 8 lanes of 32 bits; numbers are CPU-time based, see
-//! the report in the commit history): a load whose address may differ across lanes is
-//! compiled to a loop over the lanes with a bounds check per component, ~50 cycles per
-//! vec4 per group of 8 lanes, and llvmpipe 22.3 treats even a uniform address as
-//! per-lane inside a loop. A multiply-add costs ~1 cycle per 8 lanes, a broadcast ~1.
-//! So loads decide everything:
-//! - 8×4 register block per invocation, every lane loading its own A and B: ~14 GFLOP/s;
-//! - A shared through subgroup broadcasts, 32 rows: ~33, 64 rows: ~38 (n = 1024).
+//! Why, as measured on llvmpipe (Mesa 22.3 lavapipe, 8 lanes of 32 bits, 2 cores; GFLOP/s
+//! normalised by process CPU time because other jobs share the machine): a storage load
+//! whose address may differ across lanes compiles to a loop over the 8 lanes with a bounds
+//! check per component, ~50 cycles per vec4, and inside a loop even a uniform address (or
+//! a uniform-buffer load) takes that path. A multiply-add costs ~1 cycle per 8 lanes (no
+//! FMA fusion), a broadcast ~1 per component. So the kernel minimises per-lane loads per
+//! multiply-add. Variants tried, n = 1024:
+//! - 8×4 block per invocation, each lane loading its own A and B: 12–14 GFLOP/s;
+//! - 16×16 shared-memory tiles: ~1 (WGPU-NOTES; barriers switch coroutines on llvmpipe);
+//! - A shared by broadcasts, 4 columns per lane: 32 rows 36, 64 rows 40–43, 128 rows 46;
+//! - A shared, 8 columns per lane: 32 rows 46, 64 rows 50–55 (kept), 128 rows 39 (spills
+//!   swamp the saving);
+//! - workgroups in row-block order instead of column-block order: −10–20% at n = 2048;
+//! - 8, 16, 32 lanes per workgroup: no difference (lavapipe runs the subgroups in turn).
 //!
-//! Many rows per invocation make LLVM spill accumulators to the stack, which is cheap
-//! (one vector load and store) next to a per-lane load. Shared-memory tiles lose on
-//! llvmpipe (barriers switch coroutines) and are not used; a hardware GPU gets the same
-//! register blocking and subgroup sharing, which suits it too, if not optimally.
+//! In the kept kernel about a third of the time is the per-lane loads, a third the
+//! multiply-adds and a quarter accumulator spills. On a GPU, subgroup broadcasts and
+//! register blocking are cheap too, though without shared-memory tiles it is not tuned
+//! for one.
 //!
 //! Adapters without subgroups (the GL backend) run `shaders/matmul_portable.wgsl`, the same
 //! loop with every lane loading its own A. Both kernels load operands as vec4s, so an
 //! operand whose contiguous dimension is not a multiple of 4 is first copied with a padded
-//! leading dimension (`pack`, O(size) next to the O(m·n·k) product).
+//! row length (`pack`, O(size) next to the O(m·n·k) product); large products also copy
+//! operands to the layout read fastest (see `PACK_MIN_FLOP`).
 
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
@@ -476,8 +483,9 @@ impl Tensor {
     }
 
     /// Matrix product with either stored operand transposed: `trans_a` uses selfᵀ (self
-    /// stored [k, m]), `trans_b` uses otherᵀ (other stored [n, k]). No transposed copy is
-    /// made on either device. Batching works as in [`Tensor::matmul`], per batch entry.
+    /// stored [k, m]), `trans_b` uses otherᵀ (other stored [n, k]), as fast as the plain
+    /// product: the kernels read either layout in place. Batching works as in
+    /// [`Tensor::matmul`], per batch entry.
     pub fn matmul_t(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         matmul_raw(self, other, trans_a, trans_b)
     }
