@@ -28,27 +28,29 @@
 //! for one.
 //!
 //! Adapters without subgroups (the GL backend) run `shaders/matmul_portable.wgsl`, the same
-//! loop with every lane loading its own A. Both kernels load operands as vec4s, so an
-//! operand whose contiguous dimension is not a multiple of 4 is first copied with a padded
-//! row length (`pack`, O(size) next to the O(m·n·k) product); large products also copy
-//! operands to the layout read fastest (see `PACK_MIN_FLOP`).
+//! loop with every lane loading its own A. Both kernels read either stored layout of each
+//! operand in place, as vec4s when its rows are whole vec4s and as floats otherwise (four
+//! loads per vec4, cheaper than a copy for the small products that such shapes usually
+//! are); only large products copy operands, to the layout read fastest (see
+//! `PACK_MIN_FLOP`).
 
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
 use crate::shaders;
 use crate::tensor::{Element, Storage, Tensor, same_place};
 
+/// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
 static MATMUL: Kernel = Kernel {
     shader: &shaders::MATMUL,
     entry: "main",
-    reads: 2,
+    reads: 4,
     writes: 1,
 };
 
 static MATMUL_PORTABLE: Kernel = Kernel {
     shader: &shaders::MATMUL_PORTABLE,
     entry: "main",
-    reads: 2,
+    reads: 4,
     writes: 1,
 };
 
@@ -66,10 +68,10 @@ struct Params {
     n: u32,
     k: u32,
     k4: u32,
-    lda4: u32,
-    ldb4: u32,
-    a_batch4: u32,
-    b_batch4: u32,
+    lda: u32,
+    ldb: u32,
+    a_batch: u32,
+    b_batch: u32,
     a_last_row: u32,
     a_last_col4: u32,
     b_last_row: u32,
@@ -256,13 +258,11 @@ pub(crate) struct GpuPlan {
     pub pack: Option<bool>,
 }
 
-/// An operand ready for the kernels: stacked matrices whose rows are whole vec4s.
+/// An operand as the kernels read it: stacked matrices of `rows` rows of `ld` floats.
 struct Operand<'a> {
     buf: Packed<'a>,
-    /// Rows of one stored matrix.
     rows: usize,
-    /// Row length in vec4s.
-    ld4: usize,
+    ld: usize,
 }
 
 enum Packed<'a> {
@@ -277,11 +277,16 @@ impl Operand<'_> {
             Packed::Owned(b) => b,
         }
     }
+
+    /// Rows of whole vec4s can be loaded as vec4s (one load instead of four).
+    fn vec4(&self) -> bool {
+        self.ld.is_multiple_of(4)
+    }
 }
 
-/// `count` stacked [rows, cols] matrices as an [`Operand`]: the buffer itself when rows
-/// are whole vec4s and no transpose is asked for, otherwise a pooled copy (transposed when
-/// `transpose`) with rows padded by zeros to a multiple of 4.
+/// `count` stacked [rows, cols] matrices as an [`Operand`]: the buffer itself, or with
+/// `transpose` a pooled copy of the transposed matrices with rows padded by zeros to whole
+/// vec4s.
 fn operand(
     buf: &GpuBuffer,
     count: usize,
@@ -289,19 +294,15 @@ fn operand(
     cols: usize,
     transpose: bool,
 ) -> Result<Operand<'_>> {
-    let (out_rows, out_cols) = if transpose {
-        (cols, rows)
-    } else {
-        (rows, cols)
-    };
-    let ld4 = out_cols.div_ceil(4);
-    if !transpose && cols.is_multiple_of(4) {
+    if !transpose {
         return Ok(Operand {
             buf: Packed::Borrowed(buf),
             rows,
-            ld4,
+            ld: cols,
         });
     }
+    let (out_rows, out_cols) = (cols, rows);
+    let ld4 = out_cols.div_ceil(4);
     let ctx = &buf.ctx;
     let total_rows = count * out_rows;
     let out = ctx.alloc((total_rows * ld4 * 16) as u64)?;
@@ -317,10 +318,7 @@ fn operand(
     const PACK_WG: u32 = 64;
     ctx.dispatch(
         &PACK,
-        &[
-            ("WG", f64::from(PACK_WG)),
-            ("TRANSPOSE", f64::from(u8::from(transpose))),
-        ],
+        &[("WG", f64::from(PACK_WG))],
         bytemuck::bytes_of(&params),
         &[buf, &out],
         ctx.grid(total_rows as u64, u64::from(PACK_WG))?,
@@ -328,7 +326,7 @@ fn operand(
     Ok(Operand {
         buf: Packed::Owned(out),
         rows: out_rows,
-        ld4,
+        ld: 4 * ld4,
     })
 }
 
@@ -412,27 +410,29 @@ fn matmul_gpu(
         n: n as u32,
         k: k as u32,
         k4: k.div_ceil(4) as u32,
-        lda4: pa.ld4 as u32,
-        ldb4: pb.ld4 as u32,
-        a_batch4: if d.a_batched {
-            (pa.rows * pa.ld4) as u32
+        lda: pa.ld as u32,
+        ldb: pb.ld as u32,
+        a_batch: if d.a_batched {
+            (pa.rows * pa.ld) as u32
         } else {
             0
         },
-        b_batch4: if d.b_batched {
-            (pb.rows * pb.ld4) as u32
+        b_batch: if d.b_batched {
+            (pb.rows * pb.ld) as u32
         } else {
             0
         },
         a_last_row: pa.rows as u32 - 1,
-        a_last_col4: pa.ld4 as u32 - 1,
+        a_last_col4: pa.ld.div_ceil(4) as u32 - 1,
         b_last_row: pb.rows as u32 - 1,
-        b_last_col4: pb.ld4 as u32 - 1,
+        b_last_col4: pb.ld.div_ceil(4) as u32 - 1,
     };
     let mut constants = vec![
         ("WG", f64::from(wg)),
         ("TRANS_A", f64::from(u8::from(trans_a))),
         ("TRANS_B", f64::from(u8::from(trans_b))),
+        ("A_VEC4", f64::from(u8::from(pa.vec4()))),
+        ("B_VEC4", f64::from(u8::from(pb.vec4()))),
     ];
     if std::ptr::eq(entry, &MATMUL) {
         constants.push(("ROWS", f64::from(rows)));
@@ -441,7 +441,7 @@ fn matmul_gpu(
         entry,
         &constants,
         bytemuck::bytes_of(&params),
-        &[pa.buf(), pb.buf(), &out],
+        &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
         [groups_n as u32, groups_m as u32, batch as u32],
     )?;
     Ok(out)
