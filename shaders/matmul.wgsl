@@ -37,6 +37,10 @@ struct Params {
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    // Offsets of this dispatch's first workgroup along y (row blocks) and z (batch), for
+    // grids larger than the per-dimension workgroup limit.
+    group_m0: u32,
+    batch0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -189,9 +193,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(subgroup_invocation_id) sgl: u32) {
     let lane = sgl & 7u;
     let col8 = wid.x * WG + lid;
-    let row0 = wid.y * ROWS;
-    let abase = wid.z * p.a_batch;
-    let bbase = wid.z * p.b_batch;
+    let row0 = (wid.y + p.group_m0) * ROWS;
+    let batch = wid.z + p.batch0;
+    let abase = batch * p.a_batch;
+    let bbase = batch * p.b_batch;
 
     let k4 = opaque(p.k4);
     for (var q = 0u; q < k4; q++) {
@@ -208,7 +213,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         if (ROWS > 56u) { rows8(7u, a_vec(abase, row0, 7u, lane, q), b0, b1); }
     }
 
-    let cbase = wid.z * p.m * p.n;
+    let cbase = batch * p.m * p.n;
     let col = 8u * col8;
     store8(0u, row0, col, cbase);
     store8(1u, row0, col, cbase);

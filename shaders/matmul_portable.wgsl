@@ -24,6 +24,10 @@ struct Params {
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    // Offsets of this dispatch's first workgroup along y (row blocks) and z (batch), for
+    // grids larger than the per-dimension workgroup limit.
+    group_m0: u32,
+    batch0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -109,9 +113,10 @@ fn store_row(r: u32, v: vec4<f32>, col: u32, cbase: u32) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let col4 = wid.x * WG + lid;
-    let row0 = wid.y * 8u;
-    let abase = wid.z * p.a_batch;
-    let bbase = wid.z * p.b_batch;
+    let row0 = (wid.y + p.group_m0) * 8u;
+    let batch = wid.z + p.batch0;
+    let abase = batch * p.a_batch;
+    let bbase = batch * p.b_batch;
     var lo = mat4x4<f32>();
     var hi = mat4x4<f32>();
     let k4 = opaque(p.k4);
@@ -141,7 +146,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         lo += bm * a_block(abase, row0, q);
         hi += bm * a_block(abase, row0 + 4u, q);
     }
-    let cbase = wid.z * p.m * p.n;
+    let cbase = batch * p.m * p.n;
     let col = 4u * col4;
     for (var j = 0u; j < 4u; j++) {
         store_row(row0 + j, lo[j], col, cbase);

@@ -76,6 +76,9 @@ struct Params {
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    group_m0: u32,
+    batch0: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -405,7 +408,7 @@ fn matmul_gpu(
     };
     let groups_n = n.div_ceil(cols).div_ceil(wg as usize);
     let groups_m = m.div_ceil(rows as usize);
-    let params = Params {
+    let mut params = Params {
         m: m as u32,
         n: n as u32,
         k: k as u32,
@@ -426,6 +429,9 @@ fn matmul_gpu(
         a_last_col4: pa.ld.div_ceil(4) as u32 - 1,
         b_last_row: pb.rows as u32 - 1,
         b_last_col4: pb.ld.div_ceil(4) as u32 - 1,
+        group_m0: 0,
+        batch0: 0,
+        _pad: [0; 2],
     };
     let mut constants = vec![
         ("WG", f64::from(wg)),
@@ -437,13 +443,26 @@ fn matmul_gpu(
     if std::ptr::eq(entry, &MATMUL) {
         constants.push(("ROWS", f64::from(rows)));
     }
-    ctx.dispatch(
-        entry,
-        &constants,
-        bytemuck::bytes_of(&params),
-        &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
-        [groups_n as u32, groups_m as u32, batch as u32],
-    )?;
+    // Row blocks and batch entries beyond the per-dimension workgroup limit go to further
+    // dispatches; columns beyond it (n over ~4M at 8 lanes) are an error from `dispatch`.
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    for batch0 in (0..batch).step_by(max) {
+        for group_m0 in (0..groups_m).step_by(max) {
+            params.batch0 = batch0 as u32;
+            params.group_m0 = group_m0 as u32;
+            ctx.dispatch(
+                entry,
+                &constants,
+                bytemuck::bytes_of(&params),
+                &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
+                [
+                    groups_n as u32,
+                    (groups_m - group_m0).min(max) as u32,
+                    (batch - batch0).min(max) as u32,
+                ],
+            )?;
+        }
+    }
     Ok(out)
 }
 
@@ -673,6 +692,29 @@ mod tests {
             assert_eq!(got.shape(), &[bt, m, n]);
             check(&got, &want, k, &format!("{dev} shared left"));
         }
+    }
+
+    #[test]
+    fn grids_beyond_the_workgroup_limit_are_split() {
+        // 70,000 batch entries and (portable kernel, 8 rows per workgroup) 600,000 rows
+        // both exceed 65,535 workgroups in one dimension.
+        let Some(gpu) = gpu_or_skip() else { return };
+        let (a, a64) = inputs(&[70_000, 1, 2], 31, &gpu);
+        let (b, b64) = inputs(&[70_000, 2, 1], 32, &gpu);
+        check(
+            &a.matmul(&b).unwrap(),
+            &a64.matmul(&b64).unwrap(),
+            2,
+            "batch 70000",
+        );
+        let (a, a64) = inputs(&[600_000, 1], 33, &gpu);
+        let (b, b64) = inputs(&[1, 3], 34, &gpu);
+        let plan = GpuPlan {
+            portable: true,
+            ..GpuPlan::default()
+        };
+        let got = matmul_with(&a, &b, false, false, plan).unwrap();
+        check(&got, &a64.matmul(&b64).unwrap(), 1, "600000 rows");
     }
 
     #[test]
