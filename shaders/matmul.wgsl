@@ -10,37 +10,47 @@
 // over the lanes on a CPU adapter, so sharing A divides its cost by the subgroup width.
 // Needs a subgroup size of at least 8 (the caller checks).
 //
-// Layouts, in vec4 units (the caller pads the contiguous dimension to a multiple of 4):
-//   A: TRANS_A = false: [m][lda4] (rows run along k);  true: [k][lda4] (rows run along m).
-//   B: TRANS_B = false: [k][ldb4] (rows run along n);  true: [n][ldb4] (rows run along k).
+// Layouts (offsets and row lengths in floats):
+//   A: TRANS_A = false: [m][lda] (rows run along k);  true: [k][lda] (rows run along m).
+//   B: TRANS_B = false: [k][ldb] (rows run along n);  true: [n][ldb] (rows run along k).
 // Rows and columns past the matrices are clamped on load (their results are never
-// stored) and A, B past k are masked to zero, so the k loop has no bounds branches.
+// stored) and values past k are masked to zero, so the k loop has no bounds branches.
 override WG: u32 = 8u;
 override ROWS: u32 = 64u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+override A_VEC4: bool = true;
+override B_VEC4: bool = true;
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     k4: u32,
-    lda4: u32,
-    ldb4: u32,
+    lda: u32,
+    ldb: u32,
     // Per-batch offsets; 0 shares the operand across the batch. C is dense [batch, m, n].
-    a_batch4: u32,
-    b_batch4: u32,
+    a_batch: u32,
+    b_batch: u32,
     // Last valid row and vec4 column of the stored A and B, for clamping.
     a_last_row: u32,
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    // Offsets of this dispatch's first workgroup along y (row blocks) and z (batch), for
+    // grids larger than the per-dimension workgroup limit.
+    group_m0: u32,
+    batch0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// Each operand is bound twice: as vec4s for rows that are whole vec4s (A_VEC4, B_VEC4),
+// and as floats for the others, which then cost four loads per vec4 but no copy.
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> a1: array<f32>;
+@group(0) @binding(4) var<storage, read> b1: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
 
 // acc[4g + 2h + j]: rows 8g+4j..8g+4j+3 (one per matrix column) by columns 4h..4h+3 of
 // the invocation's block. Only ever indexed by constants (after inlining), so it lives in
@@ -56,11 +66,25 @@ fn opaque(x: u32) -> u32 {
 }
 
 fn load_a(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return a[base + min(row, p.a_last_row) * p.lda4 + min(col4, p.a_last_col4)];
+    let i = base + min(row, p.a_last_row) * p.lda + 4u * min(col4, p.a_last_col4);
+    if (A_VEC4) {
+        return a[i / 4u];
+    }
+    return vec4<f32>(a1[i], a1[i + 1u], a1[i + 2u], a1[i + 3u]);
 }
 
 fn load_b(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return b[base + min(row, p.b_last_row) * p.ldb4 + min(col4, p.b_last_col4)];
+    let i = base + min(row, p.b_last_row) * p.ldb + 4u * min(col4, p.b_last_col4);
+    if (B_VEC4) {
+        return b[i / 4u];
+    }
+    return vec4<f32>(b1[i], b1[i + 1u], b1[i + 2u], b1[i + 3u]);
+}
+
+// In an unaligned row that runs along k, the components past k belong to the next row
+// (or to no row: past the buffer a read returns 0 or another element of the buffer).
+fn kmask4(v: vec4<f32>, k0: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, vec4<u32>(k0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k));
 }
 
 fn masked(v: vec4<f32>, kk: u32) -> vec4<f32> {
@@ -71,12 +95,17 @@ fn masked(v: vec4<f32>, kk: u32) -> vec4<f32> {
 fn b_block(base: u32, col8: u32, h: u32, q: u32) -> mat4x4<f32> {
     if (TRANS_B) {
         let r = 8u * col8 + 4u * h;
-        return transpose(mat4x4<f32>(
+        var t = mat4x4<f32>(
             load_b(base, r, q),
             load_b(base, r + 1u, q),
             load_b(base, r + 2u, q),
             load_b(base, r + 3u, q),
-        ));
+        );
+        if (!B_VEC4) {
+            t = mat4x4<f32>(kmask4(t[0], 4u * q), kmask4(t[1], 4u * q), kmask4(t[2], 4u * q),
+                            kmask4(t[3], 4u * q));
+        }
+        return transpose(t);
     }
     let k0 = 4u * q;
     let c4 = 2u * col8 + h;
@@ -95,7 +124,11 @@ fn a_vec(base: u32, row0: u32, g: u32, lane: u32, q: u32) -> vec4<f32> {
         let kk = 4u * q + (lane & 3u);
         return masked(load_a(base, kk, (row0 + 8u * g) / 4u + (lane >> 2u)), kk);
     }
-    return load_a(base, row0 + 8u * g + lane, q);
+    let v = load_a(base, row0 + 8u * g + lane, q);
+    if (A_VEC4) {
+        return v;
+    }
+    return kmask4(v, 4u * q);
 }
 
 // Rows 8g..8g+7 for one step of 4 along k: eight broadcasts give every lane all 32 values of
@@ -160,9 +193,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(subgroup_invocation_id) sgl: u32) {
     let lane = sgl & 7u;
     let col8 = wid.x * WG + lid;
-    let row0 = wid.y * ROWS;
-    let abase = wid.z * p.a_batch4;
-    let bbase = wid.z * p.b_batch4;
+    let row0 = (wid.y + p.group_m0) * ROWS;
+    let batch = wid.z + p.batch0;
+    let abase = batch * p.a_batch;
+    let bbase = batch * p.b_batch;
 
     let k4 = opaque(p.k4);
     for (var q = 0u; q < k4; q++) {
@@ -179,7 +213,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         if (ROWS > 56u) { rows8(7u, a_vec(abase, row0, 7u, lane, q), b0, b1); }
     }
 
-    let cbase = wid.z * p.m * p.n;
+    let cbase = batch * p.m * p.n;
     let col = 8u * col8;
     store8(0u, row0, col, cbase);
     store8(1u, row0, col, cbase);

@@ -1,33 +1,43 @@
 // Matmul without subgroup operations, for adapters that lack them (the GL backend, some
-// web and mobile adapters), and `pack`, which gives an operand a leading dimension that is
-// a multiple of 4 so that both matmul kernels can load it as vec4s.
+// web and mobile adapters), and `pack`, which copies an operand (transposed when asked)
+// into rows padded to whole vec4s: large products read it faster that way.
 //
 // `main` computes the same thing as shaders/matmul.wgsl with the same parameters, but
-// each invocation loads the A values of its own 8 rows instead of sharing them across a
-// subgroup: about 3x slower on llvmpipe, fine on hardware.
+// each invocation (8 rows × 4 columns) loads its own A instead of sharing it across a
+// subgroup: ~11 GFLOP/s on llvmpipe against ~50, fine on hardware.
 override WG: u32 = 64u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+override A_VEC4: bool = true;
+override B_VEC4: bool = true;
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     k4: u32,
-    lda4: u32,
-    ldb4: u32,
-    a_batch4: u32,
-    b_batch4: u32,
+    lda: u32,
+    ldb: u32,
+    a_batch: u32,
+    b_batch: u32,
     a_last_row: u32,
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    // Offsets of this dispatch's first workgroup along y (row blocks) and z (batch), for
+    // grids larger than the per-dimension workgroup limit.
+    group_m0: u32,
+    batch0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// Each operand is bound twice: as vec4s for rows that are whole vec4s (A_VEC4, B_VEC4),
+// and as floats for the others, which then cost four loads per vec4 but no copy.
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> a1: array<f32>;
+@group(0) @binding(4) var<storage, read> b1: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
 
 // See `opaque` in matmul.wgsl: keeps lavapipe from recompiling for every loop bound.
 fn opaque(x: u32) -> u32 {
@@ -39,11 +49,25 @@ fn opaque_pack(x: u32) -> u32 {
 }
 
 fn load_a(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return a[base + min(row, p.a_last_row) * p.lda4 + min(col4, p.a_last_col4)];
+    let i = base + min(row, p.a_last_row) * p.lda + 4u * min(col4, p.a_last_col4);
+    if (A_VEC4) {
+        return a[i / 4u];
+    }
+    return vec4<f32>(a1[i], a1[i + 1u], a1[i + 2u], a1[i + 3u]);
 }
 
 fn load_b(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    return b[base + min(row, p.b_last_row) * p.ldb4 + min(col4, p.b_last_col4)];
+    let i = base + min(row, p.b_last_row) * p.ldb + 4u * min(col4, p.b_last_col4);
+    if (B_VEC4) {
+        return b[i / 4u];
+    }
+    return vec4<f32>(b1[i], b1[i + 1u], b1[i + 2u], b1[i + 3u]);
+}
+
+// In an unaligned row that runs along k, the components past k belong to the next row
+// (or to no row: past the buffer a read returns 0 or another element of the buffer).
+fn kmask4(v: vec4<f32>, k0: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, vec4<u32>(k0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k));
 }
 
 fn load_a_masked(base: u32, kk: u32, col4: u32) -> vec4<f32> {
@@ -61,12 +85,18 @@ fn a_block(base: u32, r: u32, q: u32) -> mat4x4<f32> {
             load_a_masked(base, k0 + 3u, r / 4u),
         ));
     }
-    return mat4x4<f32>(
+    let blk = mat4x4<f32>(
         load_a(base, r, q),
         load_a(base, r + 1u, q),
         load_a(base, r + 2u, q),
         load_a(base, r + 3u, q),
     );
+    if (A_VEC4) {
+        return blk;
+    }
+    let k0 = 4u * q;
+    return mat4x4<f32>(kmask4(blk[0], k0), kmask4(blk[1], k0), kmask4(blk[2], k0),
+                       kmask4(blk[3], k0));
 }
 
 fn store_row(r: u32, v: vec4<f32>, col: u32, cbase: u32) {
@@ -83,9 +113,10 @@ fn store_row(r: u32, v: vec4<f32>, col: u32, cbase: u32) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let col4 = wid.x * WG + lid;
-    let row0 = wid.y * 8u;
-    let abase = wid.z * p.a_batch4;
-    let bbase = wid.z * p.b_batch4;
+    let row0 = (wid.y + p.group_m0) * 8u;
+    let batch = wid.z + p.batch0;
+    let abase = batch * p.a_batch;
+    let bbase = batch * p.b_batch;
     var lo = mat4x4<f32>();
     var hi = mat4x4<f32>();
     let k4 = opaque(p.k4);
@@ -93,12 +124,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let k0 = 4u * q;
         var bm: mat4x4<f32>;
         if (TRANS_B) {
-            bm = transpose(mat4x4<f32>(
+            var t = mat4x4<f32>(
                 load_b(bbase, 4u * col4, q),
                 load_b(bbase, 4u * col4 + 1u, q),
                 load_b(bbase, 4u * col4 + 2u, q),
                 load_b(bbase, 4u * col4 + 3u, q),
-            ));
+            );
+            if (!B_VEC4) {
+                t = mat4x4<f32>(kmask4(t[0], k0), kmask4(t[1], k0), kmask4(t[2], k0),
+                                kmask4(t[3], k0));
+            }
+            bm = transpose(t);
         } else {
             bm = mat4x4<f32>(
                 select(vec4<f32>(0.0), load_b(bbase, k0, col4), k0 < p.k),
@@ -110,7 +146,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         lo += bm * a_block(abase, row0, q);
         hi += bm * a_block(abase, row0 + 4u, q);
     }
-    let cbase = wid.z * p.m * p.n;
+    let cbase = batch * p.m * p.n;
     let col = 4u * col4;
     for (var j = 0u; j < 4u; j++) {
         store_row(row0 + j, lo[j], col, cbase);
@@ -119,8 +155,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 struct PackParams {
-    // Each of the stacked source matrices is [rows, cols]; the destination holds the same
-    // matrices (transposed when TRANSPOSE) with rows of ld4 vec4s, zero padded.
+    // Each of the stacked source matrices is [rows, cols]; the destination holds their
+    // transposes, [out_rows = cols, out_cols = rows], in rows of ld4 vec4s, zero padded.
     rows: u32,
     cols: u32,
     out_rows: u32,
@@ -128,8 +164,6 @@ struct PackParams {
     ld4: u32,
     total_rows: u32,
 }
-
-override TRANSPOSE: bool = false;
 
 @group(0) @binding(0) var<uniform> pk: PackParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -147,10 +181,9 @@ fn pack(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let mat = i / pk.out_rows;
     let orow = i - mat * pk.out_rows;
-    let base = mat * pk.rows * pk.cols;
-    // Step through the source along the destination row.
-    var at = base + select(orow * pk.cols, orow, TRANSPOSE);
-    let step = select(1u, pk.cols, TRANSPOSE);
+    // Destination row `orow` is source column `orow`: step down it.
+    var at = mat * pk.rows * pk.cols + orow;
+    let step = pk.cols;
     let full4 = opaque_pack(pk.out_cols / 4u);
     for (var c4 = 0u; c4 < full4; c4++) {
         dst[i * pk.ld4 + c4] = vec4<f32>(src[at], src[at + step], src[at + 2u * step], src[at + 3u * step]);

@@ -8,6 +8,7 @@ use blo::{Device, Result};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 mod elementwise;
+mod matmul;
 mod reduce;
 
 /// The GPU device to benchmark (any adapter, software included), or `None` with a notice.
@@ -51,6 +52,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = elementwise::bench, reduce::bench
+    targets = elementwise::bench, reduce::bench, matmul::bench
 }
 criterion_main!(benches);

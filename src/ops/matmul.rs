@@ -2,29 +2,37 @@
 //! `matrixmultiply` on the CPU (transposes are free there: they are just strides).
 //!
 //! ## The GPU kernel, and why it looks the way it does
-//! Each invocation owns 4 adjacent columns of C and `ROWS` rows; its accumulators live in
-//! registers. The rows are shared by the whole subgroup: lanes 0..7 each load one vec4 of
-//! A, and `subgroupBroadcast` hands all 32 values to every lane, while B (the lane's own
-//! columns) is loaded per lane, one vec4 per k row, and reused by all `ROWS` rows.
+//! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
+//! stack slots). The rows are shared by the subgroup: lanes 0..7 each load one vec4 of A
+//! per 8 rows and `subgroupBroadcast` hands all 32 values to every lane; B, the lane's own
+//! columns, is loaded per lane and reused by all the rows.
 //!
-//! Measured on llvmpipe (Mesa 22.3, 8 lanes of 32 bits; numbers are CPU-time based, see
-//! the report in the commit history): a load whose address may differ across lanes is
-//! compiled to a loop over the lanes with a bounds check per component, ~50 cycles per
-//! vec4 per group of 8 lanes, and llvmpipe 22.3 treats even a uniform address as
-//! per-lane inside a loop. A multiply-add costs ~1 cycle per 8 lanes, a broadcast ~1.
-//! So loads decide everything:
-//! - 8×4 register block per invocation, every lane loading its own A and B: ~14 GFLOP/s;
-//! - A shared through subgroup broadcasts, 32 rows: ~33, 64 rows: ~38 (n = 1024).
+//! Why, as measured on llvmpipe (Mesa 22.3 lavapipe, 8 lanes of 32 bits, 2 cores; GFLOP/s
+//! normalised by process CPU time because other jobs share the machine): a storage load
+//! whose address may differ across lanes compiles to a loop over the 8 lanes with a bounds
+//! check per component, ~50 cycles per vec4, and inside a loop even a uniform address (or
+//! a uniform-buffer load) takes that path. A multiply-add costs ~1 cycle per 8 lanes (no
+//! FMA fusion), a broadcast ~1 per component. So the kernel minimises per-lane loads per
+//! multiply-add. Variants tried, n = 1024:
+//! - 8×4 block per invocation, each lane loading its own A and B: 12–14 GFLOP/s;
+//! - 16×16 shared-memory tiles: ~1 (WGPU-NOTES; barriers switch coroutines on llvmpipe);
+//! - A shared by broadcasts, 4 columns per lane: 32 rows 36, 64 rows 40–43, 128 rows 46;
+//! - A shared, 8 columns per lane: 32 rows 46, 64 rows 50–55 (kept), 128 rows 39 (spills
+//!   swamp the saving);
+//! - workgroups in row-block order instead of column-block order: −10–20% at n = 2048;
+//! - 8, 16, 32 lanes per workgroup: no difference (lavapipe runs the subgroups in turn).
 //!
-//! Many rows per invocation make LLVM spill accumulators to the stack, which is cheap
-//! (one vector load and store) next to a per-lane load. Shared-memory tiles lose on
-//! llvmpipe (barriers switch coroutines) and are not used; a hardware GPU gets the same
-//! register blocking and subgroup sharing, which suits it too, if not optimally.
+//! Profile of the kept kernel (perf on the JIT code): ~35% per-lane loads, ~25%
+//! multiply-adds, ~25% moving spilled accumulators. On a GPU, subgroup broadcasts and
+//! register blocking are cheap too, though without shared-memory tiles it is not tuned
+//! for one.
 //!
 //! Adapters without subgroups (the GL backend) run `shaders/matmul_portable.wgsl`, the same
-//! loop with every lane loading its own A. Both kernels load operands as vec4s, so an
-//! operand whose contiguous dimension is not a multiple of 4 is first copied with a padded
-//! leading dimension (`pack`, O(size) next to the O(m·n·k) product).
+//! loop with every lane loading its own A. Both kernels read either stored layout of each
+//! operand in place, as vec4s when its rows are whole vec4s and as floats otherwise (four
+//! loads per vec4, cheaper than a copy for the small products that such shapes usually
+//! are); only large products copy operands, to the layout read fastest (see
+//! `PACK_MIN_FLOP`).
 
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
@@ -32,17 +40,18 @@ use crate::error::{Error, Result};
 use crate::shaders;
 use crate::tensor::{Element, Storage, Tensor, same_place};
 
+/// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
 static MATMUL: Kernel = Kernel {
     shader: &shaders::MATMUL,
     entry: "main",
-    reads: 2,
+    reads: 4,
     writes: 1,
 };
 
 static MATMUL_PORTABLE: Kernel = Kernel {
     shader: &shaders::MATMUL_PORTABLE,
     entry: "main",
-    reads: 2,
+    reads: 4,
     writes: 1,
 };
 
@@ -60,14 +69,17 @@ struct Params {
     n: u32,
     k: u32,
     k4: u32,
-    lda4: u32,
-    ldb4: u32,
-    a_batch4: u32,
-    b_batch4: u32,
+    lda: u32,
+    ldb: u32,
+    a_batch: u32,
+    b_batch: u32,
     a_last_row: u32,
     a_last_col4: u32,
     b_last_row: u32,
     b_last_col4: u32,
+    group_m0: u32,
+    batch0: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -323,13 +335,11 @@ pub(crate) struct GpuPlan {
     pub pack: Option<bool>,
 }
 
-/// An operand ready for the kernels: stacked matrices whose rows are whole vec4s.
+/// An operand as the kernels read it: stacked matrices of `rows` rows of `ld` floats.
 struct Operand<'a> {
     buf: Packed<'a>,
-    /// Rows of one stored matrix.
     rows: usize,
-    /// Row length in vec4s.
-    ld4: usize,
+    ld: usize,
 }
 
 enum Packed<'a> {
@@ -344,11 +354,16 @@ impl Operand<'_> {
             Packed::Owned(b) => b,
         }
     }
+
+    /// Rows of whole vec4s can be loaded as vec4s (one load instead of four).
+    fn vec4(&self) -> bool {
+        self.ld.is_multiple_of(4)
+    }
 }
 
-/// `count` stacked [rows, cols] matrices as an [`Operand`]: the buffer itself when rows
-/// are whole vec4s and no transpose is asked for, otherwise a pooled copy (transposed when
-/// `transpose`) with rows padded by zeros to a multiple of 4.
+/// `count` stacked [rows, cols] matrices as an [`Operand`]: the buffer itself, or with
+/// `transpose` a pooled copy of the transposed matrices with rows padded by zeros to whole
+/// vec4s.
 fn operand(
     buf: &GpuBuffer,
     count: usize,
@@ -356,19 +371,15 @@ fn operand(
     cols: usize,
     transpose: bool,
 ) -> Result<Operand<'_>> {
-    let (out_rows, out_cols) = if transpose {
-        (cols, rows)
-    } else {
-        (rows, cols)
-    };
-    let ld4 = out_cols.div_ceil(4);
-    if !transpose && cols.is_multiple_of(4) {
+    if !transpose {
         return Ok(Operand {
             buf: Packed::Borrowed(buf),
             rows,
-            ld4,
+            ld: cols,
         });
     }
+    let (out_rows, out_cols) = (cols, rows);
+    let ld4 = out_cols.div_ceil(4);
     let ctx = &buf.ctx;
     let total_rows = count * out_rows;
     let out = ctx.alloc((total_rows * ld4 * 16) as u64)?;
@@ -384,10 +395,7 @@ fn operand(
     const PACK_WG: u32 = 64;
     ctx.dispatch(
         &PACK,
-        &[
-            ("WG", f64::from(PACK_WG)),
-            ("TRANSPOSE", f64::from(u8::from(transpose))),
-        ],
+        &[("WG", f64::from(PACK_WG))],
         bytemuck::bytes_of(&params),
         &[buf, &out],
         ctx.grid(total_rows as u64, u64::from(PACK_WG))?,
@@ -395,7 +403,7 @@ fn operand(
     Ok(Operand {
         buf: Packed::Owned(out),
         rows: out_rows,
-        ld4,
+        ld: 4 * ld4,
     })
 }
 
@@ -474,43 +482,61 @@ fn matmul_gpu(
     };
     let groups_n = n.div_ceil(cols).div_ceil(wg as usize);
     let groups_m = m.div_ceil(rows as usize);
-    let params = Params {
+    let mut params = Params {
         m: m as u32,
         n: n as u32,
         k: k as u32,
         k4: k.div_ceil(4) as u32,
-        lda4: pa.ld4 as u32,
-        ldb4: pb.ld4 as u32,
-        a_batch4: if d.a_batched {
-            (pa.rows * pa.ld4) as u32
+        lda: pa.ld as u32,
+        ldb: pb.ld as u32,
+        a_batch: if d.a_batched {
+            (pa.rows * pa.ld) as u32
         } else {
             0
         },
-        b_batch4: if d.b_batched {
-            (pb.rows * pb.ld4) as u32
+        b_batch: if d.b_batched {
+            (pb.rows * pb.ld) as u32
         } else {
             0
         },
         a_last_row: pa.rows as u32 - 1,
-        a_last_col4: pa.ld4 as u32 - 1,
+        a_last_col4: pa.ld.div_ceil(4) as u32 - 1,
         b_last_row: pb.rows as u32 - 1,
-        b_last_col4: pb.ld4 as u32 - 1,
+        b_last_col4: pb.ld.div_ceil(4) as u32 - 1,
+        group_m0: 0,
+        batch0: 0,
+        _pad: [0; 2],
     };
     let mut constants = vec![
         ("WG", f64::from(wg)),
         ("TRANS_A", f64::from(u8::from(trans_a))),
         ("TRANS_B", f64::from(u8::from(trans_b))),
+        ("A_VEC4", f64::from(u8::from(pa.vec4()))),
+        ("B_VEC4", f64::from(u8::from(pb.vec4()))),
     ];
     if std::ptr::eq(entry, &MATMUL) {
         constants.push(("ROWS", f64::from(rows)));
     }
-    ctx.dispatch(
-        entry,
-        &constants,
-        bytemuck::bytes_of(&params),
-        &[pa.buf(), pb.buf(), &out],
-        [groups_n as u32, groups_m as u32, batch as u32],
-    )?;
+    // Row blocks and batch entries beyond the per-dimension workgroup limit go to further
+    // dispatches; columns beyond it (n over ~4M at 8 lanes) are an error from `dispatch`.
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    for batch0 in (0..batch).step_by(max) {
+        for group_m0 in (0..groups_m).step_by(max) {
+            params.batch0 = batch0 as u32;
+            params.group_m0 = group_m0 as u32;
+            ctx.dispatch(
+                entry,
+                &constants,
+                bytemuck::bytes_of(&params),
+                &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
+                [
+                    groups_n as u32,
+                    (groups_m - group_m0).min(max) as u32,
+                    (batch - batch0).min(max) as u32,
+                ],
+            )?;
+        }
+    }
     Ok(out)
 }
 
@@ -550,8 +576,9 @@ impl Tensor {
     }
 
     /// Matrix product with either stored operand transposed: `trans_a` uses selfᵀ (self
-    /// stored [k, m]), `trans_b` uses otherᵀ (other stored [n, k]). No transposed copy is
-    /// made on either device. Batching works as in [`Tensor::matmul`], per batch entry.
+    /// stored [k, m]), `trans_b` uses otherᵀ (other stored [n, k]), as fast as the plain
+    /// product: the kernels read either layout in place. Batching works as in
+    /// [`Tensor::matmul`], per batch entry.
     pub fn matmul_t(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         let out = matmul_raw(self, other, trans_a, trans_b)?;
         Ok(record(Op::Matmul { trans_a, trans_b }, &[self, other], out))
@@ -797,6 +824,29 @@ mod tests {
             assert_eq!(got.shape(), &[bt, m, n]);
             check(&got, &want, k, &format!("{dev} shared left"));
         }
+    }
+
+    #[test]
+    fn grids_beyond_the_workgroup_limit_are_split() {
+        // 70,000 batch entries and (portable kernel, 8 rows per workgroup) 600,000 rows
+        // both exceed 65,535 workgroups in one dimension.
+        let Some(gpu) = gpu_or_skip() else { return };
+        let (a, a64) = inputs(&[70_000, 1, 2], 31, &gpu);
+        let (b, b64) = inputs(&[70_000, 2, 1], 32, &gpu);
+        check(
+            &a.matmul(&b).unwrap(),
+            &a64.matmul(&b64).unwrap(),
+            2,
+            "batch 70000",
+        );
+        let (a, a64) = inputs(&[600_000, 1], 33, &gpu);
+        let (b, b64) = inputs(&[1, 3], 34, &gpu);
+        let plan = GpuPlan {
+            portable: true,
+            ..GpuPlan::default()
+        };
+        let got = matmul_with(&a, &b, false, false, plan).unwrap();
+        check(&got, &a64.matmul(&b64).unwrap(), 1, "600000 rows");
     }
 
     #[test]
