@@ -2,7 +2,7 @@
 // The coefficients come from the parameter block or from 1-element device buffers, so a
 // scalar computed on the GPU (a dot product, CG's α = rᵀr / pᵀAp) scales a vector
 // without a readback. Unused scalar bindings are bound to any buffer and never read.
-//   A_SRC 0: a = p.a           1: a = p.a · s0[0]           2: a = p.a · s0[0] / s1[0]
+//   A_SRC 0: a = p.a           1: a = p.a · s0[0]           2: a = p.a · s0[0] / s1[0] (0 when s1[0] = 0)
 //   B_SRC 0: b = p.b           1: b = s1[0]   (never together with A_SRC 2)
 override A_SRC: u32 = 0u;
 override B_SRC: u32 = 0u;
@@ -33,7 +33,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var a = p.a;
     switch A_SRC {
         case 1u: { a = p.a * s0[0]; }
-        case 2u: { a = p.a * s0[0] / s1[0]; }
+        // A zero denominator gives a zero ratio: CG's α and β once its residual is exactly 0.
+        case 2u: { a = select(0.0, p.a * s0[0] / s1[0], s1[0] != 0.0); }
         default: {}
     }
     var b = p.b;

@@ -36,3 +36,8 @@ pub use ops::binary::BinaryOp;
 pub use ops::unary::UnaryOp;
 pub use ops::update::Scalar;
 pub use tensor::{DType, Element, Tensor};
+
+/// Compiles and runs the Rust examples in README.md as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -357,6 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn cg_past_exact_convergence_keeps_the_solution() {
+        // A 2×2 system converges exactly in 2 iterations; later ones see rᵀr = pᵀAp = 0
+        // and must not turn the answer into 0/0 = NaN.
+        let mut devices = vec![Device::Cpu];
+        devices.extend(gpu_or_skip());
+        for dev in devices {
+            let a = Tensor::from_vec(vec![2.0f32, 0.0, 0.0, 2.0], &[2, 2], &dev).unwrap();
+            let b = Tensor::from_vec(vec![2.0f32, -4.0], &[2], &dev).unwrap();
+            let opts = CgOptions {
+                max_iters: 10,
+                ..CgOptions::default()
+            };
+            let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
+            assert_eq!(out.x.to_vec::<f32>().unwrap(), vec![1.0, -2.0], "{dev}");
+            assert_eq!(out.residual_norm, 0.0);
+        }
+    }
+
+    #[test]
     fn cg_stops_at_tolerance_checking_every_k() {
         let n = 40;
         let (a, b, want) = system(n, 10.0, &Device::Cpu);

@@ -171,10 +171,17 @@ pub(crate) fn update_raw(
     let cpu_coefs = || -> Result<(f64, f64)> {
         match coefs {
             Coefs::Linear { b, a } => Ok((host_value(a)?, host_value(b)?)),
-            Coefs::Ratio { sign, num, den } => Ok((
-                sign * num.to_scalar::<f64>()? / den.to_scalar::<f64>()?,
-                1.0,
-            )),
+            Coefs::Ratio { sign, num, den } => {
+                let d = den.to_scalar::<f64>()?;
+                Ok((
+                    if d == 0.0 {
+                        0.0
+                    } else {
+                        sign * num.to_scalar::<f64>()? / d
+                    },
+                    1.0,
+                ))
+            }
         }
     };
     let storage = match (&*y.storage, &*x.storage) {
@@ -240,7 +247,9 @@ impl Tensor {
     /// `self + sign·(num/den)·x` in one pass, where `num` and `den` are one-element
     /// tensors on the same device (on the GPU the ratio is formed by the kernel, so it
     /// never leaves the device): conjugate gradient's `x + α p` and `r − α Ap` with
-    /// `α = rᵀr / pᵀAp`. A zero `den` gives inf or NaN, as the division would.
+    /// `α = rᵀr / pᵀAp`. A zero `den` makes the ratio 0 (so `self` is returned
+    /// unchanged): conjugate gradient then stops moving once its residual is exactly
+    /// zero instead of dividing 0 by 0.
     pub fn axpy_ratio(&self, num: &Tensor, den: &Tensor, sign: f64, x: &Tensor) -> Result<Tensor> {
         let out = update_raw("axpy_ratio", self, Coefs::Ratio { sign, num, den }, x)?;
         Ok(record(Op::AxpyRatio { sign }, &[self, x, num, den], out))
