@@ -57,4 +57,3 @@ pub fn run() -> ExitCode {
     println!("best available: {} — {}", choice.device, choice.reason);
     ExitCode::SUCCESS
 }
-

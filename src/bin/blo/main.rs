@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod check;
 mod devices;
 
 /// blo: bilevel optimization and hypergradients on any GPU (wgpu + WGSL).
@@ -19,11 +21,19 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu finds, plus the CPU backend, marking the one "best" picks.
     Devices,
+    /// Measure kernels, autodiff and hypergradients against the device's own ceilings;
+    /// `--compare` puts several result files side by side.
+    Bench(bench::Args),
+    /// Check every kernel, gradient, solver and hypergradient method on a device
+    /// against the CPU in f64; exit 1 on any failure.
+    Check(check::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Devices) | None => devices::run(),
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Check(args)) => check::run(args),
     }
 }
