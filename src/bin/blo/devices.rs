@@ -57,3 +57,4 @@ pub fn run() -> ExitCode {
     println!("best available: {} — {}", choice.device, choice.reason);
     ExitCode::SUCCESS
 }
+
