@@ -71,29 +71,32 @@ pub fn run(args: Args) -> ExitCode {
         Config::full()
     };
     config.only = args.only.clone();
-    println!(
+    eprintln!(
         "benchmarking {device}{}",
         if args.quick { " (quick)" } else { "" }
     );
-    println!(
-        "{:<24} {:<18} {:>11} {:>11} {:>10} {:>10} {:>9}",
-        "result", "size", "median ms", "GFLOP/s", "GB/s", "µs/op", "% ceiling"
-    );
-    let report = match bench::run(&device, &config, |r| print!("{}", bench::row(r))) {
+    // Progress on stderr as results arrive; the table with the final fractions (the
+    // ceilings are measured again at the end) on stdout.
+    let progress = |r: &bench::Record| {
+        let size: Vec<String> = r.size.iter().map(usize::to_string).collect();
+        eprintln!(
+            "  {:<24} {:<18} {:>10.3} ms",
+            r.name,
+            size.join("x"),
+            r.median_ms
+        )
+    };
+    let report = match bench::run(&device, &config, progress) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: the benchmark failed: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "ceilings: {:.1} GFLOP/s (FMA chains), {:.1} GB/s (copy, bytes read + written); blo {} ({}), {}",
-        report.ceilings.gflops,
-        report.ceilings.gbps,
-        report.blo_version,
-        report.git_commit,
-        report.date
-    );
+    print!("{}", bench::table(&report));
+    for sk in &report.skipped {
+        println!("skipped {} {:?}: {}", sk.name, sk.size, sk.reason);
+    }
     if let Some(path) = &args.json {
         let written = bench::to_json(&report).and_then(|text| {
             std::fs::write(path, text).map_err(|e| Error::InvalidArgument {
