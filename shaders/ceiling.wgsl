@@ -1,9 +1,12 @@
-// The adapter's compute ceiling for `blo bench`: every invocation runs eight independent
+// The adapter's compute ceiling for `blo bench`: every invocation runs four independent
 // chains of dependent vec4 FMAs on registers and writes one value, so the kernel reads
-// no memory and its time is arithmetic only. Eight chains hide the FMA latency (one
-// chain would measure latency, not throughput). FLOPs per invocation:
-// iters · 4 (unrolled) · 8 chains · 4 lanes · 2. The multiplier and addend come from the
-// uniform block, so the compiler cannot fold the loop away.
+// no memory and its time is arithmetic only. Several chains hide the FMA latency (one
+// chain measures latency, not throughput); more than four spill registers on a CPU
+// adapter (llvmpipe keeps each vec4 component of 8 invocations in one 256-bit
+// register). The eight steps per loop iteration are written out by hand: llvmpipe does
+// not unroll an inner loop, and its loop overhead halved the measured peak. FLOPs per
+// invocation: iters · 8 steps · 4 chains · 4 lanes · 2. The multiplier and addend come
+// from the uniform block, so the compiler cannot fold the loop away.
 override WG: u32 = 64u;
 
 struct Params {
@@ -28,23 +31,40 @@ fn fma_chain(@builtin(workgroup_id) wid: vec3<u32>,
     var a1 = a0 + 1.0;
     var a2 = a0 + 2.0;
     var a3 = a0 + 3.0;
-    var a4 = a0 + 4.0;
-    var a5 = a0 + 5.0;
-    var a6 = a0 + 6.0;
-    var a7 = a0 + 7.0;
     for (var k = 0u; k < p.iters; k++) {
-        // Unrolled four times so the loop counter costs little next to the FMAs.
-        for (var u = 0u; u < 4u; u++) {
-            a0 = fma(a0, m, c);
-            a1 = fma(a1, m, c);
-            a2 = fma(a2, m, c);
-            a3 = fma(a3, m, c);
-            a4 = fma(a4, m, c);
-            a5 = fma(a5, m, c);
-            a6 = fma(a6, m, c);
-            a7 = fma(a7, m, c);
-        }
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c);
+        a1 = fma(a1, m, c);
+        a2 = fma(a2, m, c);
+        a3 = fma(a3, m, c);
     }
-    let t = (a0 + a1) + (a2 + a3) + (a4 + a5) + (a6 + a7);
+    let t = (a0 + a1) + (a2 + a3);
     out[i] = t.x + t.y + t.z + t.w;
 }

@@ -524,9 +524,9 @@ static FMA_CHAIN: Kernel = Kernel {
 };
 
 const FMA_WG: u32 = 64;
-/// FLOPs per invocation and loop iteration of `shaders/ceiling.wgsl`: 4 unrolled
-/// steps × 8 chains × 4 lanes × 2.
-const FMA_FLOPS_PER_ITER: f64 = 4.0 * 8.0 * 4.0 * 2.0;
+/// FLOPs per invocation and loop iteration of `shaders/ceiling.wgsl`: 8 unrolled
+/// steps × 4 chains × 4 lanes × 2.
+const FMA_FLOPS_PER_ITER: f64 = 8.0 * 4.0 * 4.0 * 2.0;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
