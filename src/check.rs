@@ -1002,8 +1002,19 @@ mod tests {
         for op in ALL_BINARY {
             assert!(names.contains(&format!("binary/{}", lower(op)).as_str()));
         }
-        for (m, _) in methods() {
+        for (m, method) in methods() {
             assert!(names.contains(&format!("hypergrad/ridge/{m}").as_str()));
+            // A new Method variant breaks this match: add it to methods() as well.
+            match method {
+                Method::Rad
+                | Method::Trad { .. }
+                | Method::Forward
+                | Method::Cg { .. }
+                | Method::Neumann { .. }
+                | Method::FixedPoint { .. }
+                | Method::OneStep { .. }
+                | Method::Exact => {}
+            }
         }
     }
 }
