@@ -17,7 +17,9 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+pub mod bench;
 pub mod bilevel;
+pub mod check;
 pub mod device;
 pub mod error;
 pub mod experiment;

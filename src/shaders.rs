@@ -37,6 +37,7 @@ shaders! {
     LOSS => "loss",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
+    CEILING => "ceiling",
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod check;
 mod demo;
 mod devices;
 mod run;
@@ -29,6 +31,12 @@ enum Command {
     Devices,
     /// Run an experiment described by a TOML file and write its results as JSON.
     Run(run::Args),
+    /// Measure kernels, autodiff and hypergradients against the device's own ceilings;
+    /// `--compare` puts several result files side by side.
+    Bench(bench::Args),
+    /// Check every kernel, gradient, solver and hypergradient method on a device
+    /// against the CPU in f64; exit 1 on any failure.
+    Check(check::Args),
 }
 
 /// Mesa's drivers print "XDG_RUNTIME_DIR is invalid or not set" on headless machines
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Devices) => devices::run(),
         Some(Command::Run(args)) => run::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Check(args)) => check::run(args),
         None => demo::run(cli.demo),
     }
 }

@@ -1,0 +1,265 @@
+//! The `blo` command's `devices`, `bench` (with `--json` and `--compare`) and `check`
+//! subcommands, run as a user runs them, plus the check machinery's ability to catch
+//! a wrong kernel.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use blo::check::{Check, Input, KERNEL_TOL, checks};
+use blo::testing::gpu_or_skip;
+use blo::{DType, Device, Error, Tensor};
+
+fn blo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blo"))
+        .args(args)
+        .output()
+        .expect("the blo binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A path in the temp dir unique to this process and `name`.
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("blo-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn devices_lists_the_cpu_backend() {
+    let o = blo(&["devices"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("[cpu]"), "{out}");
+    assert!(out.contains("best available:"), "{out}");
+}
+
+#[test]
+fn check_on_the_cpu_passes_every_check() {
+    let o = blo(&["check", "--device", "cpu"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let passes = out.lines().filter(|l| l.ends_with(" pass")).count();
+    assert_eq!(passes, checks().len(), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    // One line per check: name, relative error, tolerance, verdict.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("matmul/tn "))
+        .expect("a matmul/tn line");
+    assert!(
+        line.contains("rel err") && line.contains("tol 1e-4"),
+        "{line}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("hypergrad/ridge/cg "))
+        .expect("a hypergradient line");
+    assert!(line.contains("tol 1e-3"), "{line}");
+}
+
+#[test]
+fn check_on_the_gpu_passes_every_check() {
+    let Some(_) = gpu_or_skip() else { return };
+    let o = blo(&["check"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(out.contains("checking gpu:"), "{out}");
+    let passes = out.lines().filter(|l| l.ends_with(" pass")).count();
+    assert_eq!(passes, checks().len(), "{out}");
+}
+
+#[test]
+fn check_filter_and_bad_device_are_reported() {
+    let o = blo(&["check", "--device", "cpu", "--only", "matmul/"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.lines().filter(|l| l.ends_with(" pass")).count() >= 4);
+    assert!(out.lines().all(|l| !l.starts_with("unary/")), "{out}");
+    let o = blo(&["check", "--device", "cpu", "--only", "no such check"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = blo(&["check", "--device", "tpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cpu, gpu or an adapter index"),
+        "{}",
+        stderr(&o)
+    );
+    let o = blo(&["bench", "--device", "999"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Runs `blo bench --quick` on `device` and returns the JSON file it wrote, after
+/// checking that every record holds the documented keys.
+fn quick_bench(device: &str, name: &str) -> (PathBuf, Vec<String>) {
+    let path = temp(name);
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        device,
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let text = std::fs::read_to_string(&path).expect("the JSON file was written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    for key in ["blo_version", "git_commit", "date", "device"] {
+        assert!(v[key].is_string(), "{key} in {text}");
+    }
+    assert_eq!(v["blo_version"], env!("CARGO_PKG_VERSION"));
+    for key in ["name", "backend", "device_type", "driver"] {
+        assert!(v["adapter"][key].is_string(), "adapter.{key} in {text}");
+    }
+    assert!(v["adapter"]["vendor"].is_u64());
+    let results = v["results"].as_array().expect("a results array");
+    assert!(results.len() >= 10, "{text}");
+    let mut names = Vec::new();
+    for r in results {
+        assert!(r["name"].is_string(), "{r}");
+        assert!(r["device"].is_string(), "{r}");
+        let size = r["size"].as_array().expect("size is an array");
+        assert!(!size.is_empty() && size.iter().all(|s| s.is_u64()), "{r}");
+        assert!(r["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+        for key in ["gflops", "gbps"] {
+            assert!(r[key].is_null() || r[key].is_f64(), "{key} in {r}");
+        }
+        names.push(r["name"].as_str().unwrap().to_string());
+    }
+    for want in [
+        "ceiling_fma",
+        "ceiling_copy",
+        "matmul",
+        "add",
+        "exp",
+        "sum",
+        "dispatch_overhead",
+        "hvp_mlp",
+        "cg_iteration_mlp",
+        "hypergrad_ridge_rad",
+        "hypergrad_ridge_cg",
+        "hypergrad_cleaning_rad",
+        "hypergrad_cleaning_cg",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    (path, names)
+}
+
+#[test]
+fn bench_quick_writes_json_and_compare_tables_it() {
+    let (cpu, mut names) = quick_bench("cpu", "cpu.json");
+    let second = match gpu_or_skip() {
+        Some(_) => {
+            let (gpu, gpu_names) = quick_bench("gpu", "gpu.json");
+            names.extend(gpu_names);
+            gpu
+        }
+        None => cpu.clone(),
+    };
+    let o = blo(&[
+        "bench",
+        "--compare",
+        cpu.to_str().unwrap(),
+        second.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for n in &names {
+        assert!(
+            out.lines().any(|l| l.starts_with(n.as_str())),
+            "{n}:\n{out}"
+        );
+    }
+    assert!(out.contains("[2]/[1]"), "{out}");
+
+    // A corrupted file, or a missing one, is a clear error with exit code 2.
+    let bad = temp("corrupt.json");
+    std::fs::write(&bad, "{\"blo_version\": \"0.1.0\", \"results\": [").unwrap();
+    let o = blo(&[
+        "bench",
+        "--compare",
+        cpu.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains(bad.to_str().unwrap()) && err.contains("not a blo bench JSON file"),
+        "{err}"
+    );
+    let missing = temp("missing.json");
+    let o = blo(&["bench", "--compare", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
+    for p in [cpu, second, bad] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A "kernel" that computes exp and then corrupts its f32 result the way a broken
+/// driver might; the f64 oracle side computes it correctly.
+fn broken_exp(kind: &'static str) -> Check {
+    Check::new(
+        format!("broken/{kind}"),
+        KERNEL_TOL,
+        vec![Input::Uniform(vec![7, 37], 1)],
+        move |t| {
+            let y = t[0].exp()?;
+            if t[0].dtype() == DType::F64 {
+                return Ok(vec![y]);
+            }
+            let dev = t[0].device();
+            let n = y.numel();
+            let mut v = y.to_vec::<f32>()?;
+            match kind {
+                // Half the elements off by 1e-3 relative: invisible in a plot, ten
+                // times the tolerance.
+                "perturbed" => {
+                    for x in v.iter_mut().take(n / 2) {
+                        *x *= 1.0 + 1e-3;
+                    }
+                }
+                "unwritten" => v[n - 1] = f32::NAN,
+                "wrong_shape" => return Ok(vec![y.slice(0, n - 1)?]),
+                "error" => {
+                    return Err(Error::InvalidArgument {
+                        op: "broken",
+                        msg: "the device failed".into(),
+                    });
+                }
+                "panic" => panic!("a broken kernel panicked"),
+                _ => {}
+            }
+            Ok(vec![Tensor::from_vec(v, &[7, 37], &dev)?])
+        },
+    )
+}
+
+#[test]
+fn a_wrong_kernel_is_caught_by_the_check_machinery() {
+    let mut devices = vec![Device::Cpu];
+    devices.extend(gpu_or_skip());
+    for dev in &devices {
+        let ok = broken_exp("none").run(dev);
+        assert!(ok.passed, "{dev}: the unbroken control must pass: {ok:?}");
+        for kind in ["perturbed", "unwritten", "wrong_shape", "error", "panic"] {
+            let r = broken_exp(kind).run(dev);
+            assert!(!r.passed, "{dev}: {kind} passed: {r:?}");
+            assert!(
+                r.line().ends_with("FAIL") || r.error.is_some(),
+                "{}",
+                r.line()
+            );
+        }
+        let r = broken_exp("perturbed").run(dev);
+        assert!(r.rel_err > KERNEL_TOL && r.rel_err < 1e-2, "{r:?}");
+        assert!(broken_exp("unwritten").run(dev).rel_err.is_nan());
+        let e = broken_exp("error").run(dev).error.unwrap_or_default();
+        assert!(e.contains("the device failed"), "{e}");
+    }
+}
