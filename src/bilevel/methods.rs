@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::{
-    Hypergradient, Inner, Problem, Report, bytes_of, check_lambda, check_w, detach_all, dot_list,
-    flatten, refs, run_inner, track, unflatten,
+    Hypergradient, Inner, Problem, Report, bytes_of, check_divergence, check_lambda, check_w,
+    detach_all, dot_list, flatten, refs, run_inner, track, unflatten,
 };
 use crate::autodiff::{HvpOperator, grad, no_grad};
 use crate::device::Device;
@@ -323,18 +323,7 @@ fn forward_mode(
         let gw = detach_all(&gw);
         state = no_grad(|| inner.optimizer.step(&state, &gw))?;
     }
-    // One readback for divergence detection, as in run_inner.
-    losses.push(no_grad(|| dot_list(&state[..nw], &state[..nw]))?.reshape(&[1])?);
-    let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
-    if let Some(t) = values.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(
-            "inner loop",
-            format!(
-                "the inner loss became {} at inner step {t} of {}: the inner optimizer diverged; lower its step size",
-                values[t], inner.steps
-            ),
-        ));
-    }
+    check_divergence(losses, &state[..nw], inner.steps)?;
     let w_t = state[..nw].to_vec();
     let (loss, gw, gl) = outer_grads(problem, &w_t, lambda)?;
     let columns: Vec<Tensor> = no_grad(|| {
@@ -478,9 +467,9 @@ fn one_step(
     } else {
         // ε = 0.01/‖u‖ stays on the device: w ± ε u = w ± 0.01·u/‖u‖, and the
         // difference quotient multiplies by ‖u‖/0.02.
+        let norm = no_grad(|| dot_list(&u, &u)?.sqrt())?;
+        let c = norm.full_like(0.01)?;
         let grad_lambda_at = |sign: f64| -> Result<Vec<Tensor>> {
-            let norm = no_grad(|| dot_list(&u, &u)?.sqrt())?;
-            let c = norm.full_like(0.01)?;
             let shifted: Vec<Tensor> = no_grad(|| {
                 w.iter()
                     .zip(&u)
@@ -492,7 +481,6 @@ fn one_step(
         };
         let (plus, minus) = (grad_lambda_at(1.0)?, grad_lambda_at(-1.0)?);
         no_grad(|| {
-            let norm = dot_list(&u, &u)?.sqrt()?;
             plus.iter()
                 .zip(&minus)
                 .map(|(p, m)| p.sub(m)?.mul(&norm)?.scale(1.0 / 0.02))

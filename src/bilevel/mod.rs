@@ -264,6 +264,30 @@ pub(crate) fn unflatten(v: &Tensor, like: &[Tensor]) -> Result<Vec<Tensor>> {
         .collect()
 }
 
+/// Fails with the step where the inner loop diverged. `losses` holds each step's inner
+/// loss as a 1-element device tensor; they and ‖w_T‖² (which catches a blow-up in the
+/// last step) are read back once, together, so detection costs no readback per step.
+pub(crate) fn check_divergence(
+    mut losses: Vec<Tensor>,
+    w_t: &[Tensor],
+    steps: usize,
+) -> Result<()> {
+    losses.push(no_grad(|| dot_list(w_t, w_t))?.reshape(&[1])?);
+    let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
+    if let Some(t) = values.iter().position(|v| !v.is_finite()) {
+        let what = if t < steps {
+            format!("the inner loss became {} at inner step {t}", values[t])
+        } else {
+            format!("the inner iterate became non-finite at step {steps}")
+        };
+        return Err(invalid(
+            "inner loop",
+            format!("{what} of {steps}: the inner optimizer diverged; lower its step size"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the inner optimizer for `steps` steps from `state`, without a graph. With
 /// `keep`, returns every state s_0..s_T (RAD stores them); otherwise just [s_T].
 ///
@@ -294,20 +318,7 @@ pub(crate) fn run_inner(
         }
         s = next;
     }
-    // The final iterate's norm catches a blow-up in the last step too.
-    losses.push(no_grad(|| dot_list(&s[..nw], &s[..nw]))?.reshape(&[1])?);
-    let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
-    if let Some(t) = values.iter().position(|v| !v.is_finite()) {
-        let what = if t < steps {
-            format!("the inner loss became {} at inner step {t}", values[t])
-        } else {
-            format!("the inner iterate became non-finite at step {steps}")
-        };
-        return Err(invalid(
-            "inner loop",
-            format!("{what} of {steps}: the inner optimizer diverged; lower its step size"),
-        ));
-    }
+    check_divergence(losses, &s[..nw], steps)?;
     states.push(s);
     Ok(states)
 }
