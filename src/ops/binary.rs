@@ -6,7 +6,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, numel, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, numel, same_place};
 
 /// An elementwise function of two tensors. The discriminant is the `OP` constant of
 /// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
@@ -301,22 +301,22 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor>
     same_place(name, a, b)?;
     let out = broadcast_shape(name, a.shape(), b.shape())?;
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => Storage::F32(binary_cpu(
+        (Storage::F32(x), Storage::F32(y)) => Storage::F32(CpuBuf::from(binary_cpu(
             |u, v| apply(op, u, v),
             x,
             a.shape(),
             y,
             b.shape(),
             &out,
-        )),
-        (Storage::F64(x), Storage::F64(y)) => Storage::F64(binary_cpu(
+        ))),
+        (Storage::F64(x), Storage::F64(y)) => Storage::F64(CpuBuf::from(binary_cpu(
             |u, v| apply(op, u, v),
             x,
             a.shape(),
             y,
             b.shape(),
             &out,
-        )),
+        ))),
         (Storage::Gpu(x), Storage::Gpu(y)) => {
             Storage::Gpu(binary_gpu(op as u32, x, a.shape(), y, b.shape(), &out)?)
         }
@@ -339,8 +339,22 @@ pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         });
     }
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(binary_cpu(|u, _| u, v, x.shape(), v, x.shape(), shape)),
-        Storage::F64(v) => Storage::F64(binary_cpu(|u, _| u, v, x.shape(), v, x.shape(), shape)),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(binary_cpu(
+            |u, _| u,
+            v,
+            x.shape(),
+            v,
+            x.shape(),
+            shape,
+        ))),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(binary_cpu(
+            |u, _| u,
+            v,
+            x.shape(),
+            v,
+            x.shape(),
+            shape,
+        ))),
         Storage::Gpu(b) => Storage::Gpu(binary_gpu(OP_FIRST, b, x.shape(), b, x.shape(), shape)?),
     };
     Ok(Tensor::from_storage(storage, shape))

@@ -15,7 +15,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 static ONE_HOT: Kernel = Kernel {
     shader: &shaders::INDEX,
@@ -155,8 +155,8 @@ pub(crate) fn one_hot_raw(labels: &Tensor, classes: usize) -> Result<Tensor> {
         )
     })?;
     let storage = match &*labels.storage {
-        Storage::F32(v) => Storage::F32(one_hot_cpu(v, classes)?),
-        Storage::F64(v) => Storage::F64(one_hot_cpu(v, classes)?),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(one_hot_cpu(v, classes)?)),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(one_hot_cpu(v, classes)?)),
         Storage::Gpu(buf) => {
             let params = Params {
                 n: u32_of("one_hot", "labels", n)?,
@@ -189,8 +189,12 @@ pub(crate) fn gather_raw(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         ));
     }
     let storage = match (&*x.storage, &*labels.storage) {
-        (Storage::F32(v), Storage::F32(l)) => Storage::F32(gather_cpu(v, l, classes)?),
-        (Storage::F64(v), Storage::F64(l)) => Storage::F64(gather_cpu(v, l, classes)?),
+        (Storage::F32(v), Storage::F32(l)) => {
+            Storage::F32(CpuBuf::from(gather_cpu(v, l, classes)?))
+        }
+        (Storage::F64(v), Storage::F64(l)) => {
+            Storage::F64(CpuBuf::from(gather_cpu(v, l, classes)?))
+        }
         (Storage::Gpu(v), Storage::Gpu(l)) => {
             let params = Params {
                 n: u32_of("gather", "rows", n)?,
@@ -233,8 +237,8 @@ pub(crate) fn transpose_raw(x: &Tensor) -> Result<Tensor> {
         }
     };
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(transpose_cpu(v, batch, rows, cols)),
-        Storage::F64(v) => Storage::F64(transpose_cpu(v, batch, rows, cols)),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
         Storage::Gpu(buf) => {
             let params = Params {
                 n: u32_of("transpose", "batch", batch)?,
@@ -272,14 +276,14 @@ pub(crate) fn concat_raw(parts: &[&Tensor]) -> Result<Tensor> {
     }
     let total: usize = parts.iter().map(|p| p.numel()).sum();
     let storage = match &*first.storage {
-        Storage::F32(_) => Storage::F32(concat_cpu(parts, |s| match s {
+        Storage::F32(_) => Storage::F32(CpuBuf::from(concat_cpu(parts, |s| match s {
             Storage::F32(v) => v,
             _ => unreachable!("same_place checked dtype"),
-        })),
-        Storage::F64(_) => Storage::F64(concat_cpu(parts, |s| match s {
+        }))),
+        Storage::F64(_) => Storage::F64(CpuBuf::from(concat_cpu(parts, |s| match s {
             Storage::F64(v) => v,
             _ => unreachable!("same_place checked dtype"),
-        })),
+        }))),
         Storage::Gpu(b) => {
             let ctx = &b.ctx;
             let y = ctx.alloc((total * 4) as u64)?;
@@ -296,7 +300,7 @@ pub(crate) fn concat_raw(parts: &[&Tensor]) -> Result<Tensor> {
     Ok(Tensor::from_storage(storage, &[total]))
 }
 
-fn concat_cpu<T: Element>(parts: &[&Tensor], data: impl Fn(&Storage) -> &Vec<T>) -> Vec<T> {
+fn concat_cpu<T: Element>(parts: &[&Tensor], data: impl Fn(&Storage) -> &[T]) -> Vec<T> {
     let mut y = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
     for p in parts {
         y.extend_from_slice(data(&p.storage));
@@ -316,8 +320,8 @@ pub(crate) fn slice_raw(x: &Tensor, start: usize, len: usize) -> Result<Tensor> 
         )
     })?;
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(v[start..end].to_vec()),
-        Storage::F64(v) => Storage::F64(v[start..end].to_vec()),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(v[start..end].to_vec())),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(v[start..end].to_vec())),
         Storage::Gpu(b) => {
             let y = b.ctx.alloc((len * 4) as u64)?;
             b.ctx.copy(b, (start * 4) as u64, &y, 0, (len * 4) as u64);

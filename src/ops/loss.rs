@@ -12,7 +12,7 @@ use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::ops::reduce;
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 static LOG_SOFTMAX: Kernel = Kernel {
     shader: &shaders::LOSS,
@@ -160,10 +160,10 @@ pub(crate) fn log_softmax_raw(z: &Tensor) -> Result<Tensor> {
     };
     let rows = z.numel().checked_div(c).unwrap_or(0);
     let storage = match &*z.storage {
-        Storage::F32(v) if c > 0 => Storage::F32(log_softmax_cpu(v, c)),
-        Storage::F64(v) if c > 0 => Storage::F64(log_softmax_cpu(v, c)),
-        Storage::F32(_) => Storage::F32(Vec::new()),
-        Storage::F64(_) => Storage::F64(Vec::new()),
+        Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(log_softmax_cpu(v, c))),
+        Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(log_softmax_cpu(v, c))),
+        Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
+        Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
         Storage::Gpu(b) => Storage::Gpu(log_softmax_gpu(b, rows, c)?),
     };
     Ok(Tensor::from_storage(storage, z.shape()))
@@ -214,16 +214,16 @@ pub(crate) fn cross_entropy_raw(
     let w = weights.map(|w| &*w.storage);
     let storage = match (&*logits.storage, &*labels.storage, w) {
         (Storage::F32(z), Storage::F32(y), None) => {
-            Storage::F32(vec![cross_entropy_cpu(z, c, y, None)?])
+            Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
         }
         (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => {
-            Storage::F32(vec![cross_entropy_cpu(z, c, y, Some(w))?])
+            Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
         }
         (Storage::F64(z), Storage::F64(y), None) => {
-            Storage::F64(vec![cross_entropy_cpu(z, c, y, None)?])
+            Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
         }
         (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => {
-            Storage::F64(vec![cross_entropy_cpu(z, c, y, Some(w))?])
+            Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
         }
         (Storage::Gpu(z), Storage::Gpu(y), None) => {
             Storage::Gpu(cross_entropy_gpu(z, n, c, y, None)?)

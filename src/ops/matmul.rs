@@ -38,7 +38,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 /// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
 static MATMUL: Kernel = Kernel {
@@ -169,9 +169,39 @@ trait Gemm: Element {
         rsc: isize,
         csc: isize,
     );
+
+    /// Matrix–vector kernels tuned for this element type, when the CPU has them:
+    /// `dots` (out[i] = row_i · v) and `combine_rows` (out = Σ_p c_p row_p). Return false
+    /// to fall back to the portable loops.
+    fn fast_dots(_rows: &[Self], _len: usize, _v: &[Self], _out: &mut [Self]) -> bool {
+        false
+    }
+    fn fast_combine_rows(_rows: &[Self], _len: usize, _c: &[Self], _out: &mut [Self]) -> bool {
+        false
+    }
 }
 
 impl Gemm for f32 {
+    fn fast_dots(rows: &[f32], len: usize, v: &[f32], out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::matmul_x86::available() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { super::matmul_x86::dots(rows, len, v, out) };
+            return true;
+        }
+        false
+    }
+
+    fn fast_combine_rows(rows: &[f32], len: usize, c: &[f32], out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::matmul_x86::available() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { super::matmul_x86::combine_rows(rows, len, c, out) };
+            return true;
+        }
+        false
+    }
+
     unsafe fn gemm(
         m: usize,
         k: usize,
@@ -211,15 +241,13 @@ impl Gemm for f64 {
     }
 }
 
-/// CPU reference: one strided GEMM per batch entry.
 /// Independent accumulators of [`dot_lanes`]: enough vectors in flight to hide the
 /// add latency with 8-wide registers (32 f32 = 4 AVX registers).
 const DOT_LANES: usize = 32;
 
 /// Σ x_i·y_i with [`DOT_LANES`] independent accumulators, so the loop vectorises and
 /// pipelines (a single floating-point accumulator forces a sequential chain).
-#[inline(always)]
-fn dot_lanes_body<T: Element>(x: &[T], y: &[T]) -> T {
+fn dot_lanes<T: Element>(x: &[T], y: &[T]) -> T {
     let mut acc = [T::zero(); DOT_LANES];
     let (xc, yc) = (x.chunks_exact(DOT_LANES), y.chunks_exact(DOT_LANES));
     let tail: T = xc
@@ -236,56 +264,16 @@ fn dot_lanes_body<T: Element>(x: &[T], y: &[T]) -> T {
 }
 
 /// out += s·row
-#[inline(always)]
-fn axpy_row_body<T: Element>(out: &mut [T], s: T, row: &[T]) {
+fn axpy_row<T: Element>(out: &mut [T], s: T, row: &[T]) {
     for (o, &r) in out.iter_mut().zip(row) {
         *o = *o + s * r;
     }
 }
 
-/// The same bodies compiled for AVX2, chosen at run time: a portable binary targets
-/// baseline x86-64 (4-wide SSE2), which halves the matrix–vector throughput.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use crate::tensor::Element;
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn dot<T: Element>(x: &[T], y: &[T]) -> T {
-        super::dot_lanes_body(x, y)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn axpy<T: Element>(out: &mut [T], s: T, row: &[T]) {
-        super::axpy_row_body(out, s, row)
-    }
-
-    pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx2")
-    }
-}
-
-fn dot_lanes<T: Element>(x: &[T], y: &[T]) -> T {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2::dot(x, y) };
-    }
-    dot_lanes_body(x, y)
-}
-
-fn axpy_row<T: Element>(out: &mut [T], s: T, row: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2::axpy(out, s, row) };
-    }
-    axpy_row_body(out, s, row)
-}
-
 /// Matrix–vector products (n = 1 or m = 1), which a GEMM kernel handles badly: it packs
 /// the whole matrix on every call (measured: 70% of a ridge hypergradient's time).
 /// Returns false when the shape is not a matrix–vector product.
-fn matvec_cpu<T: Element>(
+fn matvec_cpu<T: Gemm>(
     a: &[T],
     b: &[T],
     d: &Dims,
@@ -315,10 +303,12 @@ fn matvec_cpu<T: Element>(
         // Single-threaded on purpose: splitting rows over 2 threads measured 2–3× slower
         // whenever other work shares the cores (tests, the GPU driver's threads).
         if dots {
-            for (ci, row) in ct.iter_mut().zip(rows.chunks_exact(len)) {
-                *ci = dot_lanes(row, vector);
+            if !T::fast_dots(rows, len, vector, ct) {
+                for (ci, row) in ct.iter_mut().zip(rows.chunks_exact(len)) {
+                    *ci = dot_lanes(row, vector);
+                }
             }
-        } else {
+        } else if !T::fast_combine_rows(rows, len, &vector[..rows.len() / len], ct) {
             for (p, row) in rows.chunks_exact(len).enumerate() {
                 axpy_row(ct, vector[p], row);
             }
@@ -327,6 +317,7 @@ fn matvec_cpu<T: Element>(
     true
 }
 
+/// CPU reference: one strided GEMM per batch entry.
 fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool) -> Vec<T> {
     let Dims { batch, m, k, n, .. } = *d;
     let mut c = vec![T::zero(); batch * m * n];
@@ -627,8 +618,12 @@ pub(crate) fn matmul_with(
     same_place("matmul", a, b)?;
     let (d, out) = dims(a.shape(), b.shape(), trans_a, trans_b)?;
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => Storage::F32(matmul_cpu(x, y, &d, trans_a, trans_b)),
-        (Storage::F64(x), Storage::F64(y)) => Storage::F64(matmul_cpu(x, y, &d, trans_a, trans_b)),
+        (Storage::F32(x), Storage::F32(y)) => {
+            Storage::F32(CpuBuf::from(matmul_cpu(x, y, &d, trans_a, trans_b)))
+        }
+        (Storage::F64(x), Storage::F64(y)) => {
+            Storage::F64(CpuBuf::from(matmul_cpu(x, y, &d, trans_a, trans_b)))
+        }
         (Storage::Gpu(x), Storage::Gpu(y)) => {
             Storage::Gpu(matmul_gpu(x, y, &d, trans_a, trans_b, plan)?)
         }
@@ -719,6 +714,74 @@ mod tests {
     use super::*;
     use crate::Device;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
+
+    /// The f32 matrix–vector kernels (eight-row blocks, eight-lane bodies, scalar tails)
+    /// against an f64 loop, on row counts and lengths around every block edge, both
+    /// forms (row dots and row combinations), with the matrix at every offset from a
+    /// 32-byte boundary. Tolerance: f32 rounding over at most 203 terms of size ≤ 1.
+    #[test]
+    fn f32_matvec_kernels_match_f64() {
+        for rows in [1, 7, 8, 9, 16, 17, 203] {
+            for len in [1, 7, 8, 9, 31, 200, 203] {
+                let (_, x64) = oracle_pair(&[rows * len + 7], 3);
+                let (_, v64) = oracle_pair(&[rows.max(len)], 4);
+                for offset in [0, 1, 4, 7] {
+                    let x32: Vec<f32> = x64[offset..offset + rows * len]
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
+                    let xr = &x64[offset..offset + rows * len];
+                    // Row dots: out[i] = row_i · v.
+                    let v32: Vec<f32> = v64[..len].iter().map(|&v| v as f32).collect();
+                    let mut out = vec![f32::NAN; rows];
+                    let d = Dims {
+                        batch: 1,
+                        m: rows,
+                        k: len,
+                        n: 1,
+                        a_batched: false,
+                        b_batched: false,
+                    };
+                    assert!(matvec_cpu(&x32, &v32, &d, false, false, &mut out));
+                    let want: Vec<f64> = xr
+                        .chunks_exact(len)
+                        .map(|r| r.iter().zip(&v64).map(|(a, b)| a * b).sum())
+                        .collect();
+                    let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
+                    assert_close(
+                        &got,
+                        &want,
+                        1e-5,
+                        1e-5,
+                        &format!("dots {rows}x{len}+{offset}"),
+                    );
+                    // Row combinations: out = Σ_p c_p row_p, i.e. cᵀ·X.
+                    let c32: Vec<f32> = v64[..rows].iter().map(|&v| v as f32).collect();
+                    let mut out = vec![f32::NAN; len];
+                    let d = Dims {
+                        batch: 1,
+                        m: 1,
+                        k: rows,
+                        n: len,
+                        a_batched: false,
+                        b_batched: false,
+                    };
+                    assert!(matvec_cpu(&c32, &x32, &d, false, false, &mut out));
+                    let want: Vec<f64> = (0..len)
+                        .map(|j| (0..rows).map(|p| v64[p] * xr[p * len + j]).sum())
+                        .collect();
+                    let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
+                    assert_close(
+                        &got,
+                        &want,
+                        1e-5,
+                        1e-5,
+                        &format!("combine {rows}x{len}+{offset}"),
+                    );
+                }
+            }
+        }
+    }
 
     /// (m, k, n): ones, primes, k smaller than m and n, sizes that are not multiples of
     /// any block (4, 8 lanes, 8 columns, 8..64 rows) and ones that are.

@@ -6,6 +6,8 @@ pub(crate) mod fill;
 pub mod index;
 pub mod loss;
 pub mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod matmul_x86;
 pub mod reduce;
 pub mod shape;
 pub mod unary;

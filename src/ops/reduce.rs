@@ -12,7 +12,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 /// What a full reduction adds up; the discriminant is the `OP` constant of `full`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,8 +333,12 @@ fn full_raw(
         None => a,
     };
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => Storage::F32(vec![full_cpu(op, x, y, scale)]),
-        (Storage::F64(x), Storage::F64(y)) => Storage::F64(vec![full_cpu(op, x, y, scale)]),
+        (Storage::F32(x), Storage::F32(y)) => {
+            Storage::F32(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
+        }
+        (Storage::F64(x), Storage::F64(y)) => {
+            Storage::F64(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
+        }
         (Storage::Gpu(x), Storage::Gpu(y)) => {
             Storage::Gpu(full_gpu(op, x, y, a.numel(), scale as f32)?)
         }
@@ -415,8 +419,8 @@ fn axis_raw(
     }
     let scale = if mean { 1.0 / len as f64 } else { 1.0 };
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(axis_cpu(op, v, outer, len, inner, scale)),
-        Storage::F64(v) => Storage::F64(axis_cpu(op, v, outer, len, inner, scale)),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale))),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale))),
         Storage::Gpu(b) => Storage::Gpu(axis_gpu(op, b, outer, len, inner, scale as f32)?),
     };
     Ok(Tensor::from_storage(storage, &out_shape))

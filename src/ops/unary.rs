@@ -4,7 +4,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::Result;
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor};
 
 /// An elementwise function of one tensor. The discriminant is the `OP` constant of
 /// `shaders/unary.wgsl`.
@@ -152,8 +152,8 @@ fn unary_gpu(op: UnaryOp, x: &GpuBuffer, n: usize, a: f32, b: f32) -> Result<Gpu
 /// `op` applied elementwise, with scalars `a`, `b` used by [`UnaryOp::ScaleShift`].
 pub(crate) fn unary_raw(x: &Tensor, op: UnaryOp, a: f64, b: f64) -> Result<Tensor> {
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(unary_cpu(op, v, a, b)),
-        Storage::F64(v) => Storage::F64(unary_cpu(op, v, a, b)),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(unary_cpu(op, v, a, b))),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(unary_cpu(op, v, a, b))),
         Storage::Gpu(buf) => Storage::Gpu(unary_gpu(op, buf, x.numel(), a as f32, b as f32)?),
     };
     Ok(Tensor::from_storage(storage, x.shape()))

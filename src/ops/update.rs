@@ -11,7 +11,7 @@ use crate::autodiff::{Op, ScalarKind, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
 use crate::shaders;
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 /// A coefficient of a fused update: a host number or a one-element tensor on the
 /// device of the tensors it scales (read there, without a readback).
@@ -187,11 +187,11 @@ pub(crate) fn update_raw(
     let storage = match (&*y.storage, &*x.storage) {
         (Storage::F32(yv), Storage::F32(xv)) => {
             let (a, b) = cpu_coefs()?;
-            Storage::F32(update_cpu(yv, xv, a as f32, b as f32))
+            Storage::F32(CpuBuf::from(update_cpu(yv, xv, a as f32, b as f32)))
         }
         (Storage::F64(yv), Storage::F64(xv)) => {
             let (a, b) = cpu_coefs()?;
-            Storage::F64(update_cpu(yv, xv, a, b))
+            Storage::F64(CpuBuf::from(update_cpu(yv, xv, a, b)))
         }
         (Storage::Gpu(yb), Storage::Gpu(xb)) => Storage::Gpu(update_gpu(yb, xb, y.numel(), coefs)?),
         _ => unreachable!("same_place checked device and dtype"),

@@ -1,0 +1,135 @@
+//! f32 matrix–vector kernels of matmul's CPU path for x86-64 with AVX2 and FMA, chosen at
+//! run time (a portable build targets baseline x86-64).
+//!
+//! Both kernels walk eight matrix rows at once, the shape XLA's CPU backend emits for
+//! the same products: eight independent accumulators hide the FMA latency, and the
+//! shared operand is loaded once per eight rows. A ridge hypergradient is a chain of
+//! such passes over a matrix that sits in L2; measured on a 2000×200 f32 matrix, one pass
+//! takes 17 µs (94 GB/s) against 31–38 µs for the autovectorised loops these replace.
+
+use std::arch::x86_64::{
+    __m256, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehdup_ps, _mm_movehl_ps,
+    _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+};
+
+/// Rows walked together.
+const ROWS: usize = 8;
+/// f32 lanes of one AVX register.
+const LANES: usize = 8;
+
+/// Whether this CPU can run the kernels (the detection result is cached by std).
+pub(super) fn available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// out[i] = rows[i·len .. (i+1)·len] · v.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dots(rows: &[f32], len: usize, v: &[f32], out: &mut [f32]) {
+    let m = out.len();
+    assert!(
+        rows.len() >= m * len && v.len() >= len,
+        "dots: operand too short"
+    );
+    let body = len / LANES * LANES;
+    let (xp, vp) = (rows.as_ptr(), v.as_ptr());
+    let mut i = 0;
+    while i + ROWS <= m {
+        // SAFETY: rows i..i+ROWS of `len` elements lie inside `rows`, and j + LANES ≤ body
+        // ≤ len ≤ v.len() (asserted above), so every load is in bounds.
+        unsafe {
+            let base = xp.add(i * len);
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            let mut j = 0;
+            while j < body {
+                let vv = _mm256_loadu_ps(vp.add(j));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(r * len + j)), vv, *a);
+                }
+                j += LANES;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let row = std::slice::from_raw_parts(base.add(r * len), len);
+                out[i + r] = tail_dot(hsum(*a), &row[body..], &v[body..len]);
+            }
+        }
+        i += ROWS;
+    }
+    for (o, row) in out[i..].iter_mut().zip(rows[i * len..].chunks_exact(len)) {
+        let mut acc = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < body {
+            // SAFETY: j + LANES ≤ body ≤ len = row.len() ≤ v.len().
+            acc = unsafe {
+                _mm256_fmadd_ps(
+                    _mm256_loadu_ps(row.as_ptr().add(j)),
+                    _mm256_loadu_ps(vp.add(j)),
+                    acc,
+                )
+            };
+            j += LANES;
+        }
+        *o = tail_dot(hsum(acc), &row[body..], &v[body..len]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn tail_dot(start: f32, x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).fold(start, |s, (&p, &q)| p.mul_add(q, s))
+}
+
+/// out = Σ_p coeffs[p] · rows[p·len .. (p+1)·len] (out is overwritten).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn combine_rows(rows: &[f32], len: usize, coeffs: &[f32], out: &mut [f32]) {
+    let m = coeffs.len();
+    assert!(
+        rows.len() >= m * len && out.len() == len,
+        "combine_rows: operand too short"
+    );
+    out.fill(0.0);
+    let body = len / LANES * LANES;
+    let (xp, op) = (rows.as_ptr(), out.as_mut_ptr());
+    let mut p = 0;
+    while p + ROWS <= m {
+        let s: [__m256; ROWS] = std::array::from_fn(|q| _mm256_set1_ps(coeffs[p + q]));
+        // SAFETY: rows p..p+ROWS lie inside `rows` and j + LANES ≤ body ≤ len = out.len().
+        unsafe {
+            let base = xp.add(p * len);
+            let mut j = 0;
+            while j < body {
+                let mut a = _mm256_loadu_ps(op.add(j));
+                for (q, sq) in s.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(q * len + j)), *sq, a);
+                }
+                _mm256_storeu_ps(op.add(j), a);
+                j += LANES;
+            }
+        }
+        for j in body..len {
+            let mut a = out[j];
+            for q in 0..ROWS {
+                a = rows[(p + q) * len + j].mul_add(coeffs[p + q], a);
+            }
+            out[j] = a;
+        }
+        p += ROWS;
+    }
+    for (row, &c) in rows[p * len..m * len].chunks_exact(len).zip(&coeffs[p..]) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = x.mul_add(c, *o);
+        }
+    }
+}
