@@ -132,6 +132,26 @@ pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// [`binary_cpu`] with the op matched once, outside the element loop, so that each
+/// arithmetic op gets its own vectorised loop.
+fn binary_cpu_op<T: Element>(
+    op: BinaryOp,
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out: &[usize],
+) -> Vec<T> {
+    let run = |f: &dyn Fn(T, T) -> T| binary_cpu(f, a, a_shape, b, b_shape, out);
+    match op {
+        BinaryOp::Add => binary_cpu(|u, v| u + v, a, a_shape, b, b_shape, out),
+        BinaryOp::Sub => binary_cpu(|u, v| u - v, a, a_shape, b, b_shape, out),
+        BinaryOp::Mul => binary_cpu(|u, v| u * v, a, a_shape, b, b_shape, out),
+        BinaryOp::Div => binary_cpu(|u, v| u / v, a, a_shape, b, b_shape, out),
+        _ => run(&|u, v| apply(op, u, v)),
+    }
+}
+
 /// CPU reference with general broadcasting.
 /// How an operand's elements map onto the output's, for the CPU's fast paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,33 +201,35 @@ pub(crate) fn binary_cpu<T: Element>(
         (Some(Pattern::Full), Some(Pattern::Full)) => {
             return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         }
+        // Explicit row loops rather than `flat_map(..).collect()`: a flattened iterator
+        // has no exact length, so it neither preallocates nor vectorises.
         (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 => {
-            return a
-                .chunks(p)
-                .flat_map(|row| row.iter().zip(b).map(|(&x, &y)| f(x, y)))
-                .collect();
+            let mut y = Vec::with_capacity(n);
+            for row in a.chunks(p) {
+                y.extend(row.iter().zip(b).map(|(&x, &v)| f(x, v)));
+            }
+            return y;
         }
         (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 => {
-            return b
-                .chunks(p)
-                .flat_map(|row| a.iter().zip(row).map(|(&x, &y)| f(x, y)))
-                .collect();
+            let mut y = Vec::with_capacity(n);
+            for row in b.chunks(p) {
+                y.extend(a.iter().zip(row).map(|(&x, &v)| f(x, v)));
+            }
+            return y;
         }
         (Some(Pattern::Full), Some(Pattern::Repeat(k))) => {
-            return a
-                .chunks(k)
-                .zip(b)
-                .flat_map(|(row, &y)| row.iter().map(move |&x| (x, y)))
-                .map(|(x, y)| f(x, y))
-                .collect();
+            let mut y = Vec::with_capacity(n);
+            for (row, &v) in a.chunks(k).zip(b) {
+                y.extend(row.iter().map(|&x| f(x, v)));
+            }
+            return y;
         }
         (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
-            return b
-                .chunks(k)
-                .zip(a)
-                .flat_map(|(row, &x)| row.iter().map(move |&y| (x, y)))
-                .map(|(x, y)| f(x, y))
-                .collect();
+            let mut y = Vec::with_capacity(n);
+            for (row, &x) in b.chunks(k).zip(a) {
+                y.extend(row.iter().map(|&v| f(x, v)));
+            }
+            return y;
         }
         _ => {}
     }
@@ -301,16 +323,16 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor>
     same_place(name, a, b)?;
     let out = broadcast_shape(name, a.shape(), b.shape())?;
     let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => Storage::F32(CpuBuf::from(binary_cpu(
-            |u, v| apply(op, u, v),
+        (Storage::F32(x), Storage::F32(y)) => Storage::F32(CpuBuf::from(binary_cpu_op(
+            op,
             x,
             a.shape(),
             y,
             b.shape(),
             &out,
         ))),
-        (Storage::F64(x), Storage::F64(y)) => Storage::F64(CpuBuf::from(binary_cpu(
-            |u, v| apply(op, u, v),
+        (Storage::F64(x), Storage::F64(y)) => Storage::F64(CpuBuf::from(binary_cpu_op(
+            op,
             x,
             a.shape(),
             y,

@@ -2,6 +2,7 @@
 //! reference and its tests live together; the WGSL is in `shaders/<family>.wgsl`.
 
 pub mod binary;
+pub(crate) mod cpu_math;
 pub(crate) mod fill;
 pub mod index;
 pub mod loss;

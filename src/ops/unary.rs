@@ -3,6 +3,7 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::Result;
+use crate::ops::cpu_math::CpuMath;
 use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor};
 
@@ -124,9 +125,34 @@ pub(crate) fn apply<T: Element>(op: UnaryOp, x: T, a: T, b: T) -> T {
 }
 
 /// CPU reference: `op` applied to every element.
-pub(crate) fn unary_cpu<T: Element>(op: UnaryOp, x: &[T], a: f64, b: f64) -> Vec<T> {
+pub(crate) fn unary_cpu<T: CpuMath>(op: UnaryOp, x: &[T], a: f64, b: f64) -> Vec<T> {
     let (a, b) = (T::of(a), T::of(b));
-    x.iter().map(|&v| apply(op, v, a, b)).collect()
+    // One loop per op (the op is matched once, not per element), so each vectorises.
+    fn map<T: Element>(x: &[T], f: impl Fn(T) -> T) -> Vec<T> {
+        x.iter().map(|&v| f(v)).collect()
+    }
+    let one = T::one();
+    match op {
+        UnaryOp::Exp => {
+            let mut y = x.to_vec();
+            T::exp_inplace(&mut y);
+            y
+        }
+        UnaryOp::Sigmoid => {
+            let mut y = map(x, |v| -v);
+            T::exp_inplace(&mut y);
+            y.iter_mut().for_each(|v| *v = one / (one + *v));
+            y
+        }
+        UnaryOp::Neg => map(x, |v| -v),
+        UnaryOp::Square => map(x, |v| v * v),
+        UnaryOp::Abs => map(x, |v| v.abs()),
+        UnaryOp::ScaleShift => map(x, |v| a * v + b),
+        UnaryOp::Recip => map(x, |v| one / v),
+        UnaryOp::Relu => map(x, |v| if v > T::zero() { v } else { T::zero() }),
+        UnaryOp::ReluMask => map(x, |v| if v > T::zero() { one } else { T::zero() }),
+        _ => map(x, |v| apply(op, v, a, b)),
+    }
 }
 
 fn unary_gpu(op: UnaryOp, x: &GpuBuffer, n: usize, a: f32, b: f32) -> Result<GpuBuffer> {
