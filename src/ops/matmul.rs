@@ -179,6 +179,21 @@ trait Gemm: Element {
     fn fast_combine_rows(_rows: &[Self], _len: usize, _c: &[Self], _out: &mut [Self]) -> bool {
         false
     }
+    /// C = op(A)·B for a narrow row-major B (see `matmul_x86::narrow_gemm`); false when
+    /// there is no kernel for this shape or CPU.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_narrow(
+        _a: &[Self],
+        _rsa: usize,
+        _csa: usize,
+        _b: &[Self],
+        _m: usize,
+        _k: usize,
+        _n: usize,
+        _c: &mut [Self],
+    ) -> bool {
+        false
+    }
 }
 
 impl Gemm for f32 {
@@ -187,6 +202,25 @@ impl Gemm for f32 {
         if super::matmul_x86::available() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             unsafe { super::matmul_x86::dots(rows, len, v, out) };
+            return true;
+        }
+        false
+    }
+
+    fn fast_narrow(
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        c: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if n <= super::matmul_x86::NARROW_MAX && super::matmul_x86::narrow_available() {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { super::matmul_x86::narrow_gemm(a, rsa, csa, b, m, k, n, c) };
             return true;
         }
         false
@@ -335,6 +369,16 @@ fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool)
         if d.b_batched { k * n } else { 0 },
     );
     assert!(a.len() >= (batch - 1) * sa + m * k && b.len() >= (batch - 1) * sb + k * n);
+    if !trans_b {
+        let mut all = true;
+        for (t, ct) in c.chunks_exact_mut(m * n).enumerate() {
+            let (at, bt) = (&a[t * sa..t * sa + m * k], &b[t * sb..t * sb + k * n]);
+            all &= T::fast_narrow(at, rsa, csa, bt, m, k, n, ct);
+        }
+        if all {
+            return c;
+        }
+    }
     // matrixmultiply's own threading spins and yields on every call, which cost a third
     // of a small-matrix workload (hyper-cleaning); big products split their rows over
     // scoped threads here instead, and small ones stay on the calling thread.
@@ -714,6 +758,49 @@ mod tests {
     use super::*;
     use crate::Device;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
+
+    /// The f32 narrow GEMM (outputs ≤ 16 wide, eight-row blocks) against the f64 path,
+    /// with A plain and transposed, batched, at widths on both sides of the limit and row
+    /// counts around the block. Tolerance: f32 rounding over at most 67 terms of size ≤ 1.
+    #[test]
+    fn f32_narrow_gemm_matches_f64() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (9, 67, 10),
+            (8, 5, 16),
+            (17, 3, 7),
+            (23, 64, 17),
+            (7, 1, 2),
+        ] {
+            for trans_a in [false, true] {
+                let batch = 2;
+                let (_, a64) = oracle_pair(&[batch * m * k], 5);
+                let (_, b64) = oracle_pair(&[batch * k * n], 6);
+                let d = Dims {
+                    batch,
+                    m,
+                    k,
+                    n,
+                    a_batched: true,
+                    b_batched: true,
+                };
+                let want = matmul_cpu(&a64, &b64, &d, trans_a, false);
+                let a32: Vec<f32> = a64.iter().map(|&v| v as f32).collect();
+                let b32: Vec<f32> = b64.iter().map(|&v| v as f32).collect();
+                let got: Vec<f64> = matmul_cpu(&a32, &b32, &d, trans_a, false)
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                assert_close(
+                    &got,
+                    &want,
+                    1e-5,
+                    1e-5,
+                    &format!("{m}x{k}x{n} ta={trans_a}"),
+                );
+            }
+        }
+    }
 
     /// The f32 matrix–vector kernels (eight-row blocks, eight-lane bodies, scalar tails)
     /// against an f64 loop, on row counts and lengths around every block edge, both
