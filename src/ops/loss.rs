@@ -61,7 +61,12 @@ struct CeParams {
 fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
     let maxes: Vec<T> = z
         .chunks_exact(c)
-        .map(|row| row.iter().fold(T::neg_infinity(), |m, &v| m.max(v)))
+        // A plain comparison (vectorises; `max` must also order NaNs). A NaN in a row
+        // still comes out: it survives the subtraction and the exp into the row's sum.
+        .map(|row| {
+            row.iter()
+                .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
+        })
         .collect();
     let mut e = Vec::with_capacity(z.len());
     for (row, &m) in z.chunks_exact(c).zip(&maxes) {

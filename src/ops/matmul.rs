@@ -196,12 +196,35 @@ trait Gemm: Element {
     }
 }
 
+/// Matrix–vector passes over at least this many elements (512 KB of f32) are split
+/// over two cores (see `cpu_pair`); smaller ones cost less than the hand-off.
+const PAIR_MIN_ELEMENTS: usize = 1 << 17;
+
 impl Gemm for f32 {
     fn fast_dots(rows: &[f32], len: usize, v: &[f32], out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if super::matmul_x86::available() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { super::matmul_x86::dots(rows, len, v, out) };
+            use super::matmul_x86::dots;
+            let m = out.len();
+            if m * len < PAIR_MIN_ELEMENTS {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { dots(rows, len, v, out) };
+                return true;
+            }
+            // Halves on an eight-row boundary, so only the last block is partial.
+            let h = (m / 2).div_ceil(8) * 8;
+            let (o0, o1) = out.split_at_mut(h.min(m));
+            let outs = [std::sync::Mutex::new(o0), std::sync::Mutex::new(o1)];
+            super::cpu_pair::run_halves(&|half| {
+                let (r0, r1) = if half == 0 {
+                    (0, h.min(m))
+                } else {
+                    (h.min(m), m)
+                };
+                let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { dots(&rows[r0 * len..r1 * len], len, v, &mut o) };
+            });
             return true;
         }
         false
@@ -229,8 +252,31 @@ impl Gemm for f32 {
     fn fast_combine_rows(rows: &[f32], len: usize, c: &[f32], out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if super::matmul_x86::available() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { super::matmul_x86::combine_rows(rows, len, c, out) };
+            use super::matmul_x86::combine_rows;
+            let m = c.len();
+            if m * len < PAIR_MIN_ELEMENTS {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { combine_rows(rows, len, c, out) };
+                return true;
+            }
+            // Each half of the rows sums into its own output; the second is added after.
+            let h = m / 2;
+            let mut second = vec![0.0f32; len];
+            {
+                let outs = [
+                    std::sync::Mutex::new(&mut *out),
+                    std::sync::Mutex::new(&mut second[..]),
+                ];
+                super::cpu_pair::run_halves(&|half| {
+                    let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
+                    let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
+                    // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                    unsafe { combine_rows(&rows[r0 * len..r1 * len], len, &c[r0..r1], &mut o) };
+                });
+            }
+            for (o, s) in out.iter_mut().zip(&second) {
+                *o += s;
+            }
             return true;
         }
         false
@@ -800,6 +846,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Passes large enough to be split over two cores (`cpu_pair`), both forms, row
+    /// counts that do not halve on an eight-row block, repeated from two threads at once
+    /// (one owns the helper, the other runs alone) so that hand-offs, reuse of one job
+    /// address and the busy path all run. Tolerance as in the single-core test below.
+    #[test]
+    fn f32_matvec_split_over_two_cores_matches_f64() {
+        let (rows, len) = (1031, 203);
+        assert!(rows * len >= PAIR_MIN_ELEMENTS);
+        let (_, x64) = oracle_pair(&[rows * len], 7);
+        let (_, v64) = oracle_pair(&[rows], 8);
+        let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        let dots_want: Vec<f64> = x64
+            .chunks_exact(len)
+            .map(|r| r.iter().zip(&v64).map(|(a, b)| a * b).sum())
+            .collect();
+        let combine_want: Vec<f64> = (0..len)
+            .map(|j| (0..rows).map(|p| v64[p] * x64[p * len + j]).sum())
+            .collect();
+        let check = || {
+            for rep in 0..40 {
+                let v32: Vec<f32> = v64[..len].iter().map(|&v| v as f32).collect();
+                let mut out = vec![f32::NAN; rows];
+                let d = Dims {
+                    batch: 1,
+                    m: rows,
+                    k: len,
+                    n: 1,
+                    a_batched: false,
+                    b_batched: false,
+                };
+                assert!(matvec_cpu(&x32, &v32, &d, false, false, &mut out));
+                let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
+                assert_close(&got, &dots_want, 1e-5, 1e-5, &format!("dots, rep {rep}"));
+                let c32: Vec<f32> = v64.iter().map(|&v| v as f32).collect();
+                let mut out = vec![f32::NAN; len];
+                let d = Dims {
+                    batch: 1,
+                    m: 1,
+                    k: rows,
+                    n: len,
+                    a_batched: false,
+                    b_batched: false,
+                };
+                assert!(matvec_cpu(&c32, &x32, &d, false, false, &mut out));
+                let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
+                assert_close(
+                    &got,
+                    &combine_want,
+                    1e-4,
+                    1e-5,
+                    &format!("combine, rep {rep}"),
+                );
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(check);
+            check();
+        });
     }
 
     /// The f32 matrix–vector kernels (eight-row blocks, eight-lane bodies, scalar tails)

@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub(crate) mod cpu_math;
+pub(crate) mod cpu_pair;
 pub(crate) mod fill;
 pub mod index;
 pub mod loss;

@@ -1,0 +1,175 @@
+//! A second core for large CPU matrix–vector passes.
+//!
+//! A ridge hypergradient is hundreds of passes over one matrix that fits in L2, each
+//! ~17 µs on one core: too short for spawning threads (~20 µs) or a pool whose idle
+//! threads sleep (a futex wake-up costs as much as the pass). Instead one helper
+//! thread spins briefly after each job, so back-to-back passes find it awake, and each
+//! pass is split in two halves that either thread may claim. The caller never waits
+//! for a helper that has not started: it claims whatever half is left itself, and
+//! waits only for a half the helper is already running. On a loaded machine this
+//! degrades to the single-threaded pass, not to a scheduler tick. The helper prefers
+//! the second half and the caller the first, so each core keeps re-reading the same
+//! half of the matrix from its own L2.
+//!
+//! `BLO_CPU_THREADS=1` keeps every pass on the calling thread.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long the helper stays awake after its last job, and how much of that it spins
+/// without yielding the core.
+const SPIN: Duration = Duration::from_micros(200);
+const SPIN_HARD: Duration = Duration::from_micros(20);
+
+/// Two halves of one piece of work; each is claimed exactly once, by either thread.
+struct Job<'a> {
+    run: &'a (dyn Fn(usize) + Sync),
+    claimed: [AtomicBool; 2],
+    /// Set when a half panicked on the helper thread; the caller re-raises it.
+    panicked: AtomicBool,
+}
+
+impl Job<'_> {
+    fn claim_and_run(&self, half: usize) {
+        if !self.claimed[half].swap(true, Ordering::AcqRel) {
+            (self.run)(half);
+        }
+    }
+}
+
+struct Helper {
+    /// The published job (lifetime erased), or null.
+    job: AtomicPtr<Job<'static>>,
+    /// Bumped with every published job (jobs from one call site share an address).
+    epoch: AtomicUsize,
+    /// True while the helper may be reading the published job.
+    active: AtomicBool,
+    /// True while some caller owns the helper; other callers run alone.
+    busy: AtomicBool,
+    parked: AtomicBool,
+    thread: Thread,
+}
+
+fn helper() -> Option<&'static Helper> {
+    static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();
+    *HELPER.get_or_init(|| {
+        let wanted = match std::env::var("BLO_CPU_THREADS") {
+            Ok(v) => v.trim().parse::<usize>().unwrap_or(2),
+            Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if wanted < 2 {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<&'static Helper>();
+        let spawned = std::thread::Builder::new()
+            .name("blo-cpu-pair".into())
+            .spawn(move || {
+                let helper: &'static Helper = Box::leak(Box::new(Helper {
+                    job: AtomicPtr::new(std::ptr::null_mut()),
+                    epoch: AtomicUsize::new(0),
+                    active: AtomicBool::new(false),
+                    busy: AtomicBool::new(false),
+                    parked: AtomicBool::new(false),
+                    thread: std::thread::current(),
+                }));
+                if tx.send(helper).is_ok() {
+                    serve(helper);
+                }
+            });
+        spawned.ok().and_then(|_| rx.recv().ok())
+    })
+}
+
+fn serve(h: &Helper) {
+    let mut idle_since = Instant::now();
+    let mut served = h.epoch.load(Ordering::SeqCst);
+    loop {
+        let epoch = h.epoch.load(Ordering::SeqCst);
+        if epoch != served {
+            served = epoch;
+            // Announce before reading the job: a caller retracting its job either sees
+            // `active` and waits, or this read sees the retraction (both SeqCst).
+            h.active.store(true, Ordering::SeqCst);
+            let p = h.job.load(Ordering::SeqCst);
+            if !p.is_null() {
+                // SAFETY: a published job outlives every moment `active` is set:
+                // `run_halves` retracts it and then waits for `active` to drop.
+                let job = unsafe { &*p };
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    job.claim_and_run(1);
+                    job.claim_and_run(0);
+                }));
+                if ran.is_err() {
+                    job.panicked.store(true, Ordering::SeqCst);
+                }
+            }
+            h.active.store(false, Ordering::SeqCst);
+            idle_since = Instant::now();
+            continue;
+        }
+        let idle = idle_since.elapsed();
+        if idle < SPIN {
+            // Spin for the first stretch (back-to-back passes), then keep checking but
+            // hand the core to anything else runnable (another process, the caller's
+            // own threads) between checks.
+            if idle < SPIN_HARD {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            continue;
+        }
+        h.parked.store(true, Ordering::SeqCst);
+        if h.epoch.load(Ordering::SeqCst) == served {
+            std::thread::park();
+        }
+        h.parked.store(false, Ordering::SeqCst);
+        idle_since = Instant::now();
+    }
+}
+
+/// Runs `work(0)` and `work(1)`, on two cores when the helper is free.
+pub(crate) fn run_halves(work: &(dyn Fn(usize) + Sync)) {
+    let Some(h) = helper() else {
+        work(0);
+        work(1);
+        return;
+    };
+    if h.busy.swap(true, Ordering::Acquire) {
+        work(0);
+        work(1);
+        return;
+    }
+    let job = Job {
+        run: work,
+        claimed: [AtomicBool::new(false), AtomicBool::new(false)],
+        panicked: AtomicBool::new(false),
+    };
+    let ptr = (&job as *const Job<'_>).cast::<Job<'static>>().cast_mut();
+    h.job.store(ptr, Ordering::SeqCst);
+    h.epoch.fetch_add(1, Ordering::SeqCst);
+    if h.parked.load(Ordering::SeqCst) {
+        h.thread.unpark();
+    }
+    job.claim_and_run(0);
+    job.claim_and_run(1);
+    // Retract, then wait out a helper that is still inside the job.
+    h.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+    let mut spins = 0u32;
+    while h.active.load(Ordering::SeqCst) {
+        // The helper is inside its half; if it was preempted there, let it run.
+        spins += 1;
+        if spins < 4096 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    h.busy.store(false, Ordering::Release);
+    assert!(
+        !job.panicked.load(Ordering::SeqCst),
+        "a half of a CPU matrix–vector pass panicked on the helper thread"
+    );
+}
