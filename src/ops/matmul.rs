@@ -242,8 +242,22 @@ impl Gemm for f32 {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if n <= super::matmul_x86::NARROW_MAX && super::matmul_x86::narrow_available() {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { super::matmul_x86::narrow_gemm(a, rsa, csa, b, m, k, n, c) };
+            use super::matmul_x86::narrow_gemm;
+            if m < 16 || m * k * n < PAIR_MIN_ELEMENTS {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                unsafe { narrow_gemm(a, rsa, csa, b, m, k, n, c) };
+                return true;
+            }
+            // Rows of C in two halves on an eight-row boundary, one per core.
+            let h = (m / 2).div_ceil(8) * 8;
+            let (c0, c1) = c[..m * n].split_at_mut(h * n);
+            let outs = [std::sync::Mutex::new(c0), std::sync::Mutex::new(c1)];
+            super::cpu_pair::run_halves(&|half| {
+                let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
+                let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
+                // SAFETY: the CPU supports AVX-512F (checked above).
+                unsafe { narrow_gemm(&a[r0 * rsa..], rsa, csa, b, r1 - r0, k, n, &mut o) };
+            });
             return true;
         }
         false
@@ -807,7 +821,8 @@ mod tests {
 
     /// The f32 narrow GEMM (outputs ≤ 16 wide, eight-row blocks) against the f64 path,
     /// with A plain and transposed, batched, at widths on both sides of the limit and row
-    /// counts around the block. Tolerance: f32 rounding over at most 67 terms of size ≤ 1.
+    /// counts around the block, split over two cores or not. Tolerance: f32 rounding over
+    /// at most 67 terms of size ≤ 1.
     #[test]
     fn f32_narrow_gemm_matches_f64() {
         for (m, k, n) in [
@@ -817,6 +832,8 @@ mod tests {
             (17, 3, 7),
             (23, 64, 17),
             (7, 1, 2),
+            // Large enough to be split over two cores.
+            (203, 67, 10),
         ] {
             for trans_a in [false, true] {
                 let batch = 2;
