@@ -476,6 +476,9 @@ fn kernel_checks(v: &mut Vec<Check>) {
         vec![u(&[ln, lc], 14)],
         |t| Ok(vec![t[0].log_softmax()?]),
     ));
+    v.push(Check::new("loss/softmax", k, vec![u(&[ln, lc], 14)], |t| {
+        Ok(vec![t[0].softmax()?])
+    }));
     v.push(Check::new(
         "loss/cross_entropy",
         k,

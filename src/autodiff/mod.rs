@@ -84,6 +84,7 @@ pub(crate) enum Op {
     Dot,
     Sqnorm,
     LogSoftmax,
+    Softmax,
     /// Inputs: logits, then the weights if any.
     CrossEntropy {
         labels: Tensor,
@@ -196,6 +197,7 @@ pub(crate) fn record(op: Op, inputs: &[&Tensor], out: Tensor) -> Tensor {
             op: UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Recip,
             ..
         } | Op::LogSoftmax
+            | Op::Softmax
             | Op::MaxAxis { .. }
             | Op::Binary(BinaryOp::Div)
     );

@@ -101,19 +101,24 @@ pub(crate) fn backward(
             let total = g.sum_axis(last, true)?;
             vec![Some(g.sub(&softmax.mul(&total)?)?)]
         }
+        Op::Softmax => {
+            // ∂ = y ⊙ (g − Σ(g ⊙ y)) along the last axis.
+            let last = y.rank() - 1;
+            let gy = g.mul(y)?;
+            vec![Some(gy.sub(&y.mul(&gy.sum_axis(last, true)?)?)?)]
+        }
         Op::CrossEntropy { labels } => {
             // L = (1/n) Σ w_i (logsumexp(z_i) − z_{i,y_i}):
             // ∂L/∂z_i = (w_i/n)(softmax(z_i) − onehot(y_i)), ∂L/∂w_i = CE_i / n.
             let z = x(0);
             let (n, c) = (z.shape()[0], z.shape()[1]);
             let scale = g.scale(1.0 / n.max(1) as f64)?;
-            let log_p = z.log_softmax()?;
-            let dlogits = log_p.exp()?.sub(&Tensor::one_hot(labels, c)?)?;
+            let dlogits = || z.softmax()?.sub(&Tensor::one_hot(labels, c)?);
             match inputs.get(1) {
-                None => vec![Some(dlogits.mul(&scale)?)],
+                None => vec![Some(dlogits()?.mul(&scale)?)],
                 Some(w) => {
-                    let gz = when(0, &|| dlogits.mul(&w.reshape(&[n, 1])?.mul(&scale)?))?;
-                    let gw = when(1, &|| log_p.gather(labels)?.neg()?.mul(&scale))?;
+                    let gz = when(0, &|| dlogits()?.mul(&w.reshape(&[n, 1])?.mul(&scale)?))?;
+                    let gw = when(1, &|| z.log_softmax()?.gather(labels)?.neg()?.mul(&scale))?;
                     vec![gz, gw]
                 }
             }

@@ -210,6 +210,7 @@ fn loss_rules() {
     check("log_softmax", vec![z.clone()], |v| {
         weigh(v[0].log_softmax()?, 2)
     });
+    check("softmax", vec![z.clone()], |v| weigh(v[0].softmax()?, 2));
     let y = labels(5, 4);
     let y2 = y.clone();
     check("cross_entropy", vec![z.clone()], move |v| {

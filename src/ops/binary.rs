@@ -351,6 +351,30 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor>
 const OP_FIRST: u32 = 11;
 
 /// `x` broadcast to `shape` (which must be a broadcast of x's shape).
+/// `x` copied out to the broadcast shape `out`: whole rows or runs of one value where
+/// the pattern allows, the general odometer otherwise.
+fn broadcast_cpu<T: Element>(x: &[T], x_shape: &[usize], out: &[usize]) -> Vec<T> {
+    let n = numel(out);
+    match pattern(x_shape, out) {
+        Some(Pattern::Full) => x.to_vec(),
+        Some(Pattern::Tile(p)) if p == x.len() && p > 0 => {
+            let mut y = Vec::with_capacity(n);
+            while y.len() < n {
+                y.extend_from_slice(x);
+            }
+            y
+        }
+        Some(Pattern::Repeat(k)) if k > 0 => {
+            let mut y = Vec::with_capacity(n);
+            for &v in x.iter().take(n / k) {
+                y.resize(y.len() + k, v);
+            }
+            y
+        }
+        _ => binary_cpu(|u, _| u, x, x_shape, x, x_shape, out),
+    }
+}
+
 pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let out = broadcast_shape("broadcast_to", x.shape(), shape)?;
     if out != shape {
@@ -361,22 +385,8 @@ pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         });
     }
     let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(binary_cpu(
-            |u, _| u,
-            v,
-            x.shape(),
-            v,
-            x.shape(),
-            shape,
-        ))),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(binary_cpu(
-            |u, _| u,
-            v,
-            x.shape(),
-            v,
-            x.shape(),
-            shape,
-        ))),
+        Storage::F32(v) => Storage::F32(CpuBuf::from(broadcast_cpu(v, x.shape(), shape))),
+        Storage::F64(v) => Storage::F64(CpuBuf::from(broadcast_cpu(v, x.shape(), shape))),
         Storage::Gpu(b) => Storage::Gpu(binary_gpu(OP_FIRST, b, x.shape(), b, x.shape(), shape)?),
     };
     Ok(Tensor::from_storage(storage, shape))
@@ -468,7 +478,7 @@ mod tests {
         assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
     }
 
-    /// Every CPU fast path against a naive index computation.
+    /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
         let shapes: [(&[usize], &[usize]); 9] = [
@@ -500,6 +510,37 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, want, "{sa:?} {sb:?}");
+            // broadcast_to of each operand alone: x·10 + 0 and 0·10 + y of the above.
+            let only_a: Vec<f64> = (0..numel(&out))
+                .map(|i| {
+                    let (mut rem, mut ia) = (i, 0);
+                    for d in (0..out.len()).rev() {
+                        ia += rem % out[d] * stra[d];
+                        rem /= out[d];
+                    }
+                    a[ia]
+                })
+                .collect();
+            assert_eq!(
+                broadcast_cpu(&a, sa, &out),
+                only_a,
+                "broadcast {sa:?} to {out:?}"
+            );
+            let only_b: Vec<f64> = (0..numel(&out))
+                .map(|i| {
+                    let (mut rem, mut ib) = (i, 0);
+                    for d in (0..out.len()).rev() {
+                        ib += rem % out[d] * strb[d];
+                        rem /= out[d];
+                    }
+                    b[ib]
+                })
+                .collect();
+            assert_eq!(
+                broadcast_cpu(&b, sb, &out),
+                only_b,
+                "broadcast {sb:?} to {out:?}"
+            );
         }
     }
 

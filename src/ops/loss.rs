@@ -185,6 +185,46 @@ pub(crate) fn log_softmax_raw(z: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_storage(storage, z.shape()))
 }
 
+/// Softmax along the last axis. On the GPU it is the log-softmax kernel followed by exp
+/// (the same two dispatches the composition would cost); on the CPU one fused pass.
+pub(crate) fn softmax_raw(z: &Tensor) -> Result<Tensor> {
+    let Some(&c) = z.shape().last() else {
+        return Err(invalid(
+            "softmax",
+            "needs a tensor of rank ≥ 1 (it normalises along the last axis); reshape the 0-d tensor to [1]",
+        ));
+    };
+    let storage = match &*z.storage {
+        Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(softmax_cpu(v, c))),
+        Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(softmax_cpu(v, c))),
+        Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
+        Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
+        Storage::Gpu(_) => {
+            let log_p = log_softmax_raw(z)?;
+            return crate::ops::unary::unary_raw(&log_p, crate::ops::unary::UnaryOp::Exp, 0.0, 0.0);
+        }
+    };
+    Ok(Tensor::from_storage(storage, z.shape()))
+}
+
+/// CPU reference of softmax over rows of length `c` (`c > 0`): exp(z − max) / Σ, with
+/// the exps of all rows in one slice.
+pub(crate) fn softmax_cpu<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
+    let mut e = Vec::with_capacity(z.len());
+    for row in z.chunks_exact(c) {
+        let m = row
+            .iter()
+            .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+        e.extend(row.iter().map(|&v| v - m));
+    }
+    T::exp_inplace(&mut e);
+    for row in e.chunks_exact_mut(c) {
+        let inv = T::one() / row.iter().fold(T::zero(), |s, &v| s + v);
+        row.iter_mut().for_each(|v| *v = *v * inv);
+    }
+    e
+}
+
 /// Mean (optionally weighted) cross-entropy of logits `[n, c]` against class labels `[n]`.
 pub(crate) fn cross_entropy_raw(
     logits: &Tensor,
@@ -264,6 +304,13 @@ impl Tensor {
     pub fn log_softmax(&self) -> Result<Tensor> {
         let out = log_softmax_raw(self)?;
         Ok(record(Op::LogSoftmax, &[self], out))
+    }
+
+    /// Softmax along the last axis: `exp(z − logsumexp(z))` per row, computed stably.
+    /// Rank must be ≥ 1 (`InvalidArgument` otherwise).
+    pub fn softmax(&self) -> Result<Tensor> {
+        let out = softmax_raw(self)?;
+        Ok(record(Op::Softmax, &[self], out))
     }
 
     /// Mean cross-entropy of logits `self` (`[n, c]`) against `labels` (`[n]`, f32
@@ -433,6 +480,57 @@ mod tests {
             &zc.log_softmax().unwrap(),
             1e-6,
             "rank 1",
+        );
+    }
+
+    #[test]
+    fn gpu_softmax_matches_f64() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        for (k, &(n, c)) in SHAPES.iter().enumerate() {
+            for kind in 0..3 {
+                let z = logits(n, c, kind, 10 * k as u64 + kind as u64);
+                let (zg, zc) = on(&z, &[n, c], &gpu);
+                check(
+                    &zg.softmax().unwrap(),
+                    &zc.softmax().unwrap(),
+                    1e-6,
+                    &format!("softmax [{n}, {c}] kind {kind}"),
+                );
+            }
+        }
+    }
+
+    /// The fused CPU softmax (f32 and f64) is exp of log-softmax, rows sum to 1, and a
+    /// huge logit does not overflow.
+    #[test]
+    fn cpu_softmax_is_exp_of_log_softmax() {
+        let cpu = Device::Cpu;
+        for &(n, c) in SHAPES.iter() {
+            let z = logits(n, c, 0, 5);
+            let z64 = Tensor::from_vec(z.clone(), &[n, c], &cpu)
+                .unwrap()
+                .to_dtype(crate::DType::F64)
+                .unwrap();
+            let want = z64
+                .log_softmax()
+                .unwrap()
+                .exp()
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap();
+            let got = z64.softmax().unwrap().to_vec::<f64>().unwrap();
+            crate::testing::assert_close(&got, &want, 1e-14, 1e-15, &format!("f64 [{n}, {c}]"));
+            let got32 = z64.to_dtype(crate::DType::F32).unwrap().softmax().unwrap();
+            let got32 = got32.to_vec::<f64>().unwrap();
+            crate::testing::assert_close(&got32, &want, 1e-6, 1e-7, &format!("f32 [{n}, {c}]"));
+            for row in got.chunks_exact(c) {
+                assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            }
+        }
+        let big = Tensor::from_vec(vec![1000.0f64, -1000.0], &[1, 2], &cpu).unwrap();
+        assert_eq!(
+            big.softmax().unwrap().to_vec::<f64>().unwrap(),
+            vec![1.0, 0.0]
         );
     }
 
