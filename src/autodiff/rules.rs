@@ -113,12 +113,24 @@ pub(crate) fn backward(
             let z = x(0);
             let (n, c) = (z.shape()[0], z.shape()[1]);
             let scale = g.scale(1.0 / n.max(1) as f64)?;
-            let dlogits = || z.softmax()?.sub(&Tensor::one_hot(labels, c)?);
+            // The weights' gradient needs log-probabilities; when it is wanted the
+            // probabilities are their exp, otherwise one fused softmax.
+            let log_p = if need(1) { Some(z.log_softmax()?) } else { None };
+            let dlogits = || {
+                let p = match &log_p {
+                    Some(lp) => lp.exp()?,
+                    None => z.softmax()?,
+                };
+                p.sub(&Tensor::one_hot(labels, c)?)
+            };
             match inputs.get(1) {
                 None => vec![Some(dlogits()?.mul(&scale)?)],
                 Some(w) => {
                     let gz = when(0, &|| dlogits()?.mul(&w.reshape(&[n, 1])?.mul(&scale)?))?;
-                    let gw = when(1, &|| z.log_softmax()?.gather(labels)?.neg()?.mul(&scale))?;
+                    let gw = match &log_p {
+                        Some(lp) => Some(lp.gather(labels)?.neg()?.mul(&scale)?),
+                        None => None,
+                    };
                     vec![gz, gw]
                 }
             }
