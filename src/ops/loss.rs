@@ -13,7 +13,7 @@ use crate::error::{Error, Result, invalid};
 use crate::ops::cpu_math::CpuMath;
 use crate::ops::reduce;
 use crate::shaders;
-use crate::tensor::{CpuBuf, Storage, Tensor, same_place};
+use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 static LOG_SOFTMAX: Kernel = Kernel {
     shader: &shaders::LOSS,
@@ -59,15 +59,7 @@ struct CeParams {
 /// all rows run as one slice (vectorised for f32) rather than row by row, since rows
 /// are short (ten classes).
 fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    let maxes: Vec<T> = z
-        .chunks_exact(c)
-        // A plain comparison (vectorises; `max` must also order NaNs). A NaN in a row
-        // still comes out: it survives the subtraction and the exp into the row's sum.
-        .map(|row| {
-            row.iter()
-                .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
-        })
-        .collect();
+    let maxes: Vec<T> = z.chunks_exact(c).map(row_max).collect();
     let mut e = Vec::with_capacity(z.len());
     for (row, &m) in z.chunks_exact(c).zip(&maxes) {
         e.extend(row.iter().map(|&v| v - m));
@@ -75,8 +67,32 @@ fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
     T::exp_inplace(&mut e);
     e.chunks_exact(c)
         .zip(&maxes)
-        .map(|(row, &m)| m + row.iter().fold(T::zero(), |s, &v| s + v).ln())
+        .map(|(row, &m)| m + row_sum(row).ln())
         .collect()
+}
+
+/// Row reductions with four interleaved accumulators: rows are short (ten classes), and
+/// one accumulator makes each row a chain of dependent max / add latencies.
+fn row_fold<T: Element>(row: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; 4];
+    let quads = row.chunks_exact(4);
+    let tail = quads.remainder().iter().fold(init, |a, &v| f(a, v));
+    for q in quads {
+        for l in 0..4 {
+            acc[l] = f(acc[l], q[l]);
+        }
+    }
+    f(f(acc[0], acc[1]), f(f(acc[2], acc[3]), tail))
+}
+
+/// A plain comparison (`max` must also order NaNs, which costs). A NaN in a row still
+/// comes out of a softmax: it survives the subtraction and the exp into the row's sum.
+fn row_max<T: Element>(row: &[T]) -> T {
+    row_fold(row, T::neg_infinity(), |m, v| if v > m { v } else { m })
+}
+
+fn row_sum<T: Element>(row: &[T]) -> T {
+    row_fold(row, T::zero(), |a, v| a + v)
 }
 
 /// CPU reference of log-softmax over rows of length `c` (`c > 0`).
@@ -212,14 +228,12 @@ pub(crate) fn softmax_raw(z: &Tensor) -> Result<Tensor> {
 pub(crate) fn softmax_cpu<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
     let mut e = Vec::with_capacity(z.len());
     for row in z.chunks_exact(c) {
-        let m = row
-            .iter()
-            .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+        let m = row_max(row);
         e.extend(row.iter().map(|&v| v - m));
     }
     T::exp_inplace(&mut e);
     for row in e.chunks_exact_mut(c) {
-        let inv = T::one() / row.iter().fold(T::zero(), |s, &v| s + v);
+        let inv = T::one() / row_sum(row);
         row.iter_mut().for_each(|v| *v = *v * inv);
     }
     e
