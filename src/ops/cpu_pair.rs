@@ -84,7 +84,9 @@ fn helper() -> Option<&'static Helper> {
 
 fn serve(h: &Helper) {
     let mut idle_since = Instant::now();
+    let mut idle = Duration::ZERO;
     let mut served = h.epoch.load(Ordering::SeqCst);
+    let mut polls = 0u32;
     loop {
         let epoch = h.epoch.load(Ordering::SeqCst);
         if epoch != served {
@@ -107,9 +109,14 @@ fn serve(h: &Helper) {
             }
             h.active.store(false, Ordering::SeqCst);
             idle_since = Instant::now();
+            idle = Duration::ZERO;
             continue;
         }
-        let idle = idle_since.elapsed();
+        // Reading the clock costs more than a poll (a VM may trap it), so read it rarely.
+        polls = polls.wrapping_add(1);
+        if polls.is_multiple_of(256) {
+            idle = idle_since.elapsed();
+        }
         if idle < SPIN {
             // Spin for the first stretch (back-to-back passes), then keep checking but
             // hand the core to anything else runnable (another process, the caller's
@@ -127,6 +134,7 @@ fn serve(h: &Helper) {
         }
         h.parked.store(false, Ordering::SeqCst);
         idle_since = Instant::now();
+        idle = Duration::ZERO;
     }
 }
 
