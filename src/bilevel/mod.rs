@@ -26,8 +26,10 @@ use crate::tensor::Tensor;
 ///
 /// Implement this trait (and nothing else) to use every method of blo on your own
 /// problem. Losses must be computed with blo's tensor ops from the given tensors, so
-/// the tape can differentiate them to second order.
-pub trait Problem {
+/// the tape can differentiate them to second order. Problems are `Sync`: on the CPU,
+/// RAD evaluates the inner loss of one reverse step on a second thread while the
+/// first back-propagates through the next.
+pub trait Problem: Sync {
     /// The initial inner variables w₀. Their shapes define w's structure and their
     /// device is where the problem runs.
     fn init_w(&self) -> Result<Vec<Tensor>>;

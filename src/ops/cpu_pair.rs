@@ -11,7 +11,8 @@
 //! the second half and the caller the first, so each core keeps re-reading the same
 //! half of the matrix from its own L2.
 //!
-//! `BLO_CPU_THREADS=1` keeps every pass on the calling thread.
+//! `BLO_CPU_THREADS=1` keeps every pass on the calling thread (and RAD's reverse sweep
+//! on one thread).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -55,11 +56,7 @@ struct Helper {
 fn helper() -> Option<&'static Helper> {
     static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();
     *HELPER.get_or_init(|| {
-        let wanted = match std::env::var("BLO_CPU_THREADS") {
-            Ok(v) => v.trim().parse::<usize>().unwrap_or(2),
-            Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        if wanted < 2 {
+        if cores() < 2 {
             return None;
         }
         let (tx, rx) = std::sync::mpsc::channel::<&'static Helper>();
@@ -117,7 +114,7 @@ fn serve(h: &Helper) {
         if polls.is_multiple_of(256) {
             idle = idle_since.elapsed();
         }
-        if idle < SPIN {
+        if idle < SPIN && BOTH_BUSY.load(Ordering::Relaxed) == 0 {
             // Spin for the first stretch (back-to-back passes), then keep checking but
             // hand the core to anything else runnable (another process, the caller's
             // own threads) between checks.
@@ -138,9 +135,36 @@ fn serve(h: &Helper) {
     }
 }
 
+/// Cores this process may use (at least 1).
+pub(crate) fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| match std::env::var("BLO_CPU_THREADS") {
+        Ok(v) => v.trim().parse::<usize>().unwrap_or(2).max(1),
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+/// Sections of coarser parallelism (two threads each running their own ops) in
+/// progress; while any is, passes are not split, since no core is idle.
+static BOTH_BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks both cores busy until the guard drops.
+pub(crate) fn both_cores_busy() -> BothBusy {
+    BOTH_BUSY.fetch_add(1, Ordering::SeqCst);
+    BothBusy
+}
+
+pub(crate) struct BothBusy;
+
+impl Drop for BothBusy {
+    fn drop(&mut self) {
+        BOTH_BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Runs `work(0)` and `work(1)`, on two cores when the helper is free.
 pub(crate) fn run_halves(work: &(dyn Fn(usize) + Sync)) {
-    let Some(h) = helper() else {
+    let Some(h) = helper().filter(|_| BOTH_BUSY.load(Ordering::Relaxed) == 0) else {
         work(0);
         work(1);
         return;
