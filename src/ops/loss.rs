@@ -55,20 +55,70 @@ struct CeParams {
 }
 
 /// Stable log Σ exp of every row of `c` elements: the row max is subtracted first, so every
-/// term is in (0, 1] and the element type keeps ~1e-7 relative accuracy. The exps of
-/// all rows run as one slice (vectorised for f32) rather than row by row, since rows
-/// are short (ten classes).
+/// term is in (0, 1] and the element type keeps ~1e-7 relative accuracy.
 fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    let maxes: Vec<T> = z.chunks_exact(c).map(row_max).collect();
-    let mut e = Vec::with_capacity(z.len());
-    for (row, &m) in z.chunks_exact(c).zip(&maxes) {
-        e.extend(row.iter().map(|&v| v - m));
+    with_row_len!(c, |C| {
+        let (e, maxes) = exp_shifted_rows::<T, C>(z, c);
+        e.chunks_exact(row_len::<C>(c))
+            .zip(&maxes)
+            .map(|(row, &m)| m + row_sum(row).ln())
+            .collect()
+    })
+}
+
+/// Calls the body with `C` a compile-time row length when `c` is small (2..=16, a
+/// classifier's classes), else with `C = 0` (use [`row_len`]): per-row loops over a
+/// known short length unroll instead of paying a vector loop's setup and tail per row.
+macro_rules! with_row_len {
+    ($c:expr, |$C:ident| $body:expr) => {{
+        macro_rules! arm {
+            ($n:literal) => {{
+                const $C: usize = $n;
+                $body
+            }};
+        }
+        match $c {
+            2 => arm!(2),
+            3 => arm!(3),
+            4 => arm!(4),
+            5 => arm!(5),
+            6 => arm!(6),
+            7 => arm!(7),
+            8 => arm!(8),
+            9 => arm!(9),
+            10 => arm!(10),
+            11 => arm!(11),
+            12 => arm!(12),
+            13 => arm!(13),
+            14 => arm!(14),
+            15 => arm!(15),
+            16 => arm!(16),
+            _ => arm!(0),
+        }
+    }};
+}
+use with_row_len;
+
+/// The row length: the constant when there is one.
+#[inline(always)]
+fn row_len<const C: usize>(c: usize) -> usize {
+    if C > 0 { C } else { c }
+}
+
+/// exp(z − row max) for every row, with the maxima. The exps of all rows run as one
+/// slice (vectorised for f32), not row by row.
+#[inline(always)]
+fn exp_shifted_rows<T: CpuMath, const C: usize>(z: &[T], c: usize) -> (Vec<T>, Vec<T>) {
+    let c = row_len::<C>(c);
+    let mut e = z.to_vec();
+    let mut maxes = Vec::with_capacity(z.len() / c);
+    for row in e.chunks_exact_mut(c) {
+        let m = row_max(row);
+        row.iter_mut().for_each(|v| *v = *v - m);
+        maxes.push(m);
     }
     T::exp_inplace(&mut e);
-    e.chunks_exact(c)
-        .zip(&maxes)
-        .map(|(row, &m)| m + row_sum(row).ln())
-        .collect()
+    (e, maxes)
 }
 
 /// Row reductions with four interleaved accumulators: rows are short (ten classes), and
@@ -117,7 +167,8 @@ pub(crate) fn cross_entropy_cpu<T: CpuMath>(
     let lse = row_logsumexp(z, c);
     for (i, row) in z.chunks_exact(c).enumerate() {
         let y = labels[i].f64();
-        if !(y >= 0.0 && y < c as f64 && y.fract() == 0.0) {
+        // As in one_hot: an exact integer test without a libm call per label.
+        if !(y >= 0.0 && y < c as f64 && (y as usize) as f64 == y) {
             return Err(invalid(
                 "cross_entropy",
                 format!("label {i} is {y}, not a class index: labels must be integers in 0..{c}"),
@@ -226,17 +277,14 @@ pub(crate) fn softmax_raw(z: &Tensor) -> Result<Tensor> {
 /// CPU reference of softmax over rows of length `c` (`c > 0`): exp(z − max) / Σ, with
 /// the exps of all rows in one slice.
 pub(crate) fn softmax_cpu<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    let mut e = Vec::with_capacity(z.len());
-    for row in z.chunks_exact(c) {
-        let m = row_max(row);
-        e.extend(row.iter().map(|&v| v - m));
-    }
-    T::exp_inplace(&mut e);
-    for row in e.chunks_exact_mut(c) {
-        let inv = T::one() / row_sum(row);
-        row.iter_mut().for_each(|v| *v = *v * inv);
-    }
-    e
+    with_row_len!(c, |C| {
+        let (mut e, _) = exp_shifted_rows::<T, C>(z, c);
+        for row in e.chunks_exact_mut(row_len::<C>(c)) {
+            let inv = T::one() / row_sum(row);
+            row.iter_mut().for_each(|v| *v = *v * inv);
+        }
+        e
+    })
 }
 
 /// Mean (optionally weighted) cross-entropy of logits `[n, c]` against class labels `[n]`.
