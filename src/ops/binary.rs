@@ -6,6 +6,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::shaders;
+use crate::ops::cpu_math::{row_len, with_row_len};
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, numel, same_place};
 
 /// An elementwise function of two tensors. The discriminant is the `OP` constant of
@@ -203,32 +204,56 @@ pub(crate) fn binary_cpu<T: Element>(
         }
         // Explicit row loops rather than `flat_map(..).collect()`: a flattened iterator
         // has no exact length, so it neither preallocates nor vectorises.
-        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 => {
-            let mut y = Vec::with_capacity(n);
-            for row in a.chunks(p) {
-                y.extend(row.iter().zip(b).map(|(&x, &v)| f(x, v)));
-            }
+        // Rows are often short (a bias over ten classes), so they are walked with a
+        // compile-time length when it is small (`with_row_len`).
+        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 && n % p == 0 => {
+            let mut y = vec![T::zero(); n];
+            with_row_len!(p, |C| {
+                let len = row_len::<C>(p);
+                let b = &b[..len];
+                for (yr, ar) in y.chunks_exact_mut(len).zip(a.chunks_exact(len)) {
+                    for j in 0..len {
+                        yr[j] = f(ar[j], b[j]);
+                    }
+                }
+            });
             return y;
         }
-        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 => {
-            let mut y = Vec::with_capacity(n);
-            for row in b.chunks(p) {
-                y.extend(a.iter().zip(row).map(|(&x, &v)| f(x, v)));
-            }
+        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 && n % p == 0 => {
+            let mut y = vec![T::zero(); n];
+            with_row_len!(p, |C| {
+                let len = row_len::<C>(p);
+                let a = &a[..len];
+                for (yr, br) in y.chunks_exact_mut(len).zip(b.chunks_exact(len)) {
+                    for j in 0..len {
+                        yr[j] = f(a[j], br[j]);
+                    }
+                }
+            });
             return y;
         }
-        (Some(Pattern::Full), Some(Pattern::Repeat(k))) => {
-            let mut y = Vec::with_capacity(n);
-            for (row, &v) in a.chunks(k).zip(b) {
-                y.extend(row.iter().map(|&x| f(x, v)));
-            }
+        (Some(Pattern::Full), Some(Pattern::Repeat(k))) if k > 0 && n % k == 0 => {
+            let mut y = vec![T::zero(); n];
+            with_row_len!(k, |C| {
+                let len = row_len::<C>(k);
+                for ((yr, ar), &v) in y.chunks_exact_mut(len).zip(a.chunks_exact(len)).zip(b) {
+                    for j in 0..len {
+                        yr[j] = f(ar[j], v);
+                    }
+                }
+            });
             return y;
         }
-        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
-            let mut y = Vec::with_capacity(n);
-            for (row, &x) in b.chunks(k).zip(a) {
-                y.extend(row.iter().map(|&v| f(x, v)));
-            }
+        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) if k > 0 && n % k == 0 => {
+            let mut y = vec![T::zero(); n];
+            with_row_len!(k, |C| {
+                let len = row_len::<C>(k);
+                for ((yr, br), &x) in y.chunks_exact_mut(len).zip(b.chunks_exact(len)).zip(a) {
+                    for j in 0..len {
+                        yr[j] = f(x, br[j]);
+                    }
+                }
+            });
             return y;
         }
         _ => {}

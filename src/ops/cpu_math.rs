@@ -38,6 +38,45 @@ impl CpuMath for f32 {
     }
 }
 
+/// Calls the body with `C` a compile-time row length when `c` is small (2..=16, a
+/// classifier's classes), else with `C = 0` (use [`row_len`]): per-row loops over a
+/// known short length unroll instead of paying a vector loop's setup and tail per row.
+macro_rules! with_row_len_impl {
+    ($c:expr, |$C:ident| $body:expr) => {{
+        macro_rules! arm {
+            ($n:literal) => {{
+                const $C: usize = $n;
+                $body
+            }};
+        }
+        match $c {
+            2 => arm!(2),
+            3 => arm!(3),
+            4 => arm!(4),
+            5 => arm!(5),
+            6 => arm!(6),
+            7 => arm!(7),
+            8 => arm!(8),
+            9 => arm!(9),
+            10 => arm!(10),
+            11 => arm!(11),
+            12 => arm!(12),
+            13 => arm!(13),
+            14 => arm!(14),
+            15 => arm!(15),
+            16 => arm!(16),
+            _ => arm!(0),
+        }
+    }};
+}
+pub(crate) use with_row_len_impl as with_row_len;
+
+/// The row length: the constant when there is one.
+#[inline(always)]
+pub(crate) fn row_len<const C: usize>(c: usize) -> usize {
+    if C > 0 { C } else { c }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{

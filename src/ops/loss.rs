@@ -10,7 +10,7 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::ops::cpu_math::CpuMath;
+use crate::ops::cpu_math::{CpuMath, row_len, with_row_len};
 use crate::ops::reduce;
 use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
@@ -64,45 +64,6 @@ fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
             .map(|(row, &m)| m + row_sum(row).ln())
             .collect()
     })
-}
-
-/// Calls the body with `C` a compile-time row length when `c` is small (2..=16, a
-/// classifier's classes), else with `C = 0` (use [`row_len`]): per-row loops over a
-/// known short length unroll instead of paying a vector loop's setup and tail per row.
-macro_rules! with_row_len {
-    ($c:expr, |$C:ident| $body:expr) => {{
-        macro_rules! arm {
-            ($n:literal) => {{
-                const $C: usize = $n;
-                $body
-            }};
-        }
-        match $c {
-            2 => arm!(2),
-            3 => arm!(3),
-            4 => arm!(4),
-            5 => arm!(5),
-            6 => arm!(6),
-            7 => arm!(7),
-            8 => arm!(8),
-            9 => arm!(9),
-            10 => arm!(10),
-            11 => arm!(11),
-            12 => arm!(12),
-            13 => arm!(13),
-            14 => arm!(14),
-            15 => arm!(15),
-            16 => arm!(16),
-            _ => arm!(0),
-        }
-    }};
-}
-use with_row_len;
-
-/// The row length: the constant when there is one.
-#[inline(always)]
-fn row_len<const C: usize>(c: usize) -> usize {
-    if C > 0 { C } else { c }
 }
 
 /// exp(z − row max) for every row, with the maxima. The exps of all rows run as one
