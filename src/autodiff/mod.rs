@@ -85,9 +85,12 @@ pub(crate) enum Op {
     Sqnorm,
     LogSoftmax,
     Softmax,
-    /// Inputs: logits, then the weights if any.
+    /// Inputs: logits, then the weights if any. `probs`: softmax of the logits when
+    /// the forward pass had it for free (the CPU computes it with the loss), so the
+    /// rule does not recompute it.
     CrossEntropy {
         labels: Tensor,
+        probs: Option<Tensor>,
     },
     Mse,
     Gather {

@@ -107,7 +107,7 @@ pub(crate) fn backward(
             let gy = g.mul(y)?;
             vec![Some(gy.sub(&y.mul(&gy.sum_axis(last, true)?)?)?)]
         }
-        Op::CrossEntropy { labels } => {
+        Op::CrossEntropy { labels, probs } => {
             // L = (1/n) Σ w_i (logsumexp(z_i) − z_{i,y_i}):
             // ∂L/∂z_i = (w_i/n)(softmax(z_i) − onehot(y_i)), ∂L/∂w_i = CE_i / n.
             let z = x(0);
@@ -115,11 +115,18 @@ pub(crate) fn backward(
             let scale = g.scale(1.0 / n.max(1) as f64)?;
             // The weights' gradient needs log-probabilities; when it is wanted the
             // probabilities are their exp, otherwise one fused softmax.
-            let log_p = if need(1) { Some(z.log_softmax()?) } else { None };
+            let log_p = if need(1) {
+                Some(z.log_softmax()?)
+            } else {
+                None
+            };
             let dlogits = || {
-                let p = match &log_p {
-                    Some(lp) => lp.exp()?,
-                    None => z.softmax()?,
+                let p = match (&log_p, probs) {
+                    (Some(lp), _) => lp.exp()?,
+                    // The forward pass's softmax, put on the graph as softmax(z) (which
+                    // it is) so that second-order products still see its derivative.
+                    (None, Some(p)) => super::record(Op::Softmax, &[z], p.clone()),
+                    (None, None) => z.softmax()?,
                 };
                 p.sub(&Tensor::one_hot(labels, c)?)
             };

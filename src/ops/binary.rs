@@ -5,8 +5,8 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::shaders;
 use crate::ops::cpu_math::{row_len, with_row_len};
+use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, numel, same_place};
 
 /// An elementwise function of two tensors. The discriminant is the `OP` constant of

@@ -123,9 +123,19 @@ pub(crate) fn cross_entropy_cpu<T: CpuMath>(
     labels: &[T],
     weights: Option<&[T]>,
 ) -> Result<T> {
+    ce_from_lse(z, c, labels, weights, &row_logsumexp(z, c))
+}
+
+/// The weighted mean of lse_i − z_{i, y_i}, checking every label.
+fn ce_from_lse<T: CpuMath>(
+    z: &[T],
+    c: usize,
+    labels: &[T],
+    weights: Option<&[T]>,
+    lse: &[T],
+) -> Result<T> {
     let n = labels.len();
     let mut sum = 0.0f64;
-    let lse = row_logsumexp(z, c);
     for (i, row) in z.chunks_exact(c).enumerate() {
         let y = labels[i].f64();
         // As in one_hot: an exact integer test without a libm call per label.
@@ -315,6 +325,61 @@ pub(crate) fn cross_entropy_raw(
     Ok(Tensor::from_storage(storage, &[]))
 }
 
+/// [`cross_entropy_raw`] on the CPU, also returning softmax(logits) from the same exps.
+/// `None` when the operands are not well-formed CPU tensors of one dtype: the plain op
+/// then reports what is wrong.
+fn cross_entropy_with_probs_raw(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+) -> Option<Result<(Tensor, Tensor)>> {
+    let &[n, c] = logits.shape() else {
+        return None;
+    };
+    if c == 0 || labels.shape() != [n] || weights.is_some_and(|w| w.shape() != [n]) {
+        return None;
+    }
+    let w = weights.map(|w| &*w.storage);
+    let parts = match (&*logits.storage, &*labels.storage, w) {
+        (Storage::F32(z), Storage::F32(y), None) => ce_probs_cpu(z, c, y, None)
+            .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into()))),
+        (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => ce_probs_cpu(z, c, y, Some(w))
+            .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into()))),
+        (Storage::F64(z), Storage::F64(y), None) => ce_probs_cpu(z, c, y, None)
+            .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into()))),
+        (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => ce_probs_cpu(z, c, y, Some(w))
+            .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into()))),
+        _ => return None,
+    };
+    Some(parts.map(|(loss, probs)| {
+        (
+            Tensor::from_storage(loss, &[]),
+            Tensor::from_storage(probs, logits.shape()),
+        )
+    }))
+}
+
+/// The loss of [`cross_entropy_cpu`] and softmax(z), from one pass of exps.
+fn ce_probs_cpu<T: CpuMath>(
+    z: &[T],
+    c: usize,
+    labels: &[T],
+    weights: Option<&[T]>,
+) -> Result<(T, Vec<T>)> {
+    with_row_len!(c, |C| {
+        let len = row_len::<C>(c);
+        let (mut e, maxes) = exp_shifted_rows::<T, C>(z, c);
+        let mut lse = Vec::with_capacity(maxes.len());
+        for (row, &m) in e.chunks_exact_mut(len).zip(&maxes) {
+            let s = row_sum(row);
+            lse.push(m + s.ln());
+            let inv = T::one() / s;
+            row.iter_mut().for_each(|v| *v = *v * inv);
+        }
+        Ok((ce_from_lse(z, c, labels, weights, &lse)?, e))
+    })
+}
+
 /// mean((pred − target)²) over tensors of the same shape.
 pub(crate) fn mse_raw(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     reduce::mean_sqdiff_raw("mse", pred, target)
@@ -347,9 +412,21 @@ impl Tensor {
     /// term is NaN, whatever its weight). Shapes that do not fit are `ShapeMismatch`;
     /// logits that are not a matrix, or have no classes, are `InvalidArgument`.
     pub fn cross_entropy(&self, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
-        let out = cross_entropy_raw(self, labels, weights)?;
+        let recording = crate::autodiff::is_grad_enabled() && self.node.is_some();
+        // The backward rule needs softmax(z); the CPU loss has it almost for free.
+        let fused = recording
+            .then(|| cross_entropy_with_probs_raw(self, labels, weights))
+            .flatten();
+        let (out, probs) = match fused {
+            Some(parts) => {
+                let (out, probs) = parts?;
+                (out, Some(probs))
+            }
+            None => (cross_entropy_raw(self, labels, weights)?, None),
+        };
         let op = Op::CrossEntropy {
             labels: labels.detach(),
+            probs,
         };
         Ok(match weights {
             Some(w) => record(op, &[self, w], out),
