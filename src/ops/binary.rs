@@ -206,7 +206,7 @@ pub(crate) fn binary_cpu<T: Element>(
         // has no exact length, so it neither preallocates nor vectorises.
         // Rows are often short (a bias over ten classes), so they are walked with a
         // compile-time length when it is small (`with_row_len`).
-        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 && n % p == 0 => {
+        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 && n.is_multiple_of(p) => {
             let mut y = vec![T::zero(); n];
             with_row_len!(p, |C| {
                 let len = row_len::<C>(p);
@@ -219,7 +219,7 @@ pub(crate) fn binary_cpu<T: Element>(
             });
             return y;
         }
-        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 && n % p == 0 => {
+        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 && n.is_multiple_of(p) => {
             let mut y = vec![T::zero(); n];
             with_row_len!(p, |C| {
                 let len = row_len::<C>(p);
@@ -232,7 +232,7 @@ pub(crate) fn binary_cpu<T: Element>(
             });
             return y;
         }
-        (Some(Pattern::Full), Some(Pattern::Repeat(k))) if k > 0 && n % k == 0 => {
+        (Some(Pattern::Full), Some(Pattern::Repeat(k))) if k > 0 && n.is_multiple_of(k) => {
             let mut y = vec![T::zero(); n];
             with_row_len!(k, |C| {
                 let len = row_len::<C>(k);
@@ -244,7 +244,7 @@ pub(crate) fn binary_cpu<T: Element>(
             });
             return y;
         }
-        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) if k > 0 && n % k == 0 => {
+        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) if k > 0 && n.is_multiple_of(k) => {
             let mut y = vec![T::zero(); n];
             with_row_len!(k, |C| {
                 let len = row_len::<C>(k);
