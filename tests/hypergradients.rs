@@ -441,3 +441,63 @@ fn bad_input_is_a_clear_error() {
     };
     assert!(Ridge::new(&x, &y, &bad_val, &yv, &CPU, DType::F64).is_err());
 }
+
+/// A ridge problem whose inner loss fails from its `fail_from`-th evaluation on: RAD's
+/// reverse sweep (rebuilt on a second thread on the CPU) must return that error, not
+/// hang or panic, wherever in the sweep it happens.
+struct FailingRidge {
+    inner: Ridge,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl Problem for FailingRidge {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        self.inner.init_w()
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if call >= self.fail_from {
+            return Err(blo::Error::InvalidArgument {
+                op: "failing_ridge",
+                msg: format!("evaluation {call} fails on purpose"),
+            });
+        }
+        self.inner.inner_loss(w, lambda)
+    }
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        self.inner.outer_loss(w, lambda)
+    }
+}
+
+#[test]
+fn an_error_while_rebuilding_reverse_steps_is_returned() {
+    let steps = 12;
+    // The forward sweep makes `steps` evaluations; the reverse sweep one per step.
+    for fail_from in [steps, steps + 1, steps + 7, 2 * steps - 1] {
+        let p = FailingRidge {
+            inner: Ridge::synthetic(30, 20, 5, 3, &CPU, DType::F64).unwrap(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
+            fail_from,
+        };
+        let lambda = vec![
+            Tensor::zeros(&[5], &CPU)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        ];
+        let w0 = p.init_w().unwrap();
+        let inner = Inner {
+            optimizer: InnerOptimizer::Gd { lr: 0.1 },
+            steps,
+        };
+        let err = hypergradient(&p, &lambda, &w0, &inner, &Method::Rad).unwrap_err();
+        assert!(
+            err.to_string().contains("fails on purpose"),
+            "fail_from {fail_from}: {err}"
+        );
+    }
+}

@@ -295,65 +295,7 @@ fn unrolled(
     if w_t.first().is_some_and(|w| w.device().is_cpu()) && crate::ops::cpu_pair::cores() > 1 {
         // On the CPU a second thread rebuilds step s−1 while this one back-propagates
         // through step s: the two halves of a reverse step take about as long each.
-        // Matrix–vector passes stay on their own thread meanwhile (both cores are busy).
-        use std::sync::mpsc::{TryRecvError, TrySendError};
-        // Both sides poll rather than block: a futex sleep and wake-up per step costs
-        // as much as the step, and the two sides alternate waiting on each other.
-        let _both_busy = crate::ops::cpu_pair::both_cores_busy();
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<StepGraph>>(AHEAD);
-            // Spent graphs go back to be freed by the thread that allocated them:
-            // freeing into another thread's malloc arena serialises both threads on
-            // the arena's lock (measured: no overlap at all).
-            let (spent_tx, spent_rx) = std::sync::mpsc::channel::<StepGraph>();
-            let rebuild = &rebuild;
-            let steps_ahead = steps.clone();
-            scope.spawn(move || {
-                for step in steps_ahead {
-                    while let Ok(spent) = spent_rx.try_recv() {
-                        drop(spent);
-                    }
-                    let mut graph = rebuild(step);
-                    let failed = graph.is_err();
-                    loop {
-                        match tx.try_send(graph) {
-                            Ok(()) => break,
-                            Err(TrySendError::Full(g)) => {
-                                graph = g;
-                                std::thread::yield_now();
-                            }
-                            Err(TrySendError::Disconnected(_)) => return,
-                        }
-                    }
-                    if failed {
-                        return;
-                    }
-                }
-                // The last graphs: wait for them so they are freed here too.
-                while let Ok(spent) = spent_rx.recv() {
-                    drop(spent);
-                }
-            });
-            for _ in steps {
-                let graph = loop {
-                    match rx.try_recv() {
-                        Ok(g) => break g,
-                        Err(TryRecvError::Empty) => std::thread::yield_now(),
-                        Err(TryRecvError::Disconnected) => {
-                            return Err(invalid(
-                                "rad",
-                                "the thread rebuilding reverse steps stopped early",
-                            ));
-                        }
-                    }
-                }?;
-                backprop(&graph)?;
-                // If the builder already returned, the graph is simply dropped here.
-                let _ = spent_tx.send(graph);
-            }
-            drop(spent_tx);
-            Ok(())
-        })?;
+        pipeline(steps, &rebuild, &mut backprop)?;
     } else {
         for step in steps {
             backprop(&rebuild(step)?)?;
@@ -362,11 +304,78 @@ fn unrolled(
     Ok((hyper, w_t, 0, None, stored, loss.to_scalar::<f64>()?))
 }
 
-/// How many rebuilt reverse steps may wait for the back-propagating thread.
-const AHEAD: usize = 2;
-
 /// A rebuilt reverse step: tracked state, tracked λ, Φ(state, λ) with its graph.
 type StepGraph = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>);
+
+/// How many produced items may wait for the consumer in [`pipeline`].
+const AHEAD: usize = 2;
+
+/// `consume(&produce(i))` for every i of `items` in order, with `produce` running on a
+/// second thread up to [`AHEAD`] items ahead. The first error of either side is
+/// returned. Matrix–vector passes inside stay on their own thread meanwhile (both
+/// cores are busy).
+fn pipeline<G: Send>(
+    items: impl Iterator<Item = usize> + Clone + Send,
+    produce: &(dyn Fn(usize) -> Result<G> + Sync),
+    consume: &mut dyn FnMut(&G) -> Result<()>,
+) -> Result<()> {
+    use std::sync::mpsc::{TryRecvError, TrySendError};
+    // Both sides poll rather than block: a futex sleep and wake-up per item costs as
+    // much as the item, and the two sides alternate waiting on each other.
+    let _both_busy = crate::ops::cpu_pair::both_cores_busy();
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<G>>(AHEAD);
+        // Spent items go back to be freed by the thread that allocated them: freeing
+        // into another thread's malloc arena serialised both threads on the arena's
+        // lock (measured: no overlap at all).
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<G>();
+        let ahead = items.clone();
+        scope.spawn(move || {
+            for i in ahead {
+                while let Ok(spent) = spent_rx.try_recv() {
+                    drop(spent);
+                }
+                let mut item = produce(i);
+                let failed = item.is_err();
+                loop {
+                    match tx.try_send(item) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            item = back;
+                            std::thread::yield_now();
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+                if failed {
+                    return;
+                }
+            }
+            // The last items: wait for them so that they are freed here too.
+            while let Ok(spent) = spent_rx.recv() {
+                drop(spent);
+            }
+        });
+        for _ in items {
+            let item = loop {
+                match rx.try_recv() {
+                    Ok(item) => break item,
+                    Err(TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(invalid(
+                            "rad",
+                            "the thread rebuilding reverse steps stopped early",
+                        ));
+                    }
+                }
+            }?;
+            consume(&item)?;
+            // If the producer already returned, the item is simply dropped here.
+            let _ = spent_tx.send(item);
+        }
+        Ok(())
+    })
+}
 
 /// Forward mode: one tangent Z_j of the optimizer state per λ element j.
 fn forward_mode(
