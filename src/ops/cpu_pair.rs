@@ -14,6 +14,10 @@
 //! `BLO_CPU_THREADS=1` keeps every pass on the calling thread (and RAD's reverse sweep
 //! on one thread).
 
+// Only the x86-64 kernels split passes; elsewhere just `cores` and `both_cores_busy`
+// are used.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::thread::Thread;

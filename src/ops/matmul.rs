@@ -198,8 +198,11 @@ trait Gemm: Element {
 
 /// Matrix–vector passes over at least this many elements (512 KB of f32) are split
 /// over two cores (see `cpu_pair`); smaller ones cost less than the hand-off.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PAIR_MIN_ELEMENTS: usize = 1 << 17;
 
+// The fast kernels exist for x86-64 only; elsewhere these report "no kernel".
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 impl Gemm for f32 {
     fn fast_dots(rows: &[f32], len: usize, v: &[f32], out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
