@@ -822,7 +822,8 @@ mod tests {
     use crate::Device;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
 
-    /// The f32 narrow GEMM (outputs ≤ 16 wide, eight-row blocks) against the f64 path,
+    /// The f32 narrow GEMMs (outputs ≤ 16 wide: eight-row blocks, or sixteen-row column
+    /// blocks for a transposed A) against the f64 path,
     /// with A plain and transposed, batched, at widths on both sides of the limit and row
     /// counts around the block, split over two cores or not. Tolerance: f32 rounding over
     /// at most 67 terms of size ≤ 1.
@@ -835,6 +836,11 @@ mod tests {
             (17, 3, 7),
             (23, 64, 17),
             (7, 1, 2),
+            // Transposed A with m ≥ 16 takes the column kernel: full and partial
+            // sixteen-row blocks, n at both ends of its range, and n = 1 (row kernel).
+            (16, 5, 2),
+            (33, 9, 16),
+            (19, 4, 1),
             // Large enough to be split over two cores.
             (203, 67, 10),
         ] {

@@ -174,6 +174,17 @@ pub(super) unsafe fn narrow_gemm(
         (m - 1) * rsa + (k - 1) * csa < a.len() && b.len() >= k * n && c.len() >= m * n,
         "narrow_gemm: operand too short"
     );
+    if rsa == 1 && m >= 16 {
+        // op(A) is a transposed matrix (Xᵀ·G, the classifier's weight gradient): its
+        // columns are contiguous, so compute Cᵀ sixteen rows of C at a time instead.
+        crate::ops::cpu_math::with_row_len!(n, |N| {
+            if N > 0 {
+                // SAFETY: same operands and bounds as asserted above; AVX-512F as here.
+                unsafe { narrow_gemm_t::<N>(a, csa, b, m, k, c) };
+                return;
+            }
+        });
+    }
     // Rows of B are loaded with a lane mask rather than copied into a padded buffer
     // (that copy, a memcpy call per row, cost 4 % of a hyper-cleaning hypergradient).
     let mask: u16 = if n == NARROW_MAX {
@@ -213,5 +224,56 @@ pub(super) unsafe fn narrow_gemm(
             }
         }
         i += rows;
+    }
+}
+
+/// [`narrow_gemm`] for op(A) with unit row stride (A stored transposed, [k, m] with row
+/// stride `csa`) and N = n output columns: every lane of every FMA is used (Cᵀ's rows
+/// are A's contiguous rows), where the row-broadcast kernel leaves 16 − n lanes idle and
+/// loads one scalar per FMA. C[i, q] = Σ_p a[i + p·csa] · b[p·N + q].
+///
+/// # Safety
+/// AVX-512F, and the bounds [`narrow_gemm`] asserts ((m−1) + (k−1)·csa < a.len(),
+/// b.len() ≥ k·N, c.len() ≥ m·N).
+#[target_feature(enable = "avx512f")]
+unsafe fn narrow_gemm_t<const N: usize>(
+    a: &[f32],
+    csa: usize,
+    b: &[f32],
+    m: usize,
+    k: usize,
+    c: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut j0 = 0;
+    while j0 < m {
+        let w = (m - j0).min(16);
+        let mask: u16 = if w == 16 { u16::MAX } else { (1u16 << w) - 1 };
+        let mut acc = [_mm512_setzero_ps(); N];
+        // SAFETY: lanes j0..j0+w of A's rows p < k lie below (m−1) + (k−1)·csa + 1 ≤
+        // a.len(); masked-off lanes are never accessed; b[p·N + q] < k·N ≤ b.len().
+        unsafe {
+            for p in 0..k {
+                let av = _mm512_maskz_loadu_ps(mask, ap.add(p * csa + j0));
+                for (q, acc_q) in acc.iter_mut().enumerate() {
+                    *acc_q = _mm512_fmadd_ps(_mm512_set1_ps(*bp.add(p * N + q)), av, *acc_q);
+                }
+            }
+        }
+        // acc[q] holds column q of C for rows j0..j0+w; transpose into C's rows.
+        let mut cols = [[0.0f32; 16]; N];
+        for (col, acc_q) in cols.iter_mut().zip(&acc) {
+            // SAFETY: `col` holds sixteen f32.
+            unsafe { _mm512_storeu_ps(col.as_mut_ptr(), *acc_q) };
+        }
+        for l in 0..w {
+            for (q, col) in cols.iter().enumerate() {
+                c[(j0 + l) * N + q] = col[l];
+            }
+        }
+        j0 += 16;
     }
 }
