@@ -163,23 +163,26 @@ pub fn hypergradient(
     let nw = w0.len();
     let lambda = detach_all(lambda);
     let state0 = inner.optimizer.init_state(w0)?;
+    // w_T for the methods that take the inner loop's end point as given.
+    let inner_end = |state0: Vec<Tensor>| -> Result<Vec<Tensor>> {
+        let states = run_inner(
+            problem,
+            &lambda,
+            &inner.optimizer,
+            state0,
+            inner.steps,
+            false,
+            nw,
+        )?;
+        Ok(states[0][..nw].to_vec())
+    };
 
     let (grad_l, w, solver_iterations, residual, stored_bytes, outer_loss) = match *method {
         Method::Rad => unrolled(problem, &lambda, state0, inner, inner.steps, nw)?,
         Method::Trad { k } => unrolled(problem, &lambda, state0, inner, k, nw)?,
         Method::Forward => forward_mode(problem, &lambda, state0, inner, nw)?,
         Method::Cg { .. } | Method::Neumann { .. } | Method::FixedPoint { .. } => {
-            let states = run_inner(
-                problem,
-                &lambda,
-                &inner.optimizer,
-                state0,
-                inner.steps,
-                false,
-                nw,
-            )?;
-            let w = states[0][..nw].to_vec();
-            implicit(problem, &lambda, w, method)?
+            implicit(problem, &lambda, inner_end(state0)?, method)?
         }
         Method::Exact => {
             let w = match problem.inner_solution(&lambda) {
@@ -194,18 +197,7 @@ pub fn hypergradient(
             check_w(&w, w0)?;
             implicit(problem, &lambda, w, method)?
         }
-        Method::OneStep { xi, exact } => {
-            let states = run_inner(
-                problem,
-                &lambda,
-                &inner.optimizer,
-                state0,
-                inner.steps,
-                false,
-                nw,
-            )?;
-            one_step(problem, &lambda, states[0][..nw].to_vec(), xi, exact)?
-        }
+        Method::OneStep { xi, exact } => one_step(problem, &lambda, inner_end(state0)?, xi, exact)?,
     };
     let dispatches = match (device.gpu_context(), dispatches_before) {
         (Some(c), Some(b)) => Some(c.dispatch_count() - b),
