@@ -36,6 +36,15 @@ impl DeviceSplit {
         self.x.matmul(&w[0])?.add(&w[1])
     }
 
+    /// The zero linear classifier [W (d × classes), b (classes)] on this data's device.
+    fn zero_classifier(&self, classes: usize) -> Result<Vec<Tensor>> {
+        let d = self.x.shape()[1];
+        Ok(vec![
+            zeros(&[d, classes], &self.x)?,
+            zeros(&[classes], &self.x)?,
+        ])
+    }
+
     /// Fraction of rows whose arg-max logit is the label.
     fn accuracy(&self, w: &[Tensor]) -> Result<f64> {
         let logits = self.logits(w)?.to_vec::<f64>()?;
@@ -140,11 +149,7 @@ impl HyperCleaning {
 
 impl Problem for HyperCleaning {
     fn init_w(&self) -> Result<Vec<Tensor>> {
-        let d = self.train.x.shape()[1];
-        Ok(vec![
-            zeros(&[d, self.classes], &self.train.x)?,
-            zeros(&[self.classes], &self.train.x)?,
-        ])
+        self.train.zero_classifier(self.classes)
     }
 
     fn lambda_shapes(&self) -> Vec<Vec<usize>> {
@@ -214,11 +219,7 @@ impl Logistic {
 
 impl Problem for Logistic {
     fn init_w(&self) -> Result<Vec<Tensor>> {
-        let d = self.train.x.shape()[1];
-        Ok(vec![
-            zeros(&[d, self.classes], &self.train.x)?,
-            zeros(&[self.classes], &self.train.x)?,
-        ])
+        self.train.zero_classifier(self.classes)
     }
 
     fn lambda_shapes(&self) -> Vec<Vec<usize>> {
