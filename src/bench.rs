@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autodiff::HvpOperator;
 use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
-use crate::device::{Device, Kernel};
+use crate::device::{AdapterInfo, Device, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::problems::data::{cleaning_split, digits};
 use crate::problems::{HyperCleaning, Ridge};
@@ -73,20 +73,12 @@ pub struct Record {
 /// The adapter (or CPU) a report was measured on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterRecord {
-    /// Adapter name, or the CPU's model name for the CPU backend.
-    pub name: String,
-    /// PCI vendor id (0 when unknown).
-    pub vendor: u32,
+    /// The adapter; for the CPU backend the CPU's model name, backend `cpu`, device type
+    /// `Cpu` and the threads it uses. Flattened: the JSON keeps one flat object.
+    #[serde(flatten)]
+    pub info: AdapterInfo,
     /// The vendor's name when the id is a known one, e.g. `NVIDIA`, `AMD`, `Mesa`.
     pub vendor_name: String,
-    /// Vulkan, Metal, Dx12, Gl, or `cpu` for the CPU backend.
-    pub backend: String,
-    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu or Other.
-    pub device_type: String,
-    /// Driver name.
-    pub driver: String,
-    /// Driver version or detail.
-    pub driver_info: String,
 }
 
 /// The device's own ceilings that results are expressed against.
@@ -205,28 +197,20 @@ pub fn vendor_name(id: u32) -> &'static str {
 
 /// Describes the device's adapter; for the CPU backend, the host CPU.
 pub fn adapter_record(device: &Device) -> AdapterRecord {
-    match device {
-        Device::Gpu(ctx) => {
-            let i = ctx.info();
-            AdapterRecord {
-                name: i.name.clone(),
-                vendor: i.vendor,
-                vendor_name: vendor_name(i.vendor).to_string(),
-                backend: i.backend.clone(),
-                device_type: i.device_type.clone(),
-                driver: i.driver.clone(),
-                driver_info: i.driver_info.clone(),
-            }
-        }
-        Device::Cpu => AdapterRecord {
+    let info = match device {
+        Device::Gpu(ctx) => ctx.info().clone(),
+        Device::Cpu => AdapterInfo {
             name: cpu_model(),
             vendor: 0,
-            vendor_name: "unknown".to_string(),
             backend: "cpu".to_string(),
             device_type: "Cpu".to_string(),
             driver: "blo CPU backend".to_string(),
             driver_info: format!("{} threads", threads()),
         },
+    };
+    AdapterRecord {
+        vendor_name: vendor_name(info.vendor).to_string(),
+        info,
     }
 }
 
@@ -1064,11 +1048,11 @@ pub fn table(report: &Report) -> String {
         "blo {} ({}) on {} [{} {}, driver {} {}], {}\n",
         report.blo_version,
         report.git_commit,
-        report.adapter.name,
-        report.adapter.backend,
-        report.adapter.device_type,
-        report.adapter.driver,
-        report.adapter.driver_info,
+        report.adapter.info.name,
+        report.adapter.info.backend,
+        report.adapter.info.device_type,
+        report.adapter.info.driver,
+        report.adapter.info.driver_info,
         report.date
     );
     s += &format!(
@@ -1120,11 +1104,11 @@ pub fn compare(reports: &[(String, Report)]) -> String {
         s += &format!(
             "[{}] {label}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s\n",
             i + 1,
-            rep.adapter.name,
-            rep.adapter.backend,
-            rep.adapter.device_type,
-            rep.adapter.driver,
-            rep.adapter.driver_info,
+            rep.adapter.info.name,
+            rep.adapter.info.backend,
+            rep.adapter.info.device_type,
+            rep.adapter.info.driver,
+            rep.adapter.info.driver_info,
             rep.blo_version,
             rep.git_commit,
             rep.date,

@@ -36,8 +36,9 @@ pub(crate) struct Kernel {
     pub writes: u32,
 }
 
-/// What blo reports about an adapter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What blo reports about an adapter (also the form experiment results and benchmark
+/// reports record it in).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AdapterInfo {
     /// Adapter name as the driver reports it, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
     pub name: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Config;
 use super::{Experiment, Outcome};
 use crate::bilevel::TraceStep;
-use crate::device::Device;
+use crate::device::{AdapterInfo, Device};
 
 /// One results file (`blo run --out RESULTS.json`). Every field is always present;
 /// metrics that do not apply to the problem are `null`.
@@ -47,24 +47,7 @@ pub struct DeviceRecord {
     /// What was chosen and why.
     pub reason: String,
     /// The adapter (null on the CPU).
-    pub adapter: Option<AdapterRecord>,
-}
-
-/// A wgpu adapter's identity ([`crate::AdapterInfo`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdapterRecord {
-    /// Adapter name.
-    pub name: String,
-    /// PCI vendor id.
-    pub vendor: u32,
-    /// Vulkan, Metal, Dx12, Gl, ...
-    pub backend: String,
-    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu or Other.
-    pub device_type: String,
-    /// Driver name.
-    pub driver: String,
-    /// Driver version or detail.
-    pub driver_info: String,
+    pub adapter: Option<AdapterInfo>,
 }
 
 impl DeviceRecord {
@@ -73,17 +56,7 @@ impl DeviceRecord {
         DeviceRecord {
             name: device.to_string(),
             reason: reason.to_string(),
-            adapter: device.gpu_context().map(|c| {
-                let i = c.info();
-                AdapterRecord {
-                    name: i.name.clone(),
-                    vendor: i.vendor,
-                    backend: i.backend.clone(),
-                    device_type: i.device_type.clone(),
-                    driver: i.driver.clone(),
-                    driver_info: i.driver_info.clone(),
-                }
-            }),
+            adapter: device.gpu_context().map(|c| c.info().clone()),
         }
     }
 }
