@@ -205,7 +205,7 @@ pub fn adapter_record(device: &Device) -> AdapterRecord {
             backend: "cpu".to_string(),
             device_type: "Cpu".to_string(),
             driver: "blo CPU backend".to_string(),
-            driver_info: format!("{} threads", threads()),
+            driver_info: format!("{} threads", crate::ops::cpu_pair::cores()),
         },
     };
     AdapterRecord {

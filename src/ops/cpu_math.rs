@@ -78,6 +78,9 @@ pub(crate) fn row_len<const C: usize>(c: usize) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::available as avx2_fma;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
         __m256, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm256_add_epi32, _mm256_add_ps,
@@ -87,7 +90,8 @@ mod x86 {
         _mm256_sub_epi32,
     };
 
-    pub(super) fn available() -> bool {
+    /// Whether this CPU has AVX2 and FMA (std caches the detection).
+    pub(crate) fn available() -> bool {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
 

@@ -11,8 +11,8 @@
 //! the second half and the caller the first, so each core keeps re-reading the same
 //! half of the matrix from its own L2.
 //!
-//! `BLO_CPU_THREADS=1` keeps every pass on the calling thread (and RAD's reverse sweep
-//! on one thread).
+//! [`cores`] is the one count of CPU threads blo uses: `BLO_CPU_THREADS=1` keeps every
+//! pass, RAD's reverse sweep and large GEMMs on the calling thread.
 
 // Only the x86-64 kernels split passes; elsewhere just `cores` and `both_cores_busy`
 // are used.

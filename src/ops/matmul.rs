@@ -445,9 +445,7 @@ fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool)
     // matrixmultiply's own threading spins and yields on every call, which cost a third
     // of a small-matrix workload (hyper-cleaning); big products split their rows over
     // scoped threads here instead, and small ones stay on the calling thread.
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let threads =
-        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |t| t.get().min(4)));
+    let threads = super::cpu_pair::cores().min(4);
     let parts = if threads > 1 && m * k * n >= 1 << 24 && m >= 16 * threads {
         threads
     } else {

@@ -18,10 +18,8 @@ const ROWS: usize = 8;
 /// f32 lanes of one AVX register.
 const LANES: usize = 8;
 
-/// Whether this CPU can run the kernels (the detection result is cached by std).
-pub(super) fn available() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
+/// Whether this CPU can run the AVX2+FMA kernels (the same test as the vectorised exp).
+pub(super) use super::cpu_math::avx2_fma as available;
 
 #[target_feature(enable = "avx2,fma")]
 fn hsum(v: __m256) -> f32 {
