@@ -101,7 +101,12 @@ fn dispatch_index(
 // one_hot and gather
 
 /// The class a CPU label names, or an error saying which label is bad.
-fn class_of<T: Element>(op: &'static str, i: usize, label: T, classes: usize) -> Result<usize> {
+pub(crate) fn class_of<T: Element>(
+    op: &'static str,
+    i: usize,
+    label: T,
+    classes: usize,
+) -> Result<usize> {
     let l = label.f64();
     // `(l as usize) as f64 == l` rather than `fract()`: the same test for values in
     // range, without a libm call per label on baseline x86-64.

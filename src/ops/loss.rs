@@ -11,6 +11,7 @@ use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::ops::cpu_math::{CpuMath, row_len, with_row_len};
+use crate::ops::index::class_of;
 use crate::ops::reduce;
 use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
@@ -137,16 +138,9 @@ fn ce_from_lse<T: CpuMath>(
     let n = labels.len();
     let mut sum = 0.0f64;
     for (i, row) in z.chunks_exact(c).enumerate() {
-        let y = labels[i].f64();
-        // As in one_hot: an exact integer test without a libm call per label.
-        if !(y >= 0.0 && y < c as f64 && (y as usize) as f64 == y) {
-            return Err(invalid(
-                "cross_entropy",
-                format!("label {i} is {y}, not a class index: labels must be integers in 0..{c}"),
-            ));
-        }
+        let y = class_of("cross_entropy", i, labels[i], c)?;
         let w = weights.map_or(1.0, |w| w[i].f64());
-        sum += w * (lse[i] - row[y as usize]).f64();
+        sum += w * (lse[i] - row[y]).f64();
     }
     Ok(T::of(sum * (1.0 / n as f64)))
 }
