@@ -201,6 +201,26 @@ trait Gemm: Element {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PAIR_MIN_ELEMENTS: usize = 1 << 17;
 
+/// `f(r0, r1, rows r0..r1 of out)` for the two halves of `m` output rows of `width`
+/// elements, split on an eight-row boundary (only the last block of a half is partial),
+/// one half per core when the helper is free (`cpu_pair`).
+#[cfg(target_arch = "x86_64")]
+fn rows_on_two_cores(
+    out: &mut [f32],
+    m: usize,
+    width: usize,
+    f: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let h = ((m / 2).div_ceil(8) * 8).min(m);
+    let (first, second) = out[..m * width].split_at_mut(h * width);
+    let halves = [std::sync::Mutex::new(first), std::sync::Mutex::new(second)];
+    super::cpu_pair::run_halves(&|half| {
+        let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
+        let mut rows = halves[half].lock().unwrap_or_else(|e| e.into_inner());
+        f(r0, r1, &mut rows);
+    });
+}
+
 // The fast kernels exist for x86-64 only; elsewhere these report "no kernel".
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 impl Gemm for f32 {
@@ -214,19 +234,9 @@ impl Gemm for f32 {
                 unsafe { dots(rows, len, v, out) };
                 return true;
             }
-            // Halves on an eight-row boundary, so only the last block is partial.
-            let h = (m / 2).div_ceil(8) * 8;
-            let (o0, o1) = out.split_at_mut(h.min(m));
-            let outs = [std::sync::Mutex::new(o0), std::sync::Mutex::new(o1)];
-            super::cpu_pair::run_halves(&|half| {
-                let (r0, r1) = if half == 0 {
-                    (0, h.min(m))
-                } else {
-                    (h.min(m), m)
-                };
-                let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
+            rows_on_two_cores(out, m, 1, &|r0, r1, o| {
                 // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                unsafe { dots(&rows[r0 * len..r1 * len], len, v, &mut o) };
+                unsafe { dots(&rows[r0 * len..r1 * len], len, v, o) };
             });
             return true;
         }
@@ -251,15 +261,9 @@ impl Gemm for f32 {
                 unsafe { narrow_gemm(a, rsa, csa, b, m, k, n, c) };
                 return true;
             }
-            // Rows of C in two halves on an eight-row boundary, one per core.
-            let h = (m / 2).div_ceil(8) * 8;
-            let (c0, c1) = c[..m * n].split_at_mut(h * n);
-            let outs = [std::sync::Mutex::new(c0), std::sync::Mutex::new(c1)];
-            super::cpu_pair::run_halves(&|half| {
-                let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
-                let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
+            rows_on_two_cores(c, m, n, &|r0, r1, o| {
                 // SAFETY: the CPU supports AVX-512F (checked above).
-                unsafe { narrow_gemm(&a[r0 * rsa..], rsa, csa, b, r1 - r0, k, n, &mut o) };
+                unsafe { narrow_gemm(&a[r0 * rsa..], rsa, csa, b, r1 - r0, k, n, o) };
             });
             return true;
         }
