@@ -503,6 +503,22 @@ mod tests {
         assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }), "{e}");
     }
 
+    /// For each element of `out`, the offset of the element of an operand of `shape` it
+    /// reads under broadcasting, by decomposing the output index digit by digit.
+    fn naive_indices(shape: &[usize], out: &[usize]) -> Vec<usize> {
+        let strides = broadcast_strides(shape, out);
+        (0..numel(out))
+            .map(|i| {
+                let (mut rem, mut offset) = (i, 0);
+                for d in (0..out.len()).rev() {
+                    offset += rem % out[d] * strides[d];
+                    rem /= out[d];
+                }
+                offset
+            })
+            .collect()
+    }
+
     /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
@@ -521,46 +537,22 @@ mod tests {
             let out = broadcast_shape("t", sa, sb).unwrap();
             let (a, b) = (oracle_pair(sa, 1).1, oracle_pair(sb, 2).1);
             let got = binary_cpu(|x, y| x * 10.0 + y, &a, sa, &b, sb, &out);
-            let (stra, strb) = (broadcast_strides(sa, &out), broadcast_strides(sb, &out));
-            let want: Vec<f64> = (0..numel(&out))
-                .map(|i| {
-                    let (mut rem, mut ia, mut ib) = (i, 0, 0);
-                    for d in (0..out.len()).rev() {
-                        let c = rem % out[d];
-                        rem /= out[d];
-                        ia += c * stra[d];
-                        ib += c * strb[d];
-                    }
-                    a[ia] * 10.0 + b[ib]
-                })
+            // Operand elements read by each output element, by naive index arithmetic.
+            let (ia, ib) = (naive_indices(sa, &out), naive_indices(sb, &out));
+            let want: Vec<f64> = ia
+                .iter()
+                .zip(&ib)
+                .map(|(&i, &j)| a[i] * 10.0 + b[j])
                 .collect();
             assert_eq!(got, want, "{sa:?} {sb:?}");
-            // broadcast_to of each operand alone: x·10 + 0 and 0·10 + y of the above.
-            let only_a: Vec<f64> = (0..numel(&out))
-                .map(|i| {
-                    let (mut rem, mut ia) = (i, 0);
-                    for d in (0..out.len()).rev() {
-                        ia += rem % out[d] * stra[d];
-                        rem /= out[d];
-                    }
-                    a[ia]
-                })
-                .collect();
+            // broadcast_to of each operand alone.
+            let only_a: Vec<f64> = ia.iter().map(|&i| a[i]).collect();
             assert_eq!(
                 broadcast_cpu(&a, sa, &out),
                 only_a,
                 "broadcast {sa:?} to {out:?}"
             );
-            let only_b: Vec<f64> = (0..numel(&out))
-                .map(|i| {
-                    let (mut rem, mut ib) = (i, 0);
-                    for d in (0..out.len()).rev() {
-                        ib += rem % out[d] * strb[d];
-                        rem /= out[d];
-                    }
-                    b[ib]
-                })
-                .collect();
+            let only_b: Vec<f64> = ib.iter().map(|&j| b[j]).collect();
             assert_eq!(
                 broadcast_cpu(&b, sb, &out),
                 only_b,
