@@ -886,48 +886,9 @@ mod tests {
         assert!(rows * len >= PAIR_MIN_ELEMENTS);
         let (_, x64) = oracle_pair(&[rows * len], 7);
         let (_, v64) = oracle_pair(&[rows], 8);
-        let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
-        let dots_want: Vec<f64> = x64
-            .chunks_exact(len)
-            .map(|r| r.iter().zip(&v64).map(|(a, b)| a * b).sum())
-            .collect();
-        let combine_want: Vec<f64> = (0..len)
-            .map(|j| (0..rows).map(|p| v64[p] * x64[p * len + j]).sum())
-            .collect();
         let check = || {
             for rep in 0..40 {
-                let v32: Vec<f32> = v64[..len].iter().map(|&v| v as f32).collect();
-                let mut out = vec![f32::NAN; rows];
-                let d = Dims {
-                    batch: 1,
-                    m: rows,
-                    k: len,
-                    n: 1,
-                    a_batched: false,
-                    b_batched: false,
-                };
-                assert!(matvec_cpu(&x32, &v32, &d, false, false, &mut out));
-                let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
-                assert_close(&got, &dots_want, 1e-5, 1e-5, &format!("dots, rep {rep}"));
-                let c32: Vec<f32> = v64.iter().map(|&v| v as f32).collect();
-                let mut out = vec![f32::NAN; len];
-                let d = Dims {
-                    batch: 1,
-                    m: 1,
-                    k: rows,
-                    n: len,
-                    a_batched: false,
-                    b_batched: false,
-                };
-                assert!(matvec_cpu(&c32, &x32, &d, false, false, &mut out));
-                let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
-                assert_close(
-                    &got,
-                    &combine_want,
-                    1e-4,
-                    1e-5,
-                    &format!("combine, rep {rep}"),
-                );
+                check_matvec_forms(&x64, rows, len, &v64, 1e-4, &format!("rep {rep}"));
             }
         };
         std::thread::scope(|s| {
@@ -947,61 +908,62 @@ mod tests {
                 let (_, x64) = oracle_pair(&[rows * len + 7], 3);
                 let (_, v64) = oracle_pair(&[rows.max(len)], 4);
                 for offset in [0, 1, 4, 7] {
-                    let x32: Vec<f32> = x64[offset..offset + rows * len]
-                        .iter()
-                        .map(|&v| v as f32)
-                        .collect();
                     let xr = &x64[offset..offset + rows * len];
-                    // Row dots: out[i] = row_i · v.
-                    let v32: Vec<f32> = v64[..len].iter().map(|&v| v as f32).collect();
-                    let mut out = vec![f32::NAN; rows];
-                    let d = Dims {
-                        batch: 1,
-                        m: rows,
-                        k: len,
-                        n: 1,
-                        a_batched: false,
-                        b_batched: false,
-                    };
-                    assert!(matvec_cpu(&x32, &v32, &d, false, false, &mut out));
-                    let want: Vec<f64> = xr
-                        .chunks_exact(len)
-                        .map(|r| r.iter().zip(&v64).map(|(a, b)| a * b).sum())
-                        .collect();
-                    let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
-                    assert_close(
-                        &got,
-                        &want,
-                        1e-5,
-                        1e-5,
-                        &format!("dots {rows}x{len}+{offset}"),
-                    );
-                    // Row combinations: out = Σ_p c_p row_p, i.e. cᵀ·X.
-                    let c32: Vec<f32> = v64[..rows].iter().map(|&v| v as f32).collect();
-                    let mut out = vec![f32::NAN; len];
-                    let d = Dims {
-                        batch: 1,
-                        m: 1,
-                        k: rows,
-                        n: len,
-                        a_batched: false,
-                        b_batched: false,
-                    };
-                    assert!(matvec_cpu(&c32, &x32, &d, false, false, &mut out));
-                    let want: Vec<f64> = (0..len)
-                        .map(|j| (0..rows).map(|p| v64[p] * xr[p * len + j]).sum())
-                        .collect();
-                    let got: Vec<f64> = out.iter().map(|&v| f64::from(v)).collect();
-                    assert_close(
-                        &got,
-                        &want,
-                        1e-5,
-                        1e-5,
-                        &format!("combine {rows}x{len}+{offset}"),
-                    );
+                    let what = format!("{rows}x{len}+{offset}");
+                    check_matvec_forms(xr, rows, len, &v64, 1e-5, &what);
                 }
             }
         }
+    }
+
+    /// Both f32 matrix–vector forms on the [rows, len] matrix `x` (an f32 copy of the
+    /// f64 values) against f64 loops: row dots with v[..len] (rtol 1e-5) and row
+    /// combinations with v[..rows] (rtol `combine_rtol`), atol 1e-5, outputs poisoned.
+    fn check_matvec_forms(
+        x64: &[f64],
+        rows: usize,
+        len: usize,
+        v64: &[f64],
+        combine_rtol: f64,
+        what: &str,
+    ) {
+        let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        let to64 = |out: &[f32]| out.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+        let (vd, vc) = (&v64[..len], &v64[..rows]);
+        // Row dots: out[i] = row_i · v.
+        let v32: Vec<f32> = vd.iter().map(|&v| v as f32).collect();
+        let mut out = vec![f32::NAN; rows];
+        let d = Dims {
+            batch: 1,
+            m: rows,
+            k: len,
+            n: 1,
+            a_batched: false,
+            b_batched: false,
+        };
+        assert!(matvec_cpu(&x32, &v32, &d, false, false, &mut out));
+        let want: Vec<f64> = x64
+            .chunks_exact(len)
+            .map(|r| r.iter().zip(vd).map(|(a, b)| a * b).sum())
+            .collect();
+        assert_close(&to64(&out), &want, 1e-5, 1e-5, &format!("dots {what}"));
+        // Row combinations: out = Σ_p c_p row_p, i.e. cᵀ·X.
+        let c32: Vec<f32> = vc.iter().map(|&v| v as f32).collect();
+        let mut out = vec![f32::NAN; len];
+        let d = Dims {
+            batch: 1,
+            m: 1,
+            k: rows,
+            n: len,
+            a_batched: false,
+            b_batched: false,
+        };
+        assert!(matvec_cpu(&c32, &x32, &d, false, false, &mut out));
+        let want: Vec<f64> = (0..len)
+            .map(|j| (0..rows).map(|p| vc[p] * x64[p * len + j]).sum())
+            .collect();
+        let msg = format!("combine {what}");
+        assert_close(&to64(&out), &want, combine_rtol, 1e-5, &msg);
     }
 
     /// (m, k, n): ones, primes, k smaller than m and n, sizes that are not multiples of
