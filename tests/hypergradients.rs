@@ -501,3 +501,25 @@ fn an_error_while_rebuilding_reverse_steps_is_returned() {
         );
     }
 }
+
+/// The exact method builds the dense Hessian from d HVPs on the device and reads it
+/// back once, not once per column: its readbacks do not grow with d.
+#[test]
+fn exact_reads_the_hessian_back_once() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let ctx = gpu.gpu_context().expect("a GPU device");
+    let mut counts = Vec::new();
+    for d in [4, 24] {
+        let p = Ridge::synthetic(60, 30, d, 5, &gpu, DType::F32).unwrap();
+        let l = vec![Tensor::zeros(&[d], &gpu).unwrap()];
+        let w0 = p.init_w().unwrap();
+        let before = ctx.readback_count();
+        hypergradient(&p, &l, &w0, &gd(0.1, 0), &Method::Exact).unwrap();
+        counts.push(ctx.readback_count() - before);
+    }
+    assert_eq!(
+        counts[0], counts[1],
+        "readbacks for d = 4 and d = 24: {counts:?}"
+    );
+    assert!(counts[1] < 24, "{counts:?}");
+}

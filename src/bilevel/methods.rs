@@ -496,11 +496,19 @@ fn dense_solve(
             ),
         }
     };
-    let mut a = vec![0.0f64; n * n];
+    // Columns stay on the device and are read back together: one wait, not one per
+    // column.
+    let mut cols = Vec::with_capacity(n);
     for j in 0..n {
-        let col = apply(&unit(j)?)?.to_vec::<f64>()?;
-        for (i, v) in col.into_iter().enumerate() {
-            a[i * n + j] = v;
+        cols.push(apply(&unit(j)?)?.reshape(&[n])?);
+    }
+    let mut a = vec![0.0f64; n * n];
+    if n > 0 {
+        let all = Tensor::concat(&cols.iter().collect::<Vec<_>>())?.to_vec::<f64>()?;
+        for (j, col) in all.chunks_exact(n).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                a[i * n + j] = v;
+            }
         }
     }
     let x = crate::solvers::solve_dense(&a, &b.to_vec::<f64>()?).map_err(|_| {
