@@ -153,7 +153,6 @@ fn binary_cpu_op<T: Element>(
     }
 }
 
-/// CPU reference with general broadcasting.
 /// How an operand's elements map onto the output's, for the CPU's fast paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pattern {
@@ -187,6 +186,44 @@ fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
     None
 }
 
+// Explicit row loops rather than `flat_map(..).collect()`: a flattened iterator has no
+// exact length, so it neither preallocates nor vectorises. Rows are often short (a bias
+// over ten classes), so they are walked with a compile-time length when it is small
+// (`with_row_len`).
+
+/// f(full[i], row[i % row.len()]) for every element of `full`.
+fn tile_rows<T: Element>(full: &[T], row: &[T], f: &impl Fn(T, T) -> T) -> Vec<T> {
+    let mut y = vec![T::zero(); full.len()];
+    with_row_len!(row.len(), |C| {
+        let len = row_len::<C>(row.len());
+        let row = &row[..len];
+        for (yr, fr) in y.chunks_exact_mut(len).zip(full.chunks_exact(len)) {
+            for j in 0..len {
+                yr[j] = f(fr[j], row[j]);
+            }
+        }
+    });
+    y
+}
+
+/// f(full[i], per_row[i / k]) for every element of `full`.
+fn repeat_rows<T: Element>(full: &[T], per_row: &[T], k: usize, f: &impl Fn(T, T) -> T) -> Vec<T> {
+    let mut y = vec![T::zero(); full.len()];
+    with_row_len!(k, |C| {
+        let len = row_len::<C>(k);
+        for ((yr, fr), &v) in y
+            .chunks_exact_mut(len)
+            .zip(full.chunks_exact(len))
+            .zip(per_row)
+        {
+            for j in 0..len {
+                yr[j] = f(fr[j], v);
+            }
+        }
+    });
+    y
+}
+
 /// CPU reference with general broadcasting. Row, column and scalar broadcasts (bias
 /// adds, per-row weights) take contiguous loops; other patterns walk an odometer.
 pub(crate) fn binary_cpu<T: Element>(
@@ -202,59 +239,22 @@ pub(crate) fn binary_cpu<T: Element>(
         (Some(Pattern::Full), Some(Pattern::Full)) => {
             return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         }
-        // Explicit row loops rather than `flat_map(..).collect()`: a flattened iterator
-        // has no exact length, so it neither preallocates nor vectorises.
-        // Rows are often short (a bias over ten classes), so they are walked with a
-        // compile-time length when it is small (`with_row_len`).
-        (Some(Pattern::Full), Some(Pattern::Tile(p))) if p > 0 && n.is_multiple_of(p) => {
-            let mut y = vec![T::zero(); n];
-            with_row_len!(p, |C| {
-                let len = row_len::<C>(p);
-                let b = &b[..len];
-                for (yr, ar) in y.chunks_exact_mut(len).zip(a.chunks_exact(len)) {
-                    for j in 0..len {
-                        yr[j] = f(ar[j], b[j]);
-                    }
-                }
-            });
-            return y;
+        // The mirrored patterns swap the operands (and the arguments of `f`).
+        (Some(Pattern::Full), Some(Pattern::Tile(p))) if n > 0 && p > 0 && n.is_multiple_of(p) => {
+            return tile_rows(a, &b[..p], &f);
         }
-        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if p > 0 && n.is_multiple_of(p) => {
-            let mut y = vec![T::zero(); n];
-            with_row_len!(p, |C| {
-                let len = row_len::<C>(p);
-                let a = &a[..len];
-                for (yr, br) in y.chunks_exact_mut(len).zip(b.chunks_exact(len)) {
-                    for j in 0..len {
-                        yr[j] = f(a[j], br[j]);
-                    }
-                }
-            });
-            return y;
+        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if n > 0 && p > 0 && n.is_multiple_of(p) => {
+            return tile_rows(b, &a[..p], &|x, y| f(y, x));
         }
-        (Some(Pattern::Full), Some(Pattern::Repeat(k))) if k > 0 && n.is_multiple_of(k) => {
-            let mut y = vec![T::zero(); n];
-            with_row_len!(k, |C| {
-                let len = row_len::<C>(k);
-                for ((yr, ar), &v) in y.chunks_exact_mut(len).zip(a.chunks_exact(len)).zip(b) {
-                    for j in 0..len {
-                        yr[j] = f(ar[j], v);
-                    }
-                }
-            });
-            return y;
+        (Some(Pattern::Full), Some(Pattern::Repeat(k)))
+            if n > 0 && k > 0 && n.is_multiple_of(k) =>
+        {
+            return repeat_rows(a, b, k, &f);
         }
-        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) if k > 0 && n.is_multiple_of(k) => {
-            let mut y = vec![T::zero(); n];
-            with_row_len!(k, |C| {
-                let len = row_len::<C>(k);
-                for ((yr, br), &x) in y.chunks_exact_mut(len).zip(b.chunks_exact(len)).zip(a) {
-                    for j in 0..len {
-                        yr[j] = f(x, br[j]);
-                    }
-                }
-            });
-            return y;
+        (Some(Pattern::Repeat(k)), Some(Pattern::Full))
+            if n > 0 && k > 0 && n.is_multiple_of(k) =>
+        {
+            return repeat_rows(b, a, k, &|x, y| f(y, x));
         }
         _ => {}
     }
@@ -522,7 +522,7 @@ mod tests {
     /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
-        let shapes: [(&[usize], &[usize]); 9] = [
+        let shapes: [(&[usize], &[usize]); 10] = [
             (&[4, 3], &[3]),
             (&[3], &[4, 3]),
             (&[4, 3], &[4, 1]),
@@ -532,6 +532,8 @@ mod tests {
             (&[2, 4, 3], &[]),
             (&[2, 1, 3], &[4, 1]),
             (&[0, 3], &[3]),
+            // An empty operand tiled over an empty output.
+            (&[2, 0], &[0]),
         ];
         for (sa, sb) in shapes {
             let out = broadcast_shape("t", sa, sb).unwrap();
