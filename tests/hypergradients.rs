@@ -96,7 +96,11 @@ fn ridge_methods_converge_to_the_closed_form() {
         let e = rel_err(&got, &want);
         assert!(e <= 1e-4, "{name}: relative error {e:e} vs closed form");
     };
-    check("exact", hg(&p, &l, &gd(0.1, 0), Method::Exact));
+    // Exact is a direct solve at the closed-form w*: only f64 rounding separates it from
+    // the host formula (measured 1.3e-16 relative).
+    let exact = hg(&p, &l, &gd(0.1, 0), Method::Exact);
+    let e = rel_err(&exact, &want);
+    assert!(e <= 1e-12, "exact: relative error {e:e} vs closed form");
     // Implicit methods at a converged w_T (GD with η = 0.2 on an H with eigenvalues in
     // about [0.6, 3]: 400 steps contract the error by far more than 1e-4).
     check(
@@ -224,11 +228,8 @@ fn one_step_exact_and_finite_difference_agree() {
     // DARTS's ε = 0.01/‖u‖ central difference; for ridge ∇_λ L_in is quadratic in w, so
     // the central difference is exact up to rounding.
     assert!(rel_err(&fd, &exact) <= 1e-8, "{:e}", rel_err(&fd, &exact));
-    // One step differentiates through exactly one step of GD from w_T: it equals T-RAD
-    // with K = 1 on the trajectory extended by one step, whose outer loss is at w'.
-    let trad1 = hg(&p, &l, &gd(0.1, 11), Method::Trad { k: 1 });
-    let _ = trad1; // different step sizes before w_T, so only a sanity bound:
-    assert!(exact.iter().all(|v| v.is_finite()));
+    // one_step against its definition and against T-RAD(T + 1, K = 1):
+    // tests/host_references.rs.
 }
 
 fn tiny_cleaning(dev: &Device, dtype: DType) -> HyperCleaning {
