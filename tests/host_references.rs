@@ -78,10 +78,11 @@ fn gauss_solve(a: &[f64], b: &[f64]) -> Vec<f64> {
             .max_by(|&p, &q| m[p][col].abs().total_cmp(&m[q][col].abs()))
             .unwrap();
         m.swap(col, piv);
-        for r in col + 1..n {
-            let f = m[r][col] / m[col][col];
-            for c in col..=n {
-                m[r][c] -= f * m[col][c];
+        let pivot_row = m[col].clone();
+        for r in m.iter_mut().skip(col + 1) {
+            let f = r[col] / pivot_row[col];
+            for (x, p) in r.iter_mut().zip(&pivot_row).skip(col) {
+                *x -= f * p;
             }
         }
     }
