@@ -1,12 +1,22 @@
 //! First and second order of every backward rule, generated from the op table.
 //!
-//! `cases` matches on every [`OpKind`] with no wildcard, so an op added to `Op` (which
-//! `op_kinds!` makes list in `OpKind`) does not compile until it has cases here. Each
-//! case is a scalar f64 function f = R(op(P(x₁), …, P(xₖ))) of its inputs; its gradient
-//! is checked against central differences of f, and its Hessian-vector products, taken
-//! through the rules' own recorded backward pass, against central differences of the
-//! tape gradient: along a random direction in all inputs jointly, and along each input
-//! alone, so every block ∂²f/∂xⱼ∂xᵢ (diagonal and mixed) is compared separately.
+//! `cases` matches on every [`OpKind`] with no wildcard, and `op_kinds!` makes every
+//! `Op` variant an `OpKind`: an op added to `Op` does not compile until it has cases
+//! here. Each case is a scalar f64 function f = R(op(P(x₁), …, P(xₖ))) of its inputs.
+//! Its tape gradient is checked against central differences of f; then its
+//! Hessian-vector products, taken through the rules' own recorded backward pass,
+//! against central differences of that (now checked) tape gradient: along a random
+//! direction in all inputs jointly, and along each input alone, so every block
+//! ∂²f/∂xⱼ∂xᵢ (diagonal and mixed) is compared on its own.
+//!
+//! Every input is differentiable. Labels are data inside the op, and the
+//! piecewise-constant ops (comparisons, sign, ReLU mask), whose rules return no
+//! gradient, multiply a smooth function of the same inputs: what is checked for them
+//! is that nothing flows through them, at first or second order, while the smooth
+//! factor's derivatives do.
+//!
+//! P and R use mul, add, sum, sin, square and scale: a broken rule among those fails
+//! every case, which is why failures are collected rather than stopping at the first.
 
 use super::tests::{labels, numeric_grad, t64, vals};
 use super::*;
@@ -85,6 +95,9 @@ fn recorded_between(y: &Tensor, inputs: &[Tensor]) -> Vec<Arc<Node>> {
 }
 
 fn compare(what: &str, got: &[f64], want: &[f64]) -> Outcome {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+    }
     let err = rel_err(got, want);
     if err <= TOL {
         Ok(())
@@ -109,11 +122,9 @@ fn check_case(case: &Case) -> Outcome {
         .collect::<Result<Vec<_>>>()
         .map_err(fail)?;
     let y = (case.op)(&p).map_err(fail)?;
-    if !recorded_between(&y, &p).iter().any(|n| (case.records)(n)) {
-        let ops: Vec<_> = recorded_between(&y, &p)
-            .iter()
-            .map(|n| n.op.clone())
-            .collect();
+    let recorded = recorded_between(&y, &p);
+    if !recorded.iter().any(|n| (case.records)(n)) {
+        let ops: Vec<_> = recorded.iter().map(|n| n.op.clone()).collect();
         return Err(format!("records no node of its op; recorded {ops:?}"));
     }
     let loss = readout(&y).map_err(fail)?;
@@ -124,9 +135,6 @@ fn check_case(case: &Case) -> Outcome {
         compare(&format!("∂f/∂x{i}"), &vals(g), &want)?;
     }
 
-    // Non-differentiable inputs do not occur: labels are data inside the op, and
-    // piecewise-constant ops (comparisons, sign, ReLU mask) are multiplied by a smooth
-    // function of the same inputs, so their zero derivative is checked by f's.
     let hessian = HvpOperator::new(&loss, &wrt).map_err(fail)?;
     let grad_at = |step: f64, d: &[Tensor]| -> Result<Vec<Vec<f64>>> {
         let moved: Vec<Tensor> = case
