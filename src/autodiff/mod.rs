@@ -112,6 +112,60 @@ pub(crate) enum Op {
     },
 }
 
+/// Defines `OpKind` (the `Op` variants without their data), `OpKind::ALL` and
+/// `Op::kind`, so that tests can enumerate every op. `Op::kind` matches with no
+/// wildcard: a new `Op` variant does not compile until it is listed below, and a listed
+/// kind is in `ALL` by construction (the second-order tests iterate it).
+#[cfg(test)]
+macro_rules! op_kinds {
+    ($($kind:ident),* $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum OpKind {
+            $($kind),*
+        }
+
+        impl OpKind {
+            pub(crate) const ALL: &[OpKind] = &[$(OpKind::$kind),*];
+        }
+
+        impl Op {
+            pub(crate) fn kind(&self) -> OpKind {
+                match self {
+                    $(Op::$kind { .. } => OpKind::$kind),*
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+op_kinds!(
+    Leaf,
+    Unary,
+    Binary,
+    BroadcastTo,
+    SumTo,
+    Reshape,
+    Matmul,
+    Sum,
+    Mean,
+    SumAxis,
+    MeanAxis,
+    MaxAxis,
+    Dot,
+    Sqnorm,
+    LogSoftmax,
+    Softmax,
+    CrossEntropy,
+    Mse,
+    Gather,
+    Transpose,
+    Concat,
+    Slice,
+    Axpby,
+    AxpyRatio,
+);
+
 /// How a scalar operand of a fused update was given.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ScalarKind {
@@ -503,5 +557,7 @@ fn dot_many(op: &'static str, a: &[Tensor], b: &[&Tensor]) -> Result<Tensor> {
     Ok(total.expect("non-empty checked above"))
 }
 
+#[cfg(test)]
+mod second_order_tests;
 #[cfg(test)]
 mod tests;

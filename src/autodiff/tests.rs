@@ -7,20 +7,20 @@ use crate::testing::{assert_close, oracle_pair, rel_err};
 
 const CPU: Device = Device::Cpu;
 
-fn t64(shape: &[usize], seed: u64) -> Tensor {
+pub(super) fn t64(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(oracle_pair(shape, seed).1, shape, &CPU).unwrap()
 }
 
-fn vals(t: &Tensor) -> Vec<f64> {
+pub(super) fn vals(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().unwrap()
 }
 
-fn with_values(like: &Tensor, v: Vec<f64>) -> Tensor {
+pub(super) fn with_values(like: &Tensor, v: Vec<f64>) -> Tensor {
     Tensor::from_vec(v, like.shape(), &CPU).unwrap()
 }
 
 /// Central finite differences of the scalar `f` with respect to input `i`.
-fn numeric_grad(
+pub(super) fn numeric_grad(
     f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
     inputs: &[Tensor],
     i: usize,
@@ -195,7 +195,7 @@ fn reduction_rules() {
     check("sqnorm", vec![t64(&[2, 7], 1)], |v| v[0].sqnorm());
 }
 
-fn labels(n: usize, c: usize) -> Tensor {
+pub(super) fn labels(n: usize, c: usize) -> Tensor {
     Tensor::from_vec(
         (0..n).map(|i| ((i * 7 + 3) % c) as f64).collect::<Vec<_>>(),
         &[n],
