@@ -28,7 +28,8 @@ class Bug:
     name: str
     # (file, text as it is, text with the bug); each text must occur exactly once.
     edits: list
-    # Arguments to `cargo test` that select the tests expected to catch it.
+    # `cargo test` arguments: the target (`--lib`, or `--test NAME`), then a name filter
+    # selecting the tests expected to catch it.
     test: list
 
 
@@ -60,6 +61,18 @@ BUGS = [
           "let (loss, u, gl) = outer_grads(problem, &w_virtual, lambda)?;",
           "let (loss, u, gl) = outer_grads(problem, &w, lambda)?;")],
         ["--test", "host_references", "one_step"],
+    ),
+    Bug(
+        "mse_rule_with_detached_operands",
+        [("src/autodiff/rules.rs", "let d = x(0).sub(x(1))?.mul(g)?.scale(2.0 / n)?;",
+          "let d = x(0).detach().sub(&x(1).detach())?.mul(g)?.scale(2.0 / n)?;")],
+        ["--lib", "autodiff::second_order_tests"],
+    ),
+    Bug(
+        "softmax_rule_with_a_detached_output",
+        [("src/autodiff/rules.rs", "            let gy = g.mul(y)?;\n            vec![Some(gy.sub(&y.mul(&gy.sum_axis(last, true)?)?)?)]",
+          "            let y = &y.detach();\n            let gy = g.mul(y)?;\n            vec![Some(gy.sub(&y.mul(&gy.sum_axis(last, true)?)?)?)]")],
+        ["--lib", "autodiff::second_order_tests"],
     ),
     Bug(
         "hyper_cleaning_regularises_the_bias",
@@ -113,8 +126,8 @@ def plant(bug, log):
                 return "STALE", f"{path}: the text to mutate occurs {current.count(old)} times"
             with open(full, "w", encoding="utf-8") as f:
                 f.write(current.replace(old, new))
-        test = ["cargo", "test", "-q"] + bug.test[:2]
-        filters = bug.test[2:]
+        test = ["cargo", "test", "-q"] + bug.test[:-1]
+        filters = bug.test[-1:]
         if run(test + ["--no-run"], log) != 0:
             return "STALE", "the planted bug does not compile"
         if run(test + ["--"] + filters, log) != 0:
