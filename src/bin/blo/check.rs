@@ -33,7 +33,7 @@ pub fn run(args: Args) -> ExitCode {
     if let Some(ctx) = device.gpu_context() {
         ctx.set_poison(true);
     }
-    println!("checking {device} against the CPU in f64");
+    println!("checking {device} against naive f64 references (kernels) and the CPU backend in f64");
     let start = Instant::now();
     let results =
         check::run_checks_matching(&device, args.only.as_deref(), |r| println!("{}", r.line()));
