@@ -520,10 +520,11 @@ fn kernel_checks(v: &mut Vec<Check>) {
     // The portable kernel (for adapters without subgroups), forced: lavapipe and most
     // GPUs have subgroups, so it would never run here otherwise. Each transpose pair
     // on three shapes (m, k, n): 13·37·7, where every stored row length is odd;
-    // 20·44·12, where every one is a whole number of vec4s; 1·16·5, where one operand's
-    // rows are vec4s and the other's are not. None of the m's is a multiple of the
-    // kernel's 8 rows, and 13, 7, 1 and 5 no multiple of its 4 columns. The CPU ignores
-    // the plan, so there these repeat the plain products on other shapes.
+    // 20·44·12, where every one is a whole number of vec4s; 1·16·5, where stored rows
+    // are 16 long or 1 or 5, so that nn, nt and tt pair operands read as vec4s with
+    // ones read as floats. No m is a multiple of the kernel's 8 rows, and n = 7 and 5
+    // no multiple of its 4 columns. The CPU ignores the plan, so there these repeat the
+    // plain products on other shapes.
     let portable = GpuPlan {
         portable: true,
         ..GpuPlan::default()
@@ -639,7 +640,8 @@ fn kernel_checks(v: &mut Vec<Check>) {
     // take one). An f64 sum of a million f32 values is exact to ~1e-13; the f32 tree's
     // ~1e-6 relative error is well inside KERNEL_TOL.
     let big = [1_000_003];
-    let fulls: [(&str, Reduction, fn(&[f64]) -> f64); 3] = [
+    type NaiveFull = fn(&[f64]) -> f64;
+    let fulls: [(&str, Reduction, NaiveFull); 3] = [
         ("sum", |x| x.sum(), naive::sum),
         ("mean", |x| x.mean(), |x| naive::sum(x) / x.len() as f64),
         ("sqnorm", |x| x.sqnorm(), |x| naive::dot(x, x)),
@@ -813,7 +815,7 @@ fn kernel_checks(v: &mut Vec<Check>) {
     );
 
     let vecs = || vec![u(&[257], 27), u(&[257], 28)];
-    // Σ-free updates, elementwise: y_i = p·x_i + q·z_i.
+    // Every update is elementwise linear: y_i = p·x_i + q·z_i.
     let lin = |p: f64, x: &[f64], q: f64, z: &[f64]| -> Vec<f64> {
         x.iter().zip(z).map(|(a, b)| p * a + q * b).collect()
     };
@@ -1387,7 +1389,9 @@ mod naive {
                 1
             }
         };
-        (0..rank).map(|d| at(a, d).max(at(b, d))).collect()
+        (0..rank)
+            .map(|d| if at(a, d) == 1 { at(b, d) } else { at(a, d) })
+            .collect()
     }
 
     /// f(a, b) elementwise with broadcasting.
@@ -1487,9 +1491,9 @@ mod naive {
                 }
             }
             BinaryOp::Gt => mask(a > b),
-            BinaryOp::Ge => mask(a > b || a == b),
-            BinaryOp::Lt => mask(b > a),
-            BinaryOp::Le => mask(b > a || a == b),
+            BinaryOp::Ge => mask(a >= b),
+            BinaryOp::Lt => mask(a < b),
+            BinaryOp::Le => mask(a <= b),
             BinaryOp::Eq => mask(a == b),
         }
     }

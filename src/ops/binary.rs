@@ -683,9 +683,9 @@ mod tests {
             let mask = |c: bool| if c { 1.0 } else { 0.0 };
             match op {
                 Gt => mask(x > y),
-                Ge => mask(x > y || x == y),
-                Lt => mask(y > x),
-                Le => mask(y > x || x == y),
+                Ge => mask(x >= y),
+                Lt => mask(x < y),
+                Le => mask(x <= y),
                 Eq => mask(x == y),
                 Max => {
                     if x > y {
@@ -765,7 +765,7 @@ mod tests {
                     let got = y.to_vec::<f64>().unwrap();
                     if let Some(o) = (0..want.len()).find(|&o| got[o] != want[o]) {
                         panic!(
-                            "{dev} {op:?} {sa:?} {sb:?}: output {o} is {}, want {} (a = {}, b = {})",
+                            "{dev} {op:?} {sa:?} {sb:?}: output {o} is {}, want {} (a {}, b {})",
                             got[o], want[o], a64[ia[o]], b64[ib[o]]
                         );
                     }
