@@ -16,11 +16,23 @@
 //! ```
 //!
 //! A check is a function of a few seeded input tensors returning some output tensors;
-//! [`Check::run`] evaluates it twice, on the device with f32 inputs and on the CPU
-//! with the same values widened to f64, and reports the worst norm-wise relative
-//! error ([`crate::testing::rel_err`]) over the outputs. Tolerances follow the
-//! project's rule: [`KERNEL_TOL`] for single kernels, gradients and second-order
-//! products, [`HYPERGRADIENT_TOL`] for whole hypergradients.
+//! [`Check::run`] evaluates it on the device with f32 inputs and reports the worst
+//! norm-wise relative error ([`crate::testing::rel_err`]) over the outputs against an
+//! oracle given the same values widened to f64. Tolerances follow the project's rule:
+//! [`KERNEL_TOL`] for single kernels, gradients and second-order products,
+//! [`HYPERGRADIENT_TOL`] for whole hypergradients, exact for 0/1 comparison masks.
+//!
+//! Which oracle a check uses:
+//! - every kernel check (`unary/`, `binary/`, `matmul/`, `reduce/`, `loss/`, `index/`,
+//!   `shape/`, `fill/`, `update/`) has a naive reference: plain loops in f64 in this
+//!   file, sharing no code with blo's ops or CPU backend, so a bug in the CPU backend
+//!   (in f32 and f64 alike) fails `blo check --device cpu` too. The CPU backend in f64
+//!   is run as well and must agree with the reference within [`REFERENCE_TOL`], so the
+//!   oracle of the other checks is itself checked, kernel by kernel;
+//! - gradients, second-order products, solvers and hypergradients, where a naive
+//!   reference would be a second autodiff, compare with the same code run by the CPU
+//!   backend in f64: they test the device and f32 rounding, and rely on the kernel
+//!   checks (and on the finite-difference tests) for the CPU backend itself.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
@@ -30,6 +42,7 @@ use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::ops::binary::{ALL_BINARY, BinaryOp};
+use crate::ops::matmul::{GpuPlan, matmul_with};
 use crate::ops::unary::{ALL_UNARY, UnaryOp};
 use crate::problems::data::{cleaning_split, synthetic_classification};
 use crate::problems::{HyperCleaning, Ridge};
@@ -42,6 +55,11 @@ use crate::testing::{oracle_pair, rel_err};
 pub const KERNEL_TOL: f64 = 1e-4;
 /// Relative-error tolerance of whole hypergradients, which chain hundreds of kernels.
 pub const HYPERGRADIENT_TOL: f64 = 1e-3;
+/// How far the CPU backend in f64 may be from a check's naive reference (norm-wise
+/// relative), or exactly equal when the check itself is exact. Both sides are f64 and
+/// differ only in the order of their roundings (~1e-13 for a million-term sum), so any
+/// real bug is orders of magnitude above this.
+pub const REFERENCE_TOL: f64 = 1e-10;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,15 +180,19 @@ impl Input {
 }
 
 type CheckFn = Box<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>> + Send + Sync>;
+type ReferenceFn = Box<dyn Fn(&[Vec<f64>]) -> Vec<Vec<f64>> + Send + Sync>;
 
 /// One check: a name, a tolerance, seeded inputs and the computation. The function
 /// must build everything from its inputs (their device and dtype say where it runs),
-/// so the same code serves the device under test and the oracle.
+/// so the same code serves the device under test and the CPU backend in f64. An
+/// optional naive reference ([`Check::with_reference`]) computes the expected outputs
+/// without blo, and then is the oracle (see the module docs for which checks have one).
 pub struct Check {
     name: String,
     tol: f64,
     inputs: Vec<Input>,
     f: CheckFn,
+    reference: Option<ReferenceFn>,
 }
 
 impl std::fmt::Debug for Check {
@@ -178,6 +200,7 @@ impl std::fmt::Debug for Check {
         f.debug_struct("Check")
             .field("name", &self.name)
             .field("tol", &self.tol)
+            .field("has_reference", &self.reference.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -195,7 +218,20 @@ impl Check {
             tol,
             inputs,
             f: Box::new(f),
+            reference: None,
         }
+    }
+
+    /// The check with a naive reference as its oracle: `reference` gets the inputs'
+    /// values widened to f64 (one flat row-major vector per input, in order) and returns
+    /// the expected outputs, flat. It must not call blo (no tensors, no ops), so that it
+    /// shares no bug with the code under test.
+    pub fn with_reference(
+        mut self,
+        reference: impl Fn(&[Vec<f64>]) -> Vec<Vec<f64>> + Send + Sync + 'static,
+    ) -> Self {
+        self.reference = Some(Box::new(reference));
+        self
     }
 
     /// The check's name.
@@ -203,8 +239,15 @@ impl Check {
         &self.name
     }
 
-    /// Runs the check on `device` (f32) and on the CPU in f64, and compares. Errors
-    /// and panics inside the check become a failed result, never a panic here.
+    /// Whether the check has a naive reference.
+    pub fn has_reference(&self) -> bool {
+        self.reference.is_some()
+    }
+
+    /// Runs the check on `device` (f32) and on the CPU in f64, and compares: the device
+    /// with the naive reference when there is one (and the CPU in f64 with it too, within
+    /// [`REFERENCE_TOL`]), otherwise the device with the CPU in f64. Errors and panics
+    /// inside the check become a failed result, never a panic here.
     pub fn run(&self, device: &Device) -> CheckResult {
         let start = Instant::now();
         let eval = |device: &Device, dtype: DType| -> Result<Vec<Vec<f64>>> {
@@ -216,22 +259,36 @@ impl Check {
             let outputs = (self.f)(&inputs)?;
             outputs.iter().map(|t| t.to_vec::<f64>()).collect()
         };
-        let guarded = |device: &Device, dtype: DType, side: &str| -> Result<Vec<Vec<f64>>> {
-            catch_unwind(AssertUnwindSafe(|| eval(device, dtype))).unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(invalid("check", format!("{side} panicked: {msg}")))
-            })
-        };
-        let outcome = guarded(device, DType::F32, "the device").and_then(|got| {
-            let want = guarded(&Device::Cpu, DType::F64, "the f64 oracle")?;
-            Ok((got, want))
+        let outcome = guarded("the device", || eval(device, DType::F32)).and_then(|got| {
+            let cpu = guarded("the f64 oracle", || eval(&Device::Cpu, DType::F64))?;
+            let reference = match &self.reference {
+                Some(r) => Some(guarded("the naive reference", || {
+                    let host: Vec<Vec<f64>> = self
+                        .inputs
+                        .iter()
+                        .map(|i| i.values().1.into_iter().map(f64::from).collect())
+                        .collect();
+                    Ok(r(&host))
+                })?),
+                None => None,
+            };
+            Ok((got, cpu, reference))
         });
         let mut result = match outcome {
-            Ok((got, want)) => verdict(&self.name, &got, &want, self.tol),
+            Ok((got, cpu, None)) => verdict(&self.name, &got, &cpu, self.tol),
+            Ok((got, cpu, Some(want))) => {
+                let mut r = verdict(&self.name, &got, &want, self.tol);
+                let oracle = verdict(&self.name, &cpu, &want, self.tol.min(REFERENCE_TOL));
+                if !oracle.passed {
+                    r.passed = false;
+                    let why = oracle.error.map(|e| format!(": {e}")).unwrap_or_default();
+                    r.error.get_or_insert(format!(
+                        "the CPU backend in f64 is off the naive reference by {:.2e}{why}",
+                        oracle.rel_err
+                    ));
+                }
+                r
+            }
             Err(e) => CheckResult {
                 name: self.name.clone(),
                 rel_err: f64::NAN,
@@ -244,6 +301,18 @@ impl Check {
         result.elapsed = start.elapsed();
         result
     }
+}
+
+/// `f()`, with a panic turned into an error that names `side`.
+fn guarded<T>(side: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(invalid("check", format!("{side} panicked: {msg}")))
+    })
 }
 
 /// Runs every check of [`checks`] on `device`.
@@ -302,9 +371,12 @@ fn unary_input(op: UnaryOp, shape: &[usize], seed: u64) -> Input {
     }
 }
 
+/// The (a, b) of `a·x + b` in the scale_shift checks.
+const SCALE_SHIFT: (f64, f64) = (0.75, -0.5);
+
 fn apply_unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
     match op {
-        UnaryOp::ScaleShift => x.scale_shift(0.75, -0.5),
+        UnaryOp::ScaleShift => x.scale_shift(SCALE_SHIFT.0, SCALE_SHIFT.1),
         _ => x.unary(op),
     }
 }
@@ -343,243 +415,545 @@ fn kernel_checks(v: &mut Vec<Check>) {
     // 7 × 37 = 259 elements: not a multiple of 4 (the vec4 tail) nor of a workgroup.
     let shape = [7, 37];
     for op in ALL_UNARY {
-        v.push(Check::new(
-            format!("unary/{}", lower(op)),
-            k,
-            vec![unary_input(op, &shape, 1)],
-            move |t| Ok(vec![apply_unary(&t[0], op)?]),
-        ));
+        v.push(
+            Check::new(
+                format!("unary/{}", lower(op)),
+                k,
+                vec![unary_input(op, &shape, 1)],
+                move |t| Ok(vec![apply_unary(&t[0], op)?]),
+            )
+            .with_reference(move |x| vec![x[0].iter().map(|&v| naive::unary(op, v)).collect()]),
+        );
     }
+    let (sa, sb) = ([31, 17], [17]);
     for op in ALL_BINARY {
         if is_comparison(op) {
-            // b = max(a, c) equals a in about half the places, so ties are exercised.
-            v.push(Check::new(
-                format!("binary/{}", lower(op)),
-                k,
-                vec![u(&[31, 17], 2), u(&[17], 3)],
-                move |t| Ok(vec![t[0].binary(&t[0].maximum(&t[1])?, op)?]),
-            ));
-        } else {
-            let b = if op == BinaryOp::Div {
-                Range(vec![17], 3, 0.5, 1.5)
-            } else {
-                u(&[17], 3)
-            };
-            v.push(Check::new(
-                format!("binary/{}", lower(op)),
-                k,
-                vec![u(&[31, 17], 2), b],
-                move |t| Ok(vec![t[0].binary(&t[1], op)?]),
-            ));
+            v.push(comparison_check(op));
+            continue;
         }
+        let b = if op == BinaryOp::Div {
+            Range(sb.to_vec(), 3, 0.5, 1.5)
+        } else {
+            u(&sb, 3)
+        };
+        v.push(
+            Check::new(
+                format!("binary/{}", lower(op)),
+                k,
+                vec![u(&sa, 2), b],
+                move |t| Ok(vec![t[0].binary(&t[1], op)?]),
+            )
+            .with_reference(move |x| {
+                vec![naive::elementwise(&x[0], &sa, &x[1], &sb, |p, q| {
+                    naive::binary(op, p, q)
+                })]
+            }),
+        );
     }
-    v.push(Check::new(
-        "binary/add_outer_broadcast",
-        k,
-        vec![u(&[31, 1], 4), u(&[1, 17], 5)],
-        |t| Ok(vec![t[0].add(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "binary/mul_0d",
-        k,
-        vec![u(&[257], 4), u(&[], 5)],
-        |t| Ok(vec![t[0].mul(&t[1])?, t[1].mul(&t[0])?]),
-    ));
+    v.push(
+        Check::new(
+            "binary/add_outer_broadcast",
+            k,
+            vec![u(&[31, 1], 4), u(&[1, 17], 5)],
+            |t| Ok(vec![t[0].add(&t[1])?]),
+        )
+        .with_reference(|x| {
+            vec![naive::elementwise(
+                &x[0],
+                &[31, 1],
+                &x[1],
+                &[1, 17],
+                |p, q| p + q,
+            )]
+        }),
+    );
+    v.push(
+        Check::new("binary/mul_0d", k, vec![u(&[257], 4), u(&[], 5)], |t| {
+            Ok(vec![t[0].mul(&t[1])?, t[1].mul(&t[0])?])
+        })
+        .with_reference(|x| {
+            vec![
+                naive::elementwise(&x[0], &[257], &x[1], &[], |p, q| p * q),
+                naive::elementwise(&x[1], &[], &x[0], &[257], |p, q| p * q),
+            ]
+        }),
+    );
 
     let (m, kk, n) = (33, 47, 29);
-    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+    for (ta, tb) in TRANSPOSES {
         let a = if ta { [kk, m] } else { [m, kk] };
         let b = if tb { [n, kk] } else { [kk, n] };
-        v.push(Check::new(
-            format!("matmul/{}{}", flag(ta), flag(tb)),
-            k,
-            vec![u(&a, 6), u(&b, 7)],
-            move |t| Ok(vec![t[0].matmul_t(&t[1], ta, tb)?]),
+        let name = format!("matmul/{}{}", flag(ta), flag(tb));
+        v.push(matmul_check(name, vec![(&a, &b)], (6, 7), ta, tb, None));
+    }
+    let plain = |name: &str, a: &[usize], b: &[usize], seeds| {
+        matmul_check(name.into(), vec![(a, b)], seeds, false, false, None)
+    };
+    v.push(plain(
+        "matmul/large_257x131x65",
+        &[257, 131],
+        &[131, 65],
+        (8, 9),
+    ));
+    v.push(plain("matmul/long_k_1031", &[9, 1031], &[1031, 7], (8, 9)));
+    v.push(plain("matmul/vector_1x1", &[1, 1], &[1, 1], (8, 9)));
+    v.push(plain(
+        "matmul/batched",
+        &[3, 17, 29],
+        &[3, 29, 11],
+        (10, 11),
+    ));
+    v.push(plain(
+        "matmul/batched_shared_rhs",
+        &[3, 17, 29],
+        &[29, 11],
+        (10, 11),
+    ));
+    v.push(matmul_check(
+        "matmul/batched_tt".into(),
+        vec![(&[3, 29, 17], &[3, 11, 29])],
+        (10, 11),
+        true,
+        true,
+        None,
+    ));
+    // The portable kernel (for adapters without subgroups), forced: lavapipe and most
+    // GPUs have subgroups, so it would never run here otherwise. Each transpose pair
+    // on three shapes (m, k, n): 13·37·7, where every stored row length is odd;
+    // 20·44·12, where every one is a whole number of vec4s; 1·16·5, where stored rows
+    // are 16 long or 1 or 5, so that nn, nt and tt pair operands read as vec4s with
+    // ones read as floats. No m is a multiple of the kernel's 8 rows, and n = 7 and 5
+    // no multiple of its 4 columns. The CPU ignores the plan, so there these repeat the
+    // plain products on other shapes.
+    let portable = GpuPlan {
+        portable: true,
+        ..GpuPlan::default()
+    };
+    for (ta, tb) in TRANSPOSES {
+        let stored = |(m, kk, n): (usize, usize, usize)| {
+            let a = if ta { [kk, m] } else { [m, kk] };
+            let b = if tb { [n, kk] } else { [kk, n] };
+            (a, b)
+        };
+        let shapes = [(13, 37, 7), (20, 44, 12), (1, 16, 5)].map(stored);
+        let operands = shapes.iter().map(|(a, b)| (&a[..], &b[..])).collect();
+        let name = format!("matmul/portable_{}{}", flag(ta), flag(tb));
+        v.push(matmul_check(
+            name,
+            operands,
+            (82, 83),
+            ta,
+            tb,
+            Some(portable),
         ));
     }
-    v.push(Check::new(
-        "matmul/large_257x131x65",
-        k,
-        vec![u(&[257, 131], 8), u(&[131, 65], 9)],
-        |t| Ok(vec![t[0].matmul(&t[1])?]),
+    v.push(matmul_check(
+        "matmul/portable_batched".into(),
+        vec![(&[3, 17, 29], &[3, 29, 11]), (&[3, 13, 28], &[28, 9])],
+        (84, 85),
+        false,
+        false,
+        Some(portable),
     ));
-    v.push(Check::new(
-        "matmul/long_k_1031",
-        k,
-        vec![u(&[9, 1031], 8), u(&[1031, 7], 9)],
-        |t| Ok(vec![t[0].matmul(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "matmul/vector_1x1",
-        k,
-        vec![u(&[1, 1], 8), u(&[1, 1], 9)],
-        |t| Ok(vec![t[0].matmul(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "matmul/batched",
-        k,
-        vec![u(&[3, 17, 29], 10), u(&[3, 29, 11], 11)],
-        |t| Ok(vec![t[0].matmul(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "matmul/batched_shared_rhs",
-        k,
-        vec![u(&[3, 17, 29], 10), u(&[29, 11], 11)],
-        |t| Ok(vec![t[0].matmul(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "matmul/batched_tt",
-        k,
-        vec![u(&[3, 29, 17], 10), u(&[3, 11, 29], 11)],
-        |t| Ok(vec![t[0].matmul_t(&t[1], true, true)?]),
+    v.push(matmul_check(
+        "matmul/portable_batched_tt".into(),
+        vec![(&[3, 29, 17], &[3, 11, 29])],
+        (86, 87),
+        true,
+        true,
+        Some(portable),
     ));
 
-    // 37 × 195 = 7215 elements.
+    // 37 × 195 = 7215 elements: one workgroup of the full reduction.
     let r = [37, 195];
     type Reduction = fn(&Tensor) -> Result<Tensor>;
-    let reductions: [(&str, Reduction); 10] = [
-        ("sum", |x| x.sum()),
-        ("mean", |x| x.mean()),
-        ("sqnorm", |x| x.sqnorm()),
-        ("sum_axis0", |x| x.sum_axis(0, false)),
-        ("sum_axis1_keepdim", |x| x.sum_axis(1, true)),
-        ("mean_axis0", |x| x.mean_axis(0, false)),
-        ("mean_axis1", |x| x.mean_axis(1, false)),
-        ("max_axis0", |x| x.max_axis(0, false)),
-        ("max_axis1", |x| x.max_axis(1, true)),
-        ("sum_axis1_3d", |x| {
-            x.reshape(&[5, 37, 39])?.sum_axis(1, false)
-        }),
+    type NaiveReduction = fn(&[f64], &[usize]) -> Vec<f64>;
+    use naive::Reduce::{Max, Mean, Sum};
+    let reductions: [(&str, Reduction, NaiveReduction); 10] = [
+        ("sum", |x| x.sum(), |x, _| vec![naive::sum(x)]),
+        (
+            "mean",
+            |x| x.mean(),
+            |x, _| vec![naive::sum(x) / x.len() as f64],
+        ),
+        ("sqnorm", |x| x.sqnorm(), |x, _| vec![naive::dot(x, x)]),
+        (
+            "sum_axis0",
+            |x| x.sum_axis(0, false),
+            |x, s| naive::reduce_axis(x, s, 0, Sum),
+        ),
+        (
+            "sum_axis1_keepdim",
+            |x| x.sum_axis(1, true),
+            |x, s| naive::reduce_axis(x, s, 1, Sum),
+        ),
+        (
+            "mean_axis0",
+            |x| x.mean_axis(0, false),
+            |x, s| naive::reduce_axis(x, s, 0, Mean),
+        ),
+        (
+            "mean_axis1",
+            |x| x.mean_axis(1, false),
+            |x, s| naive::reduce_axis(x, s, 1, Mean),
+        ),
+        (
+            "max_axis0",
+            |x| x.max_axis(0, false),
+            |x, s| naive::reduce_axis(x, s, 0, Max),
+        ),
+        (
+            "max_axis1",
+            |x| x.max_axis(1, true),
+            |x, s| naive::reduce_axis(x, s, 1, Max),
+        ),
+        (
+            "sum_axis1_3d",
+            |x| x.reshape(&[5, 37, 39])?.sum_axis(1, false),
+            |x, _| naive::reduce_axis(x, &[5, 37, 39], 1, Sum),
+        ),
     ];
-    for (name, f) in reductions {
-        v.push(Check::new(
-            format!("reduce/{name}"),
-            k,
-            vec![u(&r, 12)],
-            move |t| Ok(vec![f(&t[0])?]),
-        ));
+    for (name, f, want) in reductions {
+        v.push(
+            Check::new(format!("reduce/{name}"), k, vec![u(&r, 12)], move |t| {
+                Ok(vec![f(&t[0])?])
+            })
+            .with_reference(move |x| vec![want(&x[0], &r)]),
+        );
     }
-    v.push(Check::new("reduce/sum_1", k, vec![u(&[1], 12)], |t| {
-        Ok(vec![t[0].sum()?])
-    }));
-    v.push(Check::new(
-        "reduce/dot",
-        k,
-        vec![u(&[7215], 12), u(&[7215], 13)],
-        |t| Ok(vec![t[0].dot(&t[1])?]),
-    ));
+    v.push(
+        Check::new("reduce/sum_1", k, vec![u(&[1], 12)], |t| {
+            Ok(vec![t[0].sum()?])
+        })
+        .with_reference(|x| vec![vec![naive::sum(&x[0])]]),
+    );
+    v.push(
+        Check::new("reduce/dot", k, vec![u(&[7215], 12), u(&[7215], 13)], |t| {
+            Ok(vec![t[0].dot(&t[1])?])
+        })
+        .with_reference(|x| vec![vec![naive::dot(&x[0], &x[1])]]),
+    );
+    // Full reductions over many workgroups. 1,000,003 (a prime) elements are 250,000
+    // vec4s and a 3-element tail; `full_gpu` (src/ops/reduce.rs) gives a workgroup at
+    // most 256 invocations × 64 vec4s = 65,536 elements, so these spread over 16
+    // workgroups whose partial sums a second dispatch adds (the 7,215 elements above
+    // take one). An f64 sum of a million f32 values is exact to ~1e-13; the f32 tree's
+    // ~1e-6 relative error is well inside KERNEL_TOL.
+    let big = [1_000_003];
+    type NaiveFull = fn(&[f64]) -> f64;
+    let fulls: [(&str, Reduction, NaiveFull); 3] = [
+        ("sum", |x| x.sum(), naive::sum),
+        ("mean", |x| x.mean(), |x| naive::sum(x) / x.len() as f64),
+        ("sqnorm", |x| x.sqnorm(), |x| naive::dot(x, x)),
+    ];
+    for (name, f, want) in fulls {
+        v.push(
+            Check::new(
+                format!("reduce/{name}_1000003"),
+                k,
+                vec![u(&big, 90)],
+                move |t| Ok(vec![f(&t[0])?]),
+            )
+            .with_reference(move |x| vec![vec![want(&x[0])]]),
+        );
+    }
+    v.push(
+        Check::new(
+            "reduce/dot_1000003",
+            k,
+            vec![u(&big, 90), u(&big, 91)],
+            |t| Ok(vec![t[0].dot(&t[1])?]),
+        )
+        .with_reference(|x| vec![vec![naive::dot(&x[0], &x[1])]]),
+    );
+    // Long axes, over rows ([3, 100,003]: contiguous) and columns ([50,021, 12]: four
+    // outputs per invocation). Above 2^18 elements `axis_gpu` splits an axis into
+    // chunks of 64 for parallelism (1,563 and 782 chunks, on 74 and 37 workgroups) and
+    // reduces the chunks' partials in a second dispatch.
+    let (rows, cols) = ([3, 100_003], [50_021, 12]);
+    v.push(
+        Check::new("reduce/sum_axis1_long", k, vec![u(&rows, 92)], |t| {
+            Ok(vec![t[0].sum_axis(1, false)?])
+        })
+        .with_reference(move |x| vec![naive::reduce_axis(&x[0], &rows, 1, Sum)]),
+    );
+    v.push(
+        Check::new("reduce/max_axis0_long", k, vec![u(&cols, 93)], |t| {
+            Ok(vec![t[0].max_axis(0, false)?])
+        })
+        .with_reference(move |x| vec![naive::reduce_axis(&x[0], &cols, 0, Max)]),
+    );
 
     let (ln, lc) = (33, 10);
-    v.push(Check::new(
-        "loss/log_softmax",
-        k,
-        vec![u(&[ln, lc], 14)],
-        |t| Ok(vec![t[0].log_softmax()?]),
-    ));
-    v.push(Check::new("loss/softmax", k, vec![u(&[ln, lc], 14)], |t| {
-        Ok(vec![t[0].softmax()?])
-    }));
-    v.push(Check::new(
-        "loss/cross_entropy",
-        k,
-        vec![u(&[ln, lc], 14), labels(ln, lc)],
-        |t| Ok(vec![t[0].cross_entropy(&t[1], None)?]),
-    ));
-    v.push(Check::new(
-        "loss/cross_entropy_weighted",
-        k,
-        vec![u(&[ln, lc], 14), labels(ln, lc), u(&[ln], 15)],
-        |t| Ok(vec![t[0].cross_entropy(&t[1], Some(&t[2]))?]),
-    ));
-    v.push(Check::new(
-        "loss/mse",
-        k,
-        vec![u(&[257], 16), u(&[257], 17)],
-        |t| Ok(vec![t[0].mse(&t[1])?]),
-    ));
+    v.push(
+        Check::new("loss/log_softmax", k, vec![u(&[ln, lc], 14)], |t| {
+            Ok(vec![t[0].log_softmax()?])
+        })
+        .with_reference(move |x| vec![naive::log_softmax(&x[0], lc)]),
+    );
+    v.push(
+        Check::new("loss/softmax", k, vec![u(&[ln, lc], 14)], |t| {
+            Ok(vec![t[0].softmax()?])
+        })
+        .with_reference(move |x| vec![naive::softmax(&x[0], lc)]),
+    );
+    v.push(
+        Check::new(
+            "loss/cross_entropy",
+            k,
+            vec![u(&[ln, lc], 14), labels(ln, lc)],
+            |t| Ok(vec![t[0].cross_entropy(&t[1], None)?]),
+        )
+        .with_reference(move |x| vec![vec![naive::cross_entropy(&x[0], &x[1], None, lc)]]),
+    );
+    v.push(
+        Check::new(
+            "loss/cross_entropy_weighted",
+            k,
+            vec![u(&[ln, lc], 14), labels(ln, lc), u(&[ln], 15)],
+            |t| Ok(vec![t[0].cross_entropy(&t[1], Some(&t[2]))?]),
+        )
+        .with_reference(move |x| vec![vec![naive::cross_entropy(&x[0], &x[1], Some(&x[2]), lc)]]),
+    );
+    v.push(
+        Check::new("loss/mse", k, vec![u(&[257], 16), u(&[257], 17)], |t| {
+            Ok(vec![t[0].mse(&t[1])?])
+        })
+        .with_reference(|x| vec![vec![naive::mse(&x[0], &x[1])]]),
+    );
+    // The mean squared difference through the same multi-workgroup path as above.
+    v.push(
+        Check::new("loss/mse_1000003", k, vec![u(&big, 90), u(&big, 91)], |t| {
+            Ok(vec![t[0].mse(&t[1])?])
+        })
+        .with_reference(|x| vec![vec![naive::mse(&x[0], &x[1])]]),
+    );
 
-    v.push(Check::new(
-        "index/one_hot",
-        k,
-        vec![labels(ln, lc)],
-        move |t| Ok(vec![Tensor::one_hot(&t[0], lc)?]),
-    ));
-    v.push(Check::new(
-        "index/gather",
-        k,
-        vec![u(&[ln, lc], 18), labels(ln, lc)],
-        |t| Ok(vec![t[0].gather(&t[1])?]),
-    ));
-    v.push(Check::new(
-        "index/transpose",
-        k,
-        vec![u(&[31, 17], 19)],
-        |t| Ok(vec![t[0].transpose()?]),
-    ));
-    v.push(Check::new(
-        "index/transpose_batched",
-        k,
-        vec![u(&[3, 31, 17], 19)],
-        |t| Ok(vec![t[0].transpose()?]),
-    ));
-    v.push(Check::new(
-        "index/concat",
-        k,
-        vec![u(&[7, 3], 20), u(&[1], 21), u(&[257], 22)],
-        |t| Ok(vec![Tensor::concat(&[&t[0], &t[1], &t[2]])?]),
-    ));
-    v.push(Check::new("index/slice", k, vec![u(&[257], 23)], |t| {
-        Ok(vec![t[0].slice(5, 101)?, t[0].slice(256, 1)?])
-    }));
-    v.push(Check::new("index/split", k, vec![u(&[257], 23)], |t| {
-        t[0].split(&[1, 100, 156])
-    }));
+    v.push(
+        Check::new("index/one_hot", k, vec![labels(ln, lc)], move |t| {
+            Ok(vec![Tensor::one_hot(&t[0], lc)?])
+        })
+        .with_reference(move |x| {
+            let hot = |i: usize, j: usize| if x[0][i] == j as f64 { 1.0 } else { 0.0 };
+            vec![(0..ln * lc).map(|e| hot(e / lc, e % lc)).collect()]
+        }),
+    );
+    v.push(
+        Check::new(
+            "index/gather",
+            k,
+            vec![u(&[ln, lc], 18), labels(ln, lc)],
+            |t| Ok(vec![t[0].gather(&t[1])?]),
+        )
+        .with_reference(move |x| vec![(0..ln).map(|i| x[0][i * lc + x[1][i] as usize]).collect()]),
+    );
+    v.push(
+        Check::new("index/transpose", k, vec![u(&[31, 17], 19)], |t| {
+            Ok(vec![t[0].transpose()?])
+        })
+        .with_reference(|x| vec![naive::transpose(&x[0], 31, 17)]),
+    );
+    v.push(
+        Check::new(
+            "index/transpose_batched",
+            k,
+            vec![u(&[3, 31, 17], 19)],
+            |t| Ok(vec![t[0].transpose()?]),
+        )
+        .with_reference(|x| vec![naive::transpose(&x[0], 31, 17)]),
+    );
+    v.push(
+        Check::new(
+            "index/concat",
+            k,
+            vec![u(&[7, 3], 20), u(&[1], 21), u(&[257], 22)],
+            |t| Ok(vec![Tensor::concat(&[&t[0], &t[1], &t[2]])?]),
+        )
+        .with_reference(|x| vec![x.concat()]),
+    );
+    v.push(
+        Check::new("index/slice", k, vec![u(&[257], 23)], |t| {
+            Ok(vec![t[0].slice(5, 101)?, t[0].slice(256, 1)?])
+        })
+        .with_reference(|x| vec![x[0][5..106].to_vec(), x[0][256..].to_vec()]),
+    );
+    v.push(
+        Check::new("index/split", k, vec![u(&[257], 23)], |t| {
+            t[0].split(&[1, 100, 156])
+        })
+        .with_reference(|x| {
+            vec![
+                x[0][..1].to_vec(),
+                x[0][1..101].to_vec(),
+                x[0][101..].to_vec(),
+            ]
+        }),
+    );
 
-    v.push(Check::new(
-        "shape/broadcast_to",
-        k,
-        vec![u(&[17], 24)],
-        |t| Ok(vec![t[0].broadcast_to(&[31, 17])?]),
-    ));
-    v.push(Check::new("shape/sum_to", k, vec![u(&[31, 17], 25)], |t| {
-        Ok(vec![t[0].sum_to(&[17])?, t[0].sum_to(&[31, 1])?])
-    }));
-    v.push(Check::new("fill/full_like", k, vec![u(&[257], 26)], |t| {
-        Ok(vec![t[0].full_like(0.5)?, t[0].zeros_like()?])
-    }));
+    v.push(
+        Check::new("shape/broadcast_to", k, vec![u(&[17], 24)], |t| {
+            Ok(vec![t[0].broadcast_to(&[31, 17])?])
+        })
+        .with_reference(|x| vec![naive::broadcast_to(&x[0], &[17], &[31, 17])]),
+    );
+    v.push(
+        Check::new("shape/sum_to", k, vec![u(&[31, 17], 25)], |t| {
+            Ok(vec![t[0].sum_to(&[17])?, t[0].sum_to(&[31, 1])?])
+        })
+        .with_reference(|x| {
+            vec![
+                naive::sum_to(&x[0], &[31, 17], &[17]),
+                naive::sum_to(&x[0], &[31, 17], &[31, 1]),
+            ]
+        }),
+    );
+    v.push(
+        Check::new("fill/full_like", k, vec![u(&[257], 26)], |t| {
+            Ok(vec![t[0].full_like(0.5)?, t[0].zeros_like()?])
+        })
+        .with_reference(|_| vec![vec![0.5; 257], vec![0.0; 257]]),
+    );
 
     let vecs = || vec![u(&[257], 27), u(&[257], 28)];
-    v.push(Check::new("update/axpy_host", k, vecs(), |t| {
-        Ok(vec![t[0].axpy(-0.3, &t[1])?])
-    }));
-    v.push(Check::new(
-        "update/axpy_device",
-        k,
-        [vecs(), vec![u(&[], 29)]].concat(),
-        |t| Ok(vec![t[0].axpy(&t[2], &t[1])?]),
-    ));
-    v.push(Check::new(
-        "update/axpby_device",
-        k,
-        [vecs(), vec![u(&[], 29), u(&[1], 30)]].concat(),
-        |t| {
+    // Every update is elementwise linear: y_i = p·x_i + q·z_i.
+    let lin = |p: f64, x: &[f64], q: f64, z: &[f64]| -> Vec<f64> {
+        x.iter().zip(z).map(|(a, b)| p * a + q * b).collect()
+    };
+    v.push(
+        Check::new("update/axpy_host", k, vecs(), |t| {
+            Ok(vec![t[0].axpy(-0.3, &t[1])?])
+        })
+        .with_reference(move |x| vec![lin(1.0, &x[0], -0.3, &x[1])]),
+    );
+    v.push(
+        Check::new(
+            "update/axpy_device",
+            k,
+            [vecs(), vec![u(&[], 29)]].concat(),
+            |t| Ok(vec![t[0].axpy(&t[2], &t[1])?]),
+        )
+        .with_reference(move |x| vec![lin(1.0, &x[0], x[2][0], &x[1])]),
+    );
+    v.push(
+        Check::new(
+            "update/axpby_device",
+            k,
+            [vecs(), vec![u(&[], 29), u(&[1], 30)]].concat(),
+            |t| {
+                Ok(vec![
+                    t[0].axpby(&t[3], &t[2], &t[1])?,
+                    t[0].axpby(0.5, 2.0, &t[1])?,
+                ])
+            },
+        )
+        .with_reference(move |x| {
+            vec![
+                lin(x[3][0], &x[0], x[2][0], &x[1]),
+                lin(0.5, &x[0], 2.0, &x[1]),
+            ]
+        }),
+    );
+    v.push(
+        Check::new(
+            "update/axpy_ratio",
+            k,
+            [vecs(), vec![u(&[], 29), Range(vec![], 30, 0.5, 1.5)]].concat(),
+            |t| {
+                Ok(vec![
+                    t[0].axpy_ratio(&t[2], &t[3], 1.0, &t[1])?,
+                    t[0].axpy_ratio(&t[2], &t[3], -1.0, &t[1])?,
+                ])
+            },
+        )
+        .with_reference(move |x| {
+            let ratio = x[2][0] / x[3][0];
+            vec![
+                lin(1.0, &x[0], ratio, &x[1]),
+                lin(1.0, &x[0], -ratio, &x[1]),
+            ]
+        }),
+    );
+}
+
+/// The four (trans_a, trans_b) pairs.
+const TRANSPOSES: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+/// `name`: op(a)·op(b) for each pair of stored operand shapes (a's inputs seeded
+/// `seeds.0 + 2i`, b's `seeds.1 + 2i`), one output each, through the public op or,
+/// with a plan, through `matmul_with`.
+fn matmul_check(
+    name: String,
+    operands: Vec<(&[usize], &[usize])>,
+    seeds: (u64, u64),
+    ta: bool,
+    tb: bool,
+    plan: Option<GpuPlan>,
+) -> Check {
+    let shapes: Vec<(Vec<usize>, Vec<usize>)> = operands
+        .iter()
+        .map(|(a, b)| (a.to_vec(), b.to_vec()))
+        .collect();
+    let inputs = shapes
+        .iter()
+        .zip(0u64..)
+        .flat_map(|((a, b), i)| [u(a, seeds.0 + 2 * i), u(b, seeds.1 + 2 * i)])
+        .collect();
+    Check::new(name, KERNEL_TOL, inputs, move |t| {
+        t.chunks(2)
+            .map(|p| match plan {
+                Some(plan) => matmul_with(&p[0], &p[1], ta, tb, plan),
+                None => p[0].matmul_t(&p[1], ta, tb),
+            })
+            .collect()
+    })
+    .with_reference(move |x| {
+        shapes
+            .iter()
+            .zip(x.chunks(2))
+            .map(|((sa, sb), p)| naive::matmul(&p[0], sa, &p[1], sb, ta, tb))
+            .collect()
+    })
+}
+
+/// A comparison on inputs with exact ties, held to exact equality: the inputs are f32
+/// values, which f64 holds exactly and in the same order, so the 0/1 answer of the f32
+/// device and of the f64 reference must be the same, bit for bit, on any correct
+/// kernel (a comparison does not round). Three outputs: a op max(a, c), with c
+/// broadcast along rows (a tie wherever c ≤ a, about half the elements); b op a, with
+/// b a copy of a in every third place; a op d, with d a column holding one of each
+/// row's values (a tie through a column broadcast).
+fn comparison_check(op: BinaryOp) -> Check {
+    let (m, n) = (31, 17);
+    let a = u(&[m, n], 2);
+    let av = a.values().1;
+    let fresh = oracle_pair(&[m, n], 4).0;
+    let b = (0..m * n)
+        .map(|i| if i % 3 == 0 { av[i] } else { fresh[i] })
+        .collect();
+    let d = (0..m).map(|r| av[r * n + (5 * r) % n]).collect();
+    Check::new(
+        format!("binary/{}", lower(op)),
+        0.0,
+        vec![a, u(&[n], 3), Values(vec![m, n], b), Values(vec![m, 1], d)],
+        move |t| {
             Ok(vec![
-                t[0].axpby(&t[3], &t[2], &t[1])?,
-                t[0].axpby(0.5, 2.0, &t[1])?,
+                t[0].binary(&t[0].maximum(&t[1])?, op)?,
+                t[2].binary(&t[0], op)?,
+                t[0].binary(&t[3], op)?,
             ])
         },
-    ));
-    v.push(Check::new(
-        "update/axpy_ratio",
-        k,
-        [vecs(), vec![u(&[], 29), Range(vec![], 30, 0.5, 1.5)]].concat(),
-        |t| {
-            Ok(vec![
-                t[0].axpy_ratio(&t[2], &t[3], 1.0, &t[1])?,
-                t[0].axpy_ratio(&t[2], &t[3], -1.0, &t[1])?,
-            ])
-        },
-    ));
+    )
+    .with_reference(move |x| {
+        let f = |p, q| naive::binary(op, p, q);
+        let max = naive::elementwise(&x[0], &[m, n], &x[1], &[n], |p, q| {
+            naive::binary(BinaryOp::Max, p, q)
+        });
+        vec![
+            naive::elementwise(&x[0], &[m, n], &max, &[m, n], f),
+            naive::elementwise(&x[2], &[m, n], &x[0], &[m, n], f),
+            naive::elementwise(&x[0], &[m, n], &x[3], &[m, 1], f),
+        ]
+    })
 }
 
 fn flag(t: bool) -> &'static str {
@@ -967,6 +1341,317 @@ fn hypergradient_checks(v: &mut Vec<Check>) {
     }
 }
 
+// ---- naive references ---------------------------------------------------------------
+
+/// Naive host definitions of the kernels, in f64, for the references of the kernel
+/// checks: loops over row-major indices written from each op's documented definition.
+/// Nothing here calls into blo (no tensors, no ops, no CPU backend helpers), so a
+/// reference cannot share a bug with the code it checks. Speed does not matter here;
+/// being obviously right does.
+mod naive {
+    use crate::ops::binary::BinaryOp;
+    use crate::ops::unary::UnaryOp;
+
+    fn numel(shape: &[usize]) -> usize {
+        shape.iter().product()
+    }
+
+    /// The row-major multi-index of flat index `i` in `shape`.
+    fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+        let mut idx = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            idx[d] = i % shape[d];
+            i /= shape[d];
+        }
+        idx
+    }
+
+    /// The flat offset of the element of an operand of `shape` that the output element
+    /// at multi-index `idx` reads under NumPy broadcasting: dims aligned at the right,
+    /// index 0 along the operand's extent-1 dims.
+    fn broadcast_offset(idx: &[usize], shape: &[usize]) -> usize {
+        let lead = idx.len() - shape.len();
+        let mut offset = 0;
+        for (d, &extent) in shape.iter().enumerate() {
+            let i = if extent == 1 { 0 } else { idx[lead + d] };
+            offset = offset * extent + i;
+        }
+        offset
+    }
+
+    /// The NumPy broadcast of two shapes that broadcast.
+    fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
+        let rank = a.len().max(b.len());
+        let at = |s: &[usize], d: usize| {
+            if d + s.len() >= rank {
+                s[d + s.len() - rank]
+            } else {
+                1
+            }
+        };
+        (0..rank)
+            .map(|d| if at(a, d) == 1 { at(b, d) } else { at(a, d) })
+            .collect()
+    }
+
+    /// f(a, b) elementwise with broadcasting.
+    pub fn elementwise(
+        a: &[f64],
+        sa: &[usize],
+        b: &[f64],
+        sb: &[usize],
+        f: impl Fn(f64, f64) -> f64,
+    ) -> Vec<f64> {
+        let out = broadcast_shape(sa, sb);
+        (0..numel(&out))
+            .map(|i| {
+                let idx = unravel(i, &out);
+                f(a[broadcast_offset(&idx, sa)], b[broadcast_offset(&idx, sb)])
+            })
+            .collect()
+    }
+
+    /// `x` of `shape` broadcast to `out`.
+    pub fn broadcast_to(x: &[f64], shape: &[usize], out: &[usize]) -> Vec<f64> {
+        (0..numel(out))
+            .map(|i| x[broadcast_offset(&unravel(i, out), shape)])
+            .collect()
+    }
+
+    /// `x` of `shape` summed down to `target`: every element added into the one of
+    /// `target` that would broadcast back onto it.
+    pub fn sum_to(x: &[f64], shape: &[usize], target: &[usize]) -> Vec<f64> {
+        let mut y = vec![0.0; numel(target)];
+        for (i, &v) in x.iter().enumerate() {
+            y[broadcast_offset(&unravel(i, shape), target)] += v;
+        }
+        y
+    }
+
+    /// The unary ops of the `unary/` checks (scale_shift with the checks' constants).
+    pub fn unary(op: UnaryOp, x: f64) -> f64 {
+        match op {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Square => x * x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Relu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::ReluMask => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::ScaleShift => super::SCALE_SHIFT.0 * x + super::SCALE_SHIFT.1,
+            UnaryOp::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::Recip => 1.0 / x,
+        }
+    }
+
+    pub fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+        let mask = |c: bool| if c { 1.0 } else { 0.0 };
+        match op {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Max => {
+                if a > b {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Min => {
+                if a < b {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Gt => mask(a > b),
+            BinaryOp::Ge => mask(a >= b),
+            BinaryOp::Lt => mask(a < b),
+            BinaryOp::Le => mask(a <= b),
+            BinaryOp::Eq => mask(a == b),
+        }
+    }
+
+    /// op(a)·op(b) for stored shapes `sa`, `sb` (rank 2, or rank 3 with a batch dim; a
+    /// rank-2 operand next to a rank-3 one is shared), as a triple loop per batch entry.
+    pub fn matmul(
+        a: &[f64],
+        sa: &[usize],
+        b: &[f64],
+        sb: &[usize],
+        ta: bool,
+        tb: bool,
+    ) -> Vec<f64> {
+        let batch = if sa.len() == 3 { sa[0] } else { sb[0] };
+        let batch = if sa.len() == 3 || sb.len() == 3 {
+            batch
+        } else {
+            1
+        };
+        let (ar, ac) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+        let (br, bc) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+        let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+        let n = if tb { br } else { bc };
+        let a_at = |t: usize, i: usize, p: usize| {
+            let base = if sa.len() == 3 { t * ar * ac } else { 0 };
+            if ta {
+                a[base + p * ac + i]
+            } else {
+                a[base + i * ac + p]
+            }
+        };
+        let b_at = |t: usize, p: usize, j: usize| {
+            let base = if sb.len() == 3 { t * br * bc } else { 0 };
+            if tb {
+                b[base + j * bc + p]
+            } else {
+                b[base + p * bc + j]
+            }
+        };
+        let mut c = Vec::with_capacity(batch * m * n);
+        for t in 0..batch {
+            for i in 0..m {
+                for j in 0..n {
+                    c.push((0..k).map(|p| a_at(t, i, p) * b_at(t, p, j)).sum());
+                }
+            }
+        }
+        c
+    }
+
+    pub fn sum(x: &[f64]) -> f64 {
+        x.iter().sum()
+    }
+
+    pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(p, q)| p * q).sum()
+    }
+
+    pub fn mse(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>() / a.len() as f64
+    }
+
+    #[derive(Clone, Copy)]
+    pub enum Reduce {
+        Sum,
+        Mean,
+        Max,
+    }
+
+    /// `x` of `shape` reduced along `axis`: every element goes to the output element
+    /// whose multi-index is its own without `axis`.
+    pub fn reduce_axis(x: &[f64], shape: &[usize], axis: usize, op: Reduce) -> Vec<f64> {
+        let mut out_shape = shape.to_vec();
+        out_shape.remove(axis);
+        let init = match op {
+            Reduce::Max => f64::NEG_INFINITY,
+            _ => 0.0,
+        };
+        let mut y = vec![init; numel(&out_shape)];
+        for (i, &v) in x.iter().enumerate() {
+            let mut idx = unravel(i, shape);
+            idx.remove(axis);
+            let o = idx
+                .iter()
+                .zip(&out_shape)
+                .fold(0, |off, (&j, &e)| off * e + j);
+            match op {
+                Reduce::Max => {
+                    if v > y[o] {
+                        y[o] = v;
+                    }
+                }
+                _ => y[o] += v,
+            }
+        }
+        if let Reduce::Mean = op {
+            for v in &mut y {
+                *v /= shape[axis] as f64;
+            }
+        }
+        y
+    }
+
+    /// ln Σ_j exp(z_j) of one row, shifted by its maximum so that exp cannot overflow.
+    fn logsumexp(row: &[f64]) -> f64 {
+        let m = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+    }
+
+    /// z_ij − logsumexp(z_i) for rows of `c` classes.
+    pub fn log_softmax(z: &[f64], c: usize) -> Vec<f64> {
+        z.chunks(c)
+            .flat_map(|row| {
+                let l = logsumexp(row);
+                row.iter().map(move |v| v - l)
+            })
+            .collect()
+    }
+
+    /// exp(z_ij) / Σ_j exp(z_ij) for rows of `c` classes.
+    pub fn softmax(z: &[f64], c: usize) -> Vec<f64> {
+        z.chunks(c)
+            .flat_map(|row| {
+                let total: f64 = row.iter().map(|v| v.exp()).sum();
+                row.iter().map(move |v| v.exp() / total)
+            })
+            .collect()
+    }
+
+    /// (1/n) Σ_i w_i (logsumexp(z_i) − z_{i, y_i}), with w_i = 1 without weights.
+    pub fn cross_entropy(z: &[f64], labels: &[f64], weights: Option<&[f64]>, c: usize) -> f64 {
+        let n = labels.len();
+        let mut total = 0.0;
+        for i in 0..n {
+            let row = &z[i * c..(i + 1) * c];
+            let w = weights.map_or(1.0, |w| w[i]);
+            total += w * (logsumexp(row) - row[labels[i] as usize]);
+        }
+        total / n as f64
+    }
+
+    /// The last two dims of stacked [m, n] matrices swapped.
+    pub fn transpose(x: &[f64], m: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0.0; x.len()];
+        for t in 0..x.len() / (m * n) {
+            for i in 0..m {
+                for j in 0..n {
+                    y[t * m * n + j * m + i] = x[t * m * n + i * n + j];
+                }
+            }
+        }
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,6 +1676,96 @@ mod tests {
         assert!(!verdict("a", &two_got, &two_want, 1e-4).passed);
     }
 
+    /// The rule of the module docs: kernel checks have a naive reference, the checks of
+    /// composite computations compare with the CPU backend in f64.
+    #[test]
+    fn every_kernel_check_has_a_naive_reference() {
+        let kernel_families = [
+            "unary/", "binary/", "matmul/", "reduce/", "loss/", "index/", "shape/", "fill/",
+            "update/",
+        ];
+        for c in checks() {
+            let kernel = kernel_families.iter().any(|f| c.name.starts_with(f));
+            assert_eq!(c.has_reference(), kernel, "{}", c.name);
+        }
+    }
+
+    /// The naive references' own building blocks on hand-worked cases, so that a
+    /// wrong reference is not mistaken for a wrong kernel.
+    #[test]
+    fn naive_references_on_hand_worked_cases() {
+        let row = [10.0, 20.0, 30.0];
+        let col = [1.0, 2.0];
+        assert_eq!(
+            naive::elementwise(&col, &[2, 1], &row, &[3], |p, q| p + q),
+            vec![11.0, 21.0, 31.0, 12.0, 22.0, 32.0]
+        );
+        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(naive::sum_to(&m, &[2, 3], &[3]), vec![5.0, 7.0, 9.0]);
+        assert_eq!(naive::sum_to(&m, &[2, 3], &[2, 1]), vec![6.0, 15.0]);
+        assert_eq!(
+            naive::broadcast_to(&col, &[2, 1], &[2, 3]),
+            vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            naive::reduce_axis(&m, &[2, 3], 0, naive::Reduce::Max),
+            vec![4.0, 5.0, 6.0]
+        );
+        assert_eq!(
+            naive::reduce_axis(&m, &[2, 3], 1, naive::Reduce::Mean),
+            vec![2.0, 5.0]
+        );
+        assert_eq!(
+            naive::transpose(&m, 2, 3),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
+        // [[1, 2, 3], [4, 5, 6]] · [[1, 0], [0, 1], [1, 1]], and its transposed forms.
+        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let want = vec![4.0, 5.0, 10.0, 11.0];
+        assert_eq!(naive::matmul(&m, &[2, 3], &b, &[3, 2], false, false), want);
+        let (mt, bt) = (naive::transpose(&m, 2, 3), naive::transpose(&b, 3, 2));
+        assert_eq!(naive::matmul(&mt, &[3, 2], &bt, &[2, 3], true, true), want);
+        // Batched with a shared right operand.
+        let two = [m, m].concat();
+        assert_eq!(
+            naive::matmul(&two, &[2, 2, 3], &b, &[3, 2], false, false),
+            [want.clone(), want].concat()
+        );
+        let ln2 = 2f64.ln();
+        let ls = naive::log_softmax(&[0.0, 0.0], 2);
+        assert!(ls.iter().all(|v| (v + ln2).abs() < 1e-15), "{ls:?}");
+        let ce = naive::cross_entropy(&[0.0, 0.0, 5.0, 5.0], &[1.0, 0.0], Some(&[1.0, 3.0]), 2);
+        assert!((ce - 2.0 * ln2).abs() < 1e-15, "{ce}");
+    }
+
+    /// The big reductions reach the multi-workgroup paths, whose partial results take a
+    /// second dispatch; the sizes were chosen for it from `full_gpu` and `axis_gpu`.
+    #[test]
+    fn the_big_reductions_take_more_than_one_pass_on_the_gpu() {
+        if crate::testing::gpu_or_skip().is_none() {
+            return;
+        }
+        // A context of its own: the shared one counts other tests' dispatches too.
+        let gpu = Device::gpu().unwrap();
+        let ctx = gpu.gpu_context().unwrap().clone();
+        let big: Vec<Check> = checks()
+            .into_iter()
+            .filter(|c| c.name.ends_with("_1000003") || c.name.ends_with("_long"))
+            .collect();
+        assert_eq!(big.len(), 7, "{big:?}");
+        for c in big {
+            let inputs: Vec<Tensor> = c
+                .inputs
+                .iter()
+                .map(|i| i.tensor(&gpu, DType::F32).unwrap())
+                .collect();
+            let before = ctx.dispatch_count();
+            (c.f)(&inputs).unwrap();
+            let passes = ctx.dispatch_count() - before;
+            assert!(passes >= 2, "{}: {passes} dispatch", c.name);
+        }
+    }
+
     #[test]
     fn names_are_unique_and_every_op_is_listed() {
         let all = checks();
@@ -1004,6 +1779,15 @@ mod tests {
         }
         for op in ALL_BINARY {
             assert!(names.contains(&format!("binary/{}", lower(op)).as_str()));
+        }
+        for (ta, tb) in TRANSPOSES {
+            let pair = format!("{}{}", flag(ta), flag(tb));
+            assert!(names.contains(&format!("matmul/{pair}").as_str()));
+            assert!(names.contains(&format!("matmul/portable_{pair}").as_str()));
+            assert!(names.contains(&format!("grad/matmul/{pair}").as_str()));
+        }
+        for n in ["sum", "mean", "sqnorm", "dot"] {
+            assert!(names.contains(&format!("reduce/{n}_1000003").as_str()));
         }
         for (m, method) in methods() {
             assert!(names.contains(&format!("hypergrad/ridge/{m}").as_str()));

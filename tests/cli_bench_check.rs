@@ -263,3 +263,47 @@ fn a_wrong_kernel_is_caught_by_the_check_machinery() {
         assert!(e.contains("the device failed"), "{e}");
     }
 }
+
+/// exp with a 1e-3 relative bias in every backend (`shared`), in the CPU's f64 path only
+/// (`f64_only`), or none, with or without a naive reference.
+fn biased_exp(kind: &'static str, reference: bool) -> Check {
+    let check = Check::new(
+        format!("biased/{kind}"),
+        KERNEL_TOL,
+        vec![Input::Uniform(vec![7, 37], 1)],
+        move |t| {
+            let y = t[0].exp()?;
+            let biased = match kind {
+                "shared" => true,
+                "f64_only" => t[0].dtype() == DType::F64,
+                _ => false,
+            };
+            Ok(vec![if biased { y.scale(1.0 + 1e-3)? } else { y }])
+        },
+    );
+    if reference {
+        check.with_reference(|x| vec![x[0].iter().map(|v| v.exp()).collect()])
+    } else {
+        check
+    }
+}
+
+#[test]
+fn a_naive_reference_sees_what_the_f64_oracle_shares_with_the_device() {
+    let mut devices = vec![Device::Cpu];
+    devices.extend(gpu_or_skip());
+    for dev in &devices {
+        assert!(biased_exp("none", true).run(dev).passed, "{dev}: control");
+        // A bug in the op itself is invisible against the same op in f64...
+        let r = biased_exp("shared", false).run(dev);
+        assert!(r.passed, "{dev}: {r:?}");
+        // ...but not against the naive reference.
+        let r = biased_exp("shared", true).run(dev);
+        assert!(!r.passed && r.rel_err > KERNEL_TOL, "{dev}: {r:?}");
+        // A bug in the f64 oracle alone fails the check although the device is right.
+        let r = biased_exp("f64_only", true).run(dev);
+        assert!(!r.passed && r.rel_err <= KERNEL_TOL, "{dev}: {r:?}");
+        let e = r.error.unwrap_or_default();
+        assert!(e.contains("CPU backend in f64"), "{e}");
+    }
+}

@@ -40,13 +40,27 @@ fn shape_mismatches_name_the_op_and_both_shapes() {
 
 #[test]
 fn dtype_mismatches_and_f64_on_the_gpu() {
+    // Shapes that fit every op, so only the dtypes are wrong: each op must reach its
+    // dtype check and name itself.
     let a = Tensor::zeros(&[3], &CPU).unwrap();
     let b = a.to_dtype(DType::F64).unwrap();
-    assert!(matches!(a.add(&b), Err(Error::DTypeMismatch { .. })));
-    assert!(matches!(
-        a.matmul(&b.reshape(&[3, 1]).unwrap().transpose().unwrap()),
-        Err(Error::DTypeMismatch { .. }) | Err(Error::ShapeMismatch { .. })
-    ));
+    let (row, col) = (a.reshape(&[1, 3]).unwrap(), b.reshape(&[3, 1]).unwrap());
+    for (want, r) in [
+        ("add", a.add(&b)),
+        ("eq", a.eq_mask(&b)),
+        ("matmul", row.matmul(&col)),
+        ("dot", a.dot(&b)),
+        ("axpy", a.axpy(1.0, &b)),
+        ("mse", a.mse(&b)),
+    ] {
+        match r {
+            Err(Error::DTypeMismatch { op, lhs, rhs }) => {
+                assert!(op.contains(want), "{op} for {want}");
+                assert_eq!((lhs, rhs), (DType::F32, DType::F64), "{want}");
+            }
+            other => panic!("{want}: expected DTypeMismatch, got {other:?}"),
+        }
+    }
     let Some(gpu) = gpu_or_skip() else { return };
     assert!(matches!(
         b.to_device(&gpu),

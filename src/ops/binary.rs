@@ -504,15 +504,24 @@ mod tests {
     }
 
     /// For each element of `out`, the offset of the element of an operand of `shape` it
-    /// reads under broadcasting, by decomposing the output index digit by digit.
+    /// reads under broadcasting, from the definition alone (no strides of the code under
+    /// test): the output index is split into digits, the operand's dims are aligned at
+    /// the right, an extent-1 dim reads index 0, and the operand's digits are put back
+    /// together row-major.
     fn naive_indices(shape: &[usize], out: &[usize]) -> Vec<usize> {
-        let strides = broadcast_strides(shape, out);
+        let lead = out.len() - shape.len();
         (0..numel(out))
             .map(|i| {
-                let (mut rem, mut offset) = (i, 0);
+                let mut digits = vec![0; out.len()];
+                let mut rem = i;
                 for d in (0..out.len()).rev() {
-                    offset += rem % out[d] * strides[d];
+                    digits[d] = rem % out[d];
                     rem /= out[d];
+                }
+                let mut offset = 0;
+                for (d, &extent) in shape.iter().enumerate() {
+                    let digit = if extent == 1 { 0 } else { digits[lead + d] };
+                    offset = offset * extent + digit;
                 }
                 offset
             })
@@ -618,7 +627,22 @@ mod tests {
                     *y = f64::from(*x);
                 }
             }
-            // Make some elements equal so Eq/Ge/Le see ties.
+            // Ties for Eq/Ge/Le: every third output element's b is a copy of its a (a
+            // broadcast b element may be overwritten by a later copy, so not every third
+            // output ties). Small a values are not copied, to keep the divisors as above.
+            let out = broadcast_shape("t", &sa, &sb).unwrap();
+            let (ia, ib) = (naive_indices(&sa, &out), naive_indices(&sb, &out));
+            for o in (0..ia.len()).step_by(3) {
+                if a32[ia[o]].abs() >= 0.1 {
+                    b32[ib[o]] = a32[ia[o]];
+                    b64[ib[o]] = a64[ia[o]];
+                }
+            }
+            let ties = (0..ia.len()).filter(|&o| a64[ia[o]] == b64[ib[o]]).count();
+            assert!(
+                ties > 0 || a64.iter().all(|x| x.abs() < 0.1),
+                "no ties in {sa:?} {sb:?}"
+            );
             let (ag, bg) = (
                 Tensor::from_vec(a32, &sa, &gpu).unwrap(),
                 Tensor::from_vec(b32, &sb, &gpu).unwrap(),
@@ -641,6 +665,112 @@ mod tests {
             }
             let tie = ag.eq_mask(&ag).unwrap().to_vec::<f32>().unwrap();
             assert!(tie.iter().all(|&t| t == 1.0), "x == x must hold everywhere");
+        }
+    }
+
+    /// The comparisons and Max/Min on inputs full of exact ties, against their f64
+    /// definitions, on the CPU in f32 and f64 and on the GPU, across the broadcast
+    /// patterns of both backends (same shape, rows, columns, scalars, general). Values
+    /// on a grid of quarters (−0 included) tie often by chance, and b is overwritten
+    /// with a's operand at every second output element (where b broadcasts, later copies
+    /// win, so fewer outputs tie). The results are compared exactly: inputs are
+    /// exact in f32 and widening to f64 keeps their order, so a 0/1 mask, or the operand
+    /// that Max/Min returns, has one right answer on every device.
+    #[test]
+    fn comparisons_and_extrema_with_ties_match_their_definitions() {
+        use BinaryOp::{Eq, Ge, Gt, Le, Lt, Max, Min};
+        let naive = |op: BinaryOp, x: f64, y: f64| -> f64 {
+            let mask = |c: bool| if c { 1.0 } else { 0.0 };
+            match op {
+                Gt => mask(x > y),
+                Ge => mask(x >= y),
+                Lt => mask(x < y),
+                Le => mask(x <= y),
+                Eq => mask(x == y),
+                Max => {
+                    if x > y {
+                        x
+                    } else {
+                        y
+                    }
+                }
+                Min => {
+                    if x < y {
+                        x
+                    } else {
+                        y
+                    }
+                }
+                _ => unreachable!(),
+            }
+        };
+        let shapes: [(&[usize], &[usize]); 10] = [
+            (&[257], &[257]),
+            (&[5, 7], &[7]),
+            (&[7], &[5, 7]),
+            (&[5, 7], &[5, 1]),
+            (&[5, 1], &[5, 7]),
+            (&[5, 7], &[]),
+            (&[], &[5, 7]),
+            (&[1, 7], &[5, 1]),
+            (&[2, 1, 7], &[3, 1]),
+            (&[3, 1, 4], &[2, 1, 5, 1]),
+        ];
+        let gpu = gpu_or_skip();
+        for (k, (sa, sb)) in shapes.into_iter().enumerate() {
+            let grid = |shape: &[usize], seed: u64| -> Vec<f32> {
+                let x = oracle_pair(shape, seed).0;
+                x.iter().map(|v| (v * 4.0).round() / 4.0).collect()
+            };
+            let (a, mut b) = (grid(sa, 20 + k as u64), grid(sb, 40 + k as u64));
+            let out = broadcast_shape("t", sa, sb).unwrap();
+            let (ia, ib) = (naive_indices(sa, &out), naive_indices(sb, &out));
+            for o in (0..ia.len()).step_by(2) {
+                b[ib[o]] = a[ia[o]];
+            }
+            let (a64, b64): (Vec<f64>, Vec<f64>) = (
+                a.iter().map(|&v| f64::from(v)).collect(),
+                b.iter().map(|&v| f64::from(v)).collect(),
+            );
+            let ties = (0..ia.len()).filter(|&o| a[ia[o]] == b[ib[o]]).count();
+            // A broadcast b ties with fewer outputs (its copies overwrite each other),
+            // but every case has a few.
+            assert!(ties >= 3, "{sa:?} {sb:?}: only {ties} ties");
+            let mut pairs = vec![
+                (
+                    "cpu f32",
+                    Tensor::from_vec(a.clone(), sa, &Device::Cpu).unwrap(),
+                    Tensor::from_vec(b.clone(), sb, &Device::Cpu).unwrap(),
+                ),
+                (
+                    "cpu f64",
+                    Tensor::from_vec(a64.clone(), sa, &Device::Cpu).unwrap(),
+                    Tensor::from_vec(b64.clone(), sb, &Device::Cpu).unwrap(),
+                ),
+            ];
+            if let Some(g) = &gpu {
+                pairs.push((
+                    "gpu",
+                    Tensor::from_vec(a.clone(), sa, g).unwrap(),
+                    Tensor::from_vec(b.clone(), sb, g).unwrap(),
+                ));
+            }
+            for op in [Gt, Ge, Lt, Le, Eq, Max, Min] {
+                let want: Vec<f64> = (0..ia.len())
+                    .map(|o| naive(op, a64[ia[o]], b64[ib[o]]))
+                    .collect();
+                for (dev, ta, tb) in &pairs {
+                    let y = ta.binary(tb, op).unwrap();
+                    assert_eq!(y.shape(), out.as_slice(), "{dev} {op:?} {sa:?} {sb:?}");
+                    let got = y.to_vec::<f64>().unwrap();
+                    if let Some(o) = (0..want.len()).find(|&o| got[o] != want[o]) {
+                        panic!(
+                            "{dev} {op:?} {sa:?} {sb:?}: output {o} is {}, want {} (a {}, b {})",
+                            got[o], want[o], a64[ia[o]], b64[ib[o]]
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use blo::check;
 /// Arguments of `blo check`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// cpu (checks the CPU f32 path), gpu (the most capable adapter, software ones
+    /// cpu (checks the CPU backend: f32, and f64 against the references), gpu (the most capable adapter, software ones
     /// included; the default) or an adapter index from `blo devices`.
     #[arg(long, value_name = "cpu|gpu|N")]
     device: Option<String>,
@@ -24,7 +24,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("(`blo check --device cpu` checks the CPU backend's f32 path)");
+            eprintln!("(`blo check --device cpu` checks the CPU backend)");
             return ExitCode::from(2);
         }
     };
@@ -33,7 +33,7 @@ pub fn run(args: Args) -> ExitCode {
     if let Some(ctx) = device.gpu_context() {
         ctx.set_poison(true);
     }
-    println!("checking {device} against the CPU in f64");
+    println!("checking {device} against naive f64 references (kernels) and the CPU backend in f64");
     let start = Instant::now();
     let results =
         check::run_checks_matching(&device, args.only.as_deref(), |r| println!("{}", r.line()));

@@ -34,8 +34,8 @@ enum Command {
     /// Measure kernels, autodiff and hypergradients against the device's own ceilings;
     /// `--compare` puts several result files side by side.
     Bench(bench::Args),
-    /// Check every kernel, gradient, solver and hypergradient method on a device
-    /// against the CPU in f64; exit 1 on any failure.
+    /// Check every kernel (against naive f64 references), gradient, solver and
+    /// hypergradient method (against the CPU in f64) on a device; exit 1 on any failure.
     Check(check::Args),
 }
 
