@@ -8,8 +8,9 @@ use blo::check;
 /// Arguments of `blo check`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// cpu (checks the CPU backend: f32, and f64 against the references), gpu (the most capable adapter, software ones
-    /// included; the default) or an adapter index from `blo devices`.
+    /// cpu (checks the CPU backend: f32, and f64 against the references), gpu (the most
+    /// capable adapter, software ones included; the default) or an adapter index from
+    /// `blo devices`.
     #[arg(long, value_name = "cpu|gpu|N")]
     device: Option<String>,
     /// Run only the checks whose name contains this text, e.g. `matmul` or `grad/`.
