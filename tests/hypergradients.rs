@@ -403,7 +403,32 @@ fn bad_input_is_a_clear_error() {
         &gd(0.1, 5),
         &Method::Rad,
     ));
-    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    // Named as λ's mismatch, found before any op (whose own mismatch would name the op).
+    assert!(matches!(e, Error::ShapeMismatch { op: "λ", .. }), "{e}");
+    let two = [l.clone(), l.clone()].concat();
+    let e = err(hypergradient(&p, &two, &w0, &gd(0.1, 5), &Method::Rad));
+    assert!(e.to_string().contains("λ must have 1 tensor"), "{e}");
+    // Exact needs a closed form, of w's shapes.
+    let cleaning = tiny_cleaning(&CPU, DType::F64);
+    let e = err(hypergradient(
+        &cleaning,
+        &lam(vec![0.0; 30], &CPU, DType::F64),
+        &cleaning.init_w().unwrap(),
+        &gd(0.1, 5),
+        &Method::Exact,
+    ));
+    assert!(
+        e.to_string().contains("no closed-form inner solution"),
+        "{e}"
+    );
+    let e = err(hypergradient(
+        &WrongSolution(small_ridge(&CPU, DType::F64)),
+        &l,
+        &w0,
+        &gd(0.1, 5),
+        &Method::Exact,
+    ));
+    assert!(matches!(e, Error::ShapeMismatch { op: "w", .. }), "{e}");
     // η ≤ 0
     let e = err(hypergradient(&p, &l, &w0, &gd(0.0, 5), &Method::Rad));
     assert!(e.to_string().contains("step size"), "{e}");
@@ -441,6 +466,77 @@ fn bad_input_is_a_clear_error() {
         cols: 2,
     };
     assert!(Ridge::new(&x, &y, &bad_val, &yv, &CPU, DType::F64).is_err());
+}
+
+/// Ridge whose closed-form solution comes back with one weight missing.
+struct WrongSolution(Ridge);
+
+impl Problem for WrongSolution {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        self.0.init_w()
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.0.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.inner_loss(w, lambda)
+    }
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.outer_loss(w, lambda)
+    }
+    fn inner_solution(&self, lambda: &[Tensor]) -> Option<blo::Result<Vec<Tensor>>> {
+        let w = self.0.inner_solution(lambda)?;
+        Some(w.and_then(|w| Ok(vec![w[0].slice(0, w[0].numel() - 1)?])))
+    }
+}
+
+/// Each method reports the state it stored: iterates, tangents or solver vectors.
+#[test]
+fn reports_count_the_state_each_method_stores() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let (d, t, f64_bytes) = (5u64, 7u64, 8u64);
+    let momentum = Inner {
+        optimizer: InnerOptimizer::Momentum {
+            lr: 0.1,
+            momentum: 0.5,
+        },
+        steps: t as usize,
+    };
+    let cg = Method::Cg {
+        iters: 3,
+        tol: None,
+        damping: 0.0,
+    };
+    for (inner, m, want) in [
+        // w_0..w_T
+        (gd(0.1, t as usize), Method::Rad, (t + 1) * d * f64_bytes),
+        (
+            gd(0.1, t as usize),
+            Method::Trad { k: 2 },
+            (t + 1) * d * f64_bytes,
+        ),
+        // (w, velocity) at every step
+        (momentum, Method::Rad, (t + 1) * 2 * d * f64_bytes),
+        // one tangent of the state per λ element
+        (gd(0.1, t as usize), Method::Forward, d * d * f64_bytes),
+        (momentum, Method::Forward, d * 2 * d * f64_bytes),
+        // CG's x, r, p and Ap
+        (gd(0.1, t as usize), cg, 4 * d * f64_bytes),
+        (gd(0.1, t as usize), Method::Exact, 4 * d * f64_bytes),
+        (
+            gd(0.1, t as usize),
+            Method::OneStep {
+                xi: 0.1,
+                exact: true,
+            },
+            d * f64_bytes,
+        ),
+    ] {
+        let r = hypergradient(&p, &l, &w0, &inner, &m).unwrap().report;
+        assert_eq!(r.stored_bytes, want, "{m:?} with {inner:?}");
+    }
 }
 
 /// A ridge problem whose inner loss fails from its `fail_from`-th evaluation on: RAD's
