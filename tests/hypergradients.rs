@@ -468,6 +468,85 @@ fn bad_input_is_a_clear_error() {
     assert!(Ridge::new(&x, &y, &bad_val, &yv, &CPU, DType::F64).is_err());
 }
 
+/// L_in = L_out = ½w² from w₀ = 1: GD with η = 1 + 1e100 makes w₁ = −1e100 (loss 5e199)
+/// and w₂ = 1e200, whose square overflows.
+struct Blowup;
+
+impl Problem for Blowup {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        Ok(vec![Tensor::from_vec(vec![1.0f64], &[1], &CPU)?])
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        vec![vec![1]]
+    }
+    fn inner_loss(&self, w: &[Tensor], _lambda: &[Tensor]) -> blo::Result<Tensor> {
+        w[0].sqnorm()?.scale(0.5)
+    }
+    fn outer_loss(&self, w: &[Tensor], _lambda: &[Tensor]) -> blo::Result<Tensor> {
+        w[0].sqnorm()?.scale(0.5)
+    }
+}
+
+#[test]
+fn divergence_names_the_first_non_finite_step() {
+    let l = lam(vec![0.0], &CPU, DType::F64);
+    let run = |steps: usize, m: Method| {
+        hypergradient(
+            &Blowup,
+            &l,
+            &Blowup.init_w().unwrap(),
+            &gd(1.0 + 1e100, steps),
+            &m,
+        )
+    };
+    for m in [
+        Method::Rad,
+        Method::Forward,
+        Method::Neumann { k: 1, eta: 0.1 },
+    ] {
+        // Losses at steps 0 and 1 are finite; w₂'s norm is not.
+        let msg = run(2, m).unwrap_err().to_string();
+        assert!(
+            msg.contains("the inner iterate became non-finite at step 2 of 2"),
+            "{m:?}: {msg}"
+        );
+        let msg = run(3, m).unwrap_err().to_string();
+        assert!(
+            msg.contains("the inner loss became inf at inner step 2 of 3"),
+            "{m:?}: {msg}"
+        );
+    }
+    // One step ends at w₁ = −1e100, whose outer loss 5e199 is finite.
+    let h = run(1, Method::Rad).unwrap();
+    assert_eq!(h.report.outer_loss, 0.5e200);
+}
+
+/// An outer loss that overflows at a finite last iterate is an error, not an infinite
+/// hypergradient returned as a success.
+#[test]
+fn an_infinite_outer_loss_is_an_error() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    // Find the first step whose inner loss overflows, then stop there: w_t itself and
+    // ‖w_t‖² are finite, but X·w_t is not.
+    let msg = hypergradient(&p, &l, &w0, &gd(1e4, 60), &Method::Rad)
+        .unwrap_err()
+        .to_string();
+    let t: usize = msg
+        .split("at inner step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in: {msg}"));
+    for m in [Method::Rad, Method::Trad { k: 1 }, Method::Forward] {
+        let msg = hypergradient(&p, &l, &w0, &gd(1e4, t), &m)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("outer loss"), "{m:?} at T = {t}: {msg}");
+    }
+}
+
 /// Ridge whose closed-form solution comes back with one weight missing.
 struct WrongSolution(Ridge);
 

@@ -199,6 +199,16 @@ pub fn hypergradient(
         }
         Method::OneStep { xi, exact } => one_step(problem, &lambda, inner_end(state0)?, xi, exact)?,
     };
+    // The inner loop's checks see the losses of steps 0..T−1 and ‖w_T‖²; an iterate that
+    // is finite but overflows the losses shows first here (read back anyway).
+    if !outer_loss.is_finite() {
+        return Err(invalid(
+            "hypergradient",
+            format!(
+                "the outer loss at the evaluation point is {outer_loss}: the inner optimizer probably diverged in its last step (lower its step size), or the outer loss overflows there"
+            ),
+        ));
+    }
     let dispatches = match (device.gpu_context(), dispatches_before) {
         (Some(c), Some(b)) => Some(c.dispatch_count() - b),
         _ => None,
