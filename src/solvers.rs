@@ -501,12 +501,20 @@ mod tests {
         };
         let mut e = step(&xstar);
         let mut last = f64::INFINITY;
+        // The reported residual is η‖(I − ηA)^K b‖, the size of the last term added.
+        let mut term = oracle_pair(&[n], 8).1;
         for k in 0..40 {
-            let got = neumann(matvec_op(&at), &bt, k, eta)
-                .unwrap()
-                .x
-                .to_vec::<f64>()
-                .unwrap();
+            let out = neumann(matvec_op(&at), &bt, k, eta).unwrap();
+            if k > 0 {
+                term = step(&term);
+            }
+            let want_residual = eta * term.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!(
+                (out.residual_norm - want_residual).abs() <= 1e-12 * want_residual,
+                "K = {k}: residual {} vs η‖(I − ηA)^K b‖ = {want_residual}",
+                out.residual_norm
+            );
+            let got = out.x.to_vec::<f64>().unwrap();
             let err: Vec<f64> = got.iter().zip(&xstar).map(|(g, x)| g - x).collect();
             let want: Vec<f64> = e.iter().map(|v| -v).collect();
             assert!(rel_err(&err, &want) < 1e-8, "K = {k}");
@@ -570,13 +578,31 @@ mod tests {
             }),
             Error::InvalidArgument { .. }
         ));
-        assert!(matches!(
-            bad(CgOptions {
-                damping: f64::NAN,
+        for (damping, tol) in [
+            (f64::NAN, None),
+            (-1e-3, None),
+            (0.0, Some(-1e-3)),
+            (0.0, Some(f64::NAN)),
+        ] {
+            let e = bad(CgOptions {
+                damping,
+                tol,
                 ..CgOptions::default()
-            }),
-            Error::InvalidArgument { .. }
-        ));
+            });
+            assert!(
+                matches!(e, Error::InvalidArgument { .. }),
+                "damping {damping}, tol {tol:?}: {e}"
+            );
+        }
+        // Zero is a valid tolerance and a valid damping: run all iterations, undamped.
+        let opts = CgOptions {
+            max_iters: 4,
+            tol: Some(0.0),
+            damping: 0.0,
+            check_every: 1,
+        };
+        let out = conjugate_gradient(matvec_op(&a), &b, &opts).unwrap();
+        assert_eq!(out.iterations, 4);
         assert!(matches!(
             neumann(matvec_op(&a), &b, 3, 0.0),
             Err(Error::InvalidArgument { .. })

@@ -547,6 +547,99 @@ fn an_infinite_outer_loss_is_an_error() {
     }
 }
 
+/// Ridge that counts its inner-loss evaluations.
+struct Counting {
+    inner: Ridge,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Problem for Counting {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        self.inner.init_w()
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.inner_loss(w, lambda)
+    }
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> blo::Result<Tensor> {
+        self.inner.outer_loss(w, lambda)
+    }
+}
+
+/// Settings are checked up front: a bad one fails before the first inner step, naming
+/// the setting, whether or not a later stage would also have refused it.
+#[test]
+fn invalid_settings_fail_before_any_work() {
+    let p = Counting {
+        inner: small_ridge(&CPU, DType::F64),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let cg = |tol, damping| Method::Cg {
+        iters: 3,
+        tol,
+        damping,
+    };
+    let cases = [
+        (gd(0.1, 5), Method::Neumann { k: 3, eta: -0.1 }, "eta"),
+        (
+            gd(0.1, 5),
+            Method::Neumann {
+                k: 3,
+                eta: f64::NAN,
+            },
+            "eta",
+        ),
+        (gd(0.1, 5), Method::FixedPoint { k: 3, eta: 0.0 }, "eta"),
+        (
+            gd(0.1, 5),
+            Method::OneStep {
+                xi: -0.1,
+                exact: true,
+            },
+            "xi",
+        ),
+        (
+            gd(0.1, 5),
+            Method::OneStep {
+                xi: f64::INFINITY,
+                exact: false,
+            },
+            "xi",
+        ),
+        (gd(0.1, 5), cg(None, -1e-3), "damping"),
+        (gd(0.1, 5), cg(None, f64::NAN), "damping"),
+        (gd(0.1, 5), cg(Some(-1.0), 0.0), "tol"),
+        (gd(0.1, 5), cg(Some(f64::NAN), 0.0), "tol"),
+        (gd(0.1, 5), Method::Trad { k: 6 }, "K must be in 1..=T"),
+        (gd(f64::NAN, 5), Method::Rad, "step size"),
+        (
+            Inner {
+                optimizer: InnerOptimizer::Momentum {
+                    lr: 0.1,
+                    momentum: 1.0,
+                },
+                steps: 5,
+            },
+            Method::Rad,
+            "momentum",
+        ),
+    ];
+    for (inner, m, what) in cases {
+        let e = hypergradient(&p, &l, &w0, &inner, &m).unwrap_err();
+        assert!(e.to_string().contains(what), "{m:?}: {e}");
+        assert_eq!(
+            p.calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{m:?} with {inner:?}: the inner loss ran before the error"
+        );
+    }
+}
+
 /// Ridge whose closed-form solution comes back with one weight missing.
 struct WrongSolution(Ridge);
 
@@ -569,9 +662,10 @@ impl Problem for WrongSolution {
     }
 }
 
-/// Each method reports the state it stored: iterates, tangents or solver vectors.
+/// Each method reports its name and the state it stored: iterates, tangents or solver
+/// vectors.
 #[test]
-fn reports_count_the_state_each_method_stores() {
+fn reports_name_the_method_and_count_the_state_it_stores() {
     let p = small_ridge(&CPU, DType::F64);
     let l = ridge_lambda(5, &CPU, DType::F64);
     let w0 = p.init_w().unwrap();
@@ -615,6 +709,17 @@ fn reports_count_the_state_each_method_stores() {
     ] {
         let r = hypergradient(&p, &l, &w0, &inner, &m).unwrap().report;
         assert_eq!(r.stored_bytes, want, "{m:?} with {inner:?}");
+        let name = match m {
+            Method::Rad => "rad",
+            Method::Trad { .. } => "trad",
+            Method::Forward => "forward",
+            Method::Cg { .. } => "cg",
+            Method::Neumann { .. } => "neumann",
+            Method::FixedPoint { .. } => "fixed_point",
+            Method::OneStep { .. } => "one_step",
+            Method::Exact => "exact",
+        };
+        assert_eq!((r.method.as_str(), m.name()), (name, name));
     }
 }
 
