@@ -808,3 +808,39 @@ fn exact_reads_the_hessian_back_once() {
     );
     assert!(counts[1] < 24, "{counts:?}");
 }
+
+/// The report counts the GPU dispatches of this hypergradient alone (None on the CPU).
+#[test]
+fn reports_count_gpu_dispatches() {
+    let p = small_ridge(&CPU, DType::F64);
+    let r = hypergradient(
+        &p,
+        &ridge_lambda(5, &CPU, DType::F64),
+        &p.init_w().unwrap(),
+        &gd(0.1, 3),
+        &Method::Rad,
+    )
+    .unwrap()
+    .report;
+    assert_eq!(r.dispatches, None);
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    // A context of its own: the shared one counts other tests' dispatches too.
+    let gpu = Device::gpu().unwrap();
+    let ctx = gpu.gpu_context().expect("a GPU device").clone();
+    let p = small_ridge(&gpu, DType::F32);
+    let (l, w0) = (ridge_lambda(5, &gpu, DType::F32), p.init_w().unwrap());
+    let mut counts = Vec::new();
+    for steps in [3, 6] {
+        let before = ctx.dispatch_count();
+        let r = hypergradient(&p, &l, &w0, &gd(0.1, steps), &Method::Rad)
+            .unwrap()
+            .report;
+        let n = r.dispatches.expect("dispatches are counted on the GPU");
+        assert_eq!(n, ctx.dispatch_count() - before, "T = {steps}");
+        counts.push(n);
+    }
+    // Each further step costs the same number of dispatches forward and back.
+    assert!(counts[1] > counts[0] && counts[0] > 0, "{counts:?}");
+}
