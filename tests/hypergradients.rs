@@ -640,6 +640,53 @@ fn invalid_settings_fail_before_any_work() {
     }
 }
 
+/// The outer loop checks its optimizer before the first hypergradient.
+#[test]
+fn invalid_outer_settings_fail_before_any_work() {
+    let p = Counting {
+        inner: small_ridge(&CPU, DType::F64),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let adam = |lr, beta1, beta2, eps| OuterOptimizer::Adam {
+        lr,
+        beta1,
+        beta2,
+        eps,
+    };
+    for optimizer in [
+        OuterOptimizer::Sgd { lr: 0.0 },
+        OuterOptimizer::Sgd { lr: -0.1 },
+        OuterOptimizer::Sgd { lr: f64::NAN },
+        adam(0.0, 0.9, 0.999, 1e-8),
+        adam(f64::INFINITY, 0.9, 0.999, 1e-8),
+        adam(0.1, 1.0, 0.999, 1e-8),
+        adam(0.1, -0.1, 0.999, 1e-8),
+        adam(0.1, 0.9, 1.0, 1e-8),
+        adam(0.1, 0.9, 0.999, 0.0),
+        adam(0.1, 0.9, 0.999, f64::NAN),
+    ] {
+        let config = OuterConfig {
+            steps: 3,
+            optimizer,
+            warm_start: WarmStart::Warm,
+        };
+        let e = optimize(&p, &l, &gd(0.1, 5), &Method::Rad, &config).unwrap_err();
+        assert!(
+            e.to_string().contains("outer optimizer"),
+            "{optimizer:?}: {e}"
+        );
+        assert_eq!(p.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+    // The edges that are valid: β = 0 (no averaging) and a tiny step.
+    let config = OuterConfig {
+        steps: 1,
+        optimizer: adam(1e-300, 0.0, 0.0, 1e-8),
+        warm_start: WarmStart::Warm,
+    };
+    optimize(&p, &l, &gd(0.1, 5), &Method::Rad, &config).unwrap();
+}
+
 /// Ridge whose closed-form solution comes back with one weight missing.
 struct WrongSolution(Ridge);
 
