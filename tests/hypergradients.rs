@@ -2,8 +2,8 @@
 //! the GPU against the CPU in f64.
 
 use blo::bilevel::{
-    Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient,
-    optimize,
+    HoagConfig, Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart,
+    hoag, hypergradient, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
@@ -685,6 +685,101 @@ fn invalid_outer_settings_fail_before_any_work() {
         warm_start: WarmStart::Warm,
     };
     optimize(&p, &l, &gd(0.1, 5), &Method::Rad, &config).unwrap();
+}
+
+/// HOAG checks its settings before the first inner step.
+#[test]
+fn invalid_hoag_settings_fail_before_any_work() {
+    let p = Counting {
+        inner: small_ridge(&CPU, DType::F64),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let good = HoagConfig {
+        outer_steps: 2,
+        lr: 0.1,
+        eps0: 1e-2,
+        decay: 0.9,
+        inner: InnerOptimizer::Gd { lr: 0.1 },
+        max_inner_steps: 100,
+        max_cg_iters: 10,
+        check_every: 5,
+    };
+    let bad = [
+        HoagConfig { lr: 0.0, ..good },
+        HoagConfig {
+            lr: f64::NAN,
+            ..good
+        },
+        HoagConfig { eps0: 0.0, ..good },
+        HoagConfig {
+            eps0: f64::INFINITY,
+            ..good
+        },
+        HoagConfig { decay: 0.0, ..good },
+        HoagConfig { decay: 1.0, ..good },
+        HoagConfig {
+            max_inner_steps: 0,
+            ..good
+        },
+        HoagConfig {
+            max_cg_iters: 0,
+            ..good
+        },
+        HoagConfig {
+            check_every: 0,
+            ..good
+        },
+    ];
+    for c in bad {
+        let e = hoag(&p, &l, &c).unwrap_err();
+        assert!(e.to_string().contains("hoag"), "{c:?}: {e}");
+        assert_eq!(p.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+    hoag(&p, &l, &good).unwrap();
+}
+
+/// Warm starts begin each outer step at the previous step's inner iterate; re-initialised
+/// ones (and one-step, always) at the problem's w₀.
+#[test]
+fn warm_starts_continue_from_the_last_inner_iterate() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l0 = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let inner = gd(0.1, 4);
+    for m in [
+        Method::Rad,
+        Method::OneStep {
+            xi: 0.1,
+            exact: true,
+        },
+    ] {
+        let first = hypergradient(&p, &l0, &w0, &inner, &m).unwrap();
+        let mut lasts = Vec::new();
+        for warm in [WarmStart::Warm, WarmStart::Reinit] {
+            let config = OuterConfig {
+                steps: 1,
+                optimizer: OuterOptimizer::Sgd { lr: 0.5 },
+                warm_start: warm,
+            };
+            let trace = optimize(&p, &l0, &inner, &m, &config).unwrap();
+            // One-step's w is the virtual step w', not a trajectory end: never reused.
+            let start = if warm == WarmStart::Warm && m == Method::Rad {
+                &first.w
+            } else {
+                &w0
+            };
+            let want = hypergradient(&p, &trace.lambda, start, &inner, &m).unwrap();
+            assert_eq!(vals(&trace.last.grad), vals(&want.grad), "{m:?} {warm:?}");
+            lasts.push(vals(&trace.last.grad));
+        }
+        if m == Method::Rad {
+            assert!(
+                rel_err(&lasts[0], &lasts[1]) > 1e-3,
+                "warm and cold must differ"
+            );
+        }
+    }
 }
 
 /// Ridge whose closed-form solution comes back with one weight missing.
