@@ -202,6 +202,62 @@ fn rad_matches_finite_differences_of_the_unrolled_outer_loss() {
     assert!(e <= 1e-6, "rad vs finite differences: {e:e}");
 }
 
+/// RAD's reverse sweep also yields dL_out/dw₀ (what meta-learning differentiates): it
+/// matches central differences of w₀ ↦ L_out(w_T(w₀)) in f64, for GD and for momentum
+/// (whose sweep also carries the velocity's adjoint). T-RAD, whose sweep stops at
+/// w_{T−K}, and the methods without a sweep report none.
+#[test]
+fn rad_returns_dw0_matching_finite_differences() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let like = p.init_w().unwrap();
+    let n: usize = like.iter().map(Tensor::numel).sum();
+    let start: Vec<f64> = (0..n).map(|i| (i * 7 % 11) as f64 / 11.0 - 0.5).collect();
+    let w0_of = |v: &[f64]| -> Vec<Tensor> {
+        let mut at = 0;
+        like.iter()
+            .map(|t| {
+                let part = v[at..at + t.numel()].to_vec();
+                at += t.numel();
+                Tensor::from_vec(part, t.shape(), &CPU).unwrap()
+            })
+            .collect()
+    };
+    let momentum = Inner {
+        optimizer: InnerOptimizer::Momentum {
+            lr: 0.1,
+            momentum: 0.8,
+        },
+        steps: 20,
+    };
+    for inner in [gd(0.15, 20), momentum] {
+        let h = hypergradient(&p, &l, &w0_of(&start), &inner, &Method::Rad).unwrap();
+        let dw0 = vals(h.dw0.as_ref().expect("RAD returns dw0"));
+        let f = |v: Vec<f64>| {
+            hypergradient(&p, &l, &w0_of(&v), &inner, &Method::Rad)
+                .unwrap()
+                .report
+                .outer_loss
+        };
+        let step = 1e-5;
+        let fd: Vec<f64> = (0..n)
+            .map(|j| {
+                let (mut a, mut b) = (start.clone(), start.clone());
+                a[j] += step;
+                b[j] -= step;
+                (f(a) - f(b)) / (2.0 * step)
+            })
+            .collect();
+        // f64 throughout; central differences of a smooth loss leave ~1e-9 relative.
+        let e = rel_err(&dw0, &fd);
+        assert!(e <= 1e-6, "{inner:?}: dw0 vs finite differences: {e:e}");
+        for m in [Method::Trad { k: 5 }, Method::Forward] {
+            let h = hypergradient(&p, &l, &w0_of(&start), &inner, &m).unwrap();
+            assert!(h.dw0.is_none(), "{m:?} reports a dw0");
+        }
+    }
+}
+
 #[test]
 fn one_step_exact_and_finite_difference_agree() {
     let p = small_ridge(&CPU, DType::F64);
