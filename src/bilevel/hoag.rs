@@ -40,6 +40,9 @@ pub struct HoagConfig {
     pub check_every: usize,
 }
 
+/// HOAG's name in reports and configs.
+pub(crate) const HOAG: &str = "hoag";
+
 /// HOAG: at outer step k, run the inner optimizer (warm-started) until
 /// ‖∇_w L_in‖ ≤ ε_k, solve H v = g by CG to residual ε_k, step λ; ε_k = ε₀·decay^k.
 pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> Result<Trace> {
@@ -107,7 +110,7 @@ pub fn hoag_with(
             steps: 0,
         };
         let mut hg = hypergradient(problem, &lambda, &w, &inner, &method)?;
-        hg.report.method = "hoag".to_string();
+        hg.report.method = HOAG.to_string();
         hg.report.inner_steps = taken;
         let hnorm = norm(&hg.grad)?;
         steps.push(TraceStep {

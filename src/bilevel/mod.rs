@@ -29,8 +29,10 @@ pub mod methods;
 mod outer;
 pub mod trajectory;
 
+pub(crate) use hoag::HOAG;
 pub use hoag::{HoagConfig, HoagSettings, hoag, hoag_with};
 pub use inner::{Inner, InnerOptimizer};
+pub(crate) use method::BadSetting;
 pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_with};
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
