@@ -2,8 +2,8 @@
 //! the GPU against the CPU in f64.
 
 use blo::bilevel::{
-    Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart, hypergradient,
-    optimize,
+    HypergradientMethod, Inner, InnerOptimizer, Method, MethodOutput, OuterConfig, OuterOptimizer,
+    Problem, WarmStart, hypergradient, hypergradient_with, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
@@ -863,4 +863,65 @@ fn exact_reads_the_hessian_back_once() {
         "readbacks for d = 4 and d = 24: {counts:?}"
     );
     assert!(counts[1] < 24, "{counts:?}");
+}
+
+/// A method of one's own: RAD with its name changed, and one whose gradient has the
+/// wrong shape.
+struct Custom {
+    wrong_shape: bool,
+}
+
+impl HypergradientMethod for Custom {
+    fn name(&self) -> &str {
+        "custom"
+    }
+
+    fn validate(&self, inner: &Inner) -> blo::Result<()> {
+        Method::Rad.validate(inner)
+    }
+
+    fn compute(
+        &self,
+        problem: &dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+    ) -> blo::Result<MethodOutput> {
+        let mut out = Method::Rad.compute(problem, lambda, w0, inner)?;
+        if self.wrong_shape {
+            out.grad[0] = out.grad[0].slice(0, 2)?;
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn any_method_runs_through_hypergradient_with_and_optimize() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let inner = gd(0.1, 10);
+    let mine = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: false }).unwrap();
+    let rad = hypergradient(&p, &l, &w0, &inner, &Method::Rad).unwrap();
+    assert_eq!(mine.report.method, "custom");
+    assert_eq!(vals(&mine.grad), vals(&rad.grad));
+    assert_eq!(
+        (mine.report.inner_steps, mine.report.stored_bytes),
+        (10, rad.report.stored_bytes)
+    );
+    let e = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: true }).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("method custom returned a gradient of shapes"),
+        "{e}"
+    );
+    let config = OuterConfig {
+        steps: 2,
+        optimizer: OuterOptimizer::Sgd { lr: 0.5 },
+        warm_start: WarmStart::Warm,
+    };
+    let a = optimize(&p, &l, &inner, &Custom { wrong_shape: false }, &config).unwrap();
+    let b = optimize(&p, &l, &inner, &Method::Rad, &config).unwrap();
+    assert_eq!(vals(&a.lambda), vals(&b.lambda));
+    assert_eq!(a.steps[2].report.method, "custom");
 }

@@ -1,8 +1,8 @@
 //! The built-in hypergradient methods, one file per family, each a type implementing
-//! [`HypergradientMethod`](super::HypergradientMethod). Their definitions are on the
-//! variants of [`Method`](super::Method), the enum that names them all; these types are
-//! the same settings as values of their own (an experiment config's `[method]` table
-//! deserialises into them) and are what [`Method`](super::Method) runs.
+//! [`HypergradientMethod`](super::HypergradientMethod) and holding the method's
+//! settings. [`Method`](super::Method) names them all (its variants carry the exact
+//! definitions) and runs them; an experiment config's `[method]` table deserialises
+//! straight into them.
 //!
 //! - `unrolled`: [`Rad`], [`Trad`], reverse sweeps through the stored trajectory;
 //! - `forward`: [`Forward`], forward-mode tangents carried along the inner run;
