@@ -243,8 +243,8 @@ impl Experiment {
         )?];
         let trace = match &self.plan {
             Plan::Optimize { inner, outer } => {
-                let method = (self.config.method.hypergradient_method())
-                    .expect("from_config plans HOAG, the one kind without one, as Plan::Hoag");
+                let method = self.config.method.hypergradient_method();
+                let method = method.expect("from_config plans HOAG (no such method) as Plan::Hoag");
                 optimize_with(problem, &lambda, inner, method, outer, observe)?
             }
             Plan::Hoag(c) => hoag_with(problem, &lambda, c, observe)?,
