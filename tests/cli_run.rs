@@ -91,7 +91,7 @@ fn every_example_config_runs_and_writes_its_results() {
             eprintln!("notice: skipping {name}: it needs a GPU adapter");
             continue;
         }
-        methods.insert(config.method.kind.name());
+        methods.insert(config.method.name());
         problems.insert(config.problem.kind.name());
         let out = dir.join(format!("{name}.json"));
         let o = run(path, &out);
@@ -134,7 +134,7 @@ fn every_example_config_runs_and_writes_its_results() {
             "logistic" => assert!(m["val_accuracy"].as_f64().is_some(), "{name}"),
             _ => assert!(m["test_accuracy"].is_null() && m["val_accuracy"].is_null()),
         }
-        assert_eq!(r["config"]["method"]["kind"], config.method.kind.name());
+        assert_eq!(r["config"]["method"]["kind"], config.method.name());
         let lambda_len = r["lambda_len"].as_u64().unwrap() as usize;
         match &config.hypergradient_out {
             Some(p) => {

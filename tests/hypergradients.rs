@@ -2,8 +2,8 @@
 //! the GPU against the CPU in f64.
 
 use blo::bilevel::{
-    HoagConfig, Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart,
-    hoag, hypergradient, optimize,
+    HoagConfig, HypergradientMethod, Inner, InnerOptimizer, Method, MethodOutput, OuterConfig,
+    OuterOptimizer, Problem, WarmStart, hoag, hypergradient, hypergradient_with, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
@@ -200,6 +200,62 @@ fn rad_matches_finite_differences_of_the_unrolled_outer_loss() {
         .collect();
     let e = rel_err(&rad, &fd);
     assert!(e <= 1e-6, "rad vs finite differences: {e:e}");
+}
+
+/// RAD's reverse sweep also yields dL_out/dw₀ (what meta-learning differentiates): it
+/// matches central differences of w₀ ↦ L_out(w_T(w₀)) in f64, for GD and for momentum
+/// (whose sweep also carries the velocity's adjoint). T-RAD, whose sweep stops at
+/// w_{T−K}, and the methods without a sweep report none.
+#[test]
+fn rad_returns_dw0_matching_finite_differences() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let like = p.init_w().unwrap();
+    let n: usize = like.iter().map(Tensor::numel).sum();
+    let start: Vec<f64> = (0..n).map(|i| (i * 7 % 11) as f64 / 11.0 - 0.5).collect();
+    let w0_of = |v: &[f64]| -> Vec<Tensor> {
+        let mut at = 0;
+        like.iter()
+            .map(|t| {
+                let part = v[at..at + t.numel()].to_vec();
+                at += t.numel();
+                Tensor::from_vec(part, t.shape(), &CPU).unwrap()
+            })
+            .collect()
+    };
+    let momentum = Inner {
+        optimizer: InnerOptimizer::Momentum {
+            lr: 0.1,
+            momentum: 0.8,
+        },
+        steps: 20,
+    };
+    for inner in [gd(0.15, 20), momentum] {
+        let h = hypergradient(&p, &l, &w0_of(&start), &inner, &Method::Rad).unwrap();
+        let dw0 = vals(h.dw0.as_ref().expect("RAD returns dw0"));
+        let f = |v: Vec<f64>| {
+            hypergradient(&p, &l, &w0_of(&v), &inner, &Method::Rad)
+                .unwrap()
+                .report
+                .outer_loss
+        };
+        let step = 1e-5;
+        let fd: Vec<f64> = (0..n)
+            .map(|j| {
+                let (mut a, mut b) = (start.clone(), start.clone());
+                a[j] += step;
+                b[j] -= step;
+                (f(a) - f(b)) / (2.0 * step)
+            })
+            .collect();
+        // f64 throughout; central differences of a smooth loss leave ~1e-9 relative.
+        let e = rel_err(&dw0, &fd);
+        assert!(e <= 1e-6, "{inner:?}: dw0 vs finite differences: {e:e}");
+        for m in [Method::Trad { k: 5 }, Method::Forward] {
+            let h = hypergradient(&p, &l, &w0_of(&start), &inner, &m).unwrap();
+            assert!(h.dw0.is_none(), "{m:?} reports a dw0");
+        }
+    }
 }
 
 #[test]
@@ -985,4 +1041,65 @@ fn reports_count_gpu_dispatches() {
     }
     // Each further step costs the same number of dispatches forward and back.
     assert!(counts[1] > counts[0] && counts[0] > 0, "{counts:?}");
+}
+
+/// A method of one's own: RAD with its name changed, and one whose gradient has the
+/// wrong shape.
+struct Custom {
+    wrong_shape: bool,
+}
+
+impl HypergradientMethod for Custom {
+    fn name(&self) -> &str {
+        "custom"
+    }
+
+    fn validate(&self, inner: &Inner) -> blo::Result<()> {
+        Method::Rad.validate(inner)
+    }
+
+    fn compute(
+        &self,
+        problem: &dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+    ) -> blo::Result<MethodOutput> {
+        let mut out = Method::Rad.compute(problem, lambda, w0, inner)?;
+        if self.wrong_shape {
+            out.grad[0] = out.grad[0].slice(0, 2)?;
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn any_method_runs_through_hypergradient_with_and_optimize() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let w0 = p.init_w().unwrap();
+    let inner = gd(0.1, 10);
+    let mine = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: false }).unwrap();
+    let rad = hypergradient(&p, &l, &w0, &inner, &Method::Rad).unwrap();
+    assert_eq!(mine.report.method, "custom");
+    assert_eq!(vals(&mine.grad), vals(&rad.grad));
+    assert_eq!(
+        (mine.report.inner_steps, mine.report.stored_bytes),
+        (10, rad.report.stored_bytes)
+    );
+    let e = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: true }).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("method custom returned a gradient of shapes"),
+        "{e}"
+    );
+    let config = OuterConfig {
+        steps: 2,
+        optimizer: OuterOptimizer::Sgd { lr: 0.5 },
+        warm_start: WarmStart::Warm,
+    };
+    let a = optimize(&p, &l, &inner, &Custom { wrong_shape: false }, &config).unwrap();
+    let b = optimize(&p, &l, &inner, &Method::Rad, &config).unwrap();
+    assert_eq!(vals(&a.lambda), vals(&b.lambda));
+    assert_eq!(a.steps[2].report.method, "custom");
 }

@@ -187,9 +187,9 @@ pub(crate) struct Node {
     id: u64,
     pub(crate) op: Op,
     pub(crate) inputs: Vec<Tensor>,
-    /// The op's output, kept only for ops whose backward rule reads it (exp, tanh, ...).
-    out: Option<Arc<Storage>>,
-    out_shape: Arc<[usize]>,
+    /// The op's output (shape, storage), kept only for the ops whose backward rule reads
+    /// it ([`rules::keeps_output`]: exp, tanh, softmax, ...).
+    out: Option<(Arc<[usize]>, Arc<Storage>)>,
 }
 
 impl Drop for Node {
@@ -248,22 +248,11 @@ pub(crate) fn record(op: Op, inputs: &[&Tensor], out: Tensor) -> Tensor {
     if !is_grad_enabled() || !inputs.iter().any(|t| t.node.is_some()) {
         return out;
     }
-    let keeps_output = matches!(
-        op,
-        Op::Unary {
-            op: UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Recip,
-            ..
-        } | Op::LogSoftmax
-            | Op::Softmax
-            | Op::MaxAxis { .. }
-            | Op::Binary(BinaryOp::Div)
-    );
     let node = Node {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        op,
         inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-        out: keeps_output.then(|| out.storage.clone()),
-        out_shape: out.shape.clone(),
+        out: rules::keeps_output(&op).then(|| (out.shape.clone(), out.storage.clone())),
+        op,
     };
     Tensor {
         node: Some(Arc::new(node)),
@@ -280,7 +269,6 @@ impl Tensor {
             op: Op::Leaf,
             inputs: Vec::new(),
             out: None,
-            out_shape: self.shape.clone(),
         };
         Tensor {
             shape: self.shape.clone(),
@@ -409,15 +397,13 @@ fn backward(output: &Tensor, seed: &Tensor, wanted: &IdSet) -> Result<IdMap<Tens
         if matches!(node.op, Op::Leaf) {
             continue;
         }
-        let out = Tensor {
-            shape: node.out_shape.clone(),
-            storage: match &node.out {
-                Some(s) => s.clone(),
-                // Rules of ops that keep no output never read it; any storage will do.
-                None => g.storage.clone(),
-            },
+        // The output is on the graph as this node, so rules that read it stay
+        // differentiable (softmax's second derivative goes through y).
+        let out = node.out.as_ref().map(|(shape, storage)| Tensor {
+            shape: shape.clone(),
+            storage: storage.clone(),
             node: Some(node.clone()),
-        };
+        });
         // Rules skip inputs nothing wanted depends on (data matrices, labels, λ during
         // an inner step): for a matmul with data that halves the backward work.
         let needed: Vec<bool> = node
@@ -429,7 +415,7 @@ fn backward(output: &Tensor, seed: &Tensor, wanted: &IdSet) -> Result<IdMap<Tens
                     .is_some_and(|c| reaches.get(&c.id) == Some(&true))
             })
             .collect();
-        let input_grads = rules::backward(&node.op, &node.inputs, &needed, &out, &g)?;
+        let input_grads = rules::backward(&node.op, &node.inputs, &needed, out.as_ref(), &g)?;
         for (input, ig) in node.inputs.iter().zip(input_grads) {
             let (Some(ig), Some(child)) = (ig, input.node.as_ref()) else {
                 continue;

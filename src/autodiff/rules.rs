@@ -4,6 +4,12 @@
 //! per input (`None` where the input is not differentiable, e.g. a comparison). Rules
 //! are written only with public, recorded tensor ops, so with recording on they are
 //! themselves differentiated: that is all second-order autodiff needs.
+//!
+//! What a rule needs kept from the forward pass besides its inputs, its output, is
+//! declared here too ([`keeps_output`] and its per-family halves beside `unary` and
+//! `binary`), matched without a wildcard: adding an op forces the decision where its
+//! rule is written, and a rule that reads an output it was not given panics naming the
+//! op instead of reading another tensor's values.
 
 use super::{Op, ScalarKind};
 use crate::error::Result;
@@ -13,16 +19,58 @@ use crate::tensor::Tensor;
 
 type Grads = Vec<Option<Tensor>>;
 
-/// Gradients of an op's inputs given its output `y` and the upstream gradient `g`.
-/// `needed[i]` says whether input i's gradient is used; rules of ops with several
-/// inputs skip the others (returning `None` for them).
+/// Whether `op`'s backward rule reads the op's output (recording keeps it only then).
+pub(crate) fn keeps_output(op: &Op) -> bool {
+    match op {
+        Op::Unary { op, .. } => unary_keeps_output(*op),
+        Op::Binary(op) => binary_keeps_output(*op),
+        // y = max: the rule masks the input where it equals y.
+        Op::MaxAxis { .. } => true,
+        // Both rules are written in terms of the (log-)probabilities y.
+        Op::LogSoftmax | Op::Softmax => true,
+        Op::Leaf
+        | Op::BroadcastTo
+        | Op::SumTo
+        | Op::Reshape
+        | Op::Matmul { .. }
+        | Op::Sum
+        | Op::Mean
+        | Op::SumAxis { .. }
+        | Op::MeanAxis { .. }
+        | Op::Dot
+        | Op::Sqnorm
+        | Op::CrossEntropy { .. }
+        | Op::Mse
+        | Op::Gather { .. }
+        | Op::Transpose
+        | Op::Concat
+        | Op::Slice { .. }
+        | Op::Axpby { .. }
+        | Op::AxpyRatio { .. } => false,
+    }
+}
+
+/// The op's output for a rule that reads it. `None` means [`keeps_output`] does not
+/// list the op: a bug in this file, not in the caller's data.
+fn output<'a>(out: Option<&'a Tensor>, op: &dyn std::fmt::Debug) -> &'a Tensor {
+    out.unwrap_or_else(|| {
+        panic!(
+            "internal error: the backward rule of {op:?} reads the op's output, which was not kept; declare it in autodiff::rules::keeps_output"
+        )
+    })
+}
+
+/// Gradients of an op's inputs given its output (`out`, present when [`keeps_output`]
+/// says so) and the upstream gradient `g`. `needed[i]` says whether input i's gradient
+/// is used; rules of ops with several inputs skip the others (returning `None` for them).
 pub(crate) fn backward(
     op: &Op,
     inputs: &[Tensor],
     needed: &[bool],
-    y: &Tensor,
+    out: Option<&Tensor>,
     g: &Tensor,
 ) -> Result<Grads> {
+    let y = || output(out, op);
     let x = |i: usize| &inputs[i];
     let need = |i: usize| needed.get(i).copied().unwrap_or(false);
     // Computes input i's gradient only when it is needed.
@@ -31,8 +79,8 @@ pub(crate) fn backward(
     };
     Ok(match op {
         Op::Leaf => vec![],
-        Op::Unary { op, a } => vec![unary(*op, *a, x(0), y, g)?],
-        Op::Binary(op) => binary(*op, x(0), x(1), [need(0), need(1)], y, g)?,
+        Op::Unary { op, a } => vec![unary(*op, *a, x(0), out, g)?],
+        Op::Binary(op) => binary(*op, x(0), x(1), [need(0), need(1)], out, g)?,
         Op::BroadcastTo => vec![Some(g.sum_to(x(0).shape())?)],
         Op::SumTo => vec![Some(g.broadcast_to(x(0).shape())?)],
         Op::Reshape => vec![Some(g.reshape(x(0).shape())?)],
@@ -88,7 +136,7 @@ pub(crate) fn backward(
             // Every element equal to the maximum receives the full gradient; ties have
             // probability zero for continuous inputs, and the mask is a constant.
             let shape = x(0).shape();
-            let ymax = unreduce(y, shape, *axis, *keepdim)?;
+            let ymax = unreduce(y(), shape, *axis, *keepdim)?;
             let mask = x(0).detach().eq_mask(&ymax.detach())?;
             vec![Some(unreduce(g, shape, *axis, *keepdim)?.mul(&mask)?)]
         }
@@ -96,6 +144,7 @@ pub(crate) fn backward(
         Op::Sqnorm => vec![Some(x(0).mul(g)?.scale(2.0)?)],
         Op::LogSoftmax => {
             // y = z − logsumexp(z): ∂ = g − softmax(z)·Σg along the last axis.
+            let y = y();
             let last = y.rank() - 1;
             let softmax = y.exp()?;
             let total = g.sum_axis(last, true)?;
@@ -103,6 +152,7 @@ pub(crate) fn backward(
         }
         Op::Softmax => {
             // ∂ = y ⊙ (g − Σ(g ⊙ y)) along the last axis.
+            let y = y();
             let last = y.rank() - 1;
             let gy = g.mul(y)?;
             vec![Some(gy.sub(&y.mul(&gy.sum_axis(last, true)?)?)?)]
@@ -217,24 +267,65 @@ pub(crate) fn backward(
     })
 }
 
-fn unary(op: UnaryOp, a: f64, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+/// The unary rules that are written in terms of y = f(x).
+fn unary_keeps_output(op: UnaryOp) -> bool {
+    match op {
+        UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Recip => true,
+        UnaryOp::Neg
+        | UnaryOp::Log
+        | UnaryOp::Square
+        | UnaryOp::Abs
+        | UnaryOp::Sin
+        | UnaryOp::Cos
+        | UnaryOp::Relu
+        | UnaryOp::ScaleShift
+        | UnaryOp::ReluMask
+        | UnaryOp::Sign => false,
+    }
+}
+
+fn unary(
+    op: UnaryOp,
+    a: f64,
+    x: &Tensor,
+    out: Option<&Tensor>,
+    g: &Tensor,
+) -> Result<Option<Tensor>> {
+    let y = || output(out, &op);
     Ok(Some(match op {
         UnaryOp::Neg => g.neg()?,
-        UnaryOp::Exp => g.mul(y)?,
+        UnaryOp::Exp => g.mul(y())?,
         UnaryOp::Log => g.div(x)?,
-        UnaryOp::Sqrt => g.div(y)?.scale(0.5)?,
+        UnaryOp::Sqrt => g.div(y())?.scale(0.5)?,
         UnaryOp::Square => g.mul(x)?.scale(2.0)?,
         UnaryOp::Abs => g.mul(&x.sign()?)?,
         UnaryOp::Sin => g.mul(&x.cos()?)?,
         UnaryOp::Cos => g.mul(&x.sin()?)?.neg()?,
-        UnaryOp::Tanh => g.mul(&y.square()?.scale_shift(-1.0, 1.0)?)?,
-        UnaryOp::Sigmoid => g.mul(&y.mul(&y.scale_shift(-1.0, 1.0)?)?)?,
+        UnaryOp::Tanh => g.mul(&y().square()?.scale_shift(-1.0, 1.0)?)?,
+        UnaryOp::Sigmoid => g.mul(&y().mul(&y().scale_shift(-1.0, 1.0)?)?)?,
         UnaryOp::Relu => g.mul(&x.relu_mask()?)?,
         UnaryOp::ScaleShift => g.scale(a)?,
-        UnaryOp::Recip => g.mul(&y.square()?)?.neg()?,
+        UnaryOp::Recip => g.mul(&y().square()?)?.neg()?,
         // Piecewise-constant functions: zero derivative almost everywhere.
         UnaryOp::ReluMask | UnaryOp::Sign => return Ok(None),
     }))
+}
+
+/// The binary rules that are written in terms of y = f(a, b).
+fn binary_keeps_output(op: BinaryOp) -> bool {
+    match op {
+        BinaryOp::Div => true,
+        BinaryOp::Add
+        | BinaryOp::Sub
+        | BinaryOp::Mul
+        | BinaryOp::Max
+        | BinaryOp::Min
+        | BinaryOp::Gt
+        | BinaryOp::Ge
+        | BinaryOp::Lt
+        | BinaryOp::Le
+        | BinaryOp::Eq => false,
+    }
 }
 
 fn binary(
@@ -242,9 +333,10 @@ fn binary(
     a: &Tensor,
     b: &Tensor,
     need: [bool; 2],
-    y: &Tensor,
+    out: Option<&Tensor>,
     g: &Tensor,
 ) -> Result<Grads> {
+    let y = || output(out, &op);
     let (sa, sb) = (a.shape(), b.shape());
     let when = |i: usize, f: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
         if need[i] { f().map(Some) } else { Ok(None) }
@@ -261,7 +353,7 @@ fn binary(
         ],
         BinaryOp::Div => {
             let ga = g.div(b)?;
-            let gb = when(1, &|| ga.mul(y)?.neg()?.sum_to(sb))?;
+            let gb = when(1, &|| ga.mul(y())?.neg()?.sum_to(sb))?;
             vec![when(0, &|| ga.sum_to(sa))?, gb]
         }
         // The larger (smaller) operand takes the gradient; ties go to `a`.

@@ -259,6 +259,21 @@ fn update_rules() {
     );
 }
 
+/// A rule reading an output that recording did not keep must not read another tensor
+/// in its place (the gradient's storage, once): it panics and names the op.
+#[test]
+#[should_panic(expected = "keeps_output")]
+fn a_rule_reading_an_output_that_was_not_kept_panics() {
+    let x = t64(&[3], 1);
+    let g = t64(&[3], 2);
+    let exp = Op::Unary {
+        op: UnaryOp::Exp,
+        a: 0.0,
+    };
+    assert!(rules::keeps_output(&exp));
+    let _ = rules::backward(&exp, &[x], &[true], None, &g);
+}
+
 #[test]
 fn gradient_of_unused_input_is_zero_and_untracked_wrt_is_an_error() {
     let a = t64(&[3], 1).requires_grad();

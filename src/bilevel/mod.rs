@@ -3,22 +3,43 @@
 //!
 //! A [`Problem`] gives the inner loss `L_in(w, λ)` and the outer loss `L_out(w, λ)` as
 //! functions recorded on the tape (w and λ may each be several tensors). An
-//! [`InnerOptimizer`] is a differentiable update map `w_{t+1} = Φ(w_t, λ)`.
-//! [`hypergradient`] computes `dL_out/dλ` with any [`Method`]; [`optimize`] runs the
-//! outer loop. The exact definitions of the methods are on [`Method`]'s variants.
+//! [`InnerOptimizer`] is a differentiable update map `w_{t+1} = Φ(w_t, λ)`, run for
+//! [`Inner::steps`] steps.
+//!
+//! A hypergradient method is anything implementing [`HypergradientMethod`]: it checks
+//! its settings and computes dL_out/dλ from (problem, λ, w₀, inner). The built-in ones
+//! live one family per file in [`methods`] and are named by the enum [`Method`] (whose
+//! variants hold their exact definitions). [`hypergradient`] runs a [`Method`],
+//! [`hypergradient_with`] any implementation, both with the same checks and
+//! [`Report`]. The machinery they share, running the inner optimizer with divergence
+//! detection and the reverse sweep through a stored trajectory (which also yields
+//! dL/dw₀), is [`trajectory`].
+//!
+//! [`optimize`] runs the outer loop with any method; [`hoag`] is HOAG, an outer loop
+//! that sets its own inner steps and solver tolerance per step.
+//!
+//! Files: `inner.rs` (Φ), `trajectory.rs`, `method.rs` (the trait, [`Method`], the
+//! driver), `methods/{unrolled,forward,implicit,one_step,exact}.rs`, `outer.rs`,
+//! `hoag.rs`.
 
-mod methods;
+mod hoag;
+mod inner;
+mod method;
+pub mod methods;
 mod outer;
+pub mod trajectory;
+
+pub(crate) use hoag::HOAG;
+pub use hoag::{HoagConfig, HoagSettings, hoag, hoag_with};
+pub use inner::{Inner, InnerOptimizer};
+pub(crate) use method::BadSetting;
+pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_with};
+pub use outer::{
+    OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
+};
 
 use std::time::Duration;
 
-pub use methods::{Method, hypergradient};
-pub use outer::{
-    HoagConfig, OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, hoag, hoag_with,
-    optimize, optimize_with,
-};
-
-use crate::autodiff::{grad, no_grad};
 use crate::error::{Error, Result, invalid};
 use crate::tensor::Tensor;
 
@@ -46,100 +67,6 @@ pub trait Problem: Sync {
     }
 }
 
-/// A differentiable inner update map Φ. The optimizer state is w followed by any extra
-/// buffers (the momentum's velocity), one tensor per w-tensor each.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum InnerOptimizer {
-    /// Gradient descent: w ← w − lr·∇_w L_in(w, λ).
-    Gd {
-        /// Step size η > 0.
-        lr: f64,
-    },
-    /// Heavy-ball momentum: m ← μ·m + ∇_w L_in(w, λ); w ← w − lr·m, with m₀ = 0.
-    Momentum {
-        /// Step size η > 0.
-        lr: f64,
-        /// Momentum μ in [0, 1).
-        momentum: f64,
-    },
-}
-
-impl InnerOptimizer {
-    /// The step size η.
-    pub fn lr(&self) -> f64 {
-        match self {
-            InnerOptimizer::Gd { lr } | InnerOptimizer::Momentum { lr, .. } => *lr,
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        let lr = self.lr();
-        if !lr.is_finite() || lr <= 0.0 {
-            return Err(invalid(
-                "inner optimizer",
-                format!("the step size must be finite and > 0, got {lr}"),
-            ));
-        }
-        if let InnerOptimizer::Momentum { momentum, .. } = self
-            && !(0.0..1.0).contains(momentum)
-        {
-            return Err(invalid(
-                "inner optimizer",
-                format!("momentum must be in [0, 1), got {momentum}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Initial state for w₀: [w₀] or [w₀, 0].
-    pub(crate) fn init_state(&self, w0: &[Tensor]) -> Result<Vec<Tensor>> {
-        let mut state: Vec<Tensor> = w0.iter().map(Tensor::detach).collect();
-        if let InnerOptimizer::Momentum { .. } = self {
-            for w in w0 {
-                state.push(w.detach().zeros_like()?);
-            }
-        }
-        Ok(state)
-    }
-
-    /// Φ applied to a state given the gradient ∇_w L_in at its w. Recorded when the
-    /// inputs are on the graph (RAD rebuilds steps through it).
-    pub(crate) fn step(&self, state: &[Tensor], g: &[Tensor]) -> Result<Vec<Tensor>> {
-        let n = g.len();
-        match *self {
-            InnerOptimizer::Gd { lr } => state[..n]
-                .iter()
-                .zip(g)
-                .map(|(w, gi)| w.axpy(-lr, gi))
-                .collect(),
-            InnerOptimizer::Momentum { lr, momentum } => {
-                let m: Vec<Tensor> = state[n..]
-                    .iter()
-                    .zip(g)
-                    .map(|(m, gi)| gi.axpy(momentum, m))
-                    .collect::<Result<_>>()?;
-                let mut next: Vec<Tensor> = state[..n]
-                    .iter()
-                    .zip(&m)
-                    .map(|(w, mi)| w.axpy(-lr, mi))
-                    .collect::<Result<_>>()?;
-                next.extend(m);
-                Ok(next)
-            }
-        }
-    }
-}
-
-/// The inner problem's solver: an optimizer and a number of steps T.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Inner {
-    /// The update map Φ.
-    pub optimizer: InnerOptimizer,
-    /// Number of inner steps T run from w₀ before (or, for unrolled methods, while)
-    /// computing the hypergradient.
-    pub steps: usize,
-}
-
 /// A hypergradient and what computing it took.
 #[derive(Debug, Clone)]
 pub struct Hypergradient {
@@ -148,6 +75,10 @@ pub struct Hypergradient {
     /// The inner variables the hypergradient was evaluated at (w_T, or w* for
     /// [`Method::Exact`], or w' for one-step), for warm starts and metrics.
     pub w: Vec<Tensor>,
+    /// dL_out(w_T(w₀), λ)/dw₀, shaped like w₀, from methods whose computation yields it
+    /// (RAD: the reverse sweep's adjoint at the start); `None` for the others. What a
+    /// meta-learner needs to learn w₀.
+    pub dw0: Option<Vec<Tensor>>,
     /// What was done.
     pub report: Report,
 }
@@ -264,63 +195,4 @@ pub(crate) fn unflatten(v: &Tensor, like: &[Tensor]) -> Result<Vec<Tensor>> {
         .zip(like)
         .map(|(p, l)| p.reshape(l.shape()))
         .collect()
-}
-
-/// Fails with the step where the inner loop diverged. `losses` holds each step's inner
-/// loss as a 1-element device tensor; they and ‖w_T‖² (which catches a blow-up in the
-/// last step) are read back once, together, so detection costs no readback per step.
-pub(crate) fn check_divergence(
-    mut losses: Vec<Tensor>,
-    w_t: &[Tensor],
-    steps: usize,
-) -> Result<()> {
-    losses.push(no_grad(|| dot_list(w_t, w_t))?.reshape(&[1])?);
-    let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
-    if let Some(t) = values.iter().position(|v| !v.is_finite()) {
-        let what = if t < steps {
-            format!("the inner loss became {} at inner step {t}", values[t])
-        } else {
-            format!("the inner iterate became non-finite at step {steps}")
-        };
-        return Err(invalid(
-            "inner loop",
-            format!("{what} of {steps}: the inner optimizer diverged; lower its step size"),
-        ));
-    }
-    Ok(())
-}
-
-/// Runs the inner optimizer for `steps` steps from `state`, without a graph. With
-/// `keep`, returns every state s_0..s_T (RAD stores them); otherwise just [s_T].
-///
-/// Divergence is detected without a readback per step: every step's inner loss is
-/// kept as a 0-d device tensor and all are read once at the end; the first non-finite
-/// one names the step.
-pub(crate) fn run_inner(
-    problem: &dyn Problem,
-    lambda: &[Tensor],
-    opt: &InnerOptimizer,
-    state: Vec<Tensor>,
-    steps: usize,
-    keep: bool,
-    nw: usize,
-) -> Result<Vec<Vec<Tensor>>> {
-    let lambda = detach_all(lambda);
-    let mut states = Vec::with_capacity(if keep { steps + 1 } else { 1 });
-    let mut losses = Vec::with_capacity(steps + 1);
-    let mut s = state;
-    for _ in 0..steps {
-        let w = track(&s[..nw]);
-        let loss = problem.inner_loss(&w, &lambda)?;
-        let g = grad(&loss, &refs(&w), false)?;
-        losses.push(loss.detach().reshape(&[1])?);
-        let next = no_grad(|| opt.step(&s, &g))?;
-        if keep {
-            states.push(s);
-        }
-        s = next;
-    }
-    check_divergence(losses, &s[..nw], steps)?;
-    states.push(s);
-    Ok(states)
 }

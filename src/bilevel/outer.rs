@@ -1,12 +1,12 @@
-//! The outer loop: λ ← λ − lr·hypergradient (or Adam), and HOAG.
+//! The outer loop: λ ← λ − lr·hypergradient (or Adam), with any hypergradient method.
 
 use std::time::Instant;
 
 use super::{
-    Hypergradient, Inner, InnerOptimizer, Method, Problem, Report, check_lambda, detach_all,
-    dot_list, hypergradient, refs, track,
+    Hypergradient, HypergradientMethod, Inner, Problem, Report, check_lambda, detach_all, dot_list,
+    hypergradient_with,
 };
-use crate::autodiff::{grad, no_grad};
+use crate::autodiff::no_grad;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
 
@@ -117,7 +117,7 @@ pub struct Trace {
     pub last: Hypergradient,
 }
 
-fn norm(ts: &[Tensor]) -> Result<f64> {
+pub(super) fn norm(ts: &[Tensor]) -> Result<f64> {
     Ok(no_grad(|| dot_list(ts, ts))?.to_scalar::<f64>()?.sqrt())
 }
 
@@ -165,13 +165,16 @@ fn update(
     })
 }
 
-/// Runs the outer loop: at each step, the hypergradient by `method` at λ, then an
-/// update of λ. Returns the trace (one readback of the loss and the norm per step).
+/// Runs the outer loop: at each step, the hypergradient by `method` (a [`Method`] or
+/// any [`HypergradientMethod`]) at λ, then an update of λ. Returns the trace (one
+/// readback of the loss and the norm per step).
+///
+/// [`Method`]: super::Method
 pub fn optimize(
     problem: &dyn Problem,
     lambda0: &[Tensor],
     inner: &Inner,
-    method: &Method,
+    method: &dyn HypergradientMethod,
     config: &OuterConfig,
 ) -> Result<Trace> {
     optimize_with(problem, lambda0, inner, method, config, &mut |_| {})
@@ -183,7 +186,7 @@ pub fn optimize_with(
     problem: &dyn Problem,
     lambda0: &[Tensor],
     inner: &Inner,
-    method: &Method,
+    method: &dyn HypergradientMethod,
     config: &OuterConfig,
     observe: &mut dyn FnMut(&TraceStep),
 ) -> Result<Trace> {
@@ -197,7 +200,7 @@ pub fn optimize_with(
     let mut steps = Vec::new();
     let mut step = 0;
     loop {
-        let hg = hypergradient(problem, &lambda, &w_start, inner, method)?;
+        let hg = hypergradient_with(problem, &lambda, &w_start, inner, method)?;
         let hnorm = norm(&hg.grad)?;
         if !hnorm.is_finite() {
             return Err(invalid(
@@ -224,128 +227,9 @@ pub fn optimize_with(
             });
         }
         lambda = update(&config.optimizer, &mut adam, &lambda, &hg.grad)?;
-        if config.warm_start == WarmStart::Warm && !matches!(method, Method::OneStep { .. }) {
+        if config.warm_start == WarmStart::Warm && method.warm_starts() {
             w_start = hg.w.clone();
         }
         step += 1;
     }
-}
-
-/// Configuration of [`hoag`] (Pedregosa 2016).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HoagConfig {
-    /// Outer steps.
-    pub outer_steps: usize,
-    /// Step size of λ ← λ − lr·h.
-    pub lr: f64,
-    /// Initial tolerance ε₀.
-    pub eps0: f64,
-    /// Tolerance decay: ε_k = ε₀·decay^k, in (0, 1).
-    pub decay: f64,
-    /// The inner optimizer (warm-started across outer steps).
-    pub inner: InnerOptimizer,
-    /// Cap on inner steps per outer step.
-    pub max_inner_steps: usize,
-    /// Cap on CG iterations per outer step.
-    pub max_cg_iters: usize,
-    /// The inner gradient norm is read back every this many inner steps.
-    pub check_every: usize,
-}
-
-/// HOAG: at outer step k, run the inner optimizer (warm-started) until
-/// ‖∇_w L_in‖ ≤ ε_k, solve H v = g by CG to residual ε_k, step λ; ε_k = ε₀·decay^k.
-pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> Result<Trace> {
-    hoag_with(problem, lambda0, config, &mut |_| {})
-}
-
-/// [`hoag`], calling `observe` with each [`TraceStep`] as soon as it is recorded.
-pub fn hoag_with(
-    problem: &dyn Problem,
-    lambda0: &[Tensor],
-    config: &HoagConfig,
-    observe: &mut dyn FnMut(&TraceStep),
-) -> Result<Trace> {
-    check_lambda(problem, lambda0)?;
-    config.inner.validate()?;
-    let c = config;
-    if !(c.lr.is_finite()
-        && c.lr > 0.0
-        && c.eps0.is_finite()
-        && c.eps0 > 0.0
-        && c.decay > 0.0
-        && c.decay < 1.0)
-        || c.max_inner_steps == 0
-        || c.max_cg_iters == 0
-        || c.check_every == 0
-    {
-        return Err(invalid(
-            "hoag",
-            format!("{c:?}: need lr > 0, eps0 > 0, decay in (0, 1), and positive step caps"),
-        ));
-    }
-    let start = Instant::now();
-    let mut lambda = detach_all(lambda0);
-    let mut w = problem.init_w()?;
-    let nw = w.len();
-    let mut steps = Vec::new();
-    let mut last = None;
-    for k in 0..=c.outer_steps {
-        let eps = c.eps0 * c.decay.powi(k as i32);
-        // Inner solve to ‖∇_w L_in‖ ≤ ε_k, checking every `check_every` steps.
-        let mut state = c.inner.init_state(&w)?;
-        let mut taken = 0;
-        while taken < c.max_inner_steps {
-            let burst = c.check_every.min(c.max_inner_steps - taken);
-            let states = super::run_inner(problem, &lambda, &c.inner, state, burst, false, nw)?;
-            state = states
-                .into_iter()
-                .next()
-                .expect("run_inner returns the last state");
-            taken += burst;
-            let wt = track(&state[..nw]);
-            let g = grad(&problem.inner_loss(&wt, &lambda)?, &refs(&wt), false)?;
-            if norm(&g)? <= eps {
-                break;
-            }
-        }
-        w = state[..nw].to_vec();
-        let method = Method::Cg {
-            iters: c.max_cg_iters,
-            tol: Some(eps),
-            damping: 0.0,
-        };
-        let inner = Inner {
-            optimizer: c.inner,
-            steps: 0,
-        };
-        let mut hg = hypergradient(problem, &lambda, &w, &inner, &method)?;
-        hg.report.method = "hoag".to_string();
-        hg.report.inner_steps = taken;
-        let hnorm = norm(&hg.grad)?;
-        steps.push(TraceStep {
-            step: k,
-            outer_loss: hg.report.outer_loss,
-            hypergrad_norm: hnorm,
-            elapsed_s: start.elapsed().as_secs_f64(),
-            report: hg.report.clone(),
-        });
-        observe(&steps[steps.len() - 1]);
-        if k < c.outer_steps {
-            lambda = no_grad(|| {
-                lambda
-                    .iter()
-                    .zip(&hg.grad)
-                    .map(|(l, g)| l.axpy(-c.lr, g))
-                    .collect::<Result<Vec<_>>>()
-            })?;
-        }
-        last = Some(hg);
-    }
-    let last = last.expect("at least one outer step runs");
-    Ok(Trace {
-        steps,
-        lambda,
-        w: last.w.clone(),
-        last,
-    })
 }

@@ -1,7 +1,9 @@
 //! The experiment file (TOML) as Rust types, and its parser.
 //!
-//! Every table denies unknown keys. Keys that exist but do not apply to the chosen kind
-//! (say `method.k` with `kind = "cg"`) are rejected later, by
+//! Every table denies unknown keys. `[method]` deserialises straight into the settings
+//! of the chosen kind, so a key that does not apply to it (say `method.k` with
+//! `kind = "cg"`) is unknown there; in the other tables, keys that exist but do not apply
+//! to the chosen kind or source are rejected by
 //! [`Experiment::from_config`](super::Experiment::from_config), which also checks every
 //! value. The README's "The experiment config format" section is the user-facing copy
 //! of these docs.
@@ -13,6 +15,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::ConfigError;
+use crate::bilevel::methods::{Cg, Exact, FixedPoint, Forward, Neumann, OneStep, Rad, Trad};
+use crate::bilevel::{BadSetting, HOAG, HoagSettings, HypergradientMethod, Inner};
 
 /// A whole experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,84 +346,77 @@ pub enum InnerKind {
     Momentum,
 }
 
-/// `[method]`: which keys apply depends on `kind`.
+/// `[method]`: `kind` picks the variant, and the table's other keys are the fields of
+/// that variant's settings type (the very types that implement the methods); any other
+/// key is an error that names it. Settings are range-checked by
+/// [`Experiment::from_config`](super::Experiment::from_config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MethodConfig {
-    /// One of `rad`, `trad`, `forward`, `cg`, `neumann`, `fixed_point`, `one_step`,
-    /// `exact`, `hoag`.
-    pub kind: MethodKind,
-    /// trad: steps K to differentiate through (1 ≤ K ≤ T); neumann / fixed_point: terms K ≥ 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub k: Option<usize>,
-    /// cg: iterations K ≥ 1; hoag: cap on CG iterations per outer step (default 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iters: Option<usize>,
-    /// cg: optional residual tolerance ≥ 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tol: Option<f64>,
-    /// cg: damping ρ ≥ 0 (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub damping: Option<f64>,
-    /// neumann / fixed_point: series step η > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eta: Option<f64>,
-    /// one_step: the virtual step ξ > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xi: Option<f64>,
-    /// one_step: exact mixed product (default true) or DARTS's finite difference.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<bool>,
-    /// hoag: initial tolerance ε₀ > 0 (default 1e-2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eps0: Option<f64>,
-    /// hoag: tolerance decay in (0, 1) (default 0.9).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decay: Option<f64>,
-    /// hoag: read the inner gradient norm every this many steps (default 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check_every: Option<usize>,
-}
-
-/// `method.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MethodKind {
-    /// [`crate::bilevel::Method::Rad`].
-    Rad,
-    /// [`crate::bilevel::Method::Trad`].
-    Trad,
-    /// [`crate::bilevel::Method::Forward`].
-    Forward,
-    /// [`crate::bilevel::Method::Cg`].
-    Cg,
-    /// [`crate::bilevel::Method::Neumann`].
-    Neumann,
-    /// [`crate::bilevel::Method::FixedPoint`].
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MethodConfig {
+    /// `rad`: [`Method::Rad`](crate::bilevel::Method::Rad), no keys.
+    Rad(Rad),
+    /// `trad`: [`Method::Trad`](crate::bilevel::Method::Trad); `k`.
+    Trad(Trad),
+    /// `forward`: [`Method::Forward`](crate::bilevel::Method::Forward), no keys.
+    Forward(Forward),
+    /// `cg`: [`Method::Cg`](crate::bilevel::Method::Cg); `iters`, `tol`, `damping`.
+    Cg(Cg),
+    /// `neumann`: [`Method::Neumann`](crate::bilevel::Method::Neumann); `k`, `eta`.
+    Neumann(Neumann),
+    /// `fixed_point`: [`Method::FixedPoint`](crate::bilevel::Method::FixedPoint); `k`, `eta`.
     #[serde(alias = "fixed-point")]
-    FixedPoint,
-    /// [`crate::bilevel::Method::OneStep`].
+    FixedPoint(FixedPoint),
+    /// `one_step`: [`Method::OneStep`](crate::bilevel::Method::OneStep); `xi`, `exact`.
     #[serde(alias = "one-step")]
-    OneStep,
-    /// [`crate::bilevel::Method::Exact`] (ridge only).
-    Exact,
-    /// [`crate::bilevel::hoag`].
-    Hoag,
+    OneStep(OneStep),
+    /// `exact`: [`Method::Exact`](crate::bilevel::Method::Exact) (ridge only), no keys.
+    Exact(Exact),
+    /// `hoag`: [`crate::bilevel::hoag`], which replaces the outer loop; `iters`, `eps0`,
+    /// `decay`, `check_every`.
+    Hoag(HoagSettings),
 }
 
-impl MethodKind {
-    /// The name used in config files.
-    pub fn name(self) -> &'static str {
+impl MethodConfig {
+    /// The hypergradient method, or `None` for HOAG (an outer loop of its own).
+    pub fn hypergradient_method(&self) -> Option<&dyn HypergradientMethod> {
+        Some(match self {
+            MethodConfig::Rad(m) => m,
+            MethodConfig::Trad(m) => m,
+            MethodConfig::Forward(m) => m,
+            MethodConfig::Cg(m) => m,
+            MethodConfig::Neumann(m) => m,
+            MethodConfig::FixedPoint(m) => m,
+            MethodConfig::OneStep(m) => m,
+            MethodConfig::Exact(m) => m,
+            MethodConfig::Hoag(_) => return None,
+        })
+    }
+
+    /// The method's name, as `kind` spells it (and as reports name the method).
+    pub fn name(&self) -> &'static str {
         match self {
-            MethodKind::Rad => "rad",
-            MethodKind::Trad => "trad",
-            MethodKind::Forward => "forward",
-            MethodKind::Cg => "cg",
-            MethodKind::Neumann => "neumann",
-            MethodKind::FixedPoint => "fixed_point",
-            MethodKind::OneStep => "one_step",
-            MethodKind::Exact => "exact",
-            MethodKind::Hoag => "hoag",
+            MethodConfig::Rad(_) => Rad::NAME,
+            MethodConfig::Trad(_) => Trad::NAME,
+            MethodConfig::Forward(_) => Forward::NAME,
+            MethodConfig::Cg(_) => Cg::NAME,
+            MethodConfig::Neumann(_) => Neumann::NAME,
+            MethodConfig::FixedPoint(_) => FixedPoint::NAME,
+            MethodConfig::OneStep(_) => OneStep::NAME,
+            MethodConfig::Exact(_) => Exact::NAME,
+            MethodConfig::Hoag(_) => HOAG,
+        }
+    }
+
+    /// Checks every setting's range; a failure names the key.
+    pub(crate) fn check(&self, inner: &Inner) -> Result<(), BadSetting> {
+        match self {
+            MethodConfig::Rad(_) | MethodConfig::Forward(_) | MethodConfig::Exact(_) => Ok(()),
+            MethodConfig::Trad(m) => m.check(inner),
+            MethodConfig::Cg(m) => m.check(),
+            MethodConfig::Neumann(m) => m.check(),
+            MethodConfig::FixedPoint(m) => m.check(),
+            MethodConfig::OneStep(m) => m.check(),
+            MethodConfig::Hoag(m) => m.check(),
         }
     }
 }
@@ -498,10 +495,42 @@ fn friendlier(message: &str) -> String {
         .replace("expected u64", "expected an integer ≥ 0")
         .replace("expected f64", "expected a number")
         .replace("expected a boolean", "expected true or false");
-    if let Some(i) = m.find("expected struct ") {
-        m.replace_range(i.., "expected a table");
+    for table in ["expected struct ", "expected internally tagged enum "] {
+        if let Some(i) = m.find(table) {
+            m.replace_range(i.., "expected a table");
+        }
     }
     m
+}
+
+/// The key of `[method]` that makes it fail to deserialise with a wrong type or value.
+/// serde reads an internally tagged table whole before it knows the kind, so such an
+/// error arrives with the table's path; trying the kind with one key at a time finds it.
+fn method_key_at_fault(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let method = table.get("method")?.as_table()?;
+    let kind = method.get("kind")?;
+    method
+        .iter()
+        .filter(|(key, _)| *key != "kind")
+        .find(|(key, value)| {
+            let mut one = toml::Table::new();
+            one.insert("kind".into(), kind.clone());
+            one.insert((*key).clone(), (*value).clone());
+            toml::Value::Table(one)
+                .try_into::<MethodConfig>()
+                .is_err_and(|e| {
+                    let m = e.to_string();
+                    m.contains("invalid type") || m.contains("invalid value")
+                })
+        })
+        .map(|(key, _)| key.clone())
+}
+
+/// `method.kind` as written, for messages.
+fn method_kind(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    Some(table.get("method")?.get("kind")?.as_str()?.to_string())
 }
 
 impl Config {
@@ -531,6 +560,32 @@ impl Config {
                 };
                 message = "missing: this key is required".to_string();
             }
+            // Errors inside `[method]` carry the table's path (see method_key_at_fault).
+            if let Some(name) = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                && key != name
+                && !key.ends_with(&format!(".{name}"))
+            {
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
+                if let Some(kind) = method_kind(text).filter(|_| key.starts_with("method.")) {
+                    message = message
+                        .replace(
+                            ", there are no fields",
+                            &format!(": kind = \"{kind}\" takes no other key"),
+                        )
+                        .replace(", expected", &format!(" for kind = \"{kind}\", expected"));
+                }
+            } else if key == "method"
+                && (message.starts_with("invalid type") || message.starts_with("invalid value"))
+                && let Some(name) = method_key_at_fault(text)
+            {
+                key = format!("method.{name}");
+            }
             if message.starts_with("unknown field")
                 && TOP_LEVEL.iter().any(|k| key.ends_with(&format!(".{k}")))
             {
@@ -556,5 +611,154 @@ impl Config {
             position: None,
         })?;
         Self::from_toml_str(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[problem]
+kind = "ridge"
+[data]
+source = "synthetic"
+[inner]
+kind = "gd"
+lr = 0.5
+steps = 5
+"#;
+
+    fn parse(method: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(&format!("{BASE}[method]\n{method}\n"), Path::new("t.toml"))
+    }
+
+    fn method(table: &str) -> MethodConfig {
+        parse(table).unwrap().method
+    }
+
+    fn error(table: &str) -> ConfigError {
+        parse(table).unwrap_err()
+    }
+
+    #[test]
+    fn each_kind_deserialises_into_its_settings_with_defaults() {
+        let cg = Cg {
+            iters: 3,
+            tol: None,
+            damping: 0.0,
+        };
+        let cases = [
+            ("kind = \"rad\"", MethodConfig::Rad(Rad)),
+            ("kind = \"trad\"\nk = 2", MethodConfig::Trad(Trad { k: 2 })),
+            ("kind = \"forward\"", MethodConfig::Forward(Forward)),
+            ("kind = \"cg\"\niters = 3", MethodConfig::Cg(cg)),
+            (
+                "kind = \"cg\"\niters = 3\ntol = 1\ndamping = 0.5",
+                MethodConfig::Cg(Cg {
+                    tol: Some(1.0),
+                    damping: 0.5,
+                    ..cg
+                }),
+            ),
+            (
+                "kind = \"neumann\"\nk = 4\neta = 0.5",
+                MethodConfig::Neumann(Neumann { k: 4, eta: 0.5 }),
+            ),
+            (
+                "kind = \"fixed-point\"\nk = 4\neta = 0.5",
+                MethodConfig::FixedPoint(FixedPoint { k: 4, eta: 0.5 }),
+            ),
+            (
+                "kind = \"one-step\"\nxi = 0.1",
+                MethodConfig::OneStep(OneStep {
+                    xi: 0.1,
+                    exact: true,
+                }),
+            ),
+            ("kind = \"exact\"", MethodConfig::Exact(Exact)),
+            (
+                "kind = \"hoag\"\neps0 = 0.5",
+                MethodConfig::Hoag(HoagSettings {
+                    eps0: 0.5,
+                    ..HoagSettings::default()
+                }),
+            ),
+        ];
+        for (table, want) in cases {
+            assert_eq!(method(table), want, "{table}");
+        }
+    }
+
+    /// `kind` as serde spells it, the name reports use and the implementing type's name
+    /// are one string, and a config survives a round trip through its own TOML.
+    #[test]
+    fn kind_names_agree_and_round_trip() {
+        for table in [
+            "kind = \"rad\"",
+            "kind = \"trad\"\nk = 2",
+            "kind = \"forward\"",
+            "kind = \"cg\"\niters = 3\ntol = 0.5",
+            "kind = \"neumann\"\nk = 4\neta = 0.5",
+            "kind = \"fixed_point\"\nk = 4\neta = 0.5",
+            "kind = \"one_step\"\nxi = 0.1\nexact = false",
+            "kind = \"exact\"",
+            "kind = \"hoag\"",
+        ] {
+            let config = parse(table).unwrap();
+            let m = &config.method;
+            let written = toml::to_string(&config).unwrap();
+            assert!(
+                written.contains(&format!("kind = \"{}\"", m.name())),
+                "{written}"
+            );
+            if let Some(h) = m.hypergradient_method() {
+                assert_eq!(h.name(), m.name());
+            }
+            let back = Config::from_toml_str(&written, Path::new("w.toml")).unwrap();
+            assert_eq!(&back, &config, "{written}");
+        }
+    }
+
+    #[test]
+    fn errors_inside_method_name_the_key() {
+        let cases = [
+            // Keys that exist for another kind, or for none.
+            ("kind = \"cg\"\niters = 3\neta = 0.5", "method.eta", "`tol`"),
+            ("kind = \"rad\"\nk = 3", "method.k", "takes no other key"),
+            ("kind = \"hoag\"\nk = 3", "method.k", "`check_every`"),
+            ("kind = \"trad\"\nkk = 3", "method.kk", "kind = \"trad\""),
+            // Wrong types and values, found inside the table.
+            (
+                "kind = \"cg\"\niters = \"three\"",
+                "method.iters",
+                "integer",
+            ),
+            (
+                "kind = \"cg\"\niters = 3\ntol = \"x\"",
+                "method.tol",
+                "number",
+            ),
+            ("kind = \"trad\"\nk = -1", "method.k", "integer"),
+            (
+                "kind = \"one_step\"\nxi = 0.1\nexact = 1",
+                "method.exact",
+                "true or false",
+            ),
+            // Missing keys and kinds.
+            ("kind = \"one_step\"", "method.xi", "required"),
+            ("k = 3", "method.kind", "required"),
+            ("kind = \"newton\"", "method.kind", "`rad`"),
+        ];
+        for (table, key, says) in cases {
+            let e = error(table);
+            assert_eq!(e.key, key, "{table}: {e}");
+            assert!(e.message.contains(says), "{table}: {e}");
+            assert!(e.to_string().starts_with("t.toml:"), "{e}");
+        }
+        let e =
+            Config::from_toml_str(&format!("method = 3\n{BASE}"), Path::new("t.toml")).unwrap_err();
+        assert_eq!(e.key, "method");
+        assert!(e.message.contains("expected a table"), "{e}");
     }
 }

@@ -49,13 +49,12 @@ use std::path::{Path, PathBuf};
 
 pub use config::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceSpec, InnerConfig, InnerKind,
-    LambdaConfig, LambdaInit, MethodConfig, MethodKind, OuterConfigToml, OuterKind, ProblemConfig,
-    ProblemKind,
+    LambdaConfig, LambdaInit, MethodConfig, OuterConfigToml, OuterKind, ProblemConfig, ProblemKind,
 };
 pub use results::{DeviceRecord, Metrics, Results, StepRecord, write_atomic};
 
 use crate::bilevel::{
-    HoagConfig, Inner, Method, OuterConfig, Problem, Trace, TraceStep, hoag_with, optimize_with,
+    HoagConfig, Inner, OuterConfig, Problem, Trace, TraceStep, hoag_with, optimize_with,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -116,14 +115,10 @@ enum HostData {
     },
 }
 
-/// What the outer loop is.
+/// What the outer loop is. `Optimize` runs the config's hypergradient method.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Plan {
-    Optimize {
-        inner: Inner,
-        method: Method,
-        outer: OuterConfig,
-    },
+    Optimize { inner: Inner, outer: OuterConfig },
     Hoag(HoagConfig),
 }
 
@@ -247,11 +242,11 @@ impl Experiment {
             self.dtype,
         )?];
         let trace = match &self.plan {
-            Plan::Optimize {
-                inner,
-                method,
-                outer,
-            } => optimize_with(problem, &lambda, inner, method, outer, observe)?,
+            Plan::Optimize { inner, outer } => {
+                let method = self.config.method.hypergradient_method();
+                let method = method.expect("from_config plans HOAG (no such method) as Plan::Hoag");
+                optimize_with(problem, &lambda, inner, method, outer, observe)?
+            }
             Plan::Hoag(c) => hoag_with(problem, &lambda, c, observe)?,
         };
         let hypergradient = flat(&trace.last.grad)?;
@@ -299,7 +294,7 @@ impl Experiment {
 
     /// The method's name as in the config.
     pub fn method_name(&self) -> &'static str {
-        self.config.method.kind.name()
+        self.config.method.name()
     }
 }
 

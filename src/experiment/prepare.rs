@@ -4,13 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{
-    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, MethodKind, OuterKind,
-    ProblemKind,
+    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, OuterKind, ProblemKind,
 };
 use super::{ConfigError, Experiment, HostData, Plan};
-use crate::bilevel::{
-    HoagConfig, Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, WarmStart,
-};
+use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, WarmStart};
 use crate::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
     synthetic_regression_pair,
@@ -286,7 +283,7 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
             }
         }
     };
-    let steps = if c.method.kind == MethodKind::Exact {
+    let steps = if matches!(c.method, MethodConfig::Exact(_)) {
         i.steps
     } else {
         ctx.at_least_one("inner.steps", i.steps)?
@@ -294,34 +291,7 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
     Ok(Inner { optimizer, steps })
 }
 
-fn method_keys(m: &MethodConfig) -> [(&'static str, bool); 10] {
-    [
-        ("k", m.k.is_some()),
-        ("iters", m.iters.is_some()),
-        ("tol", m.tol.is_some()),
-        ("damping", m.damping.is_some()),
-        ("eta", m.eta.is_some()),
-        ("xi", m.xi.is_some()),
-        ("exact", m.exact.is_some()),
-        ("eps0", m.eps0.is_some()),
-        ("decay", m.decay.is_some()),
-        ("check_every", m.check_every.is_some()),
-    ]
-}
-
 fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
-    let m = &c.method;
-    let when = format!("to method kind = \"{}\"", m.kind.name());
-    let need = format!("for method kind = \"{}\"", m.kind.name());
-    let allowed: &[&str] = match m.kind {
-        MethodKind::Rad | MethodKind::Forward | MethodKind::Exact => &[],
-        MethodKind::Trad => &["k"],
-        MethodKind::Cg => &["iters", "tol", "damping"],
-        MethodKind::Neumann | MethodKind::FixedPoint => &["k", "eta"],
-        MethodKind::OneStep => &["xi", "exact"],
-        MethodKind::Hoag => &["iters", "eps0", "decay", "check_every"],
-    };
-    ctx.only("method", &method_keys(m), allowed, &when)?;
     let o = &c.outer;
     let outer_keys = [
         ("kind", o.kind.is_some()),
@@ -368,86 +338,35 @@ fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
             WarmStart::Reinit
         },
     };
-    let method = match m.kind {
-        MethodKind::Rad => Method::Rad,
-        MethodKind::Forward => Method::Forward,
-        MethodKind::Exact => {
-            if c.problem.kind != ProblemKind::Ridge {
-                return Err(ctx.err(
-                    "method.kind",
-                    format!(
-                        "\"exact\" needs a closed-form inner solution, which only problem kind = \"ridge\" has (problem is \"{}\")",
-                        c.problem.kind.name()
-                    ),
-                ));
-            }
-            Method::Exact
+    if matches!(c.method, MethodConfig::Hoag(_)) && o.steps > 0 && kind != OuterKind::Sgd {
+        return Err(ctx.err(
+            "outer.kind",
+            "hoag takes plain gradient steps λ ← λ − lr·h; set kind = \"sgd\"",
+        ));
+    }
+    // The method's own range checks, the ones `hypergradient` makes, naming the key.
+    c.method.check(inner).map_err(|bad| {
+        let message = match bad.error {
+            crate::Error::InvalidArgument { msg, .. } => msg,
+            other => other.to_string(),
+        };
+        ctx.err(&format!("method.{}", bad.key), message)
+    })?;
+    Ok(match &c.method {
+        MethodConfig::Exact(_) if c.problem.kind != ProblemKind::Ridge => {
+            return Err(ctx.err(
+                "method.kind",
+                format!(
+                    "\"exact\" needs a closed-form inner solution, which only problem kind = \"ridge\" has (problem is \"{}\")",
+                    c.problem.kind.name()
+                ),
+            ));
         }
-        MethodKind::Trad => {
-            let k = ctx.required("method.k", m.k, &need)?;
-            let k = ctx.at_least_one("method.k", k)?;
-            if k > inner.steps {
-                return Err(ctx.err(
-                    "method.k",
-                    format!("expected 1 ≤ K ≤ inner.steps = {}, got {k}", inner.steps),
-                ));
-            }
-            Method::Trad { k }
-        }
-        MethodKind::Cg => Method::Cg {
-            iters: ctx.at_least_one(
-                "method.iters",
-                ctx.required("method.iters", m.iters, &need)?,
-            )?,
-            tol: m
-                .tol
-                .map(|t| ctx.non_negative("method.tol", t))
-                .transpose()?,
-            damping: ctx.non_negative("method.damping", m.damping.unwrap_or(0.0))?,
+        MethodConfig::Hoag(settings) => Plan::Hoag(settings.config(inner, o.steps, lr)),
+        _ => Plan::Optimize {
+            inner: *inner,
+            outer,
         },
-        MethodKind::Neumann | MethodKind::FixedPoint => {
-            let k = ctx.at_least_one("method.k", ctx.required("method.k", m.k, &need)?)?;
-            let eta = ctx.positive("method.eta", ctx.required("method.eta", m.eta, &need)?)?;
-            if m.kind == MethodKind::Neumann {
-                Method::Neumann { k, eta }
-            } else {
-                Method::FixedPoint { k, eta }
-            }
-        }
-        MethodKind::OneStep => Method::OneStep {
-            xi: ctx.positive("method.xi", ctx.required("method.xi", m.xi, &need)?)?,
-            exact: m.exact.unwrap_or(true),
-        },
-        MethodKind::Hoag => {
-            if o.steps > 0 && kind != OuterKind::Sgd {
-                return Err(ctx.err(
-                    "outer.kind",
-                    "hoag takes plain gradient steps λ ← λ − lr·h; set kind = \"sgd\"",
-                ));
-            }
-            let decay = m.decay.unwrap_or(0.9);
-            if !(decay > 0.0 && decay < 1.0) {
-                return Err(ctx.err(
-                    "method.decay",
-                    format!("expected a number in (0, 1), got {decay}"),
-                ));
-            }
-            return Ok(Plan::Hoag(HoagConfig {
-                outer_steps: o.steps,
-                lr,
-                eps0: ctx.positive("method.eps0", m.eps0.unwrap_or(1e-2))?,
-                decay,
-                inner: inner.optimizer,
-                max_inner_steps: inner.steps,
-                max_cg_iters: ctx.at_least_one("method.iters", m.iters.unwrap_or(100))?,
-                check_every: ctx.at_least_one("method.check_every", m.check_every.unwrap_or(10))?,
-            }));
-        }
-    };
-    Ok(Plan::Optimize {
-        inner: *inner,
-        method,
-        outer,
     })
 }
 

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use blo::bilevel::methods::{Cg, Forward, Neumann, Rad, Trad};
 use blo::experiment::plot::{LinePlot, Series};
 use blo::experiment::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceRecord, DeviceSpec, Experiment,
-    InnerConfig, InnerKind, LambdaConfig, MethodConfig, MethodKind, OuterConfigToml, OuterKind,
-    ProblemConfig, ProblemKind, Results, open_device, write_atomic,
+    InnerConfig, InnerKind, LambdaConfig, MethodConfig, OuterConfigToml, OuterKind, ProblemConfig,
+    ProblemKind, Results, open_device, write_atomic,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -44,49 +45,31 @@ pub struct Args {
 const INNER_LR: f64 = 1.0;
 const OUTER_LR: f64 = 0.3;
 
-fn method(kind: MethodKind) -> MethodConfig {
-    MethodConfig {
-        kind,
-        k: None,
-        iters: None,
+fn cg(iters: usize) -> MethodConfig {
+    MethodConfig::Cg(Cg {
+        iters,
         tol: None,
-        damping: None,
-        eta: None,
-        xi: None,
-        exact: None,
-        eps0: None,
-        decay: None,
-        check_every: None,
-    }
+        damping: 0.0,
+    })
 }
 
 /// The compared methods with their parameters; `label` is the table's name.
 fn methods(t: usize) -> Vec<(String, MethodConfig)> {
     let trad_k = (t / 3).max(1);
     vec![
-        ("rad".into(), method(MethodKind::Rad)),
+        ("rad".into(), MethodConfig::Rad(Rad)),
         (
             format!("trad(K={trad_k})"),
-            MethodConfig {
-                k: Some(trad_k),
-                ..method(MethodKind::Trad)
-            },
+            MethodConfig::Trad(Trad { k: trad_k }),
         ),
-        ("forward".into(), method(MethodKind::Forward)),
-        (
-            "cg(20)".into(),
-            MethodConfig {
-                iters: Some(20),
-                ..method(MethodKind::Cg)
-            },
-        ),
+        ("forward".into(), MethodConfig::Forward(Forward)),
+        ("cg(20)".into(), cg(20)),
         (
             "neumann(20)".into(),
-            MethodConfig {
-                k: Some(20),
-                eta: Some(INNER_LR),
-                ..method(MethodKind::Neumann)
-            },
+            MethodConfig::Neumann(Neumann {
+                k: 20,
+                eta: INNER_LR,
+            }),
         ),
     ]
 }
@@ -205,14 +188,7 @@ pub fn run(args: Args) -> ExitCode {
     };
     // Uniform weights get the same total training as the warm-started methods.
     let baseline_steps = t * (s + 1);
-    let baseline = match prepare(
-        MethodConfig {
-            iters: Some(1),
-            ..method(MethodKind::Cg)
-        },
-        baseline_steps,
-        0,
-    ) {
+    let baseline = match prepare(cg(1), baseline_steps, 0) {
         Ok(e) => e,
         Err(e) => return fail(e, 2),
     };
