@@ -4,11 +4,13 @@
 //! runs WGSL kernels through wgpu on any adapter. [`Device::best_available`] picks a
 //! hardware GPU and otherwise the CPU, and says why.
 
+mod custom;
 mod gpu;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use custom::CustomKernel;
 pub use gpu::{AdapterInfo, GpuContext, MemoryStats};
 pub(crate) use gpu::{GpuBuffer, Kernel};
 
