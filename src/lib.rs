@@ -32,7 +32,9 @@ pub mod tensor;
 pub mod testing;
 
 pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
-pub use device::{AdapterInfo, CustomKernel, Device, DeviceChoice, GpuContext, MemoryStats};
+pub use device::{
+    AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, MemoryStats,
+};
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;
 pub use ops::unary::UnaryOp;

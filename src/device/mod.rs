@@ -6,6 +6,7 @@
 
 mod custom;
 mod gpu;
+mod spec;
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub use custom::CustomKernel;
 pub use gpu::{AdapterInfo, GpuContext, MemoryStats};
 pub(crate) use gpu::{GpuBuffer, Kernel};
+pub use spec::DeviceSpec;
 
 use crate::error::{Error, Result};
 

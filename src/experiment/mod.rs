@@ -313,26 +313,5 @@ fn flat(ts: &[Tensor]) -> Result<Vec<f64>> {
 
 /// Opens a device by its config spelling; returns it with what was chosen and why.
 pub fn open_device(spec: &DeviceSpec) -> Result<(Device, String)> {
-    Ok(match spec {
-        DeviceSpec::Best => {
-            let c = Device::best_available();
-            (c.device, c.reason)
-        }
-        DeviceSpec::Cpu => (Device::cpu(), "device = \"cpu\": the CPU backend".into()),
-        DeviceSpec::Gpu => {
-            let d = Device::gpu()?;
-            let r = format!("device = \"gpu\": {d}");
-            (d, r)
-        }
-        DeviceSpec::Index(i) => {
-            let d = Device::gpu_index(*i)?;
-            let r = format!("device = {i}: {d}");
-            (d, r)
-        }
-        DeviceSpec::Name(n) => {
-            let d = Device::gpu_named(n)?;
-            let r = format!("device = \"{n}\": {d}");
-            (d, r)
-        }
-    })
+    spec.open().map(|c| (c.device, c.reason))
 }

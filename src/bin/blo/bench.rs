@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blo::bench::{self, Config, Report};
-use blo::{Device, Error};
+use blo::{Device, DeviceSpec, Error};
 
 /// Arguments of `blo bench`.
 #[derive(clap::Args, Debug)]
@@ -12,11 +12,11 @@ pub struct Args {
     /// Small sizes and few repeats: seconds even on a software adapter (what CI runs).
     #[arg(long, conflicts_with = "compare")]
     quick: bool,
-    /// cpu, gpu (the most capable adapter, software ones included) or an adapter
-    /// index from `blo devices`. Default: gpu, or the CPU with a notice when there is
-    /// no adapter.
-    #[arg(long, value_name = "cpu|gpu|N", conflicts_with = "compare")]
-    device: Option<String>,
+    /// cpu, gpu (the most capable adapter, software ones included), best, an adapter
+    /// index from `blo devices`, or part of an adapter's name. Default: gpu, or the CPU
+    /// with a notice when there is no adapter.
+    #[arg(long, value_name = "DEVICE", conflicts_with = "compare")]
+    device: Option<DeviceSpec>,
     /// Also write the results as JSON to FILE (the input of --compare).
     #[arg(long, value_name = "FILE", conflicts_with = "compare")]
     json: Option<PathBuf>,
@@ -29,31 +29,13 @@ pub struct Args {
     compare: Vec<PathBuf>,
 }
 
-/// Opens the device `--device` names (`None`: `default`), or explains what is wrong.
-pub fn open_device(spec: Option<&str>, default: &str) -> Result<Device, Error> {
-    let spec = spec.unwrap_or(default).trim();
-    match spec.to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Device::cpu()),
-        "gpu" => Device::gpu(),
-        other => match other.parse::<usize>() {
-            Ok(i) => Device::gpu_index(i),
-            Err(_) => Err(Error::InvalidArgument {
-                op: "--device",
-                msg: format!(
-                    "expected cpu, gpu or an adapter index from `blo devices`, got \"{spec}\""
-                ),
-            }),
-        },
-    }
-}
-
 /// Runs `blo bench`.
 pub fn run(args: Args) -> ExitCode {
     if !args.compare.is_empty() {
         return compare(&args.compare);
     }
-    let device = match open_device(args.device.as_deref(), "gpu") {
-        Ok(d) => d,
+    let device = match args.device.clone().unwrap_or(DeviceSpec::Gpu).open() {
+        Ok(c) => c.device,
         Err(Error::NoAdapter { .. }) if args.device.is_none() => {
             eprintln!(
                 "notice: no GPU adapter found; benchmarking the CPU backend instead (`blo devices` lists adapters)"
