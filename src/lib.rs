@@ -17,7 +17,6 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
-pub mod bench;
 pub mod bilevel;
 pub mod check;
 pub mod device;

@@ -228,6 +228,12 @@ impl Device {
             .collect()
     }
 
+    /// Threads the CPU backend uses: `BLO_CPU_THREADS` when set, else the cores this
+    /// process may use.
+    pub fn cpu_threads() -> usize {
+        crate::ops::cpu_pair::cores()
+    }
+
     /// True for the CPU backend.
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)

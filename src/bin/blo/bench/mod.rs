@@ -1,10 +1,32 @@
-//! `blo bench` and `blo bench --compare`.
+//! `blo bench` and `blo bench --compare`: kernel throughput, dispatch overhead,
+//! second-order autodiff and whole hypergradients, each also expressed as a fraction of
+//! the device's own measured ceilings, with a JSON format and a side-by-side comparison
+//! of several result files (one per adapter or vendor).
+//!
+//! Conventions: GB/s counts bytes read plus bytes written once each (an `add` of n
+//! f32 moves 12n bytes, a copy 8n); GFLOP/s counts a multiply-add as two operations.
+//! Every time is the median of several repeats after one warm-up run, with a device
+//! sync before and after each repeat, so GPU numbers include execution, not just
+//! recording. The two ceilings are the exception: their throughput comes from the
+//! fastest repeat, and they are measured before and after the suite with the better
+//! kept, since a ceiling is the best the device can do.
+//!
+//! `suite` lists and times the results, `ceilings` measures the two ceilings (the GPU's
+//! through a [`blo::CustomKernel`]), `host` describes where it ran and `report` holds
+//! the JSON types and the tables.
+
+mod ceilings;
+mod host;
+mod report;
+mod suite;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blo::bench::{self, Config, Report};
 use blo::{Device, DeviceSpec, Error};
+
+use report::Report;
+use suite::Config;
 
 /// Arguments of `blo bench`.
 #[derive(clap::Args, Debug)]
@@ -59,7 +81,7 @@ pub fn run(args: Args) -> ExitCode {
     );
     // Progress on stderr as results arrive; the table with the final fractions (the
     // ceilings are measured again at the end) on stdout.
-    let progress = |r: &bench::Record| {
+    let progress = |r: &report::Record| {
         let size: Vec<String> = r.size.iter().map(usize::to_string).collect();
         eprintln!(
             "  {:<24} {:<18} {:>10.3} ms",
@@ -68,19 +90,19 @@ pub fn run(args: Args) -> ExitCode {
             r.median_ms
         )
     };
-    let report = match bench::run(&device, &config, progress) {
+    let report = match suite::run(&device, &config, progress) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: the benchmark failed: {e}");
             return ExitCode::FAILURE;
         }
     };
-    print!("{}", bench::table(&report));
+    print!("{}", report::table(&report));
     for sk in &report.skipped {
         println!("skipped {} {:?}: {}", sk.name, sk.size, sk.reason);
     }
     if let Some(path) = &args.json {
-        let written = bench::to_json(&report).and_then(|text| {
+        let written = report::to_json(&report).and_then(|text| {
             std::fs::write(path, text).map_err(|e| Error::InvalidArgument {
                 op: "--json",
                 msg: format!("cannot write {}: {e}", path.display()),
@@ -100,7 +122,7 @@ pub fn run(args: Args) -> ExitCode {
 fn compare(paths: &[PathBuf]) -> ExitCode {
     let mut reports: Vec<(String, Report)> = Vec::new();
     for p in paths {
-        match bench::load(p) {
+        match report::load(p) {
             Ok(r) => reports.push((p.display().to_string(), r)),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -108,6 +130,6 @@ fn compare(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    print!("{}", bench::compare(&reports));
+    print!("{}", report::compare(&reports));
     ExitCode::SUCCESS
 }
