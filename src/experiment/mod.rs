@@ -1,5 +1,5 @@
 //! Experiments described by a TOML file: the config schema and its checks, running
-//! the experiment on a device, the results JSON, and a small SVG line plot.
+//! the experiment on a device, and the results JSON.
 //!
 //! This is what `blo run CONFIG.toml` does, usable from Rust:
 //!
@@ -40,7 +40,6 @@
 //! from the run itself.
 
 mod config;
-pub mod plot;
 mod prepare;
 mod results;
 

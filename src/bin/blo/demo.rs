@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use blo::experiment::plot::{LinePlot, Series};
 use blo::experiment::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceRecord, DeviceSpec, Experiment,
     InnerConfig, InnerKind, LambdaConfig, MethodConfig, MethodKind, OuterConfigToml, OuterKind,
@@ -19,6 +18,8 @@ use blo::experiment::{
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+use crate::plot::{LinePlot, Series};
 
 /// Options of the demo (all have defaults that finish in under a minute on 2 cores).
 #[derive(clap::Args, Clone)]
