@@ -13,6 +13,12 @@
 //! assert_eq!(y.to_vec::<f32>()?, vec![2.0, 5.0, 10.0]);
 //! # Ok(()) }
 //! ```
+//!
+//! Features: `config` adds `blo::experiment` (experiment files in TOML, as `blo run` reads
+//! them); `cli` (default) builds the `blo` command and enables `config`. A program that
+//! embeds blo can turn both off (`default-features = false`): the library itself needs
+//! neither a TOML parser nor a command-line parser. Kernels blo does not ship run
+//! through [`CustomKernel`].
 
 #![warn(missing_docs)]
 
@@ -21,6 +27,7 @@ pub mod bilevel;
 pub mod check;
 pub mod device;
 pub mod error;
+#[cfg(feature = "config")]
 pub mod experiment;
 pub mod ops;
 pub mod problems;

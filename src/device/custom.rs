@@ -1,13 +1,6 @@
 //! Custom WGSL kernels on GPU tensors: the extension point for kernels blo does not ship
 //! (a new op under test, the benchmark's compute ceiling), dispatched into the same
 //! command stream, pipeline machinery and buffer pool as blo's own kernels.
-//!
-//! A kernel follows blo's binding convention, all in `@group(0)`: an optional
-//! `var<uniform>` parameter block at binding 0, then the inputs as
-//! `var<storage, read>` at bindings 1, 2, ..., then the outputs as
-//! `var<storage, read_write>` right after them. [`CustomKernel::new`] reads that
-//! signature from the WGSL (parsed and validated by naga, no adapter needed), so a
-//! dispatch with the wrong number or size of buffers is an error before anything runs.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -20,6 +13,13 @@ use super::gpu::PARAM_BLOCK;
 /// One compute entry point of a user-supplied WGSL module, ready to dispatch on any GPU
 /// device with [`GpuContext::dispatch_custom`]. Cloning is cheap; clones share the
 /// pipelines compiled so far (one per device).
+///
+/// The module follows blo's binding convention, all in `@group(0)`: an optional
+/// `var<uniform>` parameter block at binding 0 (at most 256 bytes), then the inputs as
+/// `var<storage, read>` at bindings 1, 2, ..., then the outputs as
+/// `var<storage, read_write>` right after them. [`CustomKernel::new`] reads that
+/// signature from the WGSL (parsed and validated by naga, no adapter needed), so a
+/// dispatch with the wrong number or size of buffers is an error before anything runs.
 ///
 /// ```
 /// use blo::{CustomKernel, Device, Tensor};
@@ -97,8 +97,7 @@ impl std::fmt::Debug for CustomKernel {
 
 impl CustomKernel {
     /// Parses and validates `wgsl` with naga and reads the binding signature of its
-    /// module (see the [module docs](self)); `entry` must be a `@compute` function of
-    /// it. `name` labels errors and GPU debug tools. A syntax or validation error, a
+    /// module (see [`CustomKernel`]); `entry` must be a `@compute` function of it. `name` labels errors and GPU debug tools. A syntax or validation error, a
     /// missing entry point, or a binding outside the convention is an [`Error::Shader`].
     pub fn new(name: &str, wgsl: &str, entry: &str) -> Result<CustomKernel> {
         let err = |message: String| Error::Shader {

@@ -197,6 +197,7 @@ mod tests {
         assert_eq!(DeviceSpec::default(), DeviceSpec::Best);
     }
 
+    #[cfg(feature = "config")]
     #[test]
     fn configs_take_strings_and_integers() {
         #[derive(Deserialize, Serialize)]

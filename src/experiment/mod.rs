@@ -1,5 +1,6 @@
 //! Experiments described by a TOML file: the config schema and its checks, running
-//! the experiment on a device, and the results JSON.
+//! the experiment on a device, and the results JSON. Needs the `config` feature (on by
+//! default, through `cli`).
 //!
 //! This is what `blo run CONFIG.toml` does, usable from Rust:
 //!
