@@ -87,6 +87,31 @@ pub enum Error {
         hint: String,
     },
 
+    /// A custom WGSL kernel ([`crate::CustomKernel`]) does not parse or validate, does not
+    /// follow blo's binding convention, or is given an override constant it does not declare.
+    #[error("custom kernel {kernel}: {message}")]
+    Shader {
+        /// The kernel's name.
+        kernel: String,
+        /// What is wrong, with naga's diagnostic where it has one.
+        message: String,
+    },
+
+    /// A custom kernel was dispatched with arguments that do not fit its WGSL: the number
+    /// of input or output buffers, the size of the parameter block, or a buffer smaller
+    /// than a fixed-size binding.
+    #[error("custom kernel {kernel}: {what}: {got}, but its WGSL needs {expected}")]
+    KernelArguments {
+        /// The kernel's name.
+        kernel: String,
+        /// What was counted or measured, e.g. `input buffers` or `parameter bytes`.
+        what: String,
+        /// What the WGSL declares (a count, or bytes).
+        expected: u64,
+        /// What the dispatch gave.
+        got: u64,
+    },
+
     /// The GPU device reported an error (validation, out of memory, device lost, mapping failure).
     #[error("GPU error in {context}: {message}")]
     Gpu {

@@ -13,15 +13,21 @@
 //! assert_eq!(y.to_vec::<f32>()?, vec![2.0, 5.0, 10.0]);
 //! # Ok(()) }
 //! ```
+//!
+//! Features: `config` adds `blo::experiment` (experiment files in TOML, as `blo run` reads
+//! them); `cli` (default) builds the `blo` command and enables `config`. A program that
+//! embeds blo can turn both off (`default-features = false`): the library itself needs
+//! neither a TOML parser nor a command-line parser. Kernels blo does not ship run
+//! through [`CustomKernel`].
 
 #![warn(missing_docs)]
 
 pub mod autodiff;
-pub mod bench;
 pub mod bilevel;
 pub mod check;
 pub mod device;
 pub mod error;
+#[cfg(feature = "config")]
 pub mod experiment;
 pub mod ops;
 pub mod problems;
@@ -32,7 +38,9 @@ pub mod tensor;
 pub mod testing;
 
 pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
-pub use device::{AdapterInfo, Device, DeviceChoice, GpuContext, MemoryStats};
+pub use device::{
+    AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, MemoryStats,
+};
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;
 pub use ops::unary::UnaryOp;

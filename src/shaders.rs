@@ -37,7 +37,6 @@ shaders! {
     LOSS => "loss",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
-    CEILING => "ceiling",
 }
 
 #[cfg(test)]

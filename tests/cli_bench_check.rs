@@ -93,6 +93,46 @@ fn check_filter_and_bad_device_are_reported() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
+/// `--device` of `blo check`, `blo bench` and the demo takes the one grammar of
+/// `blo::DeviceSpec`, the same as a config's `device` key.
+#[test]
+fn every_command_takes_the_same_device_spellings() {
+    let check = |device: &str| blo(&["check", "--device", device, "--only", "unary/exp"]);
+    let o = check(" CPU ");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("checking cpu "), "{}", stdout(&o));
+    // `best` never fails: a hardware GPU, else the CPU.
+    let o = check("best");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for args in [
+        &["check", "--device", ""][..],
+        &["bench", "--quick", "--device", " "],
+        &["--device", "", "--outer-steps", "1"],
+    ] {
+        let o = blo(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("best, cpu, gpu"), "{}", stderr(&o));
+    }
+    // A name no adapter has: an error that spells out the grammar.
+    let o = blo(&["bench", "--quick", "--device", "no such adapter"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"no such adapter\"") && stderr(&o).contains("an adapter index"),
+        "{}",
+        stderr(&o)
+    );
+    if let Some(dev) = gpu_or_skip() {
+        // Part of the adapter's name, in another case, and its index.
+        let name = dev.gpu_context().unwrap().info().name.clone();
+        let word = name.split_whitespace().next().unwrap().to_uppercase();
+        for device in [word.as_str(), "0"] {
+            let o = check(device);
+            assert_eq!(o.status.code(), Some(0), "{device}: {}", stderr(&o));
+            assert!(stdout(&o).starts_with("checking gpu:"), "{}", stdout(&o));
+        }
+    }
+}
+
 /// Runs `blo bench --quick` on `device` and returns the JSON file it wrote, after
 /// checking that every record holds the documented keys.
 fn quick_bench(device: &str, name: &str) -> (PathBuf, Vec<String>) {

@@ -505,26 +505,27 @@ impl GpuContext {
         if let Some(m) = modules.get(shader.name) {
             return Ok(m.clone());
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(format!("compiling shader {}", shader.name), e));
-        }
-        let module = Arc::new(module);
+        let module = Arc::new(self.compile_module(shader.name, shader.source)?);
         modules.insert(shader.name, module.clone());
         Ok(module)
     }
 
-    fn layout(
-        &self,
-        reads: u32,
-        writes: u32,
-    ) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+    /// Compiles WGSL into a shader module; a compile error is returned, never a panic.
+    pub(crate) fn compile_module(&self, name: &str, source: &str) -> Result<wgpu::ShaderModule> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(format!("compiling shader {name}"), e));
+        }
+        Ok(module)
+    }
+
+    fn layout(&self, reads: u32, writes: u32) -> Arc<KernelLayout> {
         let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
         layouts
             .entry((reads, writes))
@@ -592,33 +593,53 @@ impl GpuContext {
             return Ok(p.clone());
         }
         let module = self.module(kernel.shader)?;
-        let layout = self.layout(kernel.reads, kernel.writes);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.entry),
-                layout: Some(&layout.1),
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(
-                format!("creating pipeline {}::{}", kernel.shader.name, kernel.entry),
-                e,
-            ));
-        }
-        let pipeline = Arc::new(pipeline);
+        let pipeline = self.create_pipeline(
+            &format!("{}::{}", kernel.shader.name, kernel.entry),
+            &module,
+            kernel.entry,
+            (kernel.reads, kernel.writes),
+            constants,
+            false,
+        )?;
         self.pipelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Creates the compute pipeline of `entry` in `module` with blo's binding signature of
+    /// `reads` and `writes` storage buffers; a shader error is returned, never a panic.
+    /// `zero_workgroup_memory` follows WGSL's rule that workgroup memory starts at zero;
+    /// blo's own kernels initialise what they read and skip it.
+    pub(crate) fn create_pipeline(
+        &self,
+        label: &str,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        (reads, writes): (u32, u32),
+        constants: &[(&str, f64)],
+        zero_workgroup_memory: bool,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let layout = self.layout(reads, writes);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&layout.1),
+                module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: zero_workgroup_memory,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(format!("creating pipeline {label}"), e));
+        }
+        Ok(Arc::new(pipeline))
     }
 
     /// Records one dispatch of `kernel`. `params` is the kernel's uniform parameter block
@@ -639,23 +660,46 @@ impl GpuContext {
             kernel.entry
         );
         debug_assert!(params.len() as u64 <= PARAM_BLOCK);
+        self.check_workgroups(kernel.entry, workgroups)?;
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel, constants)?;
+        self.record(
+            &pipeline,
+            (kernel.reads, kernel.writes),
+            params,
+            buffers,
+            workgroups,
+        );
+        Ok(())
+    }
+
+    /// Rejects a dispatch whose workgroup counts exceed the adapter's per-dimension limit.
+    pub(crate) fn check_workgroups(&self, entry: &str, workgroups: [u32; 3]) -> Result<()> {
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&g| g > max_groups) {
             return Err(Error::TooLarge {
-                what: format!(
-                    "dispatch of {} with {:?} workgroups",
-                    kernel.entry, workgroups
-                ),
+                what: format!("dispatch of {entry} with {workgroups:?} workgroups"),
                 bytes: u64::from(*workgroups.iter().max().unwrap_or(&0)),
                 limit_name: "max_compute_workgroups_per_dimension",
                 limit: u64::from(max_groups),
             });
         }
-        if workgroups.contains(&0) {
-            return Ok(());
-        }
-        let pipeline = self.pipeline(kernel, constants)?;
-        let layout = self.layout(kernel.reads, kernel.writes);
+        Ok(())
+    }
+
+    /// Records one dispatch of a pipeline created by [`Self::create_pipeline`] with the
+    /// same `(reads, writes)` signature; the caller has checked the workgroup counts.
+    pub(crate) fn record(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        (reads, writes): (u32, u32),
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) {
+        let layout = self.layout(reads, writes);
 
         let mut entries = Vec::with_capacity(buffers.len() + 1);
         entries.push(wgpu::BindGroupEntry {
@@ -705,12 +749,11 @@ impl GpuContext {
             pending.pass = Some(pass);
         }
         let pass = pending.pass.as_mut().expect("pass opened above");
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         pending.batch_dispatches += 1;
         self.dispatch_count.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Workgroup counts covering `items` work items with `per_group` items per group,
@@ -754,7 +797,7 @@ impl GpuBuffer {
 
     /// Binding size: the logical size rounded up to whole `vec4<f32>`s (the allocation
     /// always has room for that), at least 16 bytes since empty bindings are invalid.
-    fn binding_size(&self) -> u64 {
+    pub(crate) fn binding_size(&self) -> u64 {
         (self.bytes.div_ceil(16) * 16).clamp(16, self.raw().size())
     }
 }

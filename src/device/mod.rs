@@ -4,13 +4,17 @@
 //! runs WGSL kernels through wgpu on any adapter. [`Device::best_available`] picks a
 //! hardware GPU and otherwise the CPU, and says why.
 
+mod custom;
 mod gpu;
+mod spec;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use custom::CustomKernel;
 pub use gpu::{AdapterInfo, GpuContext, MemoryStats};
 pub(crate) use gpu::{GpuBuffer, Kernel};
+pub use spec::DeviceSpec;
 
 use crate::error::{Error, Result};
 
@@ -222,6 +226,12 @@ impl Device {
                 )
             })
             .collect()
+    }
+
+    /// Threads the CPU backend uses: `BLO_CPU_THREADS` when set, else the cores this
+    /// process may use.
+    pub fn cpu_threads() -> usize {
+        crate::ops::cpu_pair::cores()
     }
 
     /// True for the CPU backend.

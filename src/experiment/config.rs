@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::ConfigError;
 use crate::bilevel::methods::{Cg, Exact, FixedPoint, Forward, Neumann, OneStep, Rad, Trad};
 use crate::bilevel::{BadSetting, HOAG, HoagSettings, HypergradientMethod, Inner};
+/// `device`: defined with the devices, since the command line's `--device` shares it.
+pub use crate::device::DeviceSpec;
 
 /// A whole experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,89 +50,6 @@ pub struct Config {
     /// The outer loop.
     #[serde(default)]
     pub outer: OuterConfigToml,
-}
-
-/// `device`: which device runs the experiment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum DeviceSpec {
-    /// `"best"`: [`crate::Device::best_available`].
-    #[default]
-    Best,
-    /// `"cpu"`: the CPU reference backend.
-    Cpu,
-    /// `"gpu"`: [`crate::Device::gpu`], the most capable adapter, software ones included.
-    Gpu,
-    /// An integer: [`crate::Device::gpu_index`].
-    Index(usize),
-    /// Any other string: [`crate::Device::gpu_named`] (case-insensitive substring).
-    Name(String),
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Best => write!(f, "best"),
-            DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Gpu => write!(f, "gpu"),
-            DeviceSpec::Index(i) => write!(f, "{i}"),
-            DeviceSpec::Name(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceSpec {
-    type Err = std::convert::Infallible;
-
-    /// `best`, `cpu`, `gpu`, a decimal adapter index, or an adapter-name substring.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim() {
-            "best" => DeviceSpec::Best,
-            "cpu" => DeviceSpec::Cpu,
-            "gpu" => DeviceSpec::Gpu,
-            t => match t.parse::<usize>() {
-                Ok(i) => DeviceSpec::Index(i),
-                Err(_) => DeviceSpec::Name(t.to_string()),
-            },
-        })
-    }
-}
-
-impl Serialize for DeviceSpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            DeviceSpec::Index(i) => s.serialize_u64(*i as u64),
-            other => s.serialize_str(&other.to_string()),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for DeviceSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = DeviceSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "\"best\", \"cpu\", \"gpu\", an adapter index (integer ≥ 0) or a non-empty adapter name",
-                )
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DeviceSpec, E> {
-                usize::try_from(v)
-                    .map(DeviceSpec::Index)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DeviceSpec, E> {
-                Ok(DeviceSpec::Index(v as usize))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<DeviceSpec, E> {
-                if v.trim().is_empty() {
-                    return Err(E::invalid_value(de::Unexpected::Str(v), &self));
-                }
-                Ok(v.parse().unwrap_or(DeviceSpec::Best))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// `dtype`.

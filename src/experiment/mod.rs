@@ -1,5 +1,6 @@
 //! Experiments described by a TOML file: the config schema and its checks, running
-//! the experiment on a device, the results JSON, and a small SVG line plot.
+//! the experiment on a device, and the results JSON. Needs the `config` feature (on by
+//! default, through `cli`).
 //!
 //! This is what `blo run CONFIG.toml` does, usable from Rust:
 //!
@@ -40,7 +41,6 @@
 //! from the run itself.
 
 mod config;
-pub mod plot;
 mod prepare;
 mod results;
 
@@ -308,26 +308,5 @@ fn flat(ts: &[Tensor]) -> Result<Vec<f64>> {
 
 /// Opens a device by its config spelling; returns it with what was chosen and why.
 pub fn open_device(spec: &DeviceSpec) -> Result<(Device, String)> {
-    Ok(match spec {
-        DeviceSpec::Best => {
-            let c = Device::best_available();
-            (c.device, c.reason)
-        }
-        DeviceSpec::Cpu => (Device::cpu(), "device = \"cpu\": the CPU backend".into()),
-        DeviceSpec::Gpu => {
-            let d = Device::gpu()?;
-            let r = format!("device = \"gpu\": {d}");
-            (d, r)
-        }
-        DeviceSpec::Index(i) => {
-            let d = Device::gpu_index(*i)?;
-            let r = format!("device = {i}: {d}");
-            (d, r)
-        }
-        DeviceSpec::Name(n) => {
-            let d = Device::gpu_named(n)?;
-            let r = format!("device = \"{n}\": {d}");
-            (d, r)
-        }
-    })
+    spec.open().map(|c| (c.device, c.reason))
 }

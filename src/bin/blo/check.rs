@@ -3,16 +3,17 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use blo::DeviceSpec;
 use blo::check;
 
 /// Arguments of `blo check`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// cpu (checks the CPU backend: f32, and f64 against the references), gpu (the most
-    /// capable adapter, software ones included; the default) or an adapter index from
-    /// `blo devices`.
-    #[arg(long, value_name = "cpu|gpu|N")]
-    device: Option<String>,
+    /// capable adapter, software ones included; the default), best, an adapter index
+    /// from `blo devices`, or part of an adapter's name.
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<DeviceSpec>,
     /// Run only the checks whose name contains this text, e.g. `matmul` or `grad/`.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
@@ -21,8 +22,8 @@ pub struct Args {
 /// Runs `blo check`: exit 0 when every check passes, 1 when any fails, 2 when the
 /// device cannot be opened.
 pub fn run(args: Args) -> ExitCode {
-    let device = match crate::bench::open_device(args.device.as_deref(), "gpu") {
-        Ok(d) => d,
+    let device = match args.device.unwrap_or(DeviceSpec::Gpu).open() {
+        Ok(c) => c.device,
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("(`blo check --device cpu` checks the CPU backend)");

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use blo::bilevel::methods::{Cg, Forward, Neumann, Rad, Trad};
-use blo::experiment::plot::{LinePlot, Series};
 use blo::experiment::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceRecord, DeviceSpec, Experiment,
     InnerConfig, InnerKind, LambdaConfig, MethodConfig, OuterConfigToml, OuterKind, ProblemConfig,
@@ -21,12 +20,15 @@ use blo::experiment::{
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::plot::{LinePlot, Series};
+
 /// Options of the demo (all have defaults that finish in under a minute on 2 cores).
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Device: best, cpu, gpu, an adapter index, or an adapter-name substring.
-    #[arg(long, default_value = "best")]
-    pub device: String,
+    /// Device: best, cpu, gpu, an adapter index from `blo devices`, or part of an
+    /// adapter's name.
+    #[arg(long, value_name = "DEVICE", default_value = "best")]
+    pub device: DeviceSpec,
     /// Outer steps (Adam on λ) per method.
     #[arg(long, default_value_t = 20)]
     pub outer_steps: usize,
@@ -76,7 +78,7 @@ fn methods(t: usize) -> Vec<(String, MethodConfig)> {
 
 fn config(args: &Args, m: MethodConfig, inner_steps: usize, outer_steps: usize) -> Config {
     Config {
-        device: args.device.parse().unwrap_or(DeviceSpec::Best),
+        device: args.device.clone(),
         dtype: DTypeName::F32,
         hypergradient_out: None,
         problem: ProblemConfig {
@@ -157,8 +159,7 @@ pub fn run(args: Args) -> ExitCode {
             2,
         );
     }
-    let spec: DeviceSpec = args.device.parse().unwrap_or(DeviceSpec::Best);
-    let (device, reason) = match open_device(&spec) {
+    let (device, reason) = match open_device(&args.device) {
         Ok(d) => d,
         Err(e) => return fail(e, 1),
     };

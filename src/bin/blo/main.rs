@@ -9,6 +9,7 @@ mod bench;
 mod check;
 mod demo;
 mod devices;
+mod plot;
 mod run;
 
 /// blo: bilevel optimization and hypergradients on any GPU (wgpu + WGSL).

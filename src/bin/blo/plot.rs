@@ -1,17 +1,5 @@
 //! A small SVG line plot (axes with ticks, one polyline per series, a legend), enough
 //! for loss curves without a plotting dependency.
-//!
-//! ```
-//! use blo::experiment::plot::{LinePlot, Series};
-//! let svg = LinePlot {
-//!     title: "validation loss".into(),
-//!     x_label: "outer step".into(),
-//!     y_label: "L_out".into(),
-//!     series: vec![Series { name: "cg".into(), points: vec![(0.0, 2.3), (1.0, 1.9), (2.0, 1.7)] }],
-//! }
-//! .to_svg();
-//! assert!(svg.starts_with("<svg") && svg.contains("polyline"));
-//! ```
 
 use std::fmt::Write;
 

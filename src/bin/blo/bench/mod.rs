@@ -1,10 +1,32 @@
-//! `blo bench` and `blo bench --compare`.
+//! `blo bench` and `blo bench --compare`: kernel throughput, dispatch overhead,
+//! second-order autodiff and whole hypergradients, each also expressed as a fraction of
+//! the device's own measured ceilings, with a JSON format and a side-by-side comparison
+//! of several result files (one per adapter or vendor).
+//!
+//! Conventions: GB/s counts bytes read plus bytes written once each (an `add` of n
+//! f32 moves 12n bytes, a copy 8n); GFLOP/s counts a multiply-add as two operations.
+//! Every time is the median of several repeats after one warm-up run, with a device
+//! sync before and after each repeat, so GPU numbers include execution, not just
+//! recording. The two ceilings are the exception: their throughput comes from the
+//! fastest repeat, and they are measured before and after the suite with the better
+//! kept, since a ceiling is the best the device can do.
+//!
+//! `suite` lists and times the results, `ceilings` measures the two ceilings (the GPU's
+//! through a [`blo::CustomKernel`]), `host` describes where it ran and `report` holds
+//! the JSON types and the tables.
+
+mod ceilings;
+mod host;
+mod report;
+mod suite;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blo::bench::{self, Config, Report};
-use blo::{Device, Error};
+use blo::{Device, DeviceSpec, Error};
+
+use report::Report;
+use suite::Config;
 
 /// Arguments of `blo bench`.
 #[derive(clap::Args, Debug)]
@@ -12,11 +34,11 @@ pub struct Args {
     /// Small sizes and few repeats: seconds even on a software adapter (what CI runs).
     #[arg(long, conflicts_with = "compare")]
     quick: bool,
-    /// cpu, gpu (the most capable adapter, software ones included) or an adapter
-    /// index from `blo devices`. Default: gpu, or the CPU with a notice when there is
-    /// no adapter.
-    #[arg(long, value_name = "cpu|gpu|N", conflicts_with = "compare")]
-    device: Option<String>,
+    /// cpu, gpu (the most capable adapter, software ones included), best, an adapter
+    /// index from `blo devices`, or part of an adapter's name. Default: gpu, or the CPU
+    /// with a notice when there is no adapter.
+    #[arg(long, value_name = "DEVICE", conflicts_with = "compare")]
+    device: Option<DeviceSpec>,
     /// Also write the results as JSON to FILE (the input of --compare).
     #[arg(long, value_name = "FILE", conflicts_with = "compare")]
     json: Option<PathBuf>,
@@ -29,31 +51,13 @@ pub struct Args {
     compare: Vec<PathBuf>,
 }
 
-/// Opens the device `--device` names (`None`: `default`), or explains what is wrong.
-pub fn open_device(spec: Option<&str>, default: &str) -> Result<Device, Error> {
-    let spec = spec.unwrap_or(default).trim();
-    match spec.to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Device::cpu()),
-        "gpu" => Device::gpu(),
-        other => match other.parse::<usize>() {
-            Ok(i) => Device::gpu_index(i),
-            Err(_) => Err(Error::InvalidArgument {
-                op: "--device",
-                msg: format!(
-                    "expected cpu, gpu or an adapter index from `blo devices`, got \"{spec}\""
-                ),
-            }),
-        },
-    }
-}
-
 /// Runs `blo bench`.
 pub fn run(args: Args) -> ExitCode {
     if !args.compare.is_empty() {
         return compare(&args.compare);
     }
-    let device = match open_device(args.device.as_deref(), "gpu") {
-        Ok(d) => d,
+    let device = match args.device.clone().unwrap_or(DeviceSpec::Gpu).open() {
+        Ok(c) => c.device,
         Err(Error::NoAdapter { .. }) if args.device.is_none() => {
             eprintln!(
                 "notice: no GPU adapter found; benchmarking the CPU backend instead (`blo devices` lists adapters)"
@@ -77,7 +81,7 @@ pub fn run(args: Args) -> ExitCode {
     );
     // Progress on stderr as results arrive; the table with the final fractions (the
     // ceilings are measured again at the end) on stdout.
-    let progress = |r: &bench::Record| {
+    let progress = |r: &report::Record| {
         let size: Vec<String> = r.size.iter().map(usize::to_string).collect();
         eprintln!(
             "  {:<24} {:<18} {:>10.3} ms",
@@ -86,19 +90,19 @@ pub fn run(args: Args) -> ExitCode {
             r.median_ms
         )
     };
-    let report = match bench::run(&device, &config, progress) {
+    let report = match suite::run(&device, &config, progress) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: the benchmark failed: {e}");
             return ExitCode::FAILURE;
         }
     };
-    print!("{}", bench::table(&report));
+    print!("{}", report::table(&report));
     for sk in &report.skipped {
         println!("skipped {} {:?}: {}", sk.name, sk.size, sk.reason);
     }
     if let Some(path) = &args.json {
-        let written = bench::to_json(&report).and_then(|text| {
+        let written = report::to_json(&report).and_then(|text| {
             std::fs::write(path, text).map_err(|e| Error::InvalidArgument {
                 op: "--json",
                 msg: format!("cannot write {}: {e}", path.display()),
@@ -118,7 +122,7 @@ pub fn run(args: Args) -> ExitCode {
 fn compare(paths: &[PathBuf]) -> ExitCode {
     let mut reports: Vec<(String, Report)> = Vec::new();
     for p in paths {
-        match bench::load(p) {
+        match report::load(p) {
             Ok(r) => reports.push((p.display().to_string(), r)),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -126,6 +130,6 @@ fn compare(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    print!("{}", bench::compare(&reports));
+    print!("{}", report::compare(&reports));
     ExitCode::SUCCESS
 }

@@ -1,0 +1,286 @@
+//! The device's own ceilings that results are expressed against: peak arithmetic
+//! (independent FMA chains on registers) and peak memory throughput (a copy).
+
+use blo::{CustomKernel, Device, Result, Tensor};
+
+use super::host::threads;
+use super::report::Record;
+use super::suite::{Bencher, Timing};
+
+const FMA_WG: u32 = 64;
+/// FLOPs per invocation and loop iteration of `ceiling.wgsl`: 8 unrolled steps ×
+/// 4 chains × 4 lanes × 2.
+const FMA_FLOPS_PER_ITER: f64 = 8.0 * 4.0 * 4.0 * 2.0;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FmaParams {
+    iters: u32,
+    _pad: u32,
+    m: f32,
+    c: f32,
+}
+
+/// The GPU's FMA-chain kernel, with the workgroup size the FLOP count assumes.
+pub fn fma_kernel() -> Result<CustomKernel> {
+    CustomKernel::new("ceiling", include_str!("ceiling.wgsl"), "fma_chain")?
+        .with_constant("WG", f64::from(FMA_WG))
+}
+
+impl Bencher {
+    /// A ceiling's record: its throughput comes from the fastest repeat (a ceiling is
+    /// the best the device can do; on a busy machine the median understates it), and
+    /// `per_op_us` is the time of one of the `reps` back-to-back units.
+    fn ceiling_record(
+        &self,
+        name: &str,
+        size: Vec<usize>,
+        t: &Timing,
+        reps: usize,
+        flops: Option<f64>,
+        bytes: Option<f64>,
+    ) -> Record {
+        let mut r = self.record(name, size, t, None, None);
+        r.gflops = flops.map(|f| f / t.min / 1e9);
+        r.gbps = bytes.map(|b| b / t.min / 1e9);
+        r.per_op_us = Some(t.median * 1e6 / reps as f64);
+        r.fraction_of_ceiling = None;
+        r
+    }
+
+    pub(super) fn ceiling_fma(&self) -> Result<Record> {
+        match &self.device {
+            Device::Gpu(ctx) => {
+                let groups: u32 = if self.config.quick { 1024 } else { 4096 };
+                let iters: u32 = 64;
+                let invocations = u64::from(groups) * u64::from(FMA_WG);
+                let out_shape = [invocations as usize];
+                let params = FmaParams {
+                    iters,
+                    _pad: 0,
+                    m: 0.999,
+                    c: 1e-3,
+                };
+                let (reps, t) = self.calibrated(|reps| {
+                    for _ in 0..reps {
+                        // Each output returns to the pool at once and is the next one's
+                        // buffer: every dispatch writes the same buffer. At most 4096
+                        // groups, within every adapter's per-dimension limit (≥ 65535).
+                        ctx.dispatch_custom(
+                            &self.fma_kernel,
+                            bytemuck::bytes_of(&params),
+                            &[],
+                            &[&out_shape],
+                            [groups, 1, 1],
+                        )?;
+                    }
+                    Ok(())
+                })?;
+                let flops =
+                    reps as f64 * invocations as f64 * f64::from(iters) * FMA_FLOPS_PER_ITER;
+                Ok(self.ceiling_record(
+                    "ceiling_fma",
+                    vec![invocations as usize, iters as usize],
+                    &t,
+                    reps,
+                    Some(flops),
+                    None,
+                ))
+            }
+            Device::Cpu => {
+                let iters = if self.config.quick { 20_000 } else { 100_000 };
+                let n = threads();
+                let (reps, t) = self.calibrated(|reps| {
+                    cpu_fma_threads(n, iters * reps);
+                    Ok(())
+                })?;
+                let flops = (reps * iters * n) as f64 * cpu_fma::flops_per_iter() as f64;
+                Ok(self.ceiling_record("ceiling_fma", vec![n, iters], &t, reps, Some(flops), None))
+            }
+        }
+    }
+
+    pub(super) fn ceiling_copy(&self) -> Result<Record> {
+        let mut elems: usize = if self.config.quick { 1 << 22 } else { 1 << 24 };
+        if let Some(ctx) = self.device.gpu_context() {
+            // Buffers are checked against the binding limit; stay within it.
+            let limit = ctx.limits().max_storage_buffer_binding_size / 4;
+            while elems as u64 > limit && elems > 1024 {
+                elems /= 2;
+            }
+        }
+        let bytes = (elems * 4) as u64;
+        match &self.device {
+            Device::Gpu(_) => {
+                let mut last = Tensor::zeros(&[elems], &self.device)?;
+                let (reps, t) = self.calibrated(|reps| {
+                    // A whole-tensor slice is one buffer-to-buffer copy. Each reads what
+                    // the last one wrote, and the buffer it replaces returns to the pool
+                    // as the next destination, so two buffers alternate.
+                    for _ in 0..reps {
+                        last = last.slice(0, elems)?;
+                    }
+                    Ok(())
+                })?;
+                let moved = 2.0 * bytes as f64 * reps as f64;
+                Ok(self.ceiling_record("ceiling_copy", vec![elems], &t, reps, None, Some(moved)))
+            }
+            Device::Cpu => {
+                let mut a = vec![1.0f32; elems];
+                let mut b = vec![0.0f32; elems];
+                let n = threads();
+                let (reps, t) = self.calibrated(|reps| {
+                    for r in 0..reps {
+                        let (src, dst) = if r % 2 == 0 {
+                            (&a, &mut b)
+                        } else {
+                            (&b, &mut a)
+                        };
+                        parallel_copy(src, dst, n);
+                    }
+                    Ok(())
+                })?;
+                let moved = 2.0 * bytes as f64 * reps as f64;
+                Ok(self.ceiling_record("ceiling_copy", vec![elems], &t, reps, None, Some(moved)))
+            }
+        }
+    }
+}
+
+/// Copies `src` into `dst` with `threads` threads, one contiguous chunk each.
+fn parallel_copy(src: &[f32], dst: &mut [f32], threads: usize) {
+    let chunk = src.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+            s.spawn(move || d.copy_from_slice(c));
+        }
+    });
+}
+
+/// Runs the CPU FMA kernel on `threads` threads at once.
+fn cpu_fma_threads(threads: usize, iters: usize) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || std::hint::black_box(cpu_fma::run(iters, t as f32).0));
+        }
+    });
+}
+
+/// The CPU's FMA ceiling: independent chains of fused multiply-adds on registers,
+/// compiled for the widest vector unit the CPU reports at run time (AVX-512 or
+/// AVX2+FMA on x86-64), since the CPU backend's GEMM also picks its kernel at run time.
+mod cpu_fma {
+    /// Independent accumulator chains: enough to cover FMA latency (4 cycles) times
+    /// issue width (2 per cycle) on current cores.
+    const CHAINS: usize = 12;
+
+    /// Portable fallback: 8-lane arrays the compiler may vectorise. Without detected
+    /// FMA hardware `mul_add` would call a slow libm routine, so this multiplies and
+    /// adds separately (still counted as 2 FLOPs); aarch64 has FMA in its base set.
+    fn portable(iters: usize, seed: f32) -> (f32, usize) {
+        const LANES: usize = 8;
+        let m = std::hint::black_box(0.999f32);
+        let c = std::hint::black_box(1e-3f32);
+        let mut acc = [[seed; LANES]; CHAINS];
+        for (i, chain) in acc.iter_mut().enumerate() {
+            for (j, v) in chain.iter_mut().enumerate() {
+                *v += (i * LANES + j) as f32 * 1e-3;
+            }
+        }
+        for _ in 0..iters {
+            for chain in acc.iter_mut() {
+                for v in chain.iter_mut() {
+                    *v = if cfg!(target_arch = "aarch64") {
+                        v.mul_add(m, c)
+                    } else {
+                        *v * m + c
+                    };
+                }
+            }
+        }
+        (acc.iter().flatten().sum(), CHAINS * LANES * 2)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn avx512(iters: usize, seed: f32) -> (f32, usize) {
+        use std::arch::x86_64::*;
+        let m = _mm512_set1_ps(std::hint::black_box(0.999));
+        let c = _mm512_set1_ps(std::hint::black_box(1e-3));
+        let mut acc: [__m512; CHAINS] =
+            std::array::from_fn(|i| _mm512_set1_ps(seed + i as f32 * 1e-3));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, m, c);
+            }
+        }
+        let total = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
+        (_mm512_reduce_add_ps(total), CHAINS * 16 * 2)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2(iters: usize, seed: f32) -> (f32, usize) {
+        use std::arch::x86_64::*;
+        let m = _mm256_set1_ps(std::hint::black_box(0.999));
+        let c = _mm256_set1_ps(std::hint::black_box(1e-3));
+        let mut acc: [__m256; CHAINS] =
+            std::array::from_fn(|i| _mm256_set1_ps(seed + i as f32 * 1e-3));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, m, c);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        let total = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+        // SAFETY: `lanes` holds exactly the 8 f32 an unaligned store writes.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+        (lanes.iter().sum(), CHAINS * 8 * 2)
+    }
+
+    /// Runs `iters` iterations and returns a value that depends on all of them, and
+    /// the FLOPs one iteration performs on this CPU.
+    pub(super) fn run(iters: usize, seed: f32) -> (f32, usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected on this CPU just above.
+                return unsafe { avx512(iters, seed) };
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
+                return unsafe { avx2(iters, seed) };
+            }
+        }
+        portable(iters, seed)
+    }
+
+    /// FLOPs per iteration of [`run`] on this CPU.
+    pub(super) fn flops_per_iter() -> usize {
+        run(0, 0.0).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fma_kernel_validates_and_takes_its_params() {
+        let k = fma_kernel().unwrap();
+        assert_eq!((k.inputs(), k.outputs()), (0, 1));
+        assert_eq!(k.param_bytes(), std::mem::size_of::<FmaParams>());
+    }
+
+    #[test]
+    fn cpu_fma_runs_and_depends_on_iterations() {
+        let (a, flops) = cpu_fma::run(10, 0.0);
+        let (b, _) = cpu_fma::run(11, 0.0);
+        assert!(flops >= 16);
+        assert!(a.is_finite() && b.is_finite() && a != b);
+    }
+}

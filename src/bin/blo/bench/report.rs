@@ -1,0 +1,372 @@
+//! The results of a run as `blo bench --json` writes them (the JSON schema is these
+//! types' serde form), the table `blo bench` prints and the side-by-side table of
+//! `blo bench --compare`.
+
+use serde::{Deserialize, Serialize};
+
+use blo::{AdapterInfo, Error, Result};
+
+fn invalid(op: &'static str, msg: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        op,
+        msg: msg.into(),
+    }
+}
+
+/// One benchmark result. Serialised exactly as `blo bench --json` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// What was measured, e.g. `matmul`, `add`, `hypergrad_ridge_rad`.
+    pub name: String,
+    /// The problem size; its meaning per name is listed in the README
+    /// (matmul: `[m, k, n]`; elementwise and reductions: `[elements]`; ...).
+    pub size: Vec<usize>,
+    /// The device it ran on, as [`Device`]'s `Display` prints it.
+    pub device: String,
+    /// Median wall time of one run, in milliseconds.
+    pub median_ms: f64,
+    /// Arithmetic throughput, where the operation count is known.
+    pub gflops: Option<f64>,
+    /// Memory throughput (bytes read + bytes written), for memory-bound kernels.
+    pub gbps: Option<f64>,
+    /// `gflops` over the device's FMA ceiling, or `gbps` over its copy ceiling.
+    #[serde(default)]
+    pub fraction_of_ceiling: Option<f64>,
+    /// Microseconds per elementary operation, for records that time a chain of them
+    /// (`dispatch_overhead`: per kernel; `cg_iteration_mlp`: per CG iteration;
+    /// ceilings: per FMA dispatch or per copy).
+    #[serde(default)]
+    pub per_op_us: Option<f64>,
+    /// Timed repeats behind the median.
+    #[serde(default)]
+    pub repeats: usize,
+    /// Fastest repeat, in milliseconds (with `max_ms`, a view of the noise).
+    #[serde(default)]
+    pub min_ms: f64,
+    /// Slowest repeat, in milliseconds.
+    #[serde(default)]
+    pub max_ms: f64,
+}
+
+/// The adapter (or CPU) a report was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRecord {
+    /// The adapter; for the CPU backend the CPU's model name, backend `cpu`, device type
+    /// `Cpu` and the threads it uses. Flattened: the JSON keeps one flat object.
+    #[serde(flatten)]
+    pub info: AdapterInfo,
+    /// The vendor's name when the id is a known one, e.g. `NVIDIA`, `AMD`, `Mesa`.
+    pub vendor_name: String,
+}
+
+/// The device's own ceilings that results are expressed against.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ceilings {
+    /// Peak arithmetic throughput measured with independent FMA chains on registers.
+    pub gflops: f64,
+    /// Peak memory throughput of a buffer-to-buffer copy (read + write).
+    pub gbps: f64,
+}
+
+/// A whole benchmark run: what ran where, and the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// blo's version (`CARGO_PKG_VERSION`).
+    pub blo_version: String,
+    /// Short git commit the binary was built from, or `unknown`.
+    pub git_commit: String,
+    /// When the run started, UTC, ISO 8601.
+    pub date: String,
+    /// Whether the small `--quick` sizes were used.
+    pub quick: bool,
+    /// The device the results are for.
+    pub device: String,
+    /// Details of its adapter.
+    pub adapter: AdapterRecord,
+    /// Host OS, architecture and hardware threads.
+    pub host: String,
+    /// The ceilings measured in this run.
+    pub ceilings: Ceilings,
+    /// One record per result, ceilings included.
+    pub results: Vec<Record>,
+    /// Results that could not run on this device because they exceed one of its
+    /// limits (e.g. a 64 MiB buffer on an adapter with a smaller binding limit).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// A result left out because the device's limits do not allow it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The result's name.
+    pub name: String,
+    /// Its size.
+    pub size: Vec<usize>,
+    /// The error that stopped it.
+    pub reason: String,
+}
+
+pub fn ceilings_of(fma: &Record, copy: &Record) -> Ceilings {
+    Ceilings {
+        gflops: fma.gflops.unwrap_or(f64::NAN),
+        gbps: copy.gbps.unwrap_or(f64::NAN),
+    }
+}
+
+/// A result's throughput over the matching ceiling: GFLOP/s over the FMA ceiling
+/// where the result has a FLOP count, else GB/s over the copy ceiling.
+pub fn fraction(r: &Record, c: &Ceilings) -> Option<f64> {
+    let f = match (r.gflops, r.gbps) {
+        (Some(g), _) => g / c.gflops,
+        (None, Some(g)) => g / c.gbps,
+        _ => return None,
+    };
+    f.is_finite().then_some(f)
+}
+
+/// Serialises a report as pretty JSON (the `--json` format).
+pub fn to_json(report: &Report) -> Result<String> {
+    serde_json::to_string_pretty(report).map_err(|e| invalid("bench json", e.to_string()))
+}
+
+/// Parses a report written by [`to_json`]; the error names the problem and the path.
+pub fn from_json(text: &str, path: &str) -> Result<Report> {
+    serde_json::from_str(text).map_err(|e| {
+        invalid(
+            "bench --compare",
+            format!(
+                "{path} is not a blo bench JSON file ({e}); write one with `blo bench --json FILE`"
+            ),
+        )
+    })
+}
+
+/// Reads and parses a report file.
+pub fn load(path: &std::path::Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "bench --compare",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    from_json(&text, &path.display().to_string())
+}
+
+/// A ratio with three significant digits (0.0123×, 0.123×, 1.23×, 12.3×).
+fn ratio_str(x: f64) -> String {
+    let decimals = (2 - x.abs().log10().floor() as i64).clamp(0, 6) as usize;
+    format!("{x:.decimals$}×")
+}
+
+/// What [`compare`] matches results by: name and size, or the name alone for the
+/// ceilings.
+fn compare_key(r: &Record) -> (String, Vec<usize>) {
+    if r.name.starts_with("ceiling_") {
+        (r.name.clone(), Vec::new())
+    } else {
+        (r.name.clone(), r.size.clone())
+    }
+}
+
+fn size_str(size: &[usize]) -> String {
+    size.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// The record's headline number with its unit: GFLOP/s, else GB/s, else µs per op,
+/// else milliseconds.
+fn headline(r: &Record) -> String {
+    if let Some(g) = r.gflops {
+        format!("{g:.2} GFLOP/s")
+    } else if let Some(g) = r.gbps {
+        format!("{g:.2} GB/s")
+    } else if let Some(u) = r.per_op_us {
+        format!("{u:.1} µs/op")
+    } else {
+        format!("{:.2} ms", r.median_ms)
+    }
+}
+
+/// How much faster `r` is than `base` (> 1: faster): a throughput ratio where there
+/// is a throughput, else the inverse ratio of times.
+fn speedup(r: &Record, base: &Record) -> Option<f64> {
+    let ratio = match (r.gflops, base.gflops, r.gbps, base.gbps) {
+        (Some(a), Some(b), _, _) => a / b,
+        (_, _, Some(a), Some(b)) => a / b,
+        _ => base.median_ms / r.median_ms,
+    };
+    ratio.is_finite().then_some(ratio)
+}
+
+/// A plain-text table of one report (what `blo bench` prints).
+pub fn table(report: &Report) -> String {
+    let mut s = format!(
+        "blo {} ({}) on {} [{} {}, driver {} {}], {}\n",
+        report.blo_version,
+        report.git_commit,
+        report.adapter.info.name,
+        report.adapter.info.backend,
+        report.adapter.info.device_type,
+        report.adapter.info.driver,
+        report.adapter.info.driver_info,
+        report.date
+    );
+    s += &format!(
+        "ceilings: {:.1} GFLOP/s (FMA chains), {:.1} GB/s (copy, read + write)\n",
+        report.ceilings.gflops, report.ceilings.gbps
+    );
+    s += &format!(
+        "{:<24} {:<18} {:>11} {:>11} {:>10} {:>10} {:>9}\n",
+        "result", "size", "median ms", "GFLOP/s", "GB/s", "µs/op", "% ceiling"
+    );
+    for r in &report.results {
+        s += &row(r);
+    }
+    s
+}
+
+/// One row of [`table`] (also printed as results arrive).
+pub fn row(r: &Record) -> String {
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    format!(
+        "{:<24} {:<18} {:>11.3} {:>11} {:>10} {:>10} {:>9}\n",
+        r.name,
+        size_str(&r.size),
+        r.median_ms,
+        opt(r.gflops, 2),
+        opt(r.gbps, 2),
+        opt(r.per_op_us, 1),
+        opt(r.fraction_of_ceiling.map(|f| 100.0 * f), 1),
+    )
+}
+
+/// One side-by-side table of several reports, matched by (name, size), with each
+/// result's speed relative to the first report (> 1 is faster; throughput ratio where
+/// there is one, else inverse time ratio) and, after each throughput, its percentage
+/// of that device's ceiling. The ceilings themselves match by name alone (their sizes
+/// depend on the device). Missing results are shown as `-`.
+pub fn compare(reports: &[(String, Report)]) -> String {
+    let mut keys: Vec<(String, Vec<usize>)> = Vec::new();
+    for (_, rep) in reports {
+        for r in &rep.results {
+            let k = compare_key(r);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut s = String::new();
+    for (i, (label, rep)) in reports.iter().enumerate() {
+        s += &format!(
+            "[{}] {label}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s\n",
+            i + 1,
+            rep.adapter.info.name,
+            rep.adapter.info.backend,
+            rep.adapter.info.device_type,
+            rep.adapter.info.driver,
+            rep.adapter.info.driver_info,
+            rep.blo_version,
+            rep.git_commit,
+            rep.date,
+            rep.ceilings.gflops,
+            rep.ceilings.gbps,
+        );
+    }
+    const W: usize = 22;
+    s += &format!("{:<24} {:<18}", "result", "size");
+    for i in 0..reports.len() {
+        s += &format!(" {:>W$}", format!("[{}]", i + 1));
+        if i > 0 {
+            s += &format!(" {:>8}", format!("[{}]/[1]", i + 1));
+        }
+    }
+    s.push('\n');
+    for key in &keys {
+        let size = if key.1.is_empty() {
+            "own".to_string()
+        } else {
+            size_str(&key.1)
+        };
+        s += &format!("{:<24} {:<18}", key.0, size);
+        let find = |rep: &Report| rep.results.iter().find(|r| &compare_key(r) == key).cloned();
+        let base = find(&reports[0].1);
+        for (i, (_, rep)) in reports.iter().enumerate() {
+            let r = find(rep);
+            let cell = r
+                .as_ref()
+                .map_or("-".to_string(), |r| match r.fraction_of_ceiling {
+                    Some(f) => format!("{} {:>3.0}%", headline(r), 100.0 * f),
+                    None => headline(r),
+                });
+            s += &format!(" {cell:>W$}");
+            if i > 0 {
+                let ratio = match (&r, &base) {
+                    (Some(r), Some(b)) => speedup(r, b),
+                    _ => None,
+                };
+                s += &format!(" {:>8}", ratio.map_or("-".to_string(), ratio_str));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blo::Device;
+
+    use crate::bench::host::adapter_record;
+
+    #[test]
+    fn compare_matches_by_name_and_size() {
+        let rec = |name: &str, size: Vec<usize>, ms: f64, gflops: Option<f64>| Record {
+            name: name.into(),
+            size,
+            device: "cpu".into(),
+            median_ms: ms,
+            gflops,
+            gbps: None,
+            fraction_of_ceiling: None,
+            per_op_us: None,
+            repeats: 3,
+            min_ms: ms,
+            max_ms: ms,
+        };
+        let report = |results| Report {
+            blo_version: "0".into(),
+            git_commit: "x".into(),
+            date: "d".into(),
+            quick: true,
+            device: "cpu".into(),
+            adapter: adapter_record(&Device::Cpu),
+            host: "h".into(),
+            ceilings: Ceilings {
+                gflops: 1.0,
+                gbps: 1.0,
+            },
+            results,
+            skipped: Vec::new(),
+        };
+        let a = report(vec![
+            rec("matmul", vec![2, 2, 2], 1.0, Some(10.0)),
+            rec("hvp_mlp", vec![1], 4.0, None),
+        ]);
+        let b = report(vec![
+            rec("hvp_mlp", vec![1], 2.0, None),
+            rec("only_b", vec![3], 1.0, None),
+            rec("matmul", vec![2, 2, 2], 0.5, Some(20.0)),
+        ]);
+        let t = compare(&[("a".into(), a), ("b".into(), b)]);
+        let line = |name: &str| t.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        assert!(line("matmul").contains("2.00×"), "{t}");
+        assert!(line("hvp_mlp").contains("2.00×"), "{t}");
+        assert_eq!(ratio_str(0.012345), "0.0123×");
+        assert_eq!(ratio_str(12.345), "12.3×");
+        let only_b = line("only_b");
+        assert!(only_b.contains(" - "), "{t}");
+    }
+}
