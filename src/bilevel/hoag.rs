@@ -185,6 +185,7 @@ impl HoagSettings {
     }
 
     /// The settings' domains, each failure naming its config key.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     pub(crate) fn check(&self) -> std::result::Result<(), BadSetting> {
         let bad = |key, msg: String| {
             Err(BadSetting {

@@ -277,6 +277,8 @@ impl HypergradientMethod for Method {
 /// field and an experiment config's key spell it) and the error `validate` returns.
 #[derive(Debug)]
 pub(crate) struct BadSetting {
+    // Read by the experiment config, which names the key in its error.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     pub(crate) key: &'static str,
     pub(crate) error: Error,
 }

@@ -29,9 +29,11 @@ pub mod methods;
 mod outer;
 pub mod trajectory;
 
+#[cfg(feature = "config")]
 pub(crate) use hoag::HOAG;
 pub use hoag::{HoagConfig, HoagSettings, hoag, hoag_with};
 pub use inner::{Inner, InnerOptimizer};
+#[cfg(feature = "config")]
 pub(crate) use method::BadSetting;
 pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_with};
 pub use outer::{
