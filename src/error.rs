@@ -1,6 +1,6 @@
 //! The one error type of blo. Every fallible public function returns [`Result`].
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 /// Errors returned by blo. Each message says what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]

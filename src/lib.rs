@@ -26,6 +26,7 @@ pub mod autodiff;
 pub mod bilevel;
 pub mod check;
 pub mod device;
+mod dtype;
 pub mod error;
 #[cfg(feature = "config")]
 pub mod experiment;
