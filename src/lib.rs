@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+mod backend;
 pub mod bilevel;
 pub mod check;
 pub mod device;

@@ -8,6 +8,7 @@
 
 use super::{Inner, InnerOptimizer, Problem, bytes_of, detach_all, dot_list, refs, track};
 use crate::autodiff::{grad, no_grad};
+use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
 
@@ -209,7 +210,7 @@ impl<'p> Trajectory<'p> {
         };
         let steps = (t - k..t).rev();
         if states[t].first().is_some_and(|s| s.device().is_cpu())
-            && crate::ops::cpu_pair::cores() > 1
+            && Device::cpu_threads() > 1
         {
             // On the CPU a second thread rebuilds step s−1 while this one back-propagates
             // through step s: the two halves of a reverse step take about as long each.
@@ -247,7 +248,7 @@ fn pipeline<G: Send>(
     use std::sync::mpsc::{TryRecvError, TrySendError};
     // Both sides poll rather than block: a futex sleep and wake-up per item costs as
     // much as the item, and the two sides alternate waiting on each other.
-    let _both_busy = crate::ops::cpu_pair::both_cores_busy();
+    let _both_busy = Device::both_cpu_cores_busy();
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<G>>(AHEAD);
         // Spent items go back to be freed by the thread that allocated them: freeing

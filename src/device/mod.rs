@@ -231,7 +231,16 @@ impl Device {
     /// Threads the CPU backend uses: `BLO_CPU_THREADS` when set, else the cores this
     /// process may use.
     pub fn cpu_threads() -> usize {
-        crate::ops::cpu_pair::cores()
+        crate::backend::cpu::threads::cores()
+    }
+
+    /// Marks both CPU cores as busy with the caller's own threads until the guard drops.
+    /// Meanwhile the CPU backend runs each matrix–vector pass on the thread that calls
+    /// it rather than handing half of it to its helper core, which would only contend
+    /// with the caller's second thread (RAD's reverse sweep rebuilds one step on a
+    /// second thread while it back-propagates through the next).
+    pub(crate) fn both_cpu_cores_busy() -> crate::backend::cpu::threads::BothBusy {
+        crate::backend::cpu::threads::both_cores_busy()
     }
 
     /// True for the CPU backend.

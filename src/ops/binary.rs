@@ -5,7 +5,7 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::ops::cpu_math::{row_len, with_row_len};
+use crate::backend::cpu::math::{row_len, with_row_len};
 use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, numel, same_place};
 

@@ -10,7 +10,7 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::ops::cpu_math::{CpuMath, row_len, with_row_len};
+use crate::backend::cpu::math::{CpuMath, row_len, with_row_len};
 use crate::ops::index::class_of;
 use crate::ops::reduce;
 use crate::shaders;

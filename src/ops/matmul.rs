@@ -214,7 +214,7 @@ fn rows_on_two_cores(
     let h = ((m / 2).div_ceil(8) * 8).min(m);
     let (first, second) = out[..m * width].split_at_mut(h * width);
     let halves = [std::sync::Mutex::new(first), std::sync::Mutex::new(second)];
-    super::cpu_pair::run_halves(&|half| {
+    crate::backend::cpu::threads::run_halves(&|half| {
         let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
         let mut rows = halves[half].lock().unwrap_or_else(|e| e.into_inner());
         f(r0, r1, &mut rows);
@@ -288,7 +288,7 @@ impl Gemm for f32 {
                     std::sync::Mutex::new(&mut *out),
                     std::sync::Mutex::new(&mut second[..]),
                 ];
-                super::cpu_pair::run_halves(&|half| {
+                crate::backend::cpu::threads::run_halves(&|half| {
                     let (r0, r1) = if half == 0 { (0, h) } else { (h, m) };
                     let mut o = outs[half].lock().unwrap_or_else(|e| e.into_inner());
                     // SAFETY: the CPU supports AVX2 and FMA (checked above).
@@ -449,7 +449,7 @@ fn matmul_cpu<T: Gemm>(a: &[T], b: &[T], d: &Dims, trans_a: bool, trans_b: bool)
     // matrixmultiply's own threading spins and yields on every call, which cost a third
     // of a small-matrix workload (hyper-cleaning); big products split their rows over
     // scoped threads here instead, and small ones stay on the calling thread.
-    let threads = super::cpu_pair::cores().min(4);
+    let threads = crate::backend::cpu::threads::cores().min(4);
     let parts = if threads > 1 && m * k * n >= 1 << 24 && m >= 16 * threads {
         threads
     } else {

@@ -19,7 +19,7 @@ const ROWS: usize = 8;
 const LANES: usize = 8;
 
 /// Whether this CPU can run the AVX2+FMA kernels (the same test as the vectorised exp).
-pub(super) use super::cpu_math::avx2_fma as available;
+pub(super) use crate::backend::cpu::math::avx2_fma as available;
 
 #[target_feature(enable = "avx2,fma")]
 fn hsum(v: __m256) -> f32 {
@@ -175,7 +175,7 @@ pub(super) unsafe fn narrow_gemm(
     if rsa == 1 && m >= 16 {
         // op(A) is a transposed matrix (Xᵀ·G, the classifier's weight gradient): its
         // columns are contiguous, so compute Cᵀ sixteen rows of C at a time instead.
-        crate::ops::cpu_math::with_row_len!(n, |N| {
+        crate::backend::cpu::math::with_row_len!(n, |N| {
             if N > 0 {
                 // SAFETY: same operands and bounds as asserted above; AVX-512F as here.
                 unsafe { narrow_gemm_t::<N>(a, csa, b, m, k, c) };

@@ -2,8 +2,6 @@
 //! reference and its tests live together; the WGSL is in `shaders/<family>.wgsl`.
 
 pub mod binary;
-pub(crate) mod cpu_math;
-pub(crate) mod cpu_pair;
 pub(crate) mod fill;
 pub mod index;
 pub mod loss;

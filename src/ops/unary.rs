@@ -3,7 +3,7 @@
 use crate::autodiff::{Op, record};
 use crate::device::{GpuBuffer, Kernel};
 use crate::error::Result;
-use crate::ops::cpu_math::CpuMath;
+use crate::backend::cpu::math::CpuMath;
 use crate::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor};
 

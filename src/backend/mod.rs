@@ -1,0 +1,3 @@
+//! The backends: where the arithmetic of an op runs.
+
+pub(crate) mod cpu;
