@@ -33,7 +33,7 @@ pub mod error;
 pub mod experiment;
 pub mod ops;
 pub mod problems;
-pub mod shaders;
+pub use backend::gpu::shaders;
 pub mod solvers;
 pub mod tensor;
 #[doc(hidden)]

@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use crate::dtype::{DType, Element};
-use crate::device::{Device, GpuBuffer};
+use crate::backend::gpu::GpuBuffer;
+use crate::device::Device;
 use crate::error::{Error, Result, invalid};
 
 /// Host elements of a CPU tensor: a `Vec` whose live elements may start a few elements
@@ -147,7 +148,7 @@ impl Tensor {
             Device::Cpu => Tensor::from_vec(vec![value; numel(shape)], shape, device),
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc((numel(shape) * 4) as u64)?;
-                crate::ops::fill::fill_gpu_bits(&buf, value.to_bits())?;
+                crate::backend::gpu::kernels::fill::fill_gpu_bits(&buf, value.to_bits())?;
                 Ok(Tensor::from_storage(Storage::Gpu(buf), shape))
             }
         }

@@ -1,3 +1,4 @@
 //! The backends: where the arithmetic of an op runs.
 
 pub(crate) mod cpu;
+pub(crate) mod gpu;

@@ -4,16 +4,12 @@
 //! runs WGSL kernels through wgpu on any adapter. [`Device::best_available`] picks a
 //! hardware GPU and otherwise the CPU, and says why.
 
-mod custom;
-mod gpu;
 mod spec;
 
 use std::fmt;
 use std::sync::Arc;
 
-pub use custom::CustomKernel;
-pub use gpu::{AdapterInfo, GpuContext, MemoryStats};
-pub(crate) use gpu::{GpuBuffer, Kernel};
+pub use crate::backend::gpu::{AdapterInfo, CustomKernel, GpuContext, MemoryStats};
 pub use spec::DeviceSpec;
 
 use crate::error::{Error, Result};

@@ -12,9 +12,9 @@
 //! loss computed from it.
 
 use crate::autodiff::{Op, record};
-use crate::device::{GpuBuffer, Kernel};
+use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::shaders;
+use crate::backend::gpu::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 static ONE_HOT: Kernel = Kernel {

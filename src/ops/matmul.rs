@@ -35,9 +35,9 @@
 //! `PACK_MIN_FLOP`).
 
 use crate::autodiff::{Op, record};
-use crate::device::{GpuBuffer, Kernel};
+use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
-use crate::shaders;
+use crate::backend::gpu::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 /// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
@@ -617,7 +617,7 @@ fn matmul_gpu(
         return Ok(out);
     }
     if k == 0 {
-        crate::ops::fill::fill_gpu_bits(&out, 0)?;
+        crate::backend::gpu::kernels::fill::fill_gpu_bits(&out, 0)?;
         return Ok(out);
     }
     let (a_count, b_count) = (

@@ -2,7 +2,7 @@
 //! reference and its tests live together; the WGSL is in `shaders/<family>.wgsl`.
 
 pub mod binary;
-pub(crate) mod fill;
+mod custom;
 pub mod index;
 pub mod loss;
 pub mod matmul;

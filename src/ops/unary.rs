@@ -1,10 +1,10 @@
 //! Elementwise unary ops: `shaders/unary.wgsl` on the GPU, `unary_cpu` on the CPU.
 
 use crate::autodiff::{Op, record};
-use crate::device::{GpuBuffer, Kernel};
+use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 use crate::backend::cpu::math::CpuMath;
-use crate::shaders;
+use crate::backend::gpu::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor};
 
 /// An elementwise function of one tensor. The discriminant is the `OP` constant of

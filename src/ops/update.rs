@@ -8,9 +8,9 @@
 //! α = rᵀr / pᵀAp never leaves the device ([`Tensor::axpy_ratio`]).
 
 use crate::autodiff::{Op, ScalarKind, record};
-use crate::device::{GpuBuffer, Kernel};
+use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
-use crate::shaders;
+use crate::backend::gpu::shaders;
 use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
 
 /// A coefficient of a fused update: a host number or a one-element tensor on the

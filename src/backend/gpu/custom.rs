@@ -1,14 +1,14 @@
-//! Custom WGSL kernels on GPU tensors: the extension point for kernels blo does not ship
-//! (a new op under test, the benchmark's compute ceiling), dispatched into the same
-//! command stream, pipeline machinery and buffer pool as blo's own kernels.
+//! Custom WGSL kernels: the extension point for kernels blo does not ship (a new op under
+//! test, the benchmark's compute ceiling), dispatched into the same command stream,
+//! pipeline machinery and buffer pool as blo's own kernels. The tensor-facing call,
+//! [`GpuContext::dispatch_custom`], is in `ops/custom.rs`; this file parses a kernel's
+//! signature and runs it on buffers.
 
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::device::GpuContext;
+use super::context::{GpuContext, PARAM_BLOCK};
+use super::pool::GpuBuffer;
 use crate::error::{Error, Result};
-use crate::tensor::{Storage, Tensor, numel};
-
-use super::gpu::PARAM_BLOCK;
 
 /// One compute entry point of a user-supplied WGSL module, ready to dispatch on any GPU
 /// device with [`GpuContext::dispatch_custom`]. Cloning is cheap; clones share the
@@ -327,70 +327,63 @@ impl Signature {
     }
 }
 
+impl CustomKernel {
+    /// Checks the numbers of parameter bytes, inputs and outputs of a dispatch against
+    /// the kernel's signature.
+    pub(crate) fn check_counts(&self, params: usize, inputs: usize, outputs: usize) -> Result<()> {
+        let k = &self.inner;
+        let count = |what: &str, expected: usize, got: usize| {
+            (expected != got).then(|| self.args_error(what.into(), expected as u64, got as u64))
+        };
+        match count("input buffers", k.inputs.len(), inputs)
+            .or_else(|| count("output buffers", k.outputs.len(), outputs))
+            .or_else(|| count("parameter bytes", k.param_bytes as usize, params))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that input `i`'s buffer covers its binding when the binding has a fixed size.
+    pub(crate) fn check_input(&self, i: usize, buf: &GpuBuffer) -> Result<()> {
+        let (name, need) = &self.inner.inputs[i];
+        if buf.binding_size() < *need {
+            return Err(self.too_small(i, name, *need, buf.binding_size()));
+        }
+        Ok(())
+    }
+
+    fn too_small(&self, binding: usize, name: &str, need: u64, bound: u64) -> Error {
+        self.args_error(
+            format!("bytes bound at @binding({}) (`{name}`)", binding + 1),
+            need,
+            bound,
+        )
+    }
+}
+
 impl GpuContext {
-    /// Records one dispatch of a [`CustomKernel`] and returns its outputs: new f32
-    /// tensors of the given shapes on this device, whose contents are whatever the kernel
-    /// writes (unwritten elements are undefined; NaN with [`GpuContext::set_poison`]).
-    ///
-    /// `params` is the uniform parameter block's bytes (exactly
-    /// [`CustomKernel::param_bytes`] of them, e.g. `bytemuck::bytes_of` of a `#[repr(C)]`
-    /// struct laid out like the WGSL one); `inputs` are f32 tensors on this device, bound
-    /// in order; `workgroups` is the grid, each count at most the adapter's
-    /// `max_compute_workgroups_per_dimension` (a zero count records nothing). Like every
-    /// op, the dispatch is queued and nothing waits until a value is read. The outputs are
-    /// constants to autodiff: a custom kernel has no backward rule.
-    ///
-    /// Errors: [`Error::KernelArguments`] for a wrong number of inputs or outputs, a
-    /// parameter block of the wrong size or a buffer smaller than a fixed-size binding;
-    /// [`Error::DeviceMismatch`] for an input on another device; [`Error::TooLarge`] past
-    /// an adapter limit; [`Error::Gpu`] if the device rejects the kernel.
-    pub fn dispatch_custom(
+    /// Records one dispatch of `kernel` on `inputs` (checked with
+    /// [`CustomKernel::check_counts`] and [`CustomKernel::check_input`]) into new output
+    /// buffers of the shapes `outputs`; see `GpuContext::dispatch_custom`.
+    pub(crate) fn run_custom(
         self: &Arc<Self>,
         kernel: &CustomKernel,
         params: &[u8],
-        inputs: &[&Tensor],
+        inputs: &[&GpuBuffer],
         outputs: &[&[usize]],
         workgroups: [u32; 3],
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<Vec<GpuBuffer>> {
         let k = &kernel.inner;
-        let count = |what: &str, expected: usize, got: usize| {
-            (expected != got).then(|| kernel.args_error(what.into(), expected as u64, got as u64))
-        };
-        if let Some(e) = count("input buffers", k.inputs.len(), inputs.len())
-            .or_else(|| count("output buffers", k.outputs.len(), outputs.len()))
-            .or_else(|| count("parameter bytes", k.param_bytes as usize, params.len()))
-        {
-            return Err(e);
-        }
-        let too_small = |i: usize, name: &str, need: u64, bound: u64| {
-            kernel.args_error(
-                format!("bytes bound at @binding({}) (`{name}`)", i + 1),
-                need,
-                bound,
-            )
-        };
-        let mut buffers = Vec::with_capacity(inputs.len() + outputs.len());
-        for (i, (t, (name, need))) in inputs.iter().zip(&k.inputs).enumerate() {
-            let buf = t
-                .gpu_buffer()
-                .filter(|b| Arc::ptr_eq(&b.ctx, self))
-                .ok_or_else(|| Error::DeviceMismatch {
-                    op: "dispatch_custom",
-                    lhs: t.device().to_string(),
-                    rhs: crate::Device::Gpu(self.clone()).to_string(),
-                })?;
-            if buf.binding_size() < *need {
-                return Err(too_small(i, name, *need, buf.binding_size()));
-            }
-            buffers.push(buf);
-        }
+        let numel = |shape: &[usize]| shape.iter().product::<usize>();
         for (j, (shape, (name, need))) in outputs.iter().zip(&k.outputs).enumerate() {
+            let n = numel(shape);
             // Bindings are whole 16-byte units (at least one), as in `GpuBuffer`.
-            let bound = ((numel(shape) * 4) as u64).div_ceil(16).max(1) * 16;
+            let bound = ((n * 4) as u64).div_ceil(16).max(1) * 16;
             if bound < *need {
-                return Err(too_small(inputs.len() + j, name, *need, bound));
+                return Err(kernel.too_small(inputs.len() + j, name, *need, bound));
             }
-            self.check_size("dispatch_custom output", (numel(shape) * 4) as u64)?;
+            self.check_size("dispatch_custom output", (n * 4) as u64)?;
         }
         self.check_workgroups(&k.name, workgroups)?;
         let pipeline = kernel.pipeline(self)?;
@@ -399,6 +392,8 @@ impl GpuContext {
             .map(|shape| self.alloc((numel(shape) * 4) as u64))
             .collect::<Result<Vec<_>>>()?;
         if !workgroups.contains(&0) {
+            let mut buffers = Vec::with_capacity(inputs.len() + out_buffers.len());
+            buffers.extend_from_slice(inputs);
             buffers.extend(&out_buffers);
             self.record(
                 &pipeline,
@@ -408,18 +403,14 @@ impl GpuContext {
                 workgroups,
             );
         }
-        Ok(out_buffers
-            .into_iter()
-            .zip(outputs)
-            .map(|(b, shape)| Tensor::from_storage(Storage::Gpu(b), shape))
-            .collect())
+        Ok(out_buffers)
     }
 }
 
 #[cfg(test)]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::gpu_or_skip;
 
     const AXPB: &str = r#"
         struct Params { n: u32, a: f32, b: f32 }
@@ -433,10 +424,6 @@ mod tests {
             if id.x < p.n { y[id.x] = p.a * x[id.x] + p.b; }
         }
     "#;
-
-    fn params(n: u32, a: f32, b: f32) -> Vec<u8> {
-        [n.to_ne_bytes(), a.to_ne_bytes(), b.to_ne_bytes()].concat()
-    }
 
     #[test]
     fn the_signature_comes_from_the_wgsl() {
@@ -508,142 +495,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_custom_kernel_computes_a_known_result() {
-        let Some(dev) = gpu_or_skip() else { return };
-        let ctx = dev.gpu_context().unwrap();
-        let k = CustomKernel::new("axpb", AXPB, "main")
-            .unwrap()
-            .with_constant("WG", 32.0)
-            .unwrap();
-        // 1000 is not a multiple of the workgroup: the tail is guarded by p.n.
-        let n = 1000;
-        let (x32, x64) = crate::testing::oracle_pair(&[n], 7);
-        let x = Tensor::from_vec(x32, &[n], &dev).unwrap();
-        let y = ctx
-            .dispatch_custom(
-                &k,
-                &params(n as u32, -1.5, 0.25),
-                &[&x],
-                &[&[10, 100]],
-                [(n as u32).div_ceil(32), 1, 1],
-            )
-            .unwrap();
-        assert_eq!(y.len(), 1);
-        assert_eq!(y[0].shape(), &[10, 100]);
-        assert_eq!(y[0].device(), dev);
-        let want: Vec<f64> = x64.iter().map(|v| -1.5 * v + 0.25).collect();
-        let got: Vec<f64> = y[0].to_vec::<f64>().unwrap();
-        // One f32 multiply-add per element: a few ulps.
-        let (worst, at) = crate::testing::worst_violation(&got, &want, 1e-6, 1e-6);
-        assert!(worst <= 1.0, "element {at}: {} vs {}", got[at], want[at]);
-        // The outputs feed ordinary ops.
-        let s = y[0].sum().unwrap().to_scalar::<f32>().unwrap();
-        assert!((f64::from(s) - want.iter().sum::<f64>()).abs() < 1e-3);
-        // Overrides select the workgroup size: with WG = 64 half the groups cover all.
-        let k64 = k.with_constant("WG", 64.0).unwrap();
-        let y = ctx
-            .dispatch_custom(
-                &k64,
-                &params(n as u32, 2.0, 0.0),
-                &[&x],
-                &[&[n]],
-                [(n as u32).div_ceil(64), 1, 1],
-            )
-            .unwrap();
-        let got = y[0].to_vec::<f64>().unwrap();
-        let want: Vec<f64> = x64.iter().map(|v| 2.0 * v).collect();
-        let (worst, at) = crate::testing::worst_violation(&got, &want, 1e-6, 1e-6);
-        assert!(worst <= 1.0, "element {at}: {} vs {}", got[at], want[at]);
-    }
-
-    #[test]
-    fn wrong_buffers_and_params_are_typed_errors() {
-        let Some(dev) = gpu_or_skip() else { return };
-        let ctx = dev.gpu_context().unwrap();
-        let k = CustomKernel::new("axpb", AXPB, "main").unwrap();
-        let x = Tensor::from_vec(vec![1.0f32; 8], &[8], &dev).unwrap();
-        let p = params(8, 1.0, 0.0);
-        let args = |r: Result<Vec<Tensor>>| match r {
-            Err(Error::KernelArguments {
-                kernel,
-                what,
-                expected,
-                got,
-            }) => {
-                assert!(["axpb", "table"].contains(&kernel.as_str()), "{kernel}");
-                (what, expected, got)
-            }
-            other => panic!("expected Error::KernelArguments, got {other:?}"),
-        };
-        let g = [1, 1, 1];
-        assert_eq!(
-            args(ctx.dispatch_custom(&k, &p, &[], &[&[8]], g)),
-            ("input buffers".into(), 1, 0)
-        );
-        assert_eq!(
-            args(ctx.dispatch_custom(&k, &p, &[&x, &x], &[&[8]], g)),
-            ("input buffers".into(), 1, 2)
-        );
-        assert_eq!(
-            args(ctx.dispatch_custom(&k, &p, &[&x], &[], g)),
-            ("output buffers".into(), 1, 0)
-        );
-        assert_eq!(
-            args(ctx.dispatch_custom(&k, &p[..8], &[&x], &[&[8]], g)),
-            ("parameter bytes".into(), 12, 8)
-        );
-        // A fixed-size binding needs a buffer at least that large.
-        let table = r#"
-            @group(0) @binding(1) var<storage, read> t: array<f32, 64>;
-            @group(0) @binding(2) var<storage, read_write> y: array<f32, 16>;
-            @compute @workgroup_size(1) fn main() { y[0] = t[63]; }
-        "#;
-        let k = CustomKernel::new("table", table, "main").unwrap();
-        let (what, expected, got) = args(ctx.dispatch_custom(&k, &[], &[&x], &[&[16]], g));
-        assert!(
-            what.contains("@binding(1)") && what.contains("`t`"),
-            "{what}"
-        );
-        assert_eq!((expected, got), (256, 32));
-        let t = Tensor::zeros(&[64], &dev).unwrap();
-        let (what, expected, got) = args(ctx.dispatch_custom(&k, &[], &[&t], &[&[3]], g));
-        assert!(what.contains("@binding(2)"), "{what}");
-        assert_eq!((expected, got), (64, 16));
-        assert!(ctx.dispatch_custom(&k, &[], &[&t], &[&[16]], g).is_ok());
-        // Inputs on another device, and grids past the adapter's limit.
-        let k = CustomKernel::new("axpb", AXPB, "main").unwrap();
-        let cpu = Tensor::from_vec(vec![1.0f32; 8], &[8], &crate::Device::Cpu).unwrap();
-        assert!(matches!(
-            ctx.dispatch_custom(&k, &p, &[&cpu], &[&[8]], g),
-            Err(Error::DeviceMismatch { .. })
-        ));
-        let too_many = ctx.limits().max_compute_workgroups_per_dimension + 1;
-        assert!(matches!(
-            ctx.dispatch_custom(&k, &p, &[&x], &[&[8]], [too_many, 1, 1]),
-            Err(Error::TooLarge { .. })
-        ));
-        // None of these left an error on the device: the next op still works.
-        let y = ctx.dispatch_custom(&k, &p, &[&x], &[&[8]], g).unwrap();
-        assert_eq!(y[0].to_vec::<f32>().unwrap(), vec![1.0; 8]);
-    }
-
-    #[test]
-    fn a_kernel_the_device_rejects_is_an_error() {
-        let Some(dev) = gpu_or_skip() else { return };
-        let ctx = dev.gpu_context().unwrap();
-        // Valid WGSL, but the workgroup is larger than any adapter allows.
-        let src = r#"
-            @group(0) @binding(1) var<storage, read_write> y: array<f32>;
-            override WG: u32 = 64u;
-            @compute @workgroup_size(WG) fn main() { y[0] = 1.0; }
-        "#;
-        let k = CustomKernel::new("huge", src, "main")
-            .unwrap()
-            .with_constant("WG", 1e6)
-            .unwrap();
-        let r = ctx.dispatch_custom(&k, &[], &[], &[&[1]], [1, 1, 1]);
-        assert!(matches!(r, Err(Error::Gpu { .. })), "{r:?}");
-        dev.sync().unwrap();
-    }
 }

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::pipeline::{Kernel, KernelLayout, PipelineKey};
+use super::pool::{GpuBuffer, Pool};
 use crate::error::{Error, Result};
-use crate::shaders::Shader;
 
 /// Bytes reserved per dispatch for its parameter block (uniform, dynamic offset).
 /// 256 is the largest `min_uniform_buffer_offset_alignment` wgpu allows, so one value
@@ -21,20 +22,6 @@ pub(crate) const PARAM_BLOCK: u64 = 256;
 /// Dispatches per submission. A submission lets the device start working while the
 /// host records the next batch; the parameter arena holds exactly one batch.
 const DISPATCHES_PER_SUBMIT: u64 = 512;
-/// Smallest pooled allocation (and the alignment of every binding), so that kernels
-/// may read and write whole `vec4<f32>`s past a tensor's end without leaving its buffer.
-const MIN_ALLOC: u64 = 256;
-
-/// One compute entry point of a shader, with its binding signature: binding 0 is the
-/// parameter uniform, then `reads` read-only storage buffers, then `writes` read-write
-/// storage buffers.
-#[derive(Debug)]
-pub(crate) struct Kernel {
-    pub shader: &'static Shader,
-    pub entry: &'static str,
-    pub reads: u32,
-    pub writes: u32,
-}
 
 /// What blo reports about an adapter (also the form experiment results and benchmark
 /// reports record it in).
@@ -76,56 +63,32 @@ impl AdapterInfo {
     }
 }
 
-/// Device-memory accounting of the buffer pool, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// Bytes of buffers held by live tensors.
-    pub live_bytes: u64,
-    /// Bytes of free buffers kept in the pool for reuse.
-    pub pooled_bytes: u64,
-    /// Largest `live_bytes` seen since the context was created (or the last reset).
-    pub peak_live_bytes: u64,
-}
-
-struct Pending {
+pub(super) struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
     arena: Vec<u8>,
     batch_dispatches: u64,
 }
 
-#[derive(Default)]
-struct Pool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
-    live_bytes: u64,
-    pooled_bytes: u64,
-    peak_live_bytes: u64,
-}
-
-/// The bind-group layout of a binding signature and the pipeline layout around it.
-type KernelLayout = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
-
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
-
 /// A wgpu device and queue with blo's execution machinery. Shared behind an `Arc` by
 /// [`crate::Device::Gpu`] and every GPU tensor.
 pub struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
-    info: AdapterInfo,
-    limits: wgpu::Limits,
-    features: wgpu::Features,
-    subgroup_sizes: (u32, u32),
-    params: wgpu::Buffer,
-    pending: Mutex<Pending>,
-    pool: Mutex<Pool>,
-    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    layouts: Mutex<HashMap<(u32, u32), Arc<KernelLayout>>>,
-    poison: AtomicBool,
-    dispatch_count: AtomicU64,
-    readback_count: AtomicU64,
-    uncaptured: Arc<Mutex<Option<String>>>,
+    pub(super) info: AdapterInfo,
+    pub(super) limits: wgpu::Limits,
+    pub(super) features: wgpu::Features,
+    pub(super) subgroup_sizes: (u32, u32),
+    pub(super) params: wgpu::Buffer,
+    pub(super) pending: Mutex<Pending>,
+    pub(super) pool: Mutex<Pool>,
+    pub(super) modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pub(super) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pub(super) layouts: Mutex<HashMap<(u32, u32), Arc<KernelLayout>>>,
+    pub(super) poison: AtomicBool,
+    pub(super) dispatch_count: AtomicU64,
+    pub(super) readback_count: AtomicU64,
+    pub(super) uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -137,7 +100,7 @@ impl std::fmt::Debug for GpuContext {
     }
 }
 
-fn gpu_err(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
+pub(super) fn gpu_err(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
     Error::Gpu {
         context: context.into(),
         message: e.to_string(),
@@ -150,7 +113,7 @@ impl GpuContext {
     pub(crate) fn new(adapter: wgpu::Adapter) -> Result<Self> {
         let info = AdapterInfo::from_wgpu(&adapter.get_info());
         let limits = adapter.limits();
-        // SUBGROUP lets matmul share loads across a subgroup (src/ops/matmul.rs).
+        // SUBGROUP lets matmul share loads across a subgroup (backend/gpu/kernels/matmul.rs).
         let features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let wgpu_info = adapter.get_info();
@@ -247,29 +210,6 @@ impl GpuContext {
         self.readback_count.load(Ordering::Relaxed)
     }
 
-    /// Buffer-pool accounting.
-    pub fn memory(&self) -> MemoryStats {
-        let pool = self.lock_pool();
-        MemoryStats {
-            live_bytes: pool.live_bytes,
-            pooled_bytes: pool.pooled_bytes,
-            peak_live_bytes: pool.peak_live_bytes,
-        }
-    }
-
-    /// Resets the peak of live bytes to the current live bytes.
-    pub fn reset_peak_memory(&self) {
-        let mut pool = self.lock_pool();
-        pool.peak_live_bytes = pool.live_bytes;
-    }
-
-    /// Frees every buffer kept in the pool (buffers held by tensors are unaffected).
-    pub fn release_pooled(&self) {
-        let mut pool = self.lock_pool();
-        pool.free.clear();
-        pool.pooled_bytes = 0;
-    }
-
     /// Submits everything recorded so far and waits until the device has finished it.
     pub fn sync(&self) -> Result<()> {
         {
@@ -288,15 +228,11 @@ impl GpuContext {
         self.flush_locked(&mut pending);
     }
 
-    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+    pub(super) fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn check_uncaptured(&self, context: &str) -> Result<()> {
+    pub(super) fn check_uncaptured(&self, context: &str) -> Result<()> {
         let mut slot = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
             Some(message) => Err(gpu_err(context, message)),
@@ -304,7 +240,7 @@ impl GpuContext {
         }
     }
 
-    fn flush_locked(&self, pending: &mut Pending) {
+    pub(super) fn flush_locked(&self, pending: &mut Pending) {
         // The pass borrows the encoder (its lifetime was erased), so it must end first.
         pending.pass = None;
         if let Some(encoder) = pending.encoder.take() {
@@ -317,7 +253,7 @@ impl GpuContext {
         pending.batch_dispatches = 0;
     }
 
-    fn encoder<'p>(&self, pending: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
+    pub(super) fn encoder<'p>(&self, pending: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
         pending.pass = None;
         pending.encoder.get_or_insert_with(|| {
             self.device
@@ -345,66 +281,6 @@ impl GpuContext {
             });
         }
         Ok(())
-    }
-
-    /// Size class of an allocation: powers of two (bounded waste, many reuses), capped at
-    /// the binding limit so a tensor that fits the limit always gets a buffer.
-    fn bucket(&self, bytes: u64) -> u64 {
-        let b = bytes.max(MIN_ALLOC).next_power_of_two();
-        let cap = self
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
-        if b > cap {
-            bytes.div_ceil(MIN_ALLOC) * MIN_ALLOC
-        } else {
-            b
-        }
-    }
-
-    /// A buffer for `bytes` bytes from the pool (or new). Its contents are undefined
-    /// (NaN when poisoning is on).
-    pub(crate) fn alloc(self: &Arc<Self>, bytes: u64) -> Result<GpuBuffer> {
-        self.check_size("tensor", bytes)?;
-        let size = self.bucket(bytes);
-        let reused = {
-            let mut pool = self.lock_pool();
-            let buffer = pool.free.get_mut(&size).and_then(Vec::pop);
-            if buffer.is_some() {
-                pool.pooled_bytes -= size;
-            }
-            pool.live_bytes += size;
-            pool.peak_live_bytes = pool.peak_live_bytes.max(pool.live_bytes);
-            buffer
-        };
-        let buffer = match reused {
-            Some(b) => b,
-            None => self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("blo tensor"),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
-        };
-        let out = GpuBuffer {
-            buffer: Some(buffer),
-            bytes,
-            ctx: self.clone(),
-        };
-        if self.poison.load(Ordering::Relaxed) {
-            crate::ops::fill::fill_gpu_bits(&out, f32::NAN.to_bits())?;
-        }
-        Ok(out)
-    }
-
-    fn release(&self, buffer: wgpu::Buffer) {
-        let size = buffer.size();
-        let mut pool = self.lock_pool();
-        pool.live_bytes -= size;
-        pool.pooled_bytes += size;
-        pool.free.entry(size).or_default().push(buffer);
     }
 
     /// Copies host data into a new buffer. The copy is recorded in the command stream
@@ -498,148 +374,6 @@ impl GpuContext {
         };
         staging.unmap();
         Ok(data)
-    }
-
-    fn module(&self, shader: &'static Shader) -> Result<Arc<wgpu::ShaderModule>> {
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = modules.get(shader.name) {
-            return Ok(m.clone());
-        }
-        let module = Arc::new(self.compile_module(shader.name, shader.source)?);
-        modules.insert(shader.name, module.clone());
-        Ok(module)
-    }
-
-    /// Compiles WGSL into a shader module; a compile error is returned, never a panic.
-    pub(crate) fn compile_module(&self, name: &str, source: &str) -> Result<wgpu::ShaderModule> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(format!("compiling shader {name}"), e));
-        }
-        Ok(module)
-    }
-
-    fn layout(&self, reads: u32, writes: u32) -> Arc<KernelLayout> {
-        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
-        layouts
-            .entry((reads, writes))
-            .or_insert_with(|| {
-                let mut entries = vec![wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: true,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                }];
-                for i in 0..reads + writes {
-                    entries.push(wgpu::BindGroupLayoutEntry {
-                        binding: 1 + i,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage {
-                                read_only: i < reads,
-                            },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    });
-                }
-                let bgl = self
-                    .device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                        label: Some("blo kernel"),
-                        entries: &entries,
-                    });
-                let pl = self
-                    .device
-                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: Some("blo kernel"),
-                        bind_group_layouts: &[Some(&bgl)],
-                        immediate_size: 0,
-                    });
-                Arc::new((bgl, pl))
-            })
-            .clone()
-    }
-
-    /// The compute pipeline of `kernel` specialised with `constants` (WGSL `override`s),
-    /// created once and cached. A shader error is returned, never a panic.
-    pub(crate) fn pipeline(
-        &self,
-        kernel: &'static Kernel,
-        constants: &[(&'static str, f64)],
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key: PipelineKey = (
-            kernel.shader.name,
-            kernel.entry,
-            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
-        );
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(p.clone());
-        }
-        let module = self.module(kernel.shader)?;
-        let pipeline = self.create_pipeline(
-            &format!("{}::{}", kernel.shader.name, kernel.entry),
-            &module,
-            kernel.entry,
-            (kernel.reads, kernel.writes),
-            constants,
-            false,
-        )?;
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    /// Creates the compute pipeline of `entry` in `module` with blo's binding signature of
-    /// `reads` and `writes` storage buffers; a shader error is returned, never a panic.
-    /// `zero_workgroup_memory` follows WGSL's rule that workgroup memory starts at zero;
-    /// blo's own kernels initialise what they read and skip it.
-    pub(crate) fn create_pipeline(
-        &self,
-        label: &str,
-        module: &wgpu::ShaderModule,
-        entry: &str,
-        (reads, writes): (u32, u32),
-        constants: &[(&str, f64)],
-        zero_workgroup_memory: bool,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let layout = self.layout(reads, writes);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(label),
-                layout: Some(&layout.1),
-                module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: zero_workgroup_memory,
-                },
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(format!("creating pipeline {label}"), e));
-        }
-        Ok(Arc::new(pipeline))
     }
 
     /// Records one dispatch of `kernel`. `params` is the kernel's uniform parameter block
@@ -775,43 +509,5 @@ impl GpuContext {
             });
         }
         Ok([groups.div_ceil(y) as u32, y as u32, 1])
-    }
-}
-
-/// A device buffer owned by one tensor storage; it returns to the pool when dropped.
-pub(crate) struct GpuBuffer {
-    buffer: Option<wgpu::Buffer>,
-    bytes: u64,
-    pub(crate) ctx: Arc<GpuContext>,
-}
-
-impl GpuBuffer {
-    pub(crate) fn raw(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("buffer is present until drop")
-    }
-
-    /// Logical size in bytes.
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Binding size: the logical size rounded up to whole `vec4<f32>`s (the allocation
-    /// always has room for that), at least 16 bytes since empty bindings are invalid.
-    pub(crate) fn binding_size(&self) -> u64 {
-        (self.bytes.div_ceil(16) * 16).clamp(16, self.raw().size())
-    }
-}
-
-impl Drop for GpuBuffer {
-    fn drop(&mut self) {
-        if let Some(b) = self.buffer.take() {
-            self.ctx.release(b);
-        }
-    }
-}
-
-impl std::fmt::Debug for GpuBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer({} bytes)", self.bytes)
     }
 }

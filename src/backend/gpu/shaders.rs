@@ -19,7 +19,7 @@ macro_rules! shaders {
             #[doc = concat!("`shaders/", $name, ".wgsl`")]
             pub static $konst: Shader = Shader {
                 name: $name,
-                source: include_str!(concat!("../shaders/", $name, ".wgsl")),
+                source: include_str!(concat!("../../../shaders/", $name, ".wgsl")),
             };
         )*
         /// All shaders, for validation and for `blo check`.
@@ -70,7 +70,7 @@ mod tests {
         assert_eq!(
             on_disk,
             ALL.len(),
-            "every file in shaders/ must be registered in src/shaders.rs"
+            "every file in shaders/ must be registered in src/backend/gpu/shaders.rs"
         );
         let mut failures = Vec::new();
         for shader in ALL {

@@ -1,9 +1,9 @@
 //! `fill`: writes one 32-bit pattern into a whole GPU buffer (zeros, ones, NaN poison).
 //! The CPU backend needs no kernel for this (`vec![v; n]`).
 
-use crate::device::{GpuBuffer, Kernel};
+use crate::backend::gpu::shaders;
+use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
-use crate::shaders;
 
 static FILL: Kernel = Kernel {
     shader: &shaders::FILL,

@@ -1,0 +1,4 @@
+//! The GPU side of each op family: parameter blocks, kernel declarations (entry points of
+//! `shaders/<family>.wgsl`) and dispatch plans, one file per family.
+
+pub(crate) mod fill;

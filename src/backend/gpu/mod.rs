@@ -1,0 +1,17 @@
+//! The GPU backend: a wgpu device with blo's execution machinery (`context`: the
+//! pending command stream and dispatch; `pool`: pooled buffers; `pipeline`: cached
+//! modules and pipelines), the WGSL registry (`shaders`), custom kernels, and one file
+//! of kernel plans per op family (`kernels/<family>.rs`, beside `shaders/<family>.wgsl`).
+
+mod context;
+mod custom;
+pub(crate) mod kernels;
+mod pipeline;
+mod pool;
+pub mod shaders;
+
+pub use context::{AdapterInfo, GpuContext};
+pub use custom::CustomKernel;
+pub(crate) use pipeline::Kernel;
+pub use pool::MemoryStats;
+pub(crate) use pool::GpuBuffer;
