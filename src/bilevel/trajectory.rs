@@ -209,9 +209,7 @@ impl<'p> Trajectory<'p> {
             Ok(())
         };
         let steps = (t - k..t).rev();
-        if states[t].first().is_some_and(|s| s.device().is_cpu())
-            && Device::cpu_threads() > 1
-        {
+        if states[t].first().is_some_and(|s| s.device().is_cpu()) && Device::cpu_threads() > 1 {
             // On the CPU a second thread rebuilds step s−1 while this one back-propagates
             // through step s: the two halves of a reverse step take about as long each.
             pipeline(steps, &rebuild, &mut backprop)?;

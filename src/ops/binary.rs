@@ -3,11 +3,12 @@
 //! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
 
 use crate::autodiff::{Op, record};
-use crate::backend::gpu::{GpuBuffer, Kernel};
-use crate::error::{Error, Result, invalid};
+use crate::backend::cpu::CpuBuf;
 use crate::backend::cpu::math::{row_len, with_row_len};
 use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, numel, same_place};
+use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::error::{Error, Result, invalid};
+use crate::tensor::{Element, Storage, Tensor, numel, same_place};
 
 /// An elementwise function of two tensors. The discriminant is the `OP` constant of
 /// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.

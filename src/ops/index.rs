@@ -12,10 +12,11 @@
 //! loss computed from it.
 
 use crate::autodiff::{Op, record};
+use crate::backend::cpu::CpuBuf;
+use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
+use crate::tensor::{Element, Storage, Tensor, same_place};
 
 static ONE_HOT: Kernel = Kernel {
     shader: &shaders::INDEX,

@@ -8,13 +8,14 @@
 //! large batches).
 
 use crate::autodiff::{Op, record};
+use crate::backend::cpu::CpuBuf;
+use crate::backend::cpu::math::{CpuMath, row_len, with_row_len};
+use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::backend::cpu::math::{CpuMath, row_len, with_row_len};
 use crate::ops::index::class_of;
 use crate::ops::reduce;
-use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
+use crate::tensor::{Element, Storage, Tensor, same_place};
 
 static LOG_SOFTMAX: Kernel = Kernel {
     shader: &shaders::LOSS,

@@ -35,10 +35,11 @@
 //! `PACK_MIN_FLOP`).
 
 use crate::autodiff::{Op, record};
+use crate::backend::cpu::CpuBuf;
+use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
-use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
+use crate::tensor::{Element, Storage, Tensor, same_place};
 
 /// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
 static MATMUL: Kernel = Kernel {

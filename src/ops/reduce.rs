@@ -9,10 +9,11 @@
 //! within 1e-4 relative of an f64 sum. The CPU accumulates in f64 for both dtypes.
 
 use crate::autodiff::{Op, record};
+use crate::backend::cpu::CpuBuf;
+use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
+use crate::tensor::{Element, Storage, Tensor, same_place};
 
 /// What a full reduction adds up; the discriminant is the `OP` constant of `full`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

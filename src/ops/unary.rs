@@ -1,11 +1,12 @@
 //! Elementwise unary ops: `shaders/unary.wgsl` on the GPU, `unary_cpu` on the CPU.
 
 use crate::autodiff::{Op, record};
-use crate::backend::gpu::{GpuBuffer, Kernel};
-use crate::error::Result;
+use crate::backend::cpu::CpuBuf;
 use crate::backend::cpu::math::CpuMath;
 use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor};
+use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::error::Result;
+use crate::tensor::{Element, Storage, Tensor};
 
 /// An elementwise function of one tensor. The discriminant is the `OP` constant of
 /// `shaders/unary.wgsl`.

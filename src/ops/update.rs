@@ -8,10 +8,11 @@
 //! α = rᵀr / pᵀAp never leaves the device ([`Tensor::axpy_ratio`]).
 
 use crate::autodiff::{Op, ScalarKind, record};
+use crate::backend::cpu::CpuBuf;
+use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result};
-use crate::backend::gpu::shaders;
-use crate::tensor::{CpuBuf, Element, Storage, Tensor, same_place};
+use crate::tensor::{Element, Storage, Tensor, same_place};
 
 /// A coefficient of a fused update: a host number or a one-element tensor on the
 /// device of the tensors it scales (read there, without a readback).

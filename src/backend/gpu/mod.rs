@@ -13,5 +13,5 @@ pub mod shaders;
 pub use context::{AdapterInfo, GpuContext};
 pub use custom::CustomKernel;
 pub(crate) use pipeline::Kernel;
-pub use pool::MemoryStats;
 pub(crate) use pool::GpuBuffer;
+pub use pool::MemoryStats;
