@@ -2,3 +2,6 @@
 
 pub(crate) mod cpu;
 pub(crate) mod gpu;
+mod op;
+
+pub use op::*;

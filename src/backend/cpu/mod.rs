@@ -6,3 +6,4 @@ pub(crate) mod math;
 pub(crate) mod threads;
 
 pub(crate) use buf::CpuBuf;
+pub(crate) mod unary;

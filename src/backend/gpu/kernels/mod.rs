@@ -2,3 +2,4 @@
 //! `shaders/<family>.wgsl`) and dispatch plans, one file per family.
 
 pub(crate) mod fill;
+pub(crate) mod unary;
