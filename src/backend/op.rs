@@ -59,3 +59,69 @@ pub const ALL_UNARY: [UnaryOp; 15] = [
     UnaryOp::Sign,
     UnaryOp::Recip,
 ];
+
+// ---- binary ------------------------------------------------------------------------
+
+/// An elementwise function of two tensors. The discriminant is the `OP` constant of
+/// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum BinaryOp {
+    /// a + b
+    Add = 0,
+    /// a − b
+    Sub = 1,
+    /// a · b
+    Mul = 2,
+    /// a / b
+    Div = 3,
+    /// max(a, b)
+    Max = 4,
+    /// min(a, b)
+    Min = 5,
+    /// a > b
+    Gt = 6,
+    /// a ≥ b
+    Ge = 7,
+    /// a < b
+    Lt = 8,
+    /// a ≤ b
+    Le = 9,
+    /// a = b
+    Eq = 10,
+}
+
+/// Every binary op, for tests and `blo check`.
+pub const ALL_BINARY: [BinaryOp; 11] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Min,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+    BinaryOp::Lt,
+    BinaryOp::Le,
+    BinaryOp::Eq,
+];
+
+/// Number of elements of a tensor of `shape`.
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Element strides of an operand of `shape` read along `out` (0 on broadcast dims).
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; out.len()];
+    let mut stride = 1;
+    for k in 0..shape.len() {
+        let d = shape.len() - 1 - k;
+        let od = out.len() - 1 - k;
+        if shape[d] != 1 {
+            strides[od] = stride;
+        }
+        stride *= shape[d];
+    }
+    strides
+}

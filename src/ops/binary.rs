@@ -1,99 +1,11 @@
-//! Elementwise binary ops with NumPy broadcasting: `shaders/binary.wgsl` on the GPU,
-//! `binary_cpu` on the CPU. A 0-d tensor on the device is a valid operand, so a
+//! Elementwise binary ops with NumPy broadcasting: `binary_cpu` in
+//! `backend/cpu/binary.rs` on the CPU, `shaders/binary.wgsl` (planned in
+//! `backend/gpu/kernels/binary.rs`) on the GPU. A 0-d tensor on the device is a valid operand, so a
 //! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
-
 use crate::autodiff::{Op, record};
-use crate::backend::cpu::CpuBuf;
-use crate::backend::cpu::math::{row_len, with_row_len};
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
-use crate::error::{Error, Result, invalid};
-use crate::tensor::{Element, Storage, Tensor, numel, same_place};
-
-/// An elementwise function of two tensors. The discriminant is the `OP` constant of
-/// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum BinaryOp {
-    /// a + b
-    Add = 0,
-    /// a − b
-    Sub = 1,
-    /// a · b
-    Mul = 2,
-    /// a / b
-    Div = 3,
-    /// max(a, b)
-    Max = 4,
-    /// min(a, b)
-    Min = 5,
-    /// a > b
-    Gt = 6,
-    /// a ≥ b
-    Ge = 7,
-    /// a < b
-    Lt = 8,
-    /// a ≤ b
-    Le = 9,
-    /// a = b
-    Eq = 10,
-}
-
-/// Every binary op, for tests and `blo check`.
-pub const ALL_BINARY: [BinaryOp; 11] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Max,
-    BinaryOp::Min,
-    BinaryOp::Gt,
-    BinaryOp::Ge,
-    BinaryOp::Lt,
-    BinaryOp::Le,
-    BinaryOp::Eq,
-];
-
-static BINARY: Kernel = Kernel {
-    shader: &shaders::BINARY,
-    entry: "main",
-    reads: 2,
-    writes: 1,
-};
-
-const WG: u32 = 256;
-/// Highest rank the GPU kernel's general broadcasting path indexes.
-pub(crate) const MAX_RANK: usize = 8;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    n4: u32,
-    rank: u32,
-    _pad: u32,
-    shape: [u32; MAX_RANK],
-    stride_a: [u32; MAX_RANK],
-    stride_b: [u32; MAX_RANK],
-}
-
-/// The CPU reference of one element.
-pub(crate) fn apply<T: Element>(op: BinaryOp, a: T, b: T) -> T {
-    let mask = |c: bool| if c { T::one() } else { T::zero() };
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Gt => mask(a > b),
-        BinaryOp::Ge => mask(a >= b),
-        BinaryOp::Lt => mask(a < b),
-        BinaryOp::Le => mask(a <= b),
-        BinaryOp::Eq => mask(a == b),
-    }
-}
+pub use crate::backend::{ALL_BINARY, BinaryOp};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, same_place};
 
 /// The NumPy broadcast of two shapes: aligned at the right, each pair of extents equal
 /// or one of them 1.
@@ -119,288 +31,17 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
     Ok(out)
 }
 
-/// Element strides of an operand of `shape` read along `out` (0 on broadcast dims).
-pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let mut strides = vec![0; out.len()];
-    let mut stride = 1;
-    for k in 0..shape.len() {
-        let d = shape.len() - 1 - k;
-        let od = out.len() - 1 - k;
-        if shape[d] != 1 {
-            strides[od] = stride;
-        }
-        stride *= shape[d];
-    }
-    strides
-}
-
-/// [`binary_cpu`] with the op matched once, outside the element loop, so that each
-/// arithmetic op gets its own vectorised loop.
-fn binary_cpu_op<T: Element>(
-    op: BinaryOp,
-    a: &[T],
-    a_shape: &[usize],
-    b: &[T],
-    b_shape: &[usize],
-    out: &[usize],
-) -> Vec<T> {
-    let run = |f: &dyn Fn(T, T) -> T| binary_cpu(f, a, a_shape, b, b_shape, out);
-    match op {
-        BinaryOp::Add => binary_cpu(|u, v| u + v, a, a_shape, b, b_shape, out),
-        BinaryOp::Sub => binary_cpu(|u, v| u - v, a, a_shape, b, b_shape, out),
-        BinaryOp::Mul => binary_cpu(|u, v| u * v, a, a_shape, b, b_shape, out),
-        BinaryOp::Div => binary_cpu(|u, v| u / v, a, a_shape, b, b_shape, out),
-        _ => run(&|u, v| apply(op, u, v)),
-    }
-}
-
-/// How an operand's elements map onto the output's, for the CPU's fast paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pattern {
-    /// Same shape as the output.
-    Full,
-    /// Output element i reads element i % period (a row broadcast down the leading dims).
-    Tile(usize),
-    /// Output element i reads element i / block (a column broadcast along trailing dims;
-    /// a single element is a block of the whole output).
-    Repeat(usize),
-}
-
-fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
-    if shape == out {
-        return Some(Pattern::Full);
-    }
-    let n = numel(shape);
-    let trimmed: &[usize] = {
-        let lead = shape.iter().take_while(|&&d| d == 1).count();
-        &shape[lead..]
-    };
-    if out.ends_with(trimmed) {
-        return Some(Pattern::Tile(n.max(1)));
-    }
-    let mut padded = vec![1; out.len() - shape.len()];
-    padded.extend_from_slice(shape);
-    let j = padded.iter().zip(out).take_while(|(p, o)| p == o).count();
-    if padded[j..].iter().all(|&d| d == 1) {
-        return Some(Pattern::Repeat(numel(&out[j..]).max(1)));
-    }
-    None
-}
-
-// Explicit row loops rather than `flat_map(..).collect()`: a flattened iterator has no
-// exact length, so it neither preallocates nor vectorises. Rows are often short (a bias
-// over ten classes), so they are walked with a compile-time length when it is small
-// (`with_row_len`).
-
-/// f(full[i], row[i % row.len()]) for every element of `full`.
-fn tile_rows<T: Element>(full: &[T], row: &[T], f: &impl Fn(T, T) -> T) -> Vec<T> {
-    let mut y = vec![T::zero(); full.len()];
-    with_row_len!(row.len(), |C| {
-        let len = row_len::<C>(row.len());
-        let row = &row[..len];
-        for (yr, fr) in y.chunks_exact_mut(len).zip(full.chunks_exact(len)) {
-            for j in 0..len {
-                yr[j] = f(fr[j], row[j]);
-            }
-        }
-    });
-    y
-}
-
-/// f(full[i], per_row[i / k]) for every element of `full`.
-fn repeat_rows<T: Element>(full: &[T], per_row: &[T], k: usize, f: &impl Fn(T, T) -> T) -> Vec<T> {
-    let mut y = vec![T::zero(); full.len()];
-    with_row_len!(k, |C| {
-        let len = row_len::<C>(k);
-        for ((yr, fr), &v) in y
-            .chunks_exact_mut(len)
-            .zip(full.chunks_exact(len))
-            .zip(per_row)
-        {
-            for j in 0..len {
-                yr[j] = f(fr[j], v);
-            }
-        }
-    });
-    y
-}
-
-/// CPU reference with general broadcasting. Row, column and scalar broadcasts (bias
-/// adds, per-row weights) take contiguous loops; other patterns walk an odometer.
-pub(crate) fn binary_cpu<T: Element>(
-    f: impl Fn(T, T) -> T,
-    a: &[T],
-    a_shape: &[usize],
-    b: &[T],
-    b_shape: &[usize],
-    out: &[usize],
-) -> Vec<T> {
-    let n = numel(out);
-    match (pattern(a_shape, out), pattern(b_shape, out)) {
-        (Some(Pattern::Full), Some(Pattern::Full)) => {
-            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
-        }
-        // The mirrored patterns swap the operands (and the arguments of `f`).
-        (Some(Pattern::Full), Some(Pattern::Tile(p))) if n > 0 && p > 0 && n.is_multiple_of(p) => {
-            return tile_rows(a, &b[..p], &f);
-        }
-        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if n > 0 && p > 0 && n.is_multiple_of(p) => {
-            return tile_rows(b, &a[..p], &|x, y| f(y, x));
-        }
-        (Some(Pattern::Full), Some(Pattern::Repeat(k)))
-            if n > 0 && k > 0 && n.is_multiple_of(k) =>
-        {
-            return repeat_rows(a, b, k, &f);
-        }
-        (Some(Pattern::Repeat(k)), Some(Pattern::Full))
-            if n > 0 && k > 0 && n.is_multiple_of(k) =>
-        {
-            return repeat_rows(b, a, k, &|x, y| f(y, x));
-        }
-        _ => {}
-    }
-    let sa = broadcast_strides(a_shape, out);
-    let sb = broadcast_strides(b_shape, out);
-    let mut idx = vec![0usize; out.len()];
-    let (mut ia, mut ib) = (0usize, 0usize);
-    let mut y = Vec::with_capacity(n);
-    for _ in 0..n {
-        y.push(f(a[ia], b[ib]));
-        // Odometer increment of the output index, carrying the operand offsets along.
-        for d in (0..out.len()).rev() {
-            idx[d] += 1;
-            ia += sa[d];
-            ib += sb[d];
-            if idx[d] < out[d] {
-                break;
-            }
-            ia -= sa[d] * out[d];
-            ib -= sb[d] * out[d];
-            idx[d] = 0;
-        }
-    }
-    y
-}
-
-/// `op_index` is the kernel's `OP` constant: a [`BinaryOp`] or [`OP_FIRST`].
-fn binary_gpu(
-    op_index: u32,
-    a: &GpuBuffer,
-    a_shape: &[usize],
-    b: &GpuBuffer,
-    b_shape: &[usize],
-    out: &[usize],
-) -> Result<GpuBuffer> {
-    let ctx = &a.ctx;
-    let n = numel(out);
-    let y = ctx.alloc((n * 4) as u64)?;
-    let n4 = n.div_ceil(4);
-    let mut params = Params {
-        n: n as u32,
-        n4: n4 as u32,
-        rank: out.len() as u32,
-        _pad: 0,
-        shape: [1; MAX_RANK],
-        stride_a: [0; MAX_RANK],
-        stride_b: [0; MAX_RANK],
-    };
-    let mode = if a_shape == out && b_shape == out {
-        0
-    } else if numel(a_shape) == 1 && b_shape == out {
-        1
-    } else if numel(b_shape) == 1 && a_shape == out {
-        2
-    } else {
-        if out.len() > MAX_RANK {
-            return Err(invalid(
-                "binary op",
-                format!(
-                    "GPU broadcasting supports rank ≤ {MAX_RANK}, got output shape {out:?}; reshape to fewer dimensions"
-                ),
-            ));
-        }
-        let (sa, sb) = (
-            broadcast_strides(a_shape, out),
-            broadcast_strides(b_shape, out),
-        );
-        for d in 0..out.len() {
-            params.shape[d] = out[d] as u32;
-            params.stride_a[d] = sa[d] as u32;
-            params.stride_b[d] = sb[d] as u32;
-        }
-        3
-    };
-    ctx.dispatch(
-        &BINARY,
-        &[
-            ("OP", f64::from(op_index)),
-            ("MODE", f64::from(mode)),
-            ("WG", f64::from(WG)),
-        ],
-        bytemuck::bytes_of(&params),
-        &[a, b, &y],
-        ctx.grid(n4 as u64, u64::from(WG))?,
-    )?;
-    Ok(y)
-}
-
 pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let name = op_name(op);
     same_place(name, a, b)?;
     let out = broadcast_shape(name, a.shape(), b.shape())?;
-    let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => Storage::F32(CpuBuf::from(binary_cpu_op(
-            op,
-            x,
-            a.shape(),
-            y,
-            b.shape(),
-            &out,
-        ))),
-        (Storage::F64(x), Storage::F64(y)) => Storage::F64(CpuBuf::from(binary_cpu_op(
-            op,
-            x,
-            a.shape(),
-            y,
-            b.shape(),
-            &out,
-        ))),
-        (Storage::Gpu(x), Storage::Gpu(y)) => {
-            Storage::Gpu(binary_gpu(op as u32, x, a.shape(), y, b.shape(), &out)?)
-        }
-        _ => unreachable!("same_place checked device and dtype"),
-    };
+    let storage = a
+        .storage
+        .binary(name, op, &b.storage, a.shape(), b.shape(), &out)?;
     Ok(Tensor::from_storage(storage, &out))
 }
 
-/// The kernel's `OP` value that returns its left operand: broadcasting as a copy.
-const OP_FIRST: u32 = 11;
-
 /// `x` broadcast to `shape` (which must be a broadcast of x's shape).
-/// `x` copied out to the broadcast shape `out`: whole rows or runs of one value where
-/// the pattern allows, the general odometer otherwise.
-fn broadcast_cpu<T: Element>(x: &[T], x_shape: &[usize], out: &[usize]) -> Vec<T> {
-    let n = numel(out);
-    match pattern(x_shape, out) {
-        Some(Pattern::Full) => x.to_vec(),
-        Some(Pattern::Tile(p)) if p == x.len() && p > 0 => {
-            let mut y = Vec::with_capacity(n);
-            while y.len() < n {
-                y.extend_from_slice(x);
-            }
-            y
-        }
-        Some(Pattern::Repeat(k)) if k > 0 => {
-            let mut y = Vec::with_capacity(n);
-            for &v in x.iter().take(n / k) {
-                y.resize(y.len() + k, v);
-            }
-            y
-        }
-        _ => binary_cpu(|u, _| u, x, x_shape, x, x_shape, out),
-    }
-}
-
 pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let out = broadcast_shape("broadcast_to", x.shape(), shape)?;
     if out != shape {
@@ -410,11 +51,7 @@ pub(crate) fn broadcast_raw(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
             rhs: shape.to_vec(),
         });
     }
-    let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(broadcast_cpu(v, x.shape(), shape))),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(broadcast_cpu(v, x.shape(), shape))),
-        Storage::Gpu(b) => Storage::Gpu(binary_gpu(OP_FIRST, b, x.shape(), b, x.shape(), shape)?),
-    };
+    let storage = x.storage.broadcast_to(x.shape(), shape)?;
     Ok(Tensor::from_storage(storage, shape))
 }
 
@@ -490,6 +127,8 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::Device;
+    use crate::backend::cpu::binary::{binary_cpu, broadcast_cpu};
+    use crate::tensor::numel;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair};
 
     #[test]

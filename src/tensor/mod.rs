@@ -28,9 +28,7 @@ pub struct Tensor {
     pub(crate) node: Option<Arc<crate::autodiff::Node>>,
 }
 
-pub(crate) fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
+pub(crate) use crate::backend::numel;
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
     if len != numel(shape) {

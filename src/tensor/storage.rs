@@ -3,9 +3,9 @@
 use super::DType;
 use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
-use crate::backend::{UnaryOp, cpu, gpu};
+use crate::backend::{BinaryOp, UnaryOp, cpu, gpu};
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where a tensor's elements are.
 pub(crate) enum Storage {
@@ -30,6 +30,26 @@ impl Storage {
     }
 }
 
+/// The error for operands of `op` on different devices or of different dtypes. The ops
+/// check this first (`same_place`), naming their operands; the backends' arms reach it
+/// only through an op that forgot to.
+fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    let (da, db) = (a.device(), b.device());
+    if da != db {
+        Error::DeviceMismatch {
+            op,
+            lhs: da.to_string(),
+            rhs: db.to_string(),
+        }
+    } else {
+        Error::DTypeMismatch {
+            op,
+            lhs: a.dtype(),
+            rhs: b.dtype(),
+        }
+    }
+}
+
 // ---- unary -------------------------------------------------------------------------
 
 impl Storage {
@@ -41,6 +61,45 @@ impl Storage {
             Storage::Gpu(buf) => Storage::Gpu(gpu::kernels::unary::unary_gpu(
                 op, buf, n, a as f32, b as f32,
             )?),
+        })
+    }
+}
+
+// ---- binary ------------------------------------------------------------------------
+
+impl Storage {
+    /// `op` of `self` (shaped `a_shape`) and `rhs` (`b_shape`) broadcast to `out`.
+    pub(crate) fn binary(
+        &self,
+        name: &'static str,
+        op: BinaryOp,
+        rhs: &Storage,
+        a_shape: &[usize],
+        b_shape: &[usize],
+        out: &[usize],
+    ) -> Result<Storage> {
+        use cpu::binary::binary_cpu_op;
+        Ok(match (self, rhs) {
+            (Storage::F32(x), Storage::F32(y)) => {
+                Storage::F32(CpuBuf::from(binary_cpu_op(op, x, a_shape, y, b_shape, out)))
+            }
+            (Storage::F64(x), Storage::F64(y)) => {
+                Storage::F64(CpuBuf::from(binary_cpu_op(op, x, a_shape, y, b_shape, out)))
+            }
+            (Storage::Gpu(x), Storage::Gpu(y)) => Storage::Gpu(gpu::kernels::binary::binary_gpu(
+                op, x, a_shape, y, b_shape, out,
+            )?),
+            (a, b) => return Err(mismatch(name, a, b)),
+        })
+    }
+
+    /// `self` (shaped `shape`) copied out to its broadcast shape `out`.
+    pub(crate) fn broadcast_to(&self, shape: &[usize], out: &[usize]) -> Result<Storage> {
+        use cpu::binary::broadcast_cpu;
+        Ok(match self {
+            Storage::F32(v) => Storage::F32(CpuBuf::from(broadcast_cpu(v, shape, out))),
+            Storage::F64(v) => Storage::F64(CpuBuf::from(broadcast_cpu(v, shape, out))),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::binary::broadcast_gpu(b, shape, out)?),
         })
     }
 }

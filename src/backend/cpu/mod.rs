@@ -6,4 +6,5 @@ pub(crate) mod math;
 pub(crate) mod threads;
 
 pub(crate) use buf::CpuBuf;
+pub(crate) mod binary;
 pub(crate) mod unary;

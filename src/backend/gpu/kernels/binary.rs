@@ -1,0 +1,113 @@
+//! The GPU side of the binary ops and `broadcast_to` (`ops/binary.rs`, `ops/shape.rs`):
+//! one dispatch of `shaders/binary.wgsl`, which indexes same-shape operands, a scalar on
+//! either side, or general broadcasting up to [`MAX_RANK`] dimensions.
+
+use crate::backend::gpu::shaders;
+use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::backend::{BinaryOp, broadcast_strides, numel};
+use crate::error::{Result, invalid};
+
+static BINARY: Kernel = Kernel {
+    shader: &shaders::BINARY,
+    entry: "main",
+    reads: 2,
+    writes: 1,
+};
+
+const WG: u32 = 256;
+/// Highest rank the GPU kernel's general broadcasting path indexes.
+pub(crate) const MAX_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    n4: u32,
+    rank: u32,
+    _pad: u32,
+    shape: [u32; MAX_RANK],
+    stride_a: [u32; MAX_RANK],
+    stride_b: [u32; MAX_RANK],
+}
+
+/// `op` of `a` and `b` broadcast to `out`.
+pub(crate) fn binary_gpu(
+    op: BinaryOp,
+    a: &GpuBuffer,
+    a_shape: &[usize],
+    b: &GpuBuffer,
+    b_shape: &[usize],
+    out: &[usize],
+) -> Result<GpuBuffer> {
+    dispatch(op as u32, a, a_shape, b, b_shape, out)
+}
+
+/// `x` copied out to the broadcast shape `out`.
+pub(crate) fn broadcast_gpu(x: &GpuBuffer, x_shape: &[usize], out: &[usize]) -> Result<GpuBuffer> {
+    dispatch(OP_FIRST, x, x_shape, x, x_shape, out)
+}
+
+/// The kernel's `OP` value that returns its left operand: broadcasting as a copy.
+const OP_FIRST: u32 = 11;
+
+/// `op_index` is the kernel's `OP` constant: a [`BinaryOp`] or [`OP_FIRST`].
+fn dispatch(
+    op_index: u32,
+    a: &GpuBuffer,
+    a_shape: &[usize],
+    b: &GpuBuffer,
+    b_shape: &[usize],
+    out: &[usize],
+) -> Result<GpuBuffer> {
+    let ctx = &a.ctx;
+    let n = numel(out);
+    let y = ctx.alloc((n * 4) as u64)?;
+    let n4 = n.div_ceil(4);
+    let mut params = Params {
+        n: n as u32,
+        n4: n4 as u32,
+        rank: out.len() as u32,
+        _pad: 0,
+        shape: [1; MAX_RANK],
+        stride_a: [0; MAX_RANK],
+        stride_b: [0; MAX_RANK],
+    };
+    let mode = if a_shape == out && b_shape == out {
+        0
+    } else if numel(a_shape) == 1 && b_shape == out {
+        1
+    } else if numel(b_shape) == 1 && a_shape == out {
+        2
+    } else {
+        if out.len() > MAX_RANK {
+            return Err(invalid(
+                "binary op",
+                format!(
+                    "GPU broadcasting supports rank ≤ {MAX_RANK}, got output shape {out:?}; reshape to fewer dimensions"
+                ),
+            ));
+        }
+        let (sa, sb) = (
+            broadcast_strides(a_shape, out),
+            broadcast_strides(b_shape, out),
+        );
+        for d in 0..out.len() {
+            params.shape[d] = out[d] as u32;
+            params.stride_a[d] = sa[d] as u32;
+            params.stride_b[d] = sb[d] as u32;
+        }
+        3
+    };
+    ctx.dispatch(
+        &BINARY,
+        &[
+            ("OP", f64::from(op_index)),
+            ("MODE", f64::from(mode)),
+            ("WG", f64::from(WG)),
+        ],
+        bytemuck::bytes_of(&params),
+        &[a, b, &y],
+        ctx.grid(n4 as u64, u64::from(WG))?,
+    )?;
+    Ok(y)
+}
