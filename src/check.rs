@@ -634,7 +634,7 @@ fn kernel_checks(v: &mut Vec<Check>) {
         .with_reference(|x| vec![vec![naive::dot(&x[0], &x[1])]]),
     );
     // Full reductions over many workgroups. 1,000,003 (a prime) elements are 250,000
-    // vec4s and a 3-element tail; `full_gpu` (src/ops/reduce.rs) gives a workgroup at
+    // vec4s and a 3-element tail; `full_gpu` (backend/gpu/kernels/reduce.rs) gives a workgroup at
     // most 256 invocations × 64 vec4s = 65,536 elements, so these spread over 16
     // workgroups whose partial sums a second dispatch adds (the 7,215 elements above
     // take one). An f64 sum of a million f32 values is exact to ~1e-13; the f32 tree's

@@ -125,3 +125,28 @@ pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     }
     strides
 }
+
+// ---- reduce ------------------------------------------------------------------------
+
+/// What a full reduction adds up; the discriminant is the `OP` constant of `full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum FullOp {
+    /// Σ a
+    Sum = 0,
+    /// Σ a²
+    SumSq = 1,
+    /// Σ a·b
+    Dot = 2,
+    /// Σ (a − b)²
+    SqDiff = 3,
+}
+
+/// What an axis reduction combines with; the discriminant is the `OP` constant of
+/// `rows` and `cols`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum AxisOp {
+    Sum = 0,
+    Max = 1,
+}

@@ -196,7 +196,7 @@ fn cross_entropy_gpu(
     if groups == 1 {
         return Ok(out);
     }
-    reduce::sum_partials_gpu(&out, groups as usize, scale)
+    crate::backend::gpu::kernels::reduce::sum_partials_gpu(&out, groups as usize, scale)
 }
 
 /// Log-softmax along the last axis.

@@ -1,6 +1,7 @@
 //! Reductions: sums, means, maxima, dot products and squared norms, over all elements
-//! (a 0-d result) or over one axis. `shaders/reduce.wgsl` on the GPU, `full_cpu` and
-//! `axis_cpu` on the CPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
+//! (a 0-d result) or over one axis. `full_cpu` and `axis_cpu` in `backend/cpu/reduce.rs`
+//! on the CPU, `shaders/reduce.wgsl` (planned in `backend/gpu/kernels/reduce.rs`) on the
+//! GPU. Results stay on their device: a GPU sum is a 0-d GPU tensor
 //! that later kernels read, with no readback.
 //!
 //! Accuracy: the GPU accumulates in f32, but no accumulator adds more than a few
@@ -9,331 +10,9 @@
 //! within 1e-4 relative of an f64 sum. The CPU accumulates in f64 for both dtypes.
 
 use crate::autodiff::{Op, record};
-use crate::backend::cpu::CpuBuf;
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::backend::{AxisOp, FullOp};
 use crate::error::{Error, Result, invalid};
-use crate::tensor::{Element, Storage, Tensor, same_place};
-
-/// What a full reduction adds up; the discriminant is the `OP` constant of `full`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum FullOp {
-    /// Σ a
-    Sum = 0,
-    /// Σ a²
-    SumSq = 1,
-    /// Σ a·b
-    Dot = 2,
-    /// Σ (a − b)²
-    SqDiff = 3,
-}
-
-/// What an axis reduction combines with; the discriminant is the `OP` constant of
-/// `rows` and `cols`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum AxisOp {
-    Sum = 0,
-    Max = 1,
-}
-
-static FULL: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "full",
-    reads: 2,
-    writes: 1,
-};
-
-static ROWS: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "rows",
-    reads: 1,
-    writes: 1,
-};
-
-static COLS: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "cols",
-    reads: 1,
-    writes: 1,
-};
-
-/// Invocations per workgroup of `full` (a multiple of 8, as the kernel requires).
-const FULL_WG: u32 = 256;
-/// At most this many partial sums, so the finishing dispatch is one workgroup whose
-/// invocations add at most a handful each.
-const FULL_MAX_GROUPS: u64 = 1024;
-/// Fewest vec4s an invocation of `full` accumulates before another workgroup is worth
-/// its share of the workgroup sum and of the finishing dispatch (with 256 invocations:
-/// one dispatch up to 64K elements, blocks of 256 KiB per workgroup above).
-const FULL_MIN_VEC4: u64 = 64;
-/// Invocations per workgroup of `rows` and `cols`.
-const AXIS_WG: u32 = 64;
-/// Invocations an axis reduction aims for before it splits the axis into chunks.
-const AXIS_THREADS: usize = 16384;
-/// Inputs smaller than this are not split for parallelism: a second dispatch costs
-/// more (about 50 µs on a CPU adapter) than the threads it would add save.
-const AXIS_SPLIT_MIN_ELEMS: usize = 1 << 18;
-/// Chunks of the axis are at least this long (split no finer)...
-const AXIS_MIN_CHUNK: usize = 64;
-/// ...and at most this long, which bounds the terms one f32 accumulator adds.
-const AXIS_MAX_CHUNK: usize = 4096;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct FullParams {
-    n: u32,
-    nv: u32,
-    scale: f32,
-    block: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AxisParams {
-    outer: u32,
-    len: u32,
-    inner: u32,
-    splits: u32,
-    chunk: u32,
-    scale: f32,
-    threads: u32,
-    _pad: u32,
-}
-
-/// CPU reference of a full reduction, accumulated in f64 (four interleaved
-/// accumulators, so the loop pipelines), times `scale`.
-pub(crate) fn full_cpu<T: Element>(op: FullOp, a: &[T], b: &[T], scale: f64) -> T {
-    // The op is matched once, outside the loop, so each arm vectorises.
-    let total = match op {
-        FullOp::Sum => sum_f64(a, b, |u, _| u),
-        FullOp::SumSq => sum_f64(a, b, |u, _| u * u),
-        FullOp::Dot => sum_f64(a, b, |u, v| u * v),
-        FullOp::SqDiff => sum_f64(a, b, |u, v| (u - v) * (u - v)),
-    };
-    T::of(total * scale)
-}
-
-/// Σ term(a_i, b_i) in f64 with eight interleaved accumulators (a single accumulator
-/// is a serial chain of dependent adds). `b` may be shorter than `a` when `term`
-/// ignores it.
-#[inline(always)]
-fn sum_f64<T: Element>(a: &[T], b: &[T], term: impl Fn(f64, f64) -> f64) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f64; LANES];
-    let whole = a.len() / LANES * LANES;
-    let pair = |i: usize| term(a[i].f64(), b.get(i).map_or(0.0, |v| v.f64()));
-    if b.len() >= a.len() {
-        for (ca, cb) in a[..whole].chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                acc[l] += term(ca[l].f64(), cb[l].f64());
-            }
-        }
-    } else {
-        for ca in a[..whole].chunks_exact(LANES) {
-            for l in 0..LANES {
-                acc[l] += term(ca[l].f64(), 0.0);
-            }
-        }
-    }
-    let tail: f64 = (whole..a.len()).map(pair).sum();
-    let half = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    ((half[0] + half[1]) + (half[2] + half[3])) + tail
-}
-
-/// CPU reference of a reduction over the middle axis of `x` viewed as
-/// `[outer, len, inner]`; sums are multiplied by `scale`. Max propagates NaN.
-pub(crate) fn axis_cpu<T: Element>(
-    op: AxisOp,
-    x: &[T],
-    outer: usize,
-    len: usize,
-    inner: usize,
-    scale: f64,
-) -> Vec<T> {
-    if inner == 1 && op == AxisOp::Sum {
-        // Rows: long ones take the interleaved accumulators of `full_cpu`; short ones
-        // (a classifier's ten logits) a plain loop, whose chains overlap across rows.
-        return x
-            .chunks_exact(len.max(1))
-            .take(outer)
-            .map(|row| {
-                if len >= 64 {
-                    full_cpu::<T>(FullOp::Sum, row, row, scale)
-                } else {
-                    T::of(row.iter().fold(0.0, |s, v| s + v.f64()) * scale)
-                }
-            })
-            .collect();
-    }
-    let mut out = Vec::with_capacity(outer * inner);
-    let mut acc = vec![0.0f64; inner];
-    for o in 0..outer {
-        let init = match op {
-            AxisOp::Sum => 0.0,
-            AxisOp::Max => f64::NEG_INFINITY,
-        };
-        acc.fill(init);
-        for k in 0..len {
-            let row = &x[(o * len + k) * inner..][..inner];
-            for (s, v) in acc.iter_mut().zip(row) {
-                let v = v.f64();
-                match op {
-                    AxisOp::Sum => *s += v,
-                    AxisOp::Max => {
-                        if v > *s || v.is_nan() {
-                            *s = v
-                        }
-                    }
-                }
-            }
-        }
-        out.extend(acc.iter().map(|&s| match op {
-            AxisOp::Sum => T::of(s * scale),
-            AxisOp::Max => T::of(s),
-        }));
-    }
-    out
-}
-
-/// One `full` dispatch over `n` elements of `a` (and `b`) into `groups` partials.
-fn full_pass(
-    op: FullOp,
-    a: &GpuBuffer,
-    b: &GpuBuffer,
-    n: usize,
-    groups: u32,
-    scale: f32,
-) -> Result<GpuBuffer> {
-    let ctx = &a.ctx;
-    let out = ctx.alloc(u64::from(groups) * 4)?;
-    let params = FullParams {
-        n: n as u32,
-        nv: (n / 4) as u32,
-        scale,
-        block: (n / 4).div_ceil(groups as usize) as u32,
-    };
-    ctx.dispatch(
-        &FULL,
-        &[("OP", f64::from(op as u32)), ("WG", f64::from(FULL_WG))],
-        bytemuck::bytes_of(&params),
-        &[a, b, &out],
-        [groups, 1, 1],
-    )?;
-    Ok(out)
-}
-
-/// A full reduction on the GPU into a new one-element buffer: one dispatch for inputs
-/// up to `FULL_WG · FULL_MIN_VEC4 · 4` elements, two above. `b` is read only by
-/// [`FullOp::Dot`] and [`FullOp::SqDiff`]; pass `a` again otherwise.
-pub(crate) fn full_gpu(
-    op: FullOp,
-    a: &GpuBuffer,
-    b: &GpuBuffer,
-    n: usize,
-    scale: f32,
-) -> Result<GpuBuffer> {
-    let nv = (n / 4) as u64;
-    let groups = nv
-        .div_ceil(u64::from(FULL_WG) * FULL_MIN_VEC4)
-        .clamp(1, FULL_MAX_GROUPS) as u32;
-    if groups == 1 {
-        return full_pass(op, a, b, n, 1, scale);
-    }
-    let partials = full_pass(op, a, b, n, groups, 1.0)?;
-    sum_partials_gpu(&partials, groups as usize, scale)
-}
-
-/// `scale · Σ` of the first `count` elements of `partials`, into a new one-element
-/// buffer (for kernels that leave one partial sum per workgroup, like the losses).
-pub(crate) fn sum_partials_gpu(
-    partials: &GpuBuffer,
-    count: usize,
-    scale: f32,
-) -> Result<GpuBuffer> {
-    full_gpu(FullOp::Sum, partials, partials, count, scale)
-}
-
-/// How an axis of `len` is split when each chunk is reduced by one invocation and
-/// `out_threads` invocations (each `width` elements wide) cover the outputs:
-/// (splits, chunk length).
-fn split(len: usize, out_threads: usize, width: usize) -> (usize, usize) {
-    if len == 0 {
-        return (1, 0);
-    }
-    let for_accuracy = len.div_ceil(AXIS_MAX_CHUNK);
-    // Splitting for parallelism costs a second dispatch, worth it only for big inputs.
-    let for_parallelism = if out_threads * width * len < AXIS_SPLIT_MIN_ELEMS {
-        1
-    } else {
-        AXIS_THREADS
-            .div_ceil(out_threads.max(1))
-            .min(len.div_ceil(AXIS_MIN_CHUNK))
-    };
-    let splits = for_accuracy.max(for_parallelism).max(1);
-    let chunk = len.div_ceil(splits);
-    (len.div_ceil(chunk), chunk)
-}
-
-/// A reduction over the middle axis of `x` viewed as `[outer, len, inner]` on the GPU,
-/// into a new `[outer, inner]` buffer. Long axes take more than one dispatch: each
-/// reduces chunks into `[outer, splits, inner]` partials, until one split remains.
-pub(crate) fn axis_gpu(
-    op: AxisOp,
-    x: &GpuBuffer,
-    outer: usize,
-    mut len: usize,
-    inner: usize,
-    scale: f32,
-) -> Result<GpuBuffer> {
-    let ctx = x.ctx.clone();
-    let mut owned: Option<GpuBuffer> = None;
-    loop {
-        let src = owned.as_ref().unwrap_or(x);
-        let vec = if inner > 1 && inner.is_multiple_of(4) {
-            4
-        } else {
-            1
-        };
-        let out_threads = outer * inner / vec;
-        let (splits, chunk) = split(len, out_threads, vec);
-        let threads = out_threads * splits;
-        let out = ctx.alloc((outer * splits * inner * 4) as u64)?;
-        let params = AxisParams {
-            outer: outer as u32,
-            len: len as u32,
-            inner: inner as u32,
-            splits: splits as u32,
-            chunk: chunk as u32,
-            scale: if splits == 1 { scale } else { 1.0 },
-            threads: threads as u32,
-            _pad: 0,
-        };
-        let (kernel, vec_c) = if inner == 1 { (&ROWS, 1) } else { (&COLS, vec) };
-        ctx.dispatch(
-            kernel,
-            &[
-                ("OP", f64::from(op as u32)),
-                ("WG", f64::from(AXIS_WG)),
-                ("VEC", f64::from(vec_c as u32)),
-            ],
-            bytemuck::bytes_of(&params),
-            &[src, &out],
-            ctx.grid(threads as u64, u64::from(AXIS_WG))?,
-        )?;
-        if splits == 1 {
-            return Ok(out);
-        }
-        owned = Some(out);
-        len = splits;
-    }
-}
+use crate::tensor::{Tensor, same_place};
 
 fn full_raw(
     name: &'static str,
@@ -356,18 +35,9 @@ fn full_raw(
         }
         None => a,
     };
-    let storage = match (&*a.storage, &*b.storage) {
-        (Storage::F32(x), Storage::F32(y)) => {
-            Storage::F32(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
-        }
-        (Storage::F64(x), Storage::F64(y)) => {
-            Storage::F64(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
-        }
-        (Storage::Gpu(x), Storage::Gpu(y)) => {
-            Storage::Gpu(full_gpu(op, x, y, a.numel(), scale as f32)?)
-        }
-        _ => unreachable!("same_place checked device and dtype"),
-    };
+    let storage = a
+        .storage
+        .reduce_full(name, op, &b.storage, a.numel(), scale)?;
     Ok(Tensor::from_storage(storage, &[]))
 }
 
@@ -442,11 +112,7 @@ fn axis_raw(
         ));
     }
     let scale = if mean { 1.0 / len as f64 } else { 1.0 };
-    let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale))),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale))),
-        Storage::Gpu(b) => Storage::Gpu(axis_gpu(op, b, outer, len, inner, scale as f32)?),
-    };
+    let storage = x.storage.reduce_axis(op, outer, len, inner, scale)?;
     Ok(Tensor::from_storage(storage, &out_shape))
 }
 
@@ -519,6 +185,7 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::Device;
+    use crate::backend::cpu::reduce::full_cpu;
     use crate::testing::{assert_close, gpu_or_skip, oracle_pair, rel_err};
 
     /// The GPU (f32) and CPU (f64) tensors of the same seeded values.

@@ -3,7 +3,7 @@
 use super::DType;
 use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
-use crate::backend::{BinaryOp, UnaryOp, cpu, gpu};
+use crate::backend::{AxisOp, BinaryOp, FullOp, UnaryOp, cpu, gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -100,6 +100,64 @@ impl Storage {
             Storage::F32(v) => Storage::F32(CpuBuf::from(broadcast_cpu(v, shape, out))),
             Storage::F64(v) => Storage::F64(CpuBuf::from(broadcast_cpu(v, shape, out))),
             Storage::Gpu(b) => Storage::Gpu(gpu::kernels::binary::broadcast_gpu(b, shape, out)?),
+        })
+    }
+}
+
+// ---- reduce ------------------------------------------------------------------------
+
+impl Storage {
+    /// `scale · Σ op(a_i, b_i)` over the `n` elements of `self` (and `rhs`, read by
+    /// [`FullOp::Dot`] and [`FullOp::SqDiff`]), as one element.
+    pub(crate) fn reduce_full(
+        &self,
+        name: &'static str,
+        op: FullOp,
+        rhs: &Storage,
+        n: usize,
+        scale: f64,
+    ) -> Result<Storage> {
+        use cpu::reduce::full_cpu;
+        Ok(match (self, rhs) {
+            (Storage::F32(x), Storage::F32(y)) => {
+                Storage::F32(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
+            }
+            (Storage::F64(x), Storage::F64(y)) => {
+                Storage::F64(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
+            }
+            (Storage::Gpu(x), Storage::Gpu(y)) => {
+                Storage::Gpu(gpu::kernels::reduce::full_gpu(op, x, y, n, scale as f32)?)
+            }
+            (a, b) => return Err(mismatch(name, a, b)),
+        })
+    }
+
+    /// `op` over the middle axis of `self` viewed as `[outer, len, inner]`; sums are
+    /// multiplied by `scale`.
+    pub(crate) fn reduce_axis(
+        &self,
+        op: AxisOp,
+        outer: usize,
+        len: usize,
+        inner: usize,
+        scale: f64,
+    ) -> Result<Storage> {
+        use cpu::reduce::axis_cpu;
+        Ok(match self {
+            Storage::F32(v) => {
+                Storage::F32(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale)))
+            }
+            Storage::F64(v) => {
+                Storage::F64(CpuBuf::from(axis_cpu(op, v, outer, len, inner, scale)))
+            }
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::reduce::axis_gpu(
+                op,
+                b,
+                outer,
+                len,
+                inner,
+                scale as f32,
+            )?),
         })
     }
 }

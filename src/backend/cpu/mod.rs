@@ -7,4 +7,5 @@ pub(crate) mod threads;
 
 pub(crate) use buf::CpuBuf;
 pub(crate) mod binary;
+pub(crate) mod reduce;
 pub(crate) mod unary;

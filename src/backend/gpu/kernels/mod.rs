@@ -3,4 +3,5 @@
 
 pub(crate) mod binary;
 pub(crate) mod fill;
+pub(crate) mod reduce;
 pub(crate) mod unary;
