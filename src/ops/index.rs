@@ -1,6 +1,7 @@
 //! Indexing and layout: `one_hot`, `gather`, `transpose` (kernels in
 //! `shaders/index.wgsl`) and `concat`, `slice`, `split` (buffer-to-buffer copies in the
-//! command stream on the GPU, no kernel and no host round trip).
+//! command stream on the GPU, no kernel and no host round trip). The CPU code is in
+//! `backend/cpu/index.rs`, the GPU plans in `backend/gpu/kernels/index.rs`.
 //!
 //! Every op here moves data without arithmetic, so GPU results equal the CPU reference
 //! exactly.
@@ -12,134 +13,8 @@
 //! loss computed from it.
 
 use crate::autodiff::{Op, record};
-use crate::backend::cpu::CpuBuf;
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::tensor::{Element, Storage, Tensor, same_place};
-
-static ONE_HOT: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "one_hot",
-    reads: 2,
-    writes: 1,
-};
-
-static GATHER: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "gather",
-    reads: 2,
-    writes: 1,
-};
-
-static TRANSPOSE: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "transpose",
-    reads: 2,
-    writes: 1,
-};
-
-const WG: u32 = 256;
-/// Columns per transpose tile; a workgroup covers TILE columns × (WG / TILE · 4) rows.
-const TILE: u32 = 32;
-const QUIET_NAN: u32 = 0x7fc0_0000;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    classes: u32,
-    rows: u32,
-    cols: u32,
-    total: u32,
-    total4: u32,
-    nan_bits: u32,
-    _pad: u32,
-}
-
-/// A count the GPU kernels index with u32. Tensors that fit a storage binding always
-/// pass; this guards the arithmetic before the allocation would refuse them.
-fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| {
-        invalid(
-            op,
-            format!("{what} = {v} exceeds 2^32 − 1, the GPU's index range; use the CPU device"),
-        )
-    })
-}
-
-/// Records one dispatch of an index kernel writing `total` elements into a new buffer,
-/// over `groups` workgroups (`None`: one invocation per four output elements).
-fn dispatch_index(
-    kernel: &'static Kernel,
-    mut params: Params,
-    a: &GpuBuffer,
-    b: &GpuBuffer,
-    total: usize,
-    groups: Option<u64>,
-) -> Result<GpuBuffer> {
-    let ctx = &a.ctx;
-    let y = ctx.alloc((total * 4) as u64)?;
-    let total4 = total.div_ceil(4);
-    params.total = u32_of(kernel.entry, "element count", total)?;
-    params.total4 = total4 as u32;
-    params.nan_bits = QUIET_NAN;
-    let grid = match groups {
-        Some(g) => ctx.grid(g, 1)?,
-        None => ctx.grid(total4 as u64, u64::from(WG))?,
-    };
-    ctx.dispatch(
-        kernel,
-        &[("WG", f64::from(WG)), ("TILE", f64::from(TILE))],
-        bytemuck::bytes_of(&params),
-        &[a, b, &y],
-        grid,
-    )?;
-    Ok(y)
-}
-
-// ---------------------------------------------------------------------------------
-// one_hot and gather
-
-/// The class a CPU label names, or an error saying which label is bad.
-pub(crate) fn class_of<T: Element>(
-    op: &'static str,
-    i: usize,
-    label: T,
-    classes: usize,
-) -> Result<usize> {
-    let l = label.f64();
-    // `(l as usize) as f64 == l` rather than `fract()`: the same test for values in
-    // range, without a libm call per label on baseline x86-64.
-    if l >= 0.0 && l < classes as f64 && (l as usize) as f64 == l {
-        Ok(l as usize)
-    } else {
-        Err(invalid(
-            op,
-            format!(
-                "label {i} is {l}; labels must be integers in [0, {classes}) (class indices stored as floats)"
-            ),
-        ))
-    }
-}
-
-/// CPU reference of `one_hot`.
-pub(crate) fn one_hot_cpu<T: Element>(labels: &[T], classes: usize) -> Result<Vec<T>> {
-    let mut y = vec![T::zero(); labels.len() * classes];
-    for (i, &l) in labels.iter().enumerate() {
-        y[i * classes + class_of("one_hot", i, l, classes)?] = T::one();
-    }
-    Ok(y)
-}
-
-/// CPU reference of `gather`: `x[i, labels[i]]` for each row `i` of `x` (`[n, classes]`).
-pub(crate) fn gather_cpu<T: Element>(x: &[T], labels: &[T], classes: usize) -> Result<Vec<T>> {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| Ok(x[i * classes + class_of("gather", i, l, classes)?]))
-        .collect()
-}
+use crate::tensor::{Storage, Tensor, same_place};
 
 fn check_labels(op: &'static str, labels: &Tensor) -> Result<usize> {
     match labels.shape() {
@@ -162,18 +37,7 @@ pub(crate) fn one_hot_raw(labels: &Tensor, classes: usize) -> Result<Tensor> {
             format!("{n} × {classes} elements overflow usize"),
         )
     })?;
-    let storage = match &*labels.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(one_hot_cpu(v, classes)?)),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(one_hot_cpu(v, classes)?)),
-        Storage::Gpu(buf) => {
-            let params = Params {
-                n: u32_of("one_hot", "labels", n)?,
-                classes: u32_of("one_hot", "classes", classes)?,
-                ..Params::default()
-            };
-            Storage::Gpu(dispatch_index(&ONE_HOT, params, buf, buf, total, None)?)
-        }
-    };
+    let storage = labels.storage.one_hot(n, classes, total)?;
     Ok(Tensor::from_storage(storage, &[n, classes]))
 }
 
@@ -196,39 +60,8 @@ pub(crate) fn gather_raw(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
             "x has 0 columns, so no label can be valid",
         ));
     }
-    let storage = match (&*x.storage, &*labels.storage) {
-        (Storage::F32(v), Storage::F32(l)) => {
-            Storage::F32(CpuBuf::from(gather_cpu(v, l, classes)?))
-        }
-        (Storage::F64(v), Storage::F64(l)) => {
-            Storage::F64(CpuBuf::from(gather_cpu(v, l, classes)?))
-        }
-        (Storage::Gpu(v), Storage::Gpu(l)) => {
-            let params = Params {
-                n: u32_of("gather", "rows", n)?,
-                classes: u32_of("gather", "classes", classes)?,
-                ..Params::default()
-            };
-            Storage::Gpu(dispatch_index(&GATHER, params, v, l, n, None)?)
-        }
-        _ => unreachable!("same_place checked device and dtype"),
-    };
+    let storage = x.storage.gather(&labels.storage, n, classes)?;
     Ok(Tensor::from_storage(storage, &[n]))
-}
-
-// ---------------------------------------------------------------------------------
-// transpose
-
-/// CPU reference: `[batch, rows, cols]` → `[batch, cols, rows]`.
-pub(crate) fn transpose_cpu<T: Element>(x: &[T], batch: usize, rows: usize, cols: usize) -> Vec<T> {
-    let mut y = Vec::with_capacity(x.len());
-    for t in 0..batch {
-        let plane = &x[t * rows * cols..(t + 1) * rows * cols];
-        for c in 0..cols {
-            y.extend((0..rows).map(|r| plane[r * cols + c]));
-        }
-    }
-    y
 }
 
 pub(crate) fn transpose_raw(x: &Tensor) -> Result<Tensor> {
@@ -244,33 +77,9 @@ pub(crate) fn transpose_raw(x: &Tensor) -> Result<Tensor> {
             ));
         }
     };
-    let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
-        Storage::Gpu(buf) => {
-            let params = Params {
-                n: u32_of("transpose", "batch", batch)?,
-                rows: u32_of("transpose", "rows", rows)?,
-                cols: u32_of("transpose", "cols", cols)?,
-                ..Params::default()
-            };
-            let tile_rows = (WG / TILE * 4) as usize;
-            let tiles = batch * cols.div_ceil(TILE as usize) * rows.div_ceil(tile_rows);
-            Storage::Gpu(dispatch_index(
-                &TRANSPOSE,
-                params,
-                buf,
-                buf,
-                x.numel(),
-                Some(tiles as u64),
-            )?)
-        }
-    };
+    let storage = x.storage.transpose(batch, rows, cols)?;
     Ok(Tensor::from_storage(storage, &out))
 }
-
-// ---------------------------------------------------------------------------------
-// concat, slice, split
 
 pub(crate) fn concat_raw(parts: &[&Tensor]) -> Result<Tensor> {
     let Some(first) = parts.first() else {
@@ -283,37 +92,8 @@ pub(crate) fn concat_raw(parts: &[&Tensor]) -> Result<Tensor> {
         same_place("concat", first, p)?;
     }
     let total: usize = parts.iter().map(|p| p.numel()).sum();
-    let storage = match &*first.storage {
-        Storage::F32(_) => Storage::F32(CpuBuf::from(concat_cpu(parts, |s| match s {
-            Storage::F32(v) => v,
-            _ => unreachable!("same_place checked dtype"),
-        }))),
-        Storage::F64(_) => Storage::F64(CpuBuf::from(concat_cpu(parts, |s| match s {
-            Storage::F64(v) => v,
-            _ => unreachable!("same_place checked dtype"),
-        }))),
-        Storage::Gpu(b) => {
-            let ctx = &b.ctx;
-            let y = ctx.alloc((total * 4) as u64)?;
-            let mut offset = 0u64;
-            for p in parts {
-                let src = p.gpu_buffer().expect("same_place checked device");
-                let bytes = (p.numel() * 4) as u64;
-                ctx.copy(src, 0, &y, offset, bytes);
-                offset += bytes;
-            }
-            Storage::Gpu(y)
-        }
-    };
+    let storage = Storage::concat(parts.iter().map(|p| &*p.storage), total)?;
     Ok(Tensor::from_storage(storage, &[total]))
-}
-
-fn concat_cpu<T: Element>(parts: &[&Tensor], data: impl Fn(&Storage) -> &[T]) -> Vec<T> {
-    let mut y = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
-    for p in parts {
-        y.extend_from_slice(data(&p.storage));
-    }
-    y
 }
 
 pub(crate) fn slice_raw(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
@@ -327,15 +107,7 @@ pub(crate) fn slice_raw(x: &Tensor, start: usize, len: usize) -> Result<Tensor> 
             ),
         )
     })?;
-    let storage = match &*x.storage {
-        Storage::F32(v) => Storage::F32(CpuBuf::from(v[start..end].to_vec())),
-        Storage::F64(v) => Storage::F64(CpuBuf::from(v[start..end].to_vec())),
-        Storage::Gpu(b) => {
-            let y = b.ctx.alloc((len * 4) as u64)?;
-            b.ctx.copy(b, (start * 4) as u64, &y, 0, (len * 4) as u64);
-            Storage::Gpu(y)
-        }
-    };
+    let storage = x.storage.slice(start, end)?;
     Ok(Tensor::from_storage(storage, &[len]))
 }
 

@@ -9,11 +9,11 @@
 
 use crate::autodiff::{Op, record};
 use crate::backend::cpu::CpuBuf;
+use crate::backend::cpu::index::class_of;
 use crate::backend::cpu::math::{CpuMath, row_len, with_row_len};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
-use crate::ops::index::class_of;
 use crate::ops::reduce;
 use crate::tensor::{Element, Storage, Tensor, same_place};
 

@@ -161,3 +161,97 @@ impl Storage {
         })
     }
 }
+
+// ---- index -------------------------------------------------------------------------
+
+impl Storage {
+    /// One-hot rows `[n, classes]` (`total` elements) of the labels in `self`.
+    pub(crate) fn one_hot(&self, n: usize, classes: usize, total: usize) -> Result<Storage> {
+        use cpu::index::one_hot_cpu;
+        debug_assert_eq!(total, n * classes);
+        Ok(match self {
+            Storage::F32(v) => Storage::F32(CpuBuf::from(one_hot_cpu(v, classes)?)),
+            Storage::F64(v) => Storage::F64(CpuBuf::from(one_hot_cpu(v, classes)?)),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::index::one_hot_gpu(b, n, classes)?),
+        })
+    }
+
+    /// `self[i, labels[i]]` for the `n` rows of `self` (`[n, classes]`).
+    pub(crate) fn gather(&self, labels: &Storage, n: usize, classes: usize) -> Result<Storage> {
+        use cpu::index::gather_cpu;
+        Ok(match (self, labels) {
+            (Storage::F32(v), Storage::F32(l)) => {
+                Storage::F32(CpuBuf::from(gather_cpu(v, l, classes)?))
+            }
+            (Storage::F64(v), Storage::F64(l)) => {
+                Storage::F64(CpuBuf::from(gather_cpu(v, l, classes)?))
+            }
+            (Storage::Gpu(v), Storage::Gpu(l)) => {
+                Storage::Gpu(gpu::kernels::index::gather_gpu(v, l, n, classes)?)
+            }
+            (a, b) => return Err(mismatch("gather", a, b)),
+        })
+    }
+
+    /// `[batch, rows, cols]` → `[batch, cols, rows]`.
+    pub(crate) fn transpose(&self, batch: usize, rows: usize, cols: usize) -> Result<Storage> {
+        use cpu::index::transpose_cpu;
+        Ok(match self {
+            Storage::F32(v) => Storage::F32(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
+            Storage::F64(v) => Storage::F64(CpuBuf::from(transpose_cpu(v, batch, rows, cols))),
+            Storage::Gpu(b) => {
+                Storage::Gpu(gpu::kernels::index::transpose_gpu(b, batch, rows, cols)?)
+            }
+        })
+    }
+
+    /// The elements of `parts` (at least one, `total` elements in all) one after another.
+    pub(crate) fn concat<'a>(
+        parts: impl Iterator<Item = &'a Storage> + Clone,
+        total: usize,
+    ) -> Result<Storage> {
+        use cpu::index::concat_cpu;
+        let mut rest = parts.clone();
+        let Some(first) = rest.next() else {
+            return Err(crate::error::invalid("concat", "needs at least one part"));
+        };
+        if let Some(other) =
+            rest.find(|p| p.dtype() != first.dtype() || p.device() != first.device())
+        {
+            return Err(mismatch("concat", first, other));
+        }
+        Ok(match first {
+            Storage::F32(_) => Storage::F32(CpuBuf::from(concat_cpu(
+                parts.filter_map(|p| match p {
+                    Storage::F32(v) => Some(&v[..]),
+                    _ => None,
+                }),
+                total,
+            ))),
+            Storage::F64(_) => Storage::F64(CpuBuf::from(concat_cpu(
+                parts.filter_map(|p| match p {
+                    Storage::F64(v) => Some(&v[..]),
+                    _ => None,
+                }),
+                total,
+            ))),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::index::concat_gpu(
+                b,
+                parts.filter_map(|p| match p {
+                    Storage::Gpu(g) => Some(g),
+                    _ => None,
+                }),
+                total,
+            )?),
+        })
+    }
+
+    /// Elements `[start, end)`.
+    pub(crate) fn slice(&self, start: usize, end: usize) -> Result<Storage> {
+        Ok(match self {
+            Storage::F32(v) => Storage::F32(CpuBuf::from(v[start..end].to_vec())),
+            Storage::F64(v) => Storage::F64(CpuBuf::from(v[start..end].to_vec())),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::index::slice_gpu(b, start, end - start)?),
+        })
+    }
+}

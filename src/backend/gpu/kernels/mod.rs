@@ -3,5 +3,6 @@
 
 pub(crate) mod binary;
 pub(crate) mod fill;
+pub(crate) mod index;
 pub(crate) mod reduce;
 pub(crate) mod unary;
