@@ -1,6 +1,7 @@
-//! Losses: log-softmax, (weighted) cross-entropy and mean squared error.
-//! `shaders/loss.wgsl` on the GPU (mse is a `reduce` kernel), `log_softmax_cpu` and
-//! `cross_entropy_cpu` on the CPU. Every loss is a 0-d tensor on its device.
+//! Losses: log-softmax, (weighted) cross-entropy and mean squared error. The CPU code is
+//! in `backend/cpu/loss.rs` (`log_softmax_cpu`, `cross_entropy_cpu`, ...), the GPU plans
+//! of `shaders/loss.wgsl` in `backend/gpu/kernels/loss.rs` (mse is a `reduce` kernel).
+//! Every loss is a 0-d tensor on its device.
 //!
 //! Cross-entropy is the inner loss of data hyper-cleaning, evaluated at every inner
 //! step, so it is fused: one dispatch computes each row's log-sum-exp, picks the label's
@@ -8,196 +9,9 @@
 //! large batches).
 
 use crate::autodiff::{Op, record};
-use crate::backend::cpu::CpuBuf;
-use crate::backend::cpu::index::class_of;
-use crate::backend::cpu::math::{CpuMath, row_len, with_row_len};
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Error, Result, invalid};
 use crate::ops::reduce;
-use crate::tensor::{Element, Storage, Tensor, same_place};
-
-static LOG_SOFTMAX: Kernel = Kernel {
-    shader: &shaders::LOSS,
-    entry: "log_softmax",
-    reads: 1,
-    writes: 1,
-};
-
-static CROSS_ENTROPY: Kernel = Kernel {
-    shader: &shaders::LOSS,
-    entry: "cross_entropy",
-    reads: 3,
-    writes: 1,
-};
-
-/// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
-const WG: u32 = 64;
-/// Fewest rows an invocation of `cross_entropy` takes before another workgroup (and
-/// with it a finishing dispatch) is worth it: one workgroup covers 1,024 rows.
-const CE_MIN_ROWS: u64 = 16;
-/// At most this many partial losses, finished by one workgroup of `reduce::full`.
-const CE_MAX_GROUPS: u64 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowParams {
-    rows: u32,
-    c: u32,
-    _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CeParams {
-    n: u32,
-    c: u32,
-    scale: f32,
-    _pad: u32,
-}
-
-/// Stable log Σ exp of every row of `c` elements: the row max is subtracted first, so every
-/// term is in (0, 1] and the element type keeps ~1e-7 relative accuracy.
-fn row_logsumexp<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    with_row_len!(c, |C| {
-        let (e, maxes) = exp_shifted_rows::<T, C>(z, c);
-        e.chunks_exact(row_len::<C>(c))
-            .zip(&maxes)
-            .map(|(row, &m)| m + row_sum(row).ln())
-            .collect()
-    })
-}
-
-/// exp(z − row max) for every row, with the maxima. The exps of all rows run as one
-/// slice (vectorised for f32), not row by row.
-#[inline(always)]
-fn exp_shifted_rows<T: CpuMath, const C: usize>(z: &[T], c: usize) -> (Vec<T>, Vec<T>) {
-    let c = row_len::<C>(c);
-    let mut e = z.to_vec();
-    let mut maxes = Vec::with_capacity(z.len() / c);
-    for row in e.chunks_exact_mut(c) {
-        let m = row_max(row);
-        row.iter_mut().for_each(|v| *v = *v - m);
-        maxes.push(m);
-    }
-    T::exp_inplace(&mut e);
-    (e, maxes)
-}
-
-/// Row reductions with four interleaved accumulators: rows are short (ten classes), and
-/// one accumulator makes each row a chain of dependent max / add latencies.
-fn row_fold<T: Element>(row: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
-    let mut acc = [init; 4];
-    let quads = row.chunks_exact(4);
-    let tail = quads.remainder().iter().fold(init, |a, &v| f(a, v));
-    for q in quads {
-        for l in 0..4 {
-            acc[l] = f(acc[l], q[l]);
-        }
-    }
-    f(f(acc[0], acc[1]), f(f(acc[2], acc[3]), tail))
-}
-
-/// A plain comparison (`max` must also order NaNs, which costs). A NaN in a row still
-/// comes out of a softmax: it survives the subtraction and the exp into the row's sum.
-fn row_max<T: Element>(row: &[T]) -> T {
-    row_fold(row, T::neg_infinity(), |m, v| if v > m { v } else { m })
-}
-
-fn row_sum<T: Element>(row: &[T]) -> T {
-    row_fold(row, T::zero(), |a, v| a + v)
-}
-
-/// CPU reference of log-softmax over rows of length `c` (`c > 0`).
-pub(crate) fn log_softmax_cpu<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    let mut y = Vec::with_capacity(z.len());
-    for (row, &lse) in z.chunks_exact(c).zip(&row_logsumexp(z, c)) {
-        y.extend(row.iter().map(|&v| v - lse));
-    }
-    y
-}
-
-/// CPU reference of `(1/n) Σ_i w_i (logsumexp(z_i) − z_{i,y_i})` over `n` rows of `c`
-/// logits. A label that is not an integer in `0..c` is an error.
-pub(crate) fn cross_entropy_cpu<T: CpuMath>(
-    z: &[T],
-    c: usize,
-    labels: &[T],
-    weights: Option<&[T]>,
-) -> Result<T> {
-    ce_from_lse(z, c, labels, weights, &row_logsumexp(z, c))
-}
-
-/// The weighted mean of lse_i − z_{i, y_i}, checking every label.
-fn ce_from_lse<T: CpuMath>(
-    z: &[T],
-    c: usize,
-    labels: &[T],
-    weights: Option<&[T]>,
-    lse: &[T],
-) -> Result<T> {
-    let n = labels.len();
-    let mut sum = 0.0f64;
-    for (i, row) in z.chunks_exact(c).enumerate() {
-        let y = class_of("cross_entropy", i, labels[i], c)?;
-        let w = weights.map_or(1.0, |w| w[i].f64());
-        sum += w * (lse[i] - row[y]).f64();
-    }
-    Ok(T::of(sum * (1.0 / n as f64)))
-}
-
-fn log_softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<GpuBuffer> {
-    let ctx = &z.ctx;
-    let y = ctx.alloc((rows * c * 4) as u64)?;
-    let params = RowParams {
-        rows: rows as u32,
-        c: c as u32,
-        _pad: [0; 2],
-    };
-    ctx.dispatch(
-        &LOG_SOFTMAX,
-        &[("WG", f64::from(WG))],
-        bytemuck::bytes_of(&params),
-        &[z, &y],
-        ctx.grid(rows as u64, u64::from(WG))?,
-    )?;
-    Ok(y)
-}
-
-fn cross_entropy_gpu(
-    z: &GpuBuffer,
-    n: usize,
-    c: usize,
-    labels: &GpuBuffer,
-    weights: Option<&GpuBuffer>,
-) -> Result<GpuBuffer> {
-    let ctx = &z.ctx;
-    let groups = (n as u64)
-        .div_ceil(u64::from(WG) * CE_MIN_ROWS)
-        .clamp(1, CE_MAX_GROUPS) as u32;
-    let scale = (1.0 / n as f64) as f32;
-    let out = ctx.alloc(u64::from(groups) * 4)?;
-    let params = CeParams {
-        n: n as u32,
-        c: c as u32,
-        scale: if groups == 1 { scale } else { 1.0 },
-        _pad: 0,
-    };
-    ctx.dispatch(
-        &CROSS_ENTROPY,
-        &[
-            ("WG", f64::from(WG)),
-            ("WEIGHTED", f64::from(u8::from(weights.is_some()))),
-        ],
-        bytemuck::bytes_of(&params),
-        &[z, labels, weights.unwrap_or(labels), &out],
-        [groups, 1, 1],
-    )?;
-    if groups == 1 {
-        return Ok(out);
-    }
-    crate::backend::gpu::kernels::reduce::sum_partials_gpu(&out, groups as usize, scale)
-}
+use crate::tensor::{Tensor, same_place};
 
 /// Log-softmax along the last axis.
 pub(crate) fn log_softmax_raw(z: &Tensor) -> Result<Tensor> {
@@ -208,13 +22,7 @@ pub(crate) fn log_softmax_raw(z: &Tensor) -> Result<Tensor> {
         ));
     };
     let rows = z.numel().checked_div(c).unwrap_or(0);
-    let storage = match &*z.storage {
-        Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(log_softmax_cpu(v, c))),
-        Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(log_softmax_cpu(v, c))),
-        Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
-        Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
-        Storage::Gpu(b) => Storage::Gpu(log_softmax_gpu(b, rows, c)?),
-    };
+    let storage = z.storage.log_softmax(rows, c)?;
     Ok(Tensor::from_storage(storage, z.shape()))
 }
 
@@ -227,30 +35,9 @@ pub(crate) fn softmax_raw(z: &Tensor) -> Result<Tensor> {
             "needs a tensor of rank ≥ 1 (it normalises along the last axis); reshape the 0-d tensor to [1]",
         ));
     };
-    let storage = match &*z.storage {
-        Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(softmax_cpu(v, c))),
-        Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(softmax_cpu(v, c))),
-        Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
-        Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
-        Storage::Gpu(_) => {
-            let log_p = log_softmax_raw(z)?;
-            return crate::ops::unary::unary_raw(&log_p, crate::ops::unary::UnaryOp::Exp, 0.0, 0.0);
-        }
-    };
+    let rows = z.numel().checked_div(c).unwrap_or(0);
+    let storage = z.storage.softmax(rows, c)?;
     Ok(Tensor::from_storage(storage, z.shape()))
-}
-
-/// CPU reference of softmax over rows of length `c` (`c > 0`): exp(z − max) / Σ, with
-/// the exps of all rows in one slice.
-pub(crate) fn softmax_cpu<T: CpuMath>(z: &[T], c: usize) -> Vec<T> {
-    with_row_len!(c, |C| {
-        let (mut e, _) = exp_shifted_rows::<T, C>(z, c);
-        for row in e.chunks_exact_mut(row_len::<C>(c)) {
-            let inv = T::one() / row_sum(row);
-            row.iter_mut().for_each(|v| *v = *v * inv);
-        }
-        e
-    })
 }
 
 /// Mean (optionally weighted) cross-entropy of logits `[n, c]` against class labels `[n]`.
@@ -295,28 +82,10 @@ pub(crate) fn cross_entropy_raw(
         same_place(OP, logits, w)?;
         per_row(w)?;
     }
-    let w = weights.map(|w| &*w.storage);
-    let storage = match (&*logits.storage, &*labels.storage, w) {
-        (Storage::F32(z), Storage::F32(y), None) => {
-            Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
-        }
-        (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => {
-            Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
-        }
-        (Storage::F64(z), Storage::F64(y), None) => {
-            Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
-        }
-        (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => {
-            Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
-        }
-        (Storage::Gpu(z), Storage::Gpu(y), None) => {
-            Storage::Gpu(cross_entropy_gpu(z, n, c, y, None)?)
-        }
-        (Storage::Gpu(z), Storage::Gpu(y), Some(Storage::Gpu(w))) => {
-            Storage::Gpu(cross_entropy_gpu(z, n, c, y, Some(w))?)
-        }
-        _ => unreachable!("same_place checked device and dtype"),
-    };
+    let storage =
+        logits
+            .storage
+            .cross_entropy(&labels.storage, weights.map(|w| &*w.storage), n, c)?;
     Ok(Tensor::from_storage(storage, &[]))
 }
 
@@ -334,45 +103,17 @@ fn cross_entropy_with_probs_raw(
     if c == 0 || labels.shape() != [n] || weights.is_some_and(|w| w.shape() != [n]) {
         return None;
     }
-    let w = weights.map(|w| &*w.storage);
-    let parts = match (&*logits.storage, &*labels.storage, w) {
-        (Storage::F32(z), Storage::F32(y), None) => ce_probs_cpu(z, c, y, None)
-            .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into()))),
-        (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => ce_probs_cpu(z, c, y, Some(w))
-            .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into()))),
-        (Storage::F64(z), Storage::F64(y), None) => ce_probs_cpu(z, c, y, None)
-            .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into()))),
-        (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => ce_probs_cpu(z, c, y, Some(w))
-            .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into()))),
-        _ => return None,
-    };
+    let parts = logits.storage.cross_entropy_with_probs(
+        &labels.storage,
+        weights.map(|w| &*w.storage),
+        c,
+    )?;
     Some(parts.map(|(loss, probs)| {
         (
             Tensor::from_storage(loss, &[]),
             Tensor::from_storage(probs, logits.shape()),
         )
     }))
-}
-
-/// The loss of [`cross_entropy_cpu`] and softmax(z), from one pass of exps.
-fn ce_probs_cpu<T: CpuMath>(
-    z: &[T],
-    c: usize,
-    labels: &[T],
-    weights: Option<&[T]>,
-) -> Result<(T, Vec<T>)> {
-    with_row_len!(c, |C| {
-        let len = row_len::<C>(c);
-        let (mut e, maxes) = exp_shifted_rows::<T, C>(z, c);
-        let mut lse = Vec::with_capacity(maxes.len());
-        for (row, &m) in e.chunks_exact_mut(len).zip(&maxes) {
-            let s = row_sum(row);
-            lse.push(m + s.ln());
-            let inv = T::one() / s;
-            row.iter_mut().for_each(|v| *v = *v * inv);
-        }
-        Ok((ce_from_lse(z, c, labels, weights, &lse)?, e))
-    })
 }
 
 /// mean((pred − target)²) over tensors of the same shape.

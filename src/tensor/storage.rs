@@ -255,3 +255,100 @@ impl Storage {
         })
     }
 }
+
+// ---- loss --------------------------------------------------------------------------
+
+impl Storage {
+    /// Log-softmax of `rows` rows of `c` elements.
+    pub(crate) fn log_softmax(&self, rows: usize, c: usize) -> Result<Storage> {
+        use cpu::loss::log_softmax_cpu;
+        Ok(match self {
+            Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(log_softmax_cpu(v, c))),
+            Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(log_softmax_cpu(v, c))),
+            Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
+            Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::loss::log_softmax_gpu(b, rows, c)?),
+        })
+    }
+
+    /// Softmax of `rows` rows of `c` elements.
+    pub(crate) fn softmax(&self, rows: usize, c: usize) -> Result<Storage> {
+        use cpu::loss::softmax_cpu;
+        Ok(match self {
+            Storage::F32(v) if c > 0 => Storage::F32(CpuBuf::from(softmax_cpu(v, c))),
+            Storage::F64(v) if c > 0 => Storage::F64(CpuBuf::from(softmax_cpu(v, c))),
+            Storage::F32(_) => Storage::F32(CpuBuf::from(Vec::new())),
+            Storage::F64(_) => Storage::F64(CpuBuf::from(Vec::new())),
+            Storage::Gpu(b) => Storage::Gpu(gpu::kernels::loss::softmax_gpu(b, rows, c)?),
+        })
+    }
+
+    /// Mean (optionally weighted) cross-entropy of the logits `[n, c]` in `self`.
+    pub(crate) fn cross_entropy(
+        &self,
+        labels: &Storage,
+        weights: Option<&Storage>,
+        n: usize,
+        c: usize,
+    ) -> Result<Storage> {
+        use cpu::loss::cross_entropy_cpu;
+        use gpu::kernels::loss::cross_entropy_gpu;
+        const OP: &str = "cross_entropy";
+        Ok(match (self, labels, weights) {
+            (Storage::F32(z), Storage::F32(y), None) => {
+                Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
+            }
+            (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => {
+                Storage::F32(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
+            }
+            (Storage::F64(z), Storage::F64(y), None) => {
+                Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, None)?]))
+            }
+            (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => {
+                Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
+            }
+            (Storage::Gpu(z), Storage::Gpu(y), None) => {
+                Storage::Gpu(cross_entropy_gpu(z, n, c, y, None)?)
+            }
+            (Storage::Gpu(z), Storage::Gpu(y), Some(Storage::Gpu(w))) => {
+                Storage::Gpu(cross_entropy_gpu(z, n, c, y, Some(w))?)
+            }
+            (z, y, w) => return Err(mismatch(OP, z, odd_one(z, y, w))),
+        })
+    }
+
+    /// The CPU's fused cross-entropy that also returns softmax(logits) from the same
+    /// exps; `None` on the GPU, or for operands that do not fit (the plain op reports).
+    pub(crate) fn cross_entropy_with_probs(
+        &self,
+        labels: &Storage,
+        weights: Option<&Storage>,
+        c: usize,
+    ) -> Option<Result<(Storage, Storage)>> {
+        use cpu::loss::ce_probs_cpu;
+        Some(match (self, labels, weights) {
+            (Storage::F32(z), Storage::F32(y), None) => ce_probs_cpu(z, c, y, None)
+                .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into()))),
+            (Storage::F32(z), Storage::F32(y), Some(Storage::F32(w))) => {
+                ce_probs_cpu(z, c, y, Some(w))
+                    .map(|(l, p)| (Storage::F32(vec![l].into()), Storage::F32(p.into())))
+            }
+            (Storage::F64(z), Storage::F64(y), None) => ce_probs_cpu(z, c, y, None)
+                .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into()))),
+            (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => {
+                ce_probs_cpu(z, c, y, Some(w))
+                    .map(|(l, p)| (Storage::F64(vec![l].into()), Storage::F64(p.into())))
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// The operand among `y` and `w` that does not match `z`'s device or dtype (for an
+/// error message; `y` when both do).
+fn odd_one<'a>(z: &Storage, y: &'a Storage, w: Option<&'a Storage>) -> &'a Storage {
+    match w {
+        Some(w) if y.dtype() == z.dtype() && y.device() == z.device() => w,
+        _ => y,
+    }
+}

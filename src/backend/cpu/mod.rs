@@ -8,5 +8,6 @@ pub(crate) mod threads;
 pub(crate) use buf::CpuBuf;
 pub(crate) mod binary;
 pub(crate) mod index;
+pub(crate) mod loss;
 pub(crate) mod reduce;
 pub(crate) mod unary;

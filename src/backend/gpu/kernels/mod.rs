@@ -4,5 +4,6 @@
 pub(crate) mod binary;
 pub(crate) mod fill;
 pub(crate) mod index;
+pub(crate) mod loss;
 pub(crate) mod reduce;
 pub(crate) mod unary;

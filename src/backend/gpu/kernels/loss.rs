@@ -1,0 +1,109 @@
+//! The GPU side of the losses (`ops/loss.rs`): `shaders/loss.wgsl`. Cross-entropy is
+//! the inner loss of data hyper-cleaning, evaluated at every inner step, so it is fused:
+//! one dispatch computes each row's log-sum-exp, picks the label's logit, weights it and
+//! reduces the batch (a second, one-workgroup dispatch finishes large batches).
+
+use super::reduce::sum_partials_gpu;
+use super::unary::unary_gpu;
+use crate::backend::UnaryOp;
+use crate::backend::gpu::shaders;
+use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::error::Result;
+
+static LOG_SOFTMAX: Kernel = Kernel {
+    shader: &shaders::LOSS,
+    entry: "log_softmax",
+    reads: 1,
+    writes: 1,
+};
+
+static CROSS_ENTROPY: Kernel = Kernel {
+    shader: &shaders::LOSS,
+    entry: "cross_entropy",
+    reads: 3,
+    writes: 1,
+};
+
+/// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
+const WG: u32 = 64;
+/// Fewest rows an invocation of `cross_entropy` takes before another workgroup (and
+/// with it a finishing dispatch) is worth it: one workgroup covers 1,024 rows.
+const CE_MIN_ROWS: u64 = 16;
+/// At most this many partial losses, finished by one workgroup of `reduce::full`.
+const CE_MAX_GROUPS: u64 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RowParams {
+    rows: u32,
+    c: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CeParams {
+    n: u32,
+    c: u32,
+    scale: f32,
+    _pad: u32,
+}
+pub(crate) fn log_softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<GpuBuffer> {
+    let ctx = &z.ctx;
+    let y = ctx.alloc((rows * c * 4) as u64)?;
+    let params = RowParams {
+        rows: rows as u32,
+        c: c as u32,
+        _pad: [0; 2],
+    };
+    ctx.dispatch(
+        &LOG_SOFTMAX,
+        &[("WG", f64::from(WG))],
+        bytemuck::bytes_of(&params),
+        &[z, &y],
+        ctx.grid(rows as u64, u64::from(WG))?,
+    )?;
+    Ok(y)
+}
+
+/// Softmax of `rows` rows of `c`: the log-softmax kernel followed by exp (the same two
+/// dispatches the composition would cost).
+pub(crate) fn softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<GpuBuffer> {
+    let log_p = log_softmax_gpu(z, rows, c)?;
+    unary_gpu(UnaryOp::Exp, &log_p, rows * c, 0.0, 0.0)
+}
+
+pub(crate) fn cross_entropy_gpu(
+    z: &GpuBuffer,
+    n: usize,
+    c: usize,
+    labels: &GpuBuffer,
+    weights: Option<&GpuBuffer>,
+) -> Result<GpuBuffer> {
+    let ctx = &z.ctx;
+    let groups = (n as u64)
+        .div_ceil(u64::from(WG) * CE_MIN_ROWS)
+        .clamp(1, CE_MAX_GROUPS) as u32;
+    let scale = (1.0 / n as f64) as f32;
+    let out = ctx.alloc(u64::from(groups) * 4)?;
+    let params = CeParams {
+        n: n as u32,
+        c: c as u32,
+        scale: if groups == 1 { scale } else { 1.0 },
+        _pad: 0,
+    };
+    ctx.dispatch(
+        &CROSS_ENTROPY,
+        &[
+            ("WG", f64::from(WG)),
+            ("WEIGHTED", f64::from(u8::from(weights.is_some()))),
+        ],
+        bytemuck::bytes_of(&params),
+        &[z, labels, weights.unwrap_or(labels), &out],
+        [groups, 1, 1],
+    )?;
+    if groups == 1 {
+        return Ok(out);
+    }
+    sum_partials_gpu(&out, groups as usize, scale)
+}
