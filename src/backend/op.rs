@@ -150,3 +150,92 @@ pub(crate) enum AxisOp {
     Sum = 0,
     Max = 1,
 }
+
+// ---- update ------------------------------------------------------------------------
+
+/// A coefficient of a fused update: a host number, or a one-element storage `S` on the
+/// device of the operands (read there, without a readback).
+#[derive(Debug)]
+pub(crate) enum Coef<'a, S> {
+    Host(f64),
+    Device(&'a S),
+}
+
+/// The coefficients of `out = b·y + a·x`. The ratio form has b = 1, which keeps the
+/// kernel to two scalar bindings.
+#[derive(Debug)]
+pub(crate) enum Coefs<'a, S> {
+    /// `b·y + a·x`
+    Linear { b: Coef<'a, S>, a: Coef<'a, S> },
+    /// `y + sign·(num/den)·x`
+    Ratio { sign: f64, num: &'a S, den: &'a S },
+}
+
+// By hand: derived impls would ask for `S: Clone`, but only references are copied.
+impl<S> Clone for Coef<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Coef<'_, S> {}
+impl<S> Clone for Coefs<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Coefs<'_, S> {}
+
+impl<'a, S> Coefs<'a, S> {
+    /// The device scalars, in the order (b, a) or (num, den).
+    pub(crate) fn scalars(&self) -> [Option<&'a S>; 2] {
+        let dev = |c: &Coef<'a, S>| match *c {
+            Coef::Device(s) => Some(s),
+            Coef::Host(_) => None,
+        };
+        match self {
+            Coefs::Linear { b, a } => [dev(b), dev(a)],
+            Coefs::Ratio { num, den, .. } => [Some(*num), Some(*den)],
+        }
+    }
+
+    /// The same coefficients with each device scalar replaced by `f` of it.
+    pub(crate) fn map<T>(self, f: impl Fn(&'a S) -> &'a T) -> Coefs<'a, T> {
+        let coef = |c: Coef<'a, S>| match c {
+            Coef::Host(v) => Coef::Host(v),
+            Coef::Device(s) => Coef::Device(f(s)),
+        };
+        match self {
+            Coefs::Linear { b, a } => Coefs::Linear {
+                b: coef(b),
+                a: coef(a),
+            },
+            Coefs::Ratio { sign, num, den } => Coefs::Ratio {
+                sign,
+                num: f(num),
+                den: f(den),
+            },
+        }
+    }
+
+    /// The same coefficients with each device scalar seen as a `T` (one backend's
+    /// storage), or `None` when `f` refuses one.
+    pub(crate) fn try_map<T>(self, f: impl Fn(&'a S) -> Option<&'a T>) -> Option<Coefs<'a, T>> {
+        let coef = |c: Coef<'a, S>| -> Option<Coef<'a, T>> {
+            Some(match c {
+                Coef::Host(v) => Coef::Host(v),
+                Coef::Device(s) => Coef::Device(f(s)?),
+            })
+        };
+        Some(match self {
+            Coefs::Linear { b, a } => Coefs::Linear {
+                b: coef(b)?,
+                a: coef(a)?,
+            },
+            Coefs::Ratio { sign, num, den } => Coefs::Ratio {
+                sign,
+                num: f(num)?,
+                den: f(den)?,
+            },
+        })
+    }
+}

@@ -1,6 +1,7 @@
 //! Fused updates, one dispatch each: `axpy` (y + a·x), `axpby` (b·y + a·x) and
-//! `axpy_ratio` (y + sign·(num/den)·x), in `shaders/update.wgsl` on the GPU and
-//! `update_cpu` on the CPU. They return a new tensor (tensors are immutable values).
+//! `axpy_ratio` (y + sign·(num/den)·x), in `shaders/update.wgsl` on the GPU
+//! (`backend/gpu/kernels/update.rs`) and `update_cpu` on the CPU
+//! (`backend/cpu/update.rs`). They return a new tensor (tensors are immutable values).
 //!
 //! A coefficient is a [`Scalar`]: a host number, or a one-element tensor on the same
 //! device. On the GPU a device scalar is read by the kernel itself, so a dot product
@@ -8,11 +9,9 @@
 //! α = rᵀr / pᵀAp never leaves the device ([`Tensor::axpy_ratio`]).
 
 use crate::autodiff::{Op, ScalarKind, record};
-use crate::backend::cpu::CpuBuf;
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::backend::{Coef, Coefs};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Storage, Tensor, same_place};
+use crate::tensor::{Tensor, same_place};
 
 /// A coefficient of a fused update: a host number or a one-element tensor on the
 /// device of the tensors it scales (read there, without a readback).
@@ -42,42 +41,13 @@ impl<'a> From<&'a Tensor> for Scalar<'a> {
         Scalar::Device(t)
     }
 }
-
-/// The coefficients of `out = b·y + a·x`. The ratio form has b = 1, which keeps the
-/// kernel to two scalar bindings.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Coefs<'a> {
-    /// `b·y + a·x`
-    Linear { b: Scalar<'a>, a: Scalar<'a> },
-    /// `y + sign·(num/den)·x`
-    Ratio {
-        sign: f64,
-        num: &'a Tensor,
-        den: &'a Tensor,
-    },
-}
-
-static UPDATE: Kernel = Kernel {
-    shader: &shaders::UPDATE,
-    entry: "main",
-    reads: 4,
-    writes: 1,
-};
-
-const WG: u32 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n4: u32,
-    _pad: u32,
-    a: f32,
-    b: f32,
-}
-
-/// CPU reference: `b·y + a·x` elementwise.
-pub(crate) fn update_cpu<T: Element>(y: &[T], x: &[T], a: T, b: T) -> Vec<T> {
-    y.iter().zip(x).map(|(&y, &x)| b * y + a * x).collect()
+impl<'a> Scalar<'a> {
+    fn coef(self) -> Coef<'a, Tensor> {
+        match self {
+            Scalar::Host(v) => Coef::Host(v),
+            Scalar::Device(t) => Coef::Device(t),
+        }
+    }
 }
 
 /// Checks that a device scalar fits the update of `y`: one element, same device, same dtype.
@@ -93,62 +63,11 @@ fn check_scalar(op: &'static str, y: &Tensor, s: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The value of a checked CPU scalar (no device involved, so no readback).
-fn host_value(s: Scalar<'_>) -> Result<f64> {
-    match s {
-        Scalar::Host(v) => Ok(v),
-        Scalar::Device(t) => t.to_scalar::<f64>(),
-    }
-}
-
-fn update_gpu(y: &GpuBuffer, x: &GpuBuffer, n: usize, coefs: Coefs<'_>) -> Result<GpuBuffer> {
-    let ctx = &y.ctx;
-    fn buf(t: &Tensor) -> &GpuBuffer {
-        t.gpu_buffer()
-            .expect("check_scalar put every scalar on the operands' device")
-    }
-    // Unused scalar slots are bound to y: read-only, never read by the kernel.
-    let (a_src, b_src, a, b, s0, s1) = match coefs {
-        Coefs::Linear { b, a } => {
-            let (a_src, a_val, s0) = match a {
-                Scalar::Host(v) => (0u32, v, y),
-                Scalar::Device(t) => (1, 1.0, buf(t)),
-            };
-            let (b_src, b_val, s1) = match b {
-                Scalar::Host(v) => (0u32, v, y),
-                Scalar::Device(t) => (1, 0.0, buf(t)),
-            };
-            (a_src, b_src, a_val, b_val, s0, s1)
-        }
-        Coefs::Ratio { sign, num, den } => (2, 0, sign, 1.0, buf(num), buf(den)),
-    };
-    let out = ctx.alloc((n * 4) as u64)?;
-    let n4 = n.div_ceil(4);
-    let params = Params {
-        n4: n4 as u32,
-        _pad: 0,
-        a: a as f32,
-        b: b as f32,
-    };
-    ctx.dispatch(
-        &UPDATE,
-        &[
-            ("A_SRC", f64::from(a_src)),
-            ("B_SRC", f64::from(b_src)),
-            ("WG", f64::from(WG)),
-        ],
-        bytemuck::bytes_of(&params),
-        &[y, x, s0, s1, &out],
-        ctx.grid(n4 as u64, u64::from(WG))?,
-    )?;
-    Ok(out)
-}
-
 /// `out = b·y + a·x` with the coefficients of `coefs`, in one dispatch on the GPU.
 pub(crate) fn update_raw(
     op: &'static str,
     y: &Tensor,
-    coefs: Coefs<'_>,
+    coefs: Coefs<'_, Tensor>,
     x: &Tensor,
 ) -> Result<Tensor> {
     same_place(op, y, x)?;
@@ -159,44 +78,11 @@ pub(crate) fn update_raw(
             rhs: x.shape().to_vec(),
         });
     }
-    let scalars: [Option<&Tensor>; 2] = match coefs {
-        Coefs::Linear { b, a } => [b, a].map(|s| match s {
-            Scalar::Device(t) => Some(t),
-            Scalar::Host(_) => None,
-        }),
-        Coefs::Ratio { num, den, .. } => [Some(num), Some(den)],
-    };
-    for s in scalars.into_iter().flatten() {
+    for s in coefs.scalars().into_iter().flatten() {
         check_scalar(op, y, s)?;
     }
-    let cpu_coefs = || -> Result<(f64, f64)> {
-        match coefs {
-            Coefs::Linear { b, a } => Ok((host_value(a)?, host_value(b)?)),
-            Coefs::Ratio { sign, num, den } => {
-                let d = den.to_scalar::<f64>()?;
-                Ok((
-                    if d == 0.0 {
-                        0.0
-                    } else {
-                        sign * num.to_scalar::<f64>()? / d
-                    },
-                    1.0,
-                ))
-            }
-        }
-    };
-    let storage = match (&*y.storage, &*x.storage) {
-        (Storage::F32(yv), Storage::F32(xv)) => {
-            let (a, b) = cpu_coefs()?;
-            Storage::F32(CpuBuf::from(update_cpu(yv, xv, a as f32, b as f32)))
-        }
-        (Storage::F64(yv), Storage::F64(xv)) => {
-            let (a, b) = cpu_coefs()?;
-            Storage::F64(CpuBuf::from(update_cpu(yv, xv, a, b)))
-        }
-        (Storage::Gpu(yb), Storage::Gpu(xb)) => Storage::Gpu(update_gpu(yb, xb, y.numel(), coefs)?),
-        _ => unreachable!("same_place checked device and dtype"),
-    };
+    let coefs = coefs.map(|t| &*t.storage);
+    let storage = y.storage.update(op, &x.storage, y.numel(), coefs)?;
     Ok(Tensor::from_storage(storage, y.shape()))
 }
 
@@ -224,8 +110,8 @@ impl Tensor {
     pub fn axpy<'a>(&self, a: impl Into<Scalar<'a>>, x: &Tensor) -> Result<Tensor> {
         let a = a.into();
         let coefs = Coefs::Linear {
-            b: Scalar::Host(1.0),
-            a,
+            b: Coef::Host(1.0),
+            a: a.coef(),
         };
         let out = update_raw("axpy", self, coefs, x)?;
         Ok(record_linear(self, x, a, Scalar::Host(1.0), out))
@@ -240,7 +126,10 @@ impl Tensor {
         x: &Tensor,
     ) -> Result<Tensor> {
         let (a, b) = (a.into(), b.into());
-        let coefs = Coefs::Linear { b, a };
+        let coefs = Coefs::Linear {
+            b: b.coef(),
+            a: a.coef(),
+        };
         let out = update_raw("axpby", self, coefs, x)?;
         Ok(record_linear(self, x, a, b, out))
     }

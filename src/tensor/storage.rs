@@ -3,7 +3,7 @@
 use super::DType;
 use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
-use crate::backend::{AxisOp, BinaryOp, FullOp, UnaryOp, cpu, gpu};
+use crate::backend::{AxisOp, BinaryOp, Coefs, FullOp, UnaryOp, cpu, gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -350,5 +350,59 @@ fn odd_one<'a>(z: &Storage, y: &'a Storage, w: Option<&'a Storage>) -> &'a Stora
     match w {
         Some(w) if y.dtype() == z.dtype() && y.device() == z.device() => w,
         _ => y,
+    }
+}
+
+// ---- update ------------------------------------------------------------------------
+
+impl Storage {
+    /// `b·self + a·x` over `n` elements with the coefficients of `coefs`, whose device
+    /// scalars must be one-element storages like `self`'s.
+    pub(crate) fn update(
+        &self,
+        name: &'static str,
+        x: &Storage,
+        n: usize,
+        coefs: Coefs<'_, Storage>,
+    ) -> Result<Storage> {
+        use cpu::update::{host_coefs, update_cpu};
+        let odd = || {
+            let scalars = coefs.scalars().into_iter().flatten();
+            let other = scalars
+                .chain([x])
+                .find(|s| s.dtype() != self.dtype() || s.device() != self.device());
+            mismatch(name, self, other.unwrap_or(x))
+        };
+        Ok(match (self, x) {
+            (Storage::F32(yv), Storage::F32(xv)) => {
+                let c = coefs.try_map(|s| match s {
+                    Storage::F32(v) => Some(v),
+                    _ => None,
+                });
+                let (a, b) = host_coefs(c.ok_or_else(odd)?, |v| f64::from(v[0]));
+                Storage::F32(CpuBuf::from(update_cpu(yv, xv, a as f32, b as f32)))
+            }
+            (Storage::F64(yv), Storage::F64(xv)) => {
+                let c = coefs.try_map(|s| match s {
+                    Storage::F64(v) => Some(v),
+                    _ => None,
+                });
+                let (a, b) = host_coefs(c.ok_or_else(odd)?, |v| v[0]);
+                Storage::F64(CpuBuf::from(update_cpu(yv, xv, a, b)))
+            }
+            (Storage::Gpu(yb), Storage::Gpu(xb)) => {
+                let c = coefs.try_map(|s| match s {
+                    Storage::Gpu(b) => Some(b),
+                    _ => None,
+                });
+                Storage::Gpu(gpu::kernels::update::update_gpu(
+                    yb,
+                    xb,
+                    n,
+                    c.ok_or_else(odd)?,
+                )?)
+            }
+            _ => return Err(odd()),
+        })
     }
 }

@@ -11,3 +11,4 @@ pub(crate) mod index;
 pub(crate) mod loss;
 pub(crate) mod reduce;
 pub(crate) mod unary;
+pub(crate) mod update;
