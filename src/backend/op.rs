@@ -239,3 +239,17 @@ impl<'a, S> Coefs<'a, S> {
         })
     }
 }
+
+// ---- matmul ------------------------------------------------------------------------
+
+/// The shapes of one product: `batch` products of [m, k]·[k, n]. An operand with
+/// `*_batched == false` is one matrix shared by every product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MatmulDims {
+    pub(crate) batch: usize,
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) a_batched: bool,
+    pub(crate) b_batched: bool,
+}

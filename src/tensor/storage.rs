@@ -3,7 +3,8 @@
 use super::DType;
 use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
-use crate::backend::{AxisOp, BinaryOp, Coefs, FullOp, UnaryOp, cpu, gpu};
+use crate::backend::gpu::kernels::matmul::GpuPlan;
+use crate::backend::{AxisOp, BinaryOp, Coefs, FullOp, MatmulDims, UnaryOp, cpu, gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -403,6 +404,34 @@ impl Storage {
                 )?)
             }
             _ => return Err(odd()),
+        })
+    }
+}
+
+// ---- matmul ------------------------------------------------------------------------
+
+impl Storage {
+    /// `op(self) · op(rhs)` with the shapes of `d`; `plan` says how the GPU runs it.
+    pub(crate) fn matmul(
+        &self,
+        rhs: &Storage,
+        d: &MatmulDims,
+        trans_a: bool,
+        trans_b: bool,
+        plan: GpuPlan,
+    ) -> Result<Storage> {
+        use cpu::matmul::matmul_cpu;
+        Ok(match (self, rhs) {
+            (Storage::F32(x), Storage::F32(y)) => {
+                Storage::F32(CpuBuf::from(matmul_cpu(x, y, d, trans_a, trans_b)))
+            }
+            (Storage::F64(x), Storage::F64(y)) => {
+                Storage::F64(CpuBuf::from(matmul_cpu(x, y, d, trans_a, trans_b)))
+            }
+            (Storage::Gpu(x), Storage::Gpu(y)) => Storage::Gpu(gpu::kernels::matmul::matmul_gpu(
+                x, y, d, trans_a, trans_b, plan,
+            )?),
+            (a, b) => return Err(mismatch("matmul", a, b)),
         })
     }
 }

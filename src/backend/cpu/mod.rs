@@ -9,6 +9,7 @@ pub(crate) use buf::CpuBuf;
 pub(crate) mod binary;
 pub(crate) mod index;
 pub(crate) mod loss;
+pub(crate) mod matmul;
 pub(crate) mod reduce;
 pub(crate) mod unary;
 pub(crate) mod update;

@@ -1,0 +1,311 @@
+//! The GPU side of matmul (`ops/matmul.rs`): `shaders/matmul.wgsl` and
+//! `shaders/matmul_portable.wgsl`.
+//!
+//! ## Why the kernel looks the way it does
+//! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
+//! stack slots). The rows are shared by the subgroup: lanes 0..7 each load one vec4 of A
+//! per 8 rows and `subgroupBroadcast` hands all 32 values to every lane; B, the lane's own
+//! columns, is loaded per lane and reused by all the rows.
+//!
+//! Why, as measured on llvmpipe (Mesa 22.3 lavapipe, 8 lanes of 32 bits, 2 cores; GFLOP/s
+//! normalised by process CPU time because other jobs share the machine): a storage load
+//! whose address may differ across lanes compiles to a loop over the 8 lanes with a bounds
+//! check per component, ~50 cycles per vec4, and inside a loop even a uniform address (or
+//! a uniform-buffer load) takes that path. A multiply-add costs ~1 cycle per 8 lanes (no
+//! FMA fusion), a broadcast ~1 per component. So the kernel minimises per-lane loads per
+//! multiply-add. Variants tried, n = 1024:
+//! - 8×4 block per invocation, each lane loading its own A and B: 12–14 GFLOP/s;
+//! - 16×16 shared-memory tiles: ~1 (WGPU-NOTES; barriers switch coroutines on llvmpipe);
+//! - A shared by broadcasts, 4 columns per lane: 32 rows 36, 64 rows 40–43, 128 rows 46;
+//! - A shared, 8 columns per lane: 32 rows 46, 64 rows 50–55 (kept), 128 rows 39 (spills
+//!   swamp the saving);
+//! - workgroups in row-block order instead of column-block order: −10–20% at n = 2048;
+//! - 8, 16, 32 lanes per workgroup: no difference (lavapipe runs the subgroups in turn).
+//!
+//! Profile of the kept kernel (perf on the JIT code): ~35% per-lane loads, ~25%
+//! multiply-adds, ~25% moving spilled accumulators. On a GPU, subgroup broadcasts and
+//! register blocking are cheap too, though without shared-memory tiles it is not tuned
+//! for one.
+//!
+//! Adapters without subgroups (the GL backend) run `shaders/matmul_portable.wgsl`, the same
+//! loop with every lane loading its own A. Both kernels read either stored layout of each
+//! operand in place, as vec4s when its rows are whole vec4s and as floats otherwise (four
+//! loads per vec4, cheaper than a copy for the small products that such shapes usually
+//! are); only large products copy operands, to the layout read fastest (see
+//! `PACK_MIN_FLOP`).
+
+use crate::backend::MatmulDims;
+use crate::backend::gpu::shaders;
+use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::error::Result;
+
+/// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
+static MATMUL: Kernel = Kernel {
+    shader: &shaders::MATMUL,
+    entry: "main",
+    reads: 4,
+    writes: 1,
+};
+
+static MATMUL_PORTABLE: Kernel = Kernel {
+    shader: &shaders::MATMUL_PORTABLE,
+    entry: "main",
+    reads: 4,
+    writes: 1,
+};
+
+static PACK: Kernel = Kernel {
+    shader: &shaders::MATMUL_PORTABLE,
+    entry: "pack",
+    reads: 1,
+    writes: 1,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    k4: u32,
+    lda: u32,
+    ldb: u32,
+    a_batch: u32,
+    b_batch: u32,
+    a_last_row: u32,
+    a_last_col4: u32,
+    b_last_row: u32,
+    b_last_col4: u32,
+    group_m0: u32,
+    batch0: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PackParams {
+    rows: u32,
+    cols: u32,
+    out_rows: u32,
+    out_cols: u32,
+    ld4: u32,
+    total_rows: u32,
+    _pad: [u32; 2],
+}
+
+/// How the GPU runs one product. The default is what the public ops use; tests and
+/// tuning override parts of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GpuPlan {
+    /// Run `matmul_portable.wgsl` even when the adapter has subgroups.
+    pub portable: bool,
+    /// `(ROWS, WG)` of the subgroup kernel instead of the automatic choice.
+    pub shape: Option<(u32, u32)>,
+    /// Copy operands to the layout with rows along k: always, never, or by size (`None`).
+    pub pack: Option<bool>,
+}
+
+/// An operand as the kernels read it: stacked matrices of `rows` rows of `ld` floats.
+struct Operand<'a> {
+    buf: Packed<'a>,
+    rows: usize,
+    ld: usize,
+}
+
+enum Packed<'a> {
+    Borrowed(&'a GpuBuffer),
+    Owned(GpuBuffer),
+}
+
+impl Operand<'_> {
+    fn buf(&self) -> &GpuBuffer {
+        match &self.buf {
+            Packed::Borrowed(b) => b,
+            Packed::Owned(b) => b,
+        }
+    }
+
+    /// Rows of whole vec4s can be loaded as vec4s (one load instead of four).
+    fn vec4(&self) -> bool {
+        self.ld.is_multiple_of(4)
+    }
+}
+
+/// `count` stacked [rows, cols] matrices as an [`Operand`]: the buffer itself, or with
+/// `transpose` a pooled copy of the transposed matrices with rows padded by zeros to whole
+/// vec4s.
+fn operand(
+    buf: &GpuBuffer,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+) -> Result<Operand<'_>> {
+    if !transpose {
+        return Ok(Operand {
+            buf: Packed::Borrowed(buf),
+            rows,
+            ld: cols,
+        });
+    }
+    let (out_rows, out_cols) = (cols, rows);
+    let ld4 = out_cols.div_ceil(4);
+    let ctx = &buf.ctx;
+    let total_rows = count * out_rows;
+    let out = ctx.alloc((total_rows * ld4 * 16) as u64)?;
+    let params = PackParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        out_rows: out_rows as u32,
+        out_cols: out_cols as u32,
+        ld4: ld4 as u32,
+        total_rows: total_rows as u32,
+        _pad: [0; 2],
+    };
+    const PACK_WG: u32 = 64;
+    ctx.dispatch(
+        &PACK,
+        &[("WG", f64::from(PACK_WG))],
+        bytemuck::bytes_of(&params),
+        &[buf, &out],
+        ctx.grid(total_rows as u64, u64::from(PACK_WG))?,
+    )?;
+    Ok(Operand {
+        buf: Packed::Owned(out),
+        rows: out_rows,
+        ld: 4 * ld4,
+    })
+}
+
+/// Products of at least this many flops first copy a transposed A to [m, k] and an
+/// untransposed B to [n, k], so the kernel reads both along k. Measured on llvmpipe (GFLOP/s
+/// by CPU time, plain A·B, n = 512 / 1024 / 2048): as stored 60 / 55 / 45, copied 48 / 53 /
+/// 55; Aᵀ·B: 56 / 51 / 43 and 50 / 51 / 51. The copies pay off once B no longer fits in the
+/// cache and its rows, read 32 bytes at a time, stop being prefetched.
+const PACK_MIN_FLOP: u64 = 1 << 32;
+
+/// Rows per invocation of the subgroup kernel for an output of `m` rows: 64 for large
+/// products (32: −10% at n = 1024; 128 with 8 columns: −20%, too many spills), otherwise
+/// the smallest of 8, 16, 32 that covers m, so that small products do not compute clamped
+/// rows. Compile time grows with the block: ~0.6 s for 8 rows, ~5 s for 64 on llvmpipe,
+/// once per variant (Mesa caches it on disk, after which it is ~0.8 s).
+fn rows_for(m: usize) -> u32 {
+    [8u32, 16, 32]
+        .into_iter()
+        .find(|&r| m <= r as usize)
+        .unwrap_or(64)
+}
+
+/// Columns owned by one invocation of each kernel.
+const SUBGROUP_COLS: usize = 8;
+const PORTABLE_COLS: usize = 4;
+const PORTABLE_ROWS: usize = 8;
+const PORTABLE_WG: u32 = 64;
+
+pub(crate) fn matmul_gpu(
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    d: &MatmulDims,
+    trans_a: bool,
+    trans_b: bool,
+    plan: GpuPlan,
+) -> Result<GpuBuffer> {
+    let ctx = &a.ctx;
+    let MatmulDims { batch, m, k, n, .. } = *d;
+    let out = ctx.alloc((batch * m * n * 4) as u64)?;
+    if batch * m * n == 0 {
+        return Ok(out);
+    }
+    if k == 0 {
+        super::fill::fill_gpu_bits(&out, 0)?;
+        return Ok(out);
+    }
+    let (a_count, b_count) = (
+        if d.a_batched { batch } else { 1 },
+        if d.b_batched { batch } else { 1 },
+    );
+    // Stored shapes: A is [m, k] or (transposed) [k, m]; B is [k, n] or [n, k].
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
+    let big = plan
+        .pack
+        .unwrap_or(2 * (m as u64) * (n as u64) * (k as u64) >= PACK_MIN_FLOP);
+    let pa = operand(a, a_count, a_rows, a_cols, big && trans_a)?;
+    let pb = operand(b, b_count, b_rows, b_cols, big && !trans_b)?;
+    let (trans_a, trans_b) = (trans_a && !big, trans_b || big);
+
+    // The subgroup kernel broadcasts from lanes 0..7, so every subgroup needs 8 lanes. One
+    // subgroup per workgroup: the kernel shares nothing across subgroups, and on llvmpipe
+    // (8 lanes) a small workgroup wastes the least on columns past n.
+    let sizes = ctx
+        .subgroup_sizes()
+        .filter(|&(min, _)| min >= 8 && !plan.portable);
+    let (entry, rows, wg, cols) = match (plan.shape, sizes) {
+        (None, Some((_, max))) => (&MATMUL, rows_for(m), max.min(64), SUBGROUP_COLS),
+        (Some((rows, wg)), Some(_)) => (&MATMUL, rows, wg, SUBGROUP_COLS),
+        (_, None) => (
+            &MATMUL_PORTABLE,
+            PORTABLE_ROWS as u32,
+            PORTABLE_WG,
+            PORTABLE_COLS,
+        ),
+    };
+    let groups_n = n.div_ceil(cols).div_ceil(wg as usize);
+    let groups_m = m.div_ceil(rows as usize);
+    let mut params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        k4: k.div_ceil(4) as u32,
+        lda: pa.ld as u32,
+        ldb: pb.ld as u32,
+        a_batch: if d.a_batched {
+            (pa.rows * pa.ld) as u32
+        } else {
+            0
+        },
+        b_batch: if d.b_batched {
+            (pb.rows * pb.ld) as u32
+        } else {
+            0
+        },
+        a_last_row: pa.rows as u32 - 1,
+        a_last_col4: pa.ld.div_ceil(4) as u32 - 1,
+        b_last_row: pb.rows as u32 - 1,
+        b_last_col4: pb.ld.div_ceil(4) as u32 - 1,
+        group_m0: 0,
+        batch0: 0,
+        _pad: [0; 2],
+    };
+    let mut constants = vec![
+        ("WG", f64::from(wg)),
+        ("TRANS_A", f64::from(u8::from(trans_a))),
+        ("TRANS_B", f64::from(u8::from(trans_b))),
+        ("A_VEC4", f64::from(u8::from(pa.vec4()))),
+        ("B_VEC4", f64::from(u8::from(pb.vec4()))),
+    ];
+    if std::ptr::eq(entry, &MATMUL) {
+        constants.push(("ROWS", f64::from(rows)));
+    }
+    // Row blocks and batch entries beyond the per-dimension workgroup limit go to further
+    // dispatches; columns beyond it (n over ~4M at 8 lanes) are an error from `dispatch`.
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    for batch0 in (0..batch).step_by(max) {
+        for group_m0 in (0..groups_m).step_by(max) {
+            params.batch0 = batch0 as u32;
+            params.group_m0 = group_m0 as u32;
+            ctx.dispatch(
+                entry,
+                &constants,
+                bytemuck::bytes_of(&params),
+                &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
+                [
+                    groups_n as u32,
+                    (groups_m - group_m0).min(max) as u32,
+                    (batch - batch0).min(max) as u32,
+                ],
+            )?;
+        }
+    }
+    Ok(out)
+}
