@@ -567,3 +567,21 @@ fn hvp_operator_reuses_one_gradient_graph() {
         "no_grad",
     );
 }
+
+/// Recording keeps an op's output only where its rule reads it: anything more is memory
+/// held for as long as the graph lives (RAD holds a step's graph per reverse step).
+#[test]
+fn only_ops_whose_rule_reads_the_output_keep_it() {
+    let x = t64(&[3, 4], 1).requires_grad();
+    let kept = |t: Result<Tensor>| t.unwrap().node.as_ref().unwrap().out.is_some();
+    assert!(kept(x.exp()));
+    assert!(kept(x.square().and_then(|s| s.sqrt())));
+    assert!(kept(x.div(&x.exp().unwrap())));
+    assert!(kept(x.softmax()));
+    assert!(!kept(x.sin()));
+    assert!(!kept(x.square()));
+    assert!(!kept(x.add(&x)));
+    assert!(!kept(x.mul(&x)));
+    assert!(!kept(x.matmul_t(&x, false, true)));
+    assert!(!kept(x.sum()));
+}
