@@ -357,7 +357,5 @@ pub(crate) fn matmul_cpu<T: Gemm>(
     c
 }
 
-/// How the GPU runs one product. The default is what the public ops use; tests and
-
 #[cfg(test)]
 mod tests;
