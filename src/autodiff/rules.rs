@@ -11,11 +11,10 @@
 //! rule is written, and a rule that reads an output it was not given panics naming the
 //! op instead of reading another tensor's values.
 
-use super::{Op, ScalarKind};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
-use crate::ops::binary::BinaryOp;
-use crate::ops::unary::UnaryOp;
 use crate::tensor::Tensor;
+use crate::tensor::tape::{Op, ScalarKind, record};
 
 type Grads = Vec<Option<Tensor>>;
 
@@ -175,7 +174,7 @@ pub(crate) fn backward(
                     (Some(lp), _) => lp.exp()?,
                     // The forward pass's softmax, put on the graph as softmax(z) (which
                     // it is) so that second-order products still see its derivative.
-                    (None, Some(p)) => super::record(Op::Softmax, &[z], p.clone()),
+                    (None, Some(p)) => record(Op::Softmax, &[z], p.clone()),
                     (None, None) => z.softmax()?,
                 };
                 p.sub(&Tensor::one_hot(labels, c)?)

@@ -21,7 +21,10 @@
 use super::tests::{labels, numeric_grad, t64, vals};
 use super::*;
 use crate::ops::binary::ALL_BINARY;
+use crate::ops::binary::BinaryOp;
 use crate::ops::unary::ALL_UNARY;
+use crate::ops::unary::UnaryOp;
+use crate::tensor::tape::{OpKind, ScalarKind, record};
 use crate::testing::rel_err;
 
 /// Step and tolerance of every comparison. As in `tests::check`: central differences

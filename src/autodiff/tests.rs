@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::Device;
+use crate::ops::binary::BinaryOp;
+use crate::ops::unary::UnaryOp;
 use crate::testing::{assert_close, oracle_pair, rel_err};
 
 const CPU: Device = Device::Cpu;

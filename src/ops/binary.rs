@@ -2,9 +2,9 @@
 //! `backend/cpu/binary.rs` on the CPU, `shaders/binary.wgsl` (planned in
 //! `backend/gpu/kernels/binary.rs`) on the GPU. A 0-d tensor on the device is a valid operand, so a
 //! scalar computed on the GPU (a dot product, a loss) scales a vector with no readback.
-use crate::autodiff::{Op, record};
 pub use crate::backend::{ALL_BINARY, BinaryOp};
 use crate::error::{Error, Result};
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Tensor, same_place};
 
 /// The NumPy broadcast of two shapes: aligned at the right, each pair of extents equal

@@ -12,8 +12,8 @@
 //! its output row (`one_hot`) or element (`gather`) into NaN, which shows up in any
 //! loss computed from it.
 
-use crate::autodiff::{Op, record};
 use crate::error::{Error, Result, invalid};
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Storage, Tensor, same_place};
 
 fn check_labels(op: &'static str, labels: &Tensor) -> Result<usize> {

@@ -8,9 +8,9 @@
 //! logit, weights it and reduces the batch (a second, one-workgroup dispatch finishes
 //! large batches).
 
-use crate::autodiff::{Op, record};
 use crate::error::{Error, Result, invalid};
 use crate::ops::reduce;
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Tensor, same_place};
 
 /// Log-softmax along the last axis.
@@ -148,7 +148,7 @@ impl Tensor {
     /// term is NaN, whatever its weight). Shapes that do not fit are `ShapeMismatch`;
     /// logits that are not a matrix, or have no classes, are `InvalidArgument`.
     pub fn cross_entropy(&self, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
-        let recording = crate::autodiff::is_grad_enabled() && self.node.is_some();
+        let recording = crate::tensor::tape::is_grad_enabled() && self.node.is_some();
         // The backward rule needs softmax(z); the CPU loss has it almost for free.
         let fused = recording
             .then(|| cross_entropy_with_probs_raw(self, labels, weights))

@@ -3,10 +3,10 @@
 //! `shaders/matmul.wgsl` and `shaders/matmul_portable.wgsl` (planned in
 //! `backend/gpu/kernels/matmul.rs`, which says why they look the way they do) on the GPU.
 
-use crate::autodiff::{Op, record};
 use crate::backend::MatmulDims;
 pub(crate) use crate::backend::gpu::kernels::matmul::GpuPlan;
 use crate::error::{Error, Result};
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Tensor, same_place};
 
 fn mismatch(a: &[usize], b: &[usize]) -> Error {

@@ -9,9 +9,9 @@
 //! into chunks whose partial sums are reduced again), so even a 16M-element sum stays
 //! within 1e-4 relative of an f64 sum. The CPU accumulates in f64 for both dtypes.
 
-use crate::autodiff::{Op, record};
 use crate::backend::{AxisOp, FullOp};
 use crate::error::{Error, Result, invalid};
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Tensor, same_place};
 
 fn full_raw(

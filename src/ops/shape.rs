@@ -1,9 +1,9 @@
 //! Shape ops without kernels of their own: `reshape` (free), `broadcast_to` (the binary
 //! kernel's copy mode) and `sum_to` (axis sums), the pair autodiff uses for broadcasting.
 
-use crate::autodiff::{Op, record};
 use crate::error::{Error, Result};
 use crate::ops::binary::broadcast_raw;
+use crate::tensor::tape::{Op, record};
 use crate::tensor::{Tensor, numel};
 
 impl Tensor {

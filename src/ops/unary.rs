@@ -1,10 +1,10 @@
 //! Elementwise unary ops: `unary_cpu` in `backend/cpu/unary.rs` on the CPU,
 //! `shaders/unary.wgsl` (planned in `backend/gpu/kernels/unary.rs`) on the GPU.
 
-use crate::autodiff::{Op, record};
 pub use crate::backend::{ALL_UNARY, UnaryOp};
 use crate::error::Result;
 use crate::tensor::Tensor;
+use crate::tensor::tape::{Op, record};
 
 /// `op` applied elementwise, with scalars `a`, `b` used by [`UnaryOp::ScaleShift`].
 pub(crate) fn unary_raw(x: &Tensor, op: UnaryOp, a: f64, b: f64) -> Result<Tensor> {

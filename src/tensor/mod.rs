@@ -15,7 +15,9 @@ use crate::device::Device;
 pub use crate::dtype::{DType, Element};
 use crate::error::{Error, Result, invalid};
 
+pub(crate) mod scalar;
 mod storage;
+pub(crate) mod tape;
 
 pub(crate) use storage::Storage;
 
@@ -25,7 +27,7 @@ pub struct Tensor {
     pub(crate) shape: Arc<[usize]>,
     pub(crate) storage: Arc<Storage>,
     /// The op that produced this tensor, when it is on an autodiff graph.
-    pub(crate) node: Option<Arc<crate::autodiff::Node>>,
+    pub(crate) node: Option<Arc<tape::Node>>,
 }
 
 pub(crate) use crate::backend::numel;
