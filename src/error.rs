@@ -87,7 +87,7 @@ pub enum Error {
         hint: String,
     },
 
-    /// A custom WGSL kernel ([`crate::CustomKernel`]) does not parse or validate, does not
+    /// A custom WGSL kernel (`blo::CustomKernel`) does not parse or validate, does not
     /// follow blo's binding convention, or is given an override constant it does not declare.
     #[error("custom kernel {kernel}: {message}")]
     Shader {

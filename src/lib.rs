@@ -19,6 +19,11 @@
 //! embeds blo can turn both off (`default-features = false`): the library itself needs
 //! neither a TOML parser nor a command-line parser. Kernels blo does not ship run
 //! through [`CustomKernel`].
+//!
+//! The modules form layers that import only downward, lowest first: `dtype` and `error`;
+//! `device` with the backends; `tensor` (including the recording half of autodiff's tape);
+//! `ops`; `autodiff`; `solvers`; `bilevel`; `problems`; `experiment`; the test helpers
+//! `check` and `testing`; and the `blo` command on top. `tests/layering.rs` checks it.
 
 #![warn(missing_docs)]
 

@@ -56,7 +56,7 @@ fn check_finite(op: &'static str, name: &str, v: f64) -> Result<()> {
 
 /// Solves the dense system A x = b on the host in f64 by Gaussian elimination with
 /// partial pivoting; `a` is n×n row-major with n = `b.len()`. For oracles and small exact
-/// solves (ridge's closed form, [`crate::bilevel::Method::Exact`]). Errors when A is
+/// solves (ridge's closed form, the bilevel method `Exact`). Errors when A is
 /// singular to working precision.
 pub fn solve_dense(a: &[f64], b: &[f64]) -> Result<Vec<f64>> {
     let n = b.len();

@@ -7,7 +7,7 @@
 //! normal results);
 //! f64 — the test oracle — keeps the correctly rounded libm.
 
-use crate::tensor::Element;
+use crate::dtype::Element;
 
 /// Slice-at-a-time math with a fast f32 path.
 pub(crate) trait CpuMath: Element {
