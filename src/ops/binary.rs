@@ -171,7 +171,7 @@ mod tests {
     /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
-        let shapes: [(&[usize], &[usize]); 10] = [
+        let shapes: [(&[usize], &[usize]); 15] = [
             (&[4, 3], &[3]),
             (&[3], &[4, 3]),
             (&[4, 3], &[4, 1]),
@@ -181,8 +181,14 @@ mod tests {
             (&[2, 4, 3], &[]),
             (&[2, 1, 3], &[4, 1]),
             (&[0, 3], &[3]),
-            // An empty operand tiled over an empty output.
+            // Empty outputs, each fast-path pattern on either side: the guards that
+            // send them to the general loop are what keeps `b[..p]` in bounds.
             (&[2, 0], &[0]),
+            (&[0], &[2, 0]),
+            (&[3], &[0, 3]),
+            (&[0, 3], &[0, 1]),
+            (&[0, 1], &[0, 3]),
+            (&[2, 0], &[2, 1]),
         ];
         for (sa, sb) in shapes {
             let out = broadcast_shape("t", sa, sb).unwrap();

@@ -6,6 +6,7 @@ use crate::backend::{BinaryOp, broadcast_strides, numel};
 use crate::dtype::Element;
 
 /// The CPU reference of one element.
+#[inline]
 pub(crate) fn apply<T: Element>(op: BinaryOp, a: T, b: T) -> T {
     let mask = |c: bool| if c { T::one() } else { T::zero() };
     match op {
@@ -33,12 +34,42 @@ pub(crate) fn binary_cpu_op<T: Element>(
     b_shape: &[usize],
     out: &[usize],
 ) -> Vec<T> {
+    // `apply` with a constant op folds to the one operation, so each arithmetic op gets
+    // a loop of its own while `apply` stays the only place that says what an op computes.
     let run = |f: &dyn Fn(T, T) -> T| binary_cpu(f, a, a_shape, b, b_shape, out);
     match op {
-        BinaryOp::Add => binary_cpu(|u, v| u + v, a, a_shape, b, b_shape, out),
-        BinaryOp::Sub => binary_cpu(|u, v| u - v, a, a_shape, b, b_shape, out),
-        BinaryOp::Mul => binary_cpu(|u, v| u * v, a, a_shape, b, b_shape, out),
-        BinaryOp::Div => binary_cpu(|u, v| u / v, a, a_shape, b, b_shape, out),
+        BinaryOp::Add => binary_cpu(
+            |u, v| apply(BinaryOp::Add, u, v),
+            a,
+            a_shape,
+            b,
+            b_shape,
+            out,
+        ),
+        BinaryOp::Sub => binary_cpu(
+            |u, v| apply(BinaryOp::Sub, u, v),
+            a,
+            a_shape,
+            b,
+            b_shape,
+            out,
+        ),
+        BinaryOp::Mul => binary_cpu(
+            |u, v| apply(BinaryOp::Mul, u, v),
+            a,
+            a_shape,
+            b,
+            b_shape,
+            out,
+        ),
+        BinaryOp::Div => binary_cpu(
+            |u, v| apply(BinaryOp::Div, u, v),
+            a,
+            a_shape,
+            b,
+            b_shape,
+            out,
+        ),
         _ => run(&|u, v| apply(op, u, v)),
     }
 }
@@ -129,21 +160,20 @@ pub(crate) fn binary_cpu<T: Element>(
         (Some(Pattern::Full), Some(Pattern::Full)) => {
             return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         }
-        // The mirrored patterns swap the operands (and the arguments of `f`).
-        (Some(Pattern::Full), Some(Pattern::Tile(p))) if n > 0 && p > 0 && n.is_multiple_of(p) => {
+        // The mirrored patterns swap the operands (and the arguments of `f`). `pattern`
+        // makes a period or block a whole trailing part of the output (at least 1), so it
+        // divides `n`; only an empty output, whose tiled operand may be empty too, must
+        // stay out of `tile_rows`.
+        (Some(Pattern::Full), Some(Pattern::Tile(p))) if n > 0 => {
             return tile_rows(a, &b[..p], &f);
         }
-        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if n > 0 && p > 0 && n.is_multiple_of(p) => {
+        (Some(Pattern::Tile(p)), Some(Pattern::Full)) if n > 0 => {
             return tile_rows(b, &a[..p], &|x, y| f(y, x));
         }
-        (Some(Pattern::Full), Some(Pattern::Repeat(k)))
-            if n > 0 && k > 0 && n.is_multiple_of(k) =>
-        {
+        (Some(Pattern::Full), Some(Pattern::Repeat(k))) => {
             return repeat_rows(a, b, k, &f);
         }
-        (Some(Pattern::Repeat(k)), Some(Pattern::Full))
-            if n > 0 && k > 0 && n.is_multiple_of(k) =>
-        {
+        (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
             return repeat_rows(b, a, k, &|x, y| f(y, x));
         }
         _ => {}
