@@ -3,6 +3,7 @@
 //! modules and pipelines), the WGSL registry (`shaders`), custom kernels, and one file
 //! of kernel plans per op family (`kernels/<family>.rs`, beside `shaders/<family>.wgsl`).
 
+mod codes;
 mod context;
 mod custom;
 pub(crate) mod kernels;

@@ -15,6 +15,19 @@ static UPDATE: Kernel = Kernel {
 
 const WG: u32 = 256;
 
+/// Where the kernel takes a coefficient from (its `A_SRC` and `B_SRC` constants).
+const COEF_HOST: u32 = 0;
+const COEF_DEVICE: u32 = 1;
+/// `A_SRC` only: the ratio of the two device scalars.
+const COEF_RATIO: u32 = 2;
+
+/// The codes above as the WGSL constants of `//#include op_codes` (`backend/gpu/codes.rs`).
+pub(crate) const CODES: &[(&str, u32)] = &[
+    ("COEF_HOST", COEF_HOST),
+    ("COEF_DEVICE", COEF_DEVICE),
+    ("COEF_RATIO", COEF_RATIO),
+];
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -36,16 +49,16 @@ pub(crate) fn update_gpu(
     let (a_src, b_src, a, b, s0, s1) = match coefs {
         Coefs::Linear { b, a } => {
             let (a_src, a_val, s0) = match a {
-                Coef::Host(v) => (0u32, v, y),
-                Coef::Device(t) => (1, 1.0, t),
+                Coef::Host(v) => (COEF_HOST, v, y),
+                Coef::Device(t) => (COEF_DEVICE, 1.0, t),
             };
             let (b_src, b_val, s1) = match b {
-                Coef::Host(v) => (0u32, v, y),
-                Coef::Device(t) => (1, 0.0, t),
+                Coef::Host(v) => (COEF_HOST, v, y),
+                Coef::Device(t) => (COEF_DEVICE, 0.0, t),
             };
             (a_src, b_src, a_val, b_val, s0, s1)
         }
-        Coefs::Ratio { sign, num, den } => (2, 0, sign, 1.0, num, den),
+        Coefs::Ratio { sign, num, den } => (COEF_RATIO, COEF_HOST, sign, 1.0, num, den),
     };
     let out = ctx.alloc((n * 4) as u64)?;
     let n4 = n.div_ceil(4);
