@@ -1,20 +1,13 @@
 //! The GPU side of the binary ops and `broadcast_to` (`ops/binary.rs`, `ops/shape.rs`):
-//! one dispatch of `shaders/binary.wgsl`, which indexes same-shape operands, a scalar on
-//! either side, or general broadcasting up to [`MAX_RANK`] dimensions.
+//! one dispatch of the `elementwise` family's binary kernel (`kernels/elementwise.rs`;
+//! `shaders/binary.wgsl`), which indexes same-shape operands, a scalar on either side, or
+//! general broadcasting up to [`MAX_RANK`] dimensions.
 
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use super::elementwise::WG;
+use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::registry;
 use crate::backend::{BinaryOp, broadcast_strides, numel};
 use crate::error::{Result, invalid};
-
-static BINARY: Kernel = Kernel {
-    shader: &shaders::BINARY,
-    entry: "main",
-    reads: 2,
-    writes: 1,
-};
-
-const WG: u32 = 256;
 /// Highest rank the GPU kernel's general broadcasting path indexes.
 pub(crate) const MAX_RANK: usize = 8;
 
@@ -113,7 +106,7 @@ fn dispatch(
         MODE_STRIDED
     };
     ctx.dispatch(
-        &BINARY,
+        &ctx.variant(&registry::ELEMENTWISE).plan.binary,
         &[
             ("OP", f64::from(op_index)),
             ("MODE", f64::from(mode)),

@@ -1,16 +1,32 @@
-//! The GPU side of the fused updates (`ops/update.rs`): one dispatch of
-//! `shaders/update.wgsl`, which reads device scalars (and forms CG's ratio) itself.
+//! The GPU side of the fused updates (`ops/update.rs`): one variant, `update/vec4`
+//! ([`VEC4`], `shaders/update.wgsl`), one dispatch that reads device scalars (and forms
+//! CG's ratio) itself.
 
+use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::backend::{Coef, Coefs};
 use crate::error::Result;
 
-static UPDATE: Kernel = Kernel {
-    shader: &shaders::UPDATE,
-    entry: "main",
-    reads: 4,
-    writes: 1,
+/// What an update variant gives the dispatch code: its entry point, with the parameters
+/// and bindings of `shaders/update.wgsl`.
+pub(crate) struct Plan {
+    main: Kernel,
+}
+
+pub(crate) static VEC4: Variant<Plan> = Variant {
+    name: "vec4",
+    summary: "four elements per invocation, device scalars read in the kernel",
+    requires: |facts| registry::workgroup(facts, WG, 0),
+    suits: registry::everywhere,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::UPDATE,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+    },
 };
 
 const WG: u32 = 256;
@@ -69,7 +85,7 @@ pub(crate) fn update_gpu(
         b: b as f32,
     };
     ctx.dispatch(
-        &UPDATE,
+        &ctx.variant(&registry::UPDATE).plan.main,
         &[
             ("A_SRC", f64::from(a_src)),
             ("B_SRC", f64::from(b_src)),
