@@ -67,7 +67,8 @@ pub(crate) static SUBGROUP: Variant<Plan> = Variant {
             return Err("needs the SUBGROUP feature".into());
         }
         match facts.subgroup_sizes {
-            Some((min, _)) if min >= 8 => registry::workgroup(facts, 64, 0),
+            // Workgroups as wide as the tile rule makes them (one subgroup, ≤ 64 lanes).
+            Some((min, max)) if min >= 8 => registry::workgroup(facts, max.min(64), 0),
             Some((min, _)) => Err(format!(
                 "needs subgroups of at least 8 lanes (the adapter's may have {min})"
             )),
