@@ -93,6 +93,15 @@ BUGS = [
         [("shaders/binary.wgsl", "vec4<f32>(1.0), u >= v); }", "vec4<f32>(1.0), u > v); }")],
         ["--lib", "ops::binary::tests::comparisons_and_extrema_with_ties"],
     ),
+    # A forced kernel variant must be the one that runs, or the variant tests test the
+    # default twice. Needs a GPU adapter.
+    Bug(
+        "forced_kernel_variant_is_ignored",
+        [("src/backend/gpu/registry.rs",
+          "            NONE => self.defaults[id as usize],\n            i => i,",
+          "            _ => self.defaults[id as usize],")],
+        ["--lib", "backend::gpu::registry::tests::forcing_a_variant"],
+    ),
     Bug(
         "hyper_cleaning_regularises_the_bias",
         [("src/problems/classification.rs",

@@ -1,11 +1,14 @@
 // Elementwise binary ops with NumPy broadcasting, four outputs per invocation.
-// OP is `BinaryOp as u32` (src/ops/binary.rs). MODE picks the indexing:
-//   0: both operands have the output's shape (plain vec4 streams);
-//   1: the left operand is a single element, 2: the right one is;
-//   3: general broadcasting through per-dimension strides (0 on broadcast dims).
+// OP is `BinaryOp as u32` (src/backend/op.rs), or BINARY_FIRST (the left operand:
+// broadcasting as a copy). MODE picks the indexing:
+//   MODE_SAME: both operands have the output's shape (plain vec4 streams);
+//   MODE_SCALAR_A: the left operand is a single element, MODE_SCALAR_B: the right one is;
+//   MODE_STRIDED: general broadcasting through per-dimension strides (0 on broadcast dims).
 override OP: u32 = 0u;
 override MODE: u32 = 0u;
 override WG: u32 = 256u;
+//#include op_codes
+//#include common/linear_id.wgsl
 
 const MAX_RANK: u32 = 8u;
 
@@ -26,18 +29,18 @@ struct Params {
 
 fn apply(u: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
     switch OP {
-        case 0u: { return u + v; }
-        case 1u: { return u - v; }
-        case 2u: { return u * v; }
-        case 3u: { return u / v; }
-        case 4u: { return max(u, v); }
-        case 5u: { return min(u, v); }
-        case 6u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u > v); }
-        case 7u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u >= v); }
-        case 8u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u < v); }
-        case 9u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u <= v); }
-        case 10u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u == v); }
-        default: { return u; }
+        case BINARY_ADD: { return u + v; }
+        case BINARY_SUB: { return u - v; }
+        case BINARY_MUL: { return u * v; }
+        case BINARY_DIV: { return u / v; }
+        case BINARY_MAX: { return max(u, v); }
+        case BINARY_MIN: { return min(u, v); }
+        case BINARY_GT: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u > v); }
+        case BINARY_GE: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u >= v); }
+        case BINARY_LT: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u < v); }
+        case BINARY_LE: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u <= v); }
+        case BINARY_EQ: { return select(vec4<f32>(0.0), vec4<f32>(1.0), u == v); }
+        case BINARY_FIRST, default: { return u; }
     }
 }
 
@@ -70,15 +73,15 @@ fn offsets(e: u32) -> vec2<u32> {
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if (i >= p.n4) {
         return;
     }
     switch MODE {
-        case 0u: { y[i] = apply(a[i], b[i]); }
-        case 1u: { y[i] = apply(vec4<f32>(a[0].x), b[i]); }
-        case 2u: { y[i] = apply(a[i], vec4<f32>(b[0].x)); }
-        default: {
+        case MODE_SAME: { y[i] = apply(a[i], b[i]); }
+        case MODE_SCALAR_A: { y[i] = apply(vec4<f32>(a[0].x), b[i]); }
+        case MODE_SCALAR_B: { y[i] = apply(a[i], vec4<f32>(b[0].x)); }
+        case MODE_STRIDED, default: {
             var u = vec4<f32>(0.0);
             var v = vec4<f32>(0.0);
             for (var j = 0u; j < 4u; j++) {

@@ -1,5 +1,6 @@
 // Fills a buffer with one 32-bit pattern (zeros, ones, or NaN to poison new buffers).
 override WG: u32 = 256u;
+//#include common/linear_id.wgsl
 
 struct Params {
     n4: u32,
@@ -13,7 +14,7 @@ struct Params {
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if (i < p.n4) {
         y[i] = vec4<f32>(bitcast<f32>(p.bits));
     }

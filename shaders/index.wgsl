@@ -7,6 +7,7 @@
 override WG: u32 = 256u;
 // transpose: columns per tile; WG must be a multiple.
 override TILE: u32 = 32u;
+//#include common/linear_id.wgsl
 
 struct Params {
     // one_hot / gather: rows n, columns classes. transpose: input [n, rows, cols].
@@ -25,10 +26,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
 
 // The class of `label`, or `classes` (out of range) when it is not an integer in
 // [0, classes). Inf and NaN are caught on their bits, since a compiler may assume

@@ -11,6 +11,8 @@
 // row's term NaN: checking on the host would need a readback.
 override WG: u32 = 64u;         // a multiple of 8
 override WEIGHTED: bool = false;
+//#include common/linear_id.wgsl
+//#include common/workgroup_sum.wgsl
 
 struct RowParams {
     rows: u32,
@@ -33,8 +35,6 @@ struct CeParams {
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-var<workgroup> tree: array<f32, WG>;
 
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
@@ -82,7 +82,7 @@ fn logsumexp(st: vec3<f32>) -> f32 {
 fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let r = (wid.x + wid.y * nwg.x) * WG + lid;
+    let r = linear_id(wid, nwg, lid);
     if (r >= rp.rows) {
         return;
     }
@@ -122,17 +122,8 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
         }
         acc += term;
     }
-    tree[lid] = acc;
-    // One barrier, then one invocation adds the WG partials (see reduce.wgsl `full`).
-    workgroupBarrier();
+    let total = workgroup_sum(acc, lid);
     if (lid == 0u) {
-        var t0 = vec4<f32>(0.0);
-        var t1 = vec4<f32>(0.0);
-        for (var k = 0u; k < WG; k += 8u) {
-            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
-            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
-        }
-        let t = t0 + t1;
-        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * cp.scale;
+        out[wid.x] = total * cp.scale;
     }
 }

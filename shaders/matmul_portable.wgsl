@@ -6,68 +6,13 @@
 // each invocation (8 rows × 4 columns) loads its own A instead of sharing it across a
 // subgroup: ~11 GFLOP/s on llvmpipe against ~50, fine on hardware.
 override WG: u32 = 64u;
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override A_VEC4: bool = true;
-override B_VEC4: bool = true;
+//#include common/matmul_operands.wgsl
+//#include common/linear_id.wgsl
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    k4: u32,
-    lda: u32,
-    ldb: u32,
-    a_batch: u32,
-    b_batch: u32,
-    a_last_row: u32,
-    a_last_col4: u32,
-    b_last_row: u32,
-    b_last_col4: u32,
-    // Offsets of this dispatch's first workgroup along y (row blocks) and z (batch), for
-    // grids larger than the per-dimension workgroup limit.
-    group_m0: u32,
-    batch0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Each operand is bound twice: as vec4s for rows that are whole vec4s (A_VEC4, B_VEC4),
-// and as floats for the others, which then cost four loads per vec4 but no copy.
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> a1: array<f32>;
-@group(0) @binding(4) var<storage, read> b1: array<f32>;
-@group(0) @binding(5) var<storage, read_write> c: array<f32>;
-
-// See `opaque` in matmul.wgsl: keeps lavapipe from recompiling for every loop bound.
-fn opaque(x: u32) -> u32 {
-    return x | (arrayLength(&c) & 0x80000000u);
-}
-
+// See `opaque` in common/matmul_operands.wgsl: keeps lavapipe from recompiling for every
+// loop bound.
 fn opaque_pack(x: u32) -> u32 {
     return x | (arrayLength(&dst) & 0x80000000u);
-}
-
-fn load_a(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    let i = base + min(row, p.a_last_row) * p.lda + 4u * min(col4, p.a_last_col4);
-    if (A_VEC4) {
-        return a[i / 4u];
-    }
-    return vec4<f32>(a1[i], a1[i + 1u], a1[i + 2u], a1[i + 3u]);
-}
-
-fn load_b(base: u32, row: u32, col4: u32) -> vec4<f32> {
-    let i = base + min(row, p.b_last_row) * p.ldb + 4u * min(col4, p.b_last_col4);
-    if (B_VEC4) {
-        return b[i / 4u];
-    }
-    return vec4<f32>(b1[i], b1[i + 1u], b1[i + 2u], b1[i + 3u]);
-}
-
-// In an unaligned row that runs along k, the components past k belong to the next row
-// (or to no row: past the buffer a read returns 0 or another element of the buffer).
-fn kmask4(v: vec4<f32>, k0: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), v, vec4<u32>(k0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k));
 }
 
 fn load_a_masked(base: u32, kk: u32, col4: u32) -> vec4<f32> {
@@ -97,17 +42,6 @@ fn a_block(base: u32, r: u32, q: u32) -> mat4x4<f32> {
     let k0 = 4u * q;
     return mat4x4<f32>(kmask4(blk[0], k0), kmask4(blk[1], k0), kmask4(blk[2], k0),
                        kmask4(blk[3], k0));
-}
-
-fn store_row(r: u32, v: vec4<f32>, col: u32, cbase: u32) {
-    if (r < p.m) {
-        let at = cbase + r * p.n + col;
-        for (var e = 0u; e < 4u; e++) {
-            if (col + e < p.n) {
-                c[at + e] = v[e];
-            }
-        }
-    }
 }
 
 @compute @workgroup_size(WG)
@@ -175,7 +109,7 @@ struct PackParams {
 fn pack(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if (i >= pk.total_rows) {
         return;
     }

@@ -14,9 +14,12 @@
 // the axis, and writes [outer, splits, inner] partials; the host runs the same entry
 // again over the splits until one remains. `rows` is the inner = 1 case (the axis is
 // contiguous: vec4 loads along it); `cols` reads along a stride of `inner`.
-override OP: u32 = 0u;   // full: 0 Σa, 1 Σa², 2 Σab, 3 Σ(a−b)². rows/cols: 0 sum, 1 max.
+override OP: u32 = 0u;   // full: a FULL_* code (FullOp). rows/cols: AXIS_SUM or AXIS_MAX.
 override WG: u32 = 256u; // a multiple of 8
 override VEC: u32 = 1u;  // cols: outputs per invocation (1, or 4 when inner % 4 == 0)
+//#include op_codes
+//#include common/linear_id.wgsl
+//#include common/workgroup_sum.wgsl
 
 struct FullParams {
     n: u32,
@@ -43,14 +46,12 @@ struct AxisParams {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out_axis: array<f32>;
 
-var<workgroup> tree: array<f32, WG>;
-
 fn term(u: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
     switch OP {
-        case 0u: { return u; }
-        case 1u: { return u * u; }
-        case 2u: { return u * v; }
-        default: {
+        case FULL_SUM: { return u; }
+        case FULL_SUM_SQ: { return u * u; }
+        case FULL_DOT: { return u * v; }
+        case FULL_SQ_DIFF, default: {
             let d = u - v;
             return d * d;
         }
@@ -86,24 +87,14 @@ fn full(@builtin(workgroup_id) wid: vec3<u32>,
         acc1 += select(zero, term(a[p.nv], b[p.nv]), m);
     }
     let s = acc0 + acc1;
-    tree[lid] = (s.x + s.y) + (s.z + s.w);
-    // One barrier, then one invocation adds the WG partials: barriers are the costly
-    // part of a tree on CPU adapters, and WG adds are cheap anywhere.
-    workgroupBarrier();
+    let total = workgroup_sum((s.x + s.y) + (s.z + s.w), lid);
     if (lid == 0u) {
-        var t0 = vec4<f32>(0.0);
-        var t1 = vec4<f32>(0.0);
-        for (var k = 0u; k < WG; k += 8u) {
-            t0 += vec4<f32>(tree[k], tree[k + 1u], tree[k + 2u], tree[k + 3u]);
-            t1 += vec4<f32>(tree[k + 4u], tree[k + 5u], tree[k + 6u], tree[k + 7u]);
-        }
-        let t = t0 + t1;
-        out[wid.x] = ((t.x + t.y) + (t.z + t.w)) * p.scale;
+        out[wid.x] = total * p.scale;
     }
 }
 
 fn ident() -> f32 {
-    if (OP == 1u) {
+    if (OP == AXIS_MAX) {
         return bitcast<f32>(0xff800000u); // −∞
     }
     return 0.0;
@@ -117,7 +108,7 @@ fn ident() -> f32 {
 const BLOCK: u32 = 64u;
 
 fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
-    if (OP == 1u) {
+    if (OP == AXIS_MAX) {
         // max that keeps a NaN once seen (where the device honours NaN at all).
         return select(m, v, v > m | v != v);
     }
@@ -125,21 +116,17 @@ fn comb4(m: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
 }
 
 fn comb(m: f32, v: f32) -> f32 {
-    if (OP == 1u) {
+    if (OP == AXIS_MAX) {
         return select(m, v, v > m || v != v);
     }
     return m + v;
 }
 
 fn finish(v: f32) -> f32 {
-    if (OP == 1u) {
+    if (OP == AXIS_MAX) {
         return v;
     }
     return v * q.scale;
-}
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
 // Elements [lo, hi) of a: the masked head and tail vec4s, whole vec4s between.

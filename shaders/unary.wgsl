@@ -3,6 +3,8 @@
 // vec4s, so the tail past n is scratch space that nothing reads.
 override OP: u32 = 0u;
 override WG: u32 = 256u;
+//#include op_codes
+//#include common/linear_id.wgsl
 
 struct Params {
     n4: u32,
@@ -17,23 +19,23 @@ struct Params {
 
 fn apply(v: vec4<f32>) -> vec4<f32> {
     switch OP {
-        case 0u: { return -v; }
-        case 1u: { return exp(v); }
-        case 2u: { return log(v); }
-        case 3u: { return sqrt(v); }
-        case 4u: { return v * v; }
-        case 5u: { return abs(v); }
-        case 6u: { return sin(v); }
-        case 7u: { return cos(v); }
+        case UNARY_NEG: { return -v; }
+        case UNARY_EXP: { return exp(v); }
+        case UNARY_LOG: { return log(v); }
+        case UNARY_SQRT: { return sqrt(v); }
+        case UNARY_SQUARE: { return v * v; }
+        case UNARY_ABS: { return abs(v); }
+        case UNARY_SIN: { return sin(v); }
+        case UNARY_COS: { return cos(v); }
         // Clamped because some drivers compute tanh from exp(2x), which overflows to
         // NaN for large |x|; tanh(±15) is ±1 in f32 already.
-        case 8u: { return tanh(clamp(v, vec4<f32>(-15.0), vec4<f32>(15.0))); }
-        case 9u: { return 1.0 / (1.0 + exp(-v)); }
-        case 10u: { return max(v, vec4<f32>(0.0)); }
-        case 11u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
-        case 12u: { return p.a * v + p.b; }
-        case 13u: { return sign(v); }
-        case 14u: { return 1.0 / v; }
+        case UNARY_TANH: { return tanh(clamp(v, vec4<f32>(-15.0), vec4<f32>(15.0))); }
+        case UNARY_SIGMOID: { return 1.0 / (1.0 + exp(-v)); }
+        case UNARY_RELU: { return max(v, vec4<f32>(0.0)); }
+        case UNARY_RELU_MASK: { return select(vec4<f32>(0.0), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
+        case UNARY_SCALE_SHIFT: { return p.a * v + p.b; }
+        case UNARY_SIGN: { return sign(v); }
+        case UNARY_RECIP: { return 1.0 / v; }
         default: { return v; }
     }
 }
@@ -42,7 +44,7 @@ fn apply(v: vec4<f32>) -> vec4<f32> {
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if (i < p.n4) {
         y[i] = apply(x[i]);
     }

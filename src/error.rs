@@ -112,6 +112,19 @@ pub enum Error {
         got: u64,
     },
 
+    /// A kernel variant was asked for (through `BLO_KERNELS` or
+    /// [`crate::GpuContext::force_kernel`]) that blo does not have, or that this adapter
+    /// cannot run.
+    #[error("kernel choice `{choice}`: {reason}. Choices this adapter runs: {valid}")]
+    KernelChoice {
+        /// What was asked for, as written.
+        choice: String,
+        /// What is wrong with it.
+        reason: String,
+        /// The valid choices on this adapter: `family=variant|variant`, comma-separated.
+        valid: String,
+    },
+
     /// The GPU device reported an error (validation, out of memory, device lost, mapping failure).
     #[error("GPU error in {context}: {message}")]
     Gpu {

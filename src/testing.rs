@@ -27,14 +27,31 @@ pub fn gpu_or_skip() -> Option<Device> {
     });
     match dev {
         Ok(d) => Some(d.clone()),
-        Err(e) => {
-            if std::env::var("BLO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("BLO_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            eprintln!("notice: skipping GPU part of this test: {e}");
-            None
-        }
+        Err(e) => skip(e),
     }
+}
+
+/// A GPU device of its own (a new context, buffer poisoning on) for a test that changes
+/// the context's state, such as forcing a kernel variant, which would disturb tests
+/// sharing [`gpu_or_skip`]'s device. Skips or panics as [`gpu_or_skip`] does.
+pub fn fresh_gpu_or_skip() -> Option<Device> {
+    match Device::gpu() {
+        Ok(d) => {
+            if let Some(ctx) = d.gpu_context() {
+                ctx.set_poison(true);
+            }
+            Some(d)
+        }
+        Err(e) => skip(&e.to_string()),
+    }
+}
+
+fn skip(e: &str) -> Option<Device> {
+    if std::env::var("BLO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("BLO_REQUIRE_GPU=1 but no GPU adapter: {e}");
+    }
+    eprintln!("notice: skipping GPU part of this test: {e}");
+    None
 }
 
 /// Seeded inputs uniform in [-1, 1): the f32 values and the same values widened to f64.

@@ -1,11 +1,12 @@
 //! What the kernels compute: the op codes both backends implement (their discriminants
-//! are the `OP` constants of the WGSL kernels) and the argument types of the kernel
-//! families, shared by the public ops (`ops/`) and the backends.
+//! are the `OP` constants of the WGSL kernels, which see them as named constants
+//! generated from these enums by `backend/gpu/codes.rs`) and the argument types of the
+//! kernel families, shared by the public ops (`ops/`) and the backends.
 
 // ---- unary -------------------------------------------------------------------------
 
 /// An elementwise function of one tensor. The discriminant is the `OP` constant of
-/// `shaders/unary.wgsl`.
+/// `shaders/unary.wgsl`, where it is named `UNARY_<NAME>` (`UNARY_RELU_MASK`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum UnaryOp {
@@ -63,7 +64,7 @@ pub const ALL_UNARY: [UnaryOp; 15] = [
 // ---- binary ------------------------------------------------------------------------
 
 /// An elementwise function of two tensors. The discriminant is the `OP` constant of
-/// `shaders/binary.wgsl`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
+/// `shaders/binary.wgsl`, where it is named `BINARY_<NAME>`. Comparisons return 1.0 where they hold and 0.0 elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum BinaryOp {
@@ -128,7 +129,8 @@ pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 
 // ---- reduce ------------------------------------------------------------------------
 
-/// What a full reduction adds up; the discriminant is the `OP` constant of `full`.
+/// What a full reduction adds up; the discriminant is the `OP` constant of `full`
+/// (`FULL_<NAME>` in WGSL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum FullOp {
@@ -142,13 +144,23 @@ pub(crate) enum FullOp {
     SqDiff = 3,
 }
 
+impl FullOp {
+    /// Every full reduction, for the WGSL constants.
+    pub(crate) const ALL: [FullOp; 4] = [FullOp::Sum, FullOp::SumSq, FullOp::Dot, FullOp::SqDiff];
+}
+
 /// What an axis reduction combines with; the discriminant is the `OP` constant of
-/// `rows` and `cols`.
+/// `rows` and `cols` (`AXIS_<NAME>` in WGSL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum AxisOp {
     Sum = 0,
     Max = 1,
+}
+
+impl AxisOp {
+    /// Every axis reduction, for the WGSL constants.
+    pub(crate) const ALL: [AxisOp; 2] = [AxisOp::Sum, AxisOp::Max];
 }
 
 // ---- update ------------------------------------------------------------------------

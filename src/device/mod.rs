@@ -9,7 +9,7 @@ mod spec;
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::backend::gpu::{AdapterInfo, CustomKernel, GpuContext, MemoryStats};
+pub use crate::backend::gpu::{AdapterInfo, CustomKernel, GpuContext, KernelVariant, MemoryStats};
 pub use spec::DeviceSpec;
 
 use crate::error::{Error, Result};

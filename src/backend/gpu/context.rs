@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pipeline::{Kernel, KernelLayout, PipelineKey};
 use super::pool::{GpuBuffer, Pool};
+use super::registry::{AdapterFacts, Choices};
 use crate::error::{Error, Result};
 
 /// Bytes reserved per dispatch for its parameter block (uniform, dynamic offset).
@@ -78,7 +79,10 @@ pub struct GpuContext {
     pub(super) info: AdapterInfo,
     pub(super) limits: wgpu::Limits,
     pub(super) features: wgpu::Features,
-    pub(super) subgroup_sizes: (u32, u32),
+    /// What the kernel registry's rules see of the adapter.
+    pub(super) facts: AdapterFacts,
+    /// The kernel variant each family runs (`registry.rs`).
+    pub(super) kernels: Choices,
     pub(super) params: wgpu::Buffer,
     pub(super) pending: Mutex<Pending>,
     pub(super) pool: Mutex<Pool>,
@@ -118,6 +122,18 @@ impl GpuContext {
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let wgpu_info = adapter.get_info();
         let subgroup_sizes = (wgpu_info.subgroup_min_size, wgpu_info.subgroup_max_size);
+        let facts = AdapterFacts {
+            features,
+            subgroup_sizes: features
+                .contains(wgpu::Features::SUBGROUP)
+                .then_some(subgroup_sizes),
+            limits: limits.clone(),
+            device_type: wgpu_info.device_type,
+            vendor: wgpu_info.vendor,
+        };
+        // The kernel variants, with those `BLO_KERNELS` forces: a bad value is an error
+        // before any device is opened.
+        let kernels = Choices::new(&facts)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blo"),
             required_features: features,
@@ -150,7 +166,8 @@ impl GpuContext {
             info,
             limits,
             features,
-            subgroup_sizes,
+            facts,
+            kernels,
             params,
             pending: Mutex::new(Pending {
                 encoder: None,
@@ -182,14 +199,6 @@ impl GpuContext {
     /// Features enabled on the device.
     pub fn features(&self) -> wgpu::Features {
         self.features
-    }
-
-    /// The smallest and largest subgroup sizes the adapter may use, or `None` without
-    /// [`wgpu::Features::SUBGROUP`].
-    pub(crate) fn subgroup_sizes(&self) -> Option<(u32, u32)> {
-        self.features
-            .contains(wgpu::Features::SUBGROUP)
-            .then_some(self.subgroup_sizes)
     }
 
     /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel

@@ -29,7 +29,7 @@ impl GpuContext {
         if let Some(m) = modules.get(shader.name) {
             return Ok(m.clone());
         }
-        let module = Arc::new(self.compile_module(shader.name, shader.source)?);
+        let module = Arc::new(self.compile_module(shader.name, shader.source()?)?);
         modules.insert(shader.name, module.clone());
         Ok(module)
     }

@@ -1,20 +1,13 @@
 //! The GPU side of the binary ops and `broadcast_to` (`ops/binary.rs`, `ops/shape.rs`):
-//! one dispatch of `shaders/binary.wgsl`, which indexes same-shape operands, a scalar on
-//! either side, or general broadcasting up to [`MAX_RANK`] dimensions.
+//! one dispatch of the `elementwise` family's binary kernel (`kernels/elementwise.rs`;
+//! `shaders/binary.wgsl`), which indexes same-shape operands, a scalar on either side, or
+//! general broadcasting up to [`MAX_RANK`] dimensions.
 
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use super::elementwise::WG;
+use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::registry;
 use crate::backend::{BinaryOp, broadcast_strides, numel};
 use crate::error::{Result, invalid};
-
-static BINARY: Kernel = Kernel {
-    shader: &shaders::BINARY,
-    entry: "main",
-    reads: 2,
-    writes: 1,
-};
-
-const WG: u32 = 256;
 /// Highest rank the GPU kernel's general broadcasting path indexes.
 pub(crate) const MAX_RANK: usize = 8;
 
@@ -49,6 +42,20 @@ pub(crate) fn broadcast_gpu(x: &GpuBuffer, x_shape: &[usize], out: &[usize]) -> 
 
 /// The kernel's `OP` value that returns its left operand: broadcasting as a copy.
 const OP_FIRST: u32 = 11;
+/// The kernel's `MODE` values: how it indexes its operands (see the shader).
+const MODE_SAME: u32 = 0;
+const MODE_SCALAR_A: u32 = 1;
+const MODE_SCALAR_B: u32 = 2;
+const MODE_STRIDED: u32 = 3;
+
+/// The codes above as the WGSL constants of `//#include op_codes` (`backend/gpu/codes.rs`).
+pub(crate) const CODES: &[(&str, u32)] = &[
+    ("BINARY_FIRST", OP_FIRST),
+    ("MODE_SAME", MODE_SAME),
+    ("MODE_SCALAR_A", MODE_SCALAR_A),
+    ("MODE_SCALAR_B", MODE_SCALAR_B),
+    ("MODE_STRIDED", MODE_STRIDED),
+];
 
 /// `op_index` is the kernel's `OP` constant: a [`BinaryOp`] or [`OP_FIRST`].
 fn dispatch(
@@ -73,11 +80,11 @@ fn dispatch(
         stride_b: [0; MAX_RANK],
     };
     let mode = if a_shape == out && b_shape == out {
-        0
+        MODE_SAME
     } else if numel(a_shape) == 1 && b_shape == out {
-        1
+        MODE_SCALAR_A
     } else if numel(b_shape) == 1 && a_shape == out {
-        2
+        MODE_SCALAR_B
     } else {
         if out.len() > MAX_RANK {
             return Err(invalid(
@@ -96,10 +103,10 @@ fn dispatch(
             params.stride_a[d] = sa[d] as u32;
             params.stride_b[d] = sb[d] as u32;
         }
-        3
+        MODE_STRIDED
     };
     ctx.dispatch(
-        &BINARY,
+        &ctx.variant(&registry::ELEMENTWISE).plan.binary,
         &[
             ("OP", f64::from(op_index)),
             ("MODE", f64::from(mode)),

@@ -1,18 +1,11 @@
-//! `fill`: writes one 32-bit pattern into a whole GPU buffer (zeros, ones, NaN poison).
-//! The CPU backend needs no kernel for this (`vec![v; n]`).
+//! `fill`: writes one 32-bit pattern into a whole GPU buffer (zeros, ones, NaN poison),
+//! with the `elementwise` family's fill kernel (`kernels/elementwise.rs`;
+//! `shaders/fill.wgsl`). The CPU backend needs no kernel for this (`vec![v; n]`).
 
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use super::elementwise::WG;
+use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::registry;
 use crate::error::Result;
-
-static FILL: Kernel = Kernel {
-    shader: &shaders::FILL,
-    entry: "main",
-    reads: 0,
-    writes: 1,
-};
-
-const WG: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -31,7 +24,7 @@ pub(crate) fn fill_gpu_bits(buf: &GpuBuffer, bits: u32) -> Result<()> {
         bits,
     };
     ctx.dispatch(
-        &FILL,
+        &ctx.variant(&registry::ELEMENTWISE).plan.fill,
         &[("WG", f64::from(WG))],
         bytemuck::bytes_of(&params),
         &[buf],

@@ -1,32 +1,48 @@
 //! The GPU side of the index and layout ops (`ops/index.rs`): `one_hot`, `gather` and
-//! `transpose` are kernels of `shaders/index.wgsl`; `concat` and `slice` are
+//! `transpose` are kernels of one variant, `index/direct` ([`DIRECT`],
+//! `shaders/index.wgsl`); `concat` and `slice` are
 //! buffer-to-buffer copies in the command stream (no kernel, no host round trip). An
 //! invalid label turns its output row (`one_hot`) or element (`gather`) into NaN, since
 //! checking it would need a readback.
 
+use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::{Result, invalid};
 
-static ONE_HOT: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "one_hot",
-    reads: 2,
-    writes: 1,
-};
+/// What an index variant gives the dispatch code: its entry points, with the parameters
+/// and bindings of `shaders/index.wgsl`.
+pub(crate) struct Plan {
+    one_hot: Kernel,
+    gather: Kernel,
+    transpose: Kernel,
+}
 
-static GATHER: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "gather",
-    reads: 2,
-    writes: 1,
-};
-
-static TRANSPOSE: Kernel = Kernel {
-    shader: &shaders::INDEX,
-    entry: "transpose",
-    reads: 2,
-    writes: 1,
+pub(crate) static DIRECT: Variant<Plan> = Variant {
+    name: "direct",
+    summary: "four elements per invocation; transpose in register tiles, no workgroup memory",
+    requires: |facts| registry::workgroup(facts, WG, 0),
+    suits: registry::everywhere,
+    plan: Plan {
+        one_hot: Kernel {
+            shader: &shaders::INDEX,
+            entry: "one_hot",
+            reads: 2,
+            writes: 1,
+        },
+        gather: Kernel {
+            shader: &shaders::INDEX,
+            entry: "gather",
+            reads: 2,
+            writes: 1,
+        },
+        transpose: Kernel {
+            shader: &shaders::INDEX,
+            entry: "transpose",
+            reads: 2,
+            writes: 1,
+        },
+    },
 };
 
 const WG: u32 = 256;
@@ -95,7 +111,8 @@ pub(crate) fn one_hot_gpu(labels: &GpuBuffer, n: usize, classes: usize) -> Resul
         classes: u32_of("one_hot", "classes", classes)?,
         ..Params::default()
     };
-    dispatch_index(&ONE_HOT, params, labels, labels, n * classes, None)
+    let plan = &labels.ctx.variant(&registry::INDEX).plan;
+    dispatch_index(&plan.one_hot, params, labels, labels, n * classes, None)
 }
 
 /// `x[i, labels[i]]` for the `n` rows of `x` (`[n, classes]`).
@@ -110,7 +127,8 @@ pub(crate) fn gather_gpu(
         classes: u32_of("gather", "classes", classes)?,
         ..Params::default()
     };
-    dispatch_index(&GATHER, params, x, labels, n, None)
+    let plan = &x.ctx.variant(&registry::INDEX).plan;
+    dispatch_index(&plan.gather, params, x, labels, n, None)
 }
 
 /// `[batch, rows, cols]` → `[batch, cols, rows]`.
@@ -129,7 +147,7 @@ pub(crate) fn transpose_gpu(
     let tile_rows = (WG / TILE * 4) as usize;
     let tiles = batch * cols.div_ceil(TILE as usize) * rows.div_ceil(tile_rows);
     dispatch_index(
-        &TRANSPOSE,
+        &x.ctx.variant(&registry::INDEX).plan.transpose,
         params,
         x,
         x,

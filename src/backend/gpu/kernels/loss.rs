@@ -1,4 +1,5 @@
-//! The GPU side of the losses (`ops/loss.rs`): `shaders/loss.wgsl`. Cross-entropy is
+//! The GPU side of the losses (`ops/loss.rs`): one variant, `loss/row_per_invocation`
+//! ([`ROW_PER_INVOCATION`], `shaders/loss.wgsl`). Cross-entropy is
 //! the inner loss of data hyper-cleaning, evaluated at every inner step, so it is fused:
 //! one dispatch computes each row's log-sum-exp, picks the label's logit, weights it and
 //! reduces the batch (a second, one-workgroup dispatch finishes large batches).
@@ -6,22 +7,37 @@
 use super::reduce::sum_partials_gpu;
 use super::unary::unary_gpu;
 use crate::backend::UnaryOp;
+use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 
-static LOG_SOFTMAX: Kernel = Kernel {
-    shader: &shaders::LOSS,
-    entry: "log_softmax",
-    reads: 1,
-    writes: 1,
-};
+/// What a loss variant gives the dispatch code: its entry points, with the parameters
+/// and bindings of `shaders/loss.wgsl`.
+pub(crate) struct Plan {
+    log_softmax: Kernel,
+    cross_entropy: Kernel,
+}
 
-static CROSS_ENTROPY: Kernel = Kernel {
-    shader: &shaders::LOSS,
-    entry: "cross_entropy",
-    reads: 3,
-    writes: 1,
+pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
+    name: "row_per_invocation",
+    summary: "one row per invocation (an online softmax), no barrier but the batch sum's",
+    requires: |facts| registry::workgroup(facts, WG, 4 * WG),
+    suits: registry::everywhere,
+    plan: Plan {
+        log_softmax: Kernel {
+            shader: &shaders::LOSS,
+            entry: "log_softmax",
+            reads: 1,
+            writes: 1,
+        },
+        cross_entropy: Kernel {
+            shader: &shaders::LOSS,
+            entry: "cross_entropy",
+            reads: 3,
+            writes: 1,
+        },
+    },
 };
 
 /// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
@@ -57,7 +73,7 @@ pub(crate) fn log_softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<Gp
         _pad: [0; 2],
     };
     ctx.dispatch(
-        &LOG_SOFTMAX,
+        &ctx.variant(&registry::LOSS).plan.log_softmax,
         &[("WG", f64::from(WG))],
         bytemuck::bytes_of(&params),
         &[z, &y],
@@ -93,7 +109,7 @@ pub(crate) fn cross_entropy_gpu(
         _pad: 0,
     };
     ctx.dispatch(
-        &CROSS_ENTROPY,
+        &ctx.variant(&registry::LOSS).plan.cross_entropy,
         &[
             ("WG", f64::from(WG)),
             ("WEIGHTED", f64::from(u8::from(weights.is_some()))),

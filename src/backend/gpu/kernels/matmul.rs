@@ -1,5 +1,7 @@
-//! The GPU side of matmul (`ops/matmul.rs`): `shaders/matmul.wgsl` and
-//! `shaders/matmul_portable.wgsl`.
+//! The GPU side of matmul (`ops/matmul.rs`): its two variants, `matmul/subgroup`
+//! ([`SUBGROUP`], `shaders/matmul.wgsl`) and `matmul/portable` ([`PORTABLE`],
+//! `shaders/matmul_portable.wgsl`), registered in `backend/gpu/registry.rs`, and the
+//! dispatch plan they share. Both read `shaders/common/matmul_operands.wgsl`.
 //!
 //! ## Why the kernel looks the way it does
 //! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
@@ -27,33 +29,86 @@
 //! register blocking are cheap too, though without shared-memory tiles it is not tuned
 //! for one.
 //!
-//! Adapters without subgroups (the GL backend) run `shaders/matmul_portable.wgsl`, the same
-//! loop with every lane loading its own A. Both kernels read either stored layout of each
+//! Adapters without subgroups (the GL backend) run `matmul/portable`, the same loop with
+//! every lane loading its own A. Both kernels read either stored layout of each
 //! operand in place, as vec4s when its rows are whole vec4s and as floats otherwise (four
 //! loads per vec4, cheaper than a copy for the small products that such shapes usually
 //! are); only large products copy operands, to the layout read fastest (see
 //! `PACK_MIN_FLOP`).
 
 use crate::backend::MatmulDims;
+use crate::backend::gpu::registry::{self, AdapterFacts, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 
-/// Reads A and B, each bound twice (as vec4s and as floats, see the shader).
-static MATMUL: Kernel = Kernel {
-    shader: &shaders::MATMUL,
-    entry: "main",
-    reads: 4,
-    writes: 1,
+/// What a matmul variant gives the dispatch code.
+pub(crate) struct Plan {
+    /// The product. Reads A and B, each bound twice (as vec4s and as floats, see
+    /// `shaders/common/matmul_operands.wgsl`), and writes C.
+    main: Kernel,
+    /// `(rows, workgroup size)` for an output of `m` rows, on this adapter.
+    tile: fn(&AdapterFacts, usize) -> (u32, u32),
+    /// Whether the rows per invocation are the kernel's `ROWS` override constant (so that
+    /// [`GpuPlan::shape`] can set them); otherwise `tile` returns the kernel's fixed rows.
+    tunable: bool,
+    /// Columns of C per invocation.
+    cols: usize,
+}
+
+/// `shaders/matmul.wgsl`: A shared across the subgroup by broadcasts (see the module
+/// documentation). The broadcasts come from lanes 0..7, so it needs subgroups of at
+/// least 8 lanes.
+pub(crate) static SUBGROUP: Variant<Plan> = Variant {
+    name: "subgroup",
+    summary: "8 columns × up to 64 rows per invocation, A shared by subgroup broadcasts",
+    requires: |facts| {
+        if !facts.features.contains(wgpu::Features::SUBGROUP) {
+            return Err("needs the SUBGROUP feature".into());
+        }
+        match facts.subgroup_sizes {
+            // Workgroups as wide as the tile rule makes them (one subgroup, ≤ 64 lanes).
+            Some((min, max)) if min >= 8 => registry::workgroup(facts, max.min(64), 0),
+            Some((min, _)) => Err(format!(
+                "needs subgroups of at least 8 lanes (the adapter's may have {min})"
+            )),
+            None => Err("needs subgroup sizes the adapter reports".into()),
+        }
+    },
+    suits: registry::everywhere,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::MATMUL,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+        tile: subgroup_tile,
+        tunable: true,
+        cols: SUBGROUP_COLS,
+    },
 };
 
-static MATMUL_PORTABLE: Kernel = Kernel {
-    shader: &shaders::MATMUL_PORTABLE,
-    entry: "main",
-    reads: 4,
-    writes: 1,
+/// `shaders/matmul_portable.wgsl`: every lane loads its own A; runs anywhere.
+pub(crate) static PORTABLE: Variant<Plan> = Variant {
+    name: "portable",
+    summary: "4 columns × 8 rows per invocation, no subgroup operations",
+    requires: |facts| registry::workgroup(facts, PORTABLE_WG.max(PACK_WG), 0),
+    suits: registry::everywhere,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::MATMUL_PORTABLE,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+        tile: |_, _| (PORTABLE_ROWS, PORTABLE_WG),
+        tunable: false,
+        cols: PORTABLE_COLS,
+    },
 };
 
+/// Copies an operand to rows along k, for large products of either variant.
 static PACK: Kernel = Kernel {
     shader: &shaders::MATMUL_PORTABLE,
     entry: "pack",
@@ -93,13 +148,15 @@ struct PackParams {
     _pad: [u32; 2],
 }
 
-/// How the GPU runs one product. The default is what the public ops use; tests and
-/// tuning override parts of it.
+/// How the GPU runs one product. The default is what the public ops use (the variant the
+/// context runs, see `backend/gpu/registry.rs`); tests and tuning override parts of it
+/// for one call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct GpuPlan {
-    /// Run `matmul_portable.wgsl` even when the adapter has subgroups.
+    /// Run `matmul/portable` (`matmul_portable.wgsl`) whatever the context's variant.
     pub portable: bool,
-    /// `(ROWS, WG)` of the subgroup kernel instead of the automatic choice.
+    /// `(ROWS, WG)` of the subgroup kernel instead of its tile rule (ignored by the
+    /// portable kernel, whose shape is fixed).
     pub shape: Option<(u32, u32)>,
     /// Copy operands to the layout with rows along k: always, never, or by size (`None`).
     pub pack: Option<bool>,
@@ -162,7 +219,6 @@ fn operand(
         total_rows: total_rows as u32,
         _pad: [0; 2],
     };
-    const PACK_WG: u32 = 64;
     ctx.dispatch(
         &PACK,
         &[("WG", f64::from(PACK_WG))],
@@ -184,6 +240,9 @@ fn operand(
 /// cache and its rows, read 32 bytes at a time, stop being prefetched.
 const PACK_MIN_FLOP: u64 = 1 << 32;
 
+/// Invocations per workgroup of `pack`.
+const PACK_WG: u32 = 64;
+
 /// Rows per invocation of the subgroup kernel for an output of `m` rows: 64 for large
 /// products (32: −10% at n = 1024; 128 with 8 columns: −20%, too many spills), otherwise
 /// the smallest of 8, 16, 32 that covers m, so that small products do not compute clamped
@@ -196,10 +255,18 @@ fn rows_for(m: usize) -> u32 {
         .unwrap_or(64)
 }
 
+/// The tile rule of `matmul/subgroup`: [`rows_for`] rows and one subgroup per workgroup
+/// (at most 64 lanes). The kernel shares nothing across subgroups, and on llvmpipe (8
+/// lanes) a small workgroup wastes the least on columns past n.
+fn subgroup_tile(facts: &AdapterFacts, m: usize) -> (u32, u32) {
+    let max_lanes = facts.subgroup_sizes.map_or(8, |(_, max)| max);
+    (rows_for(m), max_lanes.min(64))
+}
+
 /// Columns owned by one invocation of each kernel.
 const SUBGROUP_COLS: usize = 8;
 const PORTABLE_COLS: usize = 4;
-const PORTABLE_ROWS: usize = 8;
+const PORTABLE_ROWS: u32 = 8;
 const PORTABLE_WG: u32 = 64;
 
 pub(crate) fn matmul_gpu(
@@ -234,21 +301,22 @@ pub(crate) fn matmul_gpu(
     let pb = operand(b, b_count, b_rows, b_cols, big && !trans_b)?;
     let (trans_a, trans_b) = (trans_a && !big, trans_b || big);
 
-    // The subgroup kernel broadcasts from lanes 0..7, so every subgroup needs 8 lanes. One
-    // subgroup per workgroup: the kernel shares nothing across subgroups, and on llvmpipe
-    // (8 lanes) a small workgroup wastes the least on columns past n.
-    let sizes = ctx
-        .subgroup_sizes()
-        .filter(|&(min, _)| min >= 8 && !plan.portable);
-    let (entry, rows, wg, cols) = match (plan.shape, sizes) {
-        (None, Some((_, max))) => (&MATMUL, rows_for(m), max.min(64), SUBGROUP_COLS),
-        (Some((rows, wg)), Some(_)) => (&MATMUL, rows, wg, SUBGROUP_COLS),
-        (_, None) => (
-            &MATMUL_PORTABLE,
-            PORTABLE_ROWS as u32,
-            PORTABLE_WG,
-            PORTABLE_COLS,
-        ),
+    // The context's variant (`matmul/subgroup` where the adapter has subgroups of 8 or
+    // more lanes, else `matmul/portable`, unless one is forced), and its tile for this m.
+    let variant = if plan.portable {
+        &PORTABLE
+    } else {
+        ctx.variant(&registry::MATMUL)
+    };
+    let Plan {
+        ref main,
+        tile,
+        tunable,
+        cols,
+    } = variant.plan;
+    let (rows, wg) = match plan.shape {
+        Some(shape) if tunable => shape,
+        _ => tile(ctx.facts(), m),
     };
     let groups_n = n.div_ceil(cols).div_ceil(wg as usize);
     let groups_m = m.div_ceil(rows as usize);
@@ -284,7 +352,7 @@ pub(crate) fn matmul_gpu(
         ("A_VEC4", f64::from(u8::from(pa.vec4()))),
         ("B_VEC4", f64::from(u8::from(pb.vec4()))),
     ];
-    if std::ptr::eq(entry, &MATMUL) {
+    if tunable {
         constants.push(("ROWS", f64::from(rows)));
     }
     // Row blocks and batch entries beyond the per-dimension workgroup limit go to further
@@ -295,7 +363,7 @@ pub(crate) fn matmul_gpu(
             params.batch0 = batch0 as u32;
             params.group_m0 = group_m0 as u32;
             ctx.dispatch(
-                entry,
+                main,
                 &constants,
                 bytemuck::bytes_of(&params),
                 &[pa.buf(), pb.buf(), pa.buf(), pb.buf(), &out],
@@ -308,4 +376,40 @@ pub(crate) fn matmul_gpu(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subgroup_tile_rule_is_the_measured_one() {
+        let facts = |min, max| AdapterFacts {
+            features: wgpu::Features::SUBGROUP,
+            subgroup_sizes: Some((min, max)),
+            limits: wgpu::Limits::default(),
+            device_type: wgpu::DeviceType::Cpu,
+            vendor: 0,
+        };
+        // llvmpipe: 8 lanes. The smallest of 8, 16, 32 rows covering m, else 64.
+        let lavapipe = facts(8, 8);
+        for (m, rows) in [
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (16, 16),
+            (17, 32),
+            (32, 32),
+            (33, 64),
+        ] {
+            assert_eq!(subgroup_tile(&lavapipe, m), (rows, 8), "m = {m}");
+        }
+        assert_eq!(subgroup_tile(&lavapipe, 4096), (64, 8));
+        // One subgroup per workgroup, at most 64 lanes.
+        assert_eq!(subgroup_tile(&facts(32, 32), 100), (64, 32));
+        assert_eq!(subgroup_tile(&facts(8, 128), 100), (64, 64));
+        // The portable kernel's fixed shape.
+        assert_eq!((PORTABLE.plan.tile)(&lavapipe, 100), (8, 64));
+        assert!(!PORTABLE.plan.tunable && SUBGROUP.plan.tunable);
+    }
 }

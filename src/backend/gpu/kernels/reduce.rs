@@ -1,34 +1,55 @@
-//! The GPU side of the reductions (`ops/reduce.rs`): `shaders/reduce.wgsl`.
+//! The GPU side of the reductions (`ops/reduce.rs`): one variant, `reduce/one_barrier`
+//! ([`ONE_BARRIER`], `shaders/reduce.wgsl`): per-invocation accumulators, then one
+//! barrier and one invocation adding the workgroup's partials, since barriers are what
+//! costs on CPU adapters.
 //!
 //! Accuracy: the GPU accumulates in f32, but no accumulator adds more than a few
 //! thousand terms (strided runs per invocation, then a tree; axis reductions are split
 //! into chunks whose partial sums are reduced again), so even a 16M-element sum stays
 //! within 1e-4 relative of an f64 sum.
 
+use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::backend::{AxisOp, FullOp};
 use crate::error::Result;
 
-static FULL: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "full",
-    reads: 2,
-    writes: 1,
-};
+/// What a reduction variant gives the dispatch code: its entry points, with the
+/// parameters and bindings of `shaders/reduce.wgsl`.
+pub(crate) struct Plan {
+    /// A whole buffer (or the product of two) to one partial per workgroup.
+    full: Kernel,
+    /// An axis with inner = 1 (contiguous).
+    rows: Kernel,
+    /// An axis read along a stride.
+    cols: Kernel,
+}
 
-static ROWS: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "rows",
-    reads: 1,
-    writes: 1,
-};
-
-static COLS: Kernel = Kernel {
-    shader: &shaders::REDUCE,
-    entry: "cols",
-    reads: 1,
-    writes: 1,
+pub(crate) static ONE_BARRIER: Variant<Plan> = Variant {
+    name: "one_barrier",
+    summary: "strided per-invocation sums, one barrier, one invocation adds the workgroup",
+    requires: |facts| registry::workgroup(facts, FULL_WG.max(AXIS_WG), 4 * FULL_WG),
+    suits: registry::everywhere,
+    plan: Plan {
+        full: Kernel {
+            shader: &shaders::REDUCE,
+            entry: "full",
+            reads: 2,
+            writes: 1,
+        },
+        rows: Kernel {
+            shader: &shaders::REDUCE,
+            entry: "rows",
+            reads: 1,
+            writes: 1,
+        },
+        cols: Kernel {
+            shader: &shaders::REDUCE,
+            entry: "cols",
+            reads: 1,
+            writes: 1,
+        },
+    },
 };
 
 /// Invocations per workgroup of `full` (a multiple of 8, as the kernel requires).
@@ -92,7 +113,7 @@ fn full_pass(
         block: (n / 4).div_ceil(groups as usize) as u32,
     };
     ctx.dispatch(
-        &FULL,
+        &ctx.variant(&registry::REDUCE).plan.full,
         &[("OP", f64::from(op as u32)), ("WG", f64::from(FULL_WG))],
         bytemuck::bytes_of(&params),
         &[a, b, &out],
@@ -187,7 +208,12 @@ pub(crate) fn axis_gpu(
             threads: threads as u32,
             _pad: 0,
         };
-        let (kernel, vec_c) = if inner == 1 { (&ROWS, 1) } else { (&COLS, vec) };
+        let plan = &ctx.variant(&registry::REDUCE).plan;
+        let (kernel, vec_c) = if inner == 1 {
+            (&plan.rows, 1)
+        } else {
+            (&plan.cols, vec)
+        };
         ctx.dispatch(
             kernel,
             &[

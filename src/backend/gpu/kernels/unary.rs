@@ -1,18 +1,11 @@
-//! The GPU side of the unary ops (`ops/unary.rs`): one dispatch of `shaders/unary.wgsl`.
+//! The GPU side of the unary ops (`ops/unary.rs`): one dispatch of the `elementwise`
+//! family's unary kernel (`kernels/elementwise.rs`; `shaders/unary.wgsl`).
 
+use super::elementwise::WG;
 use crate::backend::UnaryOp;
-use crate::backend::gpu::shaders;
-use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::registry;
 use crate::error::Result;
-
-static UNARY: Kernel = Kernel {
-    shader: &shaders::UNARY,
-    entry: "main",
-    reads: 1,
-    writes: 1,
-};
-
-const WG: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -34,7 +27,7 @@ pub(crate) fn unary_gpu(op: UnaryOp, x: &GpuBuffer, n: usize, a: f32, b: f32) ->
         b,
     };
     ctx.dispatch(
-        &UNARY,
+        &ctx.variant(&registry::ELEMENTWISE).plan.unary,
         &[("OP", f64::from(op as u32)), ("WG", f64::from(WG))],
         bytemuck::bytes_of(&params),
         &[x, &y],

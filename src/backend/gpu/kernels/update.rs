@@ -1,19 +1,48 @@
-//! The GPU side of the fused updates (`ops/update.rs`): one dispatch of
-//! `shaders/update.wgsl`, which reads device scalars (and forms CG's ratio) itself.
+//! The GPU side of the fused updates (`ops/update.rs`): one variant, `update/vec4`
+//! ([`VEC4`], `shaders/update.wgsl`), one dispatch that reads device scalars (and forms
+//! CG's ratio) itself.
 
+use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::backend::{Coef, Coefs};
 use crate::error::Result;
 
-static UPDATE: Kernel = Kernel {
-    shader: &shaders::UPDATE,
-    entry: "main",
-    reads: 4,
-    writes: 1,
+/// What an update variant gives the dispatch code: its entry point, with the parameters
+/// and bindings of `shaders/update.wgsl`.
+pub(crate) struct Plan {
+    main: Kernel,
+}
+
+pub(crate) static VEC4: Variant<Plan> = Variant {
+    name: "vec4",
+    summary: "four elements per invocation, device scalars read in the kernel",
+    requires: |facts| registry::workgroup(facts, WG, 0),
+    suits: registry::everywhere,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::UPDATE,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+    },
 };
 
 const WG: u32 = 256;
+
+/// Where the kernel takes a coefficient from (its `A_SRC` and `B_SRC` constants).
+const COEF_HOST: u32 = 0;
+const COEF_DEVICE: u32 = 1;
+/// `A_SRC` only: the ratio of the two device scalars.
+const COEF_RATIO: u32 = 2;
+
+/// The codes above as the WGSL constants of `//#include op_codes` (`backend/gpu/codes.rs`).
+pub(crate) const CODES: &[(&str, u32)] = &[
+    ("COEF_HOST", COEF_HOST),
+    ("COEF_DEVICE", COEF_DEVICE),
+    ("COEF_RATIO", COEF_RATIO),
+];
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -36,16 +65,16 @@ pub(crate) fn update_gpu(
     let (a_src, b_src, a, b, s0, s1) = match coefs {
         Coefs::Linear { b, a } => {
             let (a_src, a_val, s0) = match a {
-                Coef::Host(v) => (0u32, v, y),
-                Coef::Device(t) => (1, 1.0, t),
+                Coef::Host(v) => (COEF_HOST, v, y),
+                Coef::Device(t) => (COEF_DEVICE, 1.0, t),
             };
             let (b_src, b_val, s1) = match b {
-                Coef::Host(v) => (0u32, v, y),
-                Coef::Device(t) => (1, 0.0, t),
+                Coef::Host(v) => (COEF_HOST, v, y),
+                Coef::Device(t) => (COEF_DEVICE, 0.0, t),
             };
             (a_src, b_src, a_val, b_val, s0, s1)
         }
-        Coefs::Ratio { sign, num, den } => (2, 0, sign, 1.0, num, den),
+        Coefs::Ratio { sign, num, den } => (COEF_RATIO, COEF_HOST, sign, 1.0, num, den),
     };
     let out = ctx.alloc((n * 4) as u64)?;
     let n4 = n.div_ceil(4);
@@ -56,7 +85,7 @@ pub(crate) fn update_gpu(
         b: b as f32,
     };
     ctx.dispatch(
-        &UPDATE,
+        &ctx.variant(&registry::UPDATE).plan.main,
         &[
             ("A_SRC", f64::from(a_src)),
             ("B_SRC", f64::from(b_src)),
