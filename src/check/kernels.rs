@@ -76,10 +76,10 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         let a = if ta { [kk, m] } else { [m, kk] };
         let b = if tb { [n, kk] } else { [kk, n] };
         let name = format!("matmul/{}{}", flag(ta), flag(tb));
-        v.push(matmul_check(name, vec![(&a, &b)], (6, 7), ta, tb, None));
+        v.push(matmul_check(name, vec![(&a, &b)], (6, 7), ta, tb));
     }
     let plain = |name: &str, a: &[usize], b: &[usize], seeds| {
-        matmul_check(name.into(), vec![(a, b)], seeds, false, false, None)
+        matmul_check(name.into(), vec![(a, b)], seeds, false, false)
     };
     v.push(plain(
         "matmul/large_257x131x65",
@@ -107,20 +107,13 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         (10, 11),
         true,
         true,
-        None,
     ));
-    // The portable kernel (for adapters without subgroups), forced: lavapipe and most
-    // GPUs have subgroups, so it would never run here otherwise. Each transpose pair
-    // on three shapes (m, k, n): 13·37·7, where every stored row length is odd;
-    // 20·44·12, where every one is a whole number of vec4s; 1·16·5, where stored rows
-    // are 16 long or 1 or 5, so that nn, nt and tt pair operands read as vec4s with
-    // ones read as floats. No m is a multiple of the kernel's 8 rows, and n = 7 and 5
-    // no multiple of its 4 columns. The CPU ignores the plan, so there these repeat the
-    // plain products on other shapes.
-    let portable = GpuPlan {
-        portable: true,
-        ..GpuPlan::default()
-    };
+    // Operand layouts that each kernel reads differently: each transpose pair on three
+    // shapes (m, k, n): 13·37·7, where every stored row length is odd; 20·44·12, where
+    // every one is a whole number of vec4s; 1·16·5, where stored rows are 16 long or 1
+    // or 5, so that nn, nt and tt pair operands read as vec4s with ones read as floats.
+    // No m is a multiple of the kernels' 8 rows, and n = 7 and 5 no multiple of their 4
+    // columns. On a GPU every matmul variant runs these (`run_checks_matching`).
     for (ta, tb) in TRANSPOSES {
         let stored = |(m, kk, n): (usize, usize, usize)| {
             let a = if ta { [kk, m] } else { [m, kk] };
@@ -129,31 +122,22 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         };
         let shapes = [(13, 37, 7), (20, 44, 12), (1, 16, 5)].map(stored);
         let operands = shapes.iter().map(|(a, b)| (&a[..], &b[..])).collect();
-        let name = format!("matmul/portable_{}{}", flag(ta), flag(tb));
-        v.push(matmul_check(
-            name,
-            operands,
-            (82, 83),
-            ta,
-            tb,
-            Some(portable),
-        ));
+        let name = format!("matmul/layouts_{}{}", flag(ta), flag(tb));
+        v.push(matmul_check(name, operands, (82, 83), ta, tb));
     }
     v.push(matmul_check(
-        "matmul/portable_batched".into(),
+        "matmul/layouts_batched".into(),
         vec![(&[3, 17, 29], &[3, 29, 11]), (&[3, 13, 28], &[28, 9])],
         (84, 85),
         false,
         false,
-        Some(portable),
     ));
     v.push(matmul_check(
-        "matmul/portable_batched_tt".into(),
+        "matmul/layouts_batched_tt".into(),
         vec![(&[3, 29, 17], &[3, 11, 29])],
         (86, 87),
         true,
         true,
-        Some(portable),
     ));
 
     // 37 × 195 = 7215 elements: one workgroup of the full reduction.
@@ -386,7 +370,8 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         Check::new("shape/broadcast_to", k, vec![u(&[17], 24)], |t| {
             Ok(vec![t[0].broadcast_to(&[31, 17])?])
         })
-        .with_reference(|x| vec![naive::broadcast_to(&x[0], &[17], &[31, 17])]),
+        .with_reference(|x| vec![naive::broadcast_to(&x[0], &[17], &[31, 17])])
+        .with_kernel_family("elementwise"),
     );
     v.push(
         Check::new("shape/sum_to", k, vec![u(&[31, 17], 25)], |t| {
@@ -397,7 +382,8 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
                 naive::sum_to(&x[0], &[31, 17], &[17]),
                 naive::sum_to(&x[0], &[31, 17], &[31, 1]),
             ]
-        }),
+        })
+        .with_kernel_family("reduce"),
     );
     v.push(
         Check::new("fill/full_like", k, vec![u(&[257], 26)], |t| {
@@ -480,7 +466,6 @@ fn matmul_check(
     seeds: (u64, u64),
     ta: bool,
     tb: bool,
-    plan: Option<GpuPlan>,
 ) -> Check {
     let shapes: Vec<(Vec<usize>, Vec<usize>)> = operands
         .iter()
@@ -492,12 +477,7 @@ fn matmul_check(
         .flat_map(|((a, b), i)| [u(a, seeds.0 + 2 * i), u(b, seeds.1 + 2 * i)])
         .collect();
     Check::new(name, KERNEL_TOL, inputs, move |t| {
-        t.chunks(2)
-            .map(|p| match plan {
-                Some(plan) => matmul_with(&p[0], &p[1], ta, tb, plan),
-                None => p[0].matmul_t(&p[1], ta, tb),
-            })
-            .collect()
+        t.chunks(2).map(|p| p[0].matmul_t(&p[1], ta, tb)).collect()
     })
     .with_reference(move |x| {
         shapes

@@ -42,7 +42,6 @@ use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::ops::binary::{ALL_BINARY, BinaryOp};
-use crate::ops::matmul::{GpuPlan, matmul_with};
 use crate::ops::unary::{ALL_UNARY, UnaryOp};
 use crate::problems::data::{cleaning_split, synthetic_classification};
 use crate::problems::{HyperCleaning, Ridge};
@@ -193,6 +192,7 @@ pub struct Check {
     inputs: Vec<Input>,
     f: CheckFn,
     reference: Option<ReferenceFn>,
+    kernel_family: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Check {
@@ -219,7 +219,33 @@ impl Check {
             inputs,
             f: Box::new(f),
             reference: None,
+            kernel_family: None,
         }
+    }
+
+    /// The check runs the kernels of `family` (a family of
+    /// [`GpuContext::kernel_variants`](crate::GpuContext::kernel_variants)), so it is run
+    /// once more with each other variant of that family the adapter can run. Without
+    /// it, a check named `unary/…`, `binary/…` or `fill/…` belongs to `elementwise`, one
+    /// named `matmul/…`, `reduce/…`, `loss/…`, `index/…` or `update/…` to that family,
+    /// and any other check to none.
+    pub fn with_kernel_family(mut self, family: &'static str) -> Self {
+        self.kernel_family = Some(family);
+        self
+    }
+
+    /// The kernel family whose variants the check is repeated with, if any.
+    pub fn kernel_family(&self) -> Option<&'static str> {
+        self.kernel_family
+            .or_else(|| match self.name.split('/').next()? {
+                "unary" | "binary" | "fill" => Some("elementwise"),
+                "matmul" => Some("matmul"),
+                "reduce" => Some("reduce"),
+                "loss" => Some("loss"),
+                "index" => Some("index"),
+                "update" => Some("update"),
+                _ => None,
+            })
     }
 
     /// The check with a naive reference as its oracle: `reference` gets the inputs'
@@ -321,21 +347,63 @@ pub fn run_checks(device: &Device) -> Vec<CheckResult> {
 }
 
 /// Runs the checks whose name contains `filter` (all when `None`), calling
-/// `on_result` after each one (for progress output).
+/// `on_result` after each one (for progress output). On a GPU, the checks of each kernel
+/// family ([`Check::kernel_family`]) run once more for every variant of that family the
+/// adapter can run besides its automatic choice, forced through
+/// [`GpuContext::force_kernel`](crate::GpuContext::force_kernel) and named
+/// `<check>@<variant>`; the automatic choice is restored after each variant (other
+/// threads using the same context meanwhile run the forced variant too).
 pub fn run_checks_matching(
     device: &Device,
     filter: Option<&str>,
     mut on_result: impl FnMut(&CheckResult),
 ) -> Vec<CheckResult> {
-    checks()
-        .iter()
-        .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
-        .map(|c| {
-            let r = c.run(device);
-            on_result(&r);
-            r
-        })
-        .collect()
+    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let all = checks();
+    let mut results = Vec::new();
+    let mut emit = |r: CheckResult| {
+        on_result(&r);
+        results.push(r);
+    };
+    for c in all.iter().filter(|c| wanted(&c.name)) {
+        emit(c.run(device));
+    }
+    // Every other kernel variant this adapter can run, forced in turn, on the checks of
+    // its family (`matmul/nn@portable`); the automatic choice is restored after each.
+    if let Device::Gpu(ctx) = device {
+        for variant in ctx.kernel_variants() {
+            if variant.default || !variant.runnable() {
+                continue;
+            }
+            let forced = ctx.force_kernel(variant.family, Some(variant.name));
+            for c in all
+                .iter()
+                .filter(|c| c.kernel_family() == Some(variant.family))
+            {
+                let name = format!("{}@{}", c.name, variant.name);
+                if !wanted(&name) {
+                    continue;
+                }
+                emit(match &forced {
+                    Ok(()) => CheckResult {
+                        name,
+                        ..c.run(device)
+                    },
+                    Err(e) => CheckResult {
+                        name,
+                        rel_err: f64::NAN,
+                        tol: c.tol,
+                        passed: false,
+                        error: Some(e.to_string()),
+                        elapsed: Duration::ZERO,
+                    },
+                });
+            }
+            // Restoring the automatic choice of a family that exists cannot fail.
+            let _ = ctx.force_kernel(variant.family, None);
+        }
+    }
+    results
 }
 
 mod gradients;

@@ -128,7 +128,7 @@ fn names_are_unique_and_every_op_is_listed() {
     for (ta, tb) in TRANSPOSES {
         let pair = format!("{}{}", flag(ta), flag(tb));
         assert!(names.contains(&format!("matmul/{pair}").as_str()));
-        assert!(names.contains(&format!("matmul/portable_{pair}").as_str()));
+        assert!(names.contains(&format!("matmul/layouts_{pair}").as_str()));
         assert!(names.contains(&format!("grad/matmul/{pair}").as_str()));
     }
     for n in ["sum", "mean", "sqnorm", "dot"] {
@@ -147,5 +147,56 @@ fn names_are_unique_and_every_op_is_listed() {
             | Method::OneStep { .. }
             | Method::Exact => {}
         }
+    }
+}
+
+#[test]
+fn kernel_checks_name_their_family_and_others_have_none() {
+    let all = checks();
+    let family = |name: &str| {
+        all.iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}"))
+            .kernel_family()
+    };
+    assert_eq!(family("unary/exp"), Some("elementwise"));
+    assert_eq!(family("binary/add"), Some("elementwise"));
+    assert_eq!(family("matmul/nn"), Some("matmul"));
+    assert_eq!(family("shape/sum_to"), Some("reduce"));
+    assert_eq!(family("shape/broadcast_to"), Some("elementwise"));
+    assert_eq!(family("grad/matmul/nn"), None);
+    // Every kernel check belongs to a family, so each variant is checked on all of them.
+    for c in &all {
+        let kernel = c.has_reference();
+        assert_eq!(c.kernel_family().is_some(), kernel, "{}", c.name);
+    }
+}
+
+/// On a GPU, each check of a family runs again under every other variant of that family
+/// the adapter can run (lavapipe: matmul's portable kernel besides the subgroup one), and
+/// the automatic choice is back afterwards.
+#[test]
+fn a_gpu_runs_family_checks_under_every_other_runnable_variant() {
+    let Some(gpu) = crate::testing::fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().expect("a GPU device");
+    let others: Vec<_> = ctx
+        .kernel_variants()
+        .into_iter()
+        .filter(|v| v.family == "matmul" && v.runnable() && !v.default)
+        .collect();
+    let results = run_checks_matching(&gpu, Some("matmul/nt"), |_| {});
+    let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"matmul/nt"), "{names:?}");
+    for v in &others {
+        let name = format!("matmul/nt@{}", v.name);
+        assert!(names.contains(&name.as_str()), "{name} missing: {names:?}");
+    }
+    for r in &results {
+        assert!(r.passed, "{}", r.line());
+    }
+    for v in ctx.kernel_variants() {
+        assert_eq!(v.active, v.default, "{}/{} left forced", v.family, v.name);
     }
 }
