@@ -29,7 +29,8 @@
 //! [`GpuContext`] opens.
 //!
 //! ## Forcing a variant
-//! Tests and `blo check` run every variant an adapter can run, whatever the default:
+//! Tests and `blo check` run every variant an adapter can run, whatever the default
+//! (`blo check` forces each in turn through [`GpuContext::force_kernel`]):
 //! - `BLO_KERNELS=matmul=portable,reduce=one_barrier` (comma-separated `family=variant`),
 //!   read when a context opens: `BLO_KERNELS=matmul=portable cargo test` runs the whole
 //!   suite on the portable matmul;
@@ -47,7 +48,7 @@
 //! 3. Register it: one line in its family's list below, in order of preference.
 //!
 //! `registry/tests.rs` then runs it against the CPU backend on every adapter that can run
-//! it, and `blo check` can force it through [`GpuContext::kernel_variants`].
+//! it, and `blo check` runs its family's checks under it (`<check>@<variant>`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
