@@ -102,7 +102,7 @@ pub fn hoag_with(
         w = state[..nw].to_vec();
         let method = Method::Cg {
             iters: c.max_cg_iters,
-            tol: Some(c.eps0),
+            tol: Some(eps),
             damping: 0.0,
         };
         let inner = Inner {

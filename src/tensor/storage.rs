@@ -16,6 +16,7 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
+    #[inline]
     pub(crate) fn dtype(&self) -> DType {
         match self {
             Storage::F32(_) | Storage::Gpu(_) => DType::F32,
@@ -23,6 +24,7 @@ impl Storage {
         }
     }
 
+    #[inline]
     pub(crate) fn device(&self) -> Device {
         match self {
             Storage::F32(_) | Storage::F64(_) => Device::Cpu,
@@ -51,10 +53,15 @@ fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
     }
 }
 
+// The routers are marked #[inline]: the CPU backend's small ops cost ~55 ns each, and
+// an out-of-line call through here measured 7 ns more of that (`blo bench`'s
+// dispatch_overhead on the CPU, 64-element scale_shift chains).
+
 // ---- unary -------------------------------------------------------------------------
 
 impl Storage {
     /// `op` applied to each of the `n` elements; `a`, `b` are [`UnaryOp::ScaleShift`]'s.
+    #[inline]
     pub(crate) fn unary(&self, op: UnaryOp, n: usize, a: f64, b: f64) -> Result<Storage> {
         Ok(match self {
             Storage::F32(v) => Storage::F32(CpuBuf::from(cpu::unary::unary_cpu(op, v, a, b))),
@@ -70,6 +77,7 @@ impl Storage {
 
 impl Storage {
     /// `op` of `self` (shaped `a_shape`) and `rhs` (`b_shape`) broadcast to `out`.
+    #[inline]
     pub(crate) fn binary(
         &self,
         name: &'static str,
@@ -95,6 +103,7 @@ impl Storage {
     }
 
     /// `self` (shaped `shape`) copied out to its broadcast shape `out`.
+    #[inline]
     pub(crate) fn broadcast_to(&self, shape: &[usize], out: &[usize]) -> Result<Storage> {
         use cpu::binary::broadcast_cpu;
         Ok(match self {
@@ -110,6 +119,7 @@ impl Storage {
 impl Storage {
     /// `scale · Σ op(a_i, b_i)` over the `n` elements of `self` (and `rhs`, read by
     /// [`FullOp::Dot`] and [`FullOp::SqDiff`]), as one element.
+    #[inline]
     pub(crate) fn reduce_full(
         &self,
         name: &'static str,
@@ -135,6 +145,7 @@ impl Storage {
 
     /// `op` over the middle axis of `self` viewed as `[outer, len, inner]`; sums are
     /// multiplied by `scale`.
+    #[inline]
     pub(crate) fn reduce_axis(
         &self,
         op: AxisOp,
@@ -167,6 +178,7 @@ impl Storage {
 
 impl Storage {
     /// One-hot rows `[n, classes]` (`total` elements) of the labels in `self`.
+    #[inline]
     pub(crate) fn one_hot(&self, n: usize, classes: usize, total: usize) -> Result<Storage> {
         use cpu::index::one_hot_cpu;
         debug_assert_eq!(total, n * classes);
@@ -178,6 +190,7 @@ impl Storage {
     }
 
     /// `self[i, labels[i]]` for the `n` rows of `self` (`[n, classes]`).
+    #[inline]
     pub(crate) fn gather(&self, labels: &Storage, n: usize, classes: usize) -> Result<Storage> {
         use cpu::index::gather_cpu;
         Ok(match (self, labels) {
@@ -195,6 +208,7 @@ impl Storage {
     }
 
     /// `[batch, rows, cols]` → `[batch, cols, rows]`.
+    #[inline]
     pub(crate) fn transpose(&self, batch: usize, rows: usize, cols: usize) -> Result<Storage> {
         use cpu::index::transpose_cpu;
         Ok(match self {
@@ -207,6 +221,7 @@ impl Storage {
     }
 
     /// The elements of `parts` (at least one, `total` elements in all) one after another.
+    #[inline]
     pub(crate) fn concat<'a>(
         parts: impl Iterator<Item = &'a Storage> + Clone,
         total: usize,
@@ -248,6 +263,7 @@ impl Storage {
     }
 
     /// Elements `[start, end)`.
+    #[inline]
     pub(crate) fn slice(&self, start: usize, end: usize) -> Result<Storage> {
         Ok(match self {
             Storage::F32(v) => Storage::F32(CpuBuf::from(v[start..end].to_vec())),
@@ -261,6 +277,7 @@ impl Storage {
 
 impl Storage {
     /// Log-softmax of `rows` rows of `c` elements.
+    #[inline]
     pub(crate) fn log_softmax(&self, rows: usize, c: usize) -> Result<Storage> {
         use cpu::loss::log_softmax_cpu;
         Ok(match self {
@@ -273,6 +290,7 @@ impl Storage {
     }
 
     /// Softmax of `rows` rows of `c` elements.
+    #[inline]
     pub(crate) fn softmax(&self, rows: usize, c: usize) -> Result<Storage> {
         use cpu::loss::softmax_cpu;
         Ok(match self {
@@ -285,6 +303,7 @@ impl Storage {
     }
 
     /// Mean (optionally weighted) cross-entropy of the logits `[n, c]` in `self`.
+    #[inline]
     pub(crate) fn cross_entropy(
         &self,
         labels: &Storage,
@@ -320,6 +339,7 @@ impl Storage {
 
     /// The CPU's fused cross-entropy that also returns softmax(logits) from the same
     /// exps; `None` on the GPU, or for operands that do not fit (the plain op reports).
+    #[inline]
     pub(crate) fn cross_entropy_with_probs(
         &self,
         labels: &Storage,
@@ -359,6 +379,7 @@ fn odd_one<'a>(z: &Storage, y: &'a Storage, w: Option<&'a Storage>) -> &'a Stora
 impl Storage {
     /// `b·self + a·x` over `n` elements with the coefficients of `coefs`, whose device
     /// scalars must be one-element storages like `self`'s.
+    #[inline]
     pub(crate) fn update(
         &self,
         name: &'static str,
@@ -412,6 +433,7 @@ impl Storage {
 
 impl Storage {
     /// `op(self) · op(rhs)` with the shapes of `d`; `plan` says how the GPU runs it.
+    #[inline]
     pub(crate) fn matmul(
         &self,
         rhs: &Storage,
