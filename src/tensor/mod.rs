@@ -9,7 +9,6 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
 use crate::device::Device;
 pub use crate::dtype::{DType, Element};
@@ -56,20 +55,7 @@ impl Tensor {
     /// f64 data is accepted on the CPU only.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Tensor> {
         check_len("from_vec", data.len(), shape)?;
-        let storage = match (T::DTYPE, device) {
-            (DType::F32, Device::Cpu) => Storage::F32(CpuBuf::aligned(bytemuck::cast_vec(data))),
-            (DType::F64, Device::Cpu) => Storage::F64(CpuBuf::aligned(bytemuck::cast_vec(data))),
-            (DType::F32, Device::Gpu(ctx)) => {
-                Storage::Gpu(ctx.upload(bytemuck::cast_slice(&data))?)
-            }
-            (DType::F64, Device::Gpu(_)) => {
-                return Err(Error::UnsupportedDType {
-                    op: "from_vec",
-                    dtype: DType::F64,
-                    device: device.to_string(),
-                });
-            }
-        };
+        let storage = Storage::from_host("from_vec", data, device)?;
         Ok(Tensor::from_storage(storage, shape))
     }
 
@@ -80,14 +66,8 @@ impl Tensor {
 
     /// An f32 tensor filled with `value`. On the GPU this is a fill kernel, not an upload.
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Tensor::from_vec(vec![value; numel(shape)], shape, device),
-            Device::Gpu(ctx) => {
-                let buf = ctx.alloc((numel(shape) * 4) as u64)?;
-                crate::backend::gpu::kernels::fill::fill_gpu_bits(&buf, value.to_bits())?;
-                Ok(Tensor::from_storage(Storage::Gpu(buf), shape))
-            }
-        }
+        let storage = Storage::full_f32(numel(shape), value, device)?;
+        Ok(Tensor::from_storage(storage, shape))
     }
 
     /// An f32 tensor of zeros.
@@ -102,11 +82,9 @@ impl Tensor {
 
     /// A tensor of the same shape, dtype and device as `self`, filled with `value`.
     pub fn full_like(&self, value: f64) -> Result<Tensor> {
-        match &*self.storage {
-            Storage::F64(_) => {
-                Tensor::from_vec(vec![value; self.numel()], &self.shape, &Device::Cpu)
-            }
-            _ => Tensor::full(&self.shape, value as f32, &self.device()),
+        match self.dtype() {
+            DType::F64 => Tensor::from_vec(vec![value; self.numel()], &self.shape, &Device::Cpu),
+            DType::F32 => Tensor::full(&self.shape, value as f32, &self.device()),
         }
     }
 
@@ -191,17 +169,7 @@ impl Tensor {
     /// Copies the elements to a host vector, converting to `T`. On the GPU this submits
     /// pending work and waits for it.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        Ok(match &*self.storage {
-            Storage::F32(v) => v.iter().map(|&x| T::of(f64::from(x))).collect(),
-            Storage::F64(v) => v.iter().map(|&x| T::of(x)).collect(),
-            Storage::Gpu(b) => {
-                let bytes = b.ctx.read(b, (self.numel() * 4) as u64)?;
-                bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)
-                    .into_iter()
-                    .map(|x| T::of(f64::from(x)))
-                    .collect()
-            }
-        })
+        self.storage.to_host(self.numel())
     }
 
     /// The single element of a tensor with one element (any rank), as `T`.
@@ -222,22 +190,8 @@ impl Tensor {
         if self.device() == *device {
             return Ok(self.clone());
         }
-        match (&*self.storage, device) {
-            (Storage::F32(v), Device::Gpu(_)) => Tensor::from_vec(v.to_vec(), &self.shape, device),
-            (Storage::F64(_), Device::Gpu(_)) => Err(Error::UnsupportedDType {
-                op: "to_device",
-                dtype: DType::F64,
-                device: device.to_string(),
-            }),
-            (Storage::Gpu(_), Device::Cpu) => {
-                Tensor::from_vec(self.to_vec::<f32>()?, &self.shape, device)
-            }
-            (Storage::Gpu(_), Device::Gpu(ctx)) => {
-                let data = self.to_vec::<f32>()?;
-                Tensor::from_vec(data, &self.shape, &Device::Gpu(ctx.clone()))
-            }
-            (Storage::F32(_) | Storage::F64(_), Device::Cpu) => Ok(self.clone()),
-        }
+        let storage = self.storage.to_device(self.numel(), device)?;
+        Ok(Tensor::from_storage(storage, &self.shape))
     }
 
     /// The same values as `dtype`. Converting to f64 is for the CPU device only.
@@ -245,28 +199,12 @@ impl Tensor {
         if self.dtype() == dtype {
             return Ok(self.clone());
         }
-        match (&*self.storage, dtype) {
-            (Storage::F32(v), DType::F64) => Ok(Tensor::from_storage(
-                Storage::F64(v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>().into()),
-                &self.shape,
-            )),
-            (Storage::F64(v), DType::F32) => Ok(Tensor::from_storage(
-                Storage::F32(v.iter().map(|&x| x as f32).collect::<Vec<_>>().into()),
-                &self.shape,
-            )),
-            _ => Err(Error::UnsupportedDType {
-                op: "to_dtype",
-                dtype,
-                device: self.device().to_string(),
-            }),
-        }
+        let storage = self.storage.to_dtype(dtype)?;
+        Ok(Tensor::from_storage(storage, &self.shape))
     }
 
     pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {
-        match &*self.storage {
-            Storage::Gpu(b) => Some(b),
-            _ => None,
-        }
+        self.storage.gpu_buffer()
     }
 }
 

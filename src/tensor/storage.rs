@@ -1,6 +1,6 @@
 //! Where a tensor's elements are, and the one place that picks a backend for them.
 
-use super::DType;
+use super::{DType, Element};
 use crate::backend::cpu::CpuBuf;
 use crate::backend::gpu::GpuBuffer;
 use crate::backend::gpu::kernels::matmul::GpuPlan;
@@ -49,6 +49,98 @@ fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
             op,
             lhs: a.dtype(),
             rhs: b.dtype(),
+        }
+    }
+}
+
+// ---- host transfers and conversions -------------------------------------------------
+
+impl Storage {
+    /// `data` on `device`; `op` names the caller in the error for f64 data on a GPU.
+    pub(crate) fn from_host<T: Element>(
+        op: &'static str,
+        data: Vec<T>,
+        device: &Device,
+    ) -> Result<Storage> {
+        Ok(match (T::DTYPE, device) {
+            (DType::F32, Device::Cpu) => Storage::F32(CpuBuf::aligned(bytemuck::cast_vec(data))),
+            (DType::F64, Device::Cpu) => Storage::F64(CpuBuf::aligned(bytemuck::cast_vec(data))),
+            (DType::F32, Device::Gpu(ctx)) => {
+                Storage::Gpu(ctx.upload(bytemuck::cast_slice(&data))?)
+            }
+            (DType::F64, Device::Gpu(_)) => {
+                return Err(Error::UnsupportedDType {
+                    op,
+                    dtype: DType::F64,
+                    device: device.to_string(),
+                });
+            }
+        })
+    }
+
+    /// `n` f32 elements equal to `value` on `device`: a fill kernel on the GPU, not an
+    /// upload.
+    pub(crate) fn full_f32(n: usize, value: f32, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Storage::from_host("full", vec![value; n], device),
+            Device::Gpu(ctx) => {
+                let buf = ctx.alloc((n * 4) as u64)?;
+                gpu::kernels::fill::fill_gpu_bits(&buf, value.to_bits())?;
+                Ok(Storage::Gpu(buf))
+            }
+        }
+    }
+
+    /// The `n` elements on the host, converted to `T`. On the GPU this submits pending
+    /// work and waits for it.
+    pub(crate) fn to_host<T: Element>(&self, n: usize) -> Result<Vec<T>> {
+        Ok(match self {
+            Storage::F32(v) => v.iter().map(|&x| T::of(f64::from(x))).collect(),
+            Storage::F64(v) => v.iter().map(|&x| T::of(x)).collect(),
+            Storage::Gpu(b) => {
+                let bytes = b.ctx.read(b, (n * 4) as u64)?;
+                bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)
+                    .into_iter()
+                    .map(|x| T::of(f64::from(x)))
+                    .collect()
+            }
+        })
+    }
+
+    /// A copy of the `n` elements on `device` (f64 stays on the CPU).
+    pub(crate) fn to_device(&self, n: usize, device: &Device) -> Result<Storage> {
+        match (self, device) {
+            (Storage::F32(v), _) => Storage::from_host("to_device", v.to_vec(), device),
+            (Storage::F64(v), _) => Storage::from_host("to_device", v.to_vec(), device),
+            (Storage::Gpu(_), _) => {
+                Storage::from_host("to_device", self.to_host::<f32>(n)?, device)
+            }
+        }
+    }
+
+    /// The values converted to `dtype`, which must differ from the storage's: f32 and
+    /// f64 on the CPU convert both ways; a GPU holds f32 only.
+    pub(crate) fn to_dtype(&self, dtype: DType) -> Result<Storage> {
+        match (self, dtype) {
+            (Storage::F32(v), DType::F64) => Ok(Storage::F64(
+                v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>().into(),
+            )),
+            (Storage::F64(v), DType::F32) => Ok(Storage::F32(
+                v.iter().map(|&x| x as f32).collect::<Vec<_>>().into(),
+            )),
+            _ => Err(Error::UnsupportedDType {
+                op: "to_dtype",
+                dtype,
+                device: self.device().to_string(),
+            }),
+        }
+    }
+
+    /// The GPU buffer, for storage on a GPU.
+    pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {
+        match self {
+            Storage::Gpu(b) => Some(b),
+            _ => None,
         }
     }
 }
