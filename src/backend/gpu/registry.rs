@@ -10,7 +10,8 @@
 //!
 //! | family | variant | kernels | chosen by default |
 //! |---|---|---|---|
-//! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | with subgroups of ≥ 8 lanes |
+//! | matmul | `tiled` | `matmul_tiled.wgsl` (64×64 blocks, A and B tiles in workgroup memory) | on adapters that are not CPUs (with 256-invocation workgroups and 8 KiB of workgroup memory) |
+//! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
 //! | reduce | `one_barrier` | `reduce.wgsl` | always |
 //! | elementwise | `vec4` | `unary.wgsl`, `binary.wgsl`, `fill.wgsl` | always |
@@ -67,10 +68,6 @@ pub(crate) struct AdapterFacts {
     /// The limits the device was opened with.
     pub limits: wgpu::Limits,
     /// Discrete, integrated, virtual, CPU (software) or other.
-    #[allow(
-        dead_code,
-        reason = "no rule needs it yet; variants for discrete GPUs will"
-    )]
     pub device_type: wgpu::DeviceType,
     /// PCI vendor id (0 when the backend reports none).
     #[allow(
@@ -104,7 +101,7 @@ pub(crate) struct Family<P: 'static> {
 
 pub(crate) static MATMUL: Family<matmul::Plan> = Family {
     id: FamilyId::Matmul,
-    variants: &[&matmul::SUBGROUP, &matmul::PORTABLE],
+    variants: &[&matmul::TILED, &matmul::SUBGROUP, &matmul::PORTABLE],
 };
 
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {

@@ -1,8 +1,8 @@
 //! Every WGSL shader of blo, embedded at compile time and listed in one place, and the
 //! shared WGSL they are composed from.
 //!
-//! One file per op family in `shaders/` (matmul has two: `matmul.wgsl` for adapters with
-//! subgroups, `matmul_portable.wgsl` for the others); `backend/gpu/kernels/<family>.rs`
+//! One file per op family in `shaders/` (matmul has three: `matmul_tiled.wgsl` for GPUs,
+//! `matmul.wgsl` for adapters with subgroups, `matmul_portable.wgsl` for the others); `backend/gpu/kernels/<family>.rs`
 //! declares its entry points and `backend/gpu/registry.rs` says which variant runs where.
 //! A unit test below composes, parses and validates every shader with naga, so a broken
 //! kernel fails `cargo test` even on a machine without an adapter.
@@ -84,6 +84,7 @@ shaders! {
     LOSS => "loss",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
+    MATMUL_TILED => "matmul_tiled",
 }
 
 macro_rules! common {

@@ -1,9 +1,34 @@
-//! The GPU side of matmul (`ops/matmul.rs`): its two variants, `matmul/subgroup`
-//! ([`SUBGROUP`], `shaders/matmul.wgsl`) and `matmul/portable` ([`PORTABLE`],
+//! The GPU side of matmul (`ops/matmul.rs`): its three variants, `matmul/tiled`
+//! ([`TILED`], `shaders/matmul_tiled.wgsl`), `matmul/subgroup` ([`SUBGROUP`],
+//! `shaders/matmul.wgsl`) and `matmul/portable` ([`PORTABLE`],
 //! `shaders/matmul_portable.wgsl`), registered in `backend/gpu/registry.rs`, and the
-//! dispatch plan they share. Both read `shaders/common/matmul_operands.wgsl`.
+//! dispatch plan they share. All read `shaders/common/matmul_operands.wgsl` (the same
+//! parameters and bindings, so one dispatch path serves them).
 //!
-//! ## Why the kernel looks the way it does
+//! ## `matmul/tiled`: for GPUs
+//! The textbook shared-memory SGEMM, the default on every adapter that is not a CPU:
+//! - workgroups of 16×16 invocations, each computing a 64×64 block of C;
+//! - per K-step of 16, a 64×16 tile of A (stored transposed, [k][m]) and a 16×64 tile of
+//!   B in workgroup memory, 8 KiB in all, loaded with one vec4 per invocation each and
+//!   bracketed by one pair of `workgroupBarrier()`s;
+//! - 4×4 outputs per invocation in four vec4 accumulators (16 floats), unrolled by hand:
+//!   on an H200, a textbook kernel whose accumulator array was indexed by a run-time loop
+//!   variable fell from 28.5 to 2.1 TFLOP/s (the array went to local memory);
+//! - each k of the inner loop reads one vec4 of each tile (A: a broadcast within a warp,
+//!   B: 16 consecutive vec4s, no bank conflicts) for 16 multiply-adds.
+//!
+//! Both stored layouts of each operand are read in place: an operand whose rows run along
+//! the block (Aᵀ, B) is loaded 16 vec4s per tile row, fully coalesced; one whose rows run
+//! along k (A, Bᵀ) 4 vec4s per row, transposed into the tile component by component. So
+//! it never copies operands (`Plan::packs` is false; an explicit [`GpuPlan::pack`]
+//! still applies, which the tests use to run the copied layout too). Edges are clamped on
+//! load and masked on store as in the other kernels, values past k are zeroed, so any m,
+//! n, k, batch and transpose runs the same code. On llvmpipe it is slow (its barriers
+//! switch coroutines), hence the CPU-type rule. Not measured on a GPU yet; 128×128
+//! blocks with 8×8 outputs (the 28.5 TFLOP/s shape) and autotuning between the two are
+//! the next steps.
+//!
+//! ## `matmul/subgroup`: why it looks the way it does
 //! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
 //! stack slots). The rows are shared by the subgroup: lanes 0..7 each load one vec4 of A
 //! per 8 rows and `subgroupBroadcast` hands all 32 values to every lane; B, the lane's own
@@ -29,8 +54,8 @@
 //! register blocking are cheap too, though without shared-memory tiles it is not tuned
 //! for one.
 //!
-//! Adapters without subgroups (the GL backend) run `matmul/portable`, the same loop with
-//! every lane loading its own A. Both kernels read either stored layout of each
+//! CPU adapters without subgroups (llvmpipe through GL) run `matmul/portable`, the same
+//! loop with every lane loading its own A. Both kernels read either stored layout of each
 //! operand in place, as vec4s when its rows are whole vec4s and as floats otherwise (four
 //! loads per vec4, cheaper than a copy for the small products that such shapes usually
 //! are); only large products copy operands, to the layout read fastest (see
@@ -47,14 +72,54 @@ pub(crate) struct Plan {
     /// The product. Reads A and B, each bound twice (as vec4s and as floats, see
     /// `shaders/common/matmul_operands.wgsl`), and writes C.
     main: Kernel,
-    /// `(rows, workgroup size)` for an output of `m` rows, on this adapter.
+    /// `(rows of C per workgroup, invocations per workgroup along x)` for an output of
+    /// `m` rows, on this adapter. A workgroup covers `cols` × that many columns.
     tile: fn(&AdapterFacts, usize) -> (u32, u32),
+    /// Whether the workgroup size is the kernel's `WG` override constant (set to the
+    /// second value of `tile`); otherwise the kernel's `@workgroup_size` is fixed.
+    wg_override: bool,
+    /// Whether products of at least [`PACK_MIN_FLOP`] flops copy their operands to rows
+    /// along k first (a [`GpuPlan::pack`] given by the caller applies either way).
+    packs: bool,
     /// Whether the rows per invocation are the kernel's `ROWS` override constant (so that
     /// [`GpuPlan::shape`] can set them); otherwise `tile` returns the kernel's fixed rows.
     tunable: bool,
     /// Columns of C per invocation.
     cols: usize,
 }
+
+/// `shaders/matmul_tiled.wgsl`: 64×64 blocks of C per workgroup of 16×16 invocations,
+/// tiles of A and B in workgroup memory (see the module documentation). The default on
+/// every adapter that is not a CPU: on lavapipe its barriers make it slow.
+pub(crate) static TILED: Variant<Plan> = Variant {
+    name: "tiled",
+    summary: "64×64 block per 16×16 workgroup, A and B tiles in workgroup memory, 4×4 per invocation",
+    requires: |facts| registry::workgroup(facts, TILED_INVOCATIONS, TILED_SHARED_BYTES),
+    suits: |facts| facts.device_type != wgpu::DeviceType::Cpu,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::MATMUL_TILED,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+        // 16 invocations along x, 4 columns each: 64 columns per workgroup.
+        tile: |_, _| (TILED_BLOCK, 16),
+        wg_override: false,
+        // Both layouts of each operand are loaded coalesced into the tiles, so copying
+        // one first would only cost a pass over it.
+        packs: false,
+        tunable: false,
+        cols: 4,
+    },
+};
+
+/// Rows and columns of C per workgroup of `matmul/tiled`.
+const TILED_BLOCK: u32 = 64;
+/// Invocations per workgroup of `matmul/tiled` (16 × 16).
+const TILED_INVOCATIONS: u32 = 256;
+/// Workgroup memory of `matmul/tiled`: a 64×16 tile of A and a 16×64 tile of B in f32.
+const TILED_SHARED_BYTES: u32 = 2 * 64 * 16 * 4;
 
 /// `shaders/matmul.wgsl`: A shared across the subgroup by broadcasts (see the module
 /// documentation). The broadcasts come from lanes 0..7, so it needs subgroups of at
@@ -84,6 +149,8 @@ pub(crate) static SUBGROUP: Variant<Plan> = Variant {
             writes: 1,
         },
         tile: subgroup_tile,
+        wg_override: true,
+        packs: true,
         tunable: true,
         cols: SUBGROUP_COLS,
     },
@@ -103,6 +170,8 @@ pub(crate) static PORTABLE: Variant<Plan> = Variant {
             writes: 1,
         },
         tile: |_, _| (PORTABLE_ROWS, PORTABLE_WG),
+        wg_override: true,
+        packs: true,
         tunable: false,
         cols: PORTABLE_COLS,
     },
@@ -294,15 +363,8 @@ pub(crate) fn matmul_gpu(
     // Stored shapes: A is [m, k] or (transposed) [k, m]; B is [k, n] or [n, k].
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    let big = plan
-        .pack
-        .unwrap_or(2 * (m as u64) * (n as u64) * (k as u64) >= PACK_MIN_FLOP);
-    let pa = operand(a, a_count, a_rows, a_cols, big && trans_a)?;
-    let pb = operand(b, b_count, b_rows, b_cols, big && !trans_b)?;
-    let (trans_a, trans_b) = (trans_a && !big, trans_b || big);
-
-    // The context's variant (`matmul/subgroup` where the adapter has subgroups of 8 or
-    // more lanes, else `matmul/portable`, unless one is forced), and its tile for this m.
+    // The context's variant (see `backend/gpu/registry.rs` for the rule, unless one is
+    // forced), and its tile for this m.
     let variant = if plan.portable {
         &PORTABLE
     } else {
@@ -311,9 +373,18 @@ pub(crate) fn matmul_gpu(
     let Plan {
         ref main,
         tile,
+        wg_override,
+        packs,
         tunable,
         cols,
     } = variant.plan;
+    let big = plan
+        .pack
+        .unwrap_or(packs && 2 * (m as u64) * (n as u64) * (k as u64) >= PACK_MIN_FLOP);
+    let pa = operand(a, a_count, a_rows, a_cols, big && trans_a)?;
+    let pb = operand(b, b_count, b_rows, b_cols, big && !trans_b)?;
+    let (trans_a, trans_b) = (trans_a && !big, trans_b || big);
+
     let (rows, wg) = match plan.shape {
         Some(shape) if tunable => shape,
         _ => tile(ctx.facts(), m),
@@ -346,12 +417,14 @@ pub(crate) fn matmul_gpu(
         _pad: [0; 2],
     };
     let mut constants = vec![
-        ("WG", f64::from(wg)),
         ("TRANS_A", f64::from(u8::from(trans_a))),
         ("TRANS_B", f64::from(u8::from(trans_b))),
         ("A_VEC4", f64::from(u8::from(pa.vec4()))),
         ("B_VEC4", f64::from(u8::from(pb.vec4()))),
     ];
+    if wg_override {
+        constants.push(("WG", f64::from(wg)));
+    }
     if tunable {
         constants.push(("ROWS", f64::from(rows)));
     }

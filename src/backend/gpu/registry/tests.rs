@@ -52,6 +52,39 @@ fn matmul_defaults_to_subgroups_of_at_least_8_lanes_as_before() {
 }
 
 #[test]
+fn matmul_defaults_to_tiled_on_adapters_that_are_not_cpus() {
+    for (device_type, sizes, want) in [
+        (wgpu::DeviceType::DiscreteGpu, Some((32, 32)), "tiled"),
+        (wgpu::DeviceType::IntegratedGpu, Some((8, 64)), "tiled"),
+        (wgpu::DeviceType::Other, None, "tiled"),
+        (wgpu::DeviceType::Cpu, Some((8, 8)), "subgroup"),
+        (wgpu::DeviceType::Cpu, None, "portable"),
+    ] {
+        let mut f = facts(sizes);
+        f.device_type = device_type;
+        assert_eq!(
+            default_name(FamilyId::Matmul, &f),
+            want,
+            "{device_type:?} {sizes:?}"
+        );
+    }
+    // A GPU whose workgroups cannot hold 256 invocations or 8 KiB of workgroup memory
+    // falls back to the next variant.
+    let mut small = facts(Some((32, 32)));
+    small.device_type = wgpu::DeviceType::DiscreteGpu;
+    small.limits.max_compute_invocations_per_workgroup = 128;
+    let e = (matmul::TILED.requires)(&small).unwrap_err();
+    assert!(e.contains("256 invocations"), "{e}");
+    assert_eq!(default_name(FamilyId::Matmul, &small), "subgroup");
+    let mut little_memory = facts(None);
+    little_memory.device_type = wgpu::DeviceType::DiscreteGpu;
+    little_memory.limits.max_compute_workgroup_storage_size = 4096;
+    let e = (matmul::TILED.requires)(&little_memory).unwrap_err();
+    assert!(e.contains("8192 bytes"), "{e}");
+    assert_eq!(default_name(FamilyId::Matmul, &little_memory), "portable");
+}
+
+#[test]
 fn a_family_no_variant_of_which_runs_falls_back_to_its_last() {
     let mut tiny = facts(None);
     tiny.limits.max_compute_invocations_per_workgroup = 32;
@@ -94,10 +127,14 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     assert!(parse_forced(" , ", &with).unwrap().is_empty());
     assert_eq!(
         parse_forced(" matmul = portable , reduce=one_barrier,", &with).unwrap(),
-        vec![(FamilyId::Matmul, 1), (FamilyId::Reduce, 0)]
+        vec![(FamilyId::Matmul, 2), (FamilyId::Reduce, 0)]
     );
     assert_eq!(
         parse_forced("matmul=subgroup", &with).unwrap(),
+        vec![(FamilyId::Matmul, 1)]
+    );
+    assert_eq!(
+        parse_forced("matmul=tiled", &with).unwrap(),
         vec![(FamilyId::Matmul, 0)]
     );
     let err = |spec: &str, facts: &AdapterFacts| match parse_forced(spec, facts) {
@@ -111,7 +148,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     let (choice, reason, valid) = err("matmul=portable,conv=fast", &with);
     assert_eq!(choice, "conv=fast");
     assert!(reason.contains("no kernel family `conv`"), "{reason}");
-    assert!(valid.contains("matmul=subgroup|portable"), "{valid}");
+    assert!(valid.contains("matmul=tiled|subgroup|portable"), "{valid}");
     assert!(valid.contains("reduce=one_barrier"), "{valid}");
     let (_, reason, valid) = err("reduce=tree", &with);
     assert!(reason.contains("no variant `tree`"), "{reason}");
@@ -123,7 +160,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     let (_, reason, valid) = err("matmul=subgroup", &without);
     assert!(reason.contains("cannot run matmul/subgroup") && reason.contains("SUBGROUP"));
     assert!(
-        valid.contains("matmul=portable,") && !valid.contains("subgroup"),
+        valid.contains("matmul=tiled|portable,") && !valid.contains("subgroup"),
         "{valid}"
     );
     let (_, reason, _) = err("matmul=subgroup", &facts(Some((4, 32))));
@@ -133,7 +170,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        shown.contains("matmul=fast") && shown.contains("matmul=portable"),
+        shown.contains("matmul=fast") && shown.contains("matmul=tiled|portable"),
         "{shown}"
     );
 }
@@ -196,8 +233,9 @@ fn check(got: &Tensor, want: &Tensor, rtol: f64, atol: f64, what: &str) {
 fn matmul_variants_match_the_cpu() {
     for_each_variant("matmul", |gpu, label| {
         // m, k, n: ones, primes, k < m, n; m past 64 rows (the subgroup kernel's largest
-        // block) and past 8 (the portable one's); n past 8 columns times 8 lanes; and
-        // rows that are whole vec4s (20·44·12).
+        // block and the tiled one's) and past 8 (the portable one's); n past 8 columns
+        // times 8 lanes and past 64; k past the tiled kernel's K-step of 16; and rows that
+        // are whole vec4s (20·44·12).
         let shapes = [
             (1, 1, 1),
             (1, 7, 5),
@@ -206,6 +244,11 @@ fn matmul_variants_match_the_cpu() {
             (20, 44, 12),
             (67, 5, 9),
             (3, 29, 131),
+            // Past matmul/tiled's 64×64 block and 16-wide K-step on every side, k = 1
+            // with two blocks, n = 1 with two row blocks.
+            (70, 37, 133),
+            (129, 1, 66),
+            (131, 17, 1),
         ];
         let mut seed = 1000;
         for (m, k, n) in shapes {
