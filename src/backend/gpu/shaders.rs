@@ -84,6 +84,7 @@ shaders! {
     LOSS => "loss",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
+    MATVEC => "matvec",
 }
 
 macro_rules! common {
