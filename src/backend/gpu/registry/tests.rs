@@ -610,7 +610,8 @@ fn forcing_a_variant_changes_the_kernel_that_runs() {
             .keys()
             .any(|(s, entry, _)| *s == shader && *entry == "main")
     };
-    let (a, _) = pair(&[5, 6], 1, &gpu);
+    // 20 × 20: not narrow, so the product runs a GEMM kernel (not `matvec`).
+    let (a, _) = pair(&[20, 6], 1, &gpu);
     ctx.force_kernel("matmul", Some("portable")).unwrap();
     let active: Vec<_> = ctx
         .kernel_variants()
