@@ -9,9 +9,10 @@
 //! n ≤ 16 is L = op(A), S = op(B), Y = C; with m ≤ 16 < n it is the transpose,
 //! Cᵀ = op(B)ᵀ·op(A)ᵀ: L = op(B)ᵀ, S = op(A)ᵀ, Y = Cᵀ (C written with swapped strides),
 //! so both orientations run the same two entry points, chosen by how L is stored:
-//! - `rows`, L stored [M][K] (X·w): `TPR` invocations per row (a power of two from 8 to
-//!   the workgroup size, about a quarter as many as the row has vec4s, so that each
-//!   loads ~4 vec4s and a workgroup covers several short rows), striding along k with
+//! - `rows`, L stored [M][K] (X·w): `TPR` invocations per row (on GPUs a power of two
+//!   from 8 to the workgroup size, about a quarter as many as the row has vec4s, so that
+//!   each loads ~4 vec4s and a workgroup covers several short rows; on CPU adapters one,
+//!   see [`tpr_rule`]), striding along k with
 //!   vec4 loads when rows are whole vec4s (S too when it runs along k), then one barrier
 //!   and one invocation per output column adding the row's partials.
 //! - `cols`, L stored [K][M] (Xᵀ·r): each invocation owns 4 adjacent columns of L (one
@@ -118,6 +119,22 @@ fn tpr_for(k: usize, wg: u32) -> u32 {
     (k.div_ceil(16).next_power_of_two() as u32).clamp(8, wg)
 }
 
+/// Invocations per row of `rows`: on CPU adapters one (no lanes share a row: each
+/// invocation walks its row alone, so no partials need adding; measured on lavapipe,
+/// X[2000, 200]·w: 3.0 ms with 16 per row, 1.3 ms with one, loaded machine), elsewhere
+/// [`tpr_for`].
+fn tpr_rule(facts: &AdapterFacts, k: usize, wg: u32) -> u32 {
+    if facts.device_type == wgpu::DeviceType::Cpu {
+        1
+    } else {
+        tpr_for(k, wg)
+    }
+}
+
+/// Tests set this to run `rows` with that many invocations per row (a power of two)
+/// whatever the adapter, so that a CPU adapter also runs the GPU shape; 0: the rule.
+pub(crate) static TPR_OVERRIDE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// C[batch, m, n] = op(A)·op(B) for a narrow product (see [`is_narrow`]) into `out`.
 pub(crate) fn matvec_gpu(
     a: &GpuBuffer,
@@ -147,7 +164,10 @@ pub(crate) fn matvec_gpu(
     let l_vec4 = if l_rows { k % 4 == 0 } else { big % 4 == 0 };
     let s_vec4 = l_rows && l_vec4 && s_k == 1 && k % 4 == 0;
     let (kernel, per_group, tpr, wg) = if l_rows {
-        let tpr = tpr_for(k, wg);
+        let tpr = match TPR_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => tpr_rule(ctx.facts(), k, wg),
+            t => t.min(wg),
+        };
         (&variant.plan.rows, (wg / tpr) as usize, tpr, wg)
     } else {
         (&variant.plan.cols, 4 * CW as usize, 8, COLS_WG)

@@ -282,25 +282,36 @@ fn matvec_variants_match_the_cpu() {
             (300, 5001, 3),
         ];
         let mut seed = 5000;
-        for (m, k, n) in shapes {
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let batches: &[Option<usize>] = if k > 1000 { &[None] } else { &[None, Some(3)] };
-                for &batch in batches {
-                    seed += 2;
-                    let stored = |r: usize, c: usize, t: bool| {
-                        let mut s: Vec<usize> = batch.into_iter().collect();
-                        s.extend(if t { [c, r] } else { [r, c] });
-                        s
-                    };
-                    let (a, a64) = pair(&stored(m, k, ta), seed, gpu);
-                    let (b, b64) = pair(&stored(k, n, tb), seed + 1, gpu);
-                    let want = a64.matmul_t(&b64, ta, tb).unwrap();
-                    let what = format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
-                    let atol = 2e-6 * k as f64;
-                    check(&a.matmul_t(&b, ta, tb).unwrap(), &want, 1e-4, atol, &what);
+        // The adapter's rows per invocation, then 16 (the GPU rule's shape for short
+        // rows, run on any adapter) and 1.
+        for tpr in [0, 16, 1] {
+            crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
+                .store(tpr, std::sync::atomic::Ordering::Relaxed);
+            for (m, k, n) in shapes {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let batches: &[Option<usize>] =
+                        if k > 1000 { &[None] } else { &[None, Some(3)] };
+                    for &batch in batches {
+                        seed += 2;
+                        let stored = |r: usize, c: usize, t: bool| {
+                            let mut s: Vec<usize> = batch.into_iter().collect();
+                            s.extend(if t { [c, r] } else { [r, c] });
+                            s
+                        };
+                        let (a, a64) = pair(&stored(m, k, ta), seed, gpu);
+                        let (b, b64) = pair(&stored(k, n, tb), seed + 1, gpu);
+                        let want = a64.matmul_t(&b64, ta, tb).unwrap();
+                        let what =
+                            format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
+                        let atol = 2e-6 * k as f64;
+                        let what = format!("{what} tpr override {tpr}");
+                        check(&a.matmul_t(&b, ta, tb).unwrap(), &want, 1e-4, atol, &what);
+                    }
                 }
             }
         }
+        crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         // One operand shared across the batch, on either side.
         let (a, a64) = pair(&[3, 13, 29], 7, gpu);
         let (w, w64) = pair(&[29, 2], 8, gpu);
