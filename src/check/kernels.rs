@@ -108,6 +108,31 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         true,
         true,
     ));
+    // Narrow products (the `matvec` family): X·w with rows of 37 (no whole vec4s) and a
+    // [k, 3] w; Xᵀ·r with X stored [5003, 45] (k over 5000, 45 columns: no whole vec4s);
+    // rᵀ·X, the narrow side m = 1 (C written transposed); batched with w stored [n, k].
+    v.push(plain("matvec/x_w_203x37x3", &[203, 37], &[37, 3], (90, 91)));
+    v.push(matmul_check(
+        "matvec/xt_r_5003x45".into(),
+        vec![(&[5003, 45], &[5003, 1])],
+        (92, 93),
+        true,
+        false,
+    ));
+    v.push(matmul_check(
+        "matvec/rt_x_1x131x130".into(),
+        vec![(&[131, 1], &[131, 130]), (&[128, 1], &[128, 7])],
+        (94, 95),
+        true,
+        false,
+    ));
+    v.push(matmul_check(
+        "matvec/batched_nt".into(),
+        vec![(&[3, 67, 41], &[3, 2, 41]), (&[2, 64, 16], &[16, 16])],
+        (96, 97),
+        false,
+        true,
+    ));
     // Operand layouts that each kernel reads differently: each transpose pair on three
     // shapes (m, k, n): 13·37·7, where every stored row length is odd; 20·44·12, where
     // every one is a whole number of vec4s; 1·16·5, where stored rows are 16 long or 1

@@ -227,8 +227,8 @@ impl Check {
     /// [`GpuContext::kernel_variants`](crate::GpuContext::kernel_variants)), so it is run
     /// once more with each other variant of that family the adapter can run. Without
     /// it, a check named `unary/…`, `binary/…` or `fill/…` belongs to `elementwise`, one
-    /// named `matmul/…`, `reduce/…`, `loss/…`, `index/…` or `update/…` to that family,
-    /// and any other check to none.
+    /// named `matmul/…`, `matvec/…`, `reduce/…`, `loss/…`, `index/…` or `update/…` to
+    /// that family, and any other check to none.
     pub fn with_kernel_family(mut self, family: &'static str) -> Self {
         self.kernel_family = Some(family);
         self
@@ -240,6 +240,7 @@ impl Check {
             .or_else(|| match self.name.split('/').next()? {
                 "unary" | "binary" | "fill" => Some("elementwise"),
                 "matmul" => Some("matmul"),
+                "matvec" => Some("matvec"),
                 "reduce" => Some("reduce"),
                 "loss" => Some("loss"),
                 "index" => Some("index"),

@@ -27,7 +27,8 @@ fn verdict_passes_close_values_and_fails_far_nan_and_mismatched_ones() {
 #[test]
 fn every_kernel_check_has_a_naive_reference() {
     let kernel_families = [
-        "unary/", "binary/", "matmul/", "reduce/", "loss/", "index/", "shape/", "fill/", "update/",
+        "unary/", "binary/", "matmul/", "matvec/", "reduce/", "loss/", "index/", "shape/", "fill/",
+        "update/",
     ];
     for c in checks() {
         let kernel = kernel_families.iter().any(|f| c.name.starts_with(f));

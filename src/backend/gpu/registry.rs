@@ -1,10 +1,10 @@
 //! The kernel registry: for each family of GPU kernels, the variants blo has, what each
 //! needs from the adapter, and which one runs.
 //!
-//! A *family* is a group of ops whose kernels are chosen together: `matmul`, `reduce`,
-//! `elementwise` (unary, binary and fill), `loss`, `index` and `update`. A *variant* is one
-//! complete way to run a family ([`Variant`]): a stable name (`matmul/portable`), its
-//! kernels and plan (the type `P` is the family's: the entry points it dispatches plus
+//! A *family* is a group of ops whose kernels are chosen together: `matmul`, `matvec`
+//! (the narrow products `matmul` hands over), `reduce`, `elementwise` (unary, binary and
+//! fill), `loss`, `index` and `update`. A *variant* is one complete way to run a family
+//! ([`Variant`]): a stable name (`matmul/portable`), its kernels and plan (the type `P` is the family's: the entry points it dispatches plus
 //! whatever the family's dispatch code lets a variant decide, such as matmul's tile
 //! shape), a requirement on the adapter and a rule for when it suits one. The variants:
 //!
@@ -13,6 +13,7 @@
 //! | matmul | `tiled` | `matmul_tiled.wgsl` (64×64 blocks, A and B tiles in workgroup memory) | on adapters that are not CPUs (with 256-invocation workgroups and 8 KiB of workgroup memory) |
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
+//! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
 //! | reduce | `one_barrier` | `reduce.wgsl` | always |
 //! | elementwise | `vec4` | `unary.wgsl`, `binary.wgsl`, `fill.wgsl` | always |
 //! | loss | `row_per_invocation` | `loss.wgsl` | always |
@@ -54,7 +55,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::context::GpuContext;
-use super::kernels::{elementwise, index, loss, matmul, reduce, update};
+use super::kernels::{elementwise, index, loss, matmul, matvec, reduce, update};
 use crate::error::{Error, Result};
 
 /// What the selection rules and requirements may know about an adapter: what it reports,
@@ -104,6 +105,11 @@ pub(crate) static MATMUL: Family<matmul::Plan> = Family {
     variants: &[&matmul::TILED, &matmul::SUBGROUP, &matmul::PORTABLE],
 };
 
+pub(crate) static MATVEC: Family<matvec::Plan> = Family {
+    id: FamilyId::Matvec,
+    variants: &[&matvec::WORKGROUP],
+};
+
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {
     id: FamilyId::Reduce,
     variants: &[&reduce::ONE_BARRIER],
@@ -133,6 +139,7 @@ pub(crate) static UPDATE: Family<update::Plan> = Family {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FamilyId {
     Matmul,
+    Matvec,
     Reduce,
     Elementwise,
     Loss,
@@ -140,11 +147,12 @@ pub(crate) enum FamilyId {
     Update,
 }
 
-const FAMILIES: usize = 6;
+const FAMILIES: usize = 7;
 
 impl FamilyId {
     pub(crate) const ALL: [FamilyId; FAMILIES] = [
         FamilyId::Matmul,
+        FamilyId::Matvec,
         FamilyId::Reduce,
         FamilyId::Elementwise,
         FamilyId::Loss,
@@ -155,6 +163,7 @@ impl FamilyId {
     pub(crate) fn name(self) -> &'static str {
         match self {
             FamilyId::Matmul => "matmul",
+            FamilyId::Matvec => "matvec",
             FamilyId::Reduce => "reduce",
             FamilyId::Elementwise => "elementwise",
             FamilyId::Loss => "loss",
@@ -171,6 +180,7 @@ impl FamilyId {
     fn entries(self) -> Vec<Entry> {
         match self {
             FamilyId::Matmul => MATMUL.entries(),
+            FamilyId::Matvec => MATVEC.entries(),
             FamilyId::Reduce => REDUCE.entries(),
             FamilyId::Elementwise => ELEMENTWISE.entries(),
             FamilyId::Loss => LOSS.entries(),
@@ -323,7 +333,7 @@ impl Choices {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KernelVariant {
-    /// The family: `matmul`, `reduce`, `elementwise`, `loss`, `index` or `update`.
+    /// The family: `matmul`, `matvec`, `reduce`, `elementwise`, `loss`, `index` or `update`.
     pub family: &'static str,
     /// The variant's name within its family, e.g. `portable`.
     pub name: &'static str,

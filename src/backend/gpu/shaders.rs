@@ -85,6 +85,7 @@ shaders! {
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
     MATMUL_TILED => "matmul_tiled",
+    MATVEC => "matvec",
 }
 
 macro_rules! common {

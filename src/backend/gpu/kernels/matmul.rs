@@ -358,6 +358,12 @@ pub(crate) fn matmul_gpu(
         super::fill::fill_gpu_bits(&out, 0)?;
         return Ok(out);
     }
+    // Narrow products (n or m ≤ 16) go to the `matvec` family; a non-default plan (a
+    // test or tuning run) asks for the GEMM kernels.
+    if plan == GpuPlan::default() && super::matvec::is_narrow(d) {
+        super::matvec::matvec_gpu(a, b, d, trans_a, trans_b, &out)?;
+        return Ok(out);
+    }
     let (a_count, b_count) = (
         if d.a_batched { batch } else { 1 },
         if d.b_batched { batch } else { 1 },

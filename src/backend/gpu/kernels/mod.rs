@@ -8,6 +8,7 @@ pub(crate) mod fill;
 pub(crate) mod index;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod matvec;
 pub(crate) mod reduce;
 pub(crate) mod unary;
 pub(crate) mod update;

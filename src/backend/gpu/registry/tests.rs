@@ -266,7 +266,14 @@ fn matmul_variants_match_the_cpu() {
                     let what = format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
                     // atol: an f32 dot product of k terms of size ≤ 1 errs by up to ~k ulp.
                     let atol = 2e-6 * k as f64;
-                    check(&a.matmul_t(&b, ta, tb).unwrap(), &want, 1e-4, atol, &what);
+                    // A non-default plan keeps narrow products on the GEMM kernels
+                    // (the default hands them to `matvec`, tested below).
+                    let in_place = GpuPlan {
+                        pack: Some(false),
+                        ..GpuPlan::default()
+                    };
+                    let got = matmul_with(&a, &b, ta, tb, in_place).unwrap();
+                    check(&got, &want, 1e-4, atol, &what);
                     // The copied-operand layout large products use, forced on small ones.
                     let packed = GpuPlan {
                         pack: Some(true),
@@ -290,6 +297,77 @@ fn matmul_variants_match_the_cpu() {
         );
         let (l, l64) = pair(&[29, 13], 9, gpu);
         let (r, r64) = pair(&[3, 11, 29], 10, gpu);
+        let want = l64.matmul_t(&r64, true, true).unwrap();
+        let got = l.matmul_t(&r, true, true).unwrap();
+        check(&got, &want, 1e-4, 6e-5, &format!("{label} shared left"));
+    });
+}
+
+#[test]
+fn matvec_variants_match_the_cpu() {
+    for_each_variant("matvec", |gpu, label| {
+        // (m, k, n): the narrow side 1, 2, 7, 16 and 17 (past the threshold: the GEMM
+        // path) on either side, k = 1, primes, whole and partial vec4 rows, and k large
+        // enough for many strides of a workgroup.
+        let shapes = [
+            (1, 1, 1),
+            (37, 1, 1),
+            (37, 13, 2),
+            (64, 20, 7),
+            (131, 44, 16),
+            (29, 41, 17),
+            (2, 31, 53),
+            (7, 12, 130),
+            (16, 9, 67),
+            (17, 13, 33),
+            (203, 5003, 1),
+            (1, 5000, 203),
+            (300, 5001, 3),
+        ];
+        let mut seed = 5000;
+        // The adapter's rows per invocation, then 16 (the GPU rule's shape for short
+        // rows, run on any adapter) and 1.
+        for tpr in [0, 16, 1] {
+            crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
+                .store(tpr, std::sync::atomic::Ordering::Relaxed);
+            for (m, k, n) in shapes {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let batches: &[Option<usize>] =
+                        if k > 1000 { &[None] } else { &[None, Some(3)] };
+                    for &batch in batches {
+                        seed += 2;
+                        let stored = |r: usize, c: usize, t: bool| {
+                            let mut s: Vec<usize> = batch.into_iter().collect();
+                            s.extend(if t { [c, r] } else { [r, c] });
+                            s
+                        };
+                        let (a, a64) = pair(&stored(m, k, ta), seed, gpu);
+                        let (b, b64) = pair(&stored(k, n, tb), seed + 1, gpu);
+                        let want = a64.matmul_t(&b64, ta, tb).unwrap();
+                        let what =
+                            format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
+                        let atol = 2e-6 * k as f64;
+                        let what = format!("{what} tpr override {tpr}");
+                        check(&a.matmul_t(&b, ta, tb).unwrap(), &want, 1e-4, atol, &what);
+                    }
+                }
+            }
+        }
+        crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        // One operand shared across the batch, on either side.
+        let (a, a64) = pair(&[3, 13, 29], 7, gpu);
+        let (w, w64) = pair(&[29, 2], 8, gpu);
+        let want = a64.matmul(&w64).unwrap();
+        check(
+            &a.matmul(&w).unwrap(),
+            &want,
+            1e-4,
+            6e-5,
+            &format!("{label} shared right"),
+        );
+        let (l, l64) = pair(&[29, 1], 9, gpu);
+        let (r, r64) = pair(&[3, 40, 29], 10, gpu);
         let want = l64.matmul_t(&r64, true, true).unwrap();
         let got = l.matmul_t(&r, true, true).unwrap();
         check(&got, &want, 1e-4, 6e-5, &format!("{label} shared left"));
@@ -586,7 +664,8 @@ fn forcing_a_variant_changes_the_kernel_that_runs() {
             .keys()
             .any(|(s, entry, _)| *s == shader && *entry == "main")
     };
-    let (a, _) = pair(&[5, 6], 1, &gpu);
+    // 20 × 20: not narrow, so the product runs a GEMM kernel (not `matvec`).
+    let (a, _) = pair(&[20, 6], 1, &gpu);
     ctx.force_kernel("matmul", Some("portable")).unwrap();
     let active: Vec<_> = ctx
         .kernel_variants()

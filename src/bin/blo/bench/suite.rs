@@ -152,6 +152,8 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
 #[derive(Debug, Clone, PartialEq)]
 enum Case {
     Matmul(usize),
+    /// X[m, k]·w (`false`) or Xᵀ·r with the same X (`true`): a matrix–vector product.
+    Matvec([usize; 2], bool),
     Add(usize),
     Exp(usize),
     Sum(usize),
@@ -190,6 +192,8 @@ impl Case {
     fn name(&self) -> String {
         match self {
             Case::Matmul(_) => "matmul".into(),
+            Case::Matvec(_, false) => "matvec".into(),
+            Case::Matvec(_, true) => "matvec_t".into(),
             Case::Add(_) => "add".into(),
             Case::Exp(_) => "exp".into(),
             Case::Sum(_) => "sum".into(),
@@ -213,6 +217,7 @@ impl Case {
         };
         match self {
             Case::Matmul(n) => vec![*n, *n, *n],
+            Case::Matvec(s, _) => s.to_vec(),
             Case::Add(n) | Case::Exp(n) | Case::Sum(n) | Case::DispatchOverhead(n) => vec![*n],
             Case::Hvp(s) => s.to_vec(),
             Case::CgIteration(s, k) => {
@@ -235,6 +240,11 @@ fn suite(quick: bool) -> Vec<Case> {
         &[256, 512, 1024, 2048]
     };
     v.extend(mm.iter().map(|&n| Case::Matmul(n)));
+    v.push(Case::Matvec([2000, 200], false));
+    v.push(Case::Matvec([2000, 200], true));
+    if !quick {
+        v.push(Case::Matvec([20000, 1000], false));
+    }
     let big: &[usize] = if quick {
         &[1 << 20]
     } else {
@@ -375,6 +385,14 @@ impl Bencher {
                 let b = Tensor::rand_uniform(&[*n, *n], -1.0, 1.0, 2, dev)?;
                 let t = self.time(|| a.matmul(&b).map(drop))?;
                 Ok(rec(&t, Some(2.0 * (*n as f64).powi(3)), None))
+            }
+            Case::Matvec([m, k], trans) => {
+                // X·w (w [k, 1]) or Xᵀ·r (r [m, 1]); bytes: the matrix read once.
+                let x = Tensor::rand_uniform(&[*m, *k], -1.0, 1.0, 1, dev)?;
+                let w =
+                    Tensor::rand_uniform(&[if *trans { *m } else { *k }, 1], -1.0, 1.0, 2, dev)?;
+                let t = self.time(|| x.matmul_t(&w, *trans, false).map(drop))?;
+                Ok(rec(&t, None, Some(4.0 * (*m * *k) as f64)))
             }
             Case::Add(n) => {
                 let a = Tensor::rand_uniform(&[*n], -1.0, 1.0, 1, dev)?;
