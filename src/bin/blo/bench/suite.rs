@@ -237,7 +237,7 @@ fn suite(quick: bool) -> Vec<Case> {
     let mm: &[usize] = if quick {
         &[128, 256]
     } else {
-        &[256, 512, 1024, 2048]
+        &[256, 512, 1024, 2048, 4096]
     };
     v.extend(mm.iter().map(|&n| Case::Matmul(n)));
     v.push(Case::Matvec([2000, 200], false));
