@@ -33,7 +33,9 @@
 //! ## Forcing a variant
 //! Tests and `blo check` run every variant an adapter can run, whatever the default
 //! (`blo check` forces each in turn through [`GpuContext::force_kernel`]):
-//! - `BLO_KERNELS=matmul=portable,reduce=one_barrier` (comma-separated `family=variant`),
+//! - `BLO_KERNELS=matmul=portable,reduce=one_barrier` (comma-separated `family=variant`,
+//!   or the profiles `gpu`, `cpu` and `auto`: every family as an adapter of that kind
+//!   would choose, so `BLO_KERNELS=gpu` runs the GPU variants on lavapipe),
 //!   read when a context opens: `BLO_KERNELS=matmul=portable cargo test` runs the whole
 //!   suite on the portable matmul;
 //! - [`GpuContext::force_kernel`] and [`GpuContext::kernel_variants`] at run time.
@@ -268,14 +270,38 @@ fn valid_choices(facts: &AdapterFacts) -> String {
 }
 
 /// Parses a `BLO_KERNELS` value: comma-separated `family=variant` (blanks around them
-/// ignored, an empty value forces nothing).
+/// ignored, an empty value forces nothing), or a profile: `gpu` (every family's default
+/// on an adapter that is not a CPU, e.g. `matmul/tiled`), `cpu` (the defaults of a
+/// CPU-type adapter such as lavapipe) or `auto` (this adapter's defaults). Later entries
+/// override earlier ones, so `gpu,matmul=portable` is the GPU profile but for matmul.
+/// A profile forces only variants this adapter can run; a family with none keeps its
+/// default.
 pub(crate) fn parse_forced(spec: &str, facts: &AdapterFacts) -> Result<Vec<(FamilyId, usize)>> {
     let mut forced = Vec::new();
     for choice in spec.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let as_if = |device_type| AdapterFacts {
+            device_type,
+            ..facts.clone()
+        };
+        let profile = match choice {
+            "gpu" => Some(as_if(wgpu::DeviceType::DiscreteGpu)),
+            "cpu" => Some(as_if(wgpu::DeviceType::Cpu)),
+            "auto" => Some(facts.clone()),
+            _ => None,
+        };
+        if let Some(profile) = profile {
+            for id in FamilyId::ALL {
+                let index = default_of(id, &profile);
+                if (id.entries()[index].requires)(facts).is_ok() {
+                    forced.push((id, index));
+                }
+            }
+            continue;
+        }
         let Some((family, variant)) = choice.split_once('=') else {
             return Err(Error::KernelChoice {
                 choice: choice.to_string(),
-                reason: "expected `family=variant`".into(),
+                reason: "expected `family=variant`, or `gpu`, `cpu` or `auto`".into(),
                 valid: valid_choices(facts),
             });
         };

@@ -155,6 +155,44 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     assert!(valid.contains("reduce=one_barrier"), "{valid}");
     let (_, reason, _) = err("matmul", &with);
     assert!(reason.contains("family=variant"), "{reason}");
+    // Profiles: every family as an adapter of that kind would choose it, overridable.
+    let mut discrete = facts(Some((32, 32)));
+    discrete.device_type = wgpu::DeviceType::DiscreteGpu;
+    let matmul = |spec: &str, facts: &AdapterFacts| {
+        let forced = parse_forced(spec, facts).unwrap();
+        assert_eq!(forced.len() % FamilyId::ALL.len(), 0, "{spec}: {forced:?}");
+        forced
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == FamilyId::Matmul)
+            .map(|&(_, i)| i)
+    };
+    assert_eq!(
+        matmul("gpu", &with),
+        Some(0),
+        "tiled on lavapipe-like facts"
+    );
+    assert_eq!(
+        matmul("cpu", &discrete),
+        Some(1),
+        "subgroup on a discrete GPU"
+    );
+    assert_eq!(matmul("auto", &with), Some(1));
+    assert_eq!(matmul("auto", &discrete), Some(0));
+    assert_eq!(
+        matmul("cpu", &without),
+        Some(2),
+        "portable without subgroups"
+    );
+    assert_eq!(
+        parse_forced("gpu,matmul=portable", &with)
+            .unwrap()
+            .last()
+            .copied(),
+        Some((FamilyId::Matmul, 2))
+    );
+    let (_, reason, _) = err("gpus", &with);
+    assert!(reason.contains("`gpu`, `cpu` or `auto`"), "{reason}");
     // A variant the adapter cannot run: the reason says why, and the valid choices are
     // those of this adapter only.
     let (_, reason, valid) = err("matmul=subgroup", &without);
