@@ -58,7 +58,6 @@ impl GpuContext {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::gpu_or_skip;

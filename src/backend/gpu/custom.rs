@@ -408,7 +408,6 @@ impl GpuContext {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 

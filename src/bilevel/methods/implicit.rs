@@ -125,13 +125,8 @@ impl HypergradientMethod for Cg {
             check_every: 10,
             damping: self.damping,
         };
-        let w = run_to_end(problem, lambda, w0, inner)?;
-        let out = implicit_at(problem, lambda, w, |apply, b| {
+        after_inner(problem, lambda, w0, inner, |apply, b| {
             conjugate_gradient(apply, b, &opts)
-        })?;
-        Ok(MethodOutput {
-            inner_steps: inner.steps,
-            ..out
         })
     }
 }
@@ -152,13 +147,8 @@ impl HypergradientMethod for Neumann {
         w0: &[Tensor],
         inner: &Inner,
     ) -> Result<MethodOutput> {
-        let w = run_to_end(problem, lambda, w0, inner)?;
-        let out = implicit_at(problem, lambda, w, |apply, b| {
+        after_inner(problem, lambda, w0, inner, |apply, b| {
             neumann(apply, b, self.k, self.eta)
-        })?;
-        Ok(MethodOutput {
-            inner_steps: inner.steps,
-            ..out
         })
     }
 }
@@ -179,15 +169,27 @@ impl HypergradientMethod for FixedPoint {
         w0: &[Tensor],
         inner: &Inner,
     ) -> Result<MethodOutput> {
-        let w = run_to_end(problem, lambda, w0, inner)?;
-        let out = implicit_at(problem, lambda, w, |apply, b| {
+        after_inner(problem, lambda, w0, inner, |apply, b| {
             fixed_point(apply, b, self.k, self.eta)
-        })?;
-        Ok(MethodOutput {
-            inner_steps: inner.steps,
-            ..out
         })
     }
+}
+
+/// The inner loop's `inner.steps` steps from `w0`, then the implicit hypergradient at
+/// the last iterate with `solve`: what CG, Neumann and fixed point share.
+fn after_inner(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    inner: &Inner,
+    solve: impl FnOnce(&dyn Fn(&Tensor) -> Result<Tensor>, &Tensor) -> Result<SolveResult>,
+) -> Result<MethodOutput> {
+    let w = run_to_end(problem, lambda, w0, inner)?;
+    let out = implicit_at(problem, lambda, w, solve)?;
+    Ok(MethodOutput {
+        inner_steps: inner.steps,
+        ..out
+    })
 }
 
 /// The implicit hypergradient at a given w: v = `solve`(H, g) with H applied by

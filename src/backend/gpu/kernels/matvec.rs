@@ -133,6 +133,8 @@ fn tpr_rule(facts: &AdapterFacts, k: usize, wg: u32) -> u32 {
 
 /// Tests set this to run `rows` with that many invocations per row (a power of two)
 /// whatever the adapter, so that a CPU adapter also runs the GPU shape; 0: the rule.
+/// Test builds only: the library has no process-wide knob.
+#[cfg(test)]
 pub(crate) static TPR_OVERRIDE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// C[batch, m, n] = op(A)·op(B) for a narrow product (see [`is_narrow`]) into `out`.
@@ -164,7 +166,11 @@ pub(crate) fn matvec_gpu(
     let l_vec4 = if l_rows { k % 4 == 0 } else { big % 4 == 0 };
     let s_vec4 = l_rows && l_vec4 && s_k == 1 && k % 4 == 0;
     let (kernel, per_group, tpr, wg) = if l_rows {
-        let tpr = match TPR_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        #[cfg(test)]
+        let forced = TPR_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        let forced = 0;
+        let tpr = match forced {
             0 => tpr_rule(ctx.facts(), k, wg),
             t => t.min(wg),
         };
