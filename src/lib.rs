@@ -46,7 +46,8 @@ pub mod testing;
 
 pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
 pub use device::{
-    AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, MemoryStats,
+    AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, GpuProfile,
+    KernelTime, MemoryStats,
 };
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;

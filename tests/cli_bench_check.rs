@@ -255,6 +255,61 @@ fn bench_quick_writes_json_and_compare_tables_it() {
     }
 }
 
+/// `--profile` adds each result's per-kernel profile to the table and the JSON, and is a
+/// usage error on the CPU backend.
+#[test]
+fn bench_profile_reports_kernels_per_family() {
+    let o = blo(&["bench", "--quick", "--device", "cpu", "--profile"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--profile needs a GPU"),
+        "{}",
+        stderr(&o)
+    );
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let timed = gpu.gpu_context().unwrap().has_timestamps();
+    let path = temp("profile.json");
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "gpu",
+        "--only",
+        "hypergrad_ridge_cg",
+        "--profile",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("└ "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let rec = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "hypergrad_ridge_cg")
+        .expect("the result ran");
+    let kernels = rec["profile"]["kernels"].as_array().expect("a profile");
+    assert_eq!(rec["profile"]["timestamps"], timed);
+    let families: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["family"].as_str().unwrap())
+        .collect();
+    // Ridge's hypergradient multiplies by X and Xᵀ and adds up losses.
+    for want in ["matvec", "elementwise", "reduce"] {
+        assert!(families.contains(&want), "{want}: {families:?}");
+    }
+    for k in kernels {
+        assert!(k["dispatches"].as_u64().unwrap() >= 1, "{k}");
+        assert_eq!(k["gpu_ms"].is_f64(), timed, "{k}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// A "kernel" that computes exp and then corrupts its f32 result the way a broken
 /// driver might; the f64 oracle side computes it correctly.
 fn broken_exp(kind: &'static str) -> Check {

@@ -108,6 +108,7 @@ fn every_example_config_runs_and_writes_its_results() {
             "metrics",
             "final_lambda",
             "hypergradient_out",
+            "gpu_profile",
         ] {
             assert!(r.get(key).is_some(), "{name}: results lack `{key}`");
         }
@@ -695,6 +696,69 @@ fn a_failure_inside_blo_exits_1_and_writes_nothing() {
     );
     assert!(!out.exists() && !dir.join("h.npy").exists());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--profile` prints the run's GPU profile per family and writes it into the results,
+/// with the same outcome as an unprofiled run; on the CPU it is a usage error (exit 2,
+/// nothing written).
+#[test]
+fn run_profile_reports_the_kernels_of_the_run() {
+    let dir = scratch("profile");
+    let cpu_config = examples().join("ridge-cg.toml");
+    let out = dir.join("cpu.json");
+    let o = blo()
+        .arg("run")
+        .arg(&cpu_config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--profile")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--profile needs a GPU device"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let timed = gpu.gpu_context().unwrap().has_timestamps();
+    let config = examples().join("hyper-cleaning-gpu.toml");
+    let plain = dir.join("plain.json");
+    assert!(run(&config, &plain).status.success());
+    let profiled = dir.join("profiled.json");
+    let o = blo()
+        .arg("run")
+        .arg(&config)
+        .arg("--out")
+        .arg(&profiled)
+        .arg("--profile")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = text(&o);
+    assert!(shown.contains("GPU profile of the run"), "{shown}");
+    for family in ["matvec", "loss", "elementwise", "reduce"] {
+        assert!(
+            shown.lines().any(|l| l.starts_with(family)),
+            "{family}: {shown}"
+        );
+    }
+    let (p, r) = (json(&profiled), json(&plain));
+    assert!(r["gpu_profile"].is_null());
+    assert_eq!(
+        p["final_lambda"], r["final_lambda"],
+        "profiling changed the result"
+    );
+    assert_eq!(p["gpu_profile"]["timestamps"], timed);
+    let kernels = p["gpu_profile"]["kernels"].as_array().unwrap();
+    let dispatches: u64 = kernels
+        .iter()
+        .map(|k| k["dispatches"].as_u64().unwrap())
+        .sum();
+    assert!(dispatches > 100, "{kernels:?}");
 }
 
 #[test]

@@ -9,7 +9,9 @@ mod spec;
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::backend::gpu::{AdapterInfo, CustomKernel, GpuContext, KernelVariant, MemoryStats};
+pub use crate::backend::gpu::{
+    AdapterInfo, CustomKernel, GpuContext, GpuProfile, KernelTime, KernelVariant, MemoryStats,
+};
 pub use spec::DeviceSpec;
 
 use crate::error::{Error, Result};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Config;
 use super::{Experiment, Outcome};
 use crate::bilevel::TraceStep;
-use crate::device::{AdapterInfo, Device};
+use crate::device::{AdapterInfo, Device, GpuProfile};
 
 /// One results file (`blo run --out RESULTS.json`). Every field is always present;
 /// metrics that do not apply to the problem are `null`.
@@ -37,6 +37,10 @@ pub struct Results {
     pub final_lambda: Vec<f64>,
     /// The path `hypergradient_out` was written to, if any.
     pub hypergradient_out: Option<String>,
+    /// With `blo run --profile` on a GPU: the run's dispatches and device time per
+    /// kernel (see [`GpuProfile`]); `null` otherwise.
+    #[serde(default)]
+    pub gpu_profile: Option<GpuProfile>,
 }
 
 /// The device of a run.
@@ -167,6 +171,7 @@ impl Results {
             metrics: Metrics::new(o),
             final_lambda: o.final_lambda.clone(),
             hypergradient_out: None,
+            gpu_profile: None,
         }
     }
 }

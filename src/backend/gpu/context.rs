@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pipeline::{Kernel, KernelLayout, PipelineKey};
 use super::pool::{GpuBuffer, Pool};
+use super::profile::{Label, Profiler};
 use super::registry::{AdapterFacts, Choices};
 use crate::error::{Error, Result};
 
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 pub(crate) const PARAM_BLOCK: u64 = 256;
 /// Dispatches per submission. A submission lets the device start working while the
 /// host records the next batch; the parameter arena holds exactly one batch.
-const DISPATCHES_PER_SUBMIT: u64 = 512;
+pub(super) const DISPATCHES_PER_SUBMIT: u64 = 512;
 
 /// What blo reports about an adapter (also the form experiment results and benchmark
 /// reports record it in).
@@ -69,6 +70,8 @@ pub(super) struct Pending {
     pass: Option<wgpu::ComputePass<'static>>,
     arena: Vec<u8>,
     batch_dispatches: u64,
+    /// The open per-kernel profile (`profile.rs`), if any.
+    pub(super) profiler: Option<Profiler>,
 }
 
 /// A wgpu device and queue with blo's execution machinery. Shared behind an `Arc` by
@@ -174,6 +177,7 @@ impl GpuContext {
                 pass: None,
                 arena: Vec::with_capacity((PARAM_BLOCK * DISPATCHES_PER_SUBMIT) as usize),
                 batch_dispatches: 0,
+                profiler: None,
             }),
             pool: Mutex::new(Pool::default()),
             modules: Mutex::new(HashMap::new()),
@@ -252,11 +256,17 @@ impl GpuContext {
     pub(super) fn flush_locked(&self, pending: &mut Pending) {
         // The pass borrows the encoder (its lifetime was erased), so it must end first.
         pending.pass = None;
-        if let Some(encoder) = pending.encoder.take() {
+        if let Some(mut encoder) = pending.encoder.take() {
             if !pending.arena.is_empty() {
                 self.queue.write_buffer(&self.params, 0, &pending.arena);
             }
+            if let Some(p) = &mut pending.profiler {
+                p.resolve(&mut encoder);
+            }
             self.queue.submit([encoder.finish()]);
+            if let Some(p) = &mut pending.profiler {
+                p.collect(&self.device);
+            }
         }
         pending.arena.clear();
         pending.batch_dispatches = 0;
@@ -410,6 +420,7 @@ impl GpuContext {
         let pipeline = self.pipeline(kernel, constants)?;
         self.record(
             &pipeline,
+            Label::Builtin(kernel),
             (kernel.reads, kernel.writes),
             params,
             buffers,
@@ -437,6 +448,7 @@ impl GpuContext {
     pub(crate) fn record(
         &self,
         pipeline: &wgpu::ComputePipeline,
+        label: Label<'_>,
         (reads, writes): (u32, u32),
         params: &[u8],
         buffers: &[&GpuBuffer],
@@ -478,15 +490,32 @@ impl GpuContext {
         pending
             .arena
             .resize((offset as u64 + PARAM_BLOCK) as usize, 0);
+        let pending = &mut *pending;
+        // Profiled, a dispatch has a pass of its own whose ends write its timestamps.
+        let timed = match &mut pending.profiler {
+            Some(p) => {
+                pending.pass = None;
+                Some(p.begin_dispatch(label))
+            }
+            None => None,
+        };
         if pending.pass.is_none() {
             let encoder = pending.encoder.get_or_insert_with(|| {
                 self.device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("blo") })
             });
+            let timestamp_writes =
+                timed
+                    .flatten()
+                    .map(|(query_set, at)| wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: Some(at),
+                        end_of_pass_write_index: Some(at + 1),
+                    });
             let pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: None,
-                    timestamp_writes: None,
+                    timestamp_writes,
                 })
                 .forget_lifetime();
             pending.pass = Some(pass);
@@ -495,6 +524,9 @@ impl GpuContext {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        if timed.is_some() {
+            pending.pass = None;
+        }
         pending.batch_dispatches += 1;
         self.dispatch_count.fetch_add(1, Ordering::Relaxed);
     }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::context::{GpuContext, PARAM_BLOCK};
 use super::pool::GpuBuffer;
+use super::profile::Label;
 use crate::error::{Error, Result};
 
 /// One compute entry point of a user-supplied WGSL module, ready to dispatch on any GPU
@@ -397,6 +398,7 @@ impl GpuContext {
             buffers.extend(&out_buffers);
             self.record(
                 &pipeline,
+                Label::Custom(&k.name),
                 (k.inputs.len() as u32, k.outputs.len() as u32),
                 params,
                 &buffers,

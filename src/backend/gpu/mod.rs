@@ -11,6 +11,7 @@ mod custom;
 pub(crate) mod kernels;
 mod pipeline;
 mod pool;
+mod profile;
 mod registry;
 pub mod shaders;
 
@@ -19,4 +20,5 @@ pub use custom::CustomKernel;
 pub(crate) use pipeline::Kernel;
 pub(crate) use pool::GpuBuffer;
 pub use pool::MemoryStats;
+pub use profile::{GpuProfile, KernelTime};
 pub use registry::KernelVariant;

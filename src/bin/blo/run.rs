@@ -1,4 +1,4 @@
-//! `blo run CONFIG.toml [--out RESULTS.json]`.
+//! `blo run CONFIG.toml [--out RESULTS.json] [--profile]`.
 //!
 //! Exit codes: 0 success; 2 the config (or the command line) is wrong, nothing ran and
 //! nothing was written; 1 blo failed during the run (the message says why), nothing
@@ -19,6 +19,11 @@ pub struct Args {
     /// current directory]. A relative `hypergradient_out` goes next to it.
     #[arg(long, value_name = "RESULTS.json")]
     pub out: Option<PathBuf>,
+    /// Record every dispatch with GPU timestamps and print the device time and
+    /// dispatches per kernel family (also written into the results as `gpu_profile`).
+    /// Needs a GPU device; the run is slower on the host while profiled.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn config_error(msg: impl std::fmt::Display) -> ExitCode {
@@ -75,6 +80,26 @@ pub fn run(args: Args) -> ExitCode {
     };
     let c = experiment.config();
     println!("device: {reason}");
+    let profiled = match (args.profile, device.gpu_context()) {
+        (false, _) => None,
+        (true, None) => {
+            return config_error(format!(
+                "--profile needs a GPU device, and this run uses {device} (set `device` in {} or drop --profile)",
+                args.config.display()
+            ));
+        }
+        (true, Some(ctx)) => {
+            if !ctx.has_timestamps() {
+                println!(
+                    "notice: this adapter has no GPU timestamps; --profile counts dispatches only"
+                );
+            }
+            if let Err(e) = ctx.start_profile() {
+                return run_error(e);
+            }
+            Some(ctx)
+        }
+    };
     println!(
         "problem {}, method {}, |λ| = {}, {} outer step(s)",
         c.problem.kind.name(),
@@ -101,6 +126,15 @@ pub fn run(args: Args) -> ExitCode {
     };
     let mut results = experiment.results(&outcome, &device, &reason);
     results.hypergradient_out = hg_path.as_ref().map(|p| p.display().to_string());
+    if let Some(ctx) = profiled {
+        match ctx.finish_profile() {
+            Ok(p) => {
+                print!("GPU profile of the run:\n{}", p.table(false));
+                results.gpu_profile = Some(p);
+            }
+            Err(e) => return run_error(e),
+        }
+    }
     let json = match serde_json::to_vec_pretty(&results) {
         Ok(j) => j,
         Err(e) => return run_error(format!("cannot encode the results: {e}")),

@@ -45,6 +45,11 @@ pub struct Args {
     /// Run only results whose name contains this text (the ceilings always run).
     #[arg(long, value_name = "TEXT", conflicts_with = "compare")]
     only: Option<String>,
+    /// Also run each result once more with GPU timestamps around every dispatch and
+    /// print (and write into the JSON) its device time and dispatches per kernel family.
+    /// Needs a GPU device; times need an adapter with timestamp queries.
+    #[arg(long, conflicts_with = "compare")]
+    profile: bool,
     /// Print one side-by-side table of result files written by `--json` (matched by
     /// name and size, speed relative to the first file) instead of benchmarking.
     #[arg(long, value_name = "FILE", num_args = 1..)]
@@ -75,6 +80,19 @@ pub fn run(args: Args) -> ExitCode {
         Config::full()
     };
     config.only = args.only.clone();
+    if args.profile {
+        match device.gpu_context() {
+            Some(ctx) if !ctx.has_timestamps() => eprintln!(
+                "notice: {device} has no GPU timestamps; --profile counts dispatches only"
+            ),
+            Some(_) => {}
+            None => {
+                eprintln!("error: --profile needs a GPU device ({device} is not one)");
+                return ExitCode::from(2);
+            }
+        }
+        config.profile = true;
+    }
     eprintln!(
         "benchmarking {device}{}",
         if args.quick { " (quick)" } else { "" }
@@ -83,11 +101,12 @@ pub fn run(args: Args) -> ExitCode {
     // ceilings are measured again at the end) on stdout.
     let progress = |r: &report::Record| {
         let size: Vec<String> = r.size.iter().map(usize::to_string).collect();
-        eprintln!(
-            "  {:<24} {:<18} {:>10.3} ms",
+        eprint!(
+            "  {:<24} {:<18} {:>10.3} ms\n{}",
             r.name,
             size.join("x"),
-            r.median_ms
+            r.median_ms,
+            report::profile_line(r)
         )
     };
     let report = match suite::run(&device, &config, progress) {

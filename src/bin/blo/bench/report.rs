@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use blo::{AdapterInfo, Error, Result};
+use blo::{AdapterInfo, Error, GpuProfile, Result};
 
 fn invalid(op: &'static str, msg: impl Into<String>) -> Error {
     Error::InvalidArgument {
@@ -46,6 +46,10 @@ pub struct Record {
     /// Slowest repeat, in milliseconds.
     #[serde(default)]
     pub max_ms: f64,
+    /// With `--profile` on a GPU: one more run, recorded per kernel (dispatch counts,
+    /// and device times where the adapter has timestamps). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<GpuProfile>,
 }
 
 /// The adapter (or CPU) a report was measured on.
@@ -227,6 +231,30 @@ pub fn table(report: &Report) -> String {
     s
 }
 
+/// The profile line under a row: the profiled run's device time and dispatches, then
+/// each family's share; empty without a profile.
+pub fn profile_line(r: &Record) -> String {
+    let Some(p) = r.profile.as_ref().filter(|p| p.dispatches() > 0) else {
+        return String::new();
+    };
+    let families: Vec<String> = p
+        .by_family()
+        .iter()
+        .map(|f| match f.gpu_ms {
+            Some(ms) => format!("{} {:.3} ms/{}", f.family, ms, f.dispatches),
+            None => format!("{} ×{}", f.family, f.dispatches),
+        })
+        .collect();
+    format!(
+        "    └ {} in {} dispatch{}: {}\n",
+        p.gpu_ms()
+            .map_or("no GPU timestamps".into(), |ms| format!("GPU {ms:.3} ms")),
+        p.dispatches(),
+        if p.dispatches() == 1 { "" } else { "es" },
+        families.join(", ")
+    )
+}
+
 /// One row of [`table`] (also printed as results arrive).
 pub fn row(r: &Record) -> String {
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
@@ -239,7 +267,7 @@ pub fn row(r: &Record) -> String {
         opt(r.gbps, 2),
         opt(r.per_op_us, 1),
         opt(r.fraction_of_ceiling.map(|f| 100.0 * f), 1),
-    )
+    ) + &profile_line(r)
 }
 
 /// One side-by-side table of several reports, matched by (name, size), with each
@@ -335,6 +363,7 @@ mod tests {
             repeats: 3,
             min_ms: ms,
             max_ms: ms,
+            profile: None,
         };
         let report = |results| Report {
             blo_version: "0".into(),

@@ -6,7 +6,7 @@ use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use blo::problems::data::{cleaning_split, digits};
 use blo::problems::{HyperCleaning, Ridge};
 use blo::solvers::{CgOptions, conjugate_gradient};
-use blo::{DType, Device, Error, HvpOperator, Result, Tensor};
+use blo::{DType, Device, Error, GpuProfile, HvpOperator, Result, Tensor};
 
 use blo::CustomKernel;
 
@@ -29,6 +29,8 @@ pub struct Config {
     /// Only results whose name contains this substring (all when `None`); the
     /// ceilings always run.
     pub only: Option<String>,
+    /// Also run each result once under a per-kernel GPU profile (GPU devices only).
+    pub profile: bool,
 }
 
 impl Config {
@@ -40,6 +42,7 @@ impl Config {
             min_repeats: 3,
             budget: Duration::from_secs(2),
             only: None,
+            profile: false,
         }
     }
 
@@ -51,6 +54,7 @@ impl Config {
             min_repeats: 3,
             budget: Duration::from_millis(300),
             only: None,
+            profile: false,
         }
     }
 }
@@ -80,6 +84,7 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
         },
         results: Vec::new(),
         fma_kernel: fma_kernel()?,
+        profile: std::cell::RefCell::new(None),
     };
     let fma = b.ceiling_fma()?;
     on_record(&fma);
@@ -288,6 +293,8 @@ pub(super) struct Bencher {
     pub results: Vec<Record>,
     /// The GPU's FMA-chain kernel (see `ceilings`); it needs no device to exist.
     pub fma_kernel: CustomKernel,
+    /// The profile of the last timed closure (with `--profile`), until a record takes it.
+    pub profile: std::cell::RefCell<Option<GpuProfile>>,
 }
 
 impl Bencher {
@@ -309,6 +316,17 @@ impl Bencher {
             f()?;
             dev.sync()?;
             times.push(t.elapsed().as_secs_f64());
+        }
+        if self.config.profile
+            && let Some(ctx) = dev.gpu_context()
+        {
+            // Once more, profiled: the profile costs host time (a wait per batch) and
+            // serialises dispatches, so it stays out of the timed repeats.
+            ctx.start_profile()?;
+            let run = f();
+            let profile = ctx.finish_profile()?;
+            run?;
+            *self.profile.borrow_mut() = Some(profile);
         }
         times.sort_by(f64::total_cmp);
         let mid = times.len() / 2;
@@ -347,6 +365,7 @@ impl Bencher {
             repeats: t.repeats,
             min_ms: t.min * 1e3,
             max_ms: t.max * 1e3,
+            profile: self.profile.borrow_mut().take(),
         };
         r.fraction_of_ceiling = fraction(&r, &self.ceilings);
         r
