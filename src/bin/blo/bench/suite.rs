@@ -10,7 +10,7 @@ use blo::{DType, Device, Error, GpuProfile, HvpOperator, Result, Tensor};
 
 use blo::CustomKernel;
 
-use super::ceilings::fma_kernel;
+use super::ceilings::{copy_kernel, fma_kernel};
 use super::host::{adapter_record, build_info, threads, utc_now};
 use super::report::{Ceilings, Record, Report, Skipped, ceilings_of, fraction};
 
@@ -84,6 +84,7 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
         },
         results: Vec::new(),
         fma_kernel: fma_kernel()?,
+        copy_kernel: copy_kernel()?,
         profile: std::cell::RefCell::new(None),
     };
     let fma = b.ceiling_fma()?;
@@ -293,6 +294,8 @@ pub(super) struct Bencher {
     pub results: Vec<Record>,
     /// The GPU's FMA-chain kernel (see `ceilings`); it needs no device to exist.
     pub fma_kernel: CustomKernel,
+    /// The GPU's copy kernel (see `ceilings`).
+    pub copy_kernel: CustomKernel,
     /// The profile of the last timed closure (with `--profile`), until a record takes it.
     pub profile: std::cell::RefCell<Option<GpuProfile>>,
 }
