@@ -47,7 +47,7 @@ pub mod testing;
 pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
 pub use device::{
     AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, GpuProfile,
-    KernelTime, MemoryStats,
+    KernelTime, MemoryStats, TuneMode, TuneResult,
 };
 pub use error::{Error, Result};
 pub use ops::binary::BinaryOp;

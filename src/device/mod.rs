@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 pub use crate::backend::gpu::{
     AdapterInfo, CustomKernel, GpuContext, GpuProfile, KernelTime, KernelVariant, MemoryStats,
+    TuneMode, TuneResult,
 };
 pub use spec::DeviceSpec;
 

@@ -15,6 +15,7 @@ use super::pipeline::{Kernel, KernelLayout, PipelineKey};
 use super::pool::{GpuBuffer, Pool};
 use super::profile::{Label, Profiler};
 use super::registry::{AdapterFacts, Choices};
+use super::tune::Tuner;
 use crate::error::{Error, Result};
 
 /// Bytes reserved per dispatch for its parameter block (uniform, dynamic offset).
@@ -86,6 +87,8 @@ pub struct GpuContext {
     pub(super) facts: AdapterFacts,
     /// The kernel variant each family runs (`registry.rs`).
     pub(super) kernels: Choices,
+    /// The autotuner's mode, cache file and results (`tune.rs`).
+    pub(super) tuner: Tuner,
     pub(super) params: wgpu::Buffer,
     pub(super) pending: Mutex<Pending>,
     pub(super) pool: Mutex<Pool>,
@@ -137,6 +140,7 @@ impl GpuContext {
         // The kernel variants, with those `BLO_KERNELS` forces: a bad value is an error
         // before any device is opened.
         let kernels = Choices::new(&facts)?;
+        let tuner = Tuner::new(&info, facts.device_type == wgpu::DeviceType::Cpu)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blo"),
             required_features: features,
@@ -171,6 +175,7 @@ impl GpuContext {
             features,
             facts,
             kernels,
+            tuner,
             params,
             pending: Mutex::new(Pending {
                 encoder: None,

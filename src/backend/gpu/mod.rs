@@ -14,6 +14,7 @@ mod pool;
 mod profile;
 mod registry;
 pub mod shaders;
+mod tune;
 
 pub use context::{AdapterInfo, GpuContext};
 pub use custom::CustomKernel;
@@ -22,3 +23,4 @@ pub(crate) use pool::GpuBuffer;
 pub use pool::MemoryStats;
 pub use profile::{GpuProfile, KernelTime};
 pub use registry::KernelVariant;
+pub use tune::{TuneMode, TuneResult};

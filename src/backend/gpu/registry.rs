@@ -347,6 +347,12 @@ impl Choices {
         Ok(choices)
     }
 
+    /// Whether `BLO_KERNELS` or [`GpuContext::force_kernel`] forces the family (the
+    /// autotuner leaves such a family alone).
+    pub(crate) fn is_forced(&self, id: FamilyId) -> bool {
+        self.forced[id as usize].load(Ordering::Relaxed) != NONE
+    }
+
     fn chosen(&self, id: FamilyId) -> usize {
         match self.forced[id as usize].load(Ordering::Relaxed) {
             NONE => self.defaults[id as usize],

@@ -66,6 +66,7 @@
 use crate::backend::MatmulDims;
 use crate::backend::gpu::registry::{self, AdapterFacts, Variant};
 use crate::backend::gpu::shaders;
+use crate::backend::gpu::tune;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 
@@ -231,6 +232,9 @@ pub(crate) struct GpuPlan {
     pub shape: Option<(u32, u32)>,
     /// Copy operands to the layout with rows along k: always, never, or by size (`None`).
     pub pack: Option<bool>,
+    /// Run this variant of the family (by name) instead of the context's choice; the
+    /// autotuner times candidates this way.
+    pub variant: Option<&'static str>,
 }
 
 /// An operand as the kernels read it: stacked matrices of `rows` rows of `ld` floats.
@@ -371,12 +375,35 @@ pub(crate) fn matmul_gpu(
     // Stored shapes: A is [m, k] or (transposed) [k, m]; B is [k, n] or [n, k].
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    // The context's variant (see `backend/gpu/registry.rs` for the rule, unless one is
-    // forced), and its tile for this m.
+    // The variant: the plan's, else the context's (see `backend/gpu/registry.rs` for the
+    // rule, unless one is forced) or, where the autotuner is on, the fastest it measured
+    // for this shape class (`backend/gpu/tune.rs`).
     let variant = if plan.portable {
         &PORTABLE
+    } else if let Some(name) = plan.variant {
+        registry::MATMUL
+            .variants
+            .iter()
+            .copied()
+            .find(|v| v.name == name)
+            .ok_or_else(|| crate::error::Error::InvalidArgument {
+                op: "matmul",
+                msg: format!("no matmul variant `{name}`"),
+            })?
     } else {
-        ctx.variant(&registry::MATMUL)
+        let flops = 2 * (batch as u64) * (m as u64) * (n as u64) * (k as u64);
+        ctx.tuned_variant(
+            &registry::MATMUL,
+            || tune::matmul_class(m, k, n, trans_a, trans_b, d.a_batched || d.b_batched),
+            flops,
+            |v| {
+                let candidate = GpuPlan {
+                    variant: Some(v.name),
+                    ..plan
+                };
+                matmul_gpu(a, b, d, trans_a, trans_b, candidate).map(drop)
+            },
+        )?
     };
     let Plan {
         ref main,
