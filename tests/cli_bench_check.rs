@@ -255,6 +255,48 @@ fn bench_quick_writes_json_and_compare_tables_it() {
     }
 }
 
+/// `blo tune` times every runnable matmul variant per class, prints the winners and
+/// keeps them in the cache a later context reads; the CPU and `--mode off` are usage
+/// errors.
+#[test]
+fn tune_prints_and_caches_the_winners() {
+    let o = blo(&["tune", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("choose a GPU device"), "{}", stderr(&o));
+    let o = blo(&["tune", "--mode", "off"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = blo(&["tune", "--mode", "fast"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("off, quick or full"), "{}", stderr(&o));
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let dir = temp("tune-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    let tune = || {
+        Command::new(env!("CARGO_BIN_EXE_blo"))
+            .args(["tune", "--max-size", "256"])
+            .env("BLO_CACHE_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    let o = tune();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for flags in ["ta0 tb0", "ta1 tb0", "ta0 tb1", "ta1 tb1"] {
+        assert!(
+            out.contains(&format!("matmul m256 k256 n256 {flags} b1")),
+            "{flags}: {out}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file per adapter");
+    // A second run finds everything in the cache: the same table.
+    let again = tune();
+    assert_eq!(stdout(&again), out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--profile` adds each result's per-kernel profile to the table and the JSON, and is a
 /// usage error on the CPU backend.
 #[test]

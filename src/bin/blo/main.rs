@@ -11,6 +11,7 @@ mod demo;
 mod devices;
 mod plot;
 mod run;
+mod tune;
 
 /// blo: bilevel optimization and hypergradients on any GPU (wgpu + WGSL).
 ///
@@ -38,6 +39,9 @@ enum Command {
     /// Check every kernel (against naive f64 references), gradient, solver and
     /// hypergradient method (against the CPU in f64) on a device; exit 1 on any failure.
     Check(check::Args),
+    /// Time the kernel variants of the tunable families (matmul) on an adapter for the
+    /// common shape classes, keep the fastest in the tuning cache, and print the table.
+    Tune(tune::Args),
 }
 
 /// Mesa's drivers print "XDG_RUNTIME_DIR is invalid or not set" on headless machines
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Check(args)) => check::run(args),
+        Some(Command::Tune(args)) => tune::run(args),
         None => demo::run(cli.demo),
     }
 }
