@@ -138,6 +138,8 @@ fn tuning_picks_a_checked_variant_and_remembers_it() {
         return;
     };
     let ctx = gpu.gpu_context().unwrap().clone();
+    // Forced families are not tuned (BLO_KERNELS may force matmul for the whole suite).
+    ctx.force_kernel("matmul", None).unwrap();
     let dir = scratch("gpu");
     ctx.set_tune_cache(Some(&dir));
     ctx.set_tune_mode(TuneMode::Quick);
