@@ -107,9 +107,51 @@ pub const ALL_BINARY: [BinaryOp; 11] = [
     BinaryOp::Eq,
 ];
 
-/// Number of elements of a tensor of `shape`.
+/// Number of elements of a tensor of `shape`. Only for shapes already checked by
+/// [`checked_numel`] (every tensor's shape is, when it is made).
 pub(crate) fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
+}
+
+/// The number of elements of a tensor of `shape`, as a typed error when it could not
+/// exist: its element count overflows, or its f64 bytes exceed what the platform can
+/// address (`isize::MAX`). A shape with a zero extent has no elements whatever the
+/// others are, but they must still multiply without overflow, so that a later reshape
+/// or broadcast cannot wrap around.
+pub(crate) fn checked_numel(op: &'static str, shape: &[usize]) -> crate::error::Result<usize> {
+    let too_large = |what: String| crate::error::Error::InvalidArgument {
+        op,
+        msg: format!("shape {shape:?}: {what}; no tensor that large can exist"),
+    };
+    let mut n: usize = 1;
+    let mut nonzero: usize = 1;
+    for &d in shape {
+        n = n.saturating_mul(d);
+        nonzero = nonzero
+            .checked_mul(d.max(1))
+            .ok_or_else(|| too_large("the product of its extents overflows".into()))?;
+    }
+    if n.checked_mul(8).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(too_large(format!(
+            "{n} elements are more bytes than this platform can address"
+        )));
+    }
+    Ok(n)
+}
+
+/// A host vector of `n` values, reserved fallibly: an allocation the machine cannot
+/// make is a typed error instead of an abort.
+pub(crate) fn try_host_vec<T>(op: &'static str, n: usize) -> crate::error::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|e| crate::error::Error::InvalidArgument {
+            op,
+            msg: format!(
+                "cannot allocate {n} values of {} bytes on the host: {e}",
+                std::mem::size_of::<T>()
+            ),
+        })?;
+    Ok(v)
 }
 
 /// Element strides of an operand of `shape` read along `out` (0 on broadcast dims).

@@ -28,6 +28,7 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
             }
         };
     }
+    crate::tensor::checked_numel(op, &out)?;
     Ok(out)
 }
 

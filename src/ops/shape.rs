@@ -4,12 +4,12 @@
 use crate::error::{Error, Result};
 use crate::ops::binary::broadcast_raw;
 use crate::tensor::tape::{Op, record};
-use crate::tensor::{Tensor, numel};
+use crate::tensor::{Tensor, checked_numel};
 
 impl Tensor {
     /// The same elements with a new shape of the same element count. Free: no copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != self.numel() {
+        if checked_numel("reshape", shape)? != self.numel() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
                 lhs: self.shape.to_vec(),

@@ -234,9 +234,75 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     invalid("npy", format!("{}: {e}", path.display()))
 }
 
-/// Reads a `.npy` file of f32 or f64 values in C order.
+/// The shape an `.npy` header declares and where its data starts, read before the file
+/// reaches npyz: a crafted header whose shape's product overflows would otherwise wrap
+/// (or panic inside the reader) instead of being an error.
+fn npy_layout(bytes: &[u8]) -> std::result::Result<(Vec<u64>, usize), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file (it does not start with the \\x93NUMPY magic)".into());
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        2 | 3 => return Err("truncated inside its header".into()),
+        v => {
+            return Err(format!(
+                ".npy format version {v} is not supported (1 to 3 are)"
+            ));
+        }
+    };
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or("truncated inside its header")?;
+    let header = String::from_utf8_lossy(&bytes[start..end]);
+    let at = header
+        .find("'shape'")
+        .or_else(|| header.find("\"shape\""))
+        .ok_or("its header has no shape")?;
+    let tuple = &header[at..];
+    let (open, close) = match (tuple.find('('), tuple.find(')')) {
+        (Some(o), Some(c)) if o < c => (o, c),
+        _ => return Err("its header's shape is not a tuple".into()),
+    };
+    let dims = tuple[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.trim_end_matches('L')
+                .parse::<u64>()
+                .map_err(|_| format!("its shape has `{d}`, not a non-negative integer"))
+        })
+        .collect::<std::result::Result<Vec<u64>, String>>()?;
+    Ok((dims, end))
+}
+
+/// Reads a `.npy` file of f32 or f64 values in C order. The file must hold exactly
+/// the values its shape declares: a shape whose element count overflows, or a file
+/// shorter or longer than its shape, is an error that says so.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let (dims, data_start) = npy_layout(&bytes).map_err(|e| io_err(path, e))?;
+    // Extents after a zero still have to multiply without overflow: the reader's
+    // strides are their running products.
+    let strides_fit = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d.max(1)))
+        .is_some();
+    let count = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| strides_fit && n <= isize::MAX as u64 / 8)
+        .ok_or_else(|| {
+            io_err(
+                path,
+                format!("its shape {dims:?} has more elements than any array can hold"),
+            )
+        })?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| io_err(path, e))?;
     if npy.order() != npyz::Order::C {
         return Err(io_err(
@@ -244,22 +310,40 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
         ));
     }
-    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    let shape: Vec<usize> = dims.iter().map(|&s| s as usize).collect();
     let descr = npy.dtype().descr().replace(['\'', '"'], "");
-    let data: Vec<f64> = match descr.as_str() {
-        "<f8" => npy.into_vec::<f64>().map_err(|e| io_err(path, e))?,
-        "<f4" => npy
-            .into_vec::<f32>()
-            .map_err(|e| io_err(path, e))?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
+    let item: u64 = match descr.as_str() {
+        "<f8" => 8,
+        "<f4" => 4,
         other => {
             return Err(io_err(
                 path,
                 format!("dtype {other} is not supported; use float32 or float64 (little-endian)"),
             ));
         }
+    };
+    let (need, have) = (count * item, (bytes.len() - data_start) as u64);
+    if have != need {
+        return Err(io_err(
+            path,
+            format!(
+                "{}: its shape {dims:?} of {descr} needs {need} bytes of data and the file holds {have}",
+                if have < need {
+                    "the file is truncated"
+                } else {
+                    "the file has data past its array"
+                }
+            ),
+        ));
+    }
+    let data: Vec<f64> = if item == 8 {
+        npy.into_vec::<f64>().map_err(|e| io_err(path, e))?
+    } else {
+        npy.into_vec::<f32>()
+            .map_err(|e| io_err(path, e))?
+            .into_iter()
+            .map(f64::from)
+            .collect()
     };
     Ok(NpyArray { data, shape })
 }
@@ -322,6 +406,133 @@ mod tests {
         assert!(read_npy(&dir.join("missing.npy")).is_err());
         std::fs::write(dir.join("junk.npy"), b"not an npy file").unwrap();
         assert!(read_npy(&dir.join("junk.npy")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// An `.npy` file: `header` (the dict text) padded as numpy pads it, then `data`.
+    fn npy_bytes(version: u8, header: &str, data: &[u8]) -> Vec<u8> {
+        let prefix = if version == 1 { 10 } else { 12 };
+        let mut h = header.to_string();
+        while (prefix + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY".to_vec();
+        out.extend([version, 0]);
+        if version == 1 {
+            out.extend((h.len() as u16).to_le_bytes());
+        } else {
+            out.extend((h.len() as u32).to_le_bytes());
+        }
+        out.extend(h.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    /// The defects a hostile file used to trigger, each now a message naming the cause.
+    #[test]
+    fn crafted_npy_files_are_errors_that_name_the_cause() {
+        let dir = std::env::temp_dir().join(format!("blo-npy-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.npy");
+        let read = |bytes: Vec<u8>| {
+            std::fs::write(&p, bytes).unwrap();
+            read_npy(&p).map_err(|e| e.to_string())
+        };
+        let dict = |descr: &str, shape: &str| {
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}")
+        };
+        // A shape whose product wraps to 0 (2^62 · 4 = 2^64), with no data.
+        let e = read(npy_bytes(1, &dict("<f8", "(4, 4611686018427387904)"), &[])).unwrap_err();
+        assert!(e.contains("more elements than any array"), "{e}");
+        let e = read(npy_bytes(1, &dict("<f8", "(3, 2)"), &[0; 40])).unwrap_err();
+        assert!(
+            e.contains("truncated") && e.contains("48 bytes") && e.contains("40"),
+            "{e}"
+        );
+        let e = read(npy_bytes(1, &dict("<f4", "(2,)"), &[0; 12])).unwrap_err();
+        assert!(e.contains("past its array"), "{e}");
+        let mut cut = npy_bytes(1, &dict("<f8", "(2,)"), &[0; 16]);
+        cut.truncate(30);
+        let e = read(cut).unwrap_err();
+        assert!(e.contains("truncated inside its header"), "{e}");
+        let e = read(npy_bytes(1, &dict("<f8", "(-3,)"), &[])).unwrap_err();
+        assert!(e.contains("`-3`"), "{e}");
+        let ok = read(npy_bytes(
+            2,
+            &dict("<f4", "(2, 1)"),
+            &[0, 0, 128, 63, 0, 0, 0, 64],
+        ))
+        .unwrap();
+        assert_eq!((ok.data, ok.shape), (vec![1.0, 2.0], vec![2, 1]));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Seeded random headers (shapes with huge and zero extents, dtypes, orders,
+    /// versions) with exact, short or long data: every one reads as Ok with exactly its
+    /// shape's values or as an error, never a panic, and nothing allocates more than the
+    /// file's size.
+    #[test]
+    fn random_npy_headers_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let dir = std::env::temp_dir().join(format!("blo-npy-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f.npy");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let extents: [u64; 10] = [0, 1, 2, 3, 7, 1 << 31, 1 << 32, 1 << 62, u64::MAX, 5];
+        let descrs = ["<f8", "<f4", ">f8", "<i8", "|u1", "<c16"];
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..500 {
+            let rank = rng.random_range(0..4);
+            let dims: Vec<u64> = (0..rank)
+                .map(|_| {
+                    if rng.random_bool(0.7) {
+                        rng.random_range(0..6)
+                    } else {
+                        extents[rng.random_range(0..extents.len())]
+                    }
+                })
+                .collect();
+            let shape = match dims.len() {
+                1 => format!("({},)", dims[0]),
+                _ => format!(
+                    "({})",
+                    dims.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let descr = descrs[rng.random_range(0..descrs.len())];
+            let fortran = if rng.random_bool(0.2) {
+                "True"
+            } else {
+                "False"
+            };
+            let header =
+                format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
+            let count = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            let exact = count.filter(|&n| n <= 64).map_or(0, |n| 8 * n as usize);
+            let len = match rng.random_range(0..3) {
+                0 => exact,
+                1 => exact.saturating_sub(rng.random_range(1..9)),
+                _ => exact + rng.random_range(1..9),
+            };
+            let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let version = if rng.random_bool(0.5) { 1 } else { 2 };
+            std::fs::write(&p, npy_bytes(version, &header, &data)).unwrap();
+            match read_npy(&p) {
+                Ok(a) => {
+                    ok += 1;
+                    let n: usize = a.shape.iter().product();
+                    assert_eq!(a.data.len(), n, "{header}");
+                    assert!(a.data.len() * 4 <= data.len(), "{header}");
+                }
+                Err(_) => err += 1,
+            }
+        }
+        // Both outcomes occur, so the generator reaches valid and invalid files.
+        assert!(ok > 20 && err > 100, "ok {ok}, err {err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

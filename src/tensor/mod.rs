@@ -29,10 +29,10 @@ pub struct Tensor {
     pub(crate) node: Option<Arc<tape::Node>>,
 }
 
-pub(crate) use crate::backend::numel;
+pub(crate) use crate::backend::{checked_numel, numel, try_host_vec};
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
-    if len != numel(shape) {
+    if len != checked_numel(op, shape)? {
         return Err(Error::ShapeMismatch {
             op,
             lhs: vec![len],
@@ -66,7 +66,7 @@ impl Tensor {
 
     /// An f32 tensor filled with `value`. On the GPU this is a fill kernel, not an upload.
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Tensor> {
-        let storage = Storage::full_f32(numel(shape), value, device)?;
+        let storage = Storage::full_f32(checked_numel("full", shape)?, value, device)?;
         Ok(Tensor::from_storage(storage, shape))
     }
 
@@ -83,7 +83,11 @@ impl Tensor {
     /// A tensor of the same shape, dtype and device as `self`, filled with `value`.
     pub fn full_like(&self, value: f64) -> Result<Tensor> {
         match self.dtype() {
-            DType::F64 => Tensor::from_vec(vec![value; self.numel()], &self.shape, &Device::Cpu),
+            DType::F64 => {
+                let mut v = try_host_vec("full_like", self.numel())?;
+                v.resize(self.numel(), value);
+                Tensor::from_vec(v, &self.shape, &Device::Cpu)
+            }
             DType::F32 => Tensor::full(&self.shape, value as f32, &self.device()),
         }
     }
@@ -113,10 +117,10 @@ impl Tensor {
                 format!("need finite low < high, got [{low}, {high})"),
             ));
         }
+        let n = checked_numel("rand_uniform", shape)?;
+        let mut data: Vec<f32> = try_host_vec("rand_uniform", n)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let data: Vec<f32> = (0..numel(shape))
-            .map(|_| low + (high - low) * rng.random::<f32>())
-            .collect();
+        data.extend((0..n).map(|_| low + (high - low) * rng.random::<f32>()));
         Tensor::from_vec(data, shape, device)
     }
 
@@ -134,10 +138,10 @@ impl Tensor {
                 format!("need finite mean and std >= 0, got mean {mean}, std {std}"),
             ));
         }
+        let n = checked_numel("rand_normal", shape)?;
+        let mut data: Vec<f32> = try_host_vec("rand_normal", n)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let data: Vec<f32> = (0..numel(shape))
-            .map(|_| mean + std * rng.sample::<f32, _>(rand_distr::StandardNormal))
-            .collect();
+        data.extend((0..n).map(|_| mean + std * rng.sample::<f32, _>(rand_distr::StandardNormal)));
         Tensor::from_vec(data, shape, device)
     }
 
@@ -238,4 +242,42 @@ pub(crate) fn same_place(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shapes whose element count overflows, or whose bytes no platform can address, are
+    /// typed errors, on every constructor and on reshape and broadcasting, instead of a
+    /// wrapped count (an empty tensor "of" 2^64 elements) or an allocation abort.
+    #[test]
+    fn impossible_shapes_are_errors_not_wraps_or_aborts() {
+        let cpu = Device::Cpu;
+        let wraps: &[usize] = &[1 << 33, 1 << 31];
+        let e = Tensor::from_vec(Vec::<f32>::new(), wraps, &cpu).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        assert!(Tensor::from_vec(Vec::<f32>::new(), &[1 << 62, 4, 0], &cpu).is_err());
+        for shape in [&[1usize << 62, 4][..], &[usize::MAX, 2], &[1 << 61]] {
+            let e = Tensor::zeros(shape, &cpu).unwrap_err();
+            assert!(e.to_string().contains("no tensor that large"), "{e}");
+            assert!(Tensor::rand_uniform(shape, 0.0, 1.0, 0, &cpu).is_err());
+            assert!(Tensor::rand_normal(shape, 0.0, 1.0, 0, &cpu).is_err());
+        }
+        // Addressable, but more than any host has: a typed error, not an abort.
+        let e = Tensor::zeros(&[1 << 58], &cpu).unwrap_err();
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
+        // A zero extent is fine, but the other extents must still multiply.
+        let empty = Tensor::zeros(&[0, 5], &cpu).unwrap();
+        assert_eq!(empty.numel(), 0);
+        assert!(empty.reshape(&[1 << 40, 1 << 40, 0]).is_err());
+        assert_eq!(empty.reshape(&[5, 0, 3]).unwrap().numel(), 0);
+        let a = Tensor::zeros(&[1 << 40, 1, 0], &cpu).unwrap();
+        let b = Tensor::zeros(&[1, 1 << 40, 0], &cpu).unwrap();
+        assert!(a.add(&b).is_err(), "the broadcast shape overflows");
+        if let Some(gpu) = crate::testing::gpu_or_skip() {
+            assert!(Tensor::zeros(&[1 << 62, 4], &gpu).is_err());
+            assert!(Tensor::from_vec(Vec::<f32>::new(), wraps, &gpu).is_err());
+        }
+    }
 }

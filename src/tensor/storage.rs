@@ -82,8 +82,13 @@ impl Storage {
     /// upload.
     pub(crate) fn full_f32(n: usize, value: f32, device: &Device) -> Result<Storage> {
         match device {
-            Device::Cpu => Storage::from_host("full", vec![value; n], device),
+            Device::Cpu => {
+                let mut v = crate::backend::try_host_vec("full", n)?;
+                v.resize(n, value);
+                Storage::from_host("full", v, device)
+            }
             Device::Gpu(ctx) => {
+                // n was checked: n · 8 bytes fit in an isize, so n · 4 cannot overflow.
                 let buf = ctx.alloc((n * 4) as u64)?;
                 gpu::kernels::fill::fill_gpu_bits(&buf, value.to_bits())?;
                 Ok(Storage::Gpu(buf))
