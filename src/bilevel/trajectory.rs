@@ -52,8 +52,10 @@ pub(crate) fn run_inner(
     nw: usize,
 ) -> Result<Vec<Vec<Tensor>>> {
     let lambda = detach_all(lambda);
-    let mut states = Vec::with_capacity(if keep { steps + 1 } else { 1 });
-    let mut losses = Vec::with_capacity(steps + 1);
+    // Both grow as the loop runs, never reserved from the user's step count: a run of
+    // 10⁹ steps can start (and be stopped) instead of failing to reserve its storage.
+    let mut states = Vec::new();
+    let mut losses = Vec::new();
     let mut s = state;
     for _ in 0..steps {
         let w = track(&s[..nw]);

@@ -51,7 +51,10 @@ pub use config::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceSpec, InnerConfig, InnerKind,
     LambdaConfig, LambdaInit, MethodConfig, OuterConfigToml, OuterKind, ProblemConfig, ProblemKind,
 };
-pub use results::{DeviceRecord, Metrics, Results, StepRecord, write_atomic};
+pub use results::{
+    DeviceRecord, Metrics, Output, Results, StepRecord, check_outputs, write_all_or_nothing,
+    write_atomic,
+};
 
 use crate::bilevel::{
     HoagConfig, Inner, OuterConfig, Problem, Trace, TraceStep, hoag_with, optimize_with,
@@ -197,6 +200,32 @@ impl Experiment {
         } else {
             results.parent().unwrap_or(Path::new(".")).join(p)
         })
+    }
+
+    /// The files the run reads: the config and every `.npy` it names (resolved as the
+    /// config resolves them), so that no output overwrites one of them.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let base = self
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let d = &self.config.data;
+        let mut files = vec![self.file.clone()];
+        let named = [
+            &d.x_train,
+            &d.y_train,
+            &d.x_val,
+            &d.y_val,
+            &d.x_test,
+            &d.y_test,
+            &d.corrupted,
+        ];
+        files.extend(named.into_iter().flatten().map(|p| base.join(p)));
+        if let LambdaInit::Npy(p) = &self.config.lambda.init {
+            files.push(base.join(p));
+        }
+        files
     }
 
     /// Opens the configured device; returns it with a sentence saying what was chosen.

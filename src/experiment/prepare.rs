@@ -13,6 +13,16 @@ use crate::problems::data::{
     synthetic_regression_pair,
 };
 
+/// The most memory a config may make blo hold for its data, its parameters and the
+/// iterates its method stores: 16 GiB. A larger config is a config error naming the key
+/// that sizes it and the estimate, before anything is allocated.
+pub const MEMORY_LIMIT_BYTES: u64 = 16 << 30;
+
+/// Inferred class counts (the largest label + 1, when `data.classes` is not set) above
+/// this and above twice the number of labels are taken for a mistake: a stray label of
+/// 10⁸ would otherwise ask for a weight matrix of 10⁸ columns.
+const MAX_INFERRED_CLASSES: usize = 1024;
+
 /// Builds [`ConfigError`]s for one file.
 pub(crate) struct Ctx<'a> {
     pub file: &'a Path,
@@ -63,6 +73,42 @@ impl Ctx<'_> {
             return Err(self.err(key, "expected an integer ≥ 1, got 0"));
         }
         Ok(v)
+    }
+
+    /// Checks that `what`, `elems` values (their product) of `bytes_each` bytes, fits
+    /// within [`MEMORY_LIMIT_BYTES`]; otherwise an error naming `key` and the estimate.
+    fn fits(
+        &self,
+        key: &str,
+        what: &str,
+        elems: &[usize],
+        bytes_each: u64,
+    ) -> Result<(), ConfigError> {
+        let bytes = elems
+            .iter()
+            .try_fold(bytes_each, |b, &e| b.checked_mul(e as u64));
+        match bytes {
+            Some(b) if b <= MEMORY_LIMIT_BYTES => Ok(()),
+            _ => Err(self.err(
+                key,
+                format!(
+                    "{what} would need {}, more than blo runs from a config ({} GiB); lower it",
+                    bytes.map_or("more than 2⁶⁴ bytes".into(), |b| format!(
+                        "about {:.1} GiB",
+                        b as f64 / f64::from(1u32 << 30)
+                    )),
+                    MEMORY_LIMIT_BYTES >> 30
+                ),
+            )),
+        }
+    }
+
+    /// `a + b` for two counts from the config, or an error naming `key` if it overflows.
+    fn sum(&self, key: &str, parts: &[usize]) -> Result<usize, ConfigError> {
+        parts
+            .iter()
+            .try_fold(0usize, |s, &p| s.checked_add(p))
+            .ok_or_else(|| self.err(key, format!("the counts {parts:?} add up past 2⁶⁴")))
     }
 
     fn required<T: Copy>(&self, key: &str, v: Option<T>, when: &str) -> Result<T, ConfigError> {
@@ -171,7 +217,9 @@ impl Ctx<'_> {
                 } else {
                     Err(self.err(
                         key,
-                        format!("expected class labels (integers ≥ 0), element {i} is {x}"),
+                        format!(
+                            "expected class labels (integers from 0 to 10⁹), element {i} is {x}"
+                        ),
                     ))
                 }
             })
@@ -196,6 +244,19 @@ impl Experiment {
                 format!(
                     "\"f64\" runs on the CPU backend only; set device = \"cpu\" (device is \"{}\") or dtype = \"f32\"",
                     config.device
+                ),
+            ));
+        }
+        if let Some(p) = &config.hypergradient_out
+            && (p.as_os_str().is_empty()
+                || p.file_name().is_none()
+                || p.to_string_lossy().ends_with('/'))
+        {
+            return Err(ctx.err(
+                "hypergradient_out",
+                format!(
+                    "expected a file name for the .npy, got {:?}; it does not name a file",
+                    p.display().to_string()
                 ),
             ));
         }
@@ -240,6 +301,7 @@ impl Experiment {
         };
         let inner = inner_of(&ctx, &config)?;
         let plan = plan_of(&ctx, &config, &inner)?;
+        stored_iterates_fit(&ctx, &config, &data, &inner, lambda_len)?;
         Ok(Experiment {
             file: file.to_path_buf(),
             config,
@@ -499,7 +561,7 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
                 count("n_train", d.n_train, Some(500))?,
                 count("n_val", d.n_val, Some(500))?,
             );
-            if n_train + n_val >= x.rows {
+            if ctx.sum("data.n_train", &[n_train, n_val])? >= x.rows {
                 return Err(ctx.err(
                     "data.n_train",
                     format!(
@@ -524,6 +586,13 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
                 count("features", d.features, None)?,
             );
             let noise = ctx.non_negative("data.noise", d.noise.unwrap_or(0.5))?;
+            let rows = ctx.sum("data.n_train", &[n, m])?;
+            ctx.fits(
+                larger(rows, f),
+                "the generated data (n_train + n_val rows of features + 1 values)",
+                &[rows, f.saturating_add(1)],
+                8,
+            )?;
             let ((x, y), (x_val, y_val)) = synthetic_regression_pair(n, m, f, noise, seed);
             HostData::Ridge { x, y, x_val, y_val }
         }
@@ -533,9 +602,23 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
             let f = count("features", d.features, None)?;
             let classes = classes(Some(2))?;
             let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
+            let rows = ctx.sum("data.n_train", &[n_train, n_val])?;
+            // Generated, then copied into the two splits.
+            ctx.fits(
+                larger(rows, f),
+                "the generated data (n_train + n_val rows of features, twice)",
+                &[rows, f, 2],
+                8,
+            )?;
+            ctx.fits(
+                "data.classes",
+                "the class means (classes × features)",
+                &[classes, f],
+                8,
+            )?;
             // The rows are i.i.d. with labels cycling through the classes, so the
             // first n_train rows train and the next n_val validate.
-            let (x, y) = synthetic_classification(n_train + n_val, f, classes, sep, seed);
+            let (x, y) = synthetic_classification(rows, f, classes, sep, seed);
             let (tr, va): (Vec<usize>, Vec<usize>) =
                 ((0..n_train).collect(), (n_train..n_train + n_val).collect());
             HostData::Logistic {
@@ -559,7 +642,20 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
             let classes = classes(Some(2))?;
             let sep = ctx.non_negative("data.sep", d.sep.unwrap_or(1.5))?;
             let corr = corruption()?;
-            let (x, y) = synthetic_classification(n_train + n_val + n_test, f, classes, sep, seed);
+            let rows = ctx.sum("data.n_train", &[n_train, n_val, n_test])?;
+            ctx.fits(
+                larger(rows, f),
+                "the generated data (n_train + n_val + n_test rows of features, twice)",
+                &[rows, f, 2],
+                8,
+            )?;
+            ctx.fits(
+                "data.classes",
+                "the class means (classes × features)",
+                &[classes, f],
+                8,
+            )?;
+            let (x, y) = synthetic_classification(rows, f, classes, sep, seed);
             let split = cleaning_split(&x, &y, classes, n_train, n_val, corr, seed)
                 .map_err(|e| ctx.err("data", e.to_string()))?;
             classification(problem, split, mu, per_feature, true)
@@ -637,8 +733,24 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
                 .max()
                 .copied()
                 .unwrap_or(0);
+            let labels = y.len() + y_val.len() + test.as_ref().map_or(0, |t| t.labels.len());
             let classes = match d.classes {
                 Some(_) => classes(None)?,
+                None if seen >= MAX_INFERRED_CLASSES && seen >= 2 * labels => {
+                    let key = [("data.y_train", &y), ("data.y_val", &y_val)]
+                        .into_iter()
+                        .chain(test.iter().map(|t| ("data.y_test", &t.labels)))
+                        .find(|(_, l)| l.contains(&seen))
+                        .map_or("data.y_train", |(k, _)| k);
+                    return Err(ctx.err(
+                        key,
+                        format!(
+                            "holds the label {seen}, so the class count would be inferred as {} for {labels} labels in all; \
+                             set data.classes if that many classes is intended",
+                            seen + 1
+                        ),
+                    ));
+                }
                 None => (seen + 1).max(2),
             };
             for (key, labels) in [("data.y_train", &y), ("data.y_val", &y_val)]
@@ -673,6 +785,61 @@ fn load_data(ctx: &Ctx, c: &Config) -> Result<HostData, ConfigError> {
             classification(problem, split, mu, per_feature, have_flags)
         }
     })
+}
+
+/// The parameters' size times what the method keeps of them (RAD: every iterate; T-RAD:
+/// its last k + 1; forward mode: one tangent per element of λ; the exact ridge solve:
+/// a d × d system), checked against [`MEMORY_LIMIT_BYTES`] before the run.
+fn stored_iterates_fit(
+    ctx: &Ctx,
+    c: &Config,
+    data: &HostData,
+    inner: &Inner,
+    lambda_len: usize,
+) -> Result<(), ConfigError> {
+    let params = match data {
+        HostData::Ridge { x, .. } => x.cols,
+        HostData::Logistic { train, classes, .. } => train.x.cols.saturating_mul(*classes),
+        HostData::HyperCleaning { data, .. } => data.train.x.cols.saturating_mul(data.classes),
+    };
+    // The inner optimizer's state: w, plus the velocity with momentum.
+    let state = match inner.optimizer {
+        InnerOptimizer::Momentum { .. } => params.saturating_mul(2),
+        _ => params,
+    };
+    let bytes = match c.dtype {
+        super::config::DTypeName::F64 => 8,
+        _ => 4,
+    };
+    let (key, what, copies) = match &c.method {
+        MethodConfig::Rad(_) => (
+            "inner.steps",
+            "rad's stored iterates (inner.steps + 1 inner states)",
+            inner.steps.saturating_add(1),
+        ),
+        MethodConfig::Trad(t) => (
+            "method.k",
+            "trad's stored iterates (k + 1 inner states)",
+            t.k.saturating_add(1),
+        ),
+        MethodConfig::Forward(_) => (
+            "problem",
+            "forward mode's tangents (one inner state per element of λ)",
+            lambda_len.saturating_add(1),
+        ),
+        MethodConfig::Exact(_) => ("data.features", "the exact solve's d × d system", params),
+        _ => ("data", "the parameters", 4),
+    };
+    ctx.fits(key, what, &[state, copies], bytes)
+}
+
+/// The key to name for generated data of `rows` × `features`: the larger factor's.
+fn larger(rows: usize, features: usize) -> &'static str {
+    if rows >= features {
+        "data.n_train"
+    } else {
+        "data.features"
+    }
 }
 
 fn check_cols(ctx: &Ctx, key: &str, m: &Matrix, train: &Matrix) -> Result<(), ConfigError> {

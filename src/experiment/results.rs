@@ -1,7 +1,7 @@
 //! The results JSON of an experiment, and writing files all-or-nothing.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -198,4 +198,259 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// One output of a command: where it goes and its bytes.
+pub struct Output<'a> {
+    /// The file to write.
+    pub path: &'a Path,
+    /// Its contents.
+    pub bytes: Vec<u8>,
+    /// What it is, for messages (`--out`, `hypergradient_out`).
+    pub what: &'a str,
+}
+
+/// The path as the file system would resolve it: its directory made absolute and
+/// canonical (the file itself may not exist yet), so that two spellings of one file
+/// compare equal.
+fn resolved(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match path.file_name() {
+        Some(name) => dir.join(name),
+        None => dir,
+    }
+}
+
+/// Checks, before any work, that each output (`what`, `path`) can be written: it names
+/// a file (not a directory, not empty), its directory exists and accepts a new file,
+/// and it is neither another output nor one of the `inputs` (the config, data files).
+/// The message names the output and what is wrong.
+pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[&Path]) -> Result<(), String> {
+    for (i, (what, path)) in outputs.iter().enumerate() {
+        let shown = path.display();
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            return Err(format!("{what} `{shown}` does not name a file"));
+        }
+        if path.is_dir() {
+            return Err(format!("{what} {shown} is a directory; give a file name"));
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "{what} {shown}: the directory {} does not exist",
+                dir.display()
+            ));
+        }
+        let probe = dir.join(format!(".blo-probe.{}.tmp", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{what} {shown}: cannot create files in {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+        let me = resolved(path);
+        for (other, other_path) in &outputs[..i] {
+            if resolved(other_path) == me {
+                return Err(format!(
+                    "{what} {shown} is the same file as {other}; give them different paths"
+                ));
+            }
+        }
+        for input in inputs {
+            if resolved(input) == me {
+                return Err(format!(
+                    "{what} {shown} is an input of the run ({}); writing it would destroy it",
+                    input.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes every output or none: each goes to a temporary file beside it first; only
+/// when all are written are they renamed into place, a file they replace having been
+/// moved aside, and on any failure the files moved aside are put back and the
+/// temporary ones removed. So a failure never leaves a partial output nor removes a
+/// file that existed before.
+pub fn write_all_or_nothing(outputs: &[Output<'_>]) -> Result<(), String> {
+    write_all_with(outputs, &|from, to| std::fs::rename(from, to))
+}
+
+/// [`write_all_or_nothing`] with the rename it uses given (tests make it fail).
+fn write_all_with(
+    outputs: &[Output<'_>],
+    rename: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), String> {
+    if let Some(o) = outputs.iter().find(|o| o.path.is_dir()) {
+        return Err(format!("{} {} is a directory", o.what, o.path.display()));
+    }
+    let pid = std::process::id();
+    let side = |p: &Path, tag: &str| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        p.with_file_name(format!(".{name}.{pid}.{tag}"))
+    };
+    let mut temps: Vec<PathBuf> = Vec::new();
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for o in outputs {
+        let tmp = side(o.path, "tmp");
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&o.bytes)?;
+            f.sync_all()
+        })();
+        temps.push(tmp);
+        if let Err(e) = written {
+            cleanup(&temps);
+            return Err(format!("cannot write {} {}: {e}", o.what, o.path.display()));
+        }
+    }
+    // Move what exists aside, then the new files in; undo on the first failure.
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut placed: Vec<&Path> = Vec::new();
+    let undo = |moved: &[(PathBuf, PathBuf)], placed: &[&Path]| {
+        for p in placed {
+            let _ = std::fs::remove_file(p);
+        }
+        for (backup, original) in moved {
+            let _ = rename(backup, original);
+        }
+    };
+    for (o, tmp) in outputs.iter().zip(&temps) {
+        if o.path.exists() {
+            let backup = side(o.path, "old");
+            if let Err(e) = rename(o.path, &backup) {
+                undo(&moved, &placed);
+                cleanup(&temps);
+                return Err(format!(
+                    "cannot replace {} {}: {e}",
+                    o.what,
+                    o.path.display()
+                ));
+            }
+            moved.push((backup, o.path.to_path_buf()));
+        }
+        if let Err(e) = rename(tmp, o.path) {
+            undo(&moved, &placed);
+            cleanup(&temps);
+            return Err(format!("cannot write {} {}: {e}", o.what, o.path.display()));
+        }
+        placed.push(o.path);
+    }
+    for (backup, _) in &moved {
+        let _ = std::fs::remove_file(backup);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    /// The defect of issue #13: the results write failing after the hypergradient was
+    /// written removed the user's earlier hypergradient. Now neither output is placed
+    /// unless both are written, and the earlier file keeps its contents.
+    #[test]
+    fn a_failed_output_leaves_every_earlier_file_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("blo-outputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("h.npy");
+        std::fs::write(&old, b"precious").unwrap();
+        // The second output's directory does not exist: its write fails.
+        let gone = dir.join("gone/r.json");
+        let outputs = [
+            Output {
+                path: &old,
+                bytes: b"new".to_vec(),
+                what: "hypergradient_out",
+            },
+            Output {
+                path: &gone,
+                bytes: b"{}".to_vec(),
+                what: "--out",
+            },
+        ];
+        let e = write_all_or_nothing(&outputs).unwrap_err();
+        assert!(e.contains("--out") && e.contains("gone"), "{e}");
+        assert_eq!(std::fs::read(&old).unwrap(), b"precious");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["h.npy"], "no temporary or moved-aside file is left");
+
+        // A directory in the way is refused before anything moves.
+        let blocker = dir.join("r.json");
+        std::fs::create_dir_all(blocker.join("inside")).unwrap();
+        let outputs = [
+            Output {
+                path: &old,
+                bytes: b"new".to_vec(),
+                what: "hypergradient_out",
+            },
+            Output {
+                path: &blocker,
+                bytes: b"{}".to_vec(),
+                what: "--out",
+            },
+        ];
+        assert!(write_all_or_nothing(&outputs).is_err());
+        assert_eq!(std::fs::read(&old).unwrap(), b"precious");
+        assert!(blocker.join("inside").is_dir());
+        std::fs::remove_dir_all(&blocker).unwrap();
+        std::fs::write(&blocker, b"old results").unwrap();
+
+        // Placing fails at every possible rename in turn (moving a file aside, placing
+        // a new one): whatever was moved or placed is undone.
+        for fail_at in 0..4 {
+            let calls = std::cell::Cell::new(0);
+            let flaky = |from: &Path, to: &Path| {
+                calls.set(calls.get() + 1);
+                if calls.get() == fail_at + 1 {
+                    return Err(std::io::Error::other("injected failure"));
+                }
+                std::fs::rename(from, to)
+            };
+            let e = write_all_with(&outputs, &flaky).unwrap_err();
+            assert!(e.contains("injected"), "{fail_at}: {e}");
+            assert_eq!(std::fs::read(&old).unwrap(), b"precious", "{fail_at}");
+            assert_eq!(
+                std::fs::read(&blocker).unwrap(),
+                b"old results",
+                "{fail_at}"
+            );
+            assert_eq!(
+                std::fs::read_dir(&dir).unwrap().count(),
+                2,
+                "{fail_at}: leftovers"
+            );
+        }
+
+        // Both writable: both replaced, nothing left behind.
+        write_all_or_nothing(&outputs).unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"new");
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

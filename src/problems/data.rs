@@ -348,21 +348,27 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     Ok(NpyArray { data, shape })
 }
 
-/// Writes f64 values with `shape` to a `.npy` file (C order).
-pub fn write_npy(path: &Path, data: &[f64], shape: &[usize]) -> Result<()> {
+/// f64 values with `shape` as the bytes of a `.npy` file (C order).
+pub fn npy_bytes(data: &[f64], shape: &[usize]) -> Result<Vec<u8>> {
     use npyz::WriterBuilder;
-    let file = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
+    let err = |e: std::io::Error| invalid("npy", e.to_string());
     let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+    let mut out = Vec::new();
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&shape)
-        .writer(std::io::BufWriter::new(file))
+        .writer(&mut out)
         .begin_nd()
-        .map_err(|e| io_err(path, e))?;
-    writer
-        .extend(data.iter().copied())
-        .map_err(|e| io_err(path, e))?;
-    writer.finish().map_err(|e| io_err(path, e))
+        .map_err(err)?;
+    writer.extend(data.iter().copied()).map_err(err)?;
+    writer.finish().map_err(err)?;
+    Ok(out)
+}
+
+/// Writes f64 values with `shape` to a `.npy` file (C order).
+pub fn write_npy(path: &Path, data: &[f64], shape: &[usize]) -> Result<()> {
+    let bytes = npy_bytes(data, shape)?;
+    std::fs::write(path, bytes).map_err(|e| io_err(path, e))
 }
 
 #[cfg(test)]

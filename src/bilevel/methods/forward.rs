@@ -61,7 +61,8 @@ fn forward_mode(
         .map(|_| state0.iter().map(Tensor::zeros_like).collect::<Result<_>>())
         .collect::<Result<_>>()?;
     let stored = bytes_of(&tangents.concat());
-    let mut losses = Vec::with_capacity(inner.steps);
+    // Grows as it goes (never reserved from the user's step count).
+    let mut losses = Vec::new();
     let mut state = state0;
     for _ in 0..inner.steps {
         let w = track(&state[..nw]);

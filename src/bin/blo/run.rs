@@ -1,13 +1,14 @@
 //! `blo run CONFIG.toml [--out RESULTS.json] [--profile]`.
 //!
-//! Exit codes: 0 success; 2 the config (or the command line) is wrong, nothing ran and
-//! nothing was written; 1 blo failed during the run (the message says why), nothing
-//! was written.
+//! Exit codes: 0 success; 2 the config (or the command line, or an output path) is
+//! wrong, nothing ran and nothing was written; 1 blo failed during the run (the message
+//! says why), nothing was written and no existing file was changed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blo::experiment::{Experiment, write_atomic};
+use blo::experiment::{Experiment, Output, check_outputs, write_all_or_nothing};
+use blo::problems::data::npy_bytes;
 
 /// Arguments of `blo run`.
 #[derive(clap::Args)]
@@ -50,28 +51,18 @@ pub fn run(args: Args) -> ExitCode {
             .unwrap_or_else(|| "blo".into());
         PathBuf::from(format!("{stem}.results.json"))
     });
-    let out_dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !out_dir.is_dir() {
-        return config_error(format!(
-            "--out {}: the directory {} does not exist",
-            out.display(),
-            out_dir.display()
-        ));
-    }
     let hg_path = experiment.hypergradient_path(&out);
-    if let Some(p) = &hg_path
-        && !p
-            .parent()
-            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
-    {
-        return config_error(format!(
-            "{}: key `hypergradient_out`: the directory of {} does not exist",
-            args.config.display(),
-            p.display()
-        ));
+    // Every output checked before any work: a file name in an existing, writable
+    // directory, not another output, not the config or a data file.
+    let hg_key = format!("{}: key `hypergradient_out`:", args.config.display());
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
+    if let Some(p) = &hg_path {
+        outputs.push((&hg_key, p));
+    }
+    let inputs = experiment.input_files();
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    if let Err(e) = check_outputs(&outputs, &input_refs) {
+        return config_error(e);
     }
 
     let (device, reason) = match experiment.open_device() {
@@ -139,23 +130,25 @@ pub fn run(args: Args) -> ExitCode {
         Ok(j) => j,
         Err(e) => return run_error(format!("cannot encode the results: {e}")),
     };
+    let mut files = vec![Output {
+        path: &out,
+        bytes: json,
+        what: "--out",
+    }];
     if let Some(p) = &hg_path {
-        // Through a temporary file too, so a failed write leaves nothing behind.
-        let tmp = p.with_extension(format!("npy.{}.tmp", std::process::id()));
-        let written =
-            blo::problems::data::write_npy(&tmp, &outcome.hypergradient, &outcome.lambda_shape)
-                .map_err(|e| e.to_string())
-                .and_then(|()| std::fs::rename(&tmp, p).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return run_error(format!("cannot write {}: {e}", p.display()));
+        match npy_bytes(&outcome.hypergradient, &outcome.lambda_shape) {
+            Ok(bytes) => files.push(Output {
+                path: p,
+                bytes,
+                what: "hypergradient_out",
+            }),
+            Err(e) => return run_error(format!("cannot encode the hypergradient: {e}")),
         }
     }
-    if let Err(e) = write_atomic(&out, &json) {
-        if let Some(p) = &hg_path {
-            let _ = std::fs::remove_file(p);
-        }
-        return run_error(format!("cannot write {}: {e}", out.display()));
+    // The results and the hypergradient together or neither; a file either replaces
+    // comes back if the other fails.
+    if let Err(e) = write_all_or_nothing(&files) {
+        return run_error(e);
     }
     let m = &results.metrics;
     println!(

@@ -1,0 +1,269 @@
+//! Hostile but realistic inputs to `blo run` (issue #13): each must give exit code 2 (the
+//! config or an output is wrong: nothing ran, nothing written) with a message naming the
+//! key, or exit 1 for a failure inside blo, never a panic or an abort; and the file
+//! system must be as it was: no partial output, no pre-existing file removed or
+//! overwritten.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("blo-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(config: &Path, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blo"))
+        .arg("run")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A small ridge run on the CPU with `extra` lines at the top level and `table` lines
+/// replacing the default tables' keys.
+fn config(top: &str, data: &str, inner: &str, method: &str) -> String {
+    format!(
+        "device = \"cpu\"\ndtype = \"f64\"\n{top}\n[problem]\nkind = \"ridge\"\n\n[data]\nsource = \"synthetic\"\n{data}\n\n[inner]\nkind = \"gd\"\nlr = 0.4\n{inner}\n\n[method]\n{method}\n\n[outer]\nsteps = 1\nkind = \"sgd\"\nlr = 0.5\n"
+    )
+}
+
+const SMALL_DATA: &str = "n_train = 20\nn_val = 10\nfeatures = 3";
+
+/// Every file in `dir`, with its contents.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let bytes = if e.path().is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                b"<dir>".to_vec()
+            };
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs `cfg` with `--out out` and checks exit code 2, the message (all of `want`), and
+/// that the directory is exactly as before.
+fn rejected(dir: &Path, name: &str, cfg: &str, out: &Path, want: &[&str]) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let before = snapshot(dir);
+    let o = run(&path, out);
+    let shown = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{name}: {shown}");
+    for w in want {
+        assert!(
+            shown.contains(w),
+            "{name}: the message lacks `{w}`: {shown}"
+        );
+    }
+    assert!(!shown.contains("panicked"), "{name}: {shown}");
+    assert_eq!(snapshot(dir), before, "{name}: the directory changed");
+}
+
+#[test]
+fn outputs_are_checked_before_the_run_and_never_destroy_a_file() {
+    let dir = scratch("outputs");
+    // A hypergradient file from an earlier run, which a failing run must not touch.
+    std::fs::write(dir.join("old.npy"), b"precious").unwrap();
+    let cg = "kind = \"cg\"\niters = 3";
+    let steps = "steps = 5";
+    let with_hg = |hg: &str| {
+        config(
+            &format!("hypergradient_out = \"{hg}\""),
+            SMALL_DATA,
+            steps,
+            cg,
+        )
+    };
+
+    // --out is a directory: refused before the run; old.npy survives.
+    std::fs::create_dir_all(dir.join("results.json")).unwrap();
+    rejected(
+        &dir,
+        "out-is-dir",
+        &with_hg("old.npy"),
+        &dir.join("results.json"),
+        &["is a directory"],
+    );
+    std::fs::remove_dir(dir.join("results.json")).unwrap();
+    // The same file for both outputs.
+    rejected(
+        &dir,
+        "same-file",
+        &with_hg("r.json"),
+        &dir.join("r.json"),
+        &["same file", "hypergradient_out"],
+    );
+    // --out naming the config itself.
+    let cfg_path = dir.join("self.toml");
+    rejected(
+        &dir,
+        "self",
+        &with_hg("h.npy"),
+        &cfg_path,
+        &["input of the run"],
+    );
+    // An empty hypergradient_out.
+    rejected(
+        &dir,
+        "empty-hg",
+        &with_hg(""),
+        &dir.join("e.json"),
+        &["hypergradient_out", "does not name a file"],
+    );
+    // --out in a directory that does not exist.
+    rejected(
+        &dir,
+        "no-dir",
+        &with_hg("h2.npy"),
+        &dir.join("missing/r.json"),
+        &["does not exist"],
+    );
+
+    // A good run replaces both files together.
+    let good = dir.join("good.toml");
+    std::fs::write(&good, with_hg("old.npy")).unwrap();
+    let o = run(&good, &dir.join("good.json"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_ne!(std::fs::read(dir.join("old.npy")).unwrap(), b"precious");
+    let leftovers: Vec<_> = snapshot(&dir)
+        .into_iter()
+        .filter(|(n, _)| n.contains(".tmp") || n.contains(".old") || n.contains("probe"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn huge_counts_in_a_config_are_config_errors_naming_the_key() {
+    let dir = scratch("sizes");
+    let out = dir.join("r.json");
+    let cg = "kind = \"cg\"\niters = 3";
+    let cases = [
+        (
+            "features-2^62",
+            config(
+                "",
+                "n_train = 20\nn_val = 10\nfeatures = 4611686018427387904",
+                "steps = 5",
+                cg,
+            ),
+            "data.features",
+        ),
+        (
+            "n_train-1e12",
+            config(
+                "",
+                "n_train = 1000000000000\nn_val = 10\nfeatures = 3",
+                "steps = 5",
+                cg,
+            ),
+            "data.n_train",
+        ),
+        (
+            "n_train-overflows",
+            config(
+                "",
+                "n_train = 18446744073709551615\nn_val = 10\nfeatures = 3",
+                "steps = 5",
+                cg,
+            ),
+            "data.n_train",
+        ),
+        (
+            "rad-1e12-steps",
+            config("", SMALL_DATA, "steps = 1000000000000", "kind = \"rad\""),
+            "inner.steps",
+        ),
+        (
+            "rad-max-steps",
+            config(
+                "",
+                SMALL_DATA,
+                "steps = 9223372036854775807",
+                "kind = \"rad\"",
+            ),
+            "inner.steps",
+        ),
+    ];
+    for (name, cfg, key) in &cases {
+        let estimate = if name.contains("overflows") {
+            "past 2⁶⁴"
+        } else {
+            "GiB"
+        };
+        rejected(&dir, name, cfg, &out, &[&format!("`{key}`"), estimate]);
+    }
+    // Classification: classes = 10¹², and a stray label of 10⁸ without `classes`.
+    let logistic = |data: &str| {
+        format!(
+            "device = \"cpu\"\n[problem]\nkind = \"logistic\"\n[data]\n{data}\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 3\n[method]\nkind = \"cg\"\niters = 2\n[outer]\nsteps = 0\n"
+        )
+    };
+    rejected(
+        &dir,
+        "classes-1e12",
+        &logistic(
+            "source = \"synthetic\"\nn_train = 20\nn_val = 10\nfeatures = 3\nclasses = 1000000000000",
+        ),
+        &out,
+        &["`data.classes`"],
+    );
+    let npy = |name: &str, data: &[f64], shape: &[usize]| {
+        blo::problems::data::write_npy(&dir.join(name), data, shape).unwrap();
+    };
+    npy("x.npy", &[0.5; 12], &[4, 3]);
+    npy("y.npy", &[0.0, 1.0, 1e8, 0.0], &[4]);
+    npy("yv.npy", &[0.0, 1.0, 1.0, 0.0], &[4]);
+    rejected(
+        &dir,
+        "stray-label",
+        &logistic(
+            "source = \"npy\"\nx_train = \"x.npy\"\ny_train = \"y.npy\"\nx_val = \"x.npy\"\ny_val = \"yv.npy\"",
+        ),
+        &out,
+        &["`data.y_train`", "100000000", "data.classes"],
+    );
+    // A crafted .npy whose shape's product wraps to 0.
+    let mut bad = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header =
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (40, 4611686018427387904), }"
+            .to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    bad.extend((header.len() as u16).to_le_bytes());
+    bad.extend(header.as_bytes());
+    std::fs::write(dir.join("wrap.npy"), bad).unwrap();
+    rejected(
+        &dir,
+        "wrapping-npy",
+        &logistic(
+            "source = \"npy\"\nx_train = \"wrap.npy\"\ny_train = \"y.npy\"\nx_val = \"x.npy\"\ny_val = \"yv.npy\"",
+        ),
+        &out,
+        &["`data.x_train`", "more elements than any array"],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
