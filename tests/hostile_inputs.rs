@@ -249,7 +249,7 @@ fn huge_counts_in_a_config_are_config_errors_naming_the_key() {
     let mut header =
         "{'descr': '<f8', 'fortran_order': False, 'shape': (40, 4611686018427387904), }"
             .to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
