@@ -255,6 +255,71 @@ fn bench_quick_writes_json_and_compare_tables_it() {
     }
 }
 
+/// Hostile uses of `blo bench` (issue #13): an `--only` that matches nothing and an
+/// unwritable `--json` are usage errors before anything is measured; `--compare`
+/// recomputes fractions from each file's figures and never prints a file's control
+/// characters.
+#[test]
+fn bench_rejects_bad_arguments_up_front_and_compare_is_safe() {
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--only",
+        "no_such_result",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("matches no result") && stderr(&o).contains("matmul"));
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--json",
+        "/nonexistent-dir/x.json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(
+        !stdout(&o).contains("ceiling"),
+        "it measured before failing"
+    );
+
+    // A report whose stored fraction lies and whose names carry terminal escapes.
+    let path = temp("hostile.json");
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--only",
+        "ceiling",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let gflops = v["ceilings"]["gflops"].as_f64().unwrap();
+    let fake = serde_json::json!({
+        "name": "matmul\u{1b}[31m", "size": [8, 8, 8], "device": "cpu",
+        "median_ms": 1.0, "gflops": gflops / 4.0, "gbps": null,
+        "fraction_of_ceiling": 0.99, "per_op_us": null, "repeats": 3,
+        "min_ms": 1.0, "max_ms": 1.0
+    });
+    v["results"].as_array_mut().unwrap().push(fake);
+    v["adapter"]["name"] = serde_json::json!("evil\u{1b}]0;title\u{7}");
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    let o = blo(&["bench", "--compare", path.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}"), "{out}");
+    assert!(out.contains(" 25%") && !out.contains(" 99%"), "{out}");
+    let _ = std::fs::remove_file(path);
+}
+
 /// `blo tune` times every runnable matmul variant per class, prints the winners and
 /// keeps them in the cache a later context reads; the CPU and `--mode off` are usage
 /// errors.

@@ -267,3 +267,32 @@ fn huge_counts_in_a_config_are_config_errors_naming_the_key() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The demo's two outputs: one of them blocked (a directory where the plot goes) is a
+/// usage error before anything runs, and the other is not written either.
+#[test]
+fn the_demo_writes_both_outputs_or_neither() {
+    let dir = scratch("demo");
+    std::fs::create_dir_all(dir.join("blo-demo.svg")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_blo"))
+        .args([
+            "--device",
+            "cpu",
+            "--outer-steps",
+            "1",
+            "--inner-steps",
+            "2",
+        ])
+        .arg("--out-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let shown = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("blo-demo.svg") && shown.contains("is a directory"),
+        "{shown}"
+    );
+    assert!(!dir.join("blo-demo.json").exists(), "{shown}");
+    let _ = std::fs::remove_dir_all(dir);
+}

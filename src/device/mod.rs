@@ -143,12 +143,27 @@ impl Device {
     pub fn gpu_index(index: usize) -> Result<Device> {
         let adapters = sorted_adapters();
         let n = adapters.len();
+        // Adapters were found but the index is past them: list them rather than
+        // suggesting a driver install.
+        let hint = if n == 0 {
+            NO_ADAPTER_HINT.to_string()
+        } else {
+            let names: Vec<String> = adapters
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{i}: {}", a.get_info().name))
+                .collect();
+            format!(
+                "The adapters are {}; `blo devices` lists them.",
+                names.join(", ")
+            )
+        };
         let adapter = adapters
             .into_iter()
             .nth(index)
             .ok_or_else(|| Error::NoAdapter {
                 requested: format!(" at index {index} ({n} found)"),
-                hint: NO_ADAPTER_HINT.to_string(),
+                hint,
             })?;
         Ok(Device::Gpu(Arc::new(GpuContext::new(adapter)?)))
     }

@@ -14,8 +14,8 @@ use std::time::Instant;
 use blo::bilevel::methods::{Cg, Forward, Neumann, Rad, Trad};
 use blo::experiment::{
     Config, DTypeName, DataConfig, DataSourceKind, DeviceRecord, DeviceSpec, Experiment,
-    InnerConfig, InnerKind, LambdaConfig, MethodConfig, OuterConfigToml, OuterKind, ProblemConfig,
-    ProblemKind, Results, open_device, write_atomic,
+    InnerConfig, InnerKind, LambdaConfig, MethodConfig, OuterConfigToml, OuterKind, Output,
+    ProblemConfig, ProblemKind, Results, check_outputs, open_device, write_all_or_nothing,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -158,6 +158,18 @@ pub fn run(args: Args) -> ExitCode {
             format!("--out-dir {} is not a directory", args.out_dir.display()),
             2,
         );
+    }
+    let json_path = args.out_dir.join("blo-demo.json");
+    let svg_path = args.out_dir.join("blo-demo.svg");
+    // Both outputs checked before the demo runs (minutes on a slow device).
+    if let Err(e) = check_outputs(
+        &[
+            ("the demo's JSON", &json_path),
+            ("the demo's plot", &svg_path),
+        ],
+        &[],
+    ) {
+        return fail(e, 2);
     }
     let (device, reason) = match open_device(&args.device) {
         Ok(d) => d,
@@ -324,16 +336,25 @@ pub fn run(args: Args) -> ExitCode {
         methods: runs,
         wall_time_s: start.elapsed().as_secs_f64(),
     };
-    let json_path = args.out_dir.join("blo-demo.json");
-    let svg_path = args.out_dir.join("blo-demo.svg");
     let json = match serde_json::to_vec_pretty(&file) {
         Ok(j) => j,
         Err(e) => return fail(format!("cannot encode the results: {e}"), 1),
     };
-    for (path, bytes) in [(&json_path, json), (&svg_path, plot.to_svg().into_bytes())] {
-        if let Err(e) = write_atomic(path, &bytes) {
-            return fail(format!("cannot write {}: {e}", path.display()), 1);
-        }
+    // The JSON and the plot together or neither.
+    let outputs = [
+        Output {
+            path: &json_path,
+            bytes: json,
+            what: "the demo's JSON",
+        },
+        Output {
+            path: &svg_path,
+            bytes: plot.to_svg().into_bytes(),
+            what: "the demo's plot",
+        },
+    ];
+    if let Err(e) = write_all_or_nothing(&outputs) {
+        return fail(e, 1);
     }
     println!(
         "wrote {} and {} in {:.1} s",

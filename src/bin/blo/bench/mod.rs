@@ -80,6 +80,27 @@ pub fn run(args: Args) -> ExitCode {
         Config::full()
     };
     config.only = args.only.clone();
+    let names: Vec<String> = ["ceiling_fma", "ceiling_copy"]
+        .iter()
+        .map(|n| n.to_string())
+        .chain(suite::names(config.quick))
+        .collect();
+    if let Some(only) = &config.only
+        && !names.iter().any(|n| n.contains(only.as_str()))
+    {
+        eprintln!(
+            "error: --only {only:?} matches no result; the results are: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    // The JSON path is checked before the benchmark (minutes), not after it.
+    if let Some(path) = &args.json
+        && let Err(e) = blo::experiment::check_outputs(&[("--json", path)], &[])
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     if args.profile {
         match device.gpu_context() {
             Some(ctx) if !ctx.has_timestamps() => eprintln!(

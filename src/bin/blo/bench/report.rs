@@ -286,18 +286,32 @@ pub fn compare(reports: &[(String, Report)]) -> String {
         }
     }
     let mut s = String::new();
+    // Names, labels and adapter strings come from files: control characters (terminal
+    // escapes) are shown escaped, never sent to the terminal.
+    let clean = |t: &str| -> String {
+        t.chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect()
+    };
     for (i, (label, rep)) in reports.iter().enumerate() {
         s += &format!(
-            "[{}] {label}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s\n",
+            "[{}] {}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s\n",
             i + 1,
-            rep.adapter.info.name,
-            rep.adapter.info.backend,
-            rep.adapter.info.device_type,
-            rep.adapter.info.driver,
-            rep.adapter.info.driver_info,
-            rep.blo_version,
-            rep.git_commit,
-            rep.date,
+            clean(label),
+            clean(&rep.adapter.info.name),
+            clean(&rep.adapter.info.backend),
+            clean(&rep.adapter.info.device_type),
+            clean(&rep.adapter.info.driver),
+            clean(&rep.adapter.info.driver_info),
+            clean(&rep.blo_version),
+            clean(&rep.git_commit),
+            clean(&rep.date),
             rep.ceilings.gflops,
             rep.ceilings.gbps,
         );
@@ -317,17 +331,24 @@ pub fn compare(reports: &[(String, Report)]) -> String {
         } else {
             size_str(&key.1)
         };
-        s += &format!("{:<24} {:<18}", key.0, size);
+        s += &format!("{:<24} {:<18}", clean(&key.0), size);
         let find = |rep: &Report| rep.results.iter().find(|r| &compare_key(r) == key).cloned();
         let base = find(&reports[0].1);
         for (i, (_, rep)) in reports.iter().enumerate() {
             let r = find(rep);
-            let cell = r
-                .as_ref()
-                .map_or("-".to_string(), |r| match r.fraction_of_ceiling {
+            // The fraction is recomputed from the file's own figures and ceilings, not
+            // taken from the file (an edited or older file may disagree with itself).
+            let cell = r.as_ref().map_or("-".to_string(), |r| {
+                let own = if r.name.starts_with("ceiling_") {
+                    None
+                } else {
+                    fraction(r, &rep.ceilings)
+                };
+                match own {
                     Some(f) => format!("{} {:>3.0}%", headline(r), 100.0 * f),
                     None => headline(r),
-                });
+                }
+            });
             s += &format!(" {cell:>W$}");
             if i > 0 {
                 let ratio = match (&r, &base) {

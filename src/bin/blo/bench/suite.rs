@@ -237,6 +237,18 @@ impl Case {
     }
 }
 
+/// The names of the suite's results (without the ceilings), each once, in order.
+pub fn names(quick: bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for case in suite(quick) {
+        let n = case.name();
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
 /// The suite in order. Sizes follow the README's table.
 fn suite(quick: bool) -> Vec<Case> {
     let mut v = Vec::new();
