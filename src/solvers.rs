@@ -251,7 +251,19 @@ pub fn fixed_point(
             "K must be at least 1 (u_0 = 0 gives v = 0)",
         ));
     }
-    neumann(apply, b, k - 1, eta)
+    // Computed as the series, but its errors name the method the caller chose.
+    neumann(apply, b, k - 1, eta).map_err(|e| match e {
+        Error::InvalidArgument { op: "neumann", msg } => Error::InvalidArgument {
+            op: "fixed_point",
+            msg: msg.replace("the series diverged", "the iteration diverged"),
+        },
+        Error::ShapeMismatch { op: "neumann", lhs, rhs } => Error::ShapeMismatch {
+            op: "fixed_point",
+            lhs,
+            rhs,
+        },
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -527,6 +539,15 @@ mod tests {
         let bad = neumann(matvec_op(&at), &bt, 60, 0.25).unwrap();
         let err = rel_err(&bad.x.to_vec::<f64>().unwrap(), &xstar);
         assert!(err > 1e3, "η = 0.25 > 2/10 must diverge, error {err}");
+    }
+
+    #[test]
+    fn a_diverging_fixed_point_names_itself() {
+        let a = Tensor::from_vec(vec![4.0f64, 0.0, 0.0, 1.0], &[2, 2], &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(vec![1.0f64, 1.0], &[2], &Device::Cpu).unwrap();
+        let e = fixed_point(matvec_op(&a), &b, 400, 1.0).unwrap_err().to_string();
+        assert!(e.contains("fixed_point") && !e.contains("neumann"), "{e}");
+        assert!(e.contains("iteration diverged"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{
     hypergradient_with,
 };
 use crate::autodiff::no_grad;
-use crate::error::{Result, invalid};
+use crate::error::{Error, Result, invalid};
 use crate::tensor::Tensor;
 
 /// How λ moves along the hypergradient.
@@ -199,8 +199,27 @@ pub fn optimize_with(
     let mut adam = None;
     let mut steps = Vec::new();
     let mut step = 0;
+    let lr = match config.optimizer {
+        OuterOptimizer::Sgd { lr } | OuterOptimizer::Adam { lr, .. } => lr,
+    };
     loop {
-        let hg = hypergradient_with(problem, &lambda, &w_start, inner, method)?;
+        // After an update, a failure is the outer step's doing as much as the inner
+        // loop's: the message says which outer step and learning rate led there.
+        let hg = hypergradient_with(problem, &lambda, &w_start, inner, method).map_err(|e| {
+            if step == 0 {
+                return e;
+            }
+            match e {
+                Error::InvalidArgument { op, msg } => Error::InvalidArgument {
+                    op,
+                    msg: format!(
+                        "{msg} (at outer step {step}, after {step} update(s) of λ with outer lr {lr}: \
+                         if the outer loss was fine before, lower the outer step size)"
+                    ),
+                },
+                other => other,
+            }
+        })?;
         let hnorm = norm(&hg.grad)?;
         if !hnorm.is_finite() {
             return Err(invalid(
@@ -227,6 +246,15 @@ pub fn optimize_with(
             });
         }
         lambda = update(&config.optimizer, &mut adam, &lambda, &hg.grad)?;
+        let lnorm = norm(&lambda)?;
+        if !lnorm.is_finite() {
+            return Err(invalid(
+                "optimize",
+                format!(
+                    "λ became non-finite ({lnorm}) in the update of outer step {step} (outer lr {lr}); lower the outer step size"
+                ),
+            ));
+        }
         if config.warm_start == WarmStart::Warm && method.warm_starts() {
             w_start = hg.w.clone();
         }

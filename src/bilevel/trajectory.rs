@@ -23,6 +23,17 @@ pub(crate) fn check_divergence(
     losses.push(no_grad(|| dot_list(w_t, w_t))?.reshape(&[1])?);
     let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
     if let Some(t) = values.iter().position(|v| !v.is_finite()) {
+        // At step 0 no inner step has been taken: the loss at the starting point is
+        // already non-finite, so λ (or the data) is to blame, not the step size.
+        if t == 0 && steps > 0 {
+            return Err(invalid(
+                "inner loop",
+                format!(
+                    "the inner loss is {} at the starting w, before any inner step: λ makes the problem overflow there (check λ's values and the data), the inner step size is not the cause",
+                    values[0]
+                ),
+            ));
+        }
         let what = if t < steps {
             format!("the inner loss became {} at inner step {t}", values[t])
         } else {
