@@ -104,7 +104,12 @@ pub(crate) struct Family<P: 'static> {
 
 pub(crate) static MATMUL: Family<matmul::Plan> = Family {
     id: FamilyId::Matmul,
-    variants: &[&matmul::TILED, &matmul::SUBGROUP, &matmul::PORTABLE],
+    variants: &[
+        &matmul::TILED,
+        &matmul::TILED_LARGE,
+        &matmul::SUBGROUP,
+        &matmul::PORTABLE,
+    ],
 };
 
 pub(crate) static MATVEC: Family<matvec::Plan> = Family {

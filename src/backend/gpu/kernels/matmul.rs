@@ -123,6 +123,38 @@ const TILED_INVOCATIONS: u32 = 256;
 /// Workgroup memory of `matmul/tiled`: a 64×16 tile of A and a 16×64 tile of B in f32.
 const TILED_SHARED_BYTES: u32 = 2 * 64 * 16 * 4;
 
+/// `shaders/matmul_tiled_large.wgsl`: 128×128 blocks of C per workgroup of 16×16
+/// invocations, 8×8 outputs each (see the module documentation). Registered after
+/// [`TILED`], so it runs only when forced until measurements choose between the two per
+/// shape class.
+pub(crate) static TILED_LARGE: Variant<Plan> = Variant {
+    name: "tiled_large",
+    summary: "128×128 block per 16×16 workgroup, K-step 8, A and B tiles in workgroup memory, 8×8 per invocation",
+    requires: |facts| registry::workgroup(facts, TILED_INVOCATIONS, TILED_LARGE_SHARED_BYTES),
+    suits: |facts| facts.device_type != wgpu::DeviceType::Cpu,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::MATMUL_TILED_LARGE,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+        // 16 invocations along x, 8 columns each: 128 columns per workgroup.
+        tile: |_, _| (TILED_LARGE_BLOCK, 16),
+        wg_override: false,
+        // As for `matmul/tiled`: both layouts are loaded coalesced into the tiles.
+        packs: false,
+        tunable: false,
+        cols: 8,
+    },
+};
+
+/// Rows and columns of C per workgroup of `matmul/tiled_large`.
+const TILED_LARGE_BLOCK: u32 = 128;
+/// Workgroup memory of `matmul/tiled_large`: an 8×128 tile of A and one of B in f32, each
+/// k row padded by one vec4 against bank conflicts (`ROW4` in the shader).
+const TILED_LARGE_SHARED_BYTES: u32 = 2 * 8 * (128 + 4) * 4;
+
 /// `shaders/matmul.wgsl`: A shared across the subgroup by broadcasts (see the module
 /// documentation). The broadcasts come from lanes 0..7, so it needs subgroups of at
 /// least 8 lanes.

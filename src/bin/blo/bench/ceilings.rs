@@ -37,8 +37,12 @@ struct CopyParams {
 
 /// The GPU's copy kernel.
 pub fn copy_kernel() -> Result<CustomKernel> {
-    CustomKernel::new("ceiling_copy", include_str!("ceiling_copy.wgsl"), "copy_vec4")?
-        .with_constant("WG", f64::from(COPY_WG))
+    CustomKernel::new(
+        "ceiling_copy",
+        include_str!("ceiling_copy.wgsl"),
+        "copy_vec4",
+    )?
+    .with_constant("WG", f64::from(COPY_WG))
 }
 
 /// The GPU's FMA-chain kernel, with the workgroup size the FLOP count assumes.
@@ -358,7 +362,13 @@ mod tests {
             _pad: [0; 2],
         };
         let y = ctx
-            .dispatch_custom(&k, bytemuck::bytes_of(&params), &[&x], &[&[n]], [groups, 1, 1])
+            .dispatch_custom(
+                &k,
+                bytemuck::bytes_of(&params),
+                &[&x],
+                &[&[n]],
+                [groups, 1, 1],
+            )
             .unwrap();
         assert_eq!(y[0].to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
     }
