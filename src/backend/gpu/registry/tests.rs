@@ -762,6 +762,24 @@ fn forcing_a_variant_changes_the_kernel_that_runs() {
         let e = ctx.force_kernel("matmul", Some("subgroup")).unwrap_err();
         assert!(matches!(e, Error::KernelChoice { .. }), "{e}");
     }
+    // The GPU variants run on any adapter that has their workgroups (lavapipe has).
+    for (name, shader) in [
+        ("tiled", "matmul_tiled"),
+        ("tiled_large", "matmul_tiled_large"),
+    ] {
+        let runnable = ctx
+            .kernel_variants()
+            .into_iter()
+            .any(|v| v.family == "matmul" && v.name == name && v.runnable());
+        if runnable {
+            ctx.force_kernel("matmul", Some(name)).unwrap();
+            a.matmul_t(&a, false, true)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            assert!(ran(shader), "{name}");
+        }
+    }
     // Back to the automatic choice.
     ctx.force_kernel("matmul", None).unwrap();
     let list = ctx.kernel_variants();
