@@ -1,6 +1,6 @@
-// What both matmul kernels (matmul.wgsl, matmul_portable.wgsl) share: the parameters,
-// the bindings, and the loads and stores of C = op(A) · op(B), batched over
-// workgroup_id.z.
+// What the matmul kernels (matmul.wgsl, matmul_portable.wgsl, matmul_tiled.wgsl,
+// matmul_tiled_large.wgsl) share: the parameters, the bindings, and the loads and stores
+// of C = op(A) · op(B), batched over workgroup_id.z.
 //
 // Layouts (offsets and row lengths in floats):
 //   A: TRANS_A = false: [m][lda] (rows run along k);  true: [k][lda] (rows run along m).

@@ -1,7 +1,8 @@
 //! Matrix multiplication, plain, transposed and batched: `matmul_cpu` in
 //! `backend/cpu/matmul/` on the CPU (`matrixmultiply` plus kernels of its own),
-//! `shaders/matmul_tiled.wgsl`, `shaders/matmul.wgsl` and `shaders/matmul_portable.wgsl` (planned in
-//! `backend/gpu/kernels/matmul.rs`, which says why they look the way they do) on the GPU.
+//! `shaders/matmul_tiled.wgsl`, `shaders/matmul_tiled_large.wgsl`, `shaders/matmul.wgsl` and
+//! `shaders/matmul_portable.wgsl` (planned in `backend/gpu/kernels/matmul.rs`, which says why
+//! they look the way they do) on the GPU.
 
 use crate::backend::MatmulDims;
 pub(crate) use crate::backend::gpu::kernels::matmul::GpuPlan;

@@ -11,6 +11,7 @@
 //! | family | variant | kernels | chosen by default |
 //! |---|---|---|---|
 //! | matmul | `tiled` | `matmul_tiled.wgsl` (64×64 blocks, A and B tiles in workgroup memory) | on adapters that are not CPUs (with 256-invocation workgroups and 8 KiB of workgroup memory) |
+//! | matmul | `tiled_large` | `matmul_tiled_large.wgsl` (128×128 blocks, K-step 8, 8×8 outputs per invocation) | never yet: forced only, until measurements choose between it and `tiled` (needs 256-invocation workgroups and 8448 bytes of workgroup memory) |
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
 //! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
@@ -104,7 +105,12 @@ pub(crate) struct Family<P: 'static> {
 
 pub(crate) static MATMUL: Family<matmul::Plan> = Family {
     id: FamilyId::Matmul,
-    variants: &[&matmul::TILED, &matmul::SUBGROUP, &matmul::PORTABLE],
+    variants: &[
+        &matmul::TILED,
+        &matmul::TILED_LARGE,
+        &matmul::SUBGROUP,
+        &matmul::PORTABLE,
+    ],
 };
 
 pub(crate) static MATVEC: Family<matvec::Plan> = Family {

@@ -1,8 +1,9 @@
 //! Every WGSL shader of blo, embedded at compile time and listed in one place, and the
 //! shared WGSL they are composed from.
 //!
-//! One file per op family in `shaders/` (matmul has three: `matmul_tiled.wgsl` for GPUs,
-//! `matmul.wgsl` for adapters with subgroups, `matmul_portable.wgsl` for the others); `backend/gpu/kernels/<family>.rs`
+//! One file per op family in `shaders/` (matmul has four: `matmul_tiled.wgsl` and
+//! `matmul_tiled_large.wgsl` for GPUs, `matmul.wgsl` for adapters with subgroups,
+//! `matmul_portable.wgsl` for the others); `backend/gpu/kernels/<family>.rs`
 //! declares its entry points and `backend/gpu/registry.rs` says which variant runs where.
 //! A unit test below composes, parses and validates every shader with naga, so a broken
 //! kernel fails `cargo test` even on a machine without an adapter.
@@ -85,6 +86,7 @@ shaders! {
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
     MATMUL_TILED => "matmul_tiled",
+    MATMUL_TILED_LARGE => "matmul_tiled_large",
     MATVEC => "matvec",
 }
 

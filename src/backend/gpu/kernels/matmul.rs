@@ -1,5 +1,6 @@
-//! The GPU side of matmul (`ops/matmul.rs`): its three variants, `matmul/tiled`
-//! ([`TILED`], `shaders/matmul_tiled.wgsl`), `matmul/subgroup` ([`SUBGROUP`],
+//! The GPU side of matmul (`ops/matmul.rs`): its four variants, `matmul/tiled`
+//! ([`TILED`], `shaders/matmul_tiled.wgsl`), `matmul/tiled_large` ([`TILED_LARGE`],
+//! `shaders/matmul_tiled_large.wgsl`), `matmul/subgroup` ([`SUBGROUP`],
 //! `shaders/matmul.wgsl`) and `matmul/portable` ([`PORTABLE`],
 //! `shaders/matmul_portable.wgsl`), registered in `backend/gpu/registry.rs`, and the
 //! dispatch plan they share. All read `shaders/common/matmul_operands.wgsl` (the same
@@ -26,9 +27,36 @@
 //! n, k, batch and transpose runs the same code. On llvmpipe it is slow (its barriers
 //! switch coroutines): 2.1 / 2.8 / 2.9 / 2.7 GFLOP/s at n = 256 / 512 / 1024 / 2048
 //! against 27 / 22 / 23 / 25 for `matmul/subgroup` (`blo bench --only matmul`), hence the
-//! CPU-type rule. Not measured on a GPU yet; 128×128
-//! blocks with 8×8 outputs (the 28.5 TFLOP/s shape) and autotuning between the two are
-//! the next steps.
+//! CPU-type rule. Not measured on a GPU yet.
+//!
+//! ## `matmul/tiled_large`: for large products on discrete GPUs
+//! The shape of the textbook WGSL SGEMM calibrated on an H200 through Vulkan (28.5
+//! TFLOP/s at n = 4096, 10.2 at 1024, on the plain layout), in blo's operand conventions:
+//! - workgroups of 16×16 invocations, each computing a 128×128 block of C: a quarter as
+//!   many workgroups as `matmul/tiled` (at n = 1024, 64 instead of 256, fewer than an
+//!   H200's 132 SMs: small products may prefer `tiled`);
+//! - per K-step of 8, an 8×128 tile of A (transposed, [k][m]) and of B in workgroup
+//!   memory, one vec4 of each per invocation; each k row of a tile is padded by one vec4
+//!   (8448 bytes in all instead of 8192), because the component-wise stores of an operand
+//!   whose rows run along k (plain A, Bᵀ) otherwise put the two lanes that share a block
+//!   row's K-step 512 words apart, on the same bank (2-way conflicts); 528 words apart,
+//!   they are 16 banks apart;
+//! - 8×8 outputs per invocation (rows 4·ty.. and 64 + 4·ty.., columns 4·tx.. and
+//!   64 + 4·tx..) in 16 vec4 accumulators (64 floats, the design limit), each a variable of
+//!   its own, every use unrolled by hand (see `matmul/tiled` for why); the halves are 64
+//!   apart so the B reads of 16 lanes stay 16 consecutive vec4s (adjacent pairs would be
+//!   2-way conflicts);
+//! - per k, two vec4 reads of each tile for 64 multiply-adds (`tiled`: 2 for 16).
+//!
+//! Operands are read in place in either layout, edges clamped, k masked, stores masked and
+//! batches on workgroup_id.z exactly as in `matmul/tiled`. It suits every adapter that is
+//! not a CPU but is registered after `tiled`, so it runs only when forced
+//! (`BLO_KERNELS=matmul=tiled_large`) until measurements per adapter and shape class
+//! choose between the two. On llvmpipe it is as slow as `tiled` for the same reason
+//! (barriers), if less so: 5.4 / 3.7 / 3.6 / 2.8 / 2.7 GFLOP/s at n = 256 / 512 / 1024 / 2048
+//! / 4096 against 2.0 / 1.4 / 1.3 / 1.4 / 1.4 for `tiled` in the same session (a busy
+//! machine: both below the figures above), as it computes twice the multiply-adds per
+//! barrier.
 //!
 //! ## `matmul/subgroup`: why it looks the way it does
 //! Each invocation owns 8 adjacent columns of C and up to 64 rows, held in registers (and
@@ -123,6 +151,38 @@ const TILED_BLOCK: u32 = 64;
 const TILED_INVOCATIONS: u32 = 256;
 /// Workgroup memory of `matmul/tiled`: a 64×16 tile of A and a 16×64 tile of B in f32.
 const TILED_SHARED_BYTES: u32 = 2 * 64 * 16 * 4;
+
+/// `shaders/matmul_tiled_large.wgsl`: 128×128 blocks of C per workgroup of 16×16
+/// invocations, 8×8 outputs each (see the module documentation). Registered after
+/// [`TILED`], so it runs only when forced until measurements choose between the two per
+/// shape class.
+pub(crate) static TILED_LARGE: Variant<Plan> = Variant {
+    name: "tiled_large",
+    summary: "128×128 block per 16×16 workgroup, K-step 8, A and B tiles in workgroup memory, 8×8 per invocation",
+    requires: |facts| registry::workgroup(facts, TILED_INVOCATIONS, TILED_LARGE_SHARED_BYTES),
+    suits: |facts| facts.device_type != wgpu::DeviceType::Cpu,
+    plan: Plan {
+        main: Kernel {
+            shader: &shaders::MATMUL_TILED_LARGE,
+            entry: "main",
+            reads: 4,
+            writes: 1,
+        },
+        // 16 invocations along x, 8 columns each: 128 columns per workgroup.
+        tile: |_, _| (TILED_LARGE_BLOCK, 16),
+        wg_override: false,
+        // As for `matmul/tiled`: both layouts are loaded coalesced into the tiles.
+        packs: false,
+        tunable: false,
+        cols: 8,
+    },
+};
+
+/// Rows and columns of C per workgroup of `matmul/tiled_large`.
+const TILED_LARGE_BLOCK: u32 = 128;
+/// Workgroup memory of `matmul/tiled_large`: an 8×128 tile of A and one of B in f32, each
+/// k row padded by one vec4 against bank conflicts (`ROW4` in the shader).
+const TILED_LARGE_SHARED_BYTES: u32 = 2 * 8 * (128 + 4) * 4;
 
 /// `shaders/matmul.wgsl`: A shared across the subgroup by broadcasts (see the module
 /// documentation). The broadcasts come from lanes 0..7, so it needs subgroups of at

@@ -82,6 +82,22 @@ fn matmul_defaults_to_tiled_on_adapters_that_are_not_cpus() {
     let e = (matmul::TILED.requires)(&little_memory).unwrap_err();
     assert!(e.contains("8192 bytes"), "{e}");
     assert_eq!(default_name(FamilyId::Matmul, &little_memory), "portable");
+    // matmul/tiled_large needs the same 256 invocations and its padded tiles (8448
+    // bytes); it comes after `tiled`, so it is never the default (only forced) for now.
+    let e = (matmul::TILED_LARGE.requires)(&small).unwrap_err();
+    assert!(e.contains("256 invocations"), "{e}");
+    let mut exactly_8k = facts(None);
+    exactly_8k.device_type = wgpu::DeviceType::DiscreteGpu;
+    exactly_8k.limits.max_compute_workgroup_storage_size = 8192;
+    assert!((matmul::TILED.requires)(&exactly_8k).is_ok());
+    let e = (matmul::TILED_LARGE.requires)(&exactly_8k).unwrap_err();
+    assert!(e.contains("8448 bytes"), "{e}");
+    let mut discrete = facts(Some((32, 32)));
+    discrete.device_type = wgpu::DeviceType::DiscreteGpu;
+    assert!((matmul::TILED_LARGE.requires)(&discrete).is_ok());
+    assert!((matmul::TILED_LARGE.suits)(&discrete));
+    assert!(!(matmul::TILED_LARGE.suits)(&facts(Some((8, 8)))));
+    assert_eq!(default_name(FamilyId::Matmul, &discrete), "tiled");
 }
 
 #[test]
@@ -127,15 +143,19 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     assert!(parse_forced(" , ", &with).unwrap().is_empty());
     assert_eq!(
         parse_forced(" matmul = portable , reduce=one_barrier,", &with).unwrap(),
-        vec![(FamilyId::Matmul, 2), (FamilyId::Reduce, 0)]
+        vec![(FamilyId::Matmul, 3), (FamilyId::Reduce, 0)]
     );
     assert_eq!(
         parse_forced("matmul=subgroup", &with).unwrap(),
-        vec![(FamilyId::Matmul, 1)]
+        vec![(FamilyId::Matmul, 2)]
     );
     assert_eq!(
         parse_forced("matmul=tiled", &with).unwrap(),
         vec![(FamilyId::Matmul, 0)]
+    );
+    assert_eq!(
+        parse_forced("matmul=tiled_large", &with).unwrap(),
+        vec![(FamilyId::Matmul, 1)]
     );
     let err = |spec: &str, facts: &AdapterFacts| match parse_forced(spec, facts) {
         Err(Error::KernelChoice {
@@ -148,7 +168,10 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     let (choice, reason, valid) = err("matmul=portable,conv=fast", &with);
     assert_eq!(choice, "conv=fast");
     assert!(reason.contains("no kernel family `conv`"), "{reason}");
-    assert!(valid.contains("matmul=tiled|subgroup|portable"), "{valid}");
+    assert!(
+        valid.contains("matmul=tiled|tiled_large|subgroup|portable"),
+        "{valid}"
+    );
     assert!(valid.contains("reduce=one_barrier"), "{valid}");
     let (_, reason, valid) = err("reduce=tree", &with);
     assert!(reason.contains("no variant `tree`"), "{reason}");
@@ -174,14 +197,14 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     );
     assert_eq!(
         matmul("cpu", &discrete),
-        Some(1),
+        Some(2),
         "subgroup on a discrete GPU"
     );
-    assert_eq!(matmul("auto", &with), Some(1));
+    assert_eq!(matmul("auto", &with), Some(2));
     assert_eq!(matmul("auto", &discrete), Some(0));
     assert_eq!(
         matmul("cpu", &without),
-        Some(2),
+        Some(3),
         "portable without subgroups"
     );
     assert_eq!(
@@ -189,7 +212,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
             .unwrap()
             .last()
             .copied(),
-        Some((FamilyId::Matmul, 2))
+        Some((FamilyId::Matmul, 3))
     );
     let (_, reason, _) = err("gpus", &with);
     assert!(reason.contains("`gpu`, `cpu` or `auto`"), "{reason}");
@@ -198,7 +221,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     let (_, reason, valid) = err("matmul=subgroup", &without);
     assert!(reason.contains("cannot run matmul/subgroup") && reason.contains("SUBGROUP"));
     assert!(
-        valid.contains("matmul=tiled|portable,") && !valid.contains("subgroup"),
+        valid.contains("matmul=tiled|tiled_large|portable,") && !valid.contains("subgroup"),
         "{valid}"
     );
     let (_, reason, _) = err("matmul=subgroup", &facts(Some((4, 32))));
@@ -208,7 +231,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        shown.contains("matmul=fast") && shown.contains("matmul=tiled|portable"),
+        shown.contains("matmul=fast") && shown.contains("matmul=tiled|tiled_large|portable"),
         "{shown}"
     );
 }
@@ -287,6 +310,12 @@ fn matmul_variants_match_the_cpu() {
             (70, 37, 133),
             (129, 1, 66),
             (131, 17, 1),
+            // Past matmul/tiled_large's 128×128 block and 8-wide K-step: m and n
+            // non-multiples of 128 (two or three blocks each way), k not a multiple of 8
+            // (nor of 4: rows read as floats), then whole blocks with no edge at all.
+            (129, 131, 257),
+            (300, 17, 250),
+            (256, 256, 256),
         ];
         let mut seed = 1000;
         for (m, k, n) in shapes {
@@ -732,6 +761,24 @@ fn forcing_a_variant_changes_the_kernel_that_runs() {
     } else {
         let e = ctx.force_kernel("matmul", Some("subgroup")).unwrap_err();
         assert!(matches!(e, Error::KernelChoice { .. }), "{e}");
+    }
+    // The GPU variants run on any adapter that has their workgroups (lavapipe has).
+    for (name, shader) in [
+        ("tiled", "matmul_tiled"),
+        ("tiled_large", "matmul_tiled_large"),
+    ] {
+        let runnable = ctx
+            .kernel_variants()
+            .into_iter()
+            .any(|v| v.family == "matmul" && v.name == name && v.runnable());
+        if runnable {
+            ctx.force_kernel("matmul", Some(name)).unwrap();
+            a.matmul_t(&a, false, true)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            assert!(ran(shader), "{name}");
+        }
     }
     // Back to the automatic choice.
     ctx.force_kernel("matmul", None).unwrap();
