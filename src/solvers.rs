@@ -257,7 +257,11 @@ pub fn fixed_point(
             op: "fixed_point",
             msg: msg.replace("the series diverged", "the iteration diverged"),
         },
-        Error::ShapeMismatch { op: "neumann", lhs, rhs } => Error::ShapeMismatch {
+        Error::ShapeMismatch {
+            op: "neumann",
+            lhs,
+            rhs,
+        } => Error::ShapeMismatch {
             op: "fixed_point",
             lhs,
             rhs,
@@ -545,7 +549,9 @@ mod tests {
     fn a_diverging_fixed_point_names_itself() {
         let a = Tensor::from_vec(vec![4.0f64, 0.0, 0.0, 1.0], &[2, 2], &Device::Cpu).unwrap();
         let b = Tensor::from_vec(vec![1.0f64, 1.0], &[2], &Device::Cpu).unwrap();
-        let e = fixed_point(matvec_op(&a), &b, 400, 1.0).unwrap_err().to_string();
+        let e = fixed_point(matvec_op(&a), &b, 400, 1.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fixed_point") && !e.contains("neumann"), "{e}");
         assert!(e.contains("iteration diverged"), "{e}");
     }

@@ -135,7 +135,10 @@ fn the_no_adapter_error_says_how_to_get_one() {
     if Device::adapters().is_empty() {
         assert!(hint.contains("mesa-vulkan-drivers"), "{hint}");
     } else {
-        assert!(hint.contains("0: ") && hint.contains("blo devices"), "{hint}");
+        assert!(
+            hint.contains("0: ") && hint.contains("blo devices"),
+            "{hint}"
+        );
     }
 }
 
@@ -157,4 +160,18 @@ fn invalid_random_parameters_are_errors() {
         Tensor::zeros(&[2], &CPU).unwrap().to_scalar::<f32>(),
         Err(Error::ShapeMismatch { .. })
     ));
+}
+
+#[test]
+fn an_empty_w0_is_an_error_not_a_panic_in_the_problem() {
+    use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
+    let p = blo::problems::Ridge::synthetic(10, 8, 3, 1, &CPU, DType::F64).unwrap();
+    let lambda = vec![Tensor::from_vec(vec![0.0f64; 3], &[3], &CPU).unwrap()];
+    let inner = Inner {
+        optimizer: InnerOptimizer::Gd { lr: 0.1 },
+        steps: 3,
+    };
+    let e = hypergradient(&p, &lambda, &[], &inner, &Method::Rad).unwrap_err();
+    assert!(e.to_string().contains("w0 is empty"), "{e}");
+    assert!(hypergradient(&p, &lambda, &p.init_w().unwrap(), &inner, &Method::Rad).is_ok());
 }

@@ -296,3 +296,83 @@ fn the_demo_writes_both_outputs_or_neither() {
     assert!(!dir.join("blo-demo.json").exists(), "{shown}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every integer and float key of a config, one at a time, set to extremes: each config
+/// is checked into an experiment or rejected with a config error naming a key, never a
+/// panic. (Values between "small" and "huge" are left out on purpose: a count of 2²⁷
+/// is legal and would allocate gigabytes here.)
+#[test]
+fn extreme_values_of_every_key_are_ok_or_config_errors() {
+    use blo::experiment::{Config, Experiment};
+    let ints = [
+        "0",
+        "1",
+        "2",
+        "1099511627776",
+        "4611686018427387904",
+        "9223372036854775807",
+        "-1",
+    ];
+    let floats = [
+        "0.0", "-0.0", "1e-300", "1e300", "-1.0", "inf", "-inf", "nan", "0.5", "1.0", "1000.0",
+    ];
+    // (table, key, values, the base config's kind lines for it)
+    let bases = [
+        (
+            "ridge cg",
+            "[problem]\nkind = \"ridge\"\nmu = 0.001\n[data]\nsource = \"synthetic\"\nseed = 1\nn_train = 20\nn_val = 10\nfeatures = 3\nnoise = 0.5\n[inner]\nkind = \"momentum\"\nlr = 0.1\nmomentum = 0.5\nsteps = 5\n[method]\nkind = \"cg\"\niters = 3\ntol = 0.001\ndamping = 0.0\n[outer]\nsteps = 2\nkind = \"adam\"\nlr = 0.1\nbeta1 = 0.9\nbeta2 = 0.99\neps = 1e-8\n[lambda]\ninit = 0.0\n",
+        ),
+        (
+            "cleaning neumann",
+            "[problem]\nkind = \"hyper-cleaning\"\nmu = 0.001\n[data]\nsource = \"synthetic\"\nseed = 1\nn_train = 20\nn_val = 10\nn_test = 10\nfeatures = 3\nclasses = 3\nsep = 1.5\ncorruption = 0.3\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 5\n[method]\nkind = \"neumann\"\nk = 3\neta = 0.1\n[outer]\nsteps = 2\nkind = \"sgd\"\nlr = 0.1\n",
+        ),
+        (
+            "logistic trad",
+            "[problem]\nkind = \"logistic\"\nmu = 0.001\n[data]\nsource = \"synthetic\"\nseed = 1\nn_train = 20\nn_val = 10\nfeatures = 3\nclasses = 3\nsep = 1.5\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 5\n[method]\nkind = \"trad\"\nk = 2\n[outer]\nsteps = 1\nkind = \"sgd\"\nlr = 0.1\n",
+        ),
+        (
+            "ridge hoag",
+            "[problem]\nkind = \"ridge\"\n[data]\nsource = \"synthetic\"\nn_train = 20\nn_val = 10\nfeatures = 3\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 5\n[method]\nkind = \"hoag\"\niters = 4\neps0 = 0.1\ndecay = 0.9\ncheck_every = 2\n[outer]\nsteps = 2\nkind = \"sgd\"\nlr = 0.1\n",
+        ),
+    ];
+    let dir = scratch("extremes");
+    let file = dir.join("c.toml");
+    let mut checked = 0;
+    for (name, base) in bases {
+        let lines: Vec<&str> = base.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if value.starts_with('"') {
+                continue;
+            }
+            let values: &[&str] = if value.contains('.') || value.contains('e') {
+                &floats
+            } else {
+                &ints
+            };
+            for v in values {
+                let mut edited = lines.clone();
+                let replaced = format!("{key} = {v}");
+                edited[i] = &replaced;
+                let text = format!("device = \"cpu\"\ndtype = \"f64\"\n{}\n", edited.join("\n"));
+                let outcome = std::panic::catch_unwind(|| {
+                    Config::from_toml_str(&text, &file)
+                        .and_then(|c| Experiment::from_config(c, &file, &dir).map(drop))
+                });
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        assert!(msg.contains("c.toml"), "{name} {key} = {v}: {msg}");
+                    }
+                    Err(_) => panic!("{name}: {key} = {v} panicked"),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+    let _ = std::fs::remove_dir_all(dir);
+}

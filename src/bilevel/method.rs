@@ -324,6 +324,13 @@ pub fn hypergradient_with(
 ) -> Result<Hypergradient> {
     let start = Instant::now();
     check_lambda(problem, lambda)?;
+    // A problem indexes its w; an empty list must not reach it.
+    if w0.is_empty() {
+        return Err(invalid(
+            "hypergradient",
+            "w0 is empty: start from the problem's inner variables (`problem.init_w()`)",
+        ));
+    }
     inner.optimizer.validate()?;
     method.validate(inner)?;
     let device = w0.first().map(Tensor::device).unwrap_or(Device::Cpu);
