@@ -376,3 +376,43 @@ fn extreme_values_of_every_key_are_ok_or_config_errors() {
     assert!(checked > 300, "{checked}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Messages that used to mislead: an overflowing λ blamed the inner step size, a huge
+/// label read as a negative one, and `device = "GPU"` in a config was refused.
+#[test]
+fn messages_name_the_real_cause() {
+    let dir = scratch("messages");
+    let out = dir.join("r.json");
+    let cfg = dir.join("lambda.toml");
+    let text = config("", SMALL_DATA, "steps = 5", "kind = \"cg\"\niters = 3")
+        + "[lambda]\ninit = 1000.0\n";
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&cfg, &out);
+    let shown = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("λ") && !shown.contains("lower its step size"),
+        "{shown}"
+    );
+    assert!(!out.exists());
+
+    blo::problems::data::write_npy(&dir.join("x.npy"), &[0.5; 12], &[4, 3]).unwrap();
+    blo::problems::data::write_npy(&dir.join("y.npy"), &[0.0, 1.0, 1e9, 0.0], &[4]).unwrap();
+    let labels = "device = \"cpu\"\n[problem]\nkind = \"logistic\"\n[data]\nsource = \"npy\"\nx_train = \"x.npy\"\ny_train = \"y.npy\"\nx_val = \"x.npy\"\ny_val = \"y.npy\"\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 3\n[method]\nkind = \"cg\"\niters = 2\n";
+    rejected(
+        &dir,
+        "label-1e9",
+        labels,
+        &out,
+        &["`data.y_train`", "10⁹", "1000000000"],
+    );
+
+    let upper = blo::experiment::Config::from_toml_str(
+        &config("", SMALL_DATA, "steps = 5", "kind = \"cg\"\niters = 3")
+            .replace("device = \"cpu\"", "device = \"GPU\""),
+        &cfg,
+    )
+    .unwrap();
+    assert_eq!(upper.device, blo::experiment::DeviceSpec::Gpu);
+    let _ = std::fs::remove_dir_all(dir);
+}
