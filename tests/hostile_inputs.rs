@@ -384,9 +384,9 @@ fn messages_name_the_real_cause() {
     let dir = scratch("messages");
     let out = dir.join("r.json");
     let cfg = dir.join("lambda.toml");
-    let text = config("", SMALL_DATA, "steps = 5", "kind = \"cg\"\niters = 3")
+    let body = config("", SMALL_DATA, "steps = 5", "kind = \"cg\"\niters = 3")
         + "[lambda]\ninit = 1000.0\n";
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, body).unwrap();
     let o = run(&cfg, &out);
     let shown = text(&o);
     assert_eq!(o.status.code(), Some(1), "{shown}");
