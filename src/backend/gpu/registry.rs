@@ -114,7 +114,11 @@ pub(crate) static MATVEC: Family<matvec::Plan> = Family {
 
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {
     id: FamilyId::Reduce,
-    variants: &[&reduce::ONE_BARRIER],
+    variants: &[
+        &reduce::workgroup::SUBGROUP,
+        &reduce::workgroup::TREE,
+        &reduce::ONE_BARRIER,
+    ],
 };
 
 pub(crate) static ELEMENTWISE: Family<elementwise::Plan> = Family {
@@ -124,7 +128,10 @@ pub(crate) static ELEMENTWISE: Family<elementwise::Plan> = Family {
 
 pub(crate) static LOSS: Family<loss::Plan> = Family {
     id: FamilyId::Loss,
-    variants: &[&loss::ROW_PER_INVOCATION],
+    variants: &[
+        &loss::workgroup::ROW_PER_WORKGROUP,
+        &loss::ROW_PER_INVOCATION,
+    ],
 };
 
 pub(crate) static INDEX: Family<index::Plan> = Family {

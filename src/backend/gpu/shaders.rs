@@ -81,7 +81,10 @@ shaders! {
     INDEX => "index",
     UPDATE => "update",
     REDUCE => "reduce",
+    REDUCE_TREE => "reduce_tree",
+    REDUCE_SUBGROUP => "reduce_subgroup",
     LOSS => "loss",
+    LOSS_WORKGROUP => "loss_workgroup",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
     MATMUL_TILED => "matmul_tiled",
@@ -101,6 +104,10 @@ common! {
     "common/linear_id.wgsl",
     "common/matmul_operands.wgsl",
     "common/workgroup_sum.wgsl",
+    "common/seg_reduce_tree.wgsl",
+    "common/seg_reduce_subgroup.wgsl",
+    "common/grid_sum.wgsl",
+    "common/reduce_workgroup.wgsl",
 }
 
 /// The include name of the generated op-code constants.
