@@ -177,10 +177,11 @@ fn rows(ids: Ids) {
         let base = o * q.len;
         v = row_part(base + min(k0, k1), base + k1, t);
     }
-    // Fold the vec4 first: the segment then moves one value per lane... in .x.
-    let r = seg_reduce(vec4<f32>(fold(v), 0.0, 0.0, 0.0), lane, TPR);
+    // The segment combines whole vec4s (Acc is one type for every kernel) and folds
+    // the total's components at the end.
+    let r = fold(seg_reduce(v, lane, TPR));
     if (live && t == 0u) {
-        out_axis[seg] = finish(r.x);
+        out_axis[seg] = finish(r);
     }
 }
 

@@ -14,9 +14,12 @@
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
 //! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
-//! | reduce | `one_barrier` | `reduce.wgsl` | always |
+//! | reduce | `subgroup` | `reduce_subgroup.wgsl` (256-lane workgroups, coalesced vec4 loads, subgroup shuffles then a short tree; a full reduction in one dispatch) | on adapters that are not CPUs, with power-of-two subgroups of ≤ 256 lanes |
+//! | reduce | `tree` | `reduce_tree.wgsl` (the same kernels, a tree in workgroup memory throughout) | on adapters that are not CPUs, otherwise |
+//! | reduce | `one_barrier` | `reduce.wgsl` (per-invocation sums, one barrier: barriers are what costs on a CPU) | otherwise |
 //! | elementwise | `vec4` | `unary.wgsl`, `binary.wgsl`, `fill.wgsl` | always |
-//! | loss | `row_per_invocation` | `loss.wgsl` | always |
+//! | loss | `row_per_workgroup` | `loss_workgroup.wgsl` (a row per segment of up to 256 lanes, sized per call; cross-entropy in one dispatch) | on adapters that are not CPUs |
+//! | loss | `row_per_invocation` | `loss.wgsl` (a row per invocation, no barrier) | otherwise |
 //! | index | `direct` | `index.wgsl` | always |
 //! | update | `vec4` | `update.wgsl` | always |
 //!
@@ -45,7 +48,9 @@
 //!
 //! ## Adding a variant
 //! 1. Write its shader as `shaders/<family>_<variant>.wgsl` (listed in `shaders.rs` like
-//!    every shader; shared WGSL comes in through `//#include`, see `shaders.rs`).
+//!    every shader; shared WGSL comes in through `//#include`, see `shaders.rs`; two
+//!    variants that differ in one part, like `reduce/subgroup` and `reduce/tree`, are two
+//!    short files including a shared body from `shaders/common/`).
 //! 2. In `kernels/<family>.rs`, declare it: `pub(crate) static NAME: Variant<Plan> =
 //!    Variant { name, summary, requires, suits, plan }`, with the family's `Plan` filled
 //!    with its entry points (and, for matmul, its tile rule).
