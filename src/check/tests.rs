@@ -85,15 +85,23 @@ fn naive_references_on_hand_worked_cases() {
 }
 
 /// The big reductions reach the multi-workgroup paths, whose partial results take a
-/// second dispatch; the sizes were chosen for it from `full_gpu` and `axis_gpu`.
+/// second dispatch under the CPU-adapter variants (`reduce/one_barrier`,
+/// `loss/row_per_invocation`, forced here whatever `BLO_KERNELS` says); the sizes were
+/// chosen for it from `full_gpu` and `axis_gpu`. (The workgroup variants finish a full
+/// reduction over many workgroups in one dispatch; the same sizes give them 123
+/// workgroups.)
 #[test]
 fn the_big_reductions_take_more_than_one_pass_on_the_gpu() {
     if crate::testing::gpu_or_skip().is_none() {
         return;
     }
-    // A context of its own: the shared one counts other tests' dispatches too.
+    // A context of its own: the shared one counts other tests' dispatches too, and
+    // forcing variants on it would change what other tests run.
     let gpu = Device::gpu().unwrap();
     let ctx = gpu.gpu_context().unwrap().clone();
+    ctx.force_kernel("reduce", Some("one_barrier")).unwrap();
+    ctx.force_kernel("loss", Some("row_per_invocation"))
+        .unwrap();
     let big: Vec<Check> = checks()
         .into_iter()
         .filter(|c| c.name.ends_with("_1000003") || c.name.ends_with("_long"))

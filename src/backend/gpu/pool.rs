@@ -104,6 +104,7 @@ impl GpuContext {
             buffer: Some(buffer),
             bytes,
             ctx: self.clone(),
+            pooled: true,
         };
         if self.poison.load(Ordering::Relaxed) {
             super::kernels::fill::fill_gpu_bits(&out, f32::NAN.to_bits())?;
@@ -125,9 +126,22 @@ pub(crate) struct GpuBuffer {
     buffer: Option<wgpu::Buffer>,
     bytes: u64,
     pub(crate) ctx: Arc<GpuContext>,
+    /// Whether dropping it returns the buffer to the pool (false for [`Self::borrowed`]).
+    pooled: bool,
 }
 
 impl GpuBuffer {
+    /// A binding of a buffer that lives outside the pool (a kernel's persistent scratch,
+    /// kept by its owner): dropping it leaves the buffer alone.
+    pub(crate) fn borrowed(ctx: Arc<GpuContext>, buffer: wgpu::Buffer) -> GpuBuffer {
+        GpuBuffer {
+            bytes: buffer.size(),
+            buffer: Some(buffer),
+            ctx,
+            pooled: false,
+        }
+    }
+
     pub(crate) fn raw(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("buffer is present until drop")
     }
@@ -146,7 +160,9 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        if let Some(b) = self.buffer.take() {
+        if let Some(b) = self.buffer.take()
+            && self.pooled
+        {
             self.ctx.release(b);
         }
     }

@@ -11,13 +11,16 @@
 //! | family | variant | kernels | chosen by default |
 //! |---|---|---|---|
 //! | matmul | `tiled` | `matmul_tiled.wgsl` (64×64 blocks, A and B tiles in workgroup memory) | on adapters that are not CPUs (with 256-invocation workgroups and 8 KiB of workgroup memory) |
-//! | matmul | `tiled_large` | `matmul_tiled_large.wgsl` (128×128 blocks, K-step 8, 8×8 outputs per invocation) | never yet: forced only, until measurements choose between it and `tiled` (needs 256-invocation workgroups and 8448 bytes of workgroup memory) |
+//! | matmul | `tiled_large` | `matmul_tiled_large.wgsl` (128×128 blocks, K-step 8, 8×8 outputs per invocation) | not by default: the autotuner picks it per shape class where it measures faster than `tiled` (needs 256-invocation workgroups and 8448 bytes of workgroup memory) |
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
 //! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
-//! | reduce | `one_barrier` | `reduce.wgsl` | always |
+//! | reduce | `subgroup` | `reduce_subgroup.wgsl` (256-lane workgroups, coalesced vec4 loads, subgroup shuffles then a short tree; a full reduction in one dispatch) | on adapters that are not CPUs, with power-of-two subgroups of ≤ 256 lanes |
+//! | reduce | `tree` | `reduce_tree.wgsl` (the same kernels, a tree in workgroup memory throughout) | on adapters that are not CPUs, otherwise |
+//! | reduce | `one_barrier` | `reduce.wgsl` (per-invocation sums, one barrier: barriers are what costs on a CPU) | otherwise |
 //! | elementwise | `vec4` | `unary.wgsl`, `binary.wgsl`, `fill.wgsl` | always |
-//! | loss | `row_per_invocation` | `loss.wgsl` | always |
+//! | loss | `row_per_workgroup` | `loss_workgroup.wgsl` (a row per segment of up to 256 lanes, sized per call; cross-entropy in one dispatch) | on adapters that are not CPUs |
+//! | loss | `row_per_invocation` | `loss.wgsl` (a row per invocation, no barrier) | otherwise |
 //! | index | `direct` | `index.wgsl` | always |
 //! | update | `vec4` | `update.wgsl` | always |
 //!
@@ -46,7 +49,9 @@
 //!
 //! ## Adding a variant
 //! 1. Write its shader as `shaders/<family>_<variant>.wgsl` (listed in `shaders.rs` like
-//!    every shader; shared WGSL comes in through `//#include`, see `shaders.rs`).
+//!    every shader; shared WGSL comes in through `//#include`, see `shaders.rs`; two
+//!    variants that differ in one part, like `reduce/subgroup` and `reduce/tree`, are two
+//!    short files including a shared body from `shaders/common/`).
 //! 2. In `kernels/<family>.rs`, declare it: `pub(crate) static NAME: Variant<Plan> =
 //!    Variant { name, summary, requires, suits, plan }`, with the family's `Plan` filled
 //!    with its entry points (and, for matmul, its tile rule).
@@ -120,7 +125,11 @@ pub(crate) static MATVEC: Family<matvec::Plan> = Family {
 
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {
     id: FamilyId::Reduce,
-    variants: &[&reduce::ONE_BARRIER],
+    variants: &[
+        &reduce::workgroup::SUBGROUP,
+        &reduce::workgroup::TREE,
+        &reduce::ONE_BARRIER,
+    ],
 };
 
 pub(crate) static ELEMENTWISE: Family<elementwise::Plan> = Family {
@@ -130,7 +139,10 @@ pub(crate) static ELEMENTWISE: Family<elementwise::Plan> = Family {
 
 pub(crate) static LOSS: Family<loss::Plan> = Family {
     id: FamilyId::Loss,
-    variants: &[&loss::ROW_PER_INVOCATION],
+    variants: &[
+        &loss::workgroup::ROW_PER_WORKGROUP,
+        &loss::ROW_PER_INVOCATION,
+    ],
 };
 
 pub(crate) static INDEX: Family<index::Plan> = Family {

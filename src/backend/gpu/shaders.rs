@@ -1,9 +1,13 @@
 //! Every WGSL shader of blo, embedded at compile time and listed in one place, and the
 //! shared WGSL they are composed from.
 //!
-//! One file per op family in `shaders/` (matmul has four: `matmul_tiled.wgsl` and
+//! One file per op family in `shaders/`, and one per further variant as
+//! `<family>_<variant>.wgsl` (matmul has four: `matmul_tiled.wgsl` and
 //! `matmul_tiled_large.wgsl` for GPUs, `matmul.wgsl` for adapters with subgroups,
-//! `matmul_portable.wgsl` for the others); `backend/gpu/kernels/<family>.rs`
+//! `matmul_portable.wgsl` for the others; `reduce_subgroup.wgsl` and `reduce_tree.wgsl`
+//! share their kernels, `common/reduce_workgroup.wgsl`, and differ in the lane reduction
+//! they include: `common/seg_reduce_subgroup.wgsl` or `common/seg_reduce_tree.wgsl`);
+//! `backend/gpu/kernels/<family>.rs`
 //! declares its entry points and `backend/gpu/registry.rs` says which variant runs where.
 //! A unit test below composes, parses and validates every shader with naga, so a broken
 //! kernel fails `cargo test` even on a machine without an adapter.
@@ -20,7 +24,8 @@
 //! two comment lines naming it. A part is included once per shader: a second include of
 //! it is dropped, so parts may include what they need. The parts:
 //! - `common/*.wgsl`: the files in [`COMMON`] (index helpers, the matmul parameters and
-//!   loaders, the workgroup sum);
+//!   loaders, the workgroup sum, the segment reductions and the one-dispatch grid sum
+//!   of the GPU reductions and losses, their shared kernels);
 //! - `op_codes`: the numeric op codes as WGSL constants (`const UNARY_EXP: u32 = 1u;`),
 //!   generated from the Rust enums by `backend/gpu/codes.rs`, so no number is written in
 //!   both languages.
@@ -82,7 +87,10 @@ shaders! {
     INDEX => "index",
     UPDATE => "update",
     REDUCE => "reduce",
+    REDUCE_TREE => "reduce_tree",
+    REDUCE_SUBGROUP => "reduce_subgroup",
     LOSS => "loss",
+    LOSS_WORKGROUP => "loss_workgroup",
     MATMUL => "matmul",
     MATMUL_PORTABLE => "matmul_portable",
     MATMUL_TILED => "matmul_tiled",
@@ -103,6 +111,10 @@ common! {
     "common/linear_id.wgsl",
     "common/matmul_operands.wgsl",
     "common/workgroup_sum.wgsl",
+    "common/seg_reduce_tree.wgsl",
+    "common/seg_reduce_subgroup.wgsl",
+    "common/grid_sum.wgsl",
+    "common/reduce_workgroup.wgsl",
 }
 
 /// The include name of the generated op-code constants.

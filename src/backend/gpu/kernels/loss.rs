@@ -1,8 +1,15 @@
-//! The GPU side of the losses (`ops/loss.rs`): one variant, `loss/row_per_invocation`
-//! ([`ROW_PER_INVOCATION`], `shaders/loss.wgsl`). Cross-entropy is
-//! the inner loss of data hyper-cleaning, evaluated at every inner step, so it is fused:
-//! one dispatch computes each row's log-sum-exp, picks the label's logit, weights it and
-//! reduces the batch (a second, one-workgroup dispatch finishes large batches).
+//! The GPU side of the losses (`ops/loss.rs`), two variants:
+//! - `loss/row_per_workgroup` ([`workgroup::ROW_PER_WORKGROUP`], for GPUs): a row shared
+//!   by up to a whole workgroup, so wide rows and few rows still fill a GPU;
+//! - `loss/row_per_invocation` ([`ROW_PER_INVOCATION`], `shaders/loss.wgsl`, for CPU
+//!   adapters): one row per invocation, no barrier but the batch sum's.
+//!
+//! Cross-entropy is the inner loss of data hyper-cleaning, evaluated at every inner step,
+//! so it is fused: one dispatch computes each row's log-sum-exp, picks the label's
+//! logit, weights it and reduces the batch (with `row_per_invocation`, a second,
+//! one-workgroup dispatch finishes large batches).
+
+pub(crate) mod workgroup;
 
 use super::reduce::sum_partials_gpu;
 use super::unary::unary_gpu;
@@ -17,6 +24,8 @@ use crate::error::Result;
 pub(crate) struct Plan {
     log_softmax: Kernel,
     cross_entropy: Kernel,
+    /// Whether these are the kernels of [`workgroup`], whose dispatch rules differ.
+    per_workgroup: bool,
 }
 
 pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
@@ -37,6 +46,7 @@ pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
             reads: 3,
             writes: 1,
         },
+        per_workgroup: false,
     },
 };
 
@@ -66,6 +76,10 @@ struct CeParams {
 }
 pub(crate) fn log_softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<GpuBuffer> {
     let ctx = &z.ctx;
+    let plan = &ctx.variant(&registry::LOSS).plan;
+    if plan.per_workgroup {
+        return workgroup::log_softmax(plan, z, rows, c);
+    }
     let y = ctx.alloc((rows * c * 4) as u64)?;
     let params = RowParams {
         rows: rows as u32,
@@ -73,7 +87,7 @@ pub(crate) fn log_softmax_gpu(z: &GpuBuffer, rows: usize, c: usize) -> Result<Gp
         _pad: [0; 2],
     };
     ctx.dispatch(
-        &ctx.variant(&registry::LOSS).plan.log_softmax,
+        &plan.log_softmax,
         &[("WG", f64::from(WG))],
         bytemuck::bytes_of(&params),
         &[z, &y],
@@ -97,6 +111,10 @@ pub(crate) fn cross_entropy_gpu(
     weights: Option<&GpuBuffer>,
 ) -> Result<GpuBuffer> {
     let ctx = &z.ctx;
+    let plan = &ctx.variant(&registry::LOSS).plan;
+    if plan.per_workgroup {
+        return workgroup::cross_entropy(plan, z, n, c, labels, weights);
+    }
     let groups = (n as u64)
         .div_ceil(u64::from(WG) * CE_MIN_ROWS)
         .clamp(1, CE_MAX_GROUPS) as u32;
@@ -109,7 +127,7 @@ pub(crate) fn cross_entropy_gpu(
         _pad: 0,
     };
     ctx.dispatch(
-        &ctx.variant(&registry::LOSS).plan.cross_entropy,
+        &plan.cross_entropy,
         &[
             ("WG", f64::from(WG)),
             ("WEIGHTED", f64::from(u8::from(weights.is_some()))),

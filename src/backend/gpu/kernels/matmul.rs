@@ -50,9 +50,9 @@
 //!
 //! Operands are read in place in either layout, edges clamped, k masked, stores masked and
 //! batches on workgroup_id.z exactly as in `matmul/tiled`. It suits every adapter that is
-//! not a CPU but is registered after `tiled`, so it runs only when forced
-//! (`BLO_KERNELS=matmul=tiled_large`) until measurements per adapter and shape class
-//! choose between the two. On llvmpipe it is as slow as `tiled` for the same reason
+//! not a CPU but is registered after `tiled`: `tiled` stays the default, and the
+//! autotuner (`backend/gpu/tune.rs`, on by default on such adapters) picks between all the
+//! variants per shape class from measurements; `BLO_KERNELS=matmul=tiled_large` forces it. On llvmpipe it is as slow as `tiled` for the same reason
 //! (barriers), if less so: 5.4 / 3.7 / 3.6 / 2.8 / 2.7 GFLOP/s at n = 256 / 512 / 1024 / 2048
 //! / 4096 against 2.0 / 1.4 / 1.3 / 1.4 / 1.4 for `tiled` in the same session (a busy
 //! machine: both below the figures above), as it computes twice the multiply-adds per
@@ -154,8 +154,7 @@ const TILED_SHARED_BYTES: u32 = 2 * 64 * 16 * 4;
 
 /// `shaders/matmul_tiled_large.wgsl`: 128×128 blocks of C per workgroup of 16×16
 /// invocations, 8×8 outputs each (see the module documentation). Registered after
-/// [`TILED`], so it runs only when forced until measurements choose between the two per
-/// shape class.
+/// [`TILED`]: the autotuner chooses it per shape class where it measures faster.
 pub(crate) static TILED_LARGE: Variant<Plan> = Variant {
     name: "tiled_large",
     summary: "128×128 block per 16×16 workgroup, K-step 8, A and B tiles in workgroup memory, 8×8 per invocation",

@@ -1,12 +1,16 @@
-//! The GPU side of the reductions (`ops/reduce.rs`): one variant, `reduce/one_barrier`
-//! ([`ONE_BARRIER`], `shaders/reduce.wgsl`): per-invocation accumulators, then one
-//! barrier and one invocation adding the workgroup's partials, since barriers are what
-//! costs on CPU adapters.
+//! The GPU side of the reductions (`ops/reduce.rs`), three variants:
+//! - `reduce/subgroup` and `reduce/tree` ([`workgroup`], for GPUs): workgroups whose
+//!   lanes cooperate on coalesced vec4 loads, a full reduction in one dispatch;
+//! - `reduce/one_barrier` ([`ONE_BARRIER`], `shaders/reduce.wgsl`, for CPU adapters):
+//!   per-invocation accumulators, then one barrier and one invocation adding the
+//!   workgroup's partials, since barriers are what costs on CPU adapters.
 //!
 //! Accuracy: the GPU accumulates in f32, but no accumulator adds more than a few
 //! thousand terms (strided runs per invocation, then a tree; axis reductions are split
 //! into chunks whose partial sums are reduced again), so even a 16M-element sum stays
 //! within 1e-4 relative of an f64 sum.
+
+pub(crate) mod workgroup;
 
 use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
@@ -23,6 +27,15 @@ pub(crate) struct Plan {
     rows: Kernel,
     /// An axis read along a stride.
     cols: Kernel,
+    /// Whether these are the workgroup kernels of [`workgroup`] (with subgroups or
+    /// not), whose dispatch rules differ.
+    shape: Shape,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    OneBarrier,
+    Workgroup { subgroups: bool },
 }
 
 pub(crate) static ONE_BARRIER: Variant<Plan> = Variant {
@@ -49,6 +62,7 @@ pub(crate) static ONE_BARRIER: Variant<Plan> = Variant {
             reads: 1,
             writes: 1,
         },
+        shape: Shape::OneBarrier,
     },
 };
 
@@ -132,6 +146,10 @@ pub(crate) fn full_gpu(
     n: usize,
     scale: f32,
 ) -> Result<GpuBuffer> {
+    let plan = &a.ctx.variant(&registry::REDUCE).plan;
+    if let Shape::Workgroup { subgroups } = plan.shape {
+        return workgroup::full(plan, subgroups, op, a, b, n, scale);
+    }
     let nv = (n / 4) as u64;
     let groups = nv
         .div_ceil(u64::from(FULL_WG) * FULL_MIN_VEC4)
@@ -186,6 +204,10 @@ pub(crate) fn axis_gpu(
     scale: f32,
 ) -> Result<GpuBuffer> {
     let ctx = x.ctx.clone();
+    let plan = &ctx.variant(&registry::REDUCE).plan;
+    if let Shape::Workgroup { subgroups } = plan.shape {
+        return workgroup::axis(plan, subgroups, op, x, outer, len, inner, scale);
+    }
     let mut owned: Option<GpuBuffer> = None;
     loop {
         let src = owned.as_ref().unwrap_or(x);
@@ -208,7 +230,6 @@ pub(crate) fn axis_gpu(
             threads: threads as u32,
             _pad: 0,
         };
-        let plan = &ctx.variant(&registry::REDUCE).plan;
         let (kernel, vec_c) = if inner == 1 {
             (&plan.rows, 1)
         } else {

@@ -101,6 +101,63 @@ fn matmul_defaults_to_tiled_on_adapters_that_are_not_cpus() {
 }
 
 #[test]
+fn reductions_and_losses_default_to_workgroup_kernels_on_adapters_that_are_not_cpus() {
+    for (device_type, sizes, reduce, loss) in [
+        (
+            wgpu::DeviceType::DiscreteGpu,
+            Some((32, 32)),
+            "subgroup",
+            "row_per_workgroup",
+        ),
+        (
+            wgpu::DeviceType::IntegratedGpu,
+            Some((8, 32)),
+            "subgroup",
+            "row_per_workgroup",
+        ),
+        (
+            wgpu::DeviceType::DiscreteGpu,
+            None,
+            "tree",
+            "row_per_workgroup",
+        ),
+        // lavapipe: the CPU-tuned kernels, subgroups or not.
+        (
+            wgpu::DeviceType::Cpu,
+            Some((8, 8)),
+            "one_barrier",
+            "row_per_invocation",
+        ),
+        (
+            wgpu::DeviceType::Cpu,
+            None,
+            "one_barrier",
+            "row_per_invocation",
+        ),
+    ] {
+        let mut f = facts(sizes);
+        f.device_type = device_type;
+        assert_eq!(
+            default_name(FamilyId::Reduce, &f),
+            reduce,
+            "{device_type:?} {sizes:?}"
+        );
+        assert_eq!(
+            default_name(FamilyId::Loss, &f),
+            loss,
+            "{device_type:?} {sizes:?}"
+        );
+    }
+    // Subgroups wider than the 256-lane workgroup, or of a size that is not a power of
+    // two, cannot tile it: the tree runs instead.
+    let mut wide = facts(Some((32, 512)));
+    wide.device_type = wgpu::DeviceType::DiscreteGpu;
+    let e = (reduce::workgroup::SUBGROUP.requires)(&wide).unwrap_err();
+    assert!(e.contains("at most 256 lanes"), "{e}");
+    assert_eq!(default_name(FamilyId::Reduce, &wide), "tree");
+}
+
+#[test]
 fn a_family_no_variant_of_which_runs_falls_back_to_its_last() {
     let mut tiny = facts(None);
     tiny.limits.max_compute_invocations_per_workgroup = 32;
@@ -143,7 +200,7 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
     assert!(parse_forced(" , ", &with).unwrap().is_empty());
     assert_eq!(
         parse_forced(" matmul = portable , reduce=one_barrier,", &with).unwrap(),
-        vec![(FamilyId::Matmul, 3), (FamilyId::Reduce, 0)]
+        vec![(FamilyId::Matmul, 3), (FamilyId::Reduce, 2)]
     );
     assert_eq!(
         parse_forced("matmul=subgroup", &with).unwrap(),
@@ -172,10 +229,19 @@ fn blo_kernels_values_parse_or_are_typed_errors() {
         valid.contains("matmul=tiled|tiled_large|subgroup|portable"),
         "{valid}"
     );
-    assert!(valid.contains("reduce=one_barrier"), "{valid}");
-    let (_, reason, valid) = err("reduce=tree", &with);
-    assert!(reason.contains("no variant `tree`"), "{reason}");
-    assert!(valid.contains("reduce=one_barrier"), "{valid}");
+    assert!(
+        valid.contains("reduce=subgroup|tree|one_barrier"),
+        "{valid}"
+    );
+    let (_, reason, valid) = err("reduce=fast", &with);
+    assert!(reason.contains("no variant `fast`"), "{reason}");
+    assert!(
+        valid.contains("loss=row_per_workgroup|row_per_invocation"),
+        "{valid}"
+    );
+    // Without subgroups, the reduction's subgroup variant is not among the choices.
+    let (_, _, valid) = err("reduce=fast", &without);
+    assert!(valid.contains("reduce=tree|one_barrier,"), "{valid}");
     let (_, reason, _) = err("matmul", &with);
     assert!(reason.contains("family=variant"), "{reason}");
     // Profiles: every family as an adapter of that kind would choose it, overridable.
@@ -447,8 +513,13 @@ fn reduce_variants_match_the_cpu() {
         // The reduction tests' tolerance (ops/reduce.rs): 1e-4, and an atol of 1e-6·√terms
         // for sums that cancel to near zero.
         let tol = |terms: usize| 1e-6 * (terms.max(1) as f64).sqrt();
-        // One element, primes, and 70,001 elements: two dispatches (partials, then their sum).
-        for (i, n) in [1usize, 7, 1031, 70_001].into_iter().enumerate() {
+        // One element, primes, 70,001 elements (one_barrier: two dispatches; the workgroup
+        // variants: 9 workgroups finished by the last), and 2^20 + 3 (129 workgroups, a
+        // 3-element tail).
+        for (i, n) in [1usize, 7, 1031, 70_001, (1 << 20) + 3]
+            .into_iter()
+            .enumerate()
+        {
             let (x, x64) = pair(&[n], 2 * i as u64, gpu);
             let (y, y64) = pair(&[n], 2 * i as u64 + 1, gpu);
             let what = |op: &str| format!("{label} {op} n={n}");
@@ -474,8 +545,11 @@ fn reduce_variants_match_the_cpu() {
             check(&mse, &x64.mse(&y64).unwrap(), 1e-4, tol(n), &what("mse"));
         }
         // Axes: rows (inner 1), columns with 1 and 4 outputs per invocation, and axes
-        // long enough (> 4,096) to be split into chunks reduced again.
-        let axes: [(&[usize], usize); 7] = [
+        // long enough (> 4,096) to be split into chunks reduced again. For the workgroup
+        // variants: many short rows (a lane each), few very long rows and few long
+        // columns (split across workgroups, then a second pass), and many columns
+        // (8 lanes per column block).
+        let axes: [(&[usize], usize); 12] = [
             (&[1, 1], 1),
             (&[13, 37], 0),
             (&[13, 37], 1),
@@ -483,6 +557,11 @@ fn reduce_variants_match_the_cpu() {
             (&[3, 4103, 8], 1),
             (&[2, 5003], 1),
             (&[5003, 3], 0),
+            (&[20_011, 3], 1),
+            (&[2, 300_007], 1),
+            (&[70_001, 3], 0),
+            (&[3, 20_011, 8], 1),
+            (&[601, 1028], 0),
         ];
         for (i, (shape, axis)) in axes.into_iter().enumerate() {
             let (x, x64) = pair(shape, 50 + i as u64, gpu);
@@ -575,10 +654,22 @@ fn elementwise_variants_match_the_cpu() {
 fn loss_variants_match_the_cpu() {
     for_each_variant("loss", |gpu, label| {
         // Rows of 1, 3, 13 and 37 classes (row starts off vec4 boundaries); 1,031 rows
-        // take two workgroups of the cross-entropy sum and a finishing dispatch.
-        for (i, (n, c)) in [(1usize, 1usize), (7, 13), (67, 3), (1031, 37)]
-            .into_iter()
-            .enumerate()
+        // take two workgroups of the cross-entropy sum and a finishing dispatch. For
+        // row_per_workgroup: many narrow rows (a lane each, 36 workgroups finished by
+        // the last), few wide rows (a whole workgroup per row, several vec4s per lane)
+        // and a prime width.
+        for (i, (n, c)) in [
+            (1usize, 1usize),
+            (7, 13),
+            (67, 3),
+            (1031, 37),
+            (9001, 1),
+            (3, 4096),
+            (5, 5003),
+            (2003, 10),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let seed = 500 + 10 * i as u64;
             let (z, z64) = pair(&[n, c], seed, gpu);
