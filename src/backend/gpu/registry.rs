@@ -13,7 +13,8 @@
 //! | matmul | `tiled` | `matmul_tiled.wgsl` (64×64 blocks, A and B tiles in workgroup memory) | on adapters that are not CPUs (with 256-invocation workgroups and 8 KiB of workgroup memory) |
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
-//! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
+//! | matvec | `subgroup` | `matvec_subgroup.wgsl` (narrow products: n or m ≤ 16; a row's partials added by subgroup shuffles) | on adapters that are not CPUs, with subgroups |
+//! | matvec | `workgroup` | `matvec.wgsl` (partials in workgroup memory; four rows per invocation for X·w on CPU adapters) | otherwise |
 //! | reduce | `one_barrier` | `reduce.wgsl` | always |
 //! | elementwise | `vec4` | `unary.wgsl`, `binary.wgsl`, `fill.wgsl` | always |
 //! | loss | `row_per_invocation` | `loss.wgsl` | always |
@@ -109,7 +110,7 @@ pub(crate) static MATMUL: Family<matmul::Plan> = Family {
 
 pub(crate) static MATVEC: Family<matvec::Plan> = Family {
     id: FamilyId::Matvec,
-    variants: &[&matvec::WORKGROUP],
+    variants: &[&matvec::SUBGROUP, &matvec::WORKGROUP],
 };
 
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {

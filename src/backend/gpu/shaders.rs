@@ -86,6 +86,7 @@ shaders! {
     MATMUL_PORTABLE => "matmul_portable",
     MATMUL_TILED => "matmul_tiled",
     MATVEC => "matvec",
+    MATVEC_SUBGROUP => "matvec_subgroup",
 }
 
 macro_rules! common {
@@ -100,6 +101,7 @@ macro_rules! common {
 common! {
     "common/linear_id.wgsl",
     "common/matmul_operands.wgsl",
+    "common/matvec.wgsl",
     "common/workgroup_sum.wgsl",
 }
 
