@@ -1,57 +1,20 @@
-// Narrow products (see backend/gpu/kernels/matvec.rs): Y[M, NC] = op(L) · S, NC ≤ 16,
-// batched over workgroup_id.z, with Y written through strides (so that C or Cᵀ can be
-// the output). L, the long operand, is M×K; S, the short one, is K×NC.
-//   `rows`: L stored [M][K] (rows along k): TPR invocations per row stride along k.
-//   `cols`: L stored [K][M] (k down the stored rows): each invocation owns 4 adjacent
-//           columns of L (adjacent invocations read adjacent addresses), the workgroup's
-//           WG / CW slices of k are added at the end.
-// Either way one barrier, then a few invocations add the partials in workgroup memory.
-override WG: u32 = 64;
-// rows: invocations per row (a power of two dividing WG).
-override TPR: u32 = 16;
-// cols: invocations along the columns (each owns 4 columns); WG / CW slices of k.
-override CW: u32 = 16;
-// Output columns (1..=16).
-override NC: u32 = 1;
-// Workgroup floats (rows) or vec4s (cols) of partials: NC * WG.
-override TREE: u32 = 64;
-// L's rows (rows: along k; cols: along m) are whole vec4s.
-override L_VEC4: bool = false;
-// rows: S runs along k (s_k = 1) in whole vec4s.
-override S_VEC4: bool = false;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    // S element (kk, j) at s_k * kk + s_n * j.
-    s_k: u32,
-    s_n: u32,
-    // Y element (i, j) at c_m * i + c_n * j.
-    c_m: u32,
-    c_n: u32,
-    // Per-batch offsets (0: shared across the batch).
-    l_batch: u32,
-    s_batch: u32,
-    c_batch: u32,
-    // Offsets of this dispatch's first workgroup along x and z.
-    group0: u32,
-    batch0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> l4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> l1: array<f32>;
-@group(0) @binding(3) var<storage, read> s4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> s1: array<f32>;
-@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+// Narrow products, `matvec/workgroup` (see backend/gpu/kernels/matvec.rs): a row's
+// partials are added in workgroup memory. Runs on any adapter.
+//   `rows`:  L stored [M][K]: TPR invocations per row stride along k.
+//   `rows4`: the same with one invocation per four rows, NC = 1 and whole vec4s only: the
+//            CPU-adapter kernel (a load whose address differs per lane costs a loop over
+//            the lanes there, and four rows share each load of S).
+//   `cols`, `cols_sum`: L stored [K][M], in common/matvec.wgsl.
+//#include common/matvec.wgsl
 
 var<workgroup> tree: array<f32, TREE>;
-var<workgroup> tree4: array<vec4<f32>, TREE>;
 
-// Hides loop bounds from lavapipe's uniform inlining (see matmul_operands.wgsl).
-fn opaque(x: u32) -> u32 {
-    return x | (arrayLength(&c) & 0x80000000u);
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+fn rows_store(row: u32, j: u32, v: f32, bt: u32) {
+    c[bt * p.c_batch + row * p.c_m + j * p.c_n] = v;
 }
 
 @compute @workgroup_size(WG)
@@ -60,35 +23,18 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) g: vec
     let t = lid % TPR;
     let row = (g.x + p.group0) * (WG / TPR) + r;
     let bt = g.z + p.batch0;
-    let lbase = bt * p.l_batch + min(row, p.m - 1u) * p.k;
-    let sbase = bt * p.s_batch;
-    var acc: array<f32, 16>;
-    if (L_VEC4) {
-        let k4 = opaque(p.k / 4u);
-        for (var q = t; q < k4; q += TPR) {
-            let v = l4[lbase / 4u + q];
+    let acc = rows_partials(row, t, bt);
+    if (TPR == 1u) {
+        // The invocation has the whole row: no partials to add, no barrier.
+        if (row < p.m) {
             for (var j = 0u; j < NC; j++) {
-                var w: vec4<f32>;
-                if (S_VEC4) {
-                    w = s4[(sbase + j * p.s_n) / 4u + q];
-                } else {
-                    let at = sbase + 4u * q * p.s_k + j * p.s_n;
-                    w = vec4<f32>(s1[at], s1[at + p.s_k], s1[at + 2u * p.s_k], s1[at + 3u * p.s_k]);
-                }
-                acc[j] += dot(v, w);
+                rows_store(row, j, hsum(acc_col(acc, j)), bt);
             }
         }
-    } else {
-        let k = opaque(p.k);
-        for (var kk = t; kk < k; kk += TPR) {
-            let v = l1[lbase + kk];
-            for (var j = 0u; j < NC; j++) {
-                acc[j] += v * s1[sbase + kk * p.s_k + j * p.s_n];
-            }
-        }
+        return;
     }
     for (var j = 0u; j < NC; j++) {
-        tree[j * WG + lid] = acc[j];
+        tree[j * WG + lid] = hsum(acc_col(acc, j));
     }
     workgroupBarrier();
     if (row < p.m) {
@@ -99,55 +45,47 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) g: vec
             for (var q = 0u; q < TPR; q++) {
                 sum += tree[base + q];
             }
-            c[bt * p.c_batch + row * p.c_m + j * p.c_n] = sum;
+            rows_store(row, j, sum, bt);
         }
     }
 }
 
 @compute @workgroup_size(WG)
-fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) g: vec3<u32>) {
-    let lane = lid % CW;
-    let slice = lid / CW;
-    let i0 = 4u * ((g.x + p.group0) * CW + lane);
+fn rows4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) g: vec3<u32>) {
+    // Rows row0 + WG·r: adjacent lanes take adjacent rows.
+    let row0 = (g.x + p.group0) * 4u * WG + lid;
     let bt = g.z + p.batch0;
-    let lbase = bt * p.l_batch;
-    let sbase = bt * p.s_batch;
+    let k4 = opaque(p.k / 4u);
     let last = p.m - 1u;
-    var acc: array<vec4<f32>, 16>;
-    let k = opaque(p.k);
-    for (var kk = slice; kk < k; kk += WG / CW) {
-        let at = lbase + kk * p.m;
-        var v: vec4<f32>;
-        if (L_VEC4) {
-            v = l4[(at + min(i0, last)) / 4u];
-        } else {
-            v = vec4<f32>(
-                l1[at + min(i0, last)],
-                l1[at + min(i0 + 1u, last)],
-                l1[at + min(i0 + 2u, last)],
-                l1[at + min(i0 + 3u, last)],
-            );
-        }
-        for (var j = 0u; j < NC; j++) {
-            acc[j] += v * s1[sbase + kk * p.s_k + j * p.s_n];
-        }
+    let lbase = bt * p.l_batch / 4u;
+    let b0 = lbase + min(row0, last) * k4;
+    let b1 = lbase + min(row0 + WG, last) * k4;
+    let b2 = lbase + min(row0 + 2u * WG, last) * k4;
+    let b3 = lbase + min(row0 + 3u * WG, last) * k4;
+    let sbase = bt * p.s_batch / 4u;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var q = 0u; q < k4; q++) {
+        let w = s4[sbase + q];
+        a0 += l4[b0 + q] * w;
+        a1 += l4[b1 + q] * w;
+        a2 += l4[b2 + q] * w;
+        a3 += l4[b3 + q] * w;
     }
-    for (var j = 0u; j < NC; j++) {
-        tree4[j * WG + lid] = acc[j];
-    }
-    workgroupBarrier();
-    if (slice == 0u) {
-        let cbase = bt * p.c_batch;
-        for (var j = 0u; j < NC; j++) {
-            var sum = vec4<f32>(0.0);
-            for (var q = lane; q < WG; q += CW) {
-                sum += tree4[j * WG + q];
-            }
-            for (var e = 0u; e < 4u; e++) {
-                if (i0 + e < p.m) {
-                    c[cbase + (i0 + e) * p.c_m + j * p.c_n] = sum[e];
-                }
-            }
-        }
-    }
+    if (row0 < p.m) { rows_store(row0, 0u, hsum(a0), bt); }
+    if (row0 + WG < p.m) { rows_store(row0 + WG, 0u, hsum(a1), bt); }
+    if (row0 + 2u * WG < p.m) { rows_store(row0 + 2u * WG, 0u, hsum(a2), bt); }
+    if (row0 + 3u * WG < p.m) { rows_store(row0 + 3u * WG, 0u, hsum(a3), bt); }
+}
+
+@compute @workgroup_size(WG)
+fn cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) g: vec3<u32>) {
+    cols_kernel(lid, g);
+}
+
+@compute @workgroup_size(WG)
+fn cols_sum(@builtin(global_invocation_id) id: vec3<u32>, @builtin(workgroup_id) g: vec3<u32>) {
+    cols_sum_kernel(id.x, g);
 }

@@ -14,7 +14,8 @@
 //! | matmul | `tiled_large` | `matmul_tiled_large.wgsl` (128×128 blocks, K-step 8, 8×8 outputs per invocation) | not by default: the autotuner picks it per shape class where it measures faster than `tiled` (needs 256-invocation workgroups and 8448 bytes of workgroup memory) |
 //! | matmul | `subgroup` | `matmul.wgsl` (A shared by subgroup broadcasts) | otherwise, with subgroups of ≥ 8 lanes |
 //! | matmul | `portable` | `matmul_portable.wgsl` | otherwise |
-//! | matvec | `workgroup` | `matvec.wgsl` (narrow products: n or m ≤ 16; partials in workgroup memory) | always |
+//! | matvec | `subgroup` | `matvec_subgroup.wgsl` (narrow products: n or m ≤ 16; a row's partials added by subgroup shuffles) | on adapters that are not CPUs, with subgroups |
+//! | matvec | `workgroup` | `matvec.wgsl` (partials in workgroup memory; four rows per invocation for X·w on CPU adapters) | otherwise |
 //! | reduce | `subgroup` | `reduce_subgroup.wgsl` (256-lane workgroups, coalesced vec4 loads, subgroup shuffles then a short tree; a full reduction in one dispatch) | on adapters that are not CPUs, with power-of-two subgroups of ≤ 256 lanes |
 //! | reduce | `tree` | `reduce_tree.wgsl` (the same kernels, a tree in workgroup memory throughout) | on adapters that are not CPUs, otherwise |
 //! | reduce | `one_barrier` | `reduce.wgsl` (per-invocation sums, one barrier: barriers are what costs on a CPU) | otherwise |
@@ -120,7 +121,7 @@ pub(crate) static MATMUL: Family<matmul::Plan> = Family {
 
 pub(crate) static MATVEC: Family<matvec::Plan> = Family {
     id: FamilyId::Matvec,
-    variants: &[&matvec::WORKGROUP],
+    variants: &[&matvec::SUBGROUP, &matvec::WORKGROUP],
 };
 
 pub(crate) static REDUCE: Family<reduce::Plan> = Family {

@@ -96,6 +96,7 @@ shaders! {
     MATMUL_TILED => "matmul_tiled",
     MATMUL_TILED_LARGE => "matmul_tiled_large",
     MATVEC => "matvec",
+    MATVEC_SUBGROUP => "matvec_subgroup",
 }
 
 macro_rules! common {
@@ -110,6 +111,7 @@ macro_rules! common {
 common! {
     "common/linear_id.wgsl",
     "common/matmul_operands.wgsl",
+    "common/matvec.wgsl",
     "common/workgroup_sum.wgsl",
     "common/seg_reduce_tree.wgsl",
     "common/seg_reduce_subgroup.wgsl",

@@ -458,11 +458,15 @@ fn matvec_variants_match_the_cpu() {
             (300, 5001, 3),
         ];
         let mut seed = 5000;
-        // The adapter's rows per invocation, then 16 (the GPU rule's shape for short
-        // rows, run on any adapter) and 1.
-        for tpr in [0, 16, 1] {
-            crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
-                .store(tpr, std::sync::atomic::Ordering::Relaxed);
+        // The adapter's rules, then 16 rows per invocation (the GPU rule's shape for
+        // short rows, run on any adapter; the subgroup variant caps it at its subgroup
+        // size) with k split in 3 across workgroups, then 1 per row with 7 splits (chunks
+        // that do not divide k, batches; k = 1 cannot split).
+        use crate::backend::gpu::kernels::matvec::{SPLIT_OVERRIDE, TPR_OVERRIDE};
+        use std::sync::atomic::Ordering::Relaxed;
+        for (tpr, splits) in [(0, 0), (16, 3), (1, 7)] {
+            TPR_OVERRIDE.store(tpr, Relaxed);
+            SPLIT_OVERRIDE.store(splits, Relaxed);
             for (m, k, n) in shapes {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     let batches: &[Option<usize>] =
@@ -480,14 +484,14 @@ fn matvec_variants_match_the_cpu() {
                         let what =
                             format!("{label} m{m} k{k} n{n} ta={ta} tb={tb} batch={batch:?}");
                         let atol = 2e-6 * k as f64;
-                        let what = format!("{what} tpr override {tpr}");
+                        let what = format!("{what} tpr override {tpr} splits {splits}");
                         check(&a.matmul_t(&b, ta, tb).unwrap(), &want, 1e-4, atol, &what);
                     }
                 }
             }
         }
-        crate::backend::gpu::kernels::matvec::TPR_OVERRIDE
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        TPR_OVERRIDE.store(0, Relaxed);
+        SPLIT_OVERRIDE.store(0, Relaxed);
         // One operand shared across the batch, on either side.
         let (a, a64) = pair(&[3, 13, 29], 7, gpu);
         let (w, w64) = pair(&[29, 2], 8, gpu);
