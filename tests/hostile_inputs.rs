@@ -396,6 +396,21 @@ fn messages_name_the_real_cause() {
     );
     assert!(!out.exists());
 
+    // An exploding outer step: the message names the outer step and its learning rate.
+    let body = config("", SMALL_DATA, "steps = 5", "kind = \"cg\"\niters = 3").replace(
+        "steps = 1\nkind = \"sgd\"\nlr = 0.5",
+        "steps = 3\nkind = \"sgd\"\nlr = 1e300",
+    );
+    std::fs::write(&cfg, body).unwrap();
+    let o = run(&cfg, &out);
+    let shown = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("outer step") && shown.contains("1e300"),
+        "{shown}"
+    );
+    assert!(!out.exists());
+
     blo::problems::data::write_npy(&dir.join("x.npy"), &[0.5; 12], &[4, 3]).unwrap();
     blo::problems::data::write_npy(&dir.join("y.npy"), &[0.0, 1.0, 1e9, 0.0], &[4]).unwrap();
     let labels = "device = \"cpu\"\n[problem]\nkind = \"logistic\"\n[data]\nsource = \"npy\"\nx_train = \"x.npy\"\ny_train = \"y.npy\"\nx_val = \"x.npy\"\ny_val = \"y.npy\"\n[inner]\nkind = \"gd\"\nlr = 0.1\nsteps = 3\n[method]\nkind = \"cg\"\niters = 2\n";

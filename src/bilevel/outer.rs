@@ -213,7 +213,7 @@ pub fn optimize_with(
                 Error::InvalidArgument { op, msg } => Error::InvalidArgument {
                     op,
                     msg: format!(
-                        "{msg} (at outer step {step}, after {step} update(s) of λ with outer lr {lr}: \
+                        "{msg} (at outer step {step}, after {step} update(s) of λ with outer lr {lr:?}: \
                          if the outer loss was fine before, lower the outer step size)"
                     ),
                 },
@@ -251,7 +251,7 @@ pub fn optimize_with(
             return Err(invalid(
                 "optimize",
                 format!(
-                    "λ became non-finite ({lnorm}) in the update of outer step {step} (outer lr {lr}); lower the outer step size"
+                    "λ became non-finite ({lnorm}) in the update of outer step {step} (outer lr {lr:?}); lower the outer step size"
                 ),
             ));
         }
