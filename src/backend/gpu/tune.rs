@@ -1,4 +1,5 @@
-//! The autotuner: for the tunable families (`matmul`), the first time a *shape class* is
+//! The autotuner: for the tunable families (`matmul`, and `matvec` for narrow products),
+//! the first time a *shape class* is
 //! used on an adapter, time every variant the adapter can run on the call's own operands
 //! and keep the fastest for that class, in memory and in a cache file on disk.
 //!
@@ -465,8 +466,22 @@ impl GpuContext {
     }
 }
 
-/// The shape class of a product: dimensions rounded up to powers of two (at least 16).
+/// The shape class of a matmul: see [`shape_class`].
 pub(crate) fn matmul_class(
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    batched: bool,
+) -> String {
+    shape_class("matmul", m, k, n, trans_a, trans_b, batched)
+}
+
+/// The shape class of a product in `family`: dimensions rounded up to powers of two (at
+/// least 16).
+pub(crate) fn shape_class(
+    family: &str,
     m: usize,
     k: usize,
     n: usize,
@@ -476,7 +491,7 @@ pub(crate) fn matmul_class(
 ) -> String {
     let r = |x: usize| x.max(16).next_power_of_two();
     format!(
-        "matmul m{} k{} n{} ta{} tb{} b{}",
+        "{family} m{} k{} n{} ta{} tb{} b{}",
         r(m),
         r(k),
         r(n),

@@ -39,7 +39,7 @@ enum Command {
     /// Check every kernel (against naive f64 references), gradient, solver and
     /// hypergradient method (against the CPU in f64) on a device; exit 1 on any failure.
     Check(check::Args),
-    /// Time the kernel variants of the tunable families (matmul) on an adapter for the
+    /// Time the kernel variants of the tunable families (matmul, matvec) on an adapter for the
     /// common shape classes, keep the fastest in the tuning cache, and print the table.
     Tune(tune::Args),
 }

@@ -13,8 +13,8 @@ pub struct Args {
     /// `blo devices`, or part of an adapter's name.
     #[arg(long, value_name = "DEVICE")]
     device: Option<DeviceSpec>,
-    /// quick: 3 timed runs per candidate, square products up to 1024; full: 10 runs,
-    /// up to 4096, batched products too.
+    /// quick: 3 timed runs per candidate, square products up to 1024 and X·w, Xᵀ·r for
+    /// X [4096, 4096]; full: 10 runs, up to 4096, batched products and X [20000, 1000] too.
     #[arg(long, value_name = "MODE", default_value = "quick")]
     mode: TuneMode,
     /// Tune again even for classes the cache already holds.
@@ -96,6 +96,27 @@ pub fn run(args: Args) -> ExitCode {
                 let a = if ta { stack(k, m, 1)? } else { stack(m, k, 1)? };
                 let b = if tb { stack(n, k, 2)? } else { stack(k, n, 2)? };
                 a.matmul_t(&b, ta, tb)?;
+                device.sync()
+            };
+            if let Err(e) = run() {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Matrix–vector products, X·w and Xᵀ·r.
+    let narrow: &[(usize, usize)] = match args.mode {
+        TuneMode::Full => &[(4096, 4096), (20000, 1000)],
+        _ => &[(4096, 4096)],
+    };
+    for &(m, k) in narrow.iter().filter(|&&(m, k)| m.max(k) <= max) {
+        for trans in [false, true] {
+            eprintln!("  matvec {m}×{k}{}", if trans { " transposed" } else { "" });
+            let run = || -> blo::Result<()> {
+                let x = Tensor::rand_uniform(&[m, k], -1.0, 1.0, 1, &device)?;
+                let v =
+                    Tensor::rand_uniform(&[if trans { m } else { k }, 1], -1.0, 1.0, 2, &device)?;
+                x.matmul_t(&v, trans, false)?;
                 device.sync()
             };
             if let Err(e) = run() {

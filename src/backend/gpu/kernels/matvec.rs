@@ -47,6 +47,7 @@
 use crate::backend::MatmulDims;
 use crate::backend::gpu::registry::{self, AdapterFacts, Variant};
 use crate::backend::gpu::shaders::{self, Shader};
+use crate::backend::gpu::tune;
 use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 
@@ -231,6 +232,19 @@ pub(crate) fn matvec_gpu(
     trans_b: bool,
     out: &GpuBuffer,
 ) -> Result<()> {
+    matvec_with(a, b, d, trans_a, trans_b, out, None)
+}
+
+/// [`matvec_gpu`] with `forced_variant` instead of the context's (or the tuner's) choice.
+fn matvec_with(
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    d: &MatmulDims,
+    trans_a: bool,
+    trans_b: bool,
+    out: &GpuBuffer,
+    forced_variant: Option<&'static Variant<Plan>>,
+) -> Result<()> {
     let ctx = &a.ctx;
     let MatmulDims { batch, m, k, n, .. } = *d;
     // Y = op(L)·S with N ≤ 16: C itself, or Cᵀ when m is the narrow side.
@@ -246,7 +260,30 @@ pub(crate) fn matvec_gpu(
     let s_kn = if mirror { trans_a } else { !trans_b };
     let (s_k, s_n) = if s_kn { (small, 1) } else { (1, k) };
     let (c_m, c_n) = if mirror { (1, n) } else { (n, 1) };
-    let variant = ctx.variant(&registry::MATVEC);
+    let variant = match forced_variant {
+        Some(v) => v,
+        // The context's variant, or where the autotuner is on, the fastest it measured
+        // for this shape class (`backend/gpu/tune.rs`).
+        None => ctx.tuned_variant(
+            &registry::MATVEC,
+            || {
+                tune::shape_class(
+                    "matvec",
+                    m,
+                    k,
+                    n,
+                    trans_a,
+                    trans_b,
+                    d.a_batched || d.b_batched,
+                )
+            },
+            2 * (batch as u64) * (m as u64) * (n as u64) * (k as u64),
+            |v| {
+                let scratch = ctx.alloc((batch * m * n * 4) as u64)?;
+                matvec_with(a, b, d, trans_a, trans_b, &scratch, Some(v))
+            },
+        )?,
+    };
     let plan = &variant.plan;
     let facts = ctx.facts();
     let wg = (plan.wg)(facts);

@@ -250,3 +250,49 @@ fn tuning_a_class_is_bounded_in_time() {
     assert!(r.times_us.iter().all(|(_, t)| t.is_some()), "{r:?}");
     assert_eq!(r.winner, candidates.last().unwrap().name, "{r:?}");
 }
+
+/// Narrow products are tuned too: the first large X·w of a class times every runnable
+/// matvec variant and keeps the fastest; the product still matches the CPU.
+#[test]
+fn matvec_classes_are_tuned_among_the_runnable_variants() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap().clone();
+    ctx.force_kernel("matvec", None).unwrap();
+    let dir = scratch("matvec");
+    ctx.set_tune_cache(Some(&dir));
+    ctx.set_tune_mode(TuneMode::Quick);
+    let runnable: Vec<&str> = ctx
+        .kernel_variants()
+        .into_iter()
+        .filter(|v| v.family == "matvec" && v.runnable())
+        .map(|v| v.name)
+        .collect();
+    // 2·m·k ≥ 2²⁴ flops: large enough to be tuned.
+    let (m, k) = (4099, 2048);
+    let x = Tensor::rand_uniform(&[m, k], -1.0, 1.0, 5, &gpu).unwrap();
+    let w = Tensor::rand_uniform(&[k, 1], -1.0, 1.0, 6, &gpu).unwrap();
+    let got = x.matmul(&w).unwrap().to_vec::<f64>().unwrap();
+    let cpu = |t: &Tensor| {
+        t.to_device(&crate::Device::Cpu)
+            .unwrap()
+            .to_dtype(crate::DType::F64)
+            .unwrap()
+    };
+    let want = cpu(&x).matmul(&cpu(&w)).unwrap().to_vec::<f64>().unwrap();
+    assert_close(&got, &want, 1e-4, 1e-4, "tuned matvec");
+    let tuned = ctx.tuned();
+    if runnable.len() < 2 {
+        assert!(tuned.is_empty(), "one candidate is not tuned: {tuned:?}");
+        return;
+    }
+    assert_eq!(tuned.len(), 1, "{tuned:?}");
+    assert_eq!(
+        tuned[0].class,
+        shape_class("matvec", m, k, 1, false, false, false)
+    );
+    let timed: Vec<&str> = tuned[0].times_us.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(timed, runnable);
+    let _ = std::fs::remove_dir_all(dir);
+}
