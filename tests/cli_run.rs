@@ -341,6 +341,35 @@ fn hypergradient_out_equals_the_library_hypergradient() {
         &flat(&trace.last.grad),
         "hyper-cleaning-npy",
     );
+
+    // hyper-cleaning-at-w.toml: CG at the w of data/hc_w0.npy (W [5, 3] row-major, then
+    // b [3]) with no inner step.
+    let w0 = npy_vec("hc_w0.npy");
+    let w0 = vec![
+        Tensor::from_vec(w0[..15].to_vec(), &[5, 3], &CPU).unwrap(),
+        Tensor::from_vec(w0[15..].to_vec(), &[3], &CPU).unwrap(),
+    ];
+    let want = hypergradient(
+        &p,
+        &vector(&[0.0; 40], &CPU),
+        &w0,
+        &Inner {
+            optimizer: InnerOptimizer::Gd { lr: 0.5 },
+            steps: 0,
+        },
+        &Method::Cg {
+            iters: 20,
+            tol: None,
+            damping: 0.01,
+        },
+    )
+    .unwrap();
+    assert_eq!(want.report.inner_steps, 0);
+    assert_same(
+        &written_hypergradient("hyper-cleaning-at-w", &dir),
+        &flat(&want.grad),
+        "hyper-cleaning-at-w",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -633,6 +662,27 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
             "lambda-file-missing",
             npy_config(&dir, good, "\"DIR/nope.npy\""),
             "lambda.init",
+        ),
+        // The inner starting point: a file of the wrong length, a missing file; and
+        // zero inner steps for a method that differentiates through them.
+        (
+            "init-length",
+            edit("inner", "init", Some("\"DIR/lam2.npy\""))
+                .replace("DIR", &dir.display().to_string()),
+            "inner.init",
+        ),
+        (
+            "init-missing",
+            edit("inner", "init", Some("\"DIR/nope.npy\""))
+                .replace("DIR", &dir.display().to_string()),
+            "inner.init",
+        ),
+        (
+            "steps-0-rad",
+            RIDGE
+                .replace("steps = 5", "steps = 0")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"rad\""),
+            "inner.steps",
         ),
         // Output next to a directory that does not exist.
         (

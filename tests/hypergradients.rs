@@ -1103,3 +1103,197 @@ fn any_method_runs_through_hypergradient_with_and_optimize() {
     assert_eq!(vals(&a.lambda), vals(&b.lambda));
     assert_eq!(a.steps[2].report.method, "custom");
 }
+
+// ---- Evaluating methods at a given w (issue #14) ----
+
+/// `v` split into tensors shaped like `like` (f64, CPU).
+fn split_like(v: &[f64], like: &[Tensor]) -> Vec<Tensor> {
+    let mut at = 0;
+    like.iter()
+        .map(|t| {
+            let n = t.numel();
+            let part = Tensor::from_vec(v[at..at + n].to_vec(), t.shape(), &CPU).unwrap();
+            at += n;
+            part
+        })
+        .collect()
+}
+
+/// At (w, λ), by hand from Hessian-vector products: H (n×n row-major, column j = H e_j),
+/// g = ∇_w L_out and ∇_λ L_out flattened, and a closure v ↦ ∇_λ L_out − J v.
+struct ByHand {
+    n: usize,
+    h: Vec<f64>,
+    g: Vec<f64>,
+    hyper: HyperOf,
+}
+
+/// v ↦ ∇_λ L_out − J v, flat.
+type HyperOf = Box<dyn Fn(&[f64]) -> Vec<f64>>;
+
+fn by_hand(p: &dyn Problem, l: &[Tensor], w: &[Tensor]) -> ByHand {
+    let wt: Vec<Tensor> = w.iter().map(Tensor::requires_grad).collect();
+    let lt: Vec<Tensor> = l.iter().map(Tensor::requires_grad).collect();
+    let n: usize = w.iter().map(Tensor::numel).sum();
+    let op = blo::HvpOperator::new(
+        &p.inner_loss(&wt, &lt).unwrap(),
+        &wt.iter().collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut h = vec![0.0; n * n];
+    for j in 0..n {
+        let mut e = vec![0.0; n];
+        e[j] = 1.0;
+        let parts = split_like(&e, w);
+        let col = vals(&op.hvp(&parts.iter().collect::<Vec<_>>()).unwrap());
+        for i in 0..n {
+            h[i * n + j] = col[i];
+        }
+    }
+    let outer = p.outer_loss(&wt, &lt).unwrap();
+    let wrt: Vec<&Tensor> = wt.iter().chain(&lt).collect();
+    let mut grads = blo::grad(&outer, &wrt, false).unwrap();
+    let gl = vals(&grads.split_off(wt.len()));
+    let g = vals(&grads);
+    let like = w.to_vec();
+    let hyper = Box::new(move |v: &[f64]| {
+        let parts = split_like(v, &like);
+        let jv = vals(
+            &op.mixed(
+                &lt.iter().collect::<Vec<_>>(),
+                &parts.iter().collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        gl.iter().zip(&jv).map(|(a, b)| a - b).collect()
+    });
+    ByHand { n, h, g, hyper }
+}
+
+fn matvec_host(a: &[f64], v: &[f64]) -> Vec<f64> {
+    let n = v.len();
+    (0..n)
+        .map(|i| (0..n).map(|j| a[i * n + j] * v[j]).sum())
+        .collect()
+}
+
+/// Textbook CG on the host, K iterations from 0.
+fn host_cg(a: &[f64], b: &[f64], k: usize) -> Vec<f64> {
+    let dot = |u: &[f64], v: &[f64]| -> f64 { u.iter().zip(v).map(|(x, y)| x * y).sum() };
+    let (mut x, mut r, mut p) = (vec![0.0; b.len()], b.to_vec(), b.to_vec());
+    for _ in 0..k {
+        let rr = dot(&r, &r);
+        if rr == 0.0 {
+            break;
+        }
+        let ap = matvec_host(a, &p);
+        let alpha = rr / dot(&p, &ap);
+        x.iter_mut().zip(&p).for_each(|(xi, pi)| *xi += alpha * pi);
+        r.iter_mut().zip(&ap).for_each(|(ri, ai)| *ri -= alpha * ai);
+        let beta = dot(&r, &r) / rr;
+        p = r.iter().zip(&p).map(|(ri, pi)| ri + beta * pi).collect();
+    }
+    x
+}
+
+fn cleaning_lambda(dev: &Device, dtype: DType) -> Vec<Tensor> {
+    lam(
+        (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect(),
+        dev,
+        dtype,
+    )
+}
+
+/// w after `t` GD steps from 0: a point away from the origin and from w*.
+fn cleaning_point(p: &HyperCleaning, l: &[Tensor], t: usize) -> Vec<Tensor> {
+    blo::bilevel::trajectory::run_to_end(p, l, &p.init_w().unwrap(), &gd(0.5, t)).unwrap()
+}
+
+#[test]
+fn every_method_honours_w0_and_runs_with_zero_steps() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let init = p.init_w().unwrap();
+    let t = 8;
+    let w_t = cleaning_point(&p, &l, t);
+    // Evaluated at w_T with no step = run T steps from 0, then evaluated: the methods
+    // that evaluate at the last iterate start where they are told to.
+    let mut at_w = all_methods();
+    at_w.retain(|m| !matches!(m, Method::Rad | Method::Trad { .. } | Method::Forward));
+    for m in at_w {
+        let from0 = hypergradient(&p, &l, &init, &gd(0.5, t), &m).unwrap();
+        let at = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        let err = rel_err(&vals(&at.grad), &vals(&from0.grad));
+        // Same f64 operations in the same order, up to how w_T was stored.
+        assert!(err <= 1e-12, "{m:?}: {err:e}");
+        assert_eq!(at.report.inner_steps, 0, "{m:?}");
+        assert_eq!(from0.report.inner_steps, t, "{m:?}");
+    }
+    // Through zero steps, RAD and forward mode give the direct term only: L_out does not
+    // depend on λ, so zero; RAD's dw₀ is ∇_w L_out(w₀).
+    let hand = by_hand(&p, &l, &w_t);
+    for m in [Method::Rad, Method::Forward] {
+        let out = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        assert!(vals(&out.grad).iter().all(|&v| v == 0.0), "{m:?}");
+        assert_eq!(out.report.inner_steps, 0);
+        if m == Method::Rad {
+            let dw0 = vals(&out.dw0.unwrap());
+            assert!(rel_err(&dw0, &hand.g) <= 1e-14, "dw0 at T = 0");
+        }
+    }
+    // From a given w with T steps: RAD and forward agree with each other, and differ
+    // from the same run started at 0.
+    let rad = hg_from(&p, &l, &w_t, 3, Method::Rad);
+    let fwd = hg_from(&p, &l, &w_t, 3, Method::Forward);
+    assert!(rel_err(&rad, &fwd) <= 1e-10, "{:e}", rel_err(&rad, &fwd));
+    let rad0 = hg_from(&p, &l, &init, 3, Method::Rad);
+    assert!(rel_err(&rad, &rad0) > 1e-3, "w₀ was ignored");
+    // T-RAD cannot differentiate through zero steps: a clear error, before any work.
+    let e = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &Method::Trad { k: 1 }).unwrap_err();
+    assert!(e.to_string().contains("1..=T = 0"), "{e}");
+}
+
+fn hg_from(p: &dyn Problem, l: &[Tensor], w0: &[Tensor], t: usize, m: Method) -> Vec<f64> {
+    vals(&hypergradient(p, l, w0, &gd(0.5, t), &m).unwrap().grad)
+}
+
+#[test]
+fn cg_and_neumann_at_a_given_w_match_the_same_computed_by_hand_from_hvps() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let hand = by_hand(&p, &l, &w);
+    let at = |m: Method| hg_from(&p, &l, &w, 0, m);
+    // Neumann: v = η Σ_{k=0..K} (I − ηH)^k g.
+    let (k, eta) = (10, 0.5);
+    let mut term = hand.g.clone();
+    let mut sum = hand.g.clone();
+    for _ in 0..k {
+        let ht = matvec_host(&hand.h, &term);
+        term = term.iter().zip(&ht).map(|(a, b)| a - eta * b).collect();
+        sum.iter_mut().zip(&term).for_each(|(s, t)| *s += t);
+    }
+    let v: Vec<f64> = sum.iter().map(|s| eta * s).collect();
+    let want = (hand.hyper)(&v);
+    let got = at(Method::Neumann { k, eta });
+    assert!(
+        rel_err(&got, &want) <= 1e-10,
+        "neumann: {:e}",
+        rel_err(&got, &want)
+    );
+    // CG with K = 5 < n: an approximation, the same one both ways. (Past ~10
+    // iterations this singular, ill-conditioned H makes the two CGs' rounding diverge:
+    // 7e-5 apart at K = 12, in f64.)
+    let want = (hand.hyper)(&host_cg(&hand.h, &hand.g, 5));
+    let got = at(Method::Cg {
+        iters: 5,
+        tol: None,
+        damping: 0.0,
+    });
+    assert!(
+        rel_err(&got, &want) <= 1e-8,
+        "cg: {:e}",
+        rel_err(&got, &want)
+    );
+    assert_eq!(hand.n, 6 * 3 + 3);
+}

@@ -146,8 +146,14 @@ pub struct MethodOutput {
 }
 
 /// A built-in hypergradient method, by its settings. Every method first runs
-/// `inner.steps` (= T) steps of the inner optimizer Φ from w₀; unrolled methods
+/// `inner.steps` (= T) steps of the inner optimizer Φ from the given w₀; unrolled methods
 /// differentiate through them, implicit methods evaluate at the last iterate w_T.
+///
+/// T = 0 is allowed and evaluates the method at w₀ itself: CG, Neumann, fixed point and
+/// one-step at a given w, as other libraries call them. For RAD and forward mode the
+/// derivative through zero steps is the direct term ∇_λ L_out(w₀, λ) alone (w₀ does not
+/// depend on λ; zero for the built-in problems), and RAD's dw₀ is ∇_w L_out(w₀, λ);
+/// T-RAD needs 1 ≤ K ≤ T, so T ≥ 1.
 ///
 /// Each variant is implemented by the type of the same name in
 /// [`methods`](super::methods) (one file per family); this enum is the convenient

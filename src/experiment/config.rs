@@ -248,8 +248,14 @@ pub struct InnerConfig {
     pub kind: InnerKind,
     /// Step size η > 0.
     pub lr: f64,
-    /// Inner steps T per hypergradient (HOAG: the cap per outer step).
+    /// Inner steps T per hypergradient (HOAG: the cap per outer step). 0 evaluates the
+    /// method at the starting point (`init`); rad, trad, forward and hoag need T ≥ 1.
     pub steps: usize,
+    /// Optional `.npy` file holding the starting point w₀ as one flat vector in the
+    /// problem's layout (ridge: w [d]; logistic and hyper-cleaning: W [d, classes]
+    /// row-major, then b [classes]). Relative to the config file. Default: w₀ = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// momentum: μ in [0, 1) (required for `kind = "momentum"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,

@@ -132,6 +132,8 @@ pub struct Experiment {
     config: Config,
     data: HostData,
     lambda0: Vec<f64>,
+    /// `inner.init`, flat in the problem's layout; `None` starts from w₀ = 0.
+    w0: Option<Vec<f64>>,
     plan: Plan,
     dtype: DType,
 }
@@ -225,6 +227,9 @@ impl Experiment {
         if let LambdaInit::Npy(p) = &self.config.lambda.init {
             files.push(base.join(p));
         }
+        if let Some(p) = &self.config.inner.init {
+            files.push(base.join(p));
+        }
         files
     }
 
@@ -262,7 +267,14 @@ impl Experiment {
     pub fn run(&self, device: &Device, observe: &mut dyn FnMut(&TraceStep)) -> Result<Outcome> {
         let start = std::time::Instant::now();
         let built = self.build(device)?;
-        let problem = built.problem();
+        let started;
+        let problem: &dyn Problem = match &self.w0 {
+            Some(flat) => {
+                started = StartAt::new(built.problem(), flat, device, self.dtype)?;
+                &started
+            }
+            None => built.problem(),
+        };
         let lambda_shape = vec![self.lambda0.len()];
         let lambda = vec![crate::problems::tensor(
             &self.lambda0,
@@ -324,6 +336,57 @@ impl Experiment {
     /// The method's name as in the config.
     pub fn method_name(&self) -> &'static str {
         self.config.method.name()
+    }
+}
+
+/// A problem whose starting point w₀ (`init_w`) is given: `inner.init`. Every method
+/// and both outer loops start (and, without warm starts, restart) from `init_w`.
+struct StartAt<'p> {
+    problem: &'p dyn Problem,
+    w0: Vec<Tensor>,
+}
+
+impl<'p> StartAt<'p> {
+    /// `flat` split into tensors shaped like the problem's own w₀ (the length was
+    /// checked against the problem's layout with the config).
+    fn new(problem: &'p dyn Problem, flat: &[f64], device: &Device, dtype: DType) -> Result<Self> {
+        let like = problem.init_w()?;
+        let mut w0 = Vec::with_capacity(like.len());
+        let mut at = 0;
+        for t in &like {
+            let n = t.numel();
+            let part = flat.get(at..at + n).ok_or_else(|| {
+                crate::error::invalid(
+                    "inner.init",
+                    format!(
+                        "w has {} values, the file {}",
+                        like.iter().map(Tensor::numel).sum::<usize>(),
+                        flat.len()
+                    ),
+                )
+            })?;
+            w0.push(crate::problems::tensor(part, t.shape(), device, dtype)?);
+            at += n;
+        }
+        Ok(StartAt { problem, w0 })
+    }
+}
+
+impl Problem for StartAt<'_> {
+    fn init_w(&self) -> Result<Vec<Tensor>> {
+        Ok(self.w0.clone())
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.problem.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        self.problem.inner_loss(w, lambda)
+    }
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        self.problem.outer_loss(w, lambda)
+    }
+    fn inner_solution(&self, lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
+        self.problem.inner_solution(lambda)
     }
 }
 

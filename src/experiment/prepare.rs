@@ -300,6 +300,7 @@ impl Experiment {
             }
         };
         let inner = inner_of(&ctx, &config)?;
+        let w0 = w0_of(&ctx, &config, &data)?;
         let plan = plan_of(&ctx, &config, &inner)?;
         stored_iterates_fit(&ctx, &config, &data, &inner, lambda_len)?;
         Ok(Experiment {
@@ -307,6 +308,7 @@ impl Experiment {
             config,
             data,
             lambda0,
+            w0,
             plan,
             dtype,
         })
@@ -345,12 +347,82 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
             }
         }
     };
-    let steps = if matches!(c.method, MethodConfig::Exact(_)) {
-        i.steps
-    } else {
-        ctx.at_least_one("inner.steps", i.steps)?
+    // Methods that differentiate through the inner steps (and HOAG, whose steps are a
+    // cap) have nothing to compute with none: rad, trad and forward through zero steps
+    // give only the direct term ∇_λ L_out, which is zero for every built-in problem, so
+    // a config asking for it is a mistake. The library allows T = 0 for every method.
+    let unrolled = match &c.method {
+        MethodConfig::Rad(_) => Some("rad"),
+        MethodConfig::Trad(_) => Some("trad"),
+        MethodConfig::Forward(_) => Some("forward"),
+        MethodConfig::Hoag(_) => Some("hoag"),
+        _ => None,
     };
-    Ok(Inner { optimizer, steps })
+    if i.steps == 0
+        && let Some(name) = unrolled
+    {
+        return Err(ctx.err(
+            "inner.steps",
+            format!(
+                "method {name} needs at least 1 inner step (through 0 steps its hypergradient is only the direct term ∇_λ L_out, zero here); \
+                 to evaluate a method at the starting point inner.init, use cg, neumann, fixed_point, one_step or implicit with steps = 0"
+            ),
+        ));
+    }
+    Ok(Inner {
+        optimizer,
+        steps: i.steps,
+    })
+}
+
+/// The length of w in the problem's flat layout (ridge: w [d]; classifiers: W [d, c]
+/// row-major, then b [c]).
+fn w_len(data: &HostData) -> usize {
+    match data {
+        HostData::Ridge { x, .. } => x.cols,
+        HostData::Logistic { train, classes, .. } => train
+            .x
+            .cols
+            .saturating_mul(*classes)
+            .saturating_add(*classes),
+        HostData::HyperCleaning { data, .. } => data
+            .train
+            .x
+            .cols
+            .saturating_mul(data.classes)
+            .saturating_add(data.classes),
+    }
+}
+
+/// `inner.init`: the starting point w₀, flat, checked against the problem's layout.
+fn w0_of(ctx: &Ctx, c: &Config, data: &HostData) -> Result<Option<Vec<f64>>, ConfigError> {
+    let Some(p) = &c.inner.init else {
+        return Ok(None);
+    };
+    let (values, shape) = ctx.npy("inner.init", p)?;
+    let want = w_len(data);
+    if values.len() != want || shape.len() > 1 {
+        let layout = match data {
+            HostData::Ridge { x, .. } => format!("w [{}]", x.cols),
+            HostData::Logistic { train, classes, .. } => format!(
+                "W [{}, {classes}] row-major, then b [{classes}]",
+                train.x.cols
+            ),
+            HostData::HyperCleaning { data, .. } => format!(
+                "W [{}, {}] row-major, then b [{}]",
+                data.train.x.cols, data.classes, data.classes
+            ),
+        };
+        return Err(ctx.err(
+            "inner.init",
+            format!(
+                "w of problem {} is a flat vector of {want} values ({layout}); the file {} holds shape {shape:?}",
+                c.problem.kind.name(),
+                p.display()
+            ),
+        ));
+    }
+    Ok(Some(values))
 }
 
 fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {

@@ -97,6 +97,7 @@ fn config(args: &Args, m: MethodConfig, inner_steps: usize, outer_steps: usize) 
             lr: INNER_LR,
             steps: inner_steps,
             momentum: None,
+            init: None,
         },
         method: m,
         outer: OuterConfigToml {
