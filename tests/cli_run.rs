@@ -154,7 +154,7 @@ fn every_example_config_runs_and_writes_its_results() {
         "neumann",
         "fixed_point",
         "one_step",
-        "exact",
+        "implicit",
         "hoag",
     ] {
         assert!(methods.contains(m), "no example config uses method {m}");
@@ -224,19 +224,19 @@ fn hypergradient_out_equals_the_library_hypergradient() {
         "ridge-rad",
     );
 
-    // ridge-exact.toml: the closed-form implicit hypergradient.
+    // ridge-implicit.toml: the implicit hypergradient at the closed-form w*.
     let want = hypergradient(
         &p,
         &vector(&[0.0; 5], &CPU),
         &p.init_w().unwrap(),
         &inner,
-        &Method::Exact,
+        &Method::Implicit,
     )
     .unwrap();
     assert_same(
-        &written_hypergradient("ridge-exact", &dir),
+        &written_hypergradient("ridge-implicit", &dir),
         &flat(&want.grad),
-        "ridge-exact",
+        "ridge-implicit",
     );
 
     // ridge-npy.toml: .npy data and λ₀, momentum (lr 0.2, μ 0.5, 40 steps), RAD.
@@ -582,11 +582,11 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
             "dtype",
         ),
         (
-            "exact-logistic",
+            "implicit-too-large",
             RIDGE
-                .replace("kind = \"ridge\"", "kind = \"logistic\"")
-                .replace("kind = \"cg\"\niters = 3", "kind = \"exact\""),
-            "method.kind",
+                .replace("features = 3", "features = 1100")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"implicit\""),
+            "data.features",
         ),
         (
             "outer-needs-kind",

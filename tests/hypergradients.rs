@@ -1,13 +1,14 @@
 //! Hypergradient methods against closed forms, finite differences, each other, and
 //! the GPU against the CPU in f64.
 
+use blo::bilevel::methods::MAX_DENSE_DIM;
 use blo::bilevel::{
     HoagConfig, HypergradientMethod, Inner, InnerOptimizer, Method, MethodOutput, OuterConfig,
     OuterOptimizer, Problem, WarmStart, hoag, hypergradient, hypergradient_with, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
-use blo::solvers::solve_dense;
+use blo::solvers::{solve_dense, solve_symmetric_min_norm};
 use blo::testing::{gpu_or_skip, rel_err};
 use blo::{DType, Device, Error, Tensor};
 
@@ -464,19 +465,17 @@ fn bad_input_is_a_clear_error() {
     let two = [l.clone(), l.clone()].concat();
     let e = err(hypergradient(&p, &two, &w0, &gd(0.1, 5), &Method::Rad));
     assert!(e.to_string().contains("λ must have 1 tensor"), "{e}");
-    // Exact needs a closed form, of w's shapes.
-    let cleaning = tiny_cleaning(&CPU, DType::F64);
+    // The dense solve has a size limit, checked before any work.
+    let big = Ridge::synthetic(4, 3, MAX_DENSE_DIM + 1, 1, &CPU, DType::F64).unwrap();
     let e = err(hypergradient(
-        &cleaning,
-        &lam(vec![0.0; 30], &CPU, DType::F64),
-        &cleaning.init_w().unwrap(),
+        &big,
+        &lam(vec![0.0; MAX_DENSE_DIM + 1], &CPU, DType::F64),
+        &big.init_w().unwrap(),
         &gd(0.1, 5),
-        &Method::Exact,
+        &Method::Implicit,
     ));
-    assert!(
-        e.to_string().contains("no closed-form inner solution"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("limit of 1024"), "{e}");
+    // A closed form must have w's shapes.
     let e = err(hypergradient(
         &WrongSolution(small_ridge(&CPU, DType::F64)),
         &l,
@@ -895,7 +894,8 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
         (momentum, Method::Forward, d * 2 * d * f64_bytes),
         // CG's x, r, p and Ap
         (gd(0.1, t as usize), cg, 4 * d * f64_bytes),
-        (gd(0.1, t as usize), Method::Exact, 4 * d * f64_bytes),
+        // the dense H on the host
+        (gd(0.1, t as usize), Method::Implicit, d * d * f64_bytes),
         (
             gd(0.1, t as usize),
             Method::OneStep {
@@ -915,7 +915,7 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
             Method::Neumann { .. } => "neumann",
             Method::FixedPoint { .. } => "fixed_point",
             Method::OneStep { .. } => "one_step",
-            Method::Exact => "exact",
+            Method::Implicit => "implicit",
         };
         assert_eq!((r.method.as_str(), m.name()), (name, name));
     }
@@ -1296,4 +1296,164 @@ fn cg_and_neumann_at_a_given_w_match_the_same_computed_by_hand_from_hvps() {
         rel_err(&got, &want)
     );
     assert_eq!(hand.n, 6 * 3 + 3);
+}
+
+// ---- The implicit hypergradient without a closed form (issue #14) ----
+
+/// A ridge problem with its closed form hidden: `implicit` takes the dense path at w_T.
+struct NoClosedForm(Ridge);
+
+impl Problem for NoClosedForm {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        self.0.init_w()
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.0.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], l: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.inner_loss(w, l)
+    }
+    fn outer_loss(&self, w: &[Tensor], l: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.outer_loss(w, l)
+    }
+}
+
+#[test]
+fn implicit_uses_the_closed_form_and_equals_it_at_w_star_without_one() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let closed =
+        hypergradient(&p, &l, &p.init_w().unwrap(), &gd(0.1, 7), &Method::Implicit).unwrap();
+    assert_eq!(closed.report.method, "implicit");
+    assert_eq!(
+        closed.report.inner_steps, 0,
+        "the closed form takes no inner step"
+    );
+    // The former name is the same method.
+    assert_eq!(Method::Exact, Method::Implicit);
+    let w_star = p.inner_solution(&l).unwrap().unwrap();
+    let dense = hypergradient(
+        &NoClosedForm(p.clone()),
+        &l,
+        &w_star,
+        &gd(0.1, 0),
+        &Method::Implicit,
+    )
+    .unwrap();
+    let err = rel_err(&vals(&dense.grad), &vals(&closed.grad));
+    // Both solve the same 5×5 system in f64 (LU-free eigendecomposition vs the closed
+    // form's w*): rounding only.
+    assert!(err <= 1e-10, "{err:e}");
+    assert_eq!(dense.report.solver_iterations, 5);
+    assert!(dense.report.residual.unwrap() <= 1e-12);
+}
+
+#[test]
+fn implicit_on_hyper_cleaning_is_the_minimum_norm_solve_of_the_singular_hessian() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let imp = hypergradient(&p, &l, &w, &gd(0.5, 0), &Method::Implicit).unwrap();
+    let got = vals(&imp.grad);
+    assert!(got.iter().all(|v| v.is_finite()));
+    let hand = by_hand(&p, &l, &w);
+    let n = hand.n;
+    // H is singular: b ↦ b + t·1 (the last 3 of w's 21 values) leaves L_in unchanged.
+    let mut null = vec![0.0; n];
+    null[n - 3..]
+        .iter_mut()
+        .for_each(|v| *v = 1.0 / 3f64.sqrt());
+    let hn = matvec_host(&hand.h, &null);
+    let h_norm = hand.h.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(hn.iter().all(|v| v.abs() <= 1e-14 * h_norm), "{hn:?}");
+    // CG converged far (K = 4n, f64) stays in H's range and reaches the same answer.
+    let cg = hg_from(
+        &p,
+        &l,
+        &w,
+        0,
+        Method::Cg {
+            iters: 4 * n,
+            tol: None,
+            damping: 0.0,
+        },
+    );
+    assert!(
+        rel_err(&got, &cg) <= 1e-8,
+        "vs CG: {:e}",
+        rel_err(&got, &cg)
+    );
+    // The solve by hand from the same H; unchanged by a null-space component added to
+    // the right-hand side, which only shows in the residual.
+    let rcond = n as f64 * f64::EPSILON;
+    let a = solve_symmetric_min_norm(&hand.h, &hand.g, rcond).unwrap();
+    assert_eq!(a.rank, n - 1);
+    assert!(a.residual_norm <= 1e-12, "{}", a.residual_norm);
+    let shifted: Vec<f64> = hand.g.iter().zip(&null).map(|(g, z)| g + 0.3 * z).collect();
+    let b = solve_symmetric_min_norm(&hand.h, &shifted, rcond).unwrap();
+    assert!(rel_err(&b.x, &a.x) <= 1e-12, "{:e}", rel_err(&b.x, &a.x));
+    assert!(
+        (b.residual_norm - 0.3).abs() <= 1e-10,
+        "{}",
+        b.residual_norm
+    );
+    let want = (hand.hyper)(&a.x);
+    assert!(rel_err(&got, &want) <= 1e-12, "{:e}", rel_err(&got, &want));
+    assert!(imp.report.residual.unwrap() <= 1e-12);
+}
+
+/// w*(λ) by Newton's method with the dense min-norm step, from 0, until ‖∇_w L_in‖ ≤ 1e-13.
+fn newton_inner_solution(p: &HyperCleaning, l: &[Tensor]) -> Vec<Tensor> {
+    let mut w = p.init_w().unwrap();
+    for _ in 0..50 {
+        let wt: Vec<Tensor> = w.iter().map(Tensor::requires_grad).collect();
+        let g = vals(
+            &blo::grad(
+                &p.inner_loss(&wt, l).unwrap(),
+                &wt.iter().collect::<Vec<_>>(),
+                false,
+            )
+            .unwrap(),
+        );
+        if g.iter().map(|v| v * v).sum::<f64>().sqrt() <= 1e-13 {
+            return w;
+        }
+        let h = by_hand(p, l, &w).h;
+        let step = solve_symmetric_min_norm(&h, &g, 1e-12).unwrap().x;
+        let flat: Vec<f64> = vals(&w).iter().zip(&step).map(|(a, b)| a - b).collect();
+        w = split_like(&flat, &w);
+    }
+    panic!("Newton did not converge");
+}
+
+#[test]
+fn implicit_on_hyper_cleaning_matches_finite_differences_through_a_converged_inner_solve() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let lv: Vec<f64> = (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect();
+    let l = lam(lv.clone(), &CPU, DType::F64);
+    let w_star = newton_inner_solution(&p, &l);
+    let imp = vals(
+        &hypergradient(&p, &l, &w_star, &gd(0.5, 0), &Method::Implicit)
+            .unwrap()
+            .grad,
+    );
+    let outer_at = |lv: Vec<f64>| -> f64 {
+        let l = lam(lv, &CPU, DType::F64);
+        let w = newton_inner_solution(&p, &l);
+        p.outer_loss(&w, &l).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let h = 1e-4;
+    for i in [0, 7, 13, 29] {
+        let (mut up, mut down) = (lv.clone(), lv.clone());
+        up[i] += h;
+        down[i] -= h;
+        let fd = (outer_at(up) - outer_at(down)) / (2.0 * h);
+        // Central differences: O(h²) truncation, ~1e-16/h rounding; the values are
+        // 3e-4 to 1e-2 and agree to ~1e-11 (measured).
+        assert!(
+            (fd - imp[i]).abs() <= 1e-9 + 1e-6 * fd.abs(),
+            "λ_{i}: finite difference {fd:e}, implicit {:e}",
+            imp[i]
+        );
+    }
 }

@@ -19,7 +19,7 @@
 //! that sets its own inner steps and solver tolerance per step.
 //!
 //! Files: `inner.rs` (Φ), `trajectory.rs`, `method.rs` (the trait, [`Method`], the
-//! driver), `methods/{unrolled,forward,implicit,one_step,exact}.rs`, `outer.rs`,
+//! driver), `methods/{unrolled,forward,implicit,one_step}.rs`, `outer.rs`,
 //! `hoag.rs`.
 
 mod hoag;
@@ -63,7 +63,7 @@ pub trait Problem: Sync {
     /// The outer (validation) loss L_out(w, λ), a 0-d tensor.
     fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor>;
     /// The exact minimiser w*(λ) of the inner loss, for problems that have a closed form
-    /// (used by [`Method::Exact`]); `None` otherwise.
+    /// (used by [`Method::Implicit`]); `None` otherwise.
     fn inner_solution(&self, _lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
         None
     }
@@ -75,7 +75,8 @@ pub struct Hypergradient {
     /// dL_out/dλ, shaped like λ.
     pub grad: Vec<Tensor>,
     /// The inner variables the hypergradient was evaluated at (w_T, or w* for
-    /// [`Method::Exact`], or w' for one-step), for warm starts and metrics.
+    /// [`Method::Implicit`] with a closed form, or w' for one-step), for warm starts and
+    /// metrics.
     pub w: Vec<Tensor>,
     /// dL_out(w_T(w₀), λ)/dw₀, shaped like w₀, from methods whose computation yields it
     /// (RAD: the reverse sweep's adjoint at the start); `None` for the others. What a

@@ -7,6 +7,7 @@ use super::config::{
     Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, OuterKind, ProblemKind,
 };
 use super::{ConfigError, Experiment, HostData, Plan};
+use crate::bilevel::methods::MAX_DENSE_DIM;
 use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, WarmStart};
 use crate::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
@@ -301,6 +302,20 @@ impl Experiment {
         };
         let inner = inner_of(&ctx, &config)?;
         let w0 = w0_of(&ctx, &config, &data)?;
+        if matches!(config.method, MethodConfig::Implicit(_)) && w_len(&data) > MAX_DENSE_DIM {
+            // Digits has |w| = 650: only generated or given features can exceed it.
+            let key = match config.data.source {
+                DataSourceKind::Npy => "data.x_train",
+                _ => "data.features",
+            };
+            return Err(ctx.err(
+                key,
+                format!(
+                    "method implicit solves with the dense |w| × |w| Hessian, up to |w| = {MAX_DENSE_DIM}; this problem has |w| = {} (features × classes + classes); use cg with a tolerance",
+                    w_len(&data)
+                ),
+            ));
+        }
         let plan = plan_of(&ctx, &config, &inner)?;
         stored_iterates_fit(&ctx, &config, &data, &inner, lambda_len)?;
         Ok(Experiment {
@@ -487,15 +502,6 @@ fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
         ctx.err(&format!("method.{}", bad.key), message)
     })?;
     Ok(match &c.method {
-        MethodConfig::Exact(_) if c.problem.kind != ProblemKind::Ridge => {
-            return Err(ctx.err(
-                "method.kind",
-                format!(
-                    "\"exact\" needs a closed-form inner solution, which only problem kind = \"ridge\" has (problem is \"{}\")",
-                    c.problem.kind.name()
-                ),
-            ));
-        }
         MethodConfig::Hoag(settings) => Plan::Hoag(settings.config(inner, o.steps, lr)),
         _ => Plan::Optimize {
             inner: *inner,
@@ -899,7 +905,7 @@ fn stored_iterates_fit(
             "forward mode's tangents (one inner state per element of λ)",
             lambda_len.saturating_add(1),
         ),
-        MethodConfig::Exact(_) => ("data.features", "the exact solve's d × d system", params),
+        MethodConfig::Implicit(_) => ("data.features", "implicit's |w| × |w| system", params),
         _ => ("data", "the parameters", 4),
     };
     ctx.fits(key, what, &[state, copies], bytes)
