@@ -128,12 +128,29 @@ fn every_example_config_runs_and_writes_its_results() {
         assert!(m["final_outer_loss"].as_f64().unwrap().is_finite());
         match config.problem.kind.name() {
             "hyper-cleaning" => {
-                let acc = m["test_accuracy"].as_f64().unwrap();
-                assert!((0.0..=1.0).contains(&acc), "{name}: accuracy {acc}");
+                for key in ["test_accuracy", "val_accuracy", "train_accuracy"] {
+                    let acc = m[key].as_f64().unwrap();
+                    assert!((0.0..=1.0).contains(&acc), "{name}: {key} {acc}");
+                }
                 assert!(m["corruption_f1"].as_f64().is_some(), "{name}: F1");
             }
-            "logistic" => assert!(m["val_accuracy"].as_f64().is_some(), "{name}"),
-            _ => assert!(m["test_accuracy"].is_null() && m["val_accuracy"].is_null()),
+            "logistic" => {
+                for key in ["val_accuracy", "train_accuracy"] {
+                    let acc = m[key].as_f64().unwrap();
+                    assert!((0.0..=1.0).contains(&acc), "{name}: {key} {acc}");
+                }
+                assert!(m["test_accuracy"].is_null() && m["corruption_f1"].is_null());
+            }
+            _ => {
+                for key in [
+                    "test_accuracy",
+                    "val_accuracy",
+                    "train_accuracy",
+                    "corruption_f1",
+                ] {
+                    assert!(m[key].is_null(), "{name}: {key}");
+                }
+            }
         }
         assert_eq!(r["config"]["method"]["kind"], config.method.name());
         let lambda_len = r["lambda_len"].as_u64().unwrap() as usize;

@@ -1457,3 +1457,35 @@ fn implicit_on_hyper_cleaning_matches_finite_differences_through_a_converged_inn
         );
     }
 }
+
+#[test]
+fn hyper_cleaning_accuracies_match_an_arg_max_by_hand() {
+    let (x, y) = synthetic_classification(90, 6, 3, 2.0, 5);
+    let data = cleaning_split(&x, &y, 3, 30, 30, 0.3, 1).unwrap();
+    let p = HyperCleaning::new(&data, 1e-2, &CPU, DType::F64).unwrap();
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let (wm, b) = (w[0].to_vec::<f64>().unwrap(), w[1].to_vec::<f64>().unwrap());
+    let by_hand = |s: &blo::problems::data::Split| -> f64 {
+        let d = s.x.cols;
+        let right = (0..s.x.rows)
+            .filter(|&i| {
+                let logit = |c: usize| -> f64 {
+                    b[c] + (0..d)
+                        .map(|k| s.x.data[i * d + k] * wm[k * 3 + c])
+                        .sum::<f64>()
+                };
+                let best = (0..3)
+                    .max_by(|&a, &c| logit(a).total_cmp(&logit(c)))
+                    .unwrap();
+                best == s.labels[i]
+            })
+            .count();
+        right as f64 / s.x.rows as f64
+    };
+    // The training labels as given: the corrupted ones count against the classifier.
+    assert!(data.corrupted.iter().any(|&c| c));
+    assert_eq!(p.train_accuracy(&w).unwrap(), by_hand(&data.train));
+    assert_eq!(p.val_accuracy(&w).unwrap(), by_hand(&data.val));
+    assert_eq!(p.test_accuracy(&w).unwrap(), by_hand(&data.test));
+}

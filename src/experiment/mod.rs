@@ -155,8 +155,11 @@ pub struct Outcome {
     pub test_accuracy: Option<f64>,
     /// Corrupted-label F1 (hyper-cleaning with known corruption flags).
     pub corruption_f1: Option<f64>,
-    /// Validation accuracy (logistic).
+    /// Validation accuracy (logistic, hyper-cleaning).
     pub val_accuracy: Option<f64>,
+    /// Training accuracy against the training labels as given, corrupted ones included
+    /// (logistic, hyper-cleaning).
+    pub train_accuracy: Option<f64>,
     /// Wall time of the whole run in seconds (problem set-up included).
     pub wall_time_s: f64,
 }
@@ -293,10 +296,13 @@ impl Experiment {
         let hypergradient = flat(&trace.last.grad)?;
         let final_lambda = flat(&trace.lambda)?;
         let final_outer_loss = trace.last.report.outer_loss;
-        let (mut test_accuracy, mut corruption_f1, mut val_accuracy) = (None, None, None);
+        let (mut test_accuracy, mut corruption_f1) = (None, None);
+        let (mut val_accuracy, mut train_accuracy) = (None, None);
         match &built {
             Built::HyperCleaning(p) => {
                 test_accuracy = Some(p.test_accuracy(&trace.w)?);
+                val_accuracy = Some(p.val_accuracy(&trace.w)?);
+                train_accuracy = Some(p.train_accuracy(&trace.w)?);
                 if let HostData::HyperCleaning {
                     has_flags: true, ..
                 } = self.data
@@ -304,7 +310,10 @@ impl Experiment {
                     corruption_f1 = Some(p.corruption_f1(&trace.lambda)?);
                 }
             }
-            Built::Logistic(p) => val_accuracy = Some(p.val_accuracy(&trace.w)?),
+            Built::Logistic(p) => {
+                val_accuracy = Some(p.val_accuracy(&trace.w)?);
+                train_accuracy = Some(p.train_accuracy(&trace.w)?);
+            }
             Built::Ridge(_) => {}
         }
         Ok(Outcome {
@@ -316,6 +325,7 @@ impl Experiment {
             test_accuracy,
             corruption_f1,
             val_accuracy,
+            train_accuracy,
             wall_time_s: start.elapsed().as_secs_f64(),
         })
     }

@@ -131,6 +131,17 @@ impl HyperCleaning {
         self.test.accuracy(w)
     }
 
+    /// Validation accuracy of w = [W, b] (the validation labels are clean).
+    pub fn val_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.val.accuracy(w)
+    }
+
+    /// Training accuracy of w = [W, b] against the training labels as given, corrupted
+    /// ones included: how much of the noise the classifier fits.
+    pub fn train_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.train.accuracy(w)
+    }
+
     /// F1 score of flagging example i as corrupted when sigmoid(λ_i) < 0.5 (λ_i < 0).
     pub fn corruption_f1(&self, lambda: &[Tensor]) -> Result<f64> {
         let lam = lambda[0].to_vec::<f64>()?;
@@ -221,6 +232,11 @@ impl Logistic {
     /// Validation accuracy of w = [W, b].
     pub fn val_accuracy(&self, w: &[Tensor]) -> Result<f64> {
         self.val.accuracy(w)
+    }
+
+    /// Training accuracy of w = [W, b].
+    pub fn train_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.train.accuracy(w)
     }
 }
 
