@@ -115,6 +115,11 @@ fn every_example_config_runs_and_writes_its_results() {
         let trace = r["trace"].as_array().unwrap();
         assert_eq!(trace.len(), config.outer.steps + 1, "{name}: trace length");
         for step in trace {
+            // With inner.tol, each solve reports its final gradient norm, within tol.
+            match config.inner.tol {
+                Some(tol) => assert!(step["inner_grad_norm"].as_f64().unwrap() <= tol),
+                None => assert!(step["inner_grad_norm"].is_null(), "{name}"),
+            }
             for key in [
                 "outer_loss",
                 "hypergrad_norm",
@@ -701,6 +706,35 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
                 .replace("kind = \"cg\"\niters = 3", "kind = \"rad\""),
             "inner.steps",
         ),
+        // The inner solve to tolerance: tol ≤ 0, with a method that differentiates
+        // through the steps, without max_steps, with steps too; max_steps without tol.
+        (
+            "tol-zero",
+            RIDGE.replace("steps = 5", "tol = 0.0\nmax_steps = 100"),
+            "inner.tol",
+        ),
+        (
+            "tol-with-rad",
+            RIDGE
+                .replace("steps = 5", "tol = 1e-6\nmax_steps = 100")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"rad\""),
+            "inner.tol",
+        ),
+        (
+            "tol-needs-max-steps",
+            RIDGE.replace("steps = 5", "tol = 1e-6"),
+            "inner.max_steps",
+        ),
+        (
+            "tol-and-steps",
+            RIDGE.replace("steps = 5", "steps = 5\ntol = 1e-6\nmax_steps = 100"),
+            "inner.steps",
+        ),
+        (
+            "max-steps-without-tol",
+            RIDGE.replace("steps = 5", "steps = 5\nmax_steps = 100"),
+            "inner.max_steps",
+        ),
         // Output next to a directory that does not exist.
         (
             "out-dir",
@@ -761,6 +795,20 @@ fn a_failure_inside_blo_exits_1_and_writes_nothing() {
         "{}",
         text(&o)
     );
+    assert!(!out.exists() && !dir.join("h.npy").exists());
+
+    // An inner solve to a tolerance it cannot reach within max_steps.
+    let path = dir.join("max-steps.toml");
+    std::fs::write(
+        &path,
+        RIDGE.replace("steps = 5", "tol = 1e-14\nmax_steps = 10\ncheck_every = 5"),
+    )
+    .unwrap();
+    let out = dir.join("max-steps.json");
+    let o = run(&path, &out);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("max_steps = 10"), "{}", text(&o));
     assert!(!out.exists() && !dir.join("h.npy").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1489,3 +1489,93 @@ fn hyper_cleaning_accuracies_match_an_arg_max_by_hand() {
     assert_eq!(p.val_accuracy(&w).unwrap(), by_hand(&data.val));
     assert_eq!(p.test_accuracy(&w).unwrap(), by_hand(&data.test));
 }
+
+#[test]
+fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
+    use blo::bilevel::{SolveThen, Tolerance, solve_inner};
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let init = p.init_w().unwrap();
+    let gd_half = InnerOptimizer::Gd { lr: 0.5 };
+    let tolerance = Tolerance {
+        tol: 1e-8,
+        max_steps: 50_000,
+        check_every: 25,
+    };
+    let s = solve_inner(&p, &l, &init, &gd_half, &tolerance).unwrap();
+    assert!(s.grad_norm <= 1e-8, "{}", s.grad_norm);
+    assert!(
+        s.steps > 0 && s.steps.is_multiple_of(25),
+        "{} steps",
+        s.steps
+    );
+    // The norm, recomputed independently.
+    let wt: Vec<Tensor> = s.w.iter().map(Tensor::requires_grad).collect();
+    let g = vals(
+        &blo::grad(
+            &p.inner_loss(&wt, &l).unwrap(),
+            &wt.iter().collect::<Vec<_>>(),
+            false,
+        )
+        .unwrap(),
+    );
+    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(
+        (norm - s.grad_norm).abs() <= 1e-15,
+        "{norm} vs {}",
+        s.grad_norm
+    );
+    // Solve, then implicit: the same as implicit at the solution, with the solve's
+    // steps and norm in the report.
+    let then = SolveThen {
+        method: &Method::Implicit,
+        tolerance,
+    };
+    let out = hypergradient_with(&p, &l, &init, &gd(0.5, 0), &then).unwrap();
+    assert_eq!(out.report.method, "implicit");
+    assert_eq!(out.report.inner_steps, s.steps);
+    assert_eq!(out.report.inner_grad_norm, Some(s.grad_norm));
+    let at = hg_from(&p, &l, &s.w, 0, Method::Implicit);
+    assert!(rel_err(&vals(&out.grad), &at) <= 1e-14);
+    // Already within tolerance at the start: no step.
+    let again = solve_inner(
+        &p,
+        &l,
+        &s.w,
+        &gd_half,
+        &Tolerance {
+            tol: 1e-7,
+            ..tolerance
+        },
+    )
+    .unwrap();
+    assert_eq!(again.steps, 0);
+    // max_steps first: an error that says so, with the norm reached.
+    let e = solve_inner(
+        &p,
+        &l,
+        &init,
+        &gd_half,
+        &Tolerance {
+            tol: 1e-12,
+            max_steps: 30,
+            check_every: 10,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("max_steps = 30") && e.contains("above tol"),
+        "{e}"
+    );
+    for bad in [0.0, -1.0, f64::NAN] {
+        let t = Tolerance {
+            tol: bad,
+            ..tolerance
+        };
+        assert!(matches!(
+            solve_inner(&p, &l, &init, &gd_half, &t),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}

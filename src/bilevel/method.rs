@@ -79,6 +79,7 @@ use crate::tensor::Tensor;
 ///             solver_iterations: 0,
 ///             residual: None,
 ///             stored_bytes: 0,
+///             inner_grad_norm: None,
 ///         })
 ///     }
 /// }
@@ -143,6 +144,9 @@ pub struct MethodOutput {
     pub residual: Option<f64>,
     /// Bytes of state the method stored.
     pub stored_bytes: u64,
+    /// ‖∇_w L_in‖ at the evaluation point, where the method measured it (an inner solve
+    /// to tolerance, [`SolveThen`](super::SolveThen)); `None` otherwise.
+    pub inner_grad_norm: Option<f64>,
 }
 
 /// A built-in hypergradient method, by its settings. Every method first runs
@@ -398,6 +402,7 @@ pub fn hypergradient_with(
             solver_iterations: out.solver_iterations,
             residual: out.residual,
             stored_bytes: out.stored_bytes,
+            inner_grad_norm: out.inner_grad_norm,
             outer_loss: out.outer_loss,
             wall_time: start.elapsed(),
             dispatches,

@@ -27,6 +27,7 @@ mod inner;
 mod method;
 pub mod methods;
 mod outer;
+mod solve_then;
 pub mod trajectory;
 
 #[cfg(feature = "config")]
@@ -39,6 +40,7 @@ pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hyper
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
 };
+pub use solve_then::{InnerSolve, SolveThen, Tolerance, solve_inner};
 
 use std::time::Duration;
 
@@ -100,6 +102,9 @@ pub struct Report {
     /// Bytes of state the method stored (iterates for RAD, tangents for forward mode,
     /// solver vectors for implicit methods).
     pub stored_bytes: u64,
+    /// ‖∇_w L_in‖ at the evaluation point, when an inner solve to tolerance measured it
+    /// ([`SolveThen`]); `None` otherwise.
+    pub inner_grad_norm: Option<f64>,
     /// L_out at the point the hypergradient was evaluated.
     pub outer_loss: f64,
     /// Wall time, including the final readbacks.

@@ -250,7 +250,20 @@ pub struct InnerConfig {
     pub lr: f64,
     /// Inner steps T per hypergradient (HOAG: the cap per outer step). 0 evaluates the
     /// method at the starting point (`init`); rad, trad, forward and hoag need T ≥ 1.
-    pub steps: usize,
+    /// Required unless `tol` is set (then it does not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Solve the inner problem to ‖∇_w L_in‖ ≤ tol (finite, > 0) before each
+    /// hypergradient instead of taking `steps` steps; needs `max_steps`. For cg, neumann,
+    /// fixed_point, one_step and implicit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
+    /// With `tol`: the most inner steps per solve (≥ 1); reaching it is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    /// With `tol`: steps between gradient-norm checks (default 10, ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_every: Option<usize>,
     /// Optional `.npy` file holding the starting point w₀ as one flat vector in the
     /// problem's layout (ridge: w `[d]`; logistic and hyper-cleaning: W `[d, classes]`
     /// row-major, then b `[classes]`). Relative to the config file. Default: w₀ = 0.

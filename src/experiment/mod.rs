@@ -57,7 +57,8 @@ pub use results::{
 };
 
 use crate::bilevel::{
-    HoagConfig, Inner, OuterConfig, Problem, Trace, TraceStep, hoag_with, optimize_with,
+    HoagConfig, Inner, OuterConfig, Problem, SolveThen, Tolerance, Trace, TraceStep, hoag_with,
+    optimize_with,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -121,7 +122,12 @@ enum HostData {
 /// What the outer loop is. `Optimize` runs the config's hypergradient method.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Plan {
-    Optimize { inner: Inner, outer: OuterConfig },
+    Optimize {
+        inner: Inner,
+        outer: OuterConfig,
+        /// `inner.tol`: solve to it, then evaluate the method ([`SolveThen`]).
+        tolerance: Option<Tolerance>,
+    },
     Hoag(HoagConfig),
 }
 
@@ -286,10 +292,23 @@ impl Experiment {
             self.dtype,
         )?];
         let trace = match &self.plan {
-            Plan::Optimize { inner, outer } => {
+            Plan::Optimize {
+                inner,
+                outer,
+                tolerance,
+            } => {
                 let method = self.config.method.hypergradient_method();
                 let method = method.expect("from_config plans HOAG (no such method) as Plan::Hoag");
-                optimize_with(problem, &lambda, inner, method, outer, observe)?
+                match tolerance {
+                    Some(tolerance) => {
+                        let solved = SolveThen {
+                            method,
+                            tolerance: *tolerance,
+                        };
+                        optimize_with(problem, &lambda, inner, &solved, outer, observe)?
+                    }
+                    None => optimize_with(problem, &lambda, inner, method, outer, observe)?,
+                }
             }
             Plan::Hoag(c) => hoag_with(problem, &lambda, c, observe)?,
         };

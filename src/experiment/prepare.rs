@@ -8,7 +8,7 @@ use super::config::{
 };
 use super::{ConfigError, Experiment, HostData, Plan};
 use crate::bilevel::methods::MAX_DENSE_DIM;
-use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, WarmStart};
+use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, Tolerance, WarmStart};
 use crate::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
     synthetic_regression_pair,
@@ -300,7 +300,7 @@ impl Experiment {
                 values
             }
         };
-        let inner = inner_of(&ctx, &config)?;
+        let (inner, tolerance) = inner_of(&ctx, &config)?;
         let w0 = w0_of(&ctx, &config, &data)?;
         if matches!(config.method, MethodConfig::Implicit(_)) && w_len(&data) > MAX_DENSE_DIM {
             // Digits has |w| = 650: only generated or given features can exceed it.
@@ -316,7 +316,7 @@ impl Experiment {
                 ),
             ));
         }
-        let plan = plan_of(&ctx, &config, &inner)?;
+        let plan = plan_of(&ctx, &config, &inner, tolerance)?;
         stored_iterates_fit(&ctx, &config, &data, &inner, lambda_len)?;
         Ok(Experiment {
             file: file.to_path_buf(),
@@ -341,7 +341,9 @@ impl Experiment {
     }
 }
 
-fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
+/// The inner optimizer with its step count, and the tolerance of `inner.tol` (the step
+/// count is then 0: the method is evaluated where the solve stops).
+fn inner_of(ctx: &Ctx, c: &Config) -> Result<(Inner, Option<Tolerance>), ConfigError> {
     let i = &c.inner;
     let lr = ctx.positive("inner.lr", i.lr)?;
     let optimizer = match i.kind {
@@ -373,7 +375,54 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
         MethodConfig::Hoag(_) => Some("hoag"),
         _ => None,
     };
-    if i.steps == 0
+    if let Some(tol) = i.tol {
+        if let Some(name) = unrolled {
+            let why = if name == "hoag" {
+                "hoag sets its own inner tolerance per outer step (method.eps0, method.decay)"
+            } else {
+                "it differentiates through a fixed number of inner steps (set inner.steps)"
+            };
+            return Err(ctx.err(
+                "inner.tol",
+                format!("does not apply to method {name}: {why}"),
+            ));
+        }
+        if i.steps.is_some() {
+            return Err(ctx.err(
+                "inner.steps",
+                "does not apply with inner.tol: the solve runs until the tolerance, capped by inner.max_steps",
+            ));
+        }
+        let tolerance = Tolerance {
+            tol: ctx.positive("inner.tol", tol)?,
+            max_steps: ctx.at_least_one(
+                "inner.max_steps",
+                ctx.required("inner.max_steps", i.max_steps, "with inner.tol")?,
+            )?,
+            check_every: ctx.at_least_one("inner.check_every", i.check_every.unwrap_or(10))?,
+        };
+        return Ok((
+            Inner {
+                optimizer,
+                steps: 0,
+            },
+            Some(tolerance),
+        ));
+    }
+    for (key, set) in [
+        ("inner.max_steps", i.max_steps.is_some()),
+        ("inner.check_every", i.check_every.is_some()),
+    ] {
+        if set {
+            return Err(ctx.err(key, "applies only with inner.tol (a solve to tolerance)"));
+        }
+    }
+    let steps = ctx.required(
+        "inner.steps",
+        i.steps,
+        "(or set inner.tol and inner.max_steps to solve to a tolerance)",
+    )?;
+    if steps == 0
         && let Some(name) = unrolled
     {
         return Err(ctx.err(
@@ -384,10 +433,7 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
             ),
         ));
     }
-    Ok(Inner {
-        optimizer,
-        steps: i.steps,
-    })
+    Ok((Inner { optimizer, steps }, None))
 }
 
 /// The length of w in the problem's flat layout (ridge: w [d]; classifiers: W [d, c]
@@ -440,7 +486,12 @@ fn w0_of(ctx: &Ctx, c: &Config, data: &HostData) -> Result<Option<Vec<f64>>, Con
     Ok(Some(values))
 }
 
-fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
+fn plan_of(
+    ctx: &Ctx,
+    c: &Config,
+    inner: &Inner,
+    tolerance: Option<Tolerance>,
+) -> Result<Plan, ConfigError> {
     let o = &c.outer;
     let outer_keys = [
         ("kind", o.kind.is_some()),
@@ -506,6 +557,7 @@ fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
         _ => Plan::Optimize {
             inner: *inner,
             outer,
+            tolerance,
         },
     })
 }

@@ -84,6 +84,9 @@ pub struct StepRecord {
     pub solver_iterations: usize,
     /// Final residual norm of the linear solve, where there is one.
     pub residual: Option<f64>,
+    /// ‖∇_w L_in‖ where the inner solve stopped, with `inner.tol`; else null.
+    #[serde(default)]
+    pub inner_grad_norm: Option<f64>,
     /// Bytes of state the method stored.
     pub stored_bytes: u64,
     /// GPU dispatches (null on the CPU).
@@ -101,6 +104,7 @@ impl From<&TraceStep> for StepRecord {
             inner_steps: s.report.inner_steps,
             solver_iterations: s.report.solver_iterations,
             residual: s.report.residual,
+            inner_grad_norm: s.report.inner_grad_norm,
             stored_bytes: s.report.stored_bytes,
             dispatches: s.report.dispatches,
         }

@@ -360,5 +360,6 @@ pub(super) fn implicit_at(
         solver_iterations: solved.iterations,
         residual: Some(solved.residual_norm),
         stored_bytes: stored,
+        inner_grad_norm: None,
     })
 }
