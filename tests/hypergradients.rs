@@ -1607,7 +1607,9 @@ fn f32_cg_far_past_convergence_is_no_worse_than_at_k_100_on_hyper_cleaning() {
         let want = hg_from(&p64, &l64, &w64, 0, cg(1300));
         let err = |k| rel_err(&hg_from(&p32, &l32, &w32, 0, cg(k)), &want);
         let (e100, e650) = (err(100), err(650));
-        // Measured: ~1e-5 at K = 100, ~2e-6 at K = 650 (stopped at the rounding floor).
+        // CG returns x_K, reading nothing back without a tolerance; measured here, K = 650
+        // ends closer to the answer than K = 100 (the growth to 1e-1 did not
+        // reproduce on the CPU or lavapipe).
         assert!(e650 <= e100, "{dev}: K = 650: {e650:e}, K = 100: {e100:e}");
         assert!(e100 <= 1e-4, "{dev}: K = 100: {e100:e}");
     }

@@ -180,10 +180,7 @@ pub enum Method {
     /// rounding; memory O(|w|·|λ|), independent of T; cost per step 1 + |λ| backward passes.
     Forward,
     /// `cg(K)`: v solves H v = g by K conjugate-gradient iterations from v₀ = 0 (or fewer,
-    /// once ‖r‖ ≤ tol); hypergradient = ∇_λ L_out − J v. A larger K never gives a worse
-    /// answer: CG also stops at the rounding floor ‖r‖ ≤ √|w|·ε·‖g‖ and returns its best
-    /// checked iterate if the residual blows up (see
-    /// [`conjugate_gradient`](crate::solvers::conjugate_gradient)).
+    /// once ‖r‖ ≤ tol); hypergradient = ∇_λ L_out − J v.
     Cg {
         /// Maximum iterations K ≥ 1.
         iters: usize,
