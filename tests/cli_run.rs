@@ -115,6 +115,11 @@ fn every_example_config_runs_and_writes_its_results() {
         let trace = r["trace"].as_array().unwrap();
         assert_eq!(trace.len(), config.outer.steps + 1, "{name}: trace length");
         for step in trace {
+            // With inner.tol, each solve reports its final gradient norm, within tol.
+            match config.inner.tol {
+                Some(tol) => assert!(step["inner_grad_norm"].as_f64().unwrap() <= tol),
+                None => assert!(step["inner_grad_norm"].is_null(), "{name}"),
+            }
             for key in [
                 "outer_loss",
                 "hypergrad_norm",
@@ -128,12 +133,29 @@ fn every_example_config_runs_and_writes_its_results() {
         assert!(m["final_outer_loss"].as_f64().unwrap().is_finite());
         match config.problem.kind.name() {
             "hyper-cleaning" => {
-                let acc = m["test_accuracy"].as_f64().unwrap();
-                assert!((0.0..=1.0).contains(&acc), "{name}: accuracy {acc}");
+                for key in ["test_accuracy", "val_accuracy", "train_accuracy"] {
+                    let acc = m[key].as_f64().unwrap();
+                    assert!((0.0..=1.0).contains(&acc), "{name}: {key} {acc}");
+                }
                 assert!(m["corruption_f1"].as_f64().is_some(), "{name}: F1");
             }
-            "logistic" => assert!(m["val_accuracy"].as_f64().is_some(), "{name}"),
-            _ => assert!(m["test_accuracy"].is_null() && m["val_accuracy"].is_null()),
+            "logistic" => {
+                for key in ["val_accuracy", "train_accuracy"] {
+                    let acc = m[key].as_f64().unwrap();
+                    assert!((0.0..=1.0).contains(&acc), "{name}: {key} {acc}");
+                }
+                assert!(m["test_accuracy"].is_null() && m["corruption_f1"].is_null());
+            }
+            _ => {
+                for key in [
+                    "test_accuracy",
+                    "val_accuracy",
+                    "train_accuracy",
+                    "corruption_f1",
+                ] {
+                    assert!(m[key].is_null(), "{name}: {key}");
+                }
+            }
         }
         assert_eq!(r["config"]["method"]["kind"], config.method.name());
         let lambda_len = r["lambda_len"].as_u64().unwrap() as usize;
@@ -154,7 +176,7 @@ fn every_example_config_runs_and_writes_its_results() {
         "neumann",
         "fixed_point",
         "one_step",
-        "exact",
+        "implicit",
         "hoag",
     ] {
         assert!(methods.contains(m), "no example config uses method {m}");
@@ -224,19 +246,19 @@ fn hypergradient_out_equals_the_library_hypergradient() {
         "ridge-rad",
     );
 
-    // ridge-exact.toml: the closed-form implicit hypergradient.
+    // ridge-implicit.toml: the implicit hypergradient at the closed-form w*.
     let want = hypergradient(
         &p,
         &vector(&[0.0; 5], &CPU),
         &p.init_w().unwrap(),
         &inner,
-        &Method::Exact,
+        &Method::Implicit,
     )
     .unwrap();
     assert_same(
-        &written_hypergradient("ridge-exact", &dir),
+        &written_hypergradient("ridge-implicit", &dir),
         &flat(&want.grad),
-        "ridge-exact",
+        "ridge-implicit",
     );
 
     // ridge-npy.toml: .npy data and λ₀, momentum (lr 0.2, μ 0.5, 40 steps), RAD.
@@ -340,6 +362,35 @@ fn hypergradient_out_equals_the_library_hypergradient() {
         &written_hypergradient("hyper-cleaning-npy", &dir),
         &flat(&trace.last.grad),
         "hyper-cleaning-npy",
+    );
+
+    // hyper-cleaning-at-w.toml: CG at the w of data/hc_w0.npy (W [5, 3] row-major, then
+    // b [3]) with no inner step.
+    let w0 = npy_vec("hc_w0.npy");
+    let w0 = vec![
+        Tensor::from_vec(w0[..15].to_vec(), &[5, 3], &CPU).unwrap(),
+        Tensor::from_vec(w0[15..].to_vec(), &[3], &CPU).unwrap(),
+    ];
+    let want = hypergradient(
+        &p,
+        &vector(&[0.0; 40], &CPU),
+        &w0,
+        &Inner {
+            optimizer: InnerOptimizer::Gd { lr: 0.5 },
+            steps: 0,
+        },
+        &Method::Cg {
+            iters: 20,
+            tol: None,
+            damping: 0.01,
+        },
+    )
+    .unwrap();
+    assert_eq!(want.report.inner_steps, 0);
+    assert_same(
+        &written_hypergradient("hyper-cleaning-at-w", &dir),
+        &flat(&want.grad),
+        "hyper-cleaning-at-w",
     );
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -553,11 +604,11 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
             "dtype",
         ),
         (
-            "exact-logistic",
+            "implicit-too-large",
             RIDGE
-                .replace("kind = \"ridge\"", "kind = \"logistic\"")
-                .replace("kind = \"cg\"\niters = 3", "kind = \"exact\""),
-            "method.kind",
+                .replace("features = 3", "features = 1100")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"implicit\""),
+            "data.features",
         ),
         (
             "outer-needs-kind",
@@ -634,6 +685,56 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
             npy_config(&dir, good, "\"DIR/nope.npy\""),
             "lambda.init",
         ),
+        // The inner starting point: a file of the wrong length, a missing file; and
+        // zero inner steps for a method that differentiates through them.
+        (
+            "init-length",
+            edit("inner", "init", Some("\"DIR/lam2.npy\""))
+                .replace("DIR", &dir.display().to_string()),
+            "inner.init",
+        ),
+        (
+            "init-missing",
+            edit("inner", "init", Some("\"DIR/nope.npy\""))
+                .replace("DIR", &dir.display().to_string()),
+            "inner.init",
+        ),
+        (
+            "steps-0-rad",
+            RIDGE
+                .replace("steps = 5", "steps = 0")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"rad\""),
+            "inner.steps",
+        ),
+        // The inner solve to tolerance: tol ≤ 0, with a method that differentiates
+        // through the steps, without max_steps, with steps too; max_steps without tol.
+        (
+            "tol-zero",
+            RIDGE.replace("steps = 5", "tol = 0.0\nmax_steps = 100"),
+            "inner.tol",
+        ),
+        (
+            "tol-with-rad",
+            RIDGE
+                .replace("steps = 5", "tol = 1e-6\nmax_steps = 100")
+                .replace("kind = \"cg\"\niters = 3", "kind = \"rad\""),
+            "inner.tol",
+        ),
+        (
+            "tol-needs-max-steps",
+            RIDGE.replace("steps = 5", "tol = 1e-6"),
+            "inner.max_steps",
+        ),
+        (
+            "tol-and-steps",
+            RIDGE.replace("steps = 5", "steps = 5\ntol = 1e-6\nmax_steps = 100"),
+            "inner.steps",
+        ),
+        (
+            "max-steps-without-tol",
+            RIDGE.replace("steps = 5", "steps = 5\nmax_steps = 100"),
+            "inner.max_steps",
+        ),
         // Output next to a directory that does not exist.
         (
             "out-dir",
@@ -694,6 +795,20 @@ fn a_failure_inside_blo_exits_1_and_writes_nothing() {
         "{}",
         text(&o)
     );
+    assert!(!out.exists() && !dir.join("h.npy").exists());
+
+    // An inner solve to a tolerance it cannot reach within max_steps.
+    let path = dir.join("max-steps.toml");
+    std::fs::write(
+        &path,
+        RIDGE.replace("steps = 5", "tol = 1e-14\nmax_steps = 10\ncheck_every = 5"),
+    )
+    .unwrap();
+    let out = dir.join("max-steps.json");
+    let o = run(&path, &out);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("max_steps = 10"), "{}", text(&o));
     assert!(!out.exists() && !dir.join("h.npy").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,13 +1,14 @@
 //! Hypergradient methods against closed forms, finite differences, each other, and
 //! the GPU against the CPU in f64.
 
+use blo::bilevel::methods::MAX_DENSE_DIM;
 use blo::bilevel::{
     HoagConfig, HypergradientMethod, Inner, InnerOptimizer, Method, MethodOutput, OuterConfig,
     OuterOptimizer, Problem, WarmStart, hoag, hypergradient, hypergradient_with, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
-use blo::solvers::solve_dense;
+use blo::solvers::{solve_dense, solve_symmetric_min_norm};
 use blo::testing::{gpu_or_skip, rel_err};
 use blo::{DType, Device, Error, Tensor};
 
@@ -464,19 +465,17 @@ fn bad_input_is_a_clear_error() {
     let two = [l.clone(), l.clone()].concat();
     let e = err(hypergradient(&p, &two, &w0, &gd(0.1, 5), &Method::Rad));
     assert!(e.to_string().contains("λ must have 1 tensor"), "{e}");
-    // Exact needs a closed form, of w's shapes.
-    let cleaning = tiny_cleaning(&CPU, DType::F64);
+    // The dense solve has a size limit, checked before any work.
+    let big = Ridge::synthetic(4, 3, MAX_DENSE_DIM + 1, 1, &CPU, DType::F64).unwrap();
     let e = err(hypergradient(
-        &cleaning,
-        &lam(vec![0.0; 30], &CPU, DType::F64),
-        &cleaning.init_w().unwrap(),
+        &big,
+        &lam(vec![0.0; MAX_DENSE_DIM + 1], &CPU, DType::F64),
+        &big.init_w().unwrap(),
         &gd(0.1, 5),
-        &Method::Exact,
+        &Method::Implicit,
     ));
-    assert!(
-        e.to_string().contains("no closed-form inner solution"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("limit of 1024"), "{e}");
+    // A closed form must have w's shapes.
     let e = err(hypergradient(
         &WrongSolution(small_ridge(&CPU, DType::F64)),
         &l,
@@ -895,7 +894,8 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
         (momentum, Method::Forward, d * 2 * d * f64_bytes),
         // CG's x, r, p and Ap
         (gd(0.1, t as usize), cg, 4 * d * f64_bytes),
-        (gd(0.1, t as usize), Method::Exact, 4 * d * f64_bytes),
+        // the dense H on the host
+        (gd(0.1, t as usize), Method::Implicit, d * d * f64_bytes),
         (
             gd(0.1, t as usize),
             Method::OneStep {
@@ -915,7 +915,7 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
             Method::Neumann { .. } => "neumann",
             Method::FixedPoint { .. } => "fixed_point",
             Method::OneStep { .. } => "one_step",
-            Method::Exact => "exact",
+            Method::Implicit => "implicit",
         };
         assert_eq!((r.method.as_str(), m.name()), (name, name));
     }
@@ -1102,4 +1102,515 @@ fn any_method_runs_through_hypergradient_with_and_optimize() {
     let b = optimize(&p, &l, &inner, &Method::Rad, &config).unwrap();
     assert_eq!(vals(&a.lambda), vals(&b.lambda));
     assert_eq!(a.steps[2].report.method, "custom");
+}
+
+// ---- Evaluating methods at a given w (issue #14) ----
+
+/// `v` split into tensors shaped like `like` (f64, CPU).
+fn split_like(v: &[f64], like: &[Tensor]) -> Vec<Tensor> {
+    let mut at = 0;
+    like.iter()
+        .map(|t| {
+            let n = t.numel();
+            let part = Tensor::from_vec(v[at..at + n].to_vec(), t.shape(), &CPU).unwrap();
+            at += n;
+            part
+        })
+        .collect()
+}
+
+/// At (w, λ), by hand from Hessian-vector products: H (n×n row-major, column j = H e_j),
+/// g = ∇_w L_out and ∇_λ L_out flattened, and a closure v ↦ ∇_λ L_out − J v.
+struct ByHand {
+    n: usize,
+    h: Vec<f64>,
+    g: Vec<f64>,
+    hyper: HyperOf,
+}
+
+/// v ↦ ∇_λ L_out − J v, flat.
+type HyperOf = Box<dyn Fn(&[f64]) -> Vec<f64>>;
+
+fn by_hand(p: &dyn Problem, l: &[Tensor], w: &[Tensor]) -> ByHand {
+    let wt: Vec<Tensor> = w.iter().map(Tensor::requires_grad).collect();
+    let lt: Vec<Tensor> = l.iter().map(Tensor::requires_grad).collect();
+    let n: usize = w.iter().map(Tensor::numel).sum();
+    let op = blo::HvpOperator::new(
+        &p.inner_loss(&wt, &lt).unwrap(),
+        &wt.iter().collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut h = vec![0.0; n * n];
+    for j in 0..n {
+        let mut e = vec![0.0; n];
+        e[j] = 1.0;
+        let parts = split_like(&e, w);
+        let col = vals(&op.hvp(&parts.iter().collect::<Vec<_>>()).unwrap());
+        for i in 0..n {
+            h[i * n + j] = col[i];
+        }
+    }
+    let outer = p.outer_loss(&wt, &lt).unwrap();
+    let wrt: Vec<&Tensor> = wt.iter().chain(&lt).collect();
+    let mut grads = blo::grad(&outer, &wrt, false).unwrap();
+    let gl = vals(&grads.split_off(wt.len()));
+    let g = vals(&grads);
+    let like = w.to_vec();
+    let hyper = Box::new(move |v: &[f64]| {
+        let parts = split_like(v, &like);
+        let jv = vals(
+            &op.mixed(
+                &lt.iter().collect::<Vec<_>>(),
+                &parts.iter().collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        gl.iter().zip(&jv).map(|(a, b)| a - b).collect()
+    });
+    ByHand { n, h, g, hyper }
+}
+
+fn matvec_host(a: &[f64], v: &[f64]) -> Vec<f64> {
+    let n = v.len();
+    (0..n)
+        .map(|i| (0..n).map(|j| a[i * n + j] * v[j]).sum())
+        .collect()
+}
+
+/// Textbook CG on the host, K iterations from 0.
+fn host_cg(a: &[f64], b: &[f64], k: usize) -> Vec<f64> {
+    let dot = |u: &[f64], v: &[f64]| -> f64 { u.iter().zip(v).map(|(x, y)| x * y).sum() };
+    let (mut x, mut r, mut p) = (vec![0.0; b.len()], b.to_vec(), b.to_vec());
+    for _ in 0..k {
+        let rr = dot(&r, &r);
+        if rr == 0.0 {
+            break;
+        }
+        let ap = matvec_host(a, &p);
+        let alpha = rr / dot(&p, &ap);
+        x.iter_mut().zip(&p).for_each(|(xi, pi)| *xi += alpha * pi);
+        r.iter_mut().zip(&ap).for_each(|(ri, ai)| *ri -= alpha * ai);
+        let beta = dot(&r, &r) / rr;
+        p = r.iter().zip(&p).map(|(ri, pi)| ri + beta * pi).collect();
+    }
+    x
+}
+
+fn cleaning_lambda(dev: &Device, dtype: DType) -> Vec<Tensor> {
+    lam(
+        (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect(),
+        dev,
+        dtype,
+    )
+}
+
+/// w after `t` GD steps from 0: a point away from the origin and from w*.
+fn cleaning_point(p: &HyperCleaning, l: &[Tensor], t: usize) -> Vec<Tensor> {
+    blo::bilevel::trajectory::run_to_end(p, l, &p.init_w().unwrap(), &gd(0.5, t)).unwrap()
+}
+
+#[test]
+fn every_method_honours_w0_and_runs_with_zero_steps() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let init = p.init_w().unwrap();
+    let t = 8;
+    let w_t = cleaning_point(&p, &l, t);
+    // Evaluated at w_T with no step = run T steps from 0, then evaluated: the methods
+    // that evaluate at the last iterate start where they are told to.
+    let mut at_w = all_methods();
+    at_w.retain(|m| !matches!(m, Method::Rad | Method::Trad { .. } | Method::Forward));
+    for m in at_w {
+        let from0 = hypergradient(&p, &l, &init, &gd(0.5, t), &m).unwrap();
+        let at = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        let err = rel_err(&vals(&at.grad), &vals(&from0.grad));
+        // Same f64 operations in the same order, up to how w_T was stored.
+        assert!(err <= 1e-12, "{m:?}: {err:e}");
+        assert_eq!(at.report.inner_steps, 0, "{m:?}");
+        assert_eq!(from0.report.inner_steps, t, "{m:?}");
+    }
+    // Through zero steps, RAD and forward mode give the direct term only: L_out does not
+    // depend on λ, so zero; RAD's dw₀ is ∇_w L_out(w₀).
+    let hand = by_hand(&p, &l, &w_t);
+    for m in [Method::Rad, Method::Forward] {
+        let out = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        assert!(vals(&out.grad).iter().all(|&v| v == 0.0), "{m:?}");
+        assert_eq!(out.report.inner_steps, 0);
+        if m == Method::Rad {
+            let dw0 = vals(&out.dw0.unwrap());
+            assert!(rel_err(&dw0, &hand.g) <= 1e-14, "dw0 at T = 0");
+        }
+    }
+    // From a given w with T steps: RAD and forward agree with each other, and differ
+    // from the same run started at 0.
+    let rad = hg_from(&p, &l, &w_t, 3, Method::Rad);
+    let fwd = hg_from(&p, &l, &w_t, 3, Method::Forward);
+    assert!(rel_err(&rad, &fwd) <= 1e-10, "{:e}", rel_err(&rad, &fwd));
+    let rad0 = hg_from(&p, &l, &init, 3, Method::Rad);
+    assert!(rel_err(&rad, &rad0) > 1e-3, "w₀ was ignored");
+    // T-RAD cannot differentiate through zero steps: a clear error, before any work.
+    let e = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &Method::Trad { k: 1 }).unwrap_err();
+    assert!(e.to_string().contains("1..=T = 0"), "{e}");
+}
+
+fn hg_from(p: &dyn Problem, l: &[Tensor], w0: &[Tensor], t: usize, m: Method) -> Vec<f64> {
+    vals(&hypergradient(p, l, w0, &gd(0.5, t), &m).unwrap().grad)
+}
+
+#[test]
+fn cg_and_neumann_at_a_given_w_match_the_same_computed_by_hand_from_hvps() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let hand = by_hand(&p, &l, &w);
+    let at = |m: Method| hg_from(&p, &l, &w, 0, m);
+    // Neumann: v = η Σ_{k=0..K} (I − ηH)^k g.
+    let (k, eta) = (10, 0.5);
+    let mut term = hand.g.clone();
+    let mut sum = hand.g.clone();
+    for _ in 0..k {
+        let ht = matvec_host(&hand.h, &term);
+        term = term.iter().zip(&ht).map(|(a, b)| a - eta * b).collect();
+        sum.iter_mut().zip(&term).for_each(|(s, t)| *s += t);
+    }
+    let v: Vec<f64> = sum.iter().map(|s| eta * s).collect();
+    let want = (hand.hyper)(&v);
+    let got = at(Method::Neumann { k, eta });
+    assert!(
+        rel_err(&got, &want) <= 1e-10,
+        "neumann: {:e}",
+        rel_err(&got, &want)
+    );
+    // CG with K = 5 < n: an approximation, the same one both ways. (Past ~10
+    // iterations this singular, ill-conditioned H makes the two CGs' rounding diverge:
+    // 7e-5 apart at K = 12, in f64.)
+    let want = (hand.hyper)(&host_cg(&hand.h, &hand.g, 5));
+    let got = at(Method::Cg {
+        iters: 5,
+        tol: None,
+        damping: 0.0,
+    });
+    assert!(
+        rel_err(&got, &want) <= 1e-8,
+        "cg: {:e}",
+        rel_err(&got, &want)
+    );
+    assert_eq!(hand.n, 6 * 3 + 3);
+}
+
+// ---- The implicit hypergradient without a closed form (issue #14) ----
+
+/// A ridge problem with its closed form hidden: `implicit` takes the dense path at w_T.
+struct NoClosedForm(Ridge);
+
+impl Problem for NoClosedForm {
+    fn init_w(&self) -> blo::Result<Vec<Tensor>> {
+        self.0.init_w()
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.0.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], l: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.inner_loss(w, l)
+    }
+    fn outer_loss(&self, w: &[Tensor], l: &[Tensor]) -> blo::Result<Tensor> {
+        self.0.outer_loss(w, l)
+    }
+}
+
+#[test]
+fn implicit_uses_the_closed_form_and_equals_it_at_w_star_without_one() {
+    let p = small_ridge(&CPU, DType::F64);
+    let l = ridge_lambda(5, &CPU, DType::F64);
+    let closed =
+        hypergradient(&p, &l, &p.init_w().unwrap(), &gd(0.1, 7), &Method::Implicit).unwrap();
+    assert_eq!(closed.report.method, "implicit");
+    assert_eq!(
+        closed.report.inner_steps, 0,
+        "the closed form takes no inner step"
+    );
+    // The former name is the same method.
+    assert_eq!(Method::Exact, Method::Implicit);
+    let w_star = p.inner_solution(&l).unwrap().unwrap();
+    let dense = hypergradient(
+        &NoClosedForm(p.clone()),
+        &l,
+        &w_star,
+        &gd(0.1, 0),
+        &Method::Implicit,
+    )
+    .unwrap();
+    let err = rel_err(&vals(&dense.grad), &vals(&closed.grad));
+    // Both solve the same 5×5 system in f64 (LU-free eigendecomposition vs the closed
+    // form's w*): rounding only.
+    assert!(err <= 1e-10, "{err:e}");
+    assert_eq!(dense.report.solver_iterations, 5);
+    assert!(dense.report.residual.unwrap() <= 1e-12);
+}
+
+#[test]
+fn implicit_on_hyper_cleaning_is_the_minimum_norm_solve_of_the_singular_hessian() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let imp = hypergradient(&p, &l, &w, &gd(0.5, 0), &Method::Implicit).unwrap();
+    let got = vals(&imp.grad);
+    assert!(got.iter().all(|v| v.is_finite()));
+    let hand = by_hand(&p, &l, &w);
+    let n = hand.n;
+    // H is singular: b ↦ b + t·1 (the last 3 of w's 21 values) leaves L_in unchanged.
+    let mut null = vec![0.0; n];
+    null[n - 3..]
+        .iter_mut()
+        .for_each(|v| *v = 1.0 / 3f64.sqrt());
+    let hn = matvec_host(&hand.h, &null);
+    let h_norm = hand.h.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(hn.iter().all(|v| v.abs() <= 1e-14 * h_norm), "{hn:?}");
+    // CG converged far (K = 4n, f64) stays in H's range and reaches the same answer.
+    let cg = hg_from(
+        &p,
+        &l,
+        &w,
+        0,
+        Method::Cg {
+            iters: 4 * n,
+            tol: None,
+            damping: 0.0,
+        },
+    );
+    assert!(
+        rel_err(&got, &cg) <= 1e-8,
+        "vs CG: {:e}",
+        rel_err(&got, &cg)
+    );
+    // The solve by hand from the same H; unchanged by a null-space component added to
+    // the right-hand side, which only shows in the residual.
+    let rcond = n as f64 * f64::EPSILON;
+    let a = solve_symmetric_min_norm(&hand.h, &hand.g, rcond).unwrap();
+    assert_eq!(a.rank, n - 1);
+    assert!(a.residual_norm <= 1e-12, "{}", a.residual_norm);
+    let shifted: Vec<f64> = hand.g.iter().zip(&null).map(|(g, z)| g + 0.3 * z).collect();
+    let b = solve_symmetric_min_norm(&hand.h, &shifted, rcond).unwrap();
+    assert!(rel_err(&b.x, &a.x) <= 1e-12, "{:e}", rel_err(&b.x, &a.x));
+    assert!(
+        (b.residual_norm - 0.3).abs() <= 1e-10,
+        "{}",
+        b.residual_norm
+    );
+    let want = (hand.hyper)(&a.x);
+    assert!(rel_err(&got, &want) <= 1e-12, "{:e}", rel_err(&got, &want));
+    assert!(imp.report.residual.unwrap() <= 1e-12);
+}
+
+/// w*(λ) by Newton's method with the dense min-norm step, from 0, until ‖∇_w L_in‖ ≤ 1e-13.
+fn newton_inner_solution(p: &HyperCleaning, l: &[Tensor]) -> Vec<Tensor> {
+    let mut w = p.init_w().unwrap();
+    for _ in 0..50 {
+        let wt: Vec<Tensor> = w.iter().map(Tensor::requires_grad).collect();
+        let g = vals(
+            &blo::grad(
+                &p.inner_loss(&wt, l).unwrap(),
+                &wt.iter().collect::<Vec<_>>(),
+                false,
+            )
+            .unwrap(),
+        );
+        if g.iter().map(|v| v * v).sum::<f64>().sqrt() <= 1e-13 {
+            return w;
+        }
+        let h = by_hand(p, l, &w).h;
+        let step = solve_symmetric_min_norm(&h, &g, 1e-12).unwrap().x;
+        let flat: Vec<f64> = vals(&w).iter().zip(&step).map(|(a, b)| a - b).collect();
+        w = split_like(&flat, &w);
+    }
+    panic!("Newton did not converge");
+}
+
+#[test]
+fn implicit_on_hyper_cleaning_matches_finite_differences_through_a_converged_inner_solve() {
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let lv: Vec<f64> = (0..30).map(|i| ((i * 7) % 5) as f64 * 0.3 - 0.6).collect();
+    let l = lam(lv.clone(), &CPU, DType::F64);
+    let w_star = newton_inner_solution(&p, &l);
+    let imp = vals(
+        &hypergradient(&p, &l, &w_star, &gd(0.5, 0), &Method::Implicit)
+            .unwrap()
+            .grad,
+    );
+    let outer_at = |lv: Vec<f64>| -> f64 {
+        let l = lam(lv, &CPU, DType::F64);
+        let w = newton_inner_solution(&p, &l);
+        p.outer_loss(&w, &l).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let h = 1e-4;
+    for i in [0, 7, 13, 29] {
+        let (mut up, mut down) = (lv.clone(), lv.clone());
+        up[i] += h;
+        down[i] -= h;
+        let fd = (outer_at(up) - outer_at(down)) / (2.0 * h);
+        // Central differences: O(h²) truncation, ~1e-16/h rounding; the values are
+        // 3e-4 to 1e-2 and agree to ~1e-11 (measured).
+        assert!(
+            (fd - imp[i]).abs() <= 1e-9 + 1e-6 * fd.abs(),
+            "λ_{i}: finite difference {fd:e}, implicit {:e}",
+            imp[i]
+        );
+    }
+}
+
+#[test]
+fn hyper_cleaning_accuracies_match_an_arg_max_by_hand() {
+    let (x, y) = synthetic_classification(90, 6, 3, 2.0, 5);
+    let data = cleaning_split(&x, &y, 3, 30, 30, 0.3, 1).unwrap();
+    let p = HyperCleaning::new(&data, 1e-2, &CPU, DType::F64).unwrap();
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let w = cleaning_point(&p, &l, 8);
+    let (wm, b) = (w[0].to_vec::<f64>().unwrap(), w[1].to_vec::<f64>().unwrap());
+    let by_hand = |s: &blo::problems::data::Split| -> f64 {
+        let d = s.x.cols;
+        let right = (0..s.x.rows)
+            .filter(|&i| {
+                let logit = |c: usize| -> f64 {
+                    b[c] + (0..d)
+                        .map(|k| s.x.data[i * d + k] * wm[k * 3 + c])
+                        .sum::<f64>()
+                };
+                let best = (0..3)
+                    .max_by(|&a, &c| logit(a).total_cmp(&logit(c)))
+                    .unwrap();
+                best == s.labels[i]
+            })
+            .count();
+        right as f64 / s.x.rows as f64
+    };
+    // The training labels as given: the corrupted ones count against the classifier.
+    assert!(data.corrupted.iter().any(|&c| c));
+    assert_eq!(p.train_accuracy(&w).unwrap(), by_hand(&data.train));
+    assert_eq!(p.val_accuracy(&w).unwrap(), by_hand(&data.val));
+    assert_eq!(p.test_accuracy(&w).unwrap(), by_hand(&data.test));
+}
+
+#[test]
+fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
+    use blo::bilevel::{SolveThen, Tolerance, solve_inner};
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let init = p.init_w().unwrap();
+    let gd_half = InnerOptimizer::Gd { lr: 0.5 };
+    let tolerance = Tolerance {
+        tol: 1e-8,
+        max_steps: 50_000,
+        check_every: 25,
+    };
+    let s = solve_inner(&p, &l, &init, &gd_half, &tolerance).unwrap();
+    assert!(s.grad_norm <= 1e-8, "{}", s.grad_norm);
+    assert!(
+        s.steps > 0 && s.steps.is_multiple_of(25),
+        "{} steps",
+        s.steps
+    );
+    // The norm, recomputed independently.
+    let wt: Vec<Tensor> = s.w.iter().map(Tensor::requires_grad).collect();
+    let g = vals(
+        &blo::grad(
+            &p.inner_loss(&wt, &l).unwrap(),
+            &wt.iter().collect::<Vec<_>>(),
+            false,
+        )
+        .unwrap(),
+    );
+    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(
+        (norm - s.grad_norm).abs() <= 1e-15,
+        "{norm} vs {}",
+        s.grad_norm
+    );
+    // Solve, then implicit: the same as implicit at the solution, with the solve's
+    // steps and norm in the report.
+    let then = SolveThen {
+        method: &Method::Implicit,
+        tolerance,
+    };
+    let out = hypergradient_with(&p, &l, &init, &gd(0.5, 0), &then).unwrap();
+    assert_eq!(out.report.method, "implicit");
+    assert_eq!(out.report.inner_steps, s.steps);
+    assert_eq!(out.report.inner_grad_norm, Some(s.grad_norm));
+    let at = hg_from(&p, &l, &s.w, 0, Method::Implicit);
+    assert!(rel_err(&vals(&out.grad), &at) <= 1e-14);
+    // Already within tolerance at the start: no step.
+    let again = solve_inner(
+        &p,
+        &l,
+        &s.w,
+        &gd_half,
+        &Tolerance {
+            tol: 1e-7,
+            ..tolerance
+        },
+    )
+    .unwrap();
+    assert_eq!(again.steps, 0);
+    // max_steps first: an error that says so, with the norm reached.
+    let e = solve_inner(
+        &p,
+        &l,
+        &init,
+        &gd_half,
+        &Tolerance {
+            tol: 1e-12,
+            max_steps: 30,
+            check_every: 10,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("max_steps = 30") && e.contains("above tol"),
+        "{e}"
+    );
+    for bad in [0.0, -1.0, f64::NAN] {
+        let t = Tolerance {
+            tol: bad,
+            ..tolerance
+        };
+        assert!(matches!(
+            solve_inner(&p, &l, &init, &gd_half, &t),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}
+
+/// Issue #14: f32 CG on hyper-cleaning's singular Hessian, run far past convergence
+/// (K = 650 = |w|), must not end further from the answer than K = 100; on the CPU and,
+/// where there is an adapter, the GPU. The answer: f64 CG with K = 2·|w| at the same w.
+#[test]
+fn f32_cg_far_past_convergence_is_no_worse_than_at_k_100_on_hyper_cleaning() {
+    let mut devices = vec![CPU];
+    devices.extend(gpu_or_skip());
+    let p64 = HyperCleaning::digits(0, &CPU, DType::F64).unwrap();
+    let l64 = lam(vec![0.0; 500], &CPU, DType::F64);
+    let cg = |k| Method::Cg {
+        iters: k,
+        tol: None,
+        damping: 0.0,
+    };
+    for dev in devices {
+        let p32 = HyperCleaning::digits(0, &dev, DType::F32).unwrap();
+        let l32 = lam(vec![0.0; 500], &dev, DType::F32);
+        let w32 =
+            blo::bilevel::trajectory::run_to_end(&p32, &l32, &p32.init_w().unwrap(), &gd(1.0, 100))
+                .unwrap();
+        let w64: Vec<Tensor> = w32
+            .iter()
+            .map(|t| Tensor::from_vec(t.to_vec::<f64>().unwrap(), t.shape(), &CPU).unwrap())
+            .collect();
+        let want = hg_from(&p64, &l64, &w64, 0, cg(1300));
+        let err = |k| rel_err(&hg_from(&p32, &l32, &w32, 0, cg(k)), &want);
+        let (e100, e650) = (err(100), err(650));
+        // CG returns x_K, reading nothing back without a tolerance; measured here, K = 650
+        // ends closer to the answer than K = 100 (the issue's growth to 1e-1 did not
+        // reproduce on the CPU or lavapipe).
+        assert!(e650 <= e100, "{dev}: K = 650: {e650:e}, K = 100: {e100:e}");
+        assert!(e100 <= 1e-4, "{dev}: K = 100: {e100:e}");
+    }
 }

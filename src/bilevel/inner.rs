@@ -93,6 +93,7 @@ pub struct Inner {
     /// The update map Φ.
     pub optimizer: InnerOptimizer,
     /// Number of inner steps T run from w₀ before (or, for unrolled methods, while)
-    /// computing the hypergradient.
+    /// computing the hypergradient. 0 evaluates the method at w₀ (see
+    /// [`Method`](super::Method)).
     pub steps: usize,
 }

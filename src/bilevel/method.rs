@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::methods::{Cg, Exact, FixedPoint, Forward, Neumann, OneStep, Rad, Trad};
+use super::methods::{Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
 use super::{Hypergradient, Inner, Problem, Report, check_lambda, detach_all, refs, track};
 use crate::autodiff::grad;
 use crate::device::Device;
@@ -79,6 +79,7 @@ use crate::tensor::Tensor;
 ///             solver_iterations: 0,
 ///             residual: None,
 ///             stored_bytes: 0,
+///             inner_grad_norm: None,
 ///         })
 ///     }
 /// }
@@ -143,11 +144,20 @@ pub struct MethodOutput {
     pub residual: Option<f64>,
     /// Bytes of state the method stored.
     pub stored_bytes: u64,
+    /// ‖∇_w L_in‖ at the evaluation point, where the method measured it (an inner solve
+    /// to tolerance, [`SolveThen`](super::SolveThen)); `None` otherwise.
+    pub inner_grad_norm: Option<f64>,
 }
 
 /// A built-in hypergradient method, by its settings. Every method first runs
-/// `inner.steps` (= T) steps of the inner optimizer Φ from w₀; unrolled methods
+/// `inner.steps` (= T) steps of the inner optimizer Φ from the given w₀; unrolled methods
 /// differentiate through them, implicit methods evaluate at the last iterate w_T.
+///
+/// T = 0 is allowed and evaluates the method at w₀ itself: CG, Neumann, fixed point and
+/// one-step at a given w, as other libraries call them. For RAD and forward mode the
+/// derivative through zero steps is the direct term ∇_λ L_out(w₀, λ) alone (w₀ does not
+/// depend on λ; zero for the built-in problems), and RAD's dw₀ is ∇_w L_out(w₀, λ);
+/// T-RAD needs 1 ≤ K ≤ T, so T ≥ 1.
 ///
 /// Each variant is implemented by the type of the same name in
 /// [`methods`](super::methods) (one file per family); this enum is the convenient
@@ -204,15 +214,28 @@ pub enum Method {
         /// Exact mixed product (true) or DARTS's finite difference (false).
         exact: bool,
     },
-    /// The implicit hypergradient at the closed-form inner solution w*(λ) (problems
-    /// implementing [`Problem::inner_solution`]), with H v = g solved directly: H is
-    /// built column by column from |w| Hessian-vector products and factorised on the
-    /// host in f64. An oracle for tests, usable on small problems. Ignores `inner`.
-    Exact,
+    /// `implicit`: the implicit hypergradient ∇_λ L_out − J H⁺ g with H solved directly,
+    /// evaluated at the closed-form inner solution w*(λ) when the problem has one
+    /// ([`Problem::inner_solution`]; `inner` and w₀ are then unused), otherwise at w_T
+    /// (`inner.steps` steps from w₀, so w₀ itself with 0 steps). H is built column by
+    /// column from |w| Hessian-vector products and decomposed on the host in f64
+    /// ([`crate::solvers::solve_symmetric_min_norm`], a symmetric eigendecomposition):
+    /// eigenvalues below |w|·ε·max|λ| (ε of the problem's dtype) count as zero, so a
+    /// singular H (hyper-cleaning's softmax bias) gets the minimum-norm solution H⁺ g,
+    /// the implicit hypergradient whenever g is orthogonal to H's null space. Reports
+    /// the residual ‖H v − g‖ and |w| as solver iterations. |w| ≤
+    /// [`MAX_DENSE_DIM`](super::methods::MAX_DENSE_DIM). Formerly `Exact`
+    /// ([`Method::Exact`] is kept as an alias).
+    Implicit,
 }
 
 impl Method {
-    /// A short name ("rad", "trad", "forward", "cg", "neumann", "fixed_point", "one_step", "exact").
+    /// The former name of [`Method::Implicit`], kept so that code written for it still
+    /// builds (as a value; a `match` names `Method::Implicit`).
+    #[allow(non_upper_case_globals)]
+    pub const Exact: Method = Method::Implicit;
+
+    /// A short name ("rad", "trad", "forward", "cg", "neumann", "fixed_point", "one_step", "implicit").
     pub fn name(&self) -> &'static str {
         match self {
             Method::Rad => Rad::NAME,
@@ -222,7 +245,7 @@ impl Method {
             Method::Neumann { .. } => Neumann::NAME,
             Method::FixedPoint { .. } => FixedPoint::NAME,
             Method::OneStep { .. } => OneStep::NAME,
-            Method::Exact => Exact::NAME,
+            Method::Implicit => Implicit::NAME,
         }
     }
 
@@ -244,7 +267,7 @@ impl Method {
             Method::Neumann { k, eta } => f(&Neumann { k, eta }),
             Method::FixedPoint { k, eta } => f(&FixedPoint { k, eta }),
             Method::OneStep { xi, exact } => f(&OneStep { xi, exact }),
-            Method::Exact => f(&Exact),
+            Method::Implicit => f(&Implicit),
         }
     }
 }
@@ -379,6 +402,7 @@ pub fn hypergradient_with(
             solver_iterations: out.solver_iterations,
             residual: out.residual,
             stored_bytes: out.stored_bytes,
+            inner_grad_norm: out.inner_grad_norm,
             outer_loss: out.outer_loss,
             wall_time: start.elapsed(),
             dispatches,

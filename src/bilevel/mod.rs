@@ -19,7 +19,7 @@
 //! that sets its own inner steps and solver tolerance per step.
 //!
 //! Files: `inner.rs` (Φ), `trajectory.rs`, `method.rs` (the trait, [`Method`], the
-//! driver), `methods/{unrolled,forward,implicit,one_step,exact}.rs`, `outer.rs`,
+//! driver), `methods/{unrolled,forward,implicit,one_step}.rs`, `outer.rs`,
 //! `hoag.rs`.
 
 mod hoag;
@@ -27,6 +27,7 @@ mod inner;
 mod method;
 pub mod methods;
 mod outer;
+mod solve_then;
 pub mod trajectory;
 
 #[cfg(feature = "config")]
@@ -39,6 +40,7 @@ pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hyper
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
 };
+pub use solve_then::{InnerSolve, SolveThen, Tolerance, solve_inner};
 
 use std::time::Duration;
 
@@ -63,7 +65,7 @@ pub trait Problem: Sync {
     /// The outer (validation) loss L_out(w, λ), a 0-d tensor.
     fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor>;
     /// The exact minimiser w*(λ) of the inner loss, for problems that have a closed form
-    /// (used by [`Method::Exact`]); `None` otherwise.
+    /// (used by [`Method::Implicit`]); `None` otherwise.
     fn inner_solution(&self, _lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
         None
     }
@@ -75,7 +77,8 @@ pub struct Hypergradient {
     /// dL_out/dλ, shaped like λ.
     pub grad: Vec<Tensor>,
     /// The inner variables the hypergradient was evaluated at (w_T, or w* for
-    /// [`Method::Exact`], or w' for one-step), for warm starts and metrics.
+    /// [`Method::Implicit`] with a closed form, or w' for one-step), for warm starts and
+    /// metrics.
     pub w: Vec<Tensor>,
     /// dL_out(w_T(w₀), λ)/dw₀, shaped like w₀, from methods whose computation yields it
     /// (RAD: the reverse sweep's adjoint at the start); `None` for the others. What a
@@ -99,6 +102,9 @@ pub struct Report {
     /// Bytes of state the method stored (iterates for RAD, tangents for forward mode,
     /// solver vectors for implicit methods).
     pub stored_bytes: u64,
+    /// ‖∇_w L_in‖ at the evaluation point, when an inner solve to tolerance measured it
+    /// ([`SolveThen`]); `None` otherwise.
+    pub inner_grad_norm: Option<f64>,
     /// L_out at the point the hypergradient was evaluated.
     pub outer_loss: f64,
     /// Wall time, including the final readbacks.

@@ -154,7 +154,7 @@ fn names_are_unique_and_every_op_is_listed() {
             | Method::Neumann { .. }
             | Method::FixedPoint { .. }
             | Method::OneStep { .. }
-            | Method::Exact => {}
+            | Method::Implicit => {}
         }
     }
 }

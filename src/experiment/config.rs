@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::ConfigError;
-use crate::bilevel::methods::{Cg, Exact, FixedPoint, Forward, Neumann, OneStep, Rad, Trad};
+use crate::bilevel::methods::{Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
 use crate::bilevel::{BadSetting, HOAG, HoagSettings, HypergradientMethod, Inner};
 /// `device`: defined with the devices, since the command line's `--device` shares it.
 pub use crate::device::DeviceSpec;
@@ -248,8 +248,27 @@ pub struct InnerConfig {
     pub kind: InnerKind,
     /// Step size η > 0.
     pub lr: f64,
-    /// Inner steps T per hypergradient (HOAG: the cap per outer step).
-    pub steps: usize,
+    /// Inner steps T per hypergradient (HOAG: the cap per outer step). 0 evaluates the
+    /// method at the starting point (`init`); rad, trad, forward and hoag need T ≥ 1.
+    /// Required unless `tol` is set (then it does not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Solve the inner problem to ‖∇_w L_in‖ ≤ tol (finite, > 0) before each
+    /// hypergradient instead of taking `steps` steps; needs `max_steps`. For cg, neumann,
+    /// fixed_point, one_step and implicit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
+    /// With `tol`: the most inner steps per solve (≥ 1); reaching it is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    /// With `tol`: steps between gradient-norm checks (default 10, ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_every: Option<usize>,
+    /// Optional `.npy` file holding the starting point w₀ as one flat vector in the
+    /// problem's layout (ridge: w `[d]`; logistic and hyper-cleaning: W `[d, classes]`
+    /// row-major, then b `[classes]`). Relative to the config file. Default: w₀ = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// momentum: μ in [0, 1) (required for `kind = "momentum"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
@@ -288,8 +307,10 @@ pub enum MethodConfig {
     /// `one_step`: [`Method::OneStep`](crate::bilevel::Method::OneStep); `xi`, `exact`.
     #[serde(alias = "one-step")]
     OneStep(OneStep),
-    /// `exact`: [`Method::Exact`](crate::bilevel::Method::Exact) (ridge only), no keys.
-    Exact(Exact),
+    /// `implicit` (or its former name `exact`):
+    /// [`Method::Implicit`](crate::bilevel::Method::Implicit), no keys.
+    #[serde(alias = "exact")]
+    Implicit(Implicit),
     /// `hoag`: [`crate::bilevel::hoag`], which replaces the outer loop; `iters`, `eps0`,
     /// `decay`, `check_every`.
     Hoag(HoagSettings),
@@ -306,7 +327,7 @@ impl MethodConfig {
             MethodConfig::Neumann(m) => m,
             MethodConfig::FixedPoint(m) => m,
             MethodConfig::OneStep(m) => m,
-            MethodConfig::Exact(m) => m,
+            MethodConfig::Implicit(m) => m,
             MethodConfig::Hoag(_) => return None,
         })
     }
@@ -321,7 +342,7 @@ impl MethodConfig {
             MethodConfig::Neumann(_) => Neumann::NAME,
             MethodConfig::FixedPoint(_) => FixedPoint::NAME,
             MethodConfig::OneStep(_) => OneStep::NAME,
-            MethodConfig::Exact(_) => Exact::NAME,
+            MethodConfig::Implicit(_) => Implicit::NAME,
             MethodConfig::Hoag(_) => HOAG,
         }
     }
@@ -329,7 +350,7 @@ impl MethodConfig {
     /// Checks every setting's range; a failure names the key.
     pub(crate) fn check(&self, inner: &Inner) -> Result<(), BadSetting> {
         match self {
-            MethodConfig::Rad(_) | MethodConfig::Forward(_) | MethodConfig::Exact(_) => Ok(()),
+            MethodConfig::Rad(_) | MethodConfig::Forward(_) | MethodConfig::Implicit(_) => Ok(()),
             MethodConfig::Trad(m) => m.check(inner),
             MethodConfig::Cg(m) => m.check(),
             MethodConfig::Neumann(m) => m.check(),
@@ -595,7 +616,9 @@ steps = 5
                     exact: true,
                 }),
             ),
-            ("kind = \"exact\"", MethodConfig::Exact(Exact)),
+            ("kind = \"implicit\"", MethodConfig::Implicit(Implicit)),
+            // The former name.
+            ("kind = \"exact\"", MethodConfig::Implicit(Implicit)),
             (
                 "kind = \"hoag\"\neps0 = 0.5",
                 MethodConfig::Hoag(HoagSettings {
@@ -621,7 +644,7 @@ steps = 5
             "kind = \"neumann\"\nk = 4\neta = 0.5",
             "kind = \"fixed_point\"\nk = 4\neta = 0.5",
             "kind = \"one_step\"\nxi = 0.1\nexact = false",
-            "kind = \"exact\"",
+            "kind = \"implicit\"",
             "kind = \"hoag\"",
         ] {
             let config = parse(table).unwrap();

@@ -57,7 +57,8 @@ pub use results::{
 };
 
 use crate::bilevel::{
-    HoagConfig, Inner, OuterConfig, Problem, Trace, TraceStep, hoag_with, optimize_with,
+    HoagConfig, Inner, OuterConfig, Problem, SolveThen, Tolerance, Trace, TraceStep, hoag_with,
+    optimize_with,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -121,7 +122,12 @@ enum HostData {
 /// What the outer loop is. `Optimize` runs the config's hypergradient method.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Plan {
-    Optimize { inner: Inner, outer: OuterConfig },
+    Optimize {
+        inner: Inner,
+        outer: OuterConfig,
+        /// `inner.tol`: solve to it, then evaluate the method ([`SolveThen`]).
+        tolerance: Option<Tolerance>,
+    },
     Hoag(HoagConfig),
 }
 
@@ -132,6 +138,8 @@ pub struct Experiment {
     config: Config,
     data: HostData,
     lambda0: Vec<f64>,
+    /// `inner.init`, flat in the problem's layout; `None` starts from w₀ = 0.
+    w0: Option<Vec<f64>>,
     plan: Plan,
     dtype: DType,
 }
@@ -153,8 +161,11 @@ pub struct Outcome {
     pub test_accuracy: Option<f64>,
     /// Corrupted-label F1 (hyper-cleaning with known corruption flags).
     pub corruption_f1: Option<f64>,
-    /// Validation accuracy (logistic).
+    /// Validation accuracy (logistic, hyper-cleaning).
     pub val_accuracy: Option<f64>,
+    /// Training accuracy against the training labels as given, corrupted ones included
+    /// (logistic, hyper-cleaning).
+    pub train_accuracy: Option<f64>,
     /// Wall time of the whole run in seconds (problem set-up included).
     pub wall_time_s: f64,
 }
@@ -225,6 +236,9 @@ impl Experiment {
         if let LambdaInit::Npy(p) = &self.config.lambda.init {
             files.push(base.join(p));
         }
+        if let Some(p) = &self.config.inner.init {
+            files.push(base.join(p));
+        }
         files
     }
 
@@ -262,7 +276,14 @@ impl Experiment {
     pub fn run(&self, device: &Device, observe: &mut dyn FnMut(&TraceStep)) -> Result<Outcome> {
         let start = std::time::Instant::now();
         let built = self.build(device)?;
-        let problem = built.problem();
+        let started;
+        let problem: &dyn Problem = match &self.w0 {
+            Some(flat) => {
+                started = StartAt::new(built.problem(), flat, device, self.dtype)?;
+                &started
+            }
+            None => built.problem(),
+        };
         let lambda_shape = vec![self.lambda0.len()];
         let lambda = vec![crate::problems::tensor(
             &self.lambda0,
@@ -271,20 +292,36 @@ impl Experiment {
             self.dtype,
         )?];
         let trace = match &self.plan {
-            Plan::Optimize { inner, outer } => {
+            Plan::Optimize {
+                inner,
+                outer,
+                tolerance,
+            } => {
                 let method = self.config.method.hypergradient_method();
                 let method = method.expect("from_config plans HOAG (no such method) as Plan::Hoag");
-                optimize_with(problem, &lambda, inner, method, outer, observe)?
+                match tolerance {
+                    Some(tolerance) => {
+                        let solved = SolveThen {
+                            method,
+                            tolerance: *tolerance,
+                        };
+                        optimize_with(problem, &lambda, inner, &solved, outer, observe)?
+                    }
+                    None => optimize_with(problem, &lambda, inner, method, outer, observe)?,
+                }
             }
             Plan::Hoag(c) => hoag_with(problem, &lambda, c, observe)?,
         };
         let hypergradient = flat(&trace.last.grad)?;
         let final_lambda = flat(&trace.lambda)?;
         let final_outer_loss = trace.last.report.outer_loss;
-        let (mut test_accuracy, mut corruption_f1, mut val_accuracy) = (None, None, None);
+        let (mut test_accuracy, mut corruption_f1) = (None, None);
+        let (mut val_accuracy, mut train_accuracy) = (None, None);
         match &built {
             Built::HyperCleaning(p) => {
                 test_accuracy = Some(p.test_accuracy(&trace.w)?);
+                val_accuracy = Some(p.val_accuracy(&trace.w)?);
+                train_accuracy = Some(p.train_accuracy(&trace.w)?);
                 if let HostData::HyperCleaning {
                     has_flags: true, ..
                 } = self.data
@@ -292,7 +329,10 @@ impl Experiment {
                     corruption_f1 = Some(p.corruption_f1(&trace.lambda)?);
                 }
             }
-            Built::Logistic(p) => val_accuracy = Some(p.val_accuracy(&trace.w)?),
+            Built::Logistic(p) => {
+                val_accuracy = Some(p.val_accuracy(&trace.w)?);
+                train_accuracy = Some(p.train_accuracy(&trace.w)?);
+            }
             Built::Ridge(_) => {}
         }
         Ok(Outcome {
@@ -304,6 +344,7 @@ impl Experiment {
             test_accuracy,
             corruption_f1,
             val_accuracy,
+            train_accuracy,
             wall_time_s: start.elapsed().as_secs_f64(),
         })
     }
@@ -324,6 +365,57 @@ impl Experiment {
     /// The method's name as in the config.
     pub fn method_name(&self) -> &'static str {
         self.config.method.name()
+    }
+}
+
+/// A problem whose starting point w₀ (`init_w`) is given: `inner.init`. Every method
+/// and both outer loops start (and, without warm starts, restart) from `init_w`.
+struct StartAt<'p> {
+    problem: &'p dyn Problem,
+    w0: Vec<Tensor>,
+}
+
+impl<'p> StartAt<'p> {
+    /// `flat` split into tensors shaped like the problem's own w₀ (the length was
+    /// checked against the problem's layout with the config).
+    fn new(problem: &'p dyn Problem, flat: &[f64], device: &Device, dtype: DType) -> Result<Self> {
+        let like = problem.init_w()?;
+        let mut w0 = Vec::with_capacity(like.len());
+        let mut at = 0;
+        for t in &like {
+            let n = t.numel();
+            let part = flat.get(at..at + n).ok_or_else(|| {
+                crate::error::invalid(
+                    "inner.init",
+                    format!(
+                        "w has {} values, the file {}",
+                        like.iter().map(Tensor::numel).sum::<usize>(),
+                        flat.len()
+                    ),
+                )
+            })?;
+            w0.push(crate::problems::tensor(part, t.shape(), device, dtype)?);
+            at += n;
+        }
+        Ok(StartAt { problem, w0 })
+    }
+}
+
+impl Problem for StartAt<'_> {
+    fn init_w(&self) -> Result<Vec<Tensor>> {
+        Ok(self.w0.clone())
+    }
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.problem.lambda_shapes()
+    }
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        self.problem.inner_loss(w, lambda)
+    }
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        self.problem.outer_loss(w, lambda)
+    }
+    fn inner_solution(&self, lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
+        self.problem.inner_solution(lambda)
     }
 }
 

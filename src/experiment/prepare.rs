@@ -7,7 +7,8 @@ use super::config::{
     Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, OuterKind, ProblemKind,
 };
 use super::{ConfigError, Experiment, HostData, Plan};
-use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, WarmStart};
+use crate::bilevel::methods::MAX_DENSE_DIM;
+use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, Tolerance, WarmStart};
 use crate::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
     synthetic_regression_pair,
@@ -299,14 +300,30 @@ impl Experiment {
                 values
             }
         };
-        let inner = inner_of(&ctx, &config)?;
-        let plan = plan_of(&ctx, &config, &inner)?;
+        let (inner, tolerance) = inner_of(&ctx, &config)?;
+        let w0 = w0_of(&ctx, &config, &data)?;
+        if matches!(config.method, MethodConfig::Implicit(_)) && w_len(&data) > MAX_DENSE_DIM {
+            // Digits has |w| = 650: only generated or given features can exceed it.
+            let key = match config.data.source {
+                DataSourceKind::Npy => "data.x_train",
+                _ => "data.features",
+            };
+            return Err(ctx.err(
+                key,
+                format!(
+                    "method implicit solves with the dense |w| × |w| Hessian, up to |w| = {MAX_DENSE_DIM}; this problem has |w| = {} (features × classes + classes); use cg with a tolerance",
+                    w_len(&data)
+                ),
+            ));
+        }
+        let plan = plan_of(&ctx, &config, &inner, tolerance)?;
         stored_iterates_fit(&ctx, &config, &data, &inner, lambda_len)?;
         Ok(Experiment {
             file: file.to_path_buf(),
             config,
             data,
             lambda0,
+            w0,
             plan,
             dtype,
         })
@@ -324,7 +341,9 @@ impl Experiment {
     }
 }
 
-fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
+/// The inner optimizer with its step count, and the tolerance of `inner.tol` (the step
+/// count is then 0: the method is evaluated where the solve stops).
+fn inner_of(ctx: &Ctx, c: &Config) -> Result<(Inner, Option<Tolerance>), ConfigError> {
     let i = &c.inner;
     let lr = ctx.positive("inner.lr", i.lr)?;
     let optimizer = match i.kind {
@@ -345,15 +364,134 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<Inner, ConfigError> {
             }
         }
     };
-    let steps = if matches!(c.method, MethodConfig::Exact(_)) {
-        i.steps
-    } else {
-        ctx.at_least_one("inner.steps", i.steps)?
+    // Methods that differentiate through the inner steps (and HOAG, whose steps are a
+    // cap) have nothing to compute with none: rad, trad and forward through zero steps
+    // give only the direct term ∇_λ L_out, which is zero for every built-in problem, so
+    // a config asking for it is a mistake. The library allows T = 0 for every method.
+    let unrolled = match &c.method {
+        MethodConfig::Rad(_) => Some("rad"),
+        MethodConfig::Trad(_) => Some("trad"),
+        MethodConfig::Forward(_) => Some("forward"),
+        MethodConfig::Hoag(_) => Some("hoag"),
+        _ => None,
     };
-    Ok(Inner { optimizer, steps })
+    if let Some(tol) = i.tol {
+        if let Some(name) = unrolled {
+            let why = if name == "hoag" {
+                "hoag sets its own inner tolerance per outer step (method.eps0, method.decay)"
+            } else {
+                "it differentiates through a fixed number of inner steps (set inner.steps)"
+            };
+            return Err(ctx.err(
+                "inner.tol",
+                format!("does not apply to method {name}: {why}"),
+            ));
+        }
+        if i.steps.is_some() {
+            return Err(ctx.err(
+                "inner.steps",
+                "does not apply with inner.tol: the solve runs until the tolerance, capped by inner.max_steps",
+            ));
+        }
+        let tolerance = Tolerance {
+            tol: ctx.positive("inner.tol", tol)?,
+            max_steps: ctx.at_least_one(
+                "inner.max_steps",
+                ctx.required("inner.max_steps", i.max_steps, "with inner.tol")?,
+            )?,
+            check_every: ctx.at_least_one("inner.check_every", i.check_every.unwrap_or(10))?,
+        };
+        return Ok((
+            Inner {
+                optimizer,
+                steps: 0,
+            },
+            Some(tolerance),
+        ));
+    }
+    for (key, set) in [
+        ("inner.max_steps", i.max_steps.is_some()),
+        ("inner.check_every", i.check_every.is_some()),
+    ] {
+        if set {
+            return Err(ctx.err(key, "applies only with inner.tol (a solve to tolerance)"));
+        }
+    }
+    let steps = ctx.required(
+        "inner.steps",
+        i.steps,
+        "(or set inner.tol and inner.max_steps to solve to a tolerance)",
+    )?;
+    if steps == 0
+        && let Some(name) = unrolled
+    {
+        return Err(ctx.err(
+            "inner.steps",
+            format!(
+                "method {name} needs at least 1 inner step (through 0 steps its hypergradient is only the direct term ∇_λ L_out, zero here); \
+                 to evaluate a method at the starting point inner.init, use cg, neumann, fixed_point, one_step or implicit with steps = 0"
+            ),
+        ));
+    }
+    Ok((Inner { optimizer, steps }, None))
 }
 
-fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
+/// The length of w in the problem's flat layout (ridge: w [d]; classifiers: W [d, c]
+/// row-major, then b [c]).
+fn w_len(data: &HostData) -> usize {
+    match data {
+        HostData::Ridge { x, .. } => x.cols,
+        HostData::Logistic { train, classes, .. } => train
+            .x
+            .cols
+            .saturating_mul(*classes)
+            .saturating_add(*classes),
+        HostData::HyperCleaning { data, .. } => data
+            .train
+            .x
+            .cols
+            .saturating_mul(data.classes)
+            .saturating_add(data.classes),
+    }
+}
+
+/// `inner.init`: the starting point w₀, flat, checked against the problem's layout.
+fn w0_of(ctx: &Ctx, c: &Config, data: &HostData) -> Result<Option<Vec<f64>>, ConfigError> {
+    let Some(p) = &c.inner.init else {
+        return Ok(None);
+    };
+    let (values, shape) = ctx.npy("inner.init", p)?;
+    let want = w_len(data);
+    if values.len() != want || shape.len() > 1 {
+        let layout = match data {
+            HostData::Ridge { x, .. } => format!("w [{}]", x.cols),
+            HostData::Logistic { train, classes, .. } => format!(
+                "W [{}, {classes}] row-major, then b [{classes}]",
+                train.x.cols
+            ),
+            HostData::HyperCleaning { data, .. } => format!(
+                "W [{}, {}] row-major, then b [{}]",
+                data.train.x.cols, data.classes, data.classes
+            ),
+        };
+        return Err(ctx.err(
+            "inner.init",
+            format!(
+                "w of problem {} is a flat vector of {want} values ({layout}); the file {} holds shape {shape:?}",
+                c.problem.kind.name(),
+                p.display()
+            ),
+        ));
+    }
+    Ok(Some(values))
+}
+
+fn plan_of(
+    ctx: &Ctx,
+    c: &Config,
+    inner: &Inner,
+    tolerance: Option<Tolerance>,
+) -> Result<Plan, ConfigError> {
     let o = &c.outer;
     let outer_keys = [
         ("kind", o.kind.is_some()),
@@ -415,19 +553,11 @@ fn plan_of(ctx: &Ctx, c: &Config, inner: &Inner) -> Result<Plan, ConfigError> {
         ctx.err(&format!("method.{}", bad.key), message)
     })?;
     Ok(match &c.method {
-        MethodConfig::Exact(_) if c.problem.kind != ProblemKind::Ridge => {
-            return Err(ctx.err(
-                "method.kind",
-                format!(
-                    "\"exact\" needs a closed-form inner solution, which only problem kind = \"ridge\" has (problem is \"{}\")",
-                    c.problem.kind.name()
-                ),
-            ));
-        }
         MethodConfig::Hoag(settings) => Plan::Hoag(settings.config(inner, o.steps, lr)),
         _ => Plan::Optimize {
             inner: *inner,
             outer,
+            tolerance,
         },
     })
 }
@@ -827,7 +957,7 @@ fn stored_iterates_fit(
             "forward mode's tangents (one inner state per element of λ)",
             lambda_len.saturating_add(1),
         ),
-        MethodConfig::Exact(_) => ("data.features", "the exact solve's d × d system", params),
+        MethodConfig::Implicit(_) => ("data.features", "implicit's |w| × |w| system", params),
         _ => ("data", "the parameters", 4),
     };
     ctx.fits(key, what, &[state, copies], bytes)

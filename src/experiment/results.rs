@@ -84,6 +84,9 @@ pub struct StepRecord {
     pub solver_iterations: usize,
     /// Final residual norm of the linear solve, where there is one.
     pub residual: Option<f64>,
+    /// ‖∇_w L_in‖ where the inner solve stopped, with `inner.tol`; else null.
+    #[serde(default)]
+    pub inner_grad_norm: Option<f64>,
     /// Bytes of state the method stored.
     pub stored_bytes: u64,
     /// GPU dispatches (null on the CPU).
@@ -101,13 +104,16 @@ impl From<&TraceStep> for StepRecord {
             inner_steps: s.report.inner_steps,
             solver_iterations: s.report.solver_iterations,
             residual: s.report.residual,
+            inner_grad_norm: s.report.inner_grad_norm,
             stored_bytes: s.report.stored_bytes,
             dispatches: s.report.dispatches,
         }
     }
 }
 
-/// Final metrics of a run.
+/// Final metrics of a run. The classifier metrics are of the final classifier: the
+/// inner variables w = [W, b] of the last hypergradient evaluation (at the final λ), as
+/// fractions in [0, 1] of rows whose arg-max logit is the label.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// L_out at the last evaluation (at the final λ).
@@ -120,8 +126,13 @@ pub struct Metrics {
     pub test_accuracy: Option<f64>,
     /// F1 of flagging λ_i < 0 as corrupted (hyper-cleaning with known flags), else null.
     pub corruption_f1: Option<f64>,
-    /// Validation accuracy of the final classifier (logistic), else null.
+    /// Validation accuracy of the final classifier (logistic, hyper-cleaning), else null.
     pub val_accuracy: Option<f64>,
+    /// Training accuracy of the final classifier against the training labels as given,
+    /// corrupted ones included (logistic, hyper-cleaning), else null. On hyper-cleaning,
+    /// a value near 1 means the classifier fits the noise.
+    #[serde(default)]
+    pub train_accuracy: Option<f64>,
     /// Mean seconds per hypergradient.
     pub mean_hypergradient_s: f64,
     /// Largest stored state of any step, in bytes.
@@ -142,6 +153,7 @@ impl Metrics {
             test_accuracy: o.test_accuracy,
             corruption_f1: o.corruption_f1,
             val_accuracy: o.val_accuracy,
+            train_accuracy: o.train_accuracy,
             mean_hypergradient_s: steps
                 .iter()
                 .map(|s| s.report.wall_time.as_secs_f64())

@@ -79,6 +79,10 @@ fn zeros(shape: &[usize], like: &Tensor) -> Result<Tensor> {
 ///
 /// L_in(W, b, λ) = (1/n) Σ_i sigmoid(λ_i)·CE(x_i W + b, y_i) + (μ/2)‖W‖²  (b not penalised),
 /// L_out(W, b)   = mean CE on the validation set.
+///
+/// w is the list [W `[d, c]`, b `[c]`]; flat (an experiment's `inner.init`), W row-major
+/// and then b: d·c + c values. H is singular: b ↦ b + t·1 leaves every softmax, so L_in,
+/// unchanged, and b is not penalised.
 #[derive(Debug, Clone)]
 pub struct HyperCleaning {
     train: DeviceSplit,
@@ -125,6 +129,17 @@ impl HyperCleaning {
     /// Test accuracy of the classifier w = [W, b].
     pub fn test_accuracy(&self, w: &[Tensor]) -> Result<f64> {
         self.test.accuracy(w)
+    }
+
+    /// Validation accuracy of w = [W, b] (the validation labels are clean).
+    pub fn val_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.val.accuracy(w)
+    }
+
+    /// Training accuracy of w = [W, b] against the training labels as given, corrupted
+    /// ones included: how much of the noise the classifier fits.
+    pub fn train_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.train.accuracy(w)
     }
 
     /// F1 score of flagging example i as corrupted when sigmoid(λ_i) < 0.5 (λ_i < 0).
@@ -178,6 +193,9 @@ impl Problem for HyperCleaning {
 ///
 /// L_in(W, b, λ) = mean CE(X W + b, y) + ½ Σ_j exp(λ_j) ‖W_j,:‖²  (λ_j = λ for a scalar),
 /// L_out(W, b)   = mean CE on the validation set.
+///
+/// w is the list [W `[d, c]`, b `[c]`]; flat (an experiment's `inner.init`), W row-major
+/// and then b: d·c + c values.
 #[derive(Debug, Clone)]
 pub struct Logistic {
     train: DeviceSplit,
@@ -214,6 +232,11 @@ impl Logistic {
     /// Validation accuracy of w = [W, b].
     pub fn val_accuracy(&self, w: &[Tensor]) -> Result<f64> {
         self.val.accuracy(w)
+    }
+
+    /// Training accuracy of w = [W, b].
+    pub fn train_accuracy(&self, w: &[Tensor]) -> Result<f64> {
+        self.train.accuracy(w)
     }
 }
 

@@ -11,7 +11,8 @@ use crate::problems::data::{Matrix, synthetic_regression_pair};
 use crate::problems::{matrix_tensor, matvec, tensor};
 use crate::tensor::{DType, Tensor};
 
-/// The ridge problem (λ ∈ R^d).
+/// The ridge problem (λ ∈ R^d). w is one tensor `[d]` (flat, as an experiment's
+/// `inner.init`, the same d values).
 #[derive(Debug, Clone)]
 pub struct Ridge {
     x: Tensor,

@@ -26,3 +26,7 @@ for name, rows in [("train", 40), ("val", 30), ("test", 30)]:
         np.save("hc_corrupted.npy", bad)
     np.save(f"hc_x_{name}.npy", x.astype(np.float32))
     np.save(f"hc_y_{name}.npy", y.astype(np.float64))
+
+# A starting point for the inner solver (inner.init): hyper-cleaning's w in its flat
+# layout, W [5, 3] row-major and then b [3], 18 values.
+np.save("hc_w0.npy", 0.1 * np.sin(np.arange(1.0, 19.0)))

@@ -108,5 +108,6 @@ fn forward_mode(
         solver_iterations: 0,
         residual: None,
         stored_bytes: stored,
+        inner_grad_norm: None,
     })
 }

@@ -6,22 +6,23 @@
 //!
 //! - `unrolled`: [`Rad`], [`Trad`], reverse sweeps through the stored trajectory;
 //! - `forward`: [`Forward`], forward-mode tangents carried along the inner run;
-//! - `implicit`: [`Cg`], [`Neumann`], [`FixedPoint`], a linear solve with H at w_T;
+//! - `implicit`: [`Cg`], [`Neumann`], [`FixedPoint`], a linear solve with H at w_T, and
+//!   [`Implicit`], H solved densely at w* or w_T;
 //! - `one_step`: [`OneStep`], DARTS's one virtual step;
-//! - `exact`: [`Exact`], the implicit hypergradient at a closed-form w*, solved densely.
 //!
 //! Notation: g = ∇_w L_out, H = ∇²_w L_in, J = ∂²L_in/∂λ∂w, all at the point the method
 //! evaluates them.
 
-mod exact;
 mod forward;
 mod implicit;
 mod one_step;
 mod unrolled;
 
-pub use exact::Exact;
 pub use forward::Forward;
-pub use implicit::{Cg, FixedPoint, Neumann};
+pub use implicit::{Cg, FixedPoint, Implicit, MAX_DENSE_DIM, Neumann};
+
+/// The former name of [`Implicit`], kept so that code written for it still builds.
+pub type Exact = Implicit;
 pub use one_step::OneStep;
 pub use unrolled::{Rad, Trad};
 
@@ -43,8 +44,8 @@ impl From<NoSettings> for Forward {
     }
 }
 
-impl From<NoSettings> for Exact {
+impl From<NoSettings> for Implicit {
     fn from(_: NoSettings) -> Self {
-        Exact
+        Implicit
     }
 }

@@ -119,5 +119,6 @@ fn one_step(
         solver_iterations: 0,
         residual: None,
         stored_bytes: bytes_of(&w),
+        inner_grad_norm: None,
     })
 }

@@ -108,5 +108,6 @@ fn unrolled(
         solver_iterations: 0,
         residual: None,
         stored_bytes: stored,
+        inner_grad_norm: None,
     })
 }

@@ -95,8 +95,12 @@ fn config(args: &Args, m: MethodConfig, inner_steps: usize, outer_steps: usize) 
         inner: InnerConfig {
             kind: InnerKind::Gd,
             lr: INNER_LR,
-            steps: inner_steps,
+            steps: Some(inner_steps),
             momentum: None,
+            init: None,
+            tol: None,
+            max_steps: None,
+            check_every: None,
         },
         method: m,
         outer: OuterConfigToml {

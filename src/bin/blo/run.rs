@@ -164,6 +164,12 @@ pub fn run(args: Args) -> ExitCode {
     if let Some(a) = m.val_accuracy {
         println!("validation accuracy {:.4}", a);
     }
+    if let Some(a) = m.train_accuracy {
+        println!(
+            "training accuracy {:.4} (against the training labels as given)",
+            a
+        );
+    }
     if let Some(p) = &hg_path {
         println!("hypergradient written to {}", p.display());
     }

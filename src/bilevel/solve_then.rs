@@ -1,0 +1,153 @@
+//! The classic protocol (Pedregosa 2016; Franceschi et al. 2017): solve the inner
+//! problem to a gradient-norm tolerance, then evaluate a hypergradient method there.
+
+use super::method::{HypergradientMethod, MethodOutput};
+use super::outer::norm;
+use super::trajectory::run_inner;
+use super::{Inner, InnerOptimizer, Problem, refs, track};
+use crate::autodiff::grad;
+use crate::error::{Result, invalid};
+use crate::tensor::Tensor;
+
+/// When an inner solve stops: ‖∇_w L_in(w, λ)‖₂ ≤ `tol`, checked every `check_every`
+/// steps (each check is one gradient and one readback), at most `max_steps` steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Gradient-norm tolerance, finite and > 0.
+    pub tol: f64,
+    /// The most inner steps; reaching it above `tol` is an error.
+    pub max_steps: usize,
+    /// Steps between checks, ≥ 1 (the starting point is checked too).
+    pub check_every: usize,
+}
+
+impl Tolerance {
+    fn validate(&self) -> Result<()> {
+        if !self.tol.is_finite() || self.tol <= 0.0 {
+            return Err(invalid(
+                "inner solve",
+                format!("tol must be finite and > 0, got {}", self.tol),
+            ));
+        }
+        if self.max_steps == 0 || self.check_every == 0 {
+            return Err(invalid(
+                "inner solve",
+                format!(
+                    "max_steps and check_every must be ≥ 1, got {} and {}",
+                    self.max_steps, self.check_every
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What [`solve_inner`] reached.
+#[derive(Debug, Clone)]
+pub struct InnerSolve {
+    /// The last iterate.
+    pub w: Vec<Tensor>,
+    /// Inner steps taken (a multiple of `check_every`, or `max_steps`).
+    pub steps: usize,
+    /// ‖∇_w L_in‖₂ at `w`, ≤ tol.
+    pub grad_norm: f64,
+}
+
+/// Runs `optimizer` from `w0` until ‖∇_w L_in(w, λ)‖₂ ≤ `tolerance.tol`, checking every
+/// `check_every` steps. Fails, naming the norm reached, if `max_steps` come first, or
+/// naming the step where the inner loop diverged.
+pub fn solve_inner(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    optimizer: &InnerOptimizer,
+    tolerance: &Tolerance,
+) -> Result<InnerSolve> {
+    optimizer.validate()?;
+    tolerance.validate()?;
+    let nw = w0.len();
+    let grad_norm = |w: &[Tensor]| -> Result<f64> {
+        let wt = track(w);
+        norm(&grad(&problem.inner_loss(&wt, lambda)?, &refs(&wt), false)?)
+    };
+    let mut state = optimizer.init_state(w0)?;
+    let mut taken = 0;
+    // False for NaN too: a norm that is not a number has not reached the tolerance.
+    let reached = |g: f64| g <= tolerance.tol;
+    let mut g = grad_norm(&state[..nw])?;
+    while !reached(g) && taken < tolerance.max_steps {
+        let burst = tolerance.check_every.min(tolerance.max_steps - taken);
+        state = run_inner(problem, lambda, optimizer, state, burst, false, nw)?
+            .pop()
+            .expect("run_inner returns the last state");
+        taken += burst;
+        g = grad_norm(&state[..nw])?;
+    }
+    if !reached(g) {
+        return Err(invalid(
+            "inner solve",
+            format!(
+                "‖∇_w L_in‖ is {g:e} after max_steps = {} inner steps, above tol = {:e}: raise max_steps (or the inner step size), or loosen tol",
+                tolerance.max_steps, tolerance.tol
+            ),
+        ));
+    }
+    state.truncate(nw);
+    Ok(InnerSolve {
+        w: state,
+        steps: taken,
+        grad_norm: g,
+    })
+}
+
+/// A hypergradient method evaluated at an inner solution to tolerance: [`solve_inner`]
+/// from w₀, then `method` at the point reached with no further inner step. The report
+/// gives the steps taken and the final ‖∇_w L_in‖. For methods that evaluate at a point
+/// (CG, Neumann, fixed point, one-step, implicit); unrolled ones (RAD, T-RAD, forward)
+/// would differentiate through zero steps.
+///
+/// With `Inner`, only its optimizer is used: the tolerance replaces the step count.
+pub struct SolveThen<'m> {
+    /// The method evaluated at the solution.
+    pub method: &'m dyn HypergradientMethod,
+    /// When the inner solve stops.
+    pub tolerance: Tolerance,
+}
+
+impl HypergradientMethod for SolveThen<'_> {
+    fn name(&self) -> &str {
+        self.method.name()
+    }
+
+    fn validate(&self, inner: &Inner) -> Result<()> {
+        self.tolerance.validate()?;
+        self.method.validate(&Inner {
+            optimizer: inner.optimizer,
+            steps: 0,
+        })
+    }
+
+    fn compute(
+        &self,
+        problem: &dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+    ) -> Result<MethodOutput> {
+        let solved = solve_inner(problem, lambda, w0, &inner.optimizer, &self.tolerance)?;
+        let at = Inner {
+            optimizer: inner.optimizer,
+            steps: 0,
+        };
+        let out = self.method.compute(problem, lambda, &solved.w, &at)?;
+        Ok(MethodOutput {
+            inner_steps: solved.steps,
+            inner_grad_norm: Some(solved.grad_norm),
+            ..out
+        })
+    }
+
+    fn warm_starts(&self) -> bool {
+        self.method.warm_starts()
+    }
+}
