@@ -45,7 +45,7 @@ pub struct Args {
     /// Run only results whose name contains this text (the ceilings always run).
     #[arg(long, value_name = "TEXT", conflicts_with = "compare")]
     only: Option<String>,
-    /// Also run each result once more with GPU timestamps around every dispatch and
+    /// Also run each result three more times with GPU timestamps around every dispatch and
     /// print (and write into the JSON) its device time and dispatches per kernel family.
     /// Needs a GPU device; times need an adapter with timestamp queries.
     #[arg(long, conflicts_with = "compare")]

@@ -46,7 +46,7 @@ pub struct Record {
     /// Slowest repeat, in milliseconds.
     #[serde(default)]
     pub max_ms: f64,
-    /// With `--profile` on a GPU: one more run, recorded per kernel (dispatch counts,
+    /// With `--profile` on a GPU: the median of three more runs, recorded per kernel (dispatch counts,
     /// and device times where the adapter has timestamps). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<GpuProfile>,

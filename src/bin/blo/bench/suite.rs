@@ -291,6 +291,9 @@ fn suite(quick: bool) -> Vec<Case> {
     v
 }
 
+/// Profiled runs per result with `--profile`; the median one is reported.
+const PROFILED_RUNS: usize = 3;
+
 /// Times of one measurement series, in seconds.
 pub(super) struct Timing {
     pub median: f64,
@@ -335,13 +338,23 @@ impl Bencher {
         if self.config.profile
             && let Some(ctx) = dev.gpu_context()
         {
-            // Once more, profiled: the profile costs host time (a wait per batch) and
-            // serialises dispatches, so it stays out of the timed repeats.
-            ctx.start_profile()?;
-            let run = f();
-            let profile = ctx.finish_profile()?;
-            run?;
-            *self.profile.borrow_mut() = Some(profile);
+            // Three more runs, profiled: the profile costs host time (a wait per batch)
+            // and serialises dispatches, so it stays out of the timed repeats. The run
+            // with the median device time is kept (one run alone is noisy).
+            let mut profiles = Vec::with_capacity(PROFILED_RUNS);
+            for _ in 0..PROFILED_RUNS {
+                ctx.start_profile()?;
+                let run = f();
+                let profile = ctx.finish_profile()?;
+                run?;
+                profiles.push(profile);
+            }
+            profiles.sort_by(|a, b| {
+                a.gpu_ms()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.gpu_ms().unwrap_or(0.0))
+            });
+            *self.profile.borrow_mut() = Some(profiles.swap_remove(PROFILED_RUNS / 2));
         }
         times.sort_by(f64::total_cmp);
         let mid = times.len() / 2;
