@@ -48,14 +48,6 @@ pub(crate) static ROW_PER_WORKGROUP: Variant<Plan> = Variant {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowParams {
-    rows: u32,
-    c: u32,
-    _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CeParams {
     n: u32,
     c: u32,
@@ -77,7 +69,7 @@ pub(super) fn log_softmax(
     let ctx = &z.ctx;
     let y = ctx.alloc((rows * c * 4) as u64)?;
     let tpr = tpr(c);
-    let params = RowParams {
+    let params = super::RowParams {
         rows: rows as u32,
         c: c as u32,
         _pad: [0; 2],
