@@ -189,27 +189,15 @@ impl Results {
 }
 
 /// Writes `bytes` to `path` all-or-nothing: into a temporary file in the same
-/// directory, then renamed over `path`, so a failure leaves no partial file.
+/// directory, then renamed over `path`, so a failure leaves no partial file (one output
+/// of [`write_all_or_nothing`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_all_or_nothing(&[Output {
+        path,
+        bytes: bytes.to_vec(),
+        what: "output",
+    }])
+    .map_err(std::io::Error::other)
 }
 
 /// One output of a command: where it goes and its bytes.
