@@ -406,8 +406,8 @@ fn bench_profile_reports_kernels_per_family() {
         .iter()
         .map(|k| k["family"].as_str().unwrap())
         .collect();
-    // Ridge's hypergradient multiplies by X and Xᵀ and adds up losses.
-    for want in ["matvec", "elementwise", "reduce"] {
+    // Ridge's hypergradient multiplies by X and Xᵀ, adds up losses and fuses the rest.
+    for want in ["matvec", "fused", "reduce"] {
         assert!(families.contains(&want), "{want}: {families:?}");
     }
     for k in kernels {

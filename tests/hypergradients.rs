@@ -9,7 +9,7 @@ use blo::bilevel::{
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
 use blo::solvers::{solve_dense, solve_symmetric_min_norm};
-use blo::testing::{gpu_or_skip, rel_err};
+use blo::testing::{fresh_gpu_or_skip, gpu_or_skip, rel_err};
 use blo::{DType, Device, Error, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -324,7 +324,19 @@ fn all_methods() -> Vec<Method> {
 
 #[test]
 fn every_method_on_the_gpu_matches_the_cpu_in_f64() {
-    let Some(gpu) = gpu_or_skip() else { return };
+    // Fused (the default) and unfused: elementwise fusion changes dispatches only.
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    for fused in [true, false] {
+        ctx.set_fusion(fused);
+        every_method_matches_the_cpu_on(&gpu);
+    }
+}
+
+fn every_method_matches_the_cpu_on(gpu: &Device) {
+    let gpu = gpu.clone();
     let r32 = small_ridge(&gpu, DType::F32);
     let r64 = small_ridge(&CPU, DType::F64);
     let c32 = tiny_cleaning(&gpu, DType::F32);

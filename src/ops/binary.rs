@@ -431,10 +431,15 @@ mod tests {
         let ctx = gpu.gpu_context().unwrap().clone();
         let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0, 4.0, 5.0], &[5], &gpu).unwrap();
         let s = Tensor::scalar(0.5, &gpu).unwrap();
-        let before = ctx.dispatch_count();
-        let y = x.mul(&s).unwrap();
-        assert_eq!(ctx.dispatch_count(), before + 1);
-        assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.5, -1.0, 1.5, 2.0, 2.5]);
+        for fused in [false, true] {
+            ctx.set_fusion(fused);
+            let before = ctx.dispatch_count();
+            let y = x.mul(&s).unwrap();
+            // Fused, the product is deferred until it is read: still one dispatch.
+            assert_eq!(ctx.dispatch_count(), before + u64::from(!fused));
+            assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.5, -1.0, 1.5, 2.0, 2.5]);
+            assert_eq!(ctx.dispatch_count(), before + 1, "fused: {fused}");
+        }
     }
 
     #[test]

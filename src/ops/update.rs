@@ -240,16 +240,22 @@ mod tests {
         let x = Tensor::from_vec(vec![2.0f32, -2.0, 0.0, 4.0, 8.0], &[5], &gpu).unwrap();
         let s = Tensor::scalar(0.5, &gpu).unwrap();
         let d = Tensor::scalar(4.0, &gpu).unwrap();
-        let before = ctx.dispatch_count();
-        let z = y.axpy(&s, &x).unwrap();
-        assert_eq!(ctx.dispatch_count(), before + 1, "axpy");
-        let w = y.axpy_ratio(&s, &d, -1.0, &x).unwrap();
-        assert_eq!(ctx.dispatch_count(), before + 2, "axpy_ratio");
-        let v = y.axpby(&d, &s, &x).unwrap();
-        assert_eq!(ctx.dispatch_count(), before + 3, "axpby");
-        assert_eq!(z.to_vec::<f32>().unwrap(), vec![2.0, 1.0, 3.0, 6.0, 9.0]);
-        assert_eq!(w.to_vec::<f32>().unwrap(), vec![0.75, 2.25, 3.0, 3.5, 4.0]);
-        assert_eq!(v.to_vec::<f32>().unwrap(), vec![5.0, 7.0, 12.0, 18.0, 24.0]);
+        for fused in [false, true] {
+            ctx.set_fusion(fused);
+            // Fused, each update is deferred until it is read, then one dispatch.
+            let per = u64::from(!fused);
+            let before = ctx.dispatch_count();
+            let z = y.axpy(&s, &x).unwrap();
+            assert_eq!(ctx.dispatch_count(), before + per, "axpy");
+            let w = y.axpy_ratio(&s, &d, -1.0, &x).unwrap();
+            assert_eq!(ctx.dispatch_count(), before + 2 * per, "axpy_ratio");
+            let v = y.axpby(&d, &s, &x).unwrap();
+            assert_eq!(ctx.dispatch_count(), before + 3 * per, "axpby");
+            assert_eq!(z.to_vec::<f32>().unwrap(), vec![2.0, 1.0, 3.0, 6.0, 9.0]);
+            assert_eq!(w.to_vec::<f32>().unwrap(), vec![0.75, 2.25, 3.0, 3.5, 4.0]);
+            assert_eq!(v.to_vec::<f32>().unwrap(), vec![5.0, 7.0, 12.0, 18.0, 24.0]);
+            assert_eq!(ctx.dispatch_count(), before + 3, "fused: {fused}");
+        }
     }
 
     #[test]

@@ -87,6 +87,9 @@ impl Storage {
                 v.resize(n, value);
                 Storage::from_host("full", v, device)
             }
+            Device::Gpu(ctx) if ctx.fusion() => {
+                Ok(Storage::Gpu(gpu::kernels::fill::fill_gpu(ctx, n, value)?))
+            }
             Device::Gpu(ctx) => {
                 // n was checked: n · 8 bytes fit in an isize, so n · 4 cannot overflow.
                 let buf = ctx.alloc((n * 4) as u64)?;

@@ -96,6 +96,11 @@ pub struct GpuContext {
     pub(super) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pub(super) layouts: Mutex<HashMap<(u32, u32), Arc<KernelLayout>>>,
     pub(super) poison: AtomicBool,
+    /// Elementwise fusion (`fusion.rs`): whether it is on, its compiled kernels by
+    /// signature, and the deferred buffers a sync must compute.
+    pub(super) fusion: AtomicBool,
+    pub(super) fused: Mutex<HashMap<String, super::fusion::FusedKernel>>,
+    pub(super) deferred_list: Mutex<Vec<std::sync::Weak<super::pool::BufferCell>>>,
     pub(super) dispatch_count: AtomicU64,
     pub(super) readback_count: AtomicU64,
     pub(super) uncaptured: Arc<Mutex<Option<String>>>,
@@ -189,6 +194,9 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(std::env::var_os("BLO_POISON").is_some()),
+            fusion: AtomicBool::new(fusion_from_env()?),
+            fused: Mutex::new(HashMap::new()),
+            deferred_list: Mutex::new(Vec::new()),
             dispatch_count: AtomicU64::new(0),
             readback_count: AtomicU64::new(0),
             uncaptured,
@@ -229,7 +237,9 @@ impl GpuContext {
     }
 
     /// Submits everything recorded so far and waits until the device has finished it.
+    /// Deferred elementwise results that tensors still hold are computed first.
     pub fn sync(&self) -> Result<()> {
+        self.compute_deferred()?;
         {
             let mut pending = self.lock_pending();
             self.flush_locked(&mut pending);
@@ -240,7 +250,8 @@ impl GpuContext {
         self.check_uncaptured("sync")
     }
 
-    /// Submits everything recorded so far without waiting.
+    /// Submits everything recorded so far without waiting. Deferred elementwise results
+    /// are not computed (see [`Self::sync`]).
     pub fn flush(&self) {
         let mut pending = self.lock_pending();
         self.flush_locked(&mut pending);
@@ -345,10 +356,12 @@ impl GpuContext {
         dst: &GpuBuffer,
         dst_offset: u64,
         bytes: u64,
-    ) {
+    ) -> Result<()> {
         if bytes == 0 {
-            return;
+            return Ok(());
         }
+        src.compute()?;
+        dst.compute()?;
         let mut pending = self.lock_pending();
         self.encoder(&mut pending).copy_buffer_to_buffer(
             src.raw(),
@@ -357,6 +370,7 @@ impl GpuContext {
             dst_offset,
             bytes,
         );
+        Ok(())
     }
 
     /// Reads `bytes` bytes of a buffer back to the host: submits pending work and waits.
@@ -364,6 +378,7 @@ impl GpuContext {
         if bytes == 0 {
             return Ok(Vec::new());
         }
+        src.compute()?;
         self.readback_count.fetch_add(1, Ordering::Relaxed);
         let padded = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -421,6 +436,9 @@ impl GpuContext {
         self.check_workgroups(kernel.entry, workgroups)?;
         if workgroups.contains(&0) {
             return Ok(());
+        }
+        for b in buffers {
+            b.compute()?;
         }
         let pipeline = self.pipeline(kernel, constants)?;
         self.record(
@@ -555,5 +573,23 @@ impl GpuContext {
             });
         }
         Ok([groups.div_ceil(y) as u32, y as u32, 1])
+    }
+}
+
+/// `BLO_FUSION`: unset, `1` or `on` fuses elementwise ops (the default); `0` or `off`
+/// dispatches each op alone.
+fn fusion_from_env() -> Result<bool> {
+    match std::env::var("BLO_FUSION") {
+        Err(_) => Ok(true),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "1" | "on" | "true" => Ok(true),
+            "0" | "off" | "false" => Ok(false),
+            other => Err(crate::error::invalid(
+                "BLO_FUSION",
+                format!(
+                    "unknown value {other:?}; use 1 (fuse elementwise ops, the default) or 0 (one dispatch per op)"
+                ),
+            )),
+        },
     }
 }

@@ -387,6 +387,9 @@ impl GpuContext {
             self.check_size("dispatch_custom output", (n * 4) as u64)?;
         }
         self.check_workgroups(&k.name, workgroups)?;
+        for b in inputs {
+            b.compute()?;
+        }
         let pipeline = kernel.pipeline(self)?;
         let out_buffers = outputs
             .iter()

@@ -8,6 +8,7 @@
 mod codes;
 mod context;
 mod custom;
+pub(crate) mod fusion;
 pub(crate) mod kernels;
 mod pipeline;
 mod pool;

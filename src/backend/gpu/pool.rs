@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::context::GpuContext;
 use crate::error::Result;
@@ -78,6 +78,15 @@ impl GpuContext {
     /// (NaN when poisoning is on).
     pub(crate) fn alloc(self: &Arc<Self>, bytes: u64) -> Result<GpuBuffer> {
         self.check_size("tensor", bytes)?;
+        let out = GpuBuffer::ready(self.clone(), self.alloc_raw(bytes), bytes, true);
+        if self.poison.load(Ordering::Relaxed) {
+            super::kernels::fill::fill_gpu_bits(&out, f32::NAN.to_bits())?;
+        }
+        Ok(out)
+    }
+
+    /// The pooled device buffer behind [`Self::alloc`], without a tensor around it.
+    fn alloc_raw(&self, bytes: u64) -> wgpu::Buffer {
         let size = self.bucket(bytes);
         let reused = {
             let mut pool = self.lock_pool();
@@ -89,7 +98,7 @@ impl GpuContext {
             pool.peak_live_bytes = pool.peak_live_bytes.max(pool.live_bytes);
             buffer
         };
-        let buffer = match reused {
+        match reused {
             Some(b) => b,
             None => self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("blo tensor"),
@@ -99,17 +108,7 @@ impl GpuContext {
                     | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-        };
-        let out = GpuBuffer {
-            buffer: Some(buffer),
-            bytes,
-            ctx: self.clone(),
-            pooled: true,
-        };
-        if self.poison.load(Ordering::Relaxed) {
-            super::kernels::fill::fill_gpu_bits(&out, f32::NAN.to_bits())?;
         }
-        Ok(out)
     }
 
     fn release(&self, buffer: wgpu::Buffer) {
@@ -121,44 +120,134 @@ impl GpuContext {
     }
 }
 
-/// A device buffer owned by one tensor storage; it returns to the pool when dropped.
+/// A tensor's device buffer; the buffer returns to the pool when the last holder drops.
+///
+/// With elementwise fusion on (`fusion.rs`), a buffer may be *deferred*: it holds the
+/// elementwise op that will compute it and no device memory yet. It is computed, with
+/// the deferred ops it depends on, by one generated kernel when something needs its
+/// contents: a dispatch that binds it, a copy, a readback or a sync. Holders other than
+/// the tensor that owns it are deferred ops that read it, hence the shared inner part.
 pub(crate) struct GpuBuffer {
-    buffer: Option<wgpu::Buffer>,
-    bytes: u64,
+    pub(super) inner: Arc<BufferCell>,
     pub(crate) ctx: Arc<GpuContext>,
-    /// Whether dropping it returns the buffer to the pool (false for [`Self::borrowed`]).
+}
+
+pub(crate) struct BufferCell {
+    /// Set once: at allocation, or when a deferred buffer is computed.
+    pub(super) buffer: OnceLock<wgpu::Buffer>,
+    /// The deferred op that computes this buffer; `None` once it is computed.
+    pub(super) deferred: Mutex<Option<super::fusion::Deferred>>,
+    bytes: u64,
+    ctx: Arc<GpuContext>,
+    /// Whether dropping it returns the buffer to the pool (false for [`GpuBuffer::borrowed`]).
     pooled: bool,
 }
 
 impl GpuBuffer {
-    /// A binding of a buffer that lives outside the pool (a kernel's persistent scratch,
-    /// kept by its owner): dropping it leaves the buffer alone.
-    pub(crate) fn borrowed(ctx: Arc<GpuContext>, buffer: wgpu::Buffer) -> GpuBuffer {
+    fn ready(ctx: Arc<GpuContext>, buffer: wgpu::Buffer, bytes: u64, pooled: bool) -> GpuBuffer {
         GpuBuffer {
-            bytes: buffer.size(),
-            buffer: Some(buffer),
+            inner: Arc::new(BufferCell {
+                buffer: OnceLock::from(buffer),
+                deferred: Mutex::new(None),
+                bytes,
+                ctx: ctx.clone(),
+                pooled,
+            }),
             ctx,
-            pooled: false,
         }
     }
 
+    /// A buffer of `bytes` bytes that `op` computes when it is first needed.
+    pub(super) fn deferred(ctx: Arc<GpuContext>, bytes: u64, op: super::fusion::Deferred) -> Self {
+        GpuBuffer {
+            inner: Arc::new(BufferCell {
+                buffer: OnceLock::new(),
+                deferred: Mutex::new(Some(op)),
+                bytes,
+                ctx: ctx.clone(),
+                pooled: true,
+            }),
+            ctx,
+        }
+    }
+
+    /// A binding of a buffer that lives outside the pool (a kernel's persistent scratch,
+    /// kept by its owner): dropping it leaves the buffer alone.
+    pub(crate) fn borrowed(ctx: Arc<GpuContext>, buffer: wgpu::Buffer) -> GpuBuffer {
+        let bytes = buffer.size();
+        GpuBuffer::ready(ctx, buffer, bytes, false)
+    }
+
+    pub(super) fn from_cell(inner: Arc<BufferCell>) -> GpuBuffer {
+        GpuBuffer {
+            ctx: inner.ctx.clone(),
+            inner,
+        }
+    }
+
+    /// Another handle on the same buffer (a deferred op's operand).
+    pub(super) fn share(&self) -> GpuBuffer {
+        GpuBuffer {
+            inner: self.inner.clone(),
+            ctx: self.ctx.clone(),
+        }
+    }
+
+    /// The device buffer. Only for a buffer that is computed: [`GpuContext::dispatch`],
+    /// copies and readbacks compute their deferred buffers first.
     pub(crate) fn raw(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("buffer is present until drop")
+        self.inner
+            .buffer
+            .get()
+            .expect("a deferred buffer is computed before it is bound (backend/gpu/fusion.rs)")
+    }
+
+    /// Whether the contents are still to be computed by a deferred op.
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.inner.buffer.get().is_none()
+    }
+
+    /// Computes the buffer if it is deferred (one fused dispatch), so it can be bound.
+    pub(crate) fn compute(&self) -> Result<()> {
+        if self.is_deferred() {
+            super::fusion::compute(self)?;
+        }
+        Ok(())
+    }
+
+    /// The device buffer taken out of a handle no one else holds, for a deferred buffer
+    /// to adopt: its pool accounting moves with it.
+    pub(super) fn into_raw(self) -> wgpu::Buffer {
+        let GpuBuffer { inner, .. } = self;
+        match Arc::try_unwrap(inner) {
+            Ok(mut cell) => cell.buffer.take().expect("an allocated buffer"),
+            Err(_) => unreachable!("a fresh allocation has one holder"),
+        }
     }
 
     /// Logical size in bytes.
     pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
+        self.inner.bytes
+    }
+
+    /// Number of f32 elements.
+    pub(crate) fn numel(&self) -> usize {
+        (self.inner.bytes / 4) as usize
     }
 
     /// Binding size: the logical size rounded up to whole `vec4<f32>`s (the allocation
     /// always has room for that), at least 16 bytes since empty bindings are invalid.
     pub(crate) fn binding_size(&self) -> u64 {
-        (self.bytes.div_ceil(16) * 16).clamp(16, self.raw().size())
+        let whole = (self.bytes().div_ceil(16) * 16).max(16);
+        // A deferred buffer will be a pooled allocation, which always has that room.
+        match self.inner.buffer.get() {
+            Some(b) => whole.min(b.size()),
+            None => whole,
+        }
     }
 }
 
-impl Drop for GpuBuffer {
+impl Drop for BufferCell {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take()
             && self.pooled
@@ -170,6 +259,6 @@ impl Drop for GpuBuffer {
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer({} bytes)", self.bytes)
+        write!(f, "GpuBuffer({} bytes)", self.bytes())
     }
 }

@@ -5,6 +5,7 @@
 
 use super::elementwise::WG;
 use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::fusion::{self, FusedOp};
 use crate::backend::gpu::registry;
 use crate::backend::{BinaryOp, broadcast_strides, numel};
 use crate::error::{Result, invalid};
@@ -32,11 +33,22 @@ pub(crate) fn binary_gpu(
     b_shape: &[usize],
     out: &[usize],
 ) -> Result<GpuBuffer> {
+    // Equal shapes or a one-element operand: no indexing beyond the element's own, so
+    // the op joins a fused kernel (`fusion.rs`).
+    let n = numel(out);
+    let fusable =
+        (a_shape == out || numel(a_shape) == 1) && (b_shape == out || numel(b_shape) == 1);
+    if a.ctx.fusion() && fusable {
+        return fusion::defer(&a.ctx, FusedOp::Binary(op), &[a, b], [0.0; 2], n);
+    }
     dispatch(op as u32, a, a_shape, b, b_shape, out)
 }
 
 /// `x` copied out to the broadcast shape `out`.
 pub(crate) fn broadcast_gpu(x: &GpuBuffer, x_shape: &[usize], out: &[usize]) -> Result<GpuBuffer> {
+    if x.ctx.fusion() && numel(x_shape) == 1 {
+        return fusion::defer(&x.ctx, FusedOp::Splat, &[x], [0.0; 2], numel(out));
+    }
     dispatch(OP_FIRST, x, x_shape, x, x_shape, out)
 }
 

@@ -3,8 +3,11 @@
 //! `shaders/fill.wgsl`). The CPU backend needs no kernel for this (`vec![v; n]`).
 
 use super::elementwise::WG;
-use crate::backend::gpu::GpuBuffer;
+use std::sync::Arc;
+
+use crate::backend::gpu::fusion::{self, FusedOp};
 use crate::backend::gpu::registry;
+use crate::backend::gpu::{GpuBuffer, GpuContext};
 use crate::error::Result;
 
 #[repr(C)]
@@ -12,6 +15,12 @@ use crate::error::Result;
 struct Params {
     n4: u32,
     bits: u32,
+}
+
+/// `n` elements equal to `value`, as a deferred op of a fused kernel (`fusion.rs`):
+/// a constant costs no dispatch of its own.
+pub(crate) fn fill_gpu(ctx: &Arc<GpuContext>, n: usize, value: f32) -> Result<GpuBuffer> {
+    fusion::defer(ctx, FusedOp::Fill, &[], [value, 0.0], n)
 }
 
 /// Fills every element of `buf` (including its vec4 padding) with `bits`.

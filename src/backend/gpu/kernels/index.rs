@@ -167,7 +167,7 @@ pub(crate) fn concat_gpu<'a>(
     let mut offset = 0u64;
     for src in parts {
         let bytes = src.bytes();
-        ctx.copy(src, 0, &y, offset, bytes);
+        ctx.copy(src, 0, &y, offset, bytes)?;
         offset += bytes;
     }
     Ok(y)
@@ -176,6 +176,6 @@ pub(crate) fn concat_gpu<'a>(
 /// Elements `[start, start + len)` in a new buffer.
 pub(crate) fn slice_gpu(b: &GpuBuffer, start: usize, len: usize) -> Result<GpuBuffer> {
     let y = b.ctx.alloc((len * 4) as u64)?;
-    b.ctx.copy(b, (start * 4) as u64, &y, 0, (len * 4) as u64);
+    b.ctx.copy(b, (start * 4) as u64, &y, 0, (len * 4) as u64)?;
     Ok(y)
 }

@@ -4,6 +4,7 @@
 use super::elementwise::WG;
 use crate::backend::UnaryOp;
 use crate::backend::gpu::GpuBuffer;
+use crate::backend::gpu::fusion::{self, FusedOp};
 use crate::backend::gpu::registry;
 use crate::error::Result;
 
@@ -18,6 +19,9 @@ struct Params {
 
 pub(crate) fn unary_gpu(op: UnaryOp, x: &GpuBuffer, n: usize, a: f32, b: f32) -> Result<GpuBuffer> {
     let ctx = &x.ctx;
+    if ctx.fusion() {
+        return fusion::defer(ctx, FusedOp::Unary(op), &[x], [a, b], n);
+    }
     let y = ctx.alloc((n * 4) as u64)?;
     let n4 = n.div_ceil(4) as u64;
     let params = Params {

@@ -2,6 +2,7 @@
 //! ([`VEC4`], `shaders/update.wgsl`), one dispatch that reads device scalars (and forms
 //! CG's ratio) itself.
 
+use crate::backend::gpu::fusion::{self, CoefSource, FusedOp};
 use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
@@ -61,6 +62,9 @@ pub(crate) fn update_gpu(
     coefs: Coefs<'_, GpuBuffer>,
 ) -> Result<GpuBuffer> {
     let ctx = &y.ctx;
+    if ctx.fusion() {
+        return defer_update(y, x, n, coefs);
+    }
     // Unused scalar slots are bound to y: read-only, never read by the kernel.
     let (a_src, b_src, a, b, s0, s1) = match coefs {
         Coefs::Linear { b, a } => {
@@ -96,4 +100,38 @@ pub(crate) fn update_gpu(
         ctx.grid(n4 as u64, u64::from(WG))?,
     )?;
     Ok(out)
+}
+
+/// The update as a deferred op of a fused kernel (`fusion.rs`).
+fn defer_update<'a>(
+    y: &'a GpuBuffer,
+    x: &'a GpuBuffer,
+    n: usize,
+    coefs: Coefs<'a, GpuBuffer>,
+) -> Result<GpuBuffer> {
+    let mut operands = vec![y, x];
+    let source = |c: Coef<'a, GpuBuffer>, operands: &mut Vec<&'a GpuBuffer>| match c {
+        Coef::Host(v) => (CoefSource::Host, v as f32),
+        Coef::Device(t) => {
+            operands.push(t);
+            (CoefSource::Device, 1.0)
+        }
+    };
+    let (op, scalars) = match coefs {
+        Coefs::Linear { b, a } => {
+            let (a_src, a_val) = source(a, &mut operands);
+            let (b_src, b_val) = source(b, &mut operands);
+            (FusedOp::Update { a: a_src, b: b_src }, [a_val, b_val])
+        }
+        Coefs::Ratio { sign, num, den } => {
+            operands.push(num);
+            operands.push(den);
+            let op = FusedOp::Update {
+                a: CoefSource::Ratio,
+                b: CoefSource::Host,
+            };
+            (op, [sign as f32, 1.0])
+        }
+    };
+    fusion::defer(&y.ctx, op, &operands, scalars, n)
 }

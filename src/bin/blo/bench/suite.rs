@@ -420,6 +420,30 @@ impl Bencher {
     }
 
     fn run_case(&self, case: &Case) -> Result<Record> {
+        // The kernel cases time one kernel per op: unfused, since fusion would defer an
+        // op whose result is dropped unread and never run it, and would merge the
+        // dispatch-overhead chain into a few kernels.
+        let kernel_case = matches!(
+            case,
+            Case::Matmul(_)
+                | Case::Matvec(..)
+                | Case::Add(_)
+                | Case::Exp(_)
+                | Case::Sum(_)
+                | Case::DispatchOverhead(_)
+        );
+        let fusion = self.device.gpu_context().map(|c| c.fusion());
+        if let (Some(ctx), true) = (self.device.gpu_context(), kernel_case) {
+            ctx.set_fusion(false);
+        }
+        let r = self.run_case_as_set(case);
+        if let (Some(ctx), Some(on)) = (self.device.gpu_context(), fusion) {
+            ctx.set_fusion(on);
+        }
+        r
+    }
+
+    fn run_case_as_set(&self, case: &Case) -> Result<Record> {
         let dev = &self.device;
         let name = case.name();
         let size = case.size();

@@ -1,0 +1,521 @@
+//! Elementwise fusion: chains of elementwise ops run as one generated kernel.
+//!
+//! With fusion on (the default; `BLO_FUSION=0` or [`GpuContext::set_fusion`] turns it
+//! off), the elementwise ops (unary, binary on equal shapes or with a one-element
+//! operand, broadcasting one element, fill, and the `b·y + a·x` updates) do not dispatch.
+//! Each returns a *deferred* buffer ([`GpuBuffer::deferred`]) holding its op and
+//! operands. When something needs a deferred buffer's contents (a kernel that binds it,
+//! a copy, a readback, a sync), [`compute`] walks the deferred ops it depends on, writes
+//! one WGSL kernel that evaluates them all in registers, four elements per invocation,
+//! and dispatches it once. Deferred values that are never needed are never computed.
+//!
+//! Fusion is below the tape: every op is still recorded with its own backward rule, so
+//! gradients, `create_graph` and second order are unchanged; only the number of
+//! dispatches falls.
+//!
+//! Kernels are generated from the structure of the expression alone (ops, how operands
+//! are shared, which operands are single elements), never from sizes or scalar values,
+//! which travel in the parameter block. So a loop compiles each distinct shape of
+//! expression once ([`GpuContext::fused_kernel_count`]). Expressions are capped at
+//! [`MAX_NODES`] ops and the adapter's storage bindings, and a deferred value shared by
+//! two kernels is recomputed in each (elementwise work is cheap next to a dispatch).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::pool::{BufferCell, GpuBuffer};
+use super::profile::Label;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::error::Result;
+
+/// Most ops one generated kernel evaluates; a longer chain computes a prefix first. The
+/// host scalars of those ops (two each at most) fill the parameter block.
+pub(crate) const MAX_NODES: usize = 24;
+/// Most buffers one generated kernel reads (further capped by the adapter's limit on
+/// storage bindings, less the output).
+pub(crate) const MAX_INPUTS: usize = 8;
+/// Invocations per workgroup of the generated kernels.
+const WG: u32 = 256;
+/// Host scalars a kernel's parameter block holds: 256 bytes less the 16-byte header.
+const MAX_SCALARS: usize = 60;
+
+/// Where an update's coefficient comes from (as in `shaders/update.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum CoefSource {
+    /// The op's host scalar.
+    Host,
+    /// The host scalar times a one-element device buffer.
+    Device,
+    /// The host scalar times num / den (two device buffers), 0 when den is 0.
+    Ratio,
+}
+
+/// One elementwise op of a deferred buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FusedOp {
+    /// Every element is the host scalar `s0` (no operands).
+    Fill,
+    /// The operand, which has one element, repeated (broadcasting a scalar).
+    Splat,
+    /// `op` of the operand, with `s0`, `s1` as [`UnaryOp::ScaleShift`]'s a and b.
+    Unary(UnaryOp),
+    /// `op` of two operands of equal length, or of one and a one-element operand.
+    Binary(BinaryOp),
+    /// `b·y + a·x` with operands y, x, then a's device scalars (one for `Device`, num and
+    /// den for `Ratio`), then b's (one for `Device`); host parts in `s0` (a) and `s1` (b).
+    Update { a: CoefSource, b: CoefSource },
+}
+
+impl FusedOp {
+    fn scalars(self) -> usize {
+        match self {
+            FusedOp::Fill => 1,
+            FusedOp::Unary(UnaryOp::ScaleShift) | FusedOp::Update { .. } => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// The op a deferred buffer waits on, with its operands (each a computed or a deferred
+/// buffer) and host scalars.
+pub(crate) struct Deferred {
+    op: FusedOp,
+    operands: Vec<GpuBuffer>,
+    scalars: [f32; 2],
+    /// Upper bounds on the ops and distinct input buffers of the expression ending
+    /// here, kept so that building an expression never walks it.
+    ops: usize,
+    inputs: usize,
+}
+
+impl GpuContext {
+    /// Whether elementwise ops are deferred and fused (on unless `BLO_FUSION=0`).
+    pub fn fusion(&self) -> bool {
+        self.fusion.load(Ordering::Relaxed)
+    }
+
+    /// Turns elementwise fusion on or off for later ops. Results agree either way to f32
+    /// rounding; off, every op is one dispatch, which is what kernel benchmarks time.
+    pub fn set_fusion(&self, on: bool) {
+        self.fusion.store(on, Ordering::Relaxed);
+    }
+
+    /// Number of distinct fused kernels compiled on this context so far.
+    pub fn fused_kernel_count(&self) -> usize {
+        self.fused_lock().len()
+    }
+
+    fn fused_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FusedKernel>> {
+        self.fused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn input_cap(&self) -> usize {
+        (self.limits.max_storage_buffers_per_shader_stage as usize)
+            .saturating_sub(1)
+            .clamp(4, MAX_INPUTS)
+    }
+
+    /// Computes every deferred buffer still held by a tensor: what a sync owes the
+    /// caller, so that the work recorded before it is done after it.
+    pub(crate) fn compute_deferred(&self) -> Result<()> {
+        let list =
+            std::mem::take(&mut *self.deferred_list.lock().unwrap_or_else(|p| p.into_inner()));
+        // Newest first: computing a value drops its hold on the deferred operands it
+        // read, so an intermediate that only it held is never computed on its own.
+        for weak in list.iter().rev() {
+            if let Some(cell) = weak.upgrade()
+                && cell.buffer.get().is_none()
+            {
+                compute(&GpuBuffer::from_cell(cell))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A deferred buffer of `n` elements computed by `op` of `operands`, or, with fusion
+/// off, the op dispatched now.
+pub(crate) fn defer(
+    ctx: &Arc<GpuContext>,
+    op: FusedOp,
+    operands: &[&GpuBuffer],
+    scalars: [f32; 2],
+    n: usize,
+) -> Result<GpuBuffer> {
+    let bytes = (n * 4) as u64;
+    ctx.check_size("tensor", bytes)?;
+    let bound = |b: &GpuBuffer| -> (usize, usize) {
+        let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref().map_or((0, 1), |d| (d.ops, d.inputs))
+    };
+    let total = |operands: &[&GpuBuffer]| {
+        operands.iter().fold((1, 0), |(o, i), b| {
+            let (bo, bi) = bound(b);
+            (o + bo, i + bi)
+        })
+    };
+    let (mut ops, mut inputs) = total(operands);
+    // Too long or too wide: compute the largest deferred operand first, until it fits.
+    while ops > MAX_NODES || inputs > ctx.input_cap() {
+        let Some(largest) = operands
+            .iter()
+            .filter(|b| b.is_deferred())
+            .max_by_key(|b| bound(b).0)
+        else {
+            break;
+        };
+        compute(largest)?;
+        (ops, inputs) = total(operands);
+    }
+    let out = GpuBuffer::deferred(
+        ctx.clone(),
+        bytes,
+        Deferred {
+            op,
+            operands: operands.iter().map(|b| b.share()).collect(),
+            scalars,
+            ops,
+            inputs,
+        },
+    );
+    let mut list = ctx.deferred_list.lock().unwrap_or_else(|p| p.into_inner());
+    // Dead entries are dropped as the list grows, so it stays as long as what is live.
+    if list.len() >= 64 && list.len().is_power_of_two() {
+        list.retain(|w| w.strong_count() > 0);
+    }
+    list.push(Arc::downgrade(&out.inner));
+    Ok(out)
+}
+
+/// A compiled fused kernel and its name in profiles (its ops in evaluation order).
+pub(super) type FusedKernel = (Arc<wgpu::ComputePipeline>, Arc<str>);
+
+/// One op of an expression in evaluation order; operands are earlier ops or inputs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Arg {
+    Op(usize),
+    Input(usize),
+}
+
+/// An expression as a kernel evaluates it.
+struct Expr {
+    ops: Vec<(FusedOp, Vec<Arg>)>,
+    scalars: Vec<f32>,
+    /// The computed buffers read, in binding order.
+    inputs: Vec<GpuBuffer>,
+}
+
+impl Expr {
+    /// Walks the deferred ops under `root` (whose op is `top`), each shared one once.
+    fn build(root: &GpuBuffer, top: &Deferred) -> Expr {
+        let mut e = Expr {
+            ops: Vec::new(),
+            scalars: Vec::new(),
+            inputs: Vec::new(),
+        };
+        let mut seen: HashMap<*const BufferCell, Arg> = HashMap::new();
+        let root_arg = e.visit_op(top, &mut seen);
+        seen.insert(Arc::as_ptr(&root.inner), root_arg);
+        e
+    }
+
+    fn visit_op(&mut self, d: &Deferred, seen: &mut HashMap<*const BufferCell, Arg>) -> Arg {
+        let args: Vec<Arg> = d.operands.iter().map(|b| self.visit(b, seen)).collect();
+        self.scalars.extend_from_slice(&d.scalars[..d.op.scalars()]);
+        self.ops.push((d.op, args));
+        Arg::Op(self.ops.len() - 1)
+    }
+
+    fn visit(&mut self, b: &GpuBuffer, seen: &mut HashMap<*const BufferCell, Arg>) -> Arg {
+        let key = Arc::as_ptr(&b.inner);
+        if let Some(&a) = seen.get(&key) {
+            return a;
+        }
+        let guard = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let arg = match guard.as_ref() {
+            Some(d) => self.visit_op(d, seen),
+            None => {
+                drop(guard);
+                self.inputs.push(b.share());
+                Arg::Input(self.inputs.len() - 1)
+            }
+        };
+        seen.insert(key, arg);
+        arg
+    }
+
+    /// The ops in evaluation order, for profiles, repeats counted: `sub·square×2·axpby`.
+    fn name(&self) -> String {
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for (op, _) in &self.ops {
+            let name = match op {
+                FusedOp::Fill => "fill".to_string(),
+                FusedOp::Splat => "splat".to_string(),
+                FusedOp::Unary(u) => snake(&format!("{u:?}")),
+                FusedOp::Binary(b) => snake(&format!("{b:?}")),
+                FusedOp::Update { .. } => "axpby".to_string(),
+            };
+            match runs.last_mut() {
+                Some((last, count)) if *last == name => *count += 1,
+                _ => runs.push((name, 1)),
+            }
+        }
+        let parts: Vec<String> = runs
+            .into_iter()
+            .map(|(n, c)| if c > 1 { format!("{n}×{c}") } else { n })
+            .collect();
+        parts.join("·")
+    }
+
+    /// The kernel's cache key: the ops and how they connect, and which inputs are single
+    /// elements (read once and repeated). Sizes and scalar values are parameters.
+    fn signature(&self, n: usize) -> String {
+        signature(&self.ops, &self.splats(n))
+    }
+
+    /// Per input: whether it has one element, read once and repeated across the `n`.
+    fn splats(&self, n: usize) -> Vec<bool> {
+        self.inputs
+            .iter()
+            .map(|b| b.numel() == 1 && n > 1)
+            .collect()
+    }
+}
+
+fn signature(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool]) -> String {
+    let mut s = String::new();
+    for (i, splat) in splats.iter().enumerate() {
+        let _ = write!(s, "{}{i}", if *splat { 's' } else { 'v' });
+    }
+    for (op, args) in ops {
+        let _ = write!(s, "|{op:?}");
+        for a in args {
+            match a {
+                Arg::Op(i) => {
+                    let _ = write!(s, ",o{i}");
+                }
+                Arg::Input(i) => {
+                    let _ = write!(s, ",i{i}");
+                }
+            }
+        }
+    }
+    s
+}
+
+/// The WGSL of the kernel evaluating `ops` over inputs of which `splats` are single
+/// elements, labelled with its `signature`.
+fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String {
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "// Generated by blo's elementwise fusion (src/backend/gpu/fusion.rs).\n// {signature}\n\
+         const WG: u32 = {WG}u;\n\
+         struct Params {{ n4: u32, _pad0: u32, _pad1: u32, _pad2: u32, s: array<vec4<f32>, {} > }}\n\
+         @group(0) @binding(0) var<uniform> p: Params;",
+        MAX_SCALARS / 4
+    );
+    for i in 0..splats.len() {
+        let _ = writeln!(
+            w,
+            "@group(0) @binding({}) var<storage, read> in{i}: array<vec4<f32>>;",
+            i + 1
+        );
+    }
+    let _ = writeln!(
+        w,
+        "@group(0) @binding({}) var<storage, read_write> out: array<vec4<f32>>;\n\
+         fn scalar(k: u32) -> f32 {{ return p.s[k / 4u][k % 4u]; }}\n\
+         @compute @workgroup_size(WG)\n\
+         fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
+         \x20       @builtin(local_invocation_index) lid: u32) {{\n\
+         \x20   let i = (wid.x + wid.y * nwg.x) * WG + lid;\n\
+         \x20   if (i >= p.n4) {{ return; }}",
+        splats.len() + 1
+    );
+    for (k, splat) in splats.iter().enumerate() {
+        if *splat {
+            let _ = writeln!(w, "    let i{k} = vec4<f32>(in{k}[0].x);");
+        } else {
+            let _ = writeln!(w, "    let i{k} = in{k}[i];");
+        }
+    }
+    let name = |a: &Arg| match a {
+        Arg::Op(i) => format!("o{i}"),
+        Arg::Input(i) => format!("i{i}"),
+    };
+    // Device scalars of updates are read as the first lane of a (splat) operand.
+    let lane = |a: &Arg| format!("{}.x", name(a));
+    let mut next_scalar = 0usize;
+    for (k, (op, args)) in ops.iter().enumerate() {
+        let s0 = format!("scalar({next_scalar}u)");
+        let s1 = format!("scalar({}u)", next_scalar + 1);
+        next_scalar += op.scalars();
+        let first = args.first().map(name).unwrap_or_default();
+        let second = args.get(1).map(name).unwrap_or_default();
+        let value = match *op {
+            FusedOp::Fill => format!("vec4<f32>({s0})"),
+            FusedOp::Splat => format!("vec4<f32>({first}.x)"),
+            FusedOp::Unary(u) => unary_wgsl(u, &first, &s0, &s1),
+            FusedOp::Binary(b) => binary_wgsl(b, &first, &second),
+            FusedOp::Update { a, b } => {
+                let mut rest = args[2..].iter();
+                let mut next = || lane(rest.next().expect("an update's device scalar"));
+                let a_value = match a {
+                    CoefSource::Host => s0.clone(),
+                    CoefSource::Device => format!("({s0} * {})", next()),
+                    CoefSource::Ratio => {
+                        let (num, den) = (next(), next());
+                        format!("select(0.0, {s0} * {num} / {den}, {den} != 0.0)")
+                    }
+                };
+                let b_value = match b {
+                    CoefSource::Host => s1.clone(),
+                    CoefSource::Device | CoefSource::Ratio => next(),
+                };
+                // out = b·y + a·x with y, x the first two operands.
+                format!("{b_value} * {first} + {a_value} * {second}")
+            }
+        };
+        let _ = writeln!(w, "    let o{k} = {value};");
+    }
+    let _ = writeln!(w, "    out[i] = o{};\n}}", ops.len() - 1);
+    w
+}
+
+/// `ScaleShift` as `scale_shift`.
+fn snake(camel: &str) -> String {
+    let mut s = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            s.push('_');
+        }
+        s.push(c.to_ascii_lowercase());
+    }
+    s
+}
+
+fn unary_wgsl(op: UnaryOp, x: &str, a: &str, b: &str) -> String {
+    // The same expressions as shaders/unary.wgsl, so fused and unfused results agree.
+    match op {
+        UnaryOp::Neg => format!("-{x}"),
+        UnaryOp::Exp => format!("exp({x})"),
+        UnaryOp::Log => format!("log({x})"),
+        UnaryOp::Sqrt => format!("sqrt({x})"),
+        UnaryOp::Square => format!("{x} * {x}"),
+        UnaryOp::Abs => format!("abs({x})"),
+        UnaryOp::Sin => format!("sin({x})"),
+        UnaryOp::Cos => format!("cos({x})"),
+        UnaryOp::Tanh => format!("tanh(clamp({x}, vec4<f32>(-15.0), vec4<f32>(15.0)))"),
+        UnaryOp::Sigmoid => format!("1.0 / (1.0 + exp(-{x}))"),
+        UnaryOp::Relu => format!("max({x}, vec4<f32>(0.0))"),
+        UnaryOp::ReluMask => {
+            format!("select(vec4<f32>(0.0), vec4<f32>(1.0), {x} > vec4<f32>(0.0))")
+        }
+        UnaryOp::ScaleShift => format!("{a} * {x} + {b}"),
+        UnaryOp::Sign => format!("sign({x})"),
+        UnaryOp::Recip => format!("1.0 / {x}"),
+    }
+}
+
+fn binary_wgsl(op: BinaryOp, u: &str, v: &str) -> String {
+    // The same expressions as shaders/binary.wgsl.
+    let cmp = |c: &str| format!("select(vec4<f32>(0.0), vec4<f32>(1.0), {u} {c} {v})");
+    match op {
+        BinaryOp::Add => format!("{u} + {v}"),
+        BinaryOp::Sub => format!("{u} - {v}"),
+        BinaryOp::Mul => format!("{u} * {v}"),
+        BinaryOp::Div => format!("{u} / {v}"),
+        BinaryOp::Max => format!("max({u}, {v})"),
+        BinaryOp::Min => format!("min({u}, {v})"),
+        BinaryOp::Gt => cmp(">"),
+        BinaryOp::Ge => cmp(">="),
+        BinaryOp::Lt => cmp("<"),
+        BinaryOp::Le => cmp("<="),
+        BinaryOp::Eq => cmp("=="),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n4: u32,
+    _pad: [u32; 3],
+    scalars: [f32; MAX_SCALARS],
+}
+
+/// Computes the deferred buffer `b` and the deferred ops it depends on in one dispatch,
+/// and drops its hold on its operands.
+pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
+    let ctx = &b.ctx;
+    let mut slot = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(top) = slot.as_ref() else {
+        return Ok(()); // computed meanwhile
+    };
+    let n = b.numel();
+    let mut expr = Expr::build(b, top);
+    // The bounds kept while building are upper bounds, except that an operand computed
+    // since turns its ops into one more input; past the caps, compute the operands first.
+    if expr.inputs.len() > ctx.input_cap()
+        || expr.ops.len() > MAX_NODES
+        || expr.scalars.len() > MAX_SCALARS
+    {
+        for operand in &top.operands {
+            compute(operand)?;
+        }
+        expr = Expr::build(b, top);
+    }
+    let signature = expr.signature(n);
+    let (pipeline, name) = {
+        let cached = ctx.fused_lock().get(&signature).cloned();
+        match cached {
+            Some(k) => k,
+            None => {
+                let source = wgsl(&expr.ops, &expr.splats(n), &signature);
+                let module = ctx.compile_module("fused", &source)?;
+                let p = ctx.create_pipeline(
+                    "fused",
+                    &module,
+                    "main",
+                    (expr.inputs.len() as u32, 1),
+                    &[],
+                    false,
+                )?;
+                let k = (p, expr.name().into());
+                ctx.fused_lock().insert(signature, k.clone());
+                k
+            }
+        }
+    };
+    let mut params = Params {
+        n4: n.div_ceil(4) as u32,
+        _pad: [0; 3],
+        scalars: [0.0; MAX_SCALARS],
+    };
+    params.scalars[..expr.scalars.len()].copy_from_slice(&expr.scalars);
+    let out = ctx.alloc(b.bytes())?;
+    let workgroups = ctx.grid(n.div_ceil(4) as u64, u64::from(WG))?;
+    ctx.check_workgroups("fused", workgroups)?;
+    let mut buffers: Vec<&GpuBuffer> = expr.inputs.iter().collect();
+    buffers.push(&out);
+    if !workgroups.contains(&0) {
+        ctx.record(
+            &pipeline,
+            Label::Fused(&name),
+            (expr.inputs.len() as u32, 1),
+            bytemuck::bytes_of(&params),
+            &buffers,
+            workgroups,
+        );
+    }
+    drop(buffers);
+    let _ = b.inner.buffer.set(out.into_raw());
+    *slot = None;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use super::*;
+use crate::backend::{ALL_BINARY, ALL_UNARY};
+use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
+use crate::problems::Ridge;
+use crate::testing::{fresh_gpu_or_skip, rel_err};
+use crate::{DType, Device, Tensor};
+
+/// Parses and validates generated WGSL with naga (no adapter needed).
+fn validate(source: &str) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{}\n{source}", e.emit_to_string(source)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{}\n{source}", e.emit_to_string(source)));
+}
+
+/// Every op the fusion can generate, over a full-length and a one-element input, in
+/// one kernel and each alone: the WGSL parses and validates.
+#[test]
+fn every_fused_op_generates_valid_wgsl() {
+    let (v, s) = (Arg::Input(0), Arg::Input(1));
+    let mut ops: Vec<(FusedOp, Vec<Arg>)> =
+        vec![(FusedOp::Fill, vec![]), (FusedOp::Splat, vec![s])];
+    ops.extend(ALL_UNARY.iter().map(|&u| (FusedOp::Unary(u), vec![v])));
+    ops.extend(ALL_BINARY.iter().map(|&b| (FusedOp::Binary(b), vec![v, s])));
+    for a in [CoefSource::Host, CoefSource::Device, CoefSource::Ratio] {
+        for b in [CoefSource::Host, CoefSource::Device] {
+            if a == CoefSource::Ratio && b == CoefSource::Device {
+                continue; // never formed (`Coefs::Ratio` has b = 1)
+            }
+            let mut args = vec![v, Arg::Op(0)];
+            let scalars = match (a, b) {
+                (CoefSource::Host, CoefSource::Host) => 0,
+                (CoefSource::Ratio, _) | (CoefSource::Device, CoefSource::Device) => 2,
+                _ => 1,
+            };
+            args.extend(std::iter::repeat_n(s, scalars));
+            ops.push((FusedOp::Update { a, b }, args));
+        }
+    }
+    let splats = [false, true];
+    for (op, args) in &ops {
+        let one = [(
+            *op,
+            args.iter()
+                .map(|a| if *a == Arg::Op(0) { v } else { *a })
+                .collect(),
+        )];
+        validate(&wgsl(&one, &splats, &signature(&one, &splats)));
+    }
+    // All at once, each op reading the previous one, as a chain does.
+    let chained: Vec<(FusedOp, Vec<Arg>)> = ops
+        .iter()
+        .enumerate()
+        .map(|(k, (op, args))| {
+            let prev = if k == 0 { v } else { Arg::Op(k - 1) };
+            let args = args
+                .iter()
+                .map(|a| if *a == v { prev } else { *a })
+                .collect();
+            (*op, args)
+        })
+        .collect();
+    let sig = signature(&chained, &splats);
+    assert!(sig.starts_with("v0s1|Fill|Splat,i1|Unary(Neg),o1"), "{sig}");
+    validate(&wgsl(&chained, &splats, &sig));
+}
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    (0..n)
+        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 500.0) - 1.0)
+        .collect()
+}
+
+/// The same expression on three devices: the GPU fused, the GPU unfused, the CPU in f64.
+fn expression(x: &Tensor, y: &Tensor, s: &Tensor, d: &Tensor) -> crate::Result<Tensor> {
+    let a = x.exp()?.mul(y)?.scale_shift(0.5, -0.25)?; // shared below
+    let b = a.sub(&x.tanh()?)?.div(&y.abs()?.scale_shift(1.0, 1.0)?)?;
+    let c = b
+        .maximum(&a.sigmoid()?)?
+        .mul(&x.gt(y)?)?
+        .add(&a.square()?)?;
+    let e = c
+        .axpy(s, &a)?
+        .axpy_ratio(s, d, -1.0, &b)?
+        .axpby(d, 0.5, &x.relu()?)?;
+    let f = e.mul(s)?.add(&x.zeros_like()?.scale_shift(1.0, 1.0)?)?;
+    f.add(&s.broadcast_to(x.shape())?)?
+        .sub(&x.sin()?.mul(&y.cos()?)?)?
+        .mul(&x.sign()?.relu_mask()?.scale_shift(1.0, 0.5)?)
+}
+
+/// Fused kernels compute what one dispatch per op computes, and what the CPU computes
+/// in f64, at awkward sizes (1, primes, past a workgroup of vec4s), with new buffers
+/// poisoned; a shared subexpression is evaluated once per kernel.
+#[test]
+fn fused_expressions_match_unfused_ones_and_the_cpu_in_f64() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    for n in [1usize, 2, 5, 7, 257, 1031, 4099] {
+        let (xv, yv) = (values(n, 1), values(n, 2));
+        let run = |dev: &Device, dtype: DType| -> Vec<f64> {
+            let t = |v: &[f64], shape: &[usize]| {
+                Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+                    .and_then(|t| match dtype {
+                        DType::F64 => Ok(t),
+                        DType::F32 => t.to_dtype(DType::F32),
+                    })
+                    .and_then(|t| t.to_device(dev))
+                    .unwrap()
+            };
+            let (x, y) = (t(&xv, &[n]), t(&yv, &[n]));
+            let (s, d) = (t(&[0.75], &[]), t(&[-1.5], &[]));
+            expression(&x, &y, &s, &d).unwrap().to_vec::<f64>().unwrap()
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        let mut dispatches = [0u64; 2];
+        let mut out = [Vec::new(), Vec::new()];
+        for (k, fused) in [false, true].into_iter().enumerate() {
+            ctx.set_fusion(fused);
+            out[k] = run(&gpu, DType::F32);
+            // Counted again without poisoning, which adds a fill per new buffer.
+            ctx.set_poison(false);
+            let before = ctx.dispatch_count();
+            run(&gpu, DType::F32);
+            dispatches[k] = ctx.dispatch_count() - before;
+            ctx.set_poison(true);
+        }
+        let [unfused, fused] = out;
+        let [unfused_dispatches, fused_dispatches] = dispatches;
+        assert!(
+            rel_err(&fused, &unfused) <= 1e-6,
+            "n = {n}: {:e}",
+            rel_err(&fused, &unfused)
+        );
+        assert!(
+            rel_err(&fused, &want) <= 1e-5,
+            "n = {n}: {:e}",
+            rel_err(&fused, &want)
+        );
+        // Over 30 ops: the expression is a few kernels (it passes MAX_NODES, which
+        // computes its largest operand first).
+        assert!(unfused_dispatches >= 30, "{unfused_dispatches}");
+        assert!(
+            fused_dispatches <= 6,
+            "n = {n}: {fused_dispatches} dispatches"
+        );
+    }
+}
+
+/// A deferred value costs nothing until read, is computed once by a sync that finds a
+/// tensor holding it, and an unread one is never computed.
+#[test]
+fn deferred_values_run_when_needed_and_never_when_not() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    ctx.set_poison(false);
+    let x = Tensor::from_vec(vec![0.5f32, -1.0, 2.0], &[3], &gpu).unwrap();
+    gpu.sync().unwrap();
+    let before = ctx.dispatch_count();
+    let unread = x.exp().unwrap().scale(2.0).unwrap();
+    drop(unread);
+    let kept = x.square().unwrap().add(&x).unwrap();
+    assert_eq!(ctx.dispatch_count(), before, "nothing runs yet");
+    gpu.sync().unwrap();
+    assert_eq!(
+        ctx.dispatch_count(),
+        before + 1,
+        "the sync ran the kept value only"
+    );
+    assert_eq!(kept.to_vec::<f32>().unwrap(), vec![0.75, 0.0, 6.0]);
+    assert_eq!(ctx.dispatch_count(), before + 1, "and it was not run again");
+    // A kernel that binds a deferred operand computes it first, in one dispatch.
+    let m = Tensor::from_vec(vec![1.0f32; 6], &[2, 3], &gpu).unwrap();
+    let before = ctx.dispatch_count();
+    let v = x
+        .scale_shift(2.0, 1.0)
+        .unwrap()
+        .mul(&x)
+        .unwrap()
+        .reshape(&[3, 1])
+        .unwrap();
+    let mv = m.matmul(&v).unwrap();
+    assert_eq!(mv.to_vec::<f32>().unwrap(), vec![12.0, 12.0]);
+    let matvec = ctx.dispatch_count() - before - 1;
+    assert!((1..=2).contains(&matvec), "{matvec}");
+}
+
+/// A chain past MAX_NODES ops, and one reading more buffers than a kernel binds, are
+/// split into several kernels with the right result.
+#[test]
+fn long_and_wide_expressions_split_into_several_kernels() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    ctx.set_poison(false);
+    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0], &[5], &gpu).unwrap();
+    gpu.sync().unwrap();
+    let before = ctx.dispatch_count();
+    let mut y = x.clone();
+    for _ in 0..100 {
+        y = y.scale_shift(1.0, 0.5).unwrap();
+    }
+    assert_eq!(
+        y.to_vec::<f32>().unwrap(),
+        vec![51.0, 52.0, 53.0, 54.0, 55.0]
+    );
+    assert_eq!(
+        ctx.dispatch_count() - before,
+        100_u64.div_ceil(MAX_NODES as u64)
+    );
+
+    let parts: Vec<Tensor> = (0..20)
+        .map(|i| Tensor::full(&[5], i as f32, &gpu).unwrap().mul(&x).unwrap())
+        .collect();
+    // Each part is computed by a kernel of its own (a fill would be, but the product
+    // reads x): 20 deferred values over one input, then sums of them.
+    gpu.sync().unwrap();
+    let before = ctx.dispatch_count();
+    let mut sum = parts[0].clone();
+    for p in &parts[1..] {
+        sum = sum.add(p).unwrap();
+    }
+    let want: Vec<f32> = (1..=5).map(|k| 190.0 * k as f32).collect();
+    assert_eq!(sum.to_vec::<f32>().unwrap(), want);
+    let kernels = ctx.dispatch_count() - before;
+    let cap = ctx.input_cap() as u64;
+    assert!(
+        kernels >= 19_u64.div_ceil(cap) && kernels <= 19,
+        "{kernels} (cap {cap})"
+    );
+}
+
+/// Kernels are cached by the structure of their expression: a RAD run of 300 steps
+/// compiles no kernel that one of 30 steps did not, and its dispatch count per step is
+/// the same every run (and below the unfused count).
+#[test]
+fn the_kernel_cache_stays_bounded_and_dispatch_counts_are_deterministic() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    let p = Ridge::synthetic(40, 30, 7, 3, &gpu, DType::F32).unwrap();
+    let lambda = vec![Tensor::zeros(&[7], &gpu).unwrap()];
+    let w0 = p.init_w().unwrap();
+    let count = |steps: usize| {
+        let inner = Inner {
+            optimizer: InnerOptimizer::Gd { lr: 0.1 },
+            steps,
+        };
+        let before = ctx.dispatch_count();
+        let r = hypergradient(&p, &lambda, &w0, &inner, &Method::Rad).unwrap();
+        (
+            ctx.dispatch_count() - before,
+            r.grad[0].to_vec::<f64>().unwrap(),
+        )
+    };
+    let (short, _) = count(30);
+    let kernels = ctx.fused_kernel_count();
+    let (long, fused) = count(300);
+    assert_eq!(
+        ctx.fused_kernel_count(),
+        kernels,
+        "no new kernel for a longer run"
+    );
+    assert_eq!(count(300).0, long, "the same count every run");
+    let per_step = (long - short) as f64 / 270.0;
+    ctx.set_fusion(false);
+    let (long_unfused, unfused) = count(300);
+    let (short_unfused, _) = count(30);
+    let per_step_unfused = (long_unfused - short_unfused) as f64 / 270.0;
+    assert!(
+        per_step * 2.0 <= per_step_unfused,
+        "{per_step} vs {per_step_unfused} per RAD step"
+    );
+    assert!(
+        rel_err(&fused, &unfused) <= 1e-5,
+        "{:e}",
+        rel_err(&fused, &unfused)
+    );
+}
