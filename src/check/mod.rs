@@ -353,7 +353,9 @@ pub fn run_checks(device: &Device) -> Vec<CheckResult> {
 /// adapter can run besides its automatic choice, forced through
 /// [`GpuContext::force_kernel`](crate::GpuContext::force_kernel) and named
 /// `<check>@<variant>`; the automatic choice is restored after each variant (other
-/// threads using the same context meanwhile run the forced variant too).
+/// threads using the same context meanwhile run the forced variant too). With
+/// elementwise fusion on, the elementwise, reduce and update checks also run unfused
+/// (`<check>@unfused`), and forced variants always do.
 pub fn run_checks_matching(
     device: &Device,
     filter: Option<&str>,
@@ -372,6 +374,25 @@ pub fn run_checks_matching(
     // Every other kernel variant this adapter can run, forced in turn, on the checks of
     // its family (`matmul/nn@portable`); the automatic choice is restored after each.
     if let Device::Gpu(ctx) = device {
+        // With elementwise fusion on, the checks above ran the generated kernels; the
+        // families fusion replaces run once more unfused (`unary/exp_7@unfused`), and the
+        // forced variants run unfused, since fusion would bypass them.
+        let fusion = ctx.fusion();
+        ctx.set_fusion(false);
+        if fusion {
+            for c in all
+                .iter()
+                .filter(|c| matches!(c.kernel_family(), Some("elementwise" | "reduce" | "update")))
+            {
+                let name = format!("{}@unfused", c.name);
+                if wanted(&name) {
+                    emit(CheckResult {
+                        name,
+                        ..c.run(device)
+                    });
+                }
+            }
+        }
         for variant in ctx.kernel_variants() {
             if variant.default || !variant.runnable() {
                 continue;
@@ -403,6 +424,7 @@ pub fn run_checks_matching(
             // Restoring the automatic choice of a family that exists cannot fail.
             let _ = ctx.force_kernel(variant.family, None);
         }
+        ctx.set_fusion(fusion);
     }
     results
 }

@@ -99,6 +99,9 @@ fn the_big_reductions_take_more_than_one_pass_on_the_gpu() {
     // forcing variants on it would change what other tests run.
     let gpu = Device::gpu().unwrap();
     let ctx = gpu.gpu_context().unwrap().clone();
+    // The reduce kernels themselves: fused, a reduction is one generated kernel (and a
+    // second pass past one workgroup's share, tested in backend/gpu/fusion/tests.rs).
+    ctx.set_fusion(false);
     ctx.force_kernel("reduce", Some("one_barrier")).unwrap();
     ctx.force_kernel("loss", Some("row_per_invocation"))
         .unwrap();

@@ -454,6 +454,8 @@ mod tests {
         // A context of its own: the shared one counts other tests' dispatches too.
         let gpu = Device::gpu().unwrap();
         let ctx = gpu.gpu_context().unwrap().clone();
+        // The reduce kernels' dispatches: fused, a reduction waits until it is read.
+        ctx.set_fusion(false);
         let x = Tensor::rand_uniform(&[1000], -1.0, 1.0, 5, &gpu).unwrap();
         let before = ctx.dispatch_count();
         let s = x.sum().unwrap();

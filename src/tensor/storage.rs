@@ -236,6 +236,9 @@ impl Storage {
             (Storage::F64(x), Storage::F64(y)) => {
                 Storage::F64(CpuBuf::from(vec![full_cpu(op, x, y, scale)]))
             }
+            (Storage::Gpu(x), Storage::Gpu(y)) if x.ctx.fusion() => {
+                Storage::Gpu(gpu::fusion::defer_reduce(op, x, y, scale as f32)?)
+            }
             (Storage::Gpu(x), Storage::Gpu(y)) => {
                 Storage::Gpu(gpu::kernels::reduce::full_gpu(op, x, y, n, scale as f32)?)
             }

@@ -22,13 +22,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::context::GpuContext;
 use super::pool::{BufferCell, GpuBuffer};
 use super::profile::Label;
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, FullOp, UnaryOp};
 use crate::error::Result;
 
 /// Most ops one generated kernel evaluates; a longer chain computes a prefix first. The
@@ -39,6 +39,10 @@ pub(crate) const MAX_NODES: usize = 24;
 pub(crate) const MAX_INPUTS: usize = 8;
 /// Invocations per workgroup of the generated kernels.
 const WG: u32 = 256;
+/// Most vec4s one invocation of a fused reduction adds (as the reduce kernels do).
+const REDUCE_VEC4: usize = 64;
+/// Most workgroups of a fused reduction: their partials are summed by a second pass.
+const REDUCE_MAX_GROUPS: usize = 1024;
 /// Host scalars a kernel's parameter block holds: 256 bytes less the 16-byte header.
 const MAX_SCALARS: usize = 60;
 
@@ -54,7 +58,7 @@ pub(crate) enum CoefSource {
 }
 
 /// One elementwise op of a deferred buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FusedOp {
     /// Every element is the host scalar `s0` (no operands).
     Fill,
@@ -67,6 +71,10 @@ pub(crate) enum FusedOp {
     /// `b·y + a·x` with operands y, x, then a's device scalars (one for `Device`, num and
     /// den for `Ratio`), then b's (one for `Device`); host parts in `s0` (a) and `s1` (b).
     Update { a: CoefSource, b: CoefSource },
+    /// `s0 · Σ op(a, b)` over the operands' elements, into one element: a full
+    /// reduction whose operands' deferred ops run inside it. It ends an expression: a
+    /// kernel that reads its result computes it first (a dispatch of its own).
+    Reduce(FullOp),
 }
 
 impl FusedOp {
@@ -74,6 +82,7 @@ impl FusedOp {
         match self {
             FusedOp::Fill => 1,
             FusedOp::Unary(UnaryOp::ScaleShift) | FusedOp::Update { .. } => 2,
+            FusedOp::Reduce(_) => 1,
             _ => 0,
         }
     }
@@ -149,7 +158,11 @@ pub(crate) fn defer(
     ctx.check_size("tensor", bytes)?;
     let bound = |b: &GpuBuffer| -> (usize, usize) {
         let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        d.as_ref().map_or((0, 1), |d| (d.ops, d.inputs))
+        match d.as_ref() {
+            // A reduction is computed on its own and read as an input.
+            Some(d) if !matches!(d.op, FusedOp::Reduce(_)) => (d.ops, d.inputs),
+            _ => (0, 1),
+        }
     };
     let total = |operands: &[&GpuBuffer]| {
         operands.iter().fold((1, 0), |(o, i), b| {
@@ -162,7 +175,7 @@ pub(crate) fn defer(
     while ops > MAX_NODES || inputs > ctx.input_cap() {
         let Some(largest) = operands
             .iter()
-            .filter(|b| b.is_deferred())
+            .filter(|b| bound(b).0 > 0)
             .max_by_key(|b| bound(b).0)
         else {
             break;
@@ -206,6 +219,8 @@ struct Expr {
     scalars: Vec<f32>,
     /// The computed buffers read, in binding order.
     inputs: Vec<GpuBuffer>,
+    /// The first error computing a reduction it reads.
+    error: Option<crate::error::Error>,
 }
 
 impl Expr {
@@ -215,6 +230,7 @@ impl Expr {
             ops: Vec::new(),
             scalars: Vec::new(),
             inputs: Vec::new(),
+            error: None,
         };
         let mut seen: HashMap<*const BufferCell, Arg> = HashMap::new();
         let root_arg = e.visit_op(top, &mut seen);
@@ -236,9 +252,16 @@ impl Expr {
         }
         let guard = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
         let arg = match guard.as_ref() {
-            Some(d) => self.visit_op(d, seen),
-            None => {
+            Some(d) if !matches!(d.op, FusedOp::Reduce(_)) => self.visit_op(d, seen),
+            deferred => {
+                let reduction = deferred.is_some();
                 drop(guard);
+                if reduction {
+                    // Its own dispatch, recorded before the kernel that reads it.
+                    if let Err(e) = compute(b) {
+                        self.error.get_or_insert(e);
+                    }
+                }
                 self.inputs.push(b.share());
                 Arg::Input(self.inputs.len() - 1)
             }
@@ -257,6 +280,7 @@ impl Expr {
                 FusedOp::Unary(u) => snake(&format!("{u:?}")),
                 FusedOp::Binary(b) => snake(&format!("{b:?}")),
                 FusedOp::Update { .. } => "axpby".to_string(),
+                FusedOp::Reduce(r) => snake(&format!("{r:?}")),
             };
             match runs.last_mut() {
                 Some((last, count)) if *last == name => *count += 1,
@@ -307,14 +331,16 @@ fn signature(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool]) -> String {
 }
 
 /// The WGSL of the kernel evaluating `ops` over inputs of which `splats` are single
-/// elements, labelled with its `signature`.
+/// elements, labelled with its `signature`: four elements per invocation written out,
+/// or, when the last op is a [`FusedOp::Reduce`], their sum per workgroup.
 fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String {
+    let reduce = matches!(ops.last(), Some((FusedOp::Reduce(_), _)));
     let mut w = String::new();
     let _ = writeln!(
         w,
         "// Generated by blo's elementwise fusion (src/backend/gpu/fusion.rs).\n// {signature}\n\
          const WG: u32 = {WG}u;\n\
-         struct Params {{ n4: u32, _pad0: u32, _pad1: u32, _pad2: u32, s: array<vec4<f32>, {} > }}\n\
+         struct Params {{ n4: u32, n: u32, block: u32, _pad: u32, s: array<vec4<f32>, {}> }}\n\
          @group(0) @binding(0) var<uniform> p: Params;",
         MAX_SCALARS / 4
     );
@@ -327,14 +353,12 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String
     }
     let _ = writeln!(
         w,
-        "@group(0) @binding({}) var<storage, read_write> out: array<vec4<f32>>;\n\
+        "@group(0) @binding({}) var<storage, read_write> out: array<{}>;\n\
          fn scalar(k: u32) -> f32 {{ return p.s[k / 4u][k % 4u]; }}\n\
-         @compute @workgroup_size(WG)\n\
-         fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
-         \x20       @builtin(local_invocation_index) lid: u32) {{\n\
-         \x20   let i = (wid.x + wid.y * nwg.x) * WG + lid;\n\
-         \x20   if (i >= p.n4) {{ return; }}",
-        splats.len() + 1
+         // The expression at vec4 index i.\n\
+         fn value(i: u32) -> vec4<f32> {{",
+        splats.len() + 1,
+        if reduce { "f32" } else { "vec4<f32>" }
     );
     for (k, splat) in splats.iter().enumerate() {
         if *splat {
@@ -379,10 +403,53 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String
                 // out = b·y + a·x with y, x the first two operands.
                 format!("{b_value} * {first} + {a_value} * {second}")
             }
+            // The term summed (the scale is applied to the workgroup's sum).
+            FusedOp::Reduce(r) => match r {
+                FullOp::Sum => first,
+                FullOp::SumSq => format!("{first} * {first}"),
+                FullOp::Dot => format!("{first} * {second}"),
+                FullOp::SqDiff => format!("({first} - {second}) * ({first} - {second})"),
+            },
         };
         let _ = writeln!(w, "    let o{k} = {value};");
     }
-    let _ = writeln!(w, "    out[i] = o{};\n}}", ops.len() - 1);
+    let _ = writeln!(w, "    return o{};\n}}", ops.len() - 1);
+    if !reduce {
+        let _ = writeln!(
+            w,
+            "@compute @workgroup_size(WG)\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
+             \x20       @builtin(local_invocation_index) lid: u32) {{\n\
+             \x20   let i = (wid.x + wid.y * nwg.x) * WG + lid;\n\
+             \x20   if (i < p.n4) {{ out[i] = value(i); }}\n\
+             }}"
+        );
+    } else {
+        // Workgroup g sums the vec4s [g·block, (g+1)·block), its invocations interleaved
+        // (adjacent reads), lanes past n masked, then a tree in workgroup memory.
+        let _ = writeln!(
+            w,
+            "var<workgroup> part: array<f32, WG>;\n\
+             @compute @workgroup_size(WG)\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{\n\
+             \x20   let lo = wid.x * p.block;\n\
+             \x20   let hi = min(p.n4, lo + p.block);\n\
+             \x20   var acc = vec4<f32>(0.0);\n\
+             \x20   for (var i = lo + lid; i < hi; i += WG) {{\n\
+             \x20       let lane = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u);\n\
+             \x20       acc += select(vec4<f32>(0.0), value(i), lane < vec4<u32>(p.n));\n\
+             \x20   }}\n\
+             \x20   part[lid] = (acc.x + acc.y) + (acc.z + acc.w);\n\
+             \x20   workgroupBarrier();\n\
+             \x20   for (var s = WG / 2u; s > 0u; s = s / 2u) {{\n\
+             \x20       if (lid < s) {{ part[lid] += part[lid + s]; }}\n\
+             \x20       workgroupBarrier();\n\
+             \x20   }}\n\
+             \x20   if (lid == 0u) {{ out[wid.x] = part[0] * scalar({}u); }}\n\
+             }}",
+            next_scalar - 1
+        );
+    }
     w
 }
 
@@ -443,7 +510,10 @@ fn binary_wgsl(op: BinaryOp, u: &str, v: &str) -> String {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n4: u32,
-    _pad: [u32; 3],
+    /// A reduction's element count and vec4s per workgroup.
+    n: u32,
+    block: u32,
+    _pad: u32,
     scalars: [f32; MAX_SCALARS],
 }
 
@@ -455,7 +525,13 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
     let Some(top) = slot.as_ref() else {
         return Ok(()); // computed meanwhile
     };
-    let n = b.numel();
+    // A reduction runs over its operands' length; everything else over its own.
+    let reduction = matches!(top.op, FusedOp::Reduce(_));
+    let n = if reduction {
+        top.operands[0].numel()
+    } else {
+        b.numel()
+    };
     let mut expr = Expr::build(b, top);
     // The bounds kept while building are upper bounds, except that an operand computed
     // since turns its ops into one more input; past the caps, compute the operands first.
@@ -467,6 +543,9 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
             compute(operand)?;
         }
         expr = Expr::build(b, top);
+    }
+    if let Some(e) = expr.error.take() {
+        return Err(e);
     }
     let signature = expr.signature(n);
     let (pipeline, name) = {
@@ -490,14 +569,36 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
             }
         }
     };
+    let n4 = n.div_ceil(4);
+    let (groups, block) = if reduction {
+        // Each invocation adds at most REDUCE_VEC4 vec4s (accuracy, and enough workgroups
+        // to fill a GPU); more than one workgroup leaves partials for a second pass.
+        let groups = n4
+            .div_ceil(WG as usize * REDUCE_VEC4)
+            .clamp(1, REDUCE_MAX_GROUPS);
+        (groups, n4.div_ceil(groups))
+    } else {
+        (0, 0)
+    };
     let mut params = Params {
-        n4: n.div_ceil(4) as u32,
-        _pad: [0; 3],
+        n4: n4 as u32,
+        n: n as u32,
+        block: block as u32,
+        _pad: 0,
         scalars: [0.0; MAX_SCALARS],
     };
     params.scalars[..expr.scalars.len()].copy_from_slice(&expr.scalars);
-    let out = ctx.alloc(b.bytes())?;
-    let workgroups = ctx.grid(n.div_ceil(4) as u64, u64::from(WG))?;
+    let scale = expr.scalars.last().copied().unwrap_or(1.0);
+    if groups > 1 {
+        *params.scalars[..expr.scalars.len()]
+            .last_mut()
+            .expect("a reduction's scale") = 1.0;
+    }
+    let (out, workgroups) = if reduction {
+        (ctx.alloc((groups * 4) as u64)?, [groups as u32, 1, 1])
+    } else {
+        (ctx.alloc(b.bytes())?, ctx.grid(n4 as u64, u64::from(WG))?)
+    };
     ctx.check_workgroups("fused", workgroups)?;
     let mut buffers: Vec<&GpuBuffer> = expr.inputs.iter().collect();
     buffers.push(&out);
@@ -512,9 +613,29 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         );
     }
     drop(buffers);
+    let out = if groups > 1 {
+        super::kernels::reduce::sum_partials_gpu(&out, groups, scale)?
+    } else {
+        out
+    };
     let _ = b.inner.buffer.set(out.into_raw());
     *slot = None;
     Ok(())
+}
+
+/// A deferred full reduction `scale · Σ op(a, b)` over the `n` elements of `a` (and
+/// `b`, read by [`FullOp::Dot`] and [`FullOp::SqDiff`]), into one element.
+pub(crate) fn defer_reduce(
+    op: FullOp,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    scale: f32,
+) -> Result<GpuBuffer> {
+    let operands: &[&GpuBuffer] = match op {
+        FullOp::Sum | FullOp::SumSq => &[a],
+        FullOp::Dot | FullOp::SqDiff => &[a, b],
+    };
+    defer(&a.ctx, FusedOp::Reduce(op), operands, [scale, 0.0], 1)
 }
 
 #[cfg(test)]

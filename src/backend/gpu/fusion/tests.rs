@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::{ALL_BINARY, ALL_UNARY};
+use crate::backend::{ALL_BINARY, ALL_UNARY, FullOp, UnaryOp};
 use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use crate::problems::Ridge;
 use crate::testing::{fresh_gpu_or_skip, rel_err};
@@ -42,6 +42,16 @@ fn every_fused_op_generates_valid_wgsl() {
         }
     }
     let splats = [false, true];
+    // Reductions end an expression: each alone, over an op and an input.
+    for r in [FullOp::Sum, FullOp::SumSq, FullOp::Dot, FullOp::SqDiff] {
+        let ops = [
+            (FusedOp::Unary(UnaryOp::Exp), vec![v]),
+            (FusedOp::Reduce(r), vec![Arg::Op(0), v]),
+        ];
+        let src = wgsl(&ops, &splats, &signature(&ops, &splats));
+        assert!(src.contains("workgroupBarrier"), "{src}");
+        validate(&src);
+    }
     for (op, args) in &ops {
         let one = [(
             *op,
@@ -286,4 +296,75 @@ fn the_kernel_cache_stays_bounded_and_dispatch_counts_are_deterministic() {
         "{:e}",
         rel_err(&fused, &unfused)
     );
+}
+
+/// Full reductions of deferred expressions run the expression inside the reduction, at
+/// awkward sizes and past one workgroup's share (a second pass sums the partials), and
+/// match the CPU in f64; an unread reduction never runs.
+#[test]
+fn fused_reductions_match_the_cpu_in_f64() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    for n in [1usize, 3, 5, 1031, 65_537, 300_007] {
+        let (xv, yv) = (values(n, 3), values(n, 4));
+        let run = |dev: &Device, dtype: DType| -> Vec<f64> {
+            let t = |v: &[f64]| {
+                let t = Tensor::from_vec(v.to_vec(), &[n], &Device::Cpu).unwrap();
+                let t = if dtype == DType::F32 {
+                    t.to_dtype(DType::F32).unwrap()
+                } else {
+                    t
+                };
+                t.to_device(dev).unwrap()
+            };
+            let (x, y) = (t(&xv), t(&yv));
+            let e = x
+                .scale_shift(0.5, 0.25)
+                .unwrap()
+                .mul(&y.exp().unwrap())
+                .unwrap();
+            let parts = [
+                e.sum().unwrap(),
+                e.sqnorm().unwrap().scale(0.5).unwrap(),
+                e.dot(&y).unwrap(),
+                x.dot(&x).unwrap(),
+                e.mean().unwrap(),
+            ];
+            // A reduction read by an elementwise op: computed first, then read.
+            let mixed = parts[0].add(&parts[1]).unwrap().mul(&parts[2]).unwrap();
+            let mut out: Vec<f64> = parts
+                .iter()
+                .map(|p| p.to_vec::<f64>().unwrap()[0])
+                .collect();
+            out.push(mixed.to_vec::<f64>().unwrap()[0]);
+            out
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        for fused in [true, false] {
+            ctx.set_fusion(fused);
+            let got = run(&gpu, DType::F32);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "n = {n}, fused {fused}, result {k}: {g} vs {w}"
+                );
+            }
+        }
+    }
+    ctx.set_fusion(true);
+    ctx.set_poison(false);
+    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[3], &gpu).unwrap();
+    gpu.sync().unwrap();
+    let before = ctx.dispatch_count();
+    drop(x.exp().unwrap().sum().unwrap());
+    let s = x.square().unwrap().sum().unwrap();
+    gpu.sync().unwrap();
+    assert_eq!(
+        ctx.dispatch_count(),
+        before + 1,
+        "one kernel: square inside the sum"
+    );
+    assert_eq!(s.to_vec::<f32>().unwrap(), vec![14.0]);
 }
