@@ -12,47 +12,75 @@ use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
 
-/// Fails with the step where the inner loop diverged. `losses` holds each step's inner
-/// loss as a 1-element device tensor; they and ‖w_T‖² (which catches a blow-up in the
-/// last step) are read back once, together, so detection costs no readback per step.
+/// Fails if the inner loop diverged, naming the step. The common case costs one
+/// readback, of ‖w_T‖², and no per-step work: a step whose loss or gradient is not
+/// finite makes its iterate, and every later one, non-finite. Only then are the steps
+/// replayed from `start`, each loss read back, to name the first that went wrong.
 pub(crate) fn check_divergence(
-    mut losses: Vec<Tensor>,
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    opt: &InnerOptimizer,
+    start: &[Tensor],
     w_t: &[Tensor],
     steps: usize,
 ) -> Result<()> {
-    losses.push(no_grad(|| dot_list(w_t, w_t))?.reshape(&[1])?);
-    let values = Tensor::concat(&refs(&losses))?.to_vec::<f64>()?;
-    if let Some(t) = values.iter().position(|v| !v.is_finite()) {
-        // At step 0 no inner step has been taken: the loss at the starting point is
-        // already non-finite, so λ (or the data) is to blame, not the step size.
-        if t == 0 && steps > 0 {
-            return Err(invalid(
-                "inner loop",
-                format!(
-                    "the inner loss is {} at the starting w, before any inner step: λ makes the problem overflow there (check λ's values and the data), the inner step size is not the cause",
-                    values[0]
-                ),
-            ));
-        }
-        let what = if t < steps {
-            format!("the inner loss became {} at inner step {t}", values[t])
-        } else {
-            format!("the inner iterate became non-finite at step {steps}")
-        };
-        return Err(invalid(
-            "inner loop",
-            format!("{what} of {steps}: the inner optimizer diverged; lower its step size"),
-        ));
+    let norm = no_grad(|| dot_list(w_t, w_t))?.to_vec::<f64>()?[0];
+    if norm.is_finite() {
+        return Ok(());
     }
-    Ok(())
+    let nw = w_t.len();
+    let mut losses = Vec::new();
+    let mut s = start.to_vec();
+    for _ in 0..steps {
+        let w = track(&s[..nw]);
+        let loss = problem.inner_loss(&w, lambda)?;
+        let g = grad(&loss, &refs(&w), false)?;
+        let value = loss.to_vec::<f64>()?[0];
+        losses.push(value);
+        if !value.is_finite() {
+            break;
+        }
+        s = no_grad(|| opt.step(&s, &g))?;
+    }
+    losses.push(norm);
+    Err(divergence(&losses, steps))
+}
+
+/// The error for a diverged inner loop: `values` holds the inner loss of steps 0, 1, …
+/// up to the first non-finite one, or all of them and then ‖w_T‖².
+fn divergence(values: &[f64], steps: usize) -> crate::error::Error {
+    let t = values
+        .iter()
+        .position(|v| !v.is_finite())
+        .unwrap_or(values.len().saturating_sub(1));
+    // At step 0 no inner step has been taken: the loss at the starting point is
+    // already non-finite, so λ (or the data) is to blame, not the step size.
+    if t == 0 && steps > 0 {
+        return invalid(
+            "inner loop",
+            format!(
+                "the inner loss is {} at the starting w, before any inner step: λ makes the problem overflow there (check λ's values and the data), the inner step size is not the cause",
+                values[0]
+            ),
+        );
+    }
+    let what = if t < steps {
+        format!("the inner loss became {} at inner step {t}", values[t])
+    } else {
+        format!("the inner iterate became non-finite at step {steps}")
+    };
+    invalid(
+        "inner loop",
+        format!("{what} of {steps}: the inner optimizer diverged; lower its step size"),
+    )
 }
 
 /// Runs the inner optimizer for `steps` steps from `state`, without a graph. With
 /// `keep`, returns every state s_0..s_T (RAD stores them); otherwise just [s_T].
 ///
-/// Divergence is detected without a readback per step: every step's inner loss is
-/// kept as a 0-d device tensor and all are read once at the end; the first non-finite
-/// one names the step.
+/// Divergence is detected without a readback per step (see [`check_divergence`]), and
+/// without computing the inner loss's value at all: on a GPU only the gradient's
+/// kernels run.
 pub(crate) fn run_inner(
     problem: &dyn Problem,
     lambda: &[Tensor],
@@ -66,20 +94,19 @@ pub(crate) fn run_inner(
     // Both grow as the loop runs, never reserved from the user's step count: a run of
     // 10⁹ steps can start (and be stopped) instead of failing to reserve its storage.
     let mut states = Vec::new();
-    let mut losses = Vec::new();
+    let start = state.clone();
     let mut s = state;
     for _ in 0..steps {
         let w = track(&s[..nw]);
         let loss = problem.inner_loss(&w, &lambda)?;
         let g = grad(&loss, &refs(&w), false)?;
-        losses.push(loss.detach().reshape(&[1])?);
         let next = no_grad(|| opt.step(&s, &g))?;
         if keep {
             states.push(s);
         }
         s = next;
     }
-    check_divergence(losses, &s[..nw], steps)?;
+    check_divergence(problem, &lambda, opt, &start, &s[..nw], steps)?;
     states.push(s);
     Ok(states)
 }

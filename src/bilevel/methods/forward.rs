@@ -61,8 +61,7 @@ fn forward_mode(
         .map(|_| state0.iter().map(Tensor::zeros_like).collect::<Result<_>>())
         .collect::<Result<_>>()?;
     let stored = bytes_of(&tangents.concat());
-    // Grows as it goes (never reserved from the user's step count).
-    let mut losses = Vec::new();
+    let start = state0.clone();
     let mut state = state0;
     for _ in 0..inner.steps {
         let w = track(&state[..nw]);
@@ -80,11 +79,17 @@ fn forward_mode(
             // Φ is linear in (state, gradient), so the tangent follows the same map.
             *z = no_grad(|| inner.optimizer.step(z, &hz))?;
         }
-        losses.push(loss.detach().reshape(&[1])?);
         let gw = detach_all(&gw);
         state = no_grad(|| inner.optimizer.step(&state, &gw))?;
     }
-    check_divergence(losses, &state[..nw], inner.steps)?;
+    check_divergence(
+        problem,
+        &detach_all(lambda),
+        &inner.optimizer,
+        &start,
+        &state[..nw],
+        inner.steps,
+    )?;
     let w_t = state[..nw].to_vec();
     let (loss, gw, gl) = outer_grads(problem, &w_t, lambda)?;
     let columns: Vec<Tensor> = no_grad(|| {
