@@ -5,12 +5,18 @@
 //
 // `log_softmax`: y = z − logsumexp(z) per row, stable (exponents are taken relative
 // to the running row max).
+// `ce_grad`: the gradient of the (weighted) mean cross-entropy with respect to the
+// logits, times an upstream gradient g: g·scale·w_i·(softmax(z_i) − onehot(y_i)), one
+// dispatch for what is otherwise a log-softmax, an exp, a one-hot, a difference and
+// two broadcast products. g is `upstream[0]` with UPSTREAM, else folded into `scale`.
+// An invalid label makes its row NaN, as in the loss.
 // `cross_entropy`: Σ_i w_i·(logsumexp(z_i) − z_{i,y_i}) with a strided loop over rows,
 // a workgroup sum, and one partial per workgroup (final, times `scale`, when there is
 // one workgroup). An invalid label (negative, ≥ c, not an integer, NaN) makes the
 // row's term NaN: checking on the host would need a readback.
 override WG: u32 = 64u;         // a multiple of 8
 override WEIGHTED: bool = false;
+override UPSTREAM: bool = false;
 //#include common/linear_id.wgsl
 //#include common/workgroup_sum.wgsl
 
@@ -28,13 +34,25 @@ struct CeParams {
     _pad: u32,
 }
 
+// `ce_grad`'s: `scale` multiplies every row's gradient (1/n, times the upstream
+// gradient when that is a host constant).
+struct GradParams {
+    rows: u32,
+    c: u32,
+    scale: f32,
+    _pad: u32,
+}
+
 @group(0) @binding(0) var<uniform> rp: RowParams;
 @group(0) @binding(0) var<uniform> cp: CeParams;
+@group(0) @binding(0) var<uniform> gp: GradParams;
 @group(0) @binding(1) var<storage, read> z: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> upstream: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
@@ -125,5 +143,37 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
     let total = workgroup_sum(acc, lid);
     if (lid == 0u) {
         out[wid.x] = total * cp.scale;
+    }
+}
+
+// The factor of row r of `ce_grad`, and whether its label is a class (NaN if not).
+fn grad_scale(r: u32, label: f32, c: u32) -> f32 {
+    var s = gp.scale;
+    if (UPSTREAM) {
+        s *= upstream[0];
+    }
+    if (WEIGHTED) {
+        s *= weights[r];
+    }
+    let valid = label >= 0.0 && label < f32(c) && label == floor(label);
+    return select(nan(), s, valid);
+}
+
+@compute @workgroup_size(WG)
+fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let r = linear_id(wid, nwg, lid);
+    if (r >= gp.rows) {
+        return;
+    }
+    let lo = r * gp.c;
+    let hi = lo + gp.c;
+    let lse = logsumexp(row_stats(lo, hi, lo));
+    let label = labels[r];
+    let s = grad_scale(r, label, gp.c);
+    for (var e = lo; e < hi; e++) {
+        let hot = select(0.0, 1.0, f32(e - lo) == label);
+        dz[e] = s * (exp(z[e / 4u][e % 4u] - lse) - hot);
     }
 }

@@ -5,11 +5,15 @@
 // an online (max, Σ exp) each, and merge them with seg_reduce; log_softmax then writes
 // its vec4s again. TPR = 1 is one row per lane, for narrow rows.
 //
+// `ce_grad` (the cross-entropy's gradient, see loss.wgsl) merges a row's statistics as
+// log_softmax does, then writes its vec4s' g·scale·w_i·(softmax − onehot).
+//
 // `cross_entropy` strides over the rows with the whole grid, adds its rows' terms per
 // workgroup, and finishes the batch sum in the same dispatch (common/grid_sum.wgsl).
 override WG: u32 = 256u;
 override TPR: u32 = 1u;
 override WEIGHTED: bool = false;
+override UPSTREAM: bool = false;
 //#include common/seg_reduce_tree.wgsl
 //#include common/grid_sum.wgsl
 
@@ -30,14 +34,25 @@ struct CeParams {
     rounds: u32, // grid strides over the rows: every lane runs all of them (barriers)
 }
 
+// `ce_grad`'s (as in loss.wgsl).
+struct GradParams {
+    rows: u32,
+    c: u32,
+    scale: f32,
+    _pad: u32,
+}
+
 @group(0) @binding(0) var<uniform> rp: RowParams;
 @group(0) @binding(0) var<uniform> cp: CeParams;
+@group(0) @binding(0) var<uniform> gp: GradParams;
 @group(0) @binding(1) var<storage, read> z: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scratch: Scratch;
+@group(0) @binding(4) var<storage, read> upstream: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 
 var<workgroup> sums: array<f32, WG>;
 
@@ -162,5 +177,45 @@ fn cross_entropy(ids: Ids) {
     let s = grid_sum(total, lane, g, groups);
     if (lane == 0u && s.x != 0.0) {
         out[0] = s.y * cp.scale;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_grad(ids: Ids) {
+    let lane = lane_of(ids);
+    let r = (ids.wid.x + ids.wid.y * ids.nwg.x) * (WG / TPR) + lane / TPR;
+    let t = lane % TPR;
+    let live = r < gp.rows;
+    let lo = r * gp.c;
+    let hi = lo + gp.c;
+    var st = Acc(neg_inf(), 0.0);
+    if (live) {
+        st = lane_stats(lo, hi, t);
+    }
+    let row = seg_reduce(st, lane, TPR);
+    if (!live) {
+        return;
+    }
+    let lse = row.x + log(row.y);
+    let label = labels[r];
+    var s = gp.scale;
+    if (UPSTREAM) {
+        s *= upstream[0];
+    }
+    if (WEIGHTED) {
+        s *= weights[r];
+    }
+    let valid = label >= 0.0 && label < f32(gp.c) && label == floor(label);
+    s = select(nan(), s, valid);
+    let last = (hi - 1u) / 4u;
+    for (var v = lo / 4u + t; v <= last; v += TPR) {
+        let p = exp(z[v] - lse);
+        for (var k = 0u; k < 4u; k++) {
+            let e = v * 4u + k;
+            if (e >= lo && e < hi) {
+                let hot = select(0.0, 1.0, f32(e - lo) == label);
+                dz[e] = s * (p[k] - hot);
+            }
+        }
     }
 }

@@ -161,6 +161,14 @@ pub(crate) fn backward(
             // ∂L/∂z_i = (w_i/n)(softmax(z_i) − onehot(y_i)), ∂L/∂w_i = CE_i / n.
             let z = x(0);
             let (n, c) = (z.shape()[0], z.shape()[1]);
+            // A gradient that is not differentiated again (a first-order backward, like
+            // every inner step's) takes the fused op: one dispatch on a GPU instead of
+            // the composition below, which stays for create_graph.
+            if !crate::tensor::tape::is_grad_enabled() && !need(1) && g.numel() == 1 {
+                let w = inputs.get(1);
+                let gz = crate::ops::loss::cross_entropy_grad_raw(z, labels, w, probs.as_ref(), g)?;
+                return Ok(vec![Some(gz), None]);
+            }
             let scale = g.scale(1.0 / n.max(1) as f64)?;
             // The weights' gradient needs log-probabilities; when it is wanted the
             // probabilities are their exp, otherwise one fused softmax.

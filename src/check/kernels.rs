@@ -316,6 +316,53 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         )
         .with_reference(move |x| vec![vec![naive::cross_entropy(&x[0], &x[1], Some(&x[2]), lc)]]),
     );
+    // The cross-entropy's fused gradient: the upstream gradient as a device scalar, and
+    // weighted with a constant one folded into the kernel's parameters.
+    v.push(
+        Check::new(
+            "loss/ce_grad",
+            k,
+            vec![u(&[ln, lc], 14), labels(ln, lc), u(&[1], 18)],
+            |t| {
+                let g = t[2].reshape(&[])?;
+                Ok(vec![crate::ops::loss::cross_entropy_grad_raw(
+                    &t[0], &t[1], None, None, &g,
+                )?])
+            },
+        )
+        .with_reference(move |x| vec![naive::cross_entropy_grad(&x[0], &x[1], None, x[2][0], lc)]),
+    );
+    v.push(
+        Check::new(
+            "loss/ce_grad_weighted",
+            k,
+            vec![u(&[ln, lc], 14), labels(ln, lc), u(&[ln], 15)],
+            |t| {
+                let g = Tensor::full(&[], 0.75, &t[0].device())?;
+                let g = if g.dtype() == t[0].dtype() {
+                    g
+                } else {
+                    g.to_dtype(t[0].dtype())?
+                };
+                Ok(vec![crate::ops::loss::cross_entropy_grad_raw(
+                    &t[0],
+                    &t[1],
+                    Some(&t[2]),
+                    None,
+                    &g,
+                )?])
+            },
+        )
+        .with_reference(move |x| {
+            vec![naive::cross_entropy_grad(
+                &x[0],
+                &x[1],
+                Some(&x[2]),
+                0.75,
+                lc,
+            )]
+        }),
+    );
     v.push(
         Check::new("loss/mse", k, vec![u(&[257], 16), u(&[257], 17)], |t| {
             Ok(vec![t[0].mse(&t[1])?])

@@ -286,6 +286,27 @@ pub fn cross_entropy(z: &[f64], labels: &[f64], weights: Option<&[f64]>, c: usiz
     total / n as f64
 }
 
+/// g · (w_i/n) · (softmax(z_i) − onehot(y_i)): the cross-entropy's gradient with
+/// respect to the logits times an upstream gradient g.
+pub fn cross_entropy_grad(
+    z: &[f64],
+    labels: &[f64],
+    weights: Option<&[f64]>,
+    g: f64,
+    c: usize,
+) -> Vec<f64> {
+    let n = labels.len();
+    let mut d = softmax(z, c);
+    for i in 0..n {
+        let s = g * weights.map_or(1.0, |w| w[i]) / n as f64;
+        for j in 0..c {
+            let hot = if j == labels[i] as usize { 1.0 } else { 0.0 };
+            d[i * c + j] = s * (d[i * c + j] - hot);
+        }
+    }
+    d
+}
+
 /// The last two dims of stacked [m, n] matrices swapped.
 pub fn transpose(x: &[f64], m: usize, n: usize) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];

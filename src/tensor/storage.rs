@@ -430,6 +430,18 @@ impl Storage {
             (Storage::F64(z), Storage::F64(y), Some(Storage::F64(w))) => {
                 Storage::F64(CpuBuf::from(vec![cross_entropy_cpu(z, c, y, Some(w))?]))
             }
+            // Deferred with fusion on: an inner step's loss value is never read, so its
+            // kernel never runs.
+            (Storage::Gpu(z), Storage::Gpu(y), None) if z.ctx.fusion() => {
+                Storage::Gpu(gpu::fusion::defer_kernel(&[z, y], 4, move |b| {
+                    cross_entropy_gpu(&b[0], n, c, &b[1], None)
+                })?)
+            }
+            (Storage::Gpu(z), Storage::Gpu(y), Some(Storage::Gpu(w))) if z.ctx.fusion() => {
+                Storage::Gpu(gpu::fusion::defer_kernel(&[z, y, w], 4, move |b| {
+                    cross_entropy_gpu(&b[0], n, c, &b[1], Some(&b[2]))
+                })?)
+            }
             (Storage::Gpu(z), Storage::Gpu(y), None) => {
                 Storage::Gpu(cross_entropy_gpu(z, n, c, y, None)?)
             }
@@ -437,6 +449,71 @@ impl Storage {
                 Storage::Gpu(cross_entropy_gpu(z, n, c, y, Some(w))?)
             }
             (z, y, w) => return Err(mismatch(OP, z, odd_one(z, y, w))),
+        })
+    }
+
+    /// The cross-entropy's gradient with respect to the logits `[n, c]` in `self`, times
+    /// the one-element upstream gradient: `g · (w_i/n) · (softmax(z_i) − onehot(y_i))`.
+    /// `probs` is softmax(z) where the forward pass kept it (the CPU's).
+    pub(crate) fn cross_entropy_grad(
+        &self,
+        labels: &Storage,
+        weights: Option<&Storage>,
+        probs: Option<&Storage>,
+        upstream: &Storage,
+        n: usize,
+        c: usize,
+    ) -> Result<Storage> {
+        use crate::backend::Coef;
+        use cpu::loss::ce_grad_cpu;
+        const OP: &str = "cross_entropy";
+        fn f32s(s: &Storage) -> Option<&[f32]> {
+            match s {
+                Storage::F32(v) => Some(v),
+                _ => None,
+            }
+        }
+        fn f64s(s: &Storage) -> Option<&[f64]> {
+            match s {
+                Storage::F64(v) => Some(v),
+                _ => None,
+            }
+        }
+        Ok(match (self, labels, upstream) {
+            (Storage::F32(z), Storage::F32(y), Storage::F32(g))
+                if weights.is_none_or(|w| f32s(w).is_some()) =>
+            {
+                let w = weights.and_then(f32s);
+                let p = probs.and_then(f32s);
+                Storage::F32(CpuBuf::from(ce_grad_cpu(z, c, y, w, p, g[0])?))
+            }
+            (Storage::F64(z), Storage::F64(y), Storage::F64(g))
+                if weights.is_none_or(|w| f64s(w).is_some()) =>
+            {
+                let w = weights.and_then(f64s);
+                let p = probs.and_then(f64s);
+                Storage::F64(CpuBuf::from(ce_grad_cpu(z, c, y, w, p, g[0])?))
+            }
+            (Storage::Gpu(z), Storage::Gpu(y), Storage::Gpu(g))
+                if weights.is_none_or(|w| w.gpu_buffer().is_some()) =>
+            {
+                let w = weights.and_then(Storage::gpu_buffer);
+                // A constant upstream gradient (the seed of a first-order backward) is a
+                // kernel parameter, not a buffer to compute and bind.
+                let upstream = match gpu::fusion::constant(g) {
+                    Some(v) => Coef::Host(f64::from(v)),
+                    None => Coef::Device(g),
+                };
+                Storage::Gpu(gpu::kernels::loss::ce_grad_gpu(z, n, c, y, w, upstream)?)
+            }
+            (z, y, g) => {
+                let odd = if g.dtype() == z.dtype() && g.device() == z.device() {
+                    odd_one(z, y, weights)
+                } else {
+                    g
+                };
+                return Err(mismatch(OP, z, odd));
+            }
         })
     }
 

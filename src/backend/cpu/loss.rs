@@ -129,3 +129,30 @@ pub(crate) fn ce_probs_cpu<T: CpuMath>(
         Ok((ce_from_lse(z, c, labels, weights, &lse)?, e))
     })
 }
+
+/// CPU reference of the cross-entropy's gradient with respect to the logits, times the
+/// upstream gradient `g`: `g · (w_i/n) · (softmax(z_i) − onehot(y_i))`. `probs` is
+/// softmax(z) when the caller has it (the forward pass computed it). A label that is
+/// not an integer in `0..c` is an error.
+pub(crate) fn ce_grad_cpu<T: CpuMath>(
+    z: &[T],
+    c: usize,
+    labels: &[T],
+    weights: Option<&[T]>,
+    probs: Option<&[T]>,
+    g: T,
+) -> Result<Vec<T>> {
+    let mut d = match probs {
+        Some(p) => p.to_vec(),
+        None => softmax_cpu(z, c),
+    };
+    let n = labels.len();
+    let scale = g * T::of(1.0 / n.max(1) as f64);
+    for (i, row) in d.chunks_exact_mut(c).enumerate() {
+        let y = class_of("cross_entropy", i, labels[i], c)?;
+        row[y] = row[y] - T::one();
+        let s = weights.map_or(scale, |w| scale * w[i]);
+        row.iter_mut().for_each(|v| *v = *v * s);
+    }
+    Ok(d)
+}

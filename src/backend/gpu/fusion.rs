@@ -75,6 +75,17 @@ pub(crate) enum FusedOp {
     /// reduction whose operands' deferred ops run inside it. It ends an expression: a
     /// kernel that reads its result computes it first (a dispatch of its own).
     Reduce(FullOp),
+    /// Any other kernel, deferred whole ([`defer_kernel`]) so that a result nobody
+    /// reads (a loss value in an inner step) never runs. Like a reduction, it is
+    /// computed on its own before a kernel that reads it.
+    Kernel,
+}
+
+impl FusedOp {
+    /// Whether the op runs as a kernel of its own rather than inside an expression.
+    fn alone(self) -> bool {
+        matches!(self, FusedOp::Reduce(_) | FusedOp::Kernel)
+    }
 }
 
 impl FusedOp {
@@ -98,7 +109,12 @@ pub(crate) struct Deferred {
     /// here, kept so that building an expression never walks it.
     ops: usize,
     inputs: usize,
+    /// A [`FusedOp::Kernel`]'s dispatch, given its operands.
+    kernel: Option<KernelThunk>,
 }
+
+/// A deferred kernel: records its dispatch on the operands and returns its output.
+type KernelThunk = Box<dyn FnOnce(&[GpuBuffer]) -> Result<GpuBuffer> + Send>;
 
 impl GpuContext {
     /// Whether elementwise ops are deferred and fused (on unless `BLO_FUSION=0`).
@@ -160,7 +176,7 @@ pub(crate) fn defer(
         let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
         match d.as_ref() {
             // A reduction is computed on its own and read as an input.
-            Some(d) if !matches!(d.op, FusedOp::Reduce(_)) => (d.ops, d.inputs),
+            Some(d) if !d.op.alone() => (d.ops, d.inputs),
             _ => (0, 1),
         }
     };
@@ -192,15 +208,23 @@ pub(crate) fn defer(
             scalars,
             ops,
             inputs,
+            kernel: None,
         },
     );
-    let mut list = ctx.deferred_list.lock().unwrap_or_else(|p| p.into_inner());
-    // Dead entries are dropped as the list grows, so it stays as long as what is live.
-    if list.len() >= 64 && list.len().is_power_of_two() {
-        list.retain(|w| w.strong_count() > 0);
-    }
-    list.push(Arc::downgrade(&out.inner));
+    ctx.track_deferred(&out);
     Ok(out)
+}
+
+impl GpuContext {
+    /// Lists a new deferred buffer for [`Self::compute_deferred`].
+    fn track_deferred(&self, b: &GpuBuffer) {
+        let mut list = self.deferred_list.lock().unwrap_or_else(|p| p.into_inner());
+        // Dead entries are dropped as the list grows, so it stays as long as what is live.
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(&b.inner));
+    }
 }
 
 /// A compiled fused kernel and its name in profiles (its ops in evaluation order).
@@ -252,7 +276,7 @@ impl Expr {
         }
         let guard = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
         let arg = match guard.as_ref() {
-            Some(d) if !matches!(d.op, FusedOp::Reduce(_)) => self.visit_op(d, seen),
+            Some(d) if !d.op.alone() => self.visit_op(d, seen),
             deferred => {
                 let reduction = deferred.is_some();
                 drop(guard);
@@ -281,6 +305,7 @@ impl Expr {
                 FusedOp::Binary(b) => snake(&format!("{b:?}")),
                 FusedOp::Update { .. } => "axpby".to_string(),
                 FusedOp::Reduce(r) => snake(&format!("{r:?}")),
+                FusedOp::Kernel => "kernel".to_string(),
             };
             match runs.last_mut() {
                 Some((last, count)) if *last == name => *count += 1,
@@ -403,6 +428,7 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String
                 // out = b·y + a·x with y, x the first two operands.
                 format!("{b_value} * {first} + {a_value} * {second}")
             }
+            FusedOp::Kernel => unreachable!("a deferred kernel is an input, never an op"),
             // The term summed (the scale is applied to the workgroup's sum).
             FusedOp::Reduce(r) => match r {
                 FullOp::Sum => first,
@@ -525,6 +551,19 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
     let Some(top) = slot.as_ref() else {
         return Ok(()); // computed meanwhile
     };
+    if top.op == FusedOp::Kernel {
+        let Some(Deferred {
+            operands,
+            kernel: Some(run),
+            ..
+        }) = slot.take()
+        else {
+            unreachable!("a deferred kernel holds its dispatch");
+        };
+        let out = run(&operands)?;
+        let _ = b.inner.buffer.set(out.into_raw());
+        return Ok(());
+    }
     // A reduction runs over its operands' length; everything else over its own.
     let reduction = matches!(top.op, FusedOp::Reduce(_));
     let n = if reduction {
@@ -621,6 +660,47 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
     let _ = b.inner.buffer.set(out.into_raw());
     *slot = None;
     Ok(())
+}
+
+/// A deferred kernel with a `bytes`-byte output: `run` records its dispatch on
+/// `operands` when the output is first needed, and is never called if it is not.
+pub(crate) fn defer_kernel(
+    operands: &[&GpuBuffer],
+    bytes: u64,
+    run: impl FnOnce(&[GpuBuffer]) -> Result<GpuBuffer> + Send + 'static,
+) -> Result<GpuBuffer> {
+    let ctx = &operands[0].ctx;
+    ctx.check_size("tensor", bytes)?;
+    let out = GpuBuffer::deferred(
+        ctx.clone(),
+        bytes,
+        Deferred {
+            op: FusedOp::Kernel,
+            operands: operands.iter().map(|b| b.share()).collect(),
+            scalars: [0.0; 2],
+            ops: 0,
+            inputs: 1,
+            kernel: Some(Box::new(run)),
+        },
+    );
+    ctx.track_deferred(&out);
+    Ok(out)
+}
+
+/// The value of a buffer every element of which is one known constant: a deferred fill
+/// (an autodiff seed, `ones_like`), or a one-element scale-shift or splat of one. The
+/// kernel reading it can take the value as a parameter instead of computing it.
+pub(crate) fn constant(b: &GpuBuffer) -> Option<f32> {
+    let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+    let d = d.as_ref()?;
+    match d.op {
+        FusedOp::Fill => Some(d.scalars[0]),
+        FusedOp::Splat => constant(&d.operands[0]),
+        FusedOp::Unary(UnaryOp::ScaleShift) => {
+            constant(&d.operands[0]).map(|v| d.scalars[0] * v + d.scalars[1])
+        }
+        _ => None,
+    }
 }
 
 /// A deferred full reduction `scale · Σ op(a, b)` over the `n` elements of `a` (and

@@ -13,10 +13,10 @@ pub(crate) mod workgroup;
 
 use super::reduce::sum_partials_gpu;
 use super::unary::unary_gpu;
-use crate::backend::UnaryOp;
 use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
+use crate::backend::{Coef, UnaryOp};
 use crate::error::Result;
 
 /// What a loss variant gives the dispatch code: its entry points, with the parameters
@@ -24,6 +24,8 @@ use crate::error::Result;
 pub(crate) struct Plan {
     log_softmax: Kernel,
     cross_entropy: Kernel,
+    /// The cross-entropy's gradient with respect to the logits (`ce_grad`).
+    ce_grad: Kernel,
     /// Whether these are the kernels of [`workgroup`], whose dispatch rules differ.
     per_workgroup: bool,
 }
@@ -44,6 +46,12 @@ pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
             shader: &shaders::LOSS,
             entry: "cross_entropy",
             reads: 3,
+            writes: 1,
+        },
+        ce_grad: Kernel {
+            shader: &shaders::LOSS,
+            entry: "ce_grad",
+            reads: 4,
             writes: 1,
         },
         per_workgroup: false,
@@ -140,4 +148,69 @@ pub(crate) fn cross_entropy_gpu(
         return Ok(out);
     }
     sum_partials_gpu(&out, groups as usize, scale)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GradParams {
+    rows: u32,
+    c: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// `g · (w_i/n) · (softmax(z_i) − onehot(y_i))` for the `n` rows of `c` logits: the
+/// gradient of the (weighted) mean cross-entropy times the upstream gradient `g`, a
+/// host value or a one-element device buffer, in one dispatch.
+pub(crate) fn ce_grad_gpu(
+    z: &GpuBuffer,
+    n: usize,
+    c: usize,
+    labels: &GpuBuffer,
+    weights: Option<&GpuBuffer>,
+    upstream: Coef<'_, GpuBuffer>,
+) -> Result<GpuBuffer> {
+    let ctx = &z.ctx;
+    let plan = &ctx.variant(&registry::LOSS).plan;
+    let dz = ctx.alloc((n * c * 4) as u64)?;
+    let inv_n = 1.0 / n.max(1) as f64;
+    // Unused bindings are bound to the labels: read-only, never read by the kernel.
+    let (scale, g) = match upstream {
+        Coef::Host(v) => (v * inv_n, None),
+        Coef::Device(b) => (inv_n, Some(b)),
+    };
+    let params = GradParams {
+        rows: n as u32,
+        c: c as u32,
+        scale: scale as f32,
+        _pad: 0,
+    };
+    let (tpr, rows_per_group, wg) = if plan.per_workgroup {
+        let tpr = workgroup::tpr(c);
+        (tpr, workgroup::WG / tpr, workgroup::WG)
+    } else {
+        (1, WG, WG)
+    };
+    let mut constants = vec![
+        ("WG", f64::from(wg)),
+        ("WEIGHTED", f64::from(u8::from(weights.is_some()))),
+        ("UPSTREAM", f64::from(u8::from(g.is_some()))),
+    ];
+    if plan.per_workgroup {
+        constants.push(("TPR", f64::from(tpr)));
+    }
+    ctx.dispatch(
+        &plan.ce_grad,
+        &constants,
+        bytemuck::bytes_of(&params),
+        &[
+            z,
+            labels,
+            weights.unwrap_or(labels),
+            g.unwrap_or(labels),
+            &dz,
+        ],
+        ctx.grid(n as u64, u64::from(rows_per_group))?,
+    )?;
+    Ok(dz)
 }

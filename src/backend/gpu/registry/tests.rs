@@ -698,6 +698,23 @@ fn loss_variants_match_the_cpu() {
             let got = z.cross_entropy(&y, Some(&w)).unwrap();
             let want = z64.cross_entropy(&y64, Some(&w64)).unwrap();
             check(&got, &want, 1e-4, 1e-5, &what("weighted cross_entropy"));
+            // The fused gradient, with the upstream gradient on the device and as a
+            // constant (a parameter of the kernel), weighted or not.
+            let ce_grad = crate::ops::loss::cross_entropy_grad_raw;
+            let (g, g64) = (
+                Tensor::scalar(0.6, gpu).unwrap(),
+                Tensor::scalar(0.6, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(crate::DType::F64)
+                    .unwrap(),
+            );
+            let got = ce_grad(&z, &y, None, None, &g).unwrap();
+            let want = ce_grad(&z64, &y64, None, None, &g64).unwrap();
+            check(&got, &want, 1e-4, 1e-7, &what("ce_grad"));
+            let g = Tensor::full(&[], 0.6, gpu).unwrap();
+            let got = ce_grad(&z, &y, Some(&w), None, &g).unwrap();
+            let want = ce_grad(&z64, &y64, Some(&w64), None, &g64).unwrap();
+            check(&got, &want, 1e-4, 1e-7, &what("weighted ce_grad"));
         }
     });
 }

@@ -17,7 +17,7 @@ use crate::backend::gpu::{GpuBuffer, Kernel};
 use crate::error::Result;
 
 /// Lanes per workgroup.
-const WG: u32 = 256;
+pub(super) const WG: u32 = 256;
 /// Workgroup memory: a (max, Σ exp) pair and a partial loss per lane.
 const SHARED_BYTES: u32 = 12 * WG;
 /// Vec4s of a row per lane that TPR aims for: two loads in flight per lane, and rows of
@@ -42,6 +42,12 @@ pub(crate) static ROW_PER_WORKGROUP: Variant<Plan> = Variant {
             reads: 3,
             writes: 2,
         },
+        ce_grad: Kernel {
+            shader: &shaders::LOSS_WORKGROUP,
+            entry: "ce_grad",
+            reads: 4,
+            writes: 1,
+        },
         per_workgroup: true,
     },
 };
@@ -56,7 +62,7 @@ struct CeParams {
 }
 
 /// Lanes per row of `c` floats (a row spans up to c / 4 + 1 vec4s, wherever it starts).
-fn tpr(c: usize) -> u32 {
+pub(super) fn tpr(c: usize) -> u32 {
     ((c / 4 + 1).div_ceil(VEC4_PER_LANE).next_power_of_two() as u32).clamp(1, WG)
 }
 
