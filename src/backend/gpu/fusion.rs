@@ -36,7 +36,7 @@ use crate::error::Result;
 pub(crate) const MAX_NODES: usize = 24;
 /// Most buffers one generated kernel reads (further capped by the adapter's limit on
 /// storage bindings, less the output).
-pub(crate) const MAX_INPUTS: usize = 8;
+pub(crate) const MAX_INPUTS: usize = 12;
 /// Invocations per workgroup of the generated kernels.
 const WG: u32 = 256;
 /// Most vec4s one invocation of a fused reduction adds (as the reduce kernels do).
@@ -105,10 +105,11 @@ pub(crate) struct Deferred {
     op: FusedOp,
     operands: Vec<GpuBuffer>,
     scalars: [f32; 2],
-    /// Upper bounds on the ops and distinct input buffers of the expression ending
-    /// here, kept so that building an expression never walks it.
-    ops: usize,
-    inputs: usize,
+    /// The deferred values under this one and the computed buffers they read (sorted
+    /// addresses), kept so that building an expression never walks it. Exact when made;
+    /// an operand computed since makes them stale, which `compute` allows for.
+    members: Vec<usize>,
+    inputs: Vec<usize>,
     /// A [`FusedOp::Kernel`]'s dispatch, given its operands.
     kernel: Option<KernelThunk>,
 }
@@ -172,32 +173,19 @@ pub(crate) fn defer(
 ) -> Result<GpuBuffer> {
     let bytes = (n * 4) as u64;
     ctx.check_size("tensor", bytes)?;
-    let bound = |b: &GpuBuffer| -> (usize, usize) {
-        let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        match d.as_ref() {
-            // A reduction is computed on its own and read as an input.
-            Some(d) if !d.op.alone() => (d.ops, d.inputs),
-            _ => (0, 1),
-        }
-    };
-    let total = |operands: &[&GpuBuffer]| {
-        operands.iter().fold((1, 0), |(o, i), b| {
-            let (bo, bi) = bound(b);
-            (o + bo, i + bi)
-        })
-    };
-    let (mut ops, mut inputs) = total(operands);
+    let (mut members, mut inputs) = footprint(operands);
     // Too long or too wide: compute the largest deferred operand first, until it fits.
-    while ops > MAX_NODES || inputs > ctx.input_cap() {
+    while members.len() + 1 > MAX_NODES || inputs.len() > ctx.input_cap() {
         let Some(largest) = operands
             .iter()
-            .filter(|b| bound(b).0 > 0)
-            .max_by_key(|b| bound(b).0)
+            .map(|b| (b, footprint(&[b]).0.len()))
+            .filter(|(_, ops)| *ops > 0)
+            .max_by_key(|(_, ops)| *ops)
         else {
             break;
         };
-        compute(largest)?;
-        (ops, inputs) = total(operands);
+        compute(largest.0)?;
+        (members, inputs) = footprint(operands);
     }
     let out = GpuBuffer::deferred(
         ctx.clone(),
@@ -206,13 +194,37 @@ pub(crate) fn defer(
             op,
             operands: operands.iter().map(|b| b.share()).collect(),
             scalars,
-            ops,
+            members,
             inputs,
             kernel: None,
         },
     );
     ctx.track_deferred(&out);
     Ok(out)
+}
+
+/// The deferred values and the computed buffers an op of `operands` would read: each
+/// deferred elementwise operand with its own, and anything else (a computed buffer, a
+/// reduction or kernel computed on its own) as one input.
+fn footprint(operands: &[&GpuBuffer]) -> (Vec<usize>, Vec<usize>) {
+    let (mut members, mut inputs) = (Vec::new(), Vec::new());
+    for b in operands {
+        let id = Arc::as_ptr(&b.inner) as usize;
+        let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        match d.as_ref() {
+            Some(d) if !d.op.alone() => {
+                members.extend_from_slice(&d.members);
+                members.push(id);
+                inputs.extend_from_slice(&d.inputs);
+            }
+            _ => inputs.push(id),
+        }
+    }
+    for set in [&mut members, &mut inputs] {
+        set.sort_unstable();
+        set.dedup();
+    }
+    (members, inputs)
 }
 
 impl GpuContext {
@@ -243,22 +255,44 @@ struct Expr {
     scalars: Vec<f32>,
     /// The computed buffers read, in binding order.
     inputs: Vec<GpuBuffer>,
+    /// Deferred values inside the expression that something else also holds (a tensor,
+    /// another deferred op): written out as the kernel computes them, by op index, so
+    /// that no later kernel computes them again.
+    outputs: Vec<(usize, GpuBuffer)>,
+    /// Elements the kernel runs over.
+    n: usize,
+    /// Per deferred value met: its op, a handle, and how many operands of this
+    /// expression hold it.
+    met: HashMap<*const BufferCell, (usize, GpuBuffer, usize)>,
     /// The first error computing a reduction it reads.
     error: Option<crate::error::Error>,
 }
 
 impl Expr {
-    /// Walks the deferred ops under `root` (whose op is `top`), each shared one once.
-    fn build(root: &GpuBuffer, top: &Deferred) -> Expr {
+    /// Walks the deferred ops under `root` (whose op is `top`), each shared one once,
+    /// over `n` elements, with at most `max_outputs` values written besides the root.
+    fn build(root: &GpuBuffer, top: &Deferred, n: usize, max_outputs: usize) -> Expr {
         let mut e = Expr {
             ops: Vec::new(),
             scalars: Vec::new(),
             inputs: Vec::new(),
+            outputs: Vec::new(),
+            n,
+            met: HashMap::new(),
             error: None,
         };
         let mut seen: HashMap<*const BufferCell, Arg> = HashMap::new();
         let root_arg = e.visit_op(top, &mut seen);
         seen.insert(Arc::as_ptr(&root.inner), root_arg);
+        // Held by more than this expression's operands (and the handle in `met`).
+        let mut outputs: Vec<(usize, GpuBuffer)> = std::mem::take(&mut e.met)
+            .into_values()
+            .filter(|(_, b, hits)| Arc::strong_count(&b.inner) > hits + 1)
+            .map(|(k, b, _)| (k, b))
+            .collect();
+        outputs.sort_by_key(|(k, _)| *k);
+        outputs.truncate(max_outputs.saturating_sub(e.inputs.len()));
+        e.outputs = outputs;
         e
     }
 
@@ -272,11 +306,20 @@ impl Expr {
     fn visit(&mut self, b: &GpuBuffer, seen: &mut HashMap<*const BufferCell, Arg>) -> Arg {
         let key = Arc::as_ptr(&b.inner);
         if let Some(&a) = seen.get(&key) {
+            if let Some(m) = self.met.get_mut(&key) {
+                m.2 += 1;
+            }
             return a;
         }
         let guard = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
         let arg = match guard.as_ref() {
-            Some(d) if !d.op.alone() => self.visit_op(d, seen),
+            Some(d) if !d.op.alone() => {
+                let arg = self.visit_op(d, seen);
+                if let (Arg::Op(k), true) = (arg, b.numel() == self.n) {
+                    self.met.insert(key, (k, b.share(), 1));
+                }
+                arg
+            }
             deferred => {
                 let reduction = deferred.is_some();
                 drop(guard);
@@ -322,7 +365,16 @@ impl Expr {
     /// The kernel's cache key: the ops and how they connect, and which inputs are single
     /// elements (read once and repeated). Sizes and scalar values are parameters.
     fn signature(&self, n: usize) -> String {
-        signature(&self.ops, &self.splats(n))
+        let mut s = signature(&self.ops, &self.splats(n));
+        for (k, _) in &self.outputs {
+            let _ = write!(s, "|out,o{k}");
+        }
+        s
+    }
+
+    /// The op indices written besides the root.
+    fn written(&self) -> Vec<usize> {
+        self.outputs.iter().map(|(k, _)| *k).collect()
     }
 
     /// Per input: whether it has one element, read once and repeated across the `n`.
@@ -358,7 +410,12 @@ fn signature(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool]) -> String {
 /// The WGSL of the kernel evaluating `ops` over inputs of which `splats` are single
 /// elements, labelled with its `signature`: four elements per invocation written out,
 /// or, when the last op is a [`FusedOp::Reduce`], their sum per workgroup.
-fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String {
+fn wgsl(
+    ops: &[(FusedOp, Vec<Arg>)],
+    splats: &[bool],
+    written: &[usize],
+    signature: &str,
+) -> String {
     let reduce = matches!(ops.last(), Some((FusedOp::Reduce(_), _)));
     let mut w = String::new();
     let _ = writeln!(
@@ -379,11 +436,21 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String
     let _ = writeln!(
         w,
         "@group(0) @binding({}) var<storage, read_write> out: array<{}>;\n\
-         fn scalar(k: u32) -> f32 {{ return p.s[k / 4u][k % 4u]; }}\n\
-         // The expression at vec4 index i.\n\
-         fn value(i: u32) -> vec4<f32> {{",
+         fn scalar(k: u32) -> f32 {{ return p.s[k / 4u][k % 4u]; }}",
         splats.len() + 1,
         if reduce { "f32" } else { "vec4<f32>" }
+    );
+    for (j, _) in written.iter().enumerate() {
+        let _ = writeln!(
+            w,
+            "@group(0) @binding({}) var<storage, read_write> side{j}: array<vec4<f32>>;",
+            splats.len() + 2 + j
+        );
+    }
+    let _ = writeln!(
+        w,
+        "// The expression at vec4 index i (writing the values others hold).\n\
+         fn value(i: u32) -> vec4<f32> {{"
     );
     for (k, splat) in splats.iter().enumerate() {
         if *splat {
@@ -438,6 +505,9 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool], signature: &str) -> String
             },
         };
         let _ = writeln!(w, "    let o{k} = {value};");
+        if let Some(j) = written.iter().position(|&o| o == k) {
+            let _ = writeln!(w, "    side{j}[i] = o{k};");
+        }
     }
     let _ = writeln!(w, "    return o{};\n}}", ops.len() - 1);
     if !reduce {
@@ -571,17 +641,16 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
     } else {
         b.numel()
     };
-    let mut expr = Expr::build(b, top);
+    let cap = ctx.input_cap();
+    let mut expr = Expr::build(b, top, n, cap);
     // The bounds kept while building are upper bounds, except that an operand computed
     // since turns its ops into one more input; past the caps, compute the operands first.
-    if expr.inputs.len() > ctx.input_cap()
-        || expr.ops.len() > MAX_NODES
-        || expr.scalars.len() > MAX_SCALARS
-    {
+    if expr.inputs.len() > cap || expr.ops.len() > MAX_NODES || expr.scalars.len() > MAX_SCALARS {
+        drop(expr);
         for operand in &top.operands {
             compute(operand)?;
         }
-        expr = Expr::build(b, top);
+        expr = Expr::build(b, top, n, cap);
     }
     if let Some(e) = expr.error.take() {
         return Err(e);
@@ -592,13 +661,13 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         match cached {
             Some(k) => k,
             None => {
-                let source = wgsl(&expr.ops, &expr.splats(n), &signature);
+                let source = wgsl(&expr.ops, &expr.splats(n), &expr.written(), &signature);
                 let module = ctx.compile_module("fused", &source)?;
                 let p = ctx.create_pipeline(
                     "fused",
                     &module,
                     "main",
-                    (expr.inputs.len() as u32, 1),
+                    (expr.inputs.len() as u32, 1 + expr.outputs.len() as u32),
                     &[],
                     false,
                 )?;
@@ -639,19 +708,37 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         (ctx.alloc(b.bytes())?, ctx.grid(n4 as u64, u64::from(WG))?)
     };
     ctx.check_workgroups("fused", workgroups)?;
+    let sides = expr
+        .outputs
+        .iter()
+        .map(|(_, s)| ctx.alloc(s.bytes()))
+        .collect::<Result<Vec<_>>>()?;
     let mut buffers: Vec<&GpuBuffer> = expr.inputs.iter().collect();
     buffers.push(&out);
+    buffers.extend(&sides);
     if !workgroups.contains(&0) {
         ctx.record(
             &pipeline,
             Label::Fused(&name),
-            (expr.inputs.len() as u32, 1),
+            (expr.inputs.len() as u32, 1 + sides.len() as u32),
             bytemuck::bytes_of(&params),
             &buffers,
             workgroups,
         );
     }
     drop(buffers);
+    for ((_, value), written) in expr.outputs.iter().zip(sides) {
+        let mut slot = value
+            .inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match value.inner.buffer.set(written.into_raw()) {
+            Ok(()) => *slot = None,
+            // Computed meanwhile by another thread: this copy goes back to the pool.
+            Err(raw) => ctx.release(raw),
+        }
+    }
     let out = if groups > 1 {
         super::kernels::reduce::sum_partials_gpu(&out, groups, scale)?
     } else {
@@ -678,8 +765,8 @@ pub(crate) fn defer_kernel(
             op: FusedOp::Kernel,
             operands: operands.iter().map(|b| b.share()).collect(),
             scalars: [0.0; 2],
-            ops: 0,
-            inputs: 1,
+            members: Vec::new(),
+            inputs: Vec::new(),
             kernel: Some(Box::new(run)),
         },
     );

@@ -111,7 +111,7 @@ impl GpuContext {
         }
     }
 
-    fn release(&self, buffer: wgpu::Buffer) {
+    pub(super) fn release(&self, buffer: wgpu::Buffer) {
         let size = buffer.size();
         let mut pool = self.lock_pool();
         pool.live_bytes -= size;

@@ -48,7 +48,7 @@ fn every_fused_op_generates_valid_wgsl() {
             (FusedOp::Unary(UnaryOp::Exp), vec![v]),
             (FusedOp::Reduce(r), vec![Arg::Op(0), v]),
         ];
-        let src = wgsl(&ops, &splats, &signature(&ops, &splats));
+        let src = wgsl(&ops, &splats, &[0], &signature(&ops, &splats));
         assert!(src.contains("workgroupBarrier"), "{src}");
         validate(&src);
     }
@@ -59,7 +59,7 @@ fn every_fused_op_generates_valid_wgsl() {
                 .map(|a| if *a == Arg::Op(0) { v } else { *a })
                 .collect(),
         )];
-        validate(&wgsl(&one, &splats, &signature(&one, &splats)));
+        validate(&wgsl(&one, &splats, &[], &signature(&one, &splats)));
     }
     // All at once, each op reading the previous one, as a chain does.
     let chained: Vec<(FusedOp, Vec<Arg>)> = ops
@@ -76,7 +76,7 @@ fn every_fused_op_generates_valid_wgsl() {
         .collect();
     let sig = signature(&chained, &splats);
     assert!(sig.starts_with("v0s1|Fill|Splat,i1|Unary(Neg),o1"), "{sig}");
-    validate(&wgsl(&chained, &splats, &sig));
+    validate(&wgsl(&chained, &splats, &[3, 7], &sig));
 }
 
 fn values(n: usize, seed: u64) -> Vec<f64> {
