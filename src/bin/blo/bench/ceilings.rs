@@ -479,6 +479,27 @@ mod tests {
         assert_eq!(y[0].to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
     }
 
+    /// The dispatch floor's kernel is valid WGSL (checked by naga, no adapter needed),
+    /// and its chain runs on the context's own device without a wgpu error.
+    #[test]
+    fn the_dispatch_floor_kernel_validates_and_runs() {
+        let module = naga::front::wgsl::parse_str(include_str!("ceiling_dispatch.wgsl"))
+            .expect("ceiling_dispatch.wgsl parses");
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("ceiling_dispatch.wgsl validates");
+        let Some(gpu) = blo::testing::gpu_or_skip() else {
+            return;
+        };
+        let ctx = gpu.gpu_context().unwrap();
+        let chain = RawChain::new(ctx).unwrap();
+        chain.run(ctx);
+        ctx.sync().unwrap();
+    }
+
     #[test]
     fn cpu_fma_runs_and_depends_on_iterations() {
         let (a, flops) = cpu_fma::run(10, 0.0);

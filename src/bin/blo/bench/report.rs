@@ -520,4 +520,53 @@ mod tests {
         let only_b = line("only_b");
         assert!(only_b.contains(" - "), "{t}");
     }
+
+    /// A record without the fields added since (dispatch counts, host time per
+    /// dispatch, the dispatch floor) loads; with them, they are printed under the row
+    /// and `dispatch_overhead`'s fraction is the floor over its time per dispatch.
+    #[test]
+    fn dispatch_fields_are_optional_and_printed() {
+        let old = r#"{"name": "dispatch_overhead", "size": [1000], "device": "gpu",
+            "median_ms": 20.0, "gflops": null, "gbps": null, "fraction_of_ceiling": null,
+            "per_op_us": 20.0, "repeats": 3, "min_ms": 19.0, "max_ms": 21.0}"#;
+        let mut r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!((r.dispatch_counts, r.host_us_per_dispatch), (None, None));
+        let old_ceilings: Ceilings =
+            serde_json::from_str(r#"{"gflops": 1.0, "gbps": 2.0}"#).unwrap();
+        assert_eq!(old_ceilings.dispatch_us, None);
+        assert_eq!(fraction(&r, &old_ceilings), None);
+        assert_eq!(notes(&r), "");
+        let ceilings = Ceilings {
+            dispatch_us: Some(5.0),
+            ..old_ceilings
+        };
+        assert_eq!(fraction(&r, &ceilings), Some(0.25));
+        r.host_us_per_dispatch = Some(3.5);
+        assert!(
+            notes(&r).contains("host 3.5 µs per recorded dispatch"),
+            "{}",
+            notes(&r)
+        );
+        let step = |gd_step, cg_iteration, rad_step| StepDispatches {
+            gd_step,
+            cg_iteration,
+            rad_step,
+        };
+        r.name = "dispatches_ridge".into();
+        r.host_us_per_dispatch = None;
+        r.dispatch_counts = Some(DispatchCounts {
+            fused: step(4.0, 9.8, 11.8),
+            unfused: step(22.0, 17.0, 61.0),
+        });
+        let line = notes(&r);
+        assert!(
+            line.contains("per inner GD step 4.0 / 22.0")
+                && line.contains("per CG iteration 9.8 / 17.0")
+                && line.contains("per RAD step (forward + reverse) 11.8 / 61.0"),
+            "{line}"
+        );
+        // Round trip: the new fields are written and read back.
+        let back: Record = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
 }
