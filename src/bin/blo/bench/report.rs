@@ -21,7 +21,7 @@ pub struct Record {
     /// The problem size; its meaning per name is listed in the README
     /// (matmul: `[m, k, n]`; elementwise and reductions: `[elements]`; ...).
     pub size: Vec<usize>,
-    /// The device it ran on, as [`Device`]'s `Display` prints it.
+    /// The device it ran on, as [`blo::Device`]'s `Display` prints it.
     pub device: String,
     /// Median wall time of one run, in milliseconds.
     pub median_ms: f64,
