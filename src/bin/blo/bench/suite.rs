@@ -91,7 +91,7 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
         copy_kernel: copy_kernel()?,
         profile: std::cell::RefCell::new(None),
     };
-    let ceilings = b.ceilings(&mut on_record)?;
+    let ceilings = b.measure_ceilings(&mut on_record)?;
     let n_ceilings = ceilings.len();
     b.ceilings = ceilings_of(&ceilings);
     b.results = ceilings;
@@ -126,7 +126,7 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
     // Measured again after the suite, keeping the better of the two: on a shared
     // machine a ceiling caught during a busy moment would make later results look
     // like more than 100 % of it.
-    for (i, again) in b.ceilings(&mut on_record)?.into_iter().enumerate() {
+    for (i, again) in b.measure_ceilings(&mut on_record)?.into_iter().enumerate() {
         if better_ceiling(&again, &b.results[i]) {
             b.results[i] = again;
         }
@@ -366,7 +366,7 @@ pub(super) struct Bencher {
 impl Bencher {
     /// Measures the ceilings, calling `on_record` with each: FMA, copy and, on a GPU,
     /// the dispatch floor, in that order.
-    fn ceilings(&self, mut on_record: impl FnMut(&Record)) -> Result<Vec<Record>> {
+    fn measure_ceilings(&self, mut on_record: impl FnMut(&Record)) -> Result<Vec<Record>> {
         let mut v = vec![self.ceiling_fma()?, self.ceiling_copy()?];
         v.extend(self.ceiling_dispatch()?);
         for r in &v {
