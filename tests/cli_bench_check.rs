@@ -262,6 +262,128 @@ fn bench_quick_writes_json_and_compare_tables_it() {
     }
 }
 
+/// The dispatch results (issue #12): on a GPU, dispatches per step with fusion on and
+/// off, the host time per recorded dispatch and the raw wgpu dispatch floor as a third
+/// ceiling; on the CPU the counts are skipped, not an error; and a file written before
+/// these fields existed still loads in `--compare`.
+#[test]
+fn bench_reports_dispatches_per_step_and_the_dispatch_floor() {
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--only",
+        "dispatches",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for name in ["dispatches_ridge", "dispatches_cleaning"] {
+        assert!(out.contains(&format!("skipped {name} ")), "{out}");
+    }
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let path = temp("dispatches.json");
+    let o = blo(&[
+        "bench",
+        "--quick",
+        "--device",
+        "gpu",
+        "--only",
+        "dispatch",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for line in [
+        "µs per dispatch (raw wgpu chain)",
+        "└ dispatches fused / unfused: per inner GD step",
+        "µs per recorded dispatch",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let record = |name: &str| {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {v}"))
+            .clone()
+    };
+    let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|x| x > 0.0 && x.is_finite());
+    let floor = &v["ceilings"]["dispatch_us"];
+    assert!(positive(floor), "{v}");
+    assert_eq!(&record("ceiling_dispatch")["per_op_us"], floor);
+    let overhead = record("dispatch_overhead");
+    for key in ["host_us_per_dispatch", "per_op_us", "fraction_of_ceiling"] {
+        assert!(positive(&overhead[key]), "{key}: {overhead}");
+    }
+    // The fraction is the raw floor over blo's time per dispatch.
+    let fraction = floor.as_f64().unwrap() / overhead["per_op_us"].as_f64().unwrap();
+    assert!((overhead["fraction_of_ceiling"].as_f64().unwrap() - fraction).abs() < 1e-9);
+    for name in ["dispatches_ridge", "dispatches_cleaning"] {
+        let counts = &record(name)["dispatch_counts"];
+        for step in ["gd_step", "cg_iteration", "rad_step"] {
+            let (fused, unfused) = (&counts["fused"][step], &counts["unfused"][step]);
+            assert!(
+                positive(fused) && positive(unfused),
+                "{name}.{step}: {counts}"
+            );
+            assert!(
+                fused.as_f64() <= unfused.as_f64(),
+                "{name}.{step}: fusion adds dispatches: {counts}"
+            );
+        }
+    }
+
+    // The same file as blo wrote it before these fields: no dispatch floor, counts or
+    // host time, no results that carry them.
+    let mut old = v.clone();
+    old["ceilings"]
+        .as_object_mut()
+        .unwrap()
+        .remove("dispatch_us");
+    let results = old["results"].as_array_mut().unwrap();
+    results.retain(|r| {
+        let name = r["name"].as_str().unwrap();
+        !name.starts_with("dispatches_") && name != "ceiling_dispatch"
+    });
+    for r in results.iter_mut() {
+        r.as_object_mut().unwrap().remove("host_us_per_dispatch");
+    }
+    let old_path = temp("dispatches-old.json");
+    std::fs::write(&old_path, serde_json::to_string(&old).unwrap()).unwrap();
+    let o = blo(&[
+        "bench",
+        "--compare",
+        old_path.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("{start}: {out}"))
+            .to_string()
+    };
+    assert!(
+        !line("[1]").contains("raw wgpu") && line("[2]").contains("raw wgpu"),
+        "{out}"
+    );
+    assert!(line("dispatches_ridge").contains(" fused"), "{out}");
+    // The old file has no floor, so no percentage for dispatch_overhead; the new one does.
+    assert_eq!(line("dispatch_overhead").matches('%').count(), 1, "{out}");
+    for p in [path, old_path] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Hostile uses of `blo bench` (issue #13): an `--only` that matches nothing and an
 /// unwritable `--json` are usage errors before anything is measured; `--compare`
 /// recomputes fractions from each file's figures and never prints a file's control

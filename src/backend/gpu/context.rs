@@ -218,6 +218,19 @@ impl GpuContext {
         self.features
     }
 
+    /// The wgpu device blo records on, for interop with other wgpu code and for measuring
+    /// raw wgpu beside blo (`blo bench`'s dispatch floor). Work recorded here is ordered
+    /// after blo's only once blo's pending work is submitted: call [`Self::sync`] (or
+    /// [`Self::flush`], which leaves deferred elementwise results unrun) first.
+    pub fn wgpu_device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue blo submits to; see [`Self::wgpu_device`] for ordering with blo's work.
+    pub fn wgpu_queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
     /// When on, every buffer handed to a new tensor is first filled with NaN, so a kernel
     /// that leaves an output element unwritten produces a visible NaN. Tests turn it on;
     /// the environment variable `BLO_POISON` turns it on for a whole process.

@@ -1,7 +1,8 @@
 //! The device's own ceilings that results are expressed against: peak arithmetic
-//! (independent FMA chains on registers) and peak memory throughput (a copy).
+//! (independent FMA chains on registers), peak memory throughput (a copy) and, on a
+//! GPU, the floor of chained dispatch (wgpu alone, without blo).
 
-use blo::{CustomKernel, Device, Result, Tensor};
+use blo::{CustomKernel, Device, Error, GpuContext, Result, Tensor};
 
 use super::host::threads;
 use super::report::Record;
@@ -34,6 +35,13 @@ struct CopyParams {
     stride: u32,
     _pad: [u32; 2],
 }
+
+/// Dependent dispatches per measurement of the dispatch floor: as many as
+/// `dispatch_overhead` chains, so the two compare per dispatch.
+const DISPATCH_CHAIN: u32 = 1000;
+/// f32 elements the dispatch floor's kernel updates: one workgroup of
+/// `ceiling_dispatch.wgsl`, as `dispatch_overhead`'s 64-element tensor.
+const DISPATCH_ELEMS: u64 = 64;
 
 /// The GPU's copy kernel.
 pub fn copy_kernel() -> Result<CustomKernel> {
@@ -124,6 +132,32 @@ impl Bencher {
         }
     }
 
+    /// The floor of chained dispatch on a GPU (`None` on the CPU): µs per dispatch of
+    /// [`DISPATCH_CHAIN`] dependent dispatches of a trivial kernel, recorded with wgpu
+    /// alone in one compute pass with one bind group, submitted, and waited for. The
+    /// median repeat, as `dispatch_overhead` reports, since the two are compared.
+    pub(super) fn ceiling_dispatch(&self) -> Result<Option<Record>> {
+        let Some(ctx) = self.device.gpu_context() else {
+            return Ok(None);
+        };
+        let chain = RawChain::new(ctx)?;
+        let t = self.time(|| {
+            chain.run(ctx);
+            Ok(())
+        })?;
+        let mut r = self.ceiling_record(
+            "ceiling_dispatch",
+            vec![DISPATCH_CHAIN as usize],
+            &t,
+            DISPATCH_CHAIN as usize,
+            None,
+            None,
+        );
+        // blo's profiler sees only blo's dispatches: a profile of this would be empty.
+        r.profile = None;
+        Ok(Some(r))
+    }
+
     pub(super) fn ceiling_copy(&self) -> Result<Record> {
         // 256 MB per buffer: several times the last-level cache of any GPU (an H200 has
         // 60 MB of L2), so the copy streams from memory.
@@ -210,6 +244,78 @@ impl Bencher {
                 Ok(self.ceiling_record("ceiling_copy", vec![elems], &t, reps, None, Some(moved)))
             }
         }
+    }
+}
+
+/// `ceiling_dispatch.wgsl` ready to dispatch on a context's own wgpu device: its
+/// pipeline and the one bind group every dispatch of the chain reuses.
+struct RawChain {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+}
+
+impl RawChain {
+    fn new(ctx: &GpuContext) -> Result<Self> {
+        let device = ctx.wgpu_device();
+        // A validation error is returned, not left to wgpu's uncaptured-error handler.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("ceiling_dispatch"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("ceiling_dispatch.wgsl").into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("ceiling_dispatch"),
+            layout: None,
+            module: &module,
+            entry_point: Some("chain_step"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ceiling_dispatch"),
+            size: DISPATCH_ELEMS * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("ceiling_dispatch"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: buffer.as_entire_binding(),
+            }],
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                context: "creating the ceiling_dispatch pipeline".into(),
+                message: e.to_string(),
+            });
+        }
+        Ok(Self {
+            pipeline,
+            bind_group,
+        })
+    }
+
+    /// Records the chain in one compute pass and submits it, without waiting (the
+    /// timing's sync waits).
+    fn run(&self, ctx: &GpuContext) {
+        let device = ctx.wgpu_device();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("ceiling_dispatch"),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("ceiling_dispatch"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &self.bind_group, &[]);
+            for _ in 0..DISPATCH_CHAIN {
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        ctx.wgpu_queue().submit([encoder.finish()]);
     }
 }
 
@@ -371,6 +477,27 @@ mod tests {
             )
             .unwrap();
         assert_eq!(y[0].to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+    }
+
+    /// The dispatch floor's kernel is valid WGSL (checked by naga, no adapter needed),
+    /// and its chain runs on the context's own device without a wgpu error.
+    #[test]
+    fn the_dispatch_floor_kernel_validates_and_runs() {
+        let module = naga::front::wgsl::parse_str(include_str!("ceiling_dispatch.wgsl"))
+            .expect("ceiling_dispatch.wgsl parses");
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("ceiling_dispatch.wgsl validates");
+        let Some(gpu) = blo::testing::gpu_or_skip() else {
+            return;
+        };
+        let ctx = gpu.gpu_context().unwrap();
+        let chain = RawChain::new(ctx).unwrap();
+        chain.run(ctx);
+        ctx.sync().unwrap();
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct Record {
     /// The problem size; its meaning per name is listed in the README
     /// (matmul: `[m, k, n]`; elementwise and reductions: `[elements]`; ...).
     pub size: Vec<usize>,
-    /// The device it ran on, as [`Device`]'s `Display` prints it.
+    /// The device it ran on, as [`blo::Device`]'s `Display` prints it.
     pub device: String,
     /// Median wall time of one run, in milliseconds.
     pub median_ms: f64,
@@ -50,6 +50,38 @@ pub struct Record {
     /// and device times where the adapter has timestamps). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<GpuProfile>,
+    /// `dispatches_*` results (GPU only): dispatches per step of a hypergradient's
+    /// parts, with fusion on and off. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_counts: Option<DispatchCounts>,
+    /// `dispatch_overhead` on a GPU: host microseconds to record one dispatch of the
+    /// chain (the median time of the loop of calls alone, without its final sync, over
+    /// the chain's length). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_us_per_dispatch: Option<f64>,
+}
+
+/// Dispatches per step of each part of a hypergradient, counted by difference: a run
+/// with T steps (or K + 1 CG iterations) minus the same run with none (or one), over T
+/// (or K). Fractional where a part's dispatches are not the same every step (a batch
+/// of fused ops that flushes every other step, say).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepDispatches {
+    /// Per inner gradient-descent step.
+    pub gd_step: f64,
+    /// Per iteration of the `cg` method's conjugate-gradient solve.
+    pub cg_iteration: f64,
+    /// Per step of `rad`: its forward step and its reverse step together.
+    pub rad_step: f64,
+}
+
+/// [`StepDispatches`] with elementwise fusion on and off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DispatchCounts {
+    /// Fusion on (`GpuContext::set_fusion(true)`).
+    pub fused: StepDispatches,
+    /// Fusion off: every elementwise op and reduction is a dispatch of its own.
+    pub unfused: StepDispatches,
 }
 
 /// The adapter (or CPU) a report was measured on.
@@ -70,6 +102,12 @@ pub struct Ceilings {
     pub gflops: f64,
     /// Peak memory throughput of a buffer-to-buffer copy (read + write).
     pub gbps: f64,
+    /// Microseconds per dispatch of a chain of tiny dependent dispatches recorded with
+    /// wgpu alone (one compute pass, one bind group): the floor under blo's
+    /// `dispatch_overhead`. GPU devices only; absent from files written before it was
+    /// measured.
+    #[serde(default)]
+    pub dispatch_us: Option<f64>,
 }
 
 /// A whole benchmark run: what ran where, and the results.
@@ -94,7 +132,8 @@ pub struct Report {
     /// One record per result, ceilings included.
     pub results: Vec<Record>,
     /// Results that could not run on this device because they exceed one of its
-    /// limits (e.g. a 64 MiB buffer on an adapter with a smaller binding limit).
+    /// limits (e.g. a 64 MiB buffer on an adapter with a smaller binding limit) or
+    /// need a GPU device (the dispatch counts, on the CPU backend).
     #[serde(default)]
     pub skipped: Vec<Skipped>,
 }
@@ -110,19 +149,40 @@ pub struct Skipped {
     pub reason: String,
 }
 
-pub fn ceilings_of(fma: &Record, copy: &Record) -> Ceilings {
+/// The ceilings that `records` (the ceiling records `ceiling_fma`, `ceiling_copy` and,
+/// on a GPU, `ceiling_dispatch`) hold; NaN or `None` for one that is missing.
+pub fn ceilings_of(records: &[Record]) -> Ceilings {
+    let find = |name: &str| records.iter().find(|r| r.name == name);
     Ceilings {
-        gflops: fma.gflops.unwrap_or(f64::NAN),
-        gbps: copy.gbps.unwrap_or(f64::NAN),
+        gflops: find("ceiling_fma")
+            .and_then(|r| r.gflops)
+            .unwrap_or(f64::NAN),
+        gbps: find("ceiling_copy")
+            .and_then(|r| r.gbps)
+            .unwrap_or(f64::NAN),
+        dispatch_us: find("ceiling_dispatch").and_then(|r| r.per_op_us),
+    }
+}
+
+/// Whether the ceiling record `a` is better than `b`, a measurement of the same ceiling:
+/// more throughput, or for the dispatch floor less time per dispatch.
+pub fn better_ceiling(a: &Record, b: &Record) -> bool {
+    match (a.gflops, b.gflops, a.gbps, b.gbps) {
+        (Some(x), Some(y), _, _) => x > y,
+        (_, _, Some(x), Some(y)) => x > y,
+        _ => a.per_op_us.unwrap_or(f64::INFINITY) < b.per_op_us.unwrap_or(f64::INFINITY),
     }
 }
 
 /// A result's throughput over the matching ceiling: GFLOP/s over the FMA ceiling
-/// where the result has a FLOP count, else GB/s over the copy ceiling.
+/// where the result has a FLOP count, else GB/s over the copy ceiling; for
+/// `dispatch_overhead`, the raw wgpu floor's time per dispatch over blo's (1 would be
+/// as fast as wgpu alone).
 pub fn fraction(r: &Record, c: &Ceilings) -> Option<f64> {
     let f = match (r.gflops, r.gbps) {
         (Some(g), _) => g / c.gflops,
         (None, Some(g)) => g / c.gbps,
+        _ if r.name == "dispatch_overhead" => c.dispatch_us? / r.per_op_us?,
         _ => return None,
     };
     f.is_finite().then_some(f)
@@ -179,10 +239,16 @@ fn size_str(size: &[usize]) -> String {
         .join("x")
 }
 
-/// The record's headline number with its unit: GFLOP/s, else GB/s, else µs per op,
-/// else milliseconds.
+/// The record's headline number with its unit: GFLOP/s, else GB/s, else the fused
+/// dispatches per GD step, CG iteration and RAD step, else µs per op, else milliseconds.
 fn headline(r: &Record) -> String {
-    if let Some(g) = r.gflops {
+    if let Some(d) = &r.dispatch_counts {
+        let f = &d.fused;
+        format!(
+            "{:.1}/{:.1}/{:.1} fused",
+            f.gd_step, f.cg_iteration, f.rad_step
+        )
+    } else if let Some(g) = r.gflops {
         format!("{g:.2} GFLOP/s")
     } else if let Some(g) = r.gbps {
         format!("{g:.2} GB/s")
@@ -194,12 +260,17 @@ fn headline(r: &Record) -> String {
 }
 
 /// How much faster `r` is than `base` (> 1: faster): a throughput ratio where there
-/// is a throughput, else the inverse ratio of times.
+/// is a throughput, the inverse ratio of fused dispatches per GD step, CG iteration and
+/// RAD step together for dispatch counts, else the inverse ratio of times.
 fn speedup(r: &Record, base: &Record) -> Option<f64> {
+    let per_step = |d: &DispatchCounts| d.fused.gd_step + d.fused.cg_iteration + d.fused.rad_step;
     let ratio = match (r.gflops, base.gflops, r.gbps, base.gbps) {
         (Some(a), Some(b), _, _) => a / b,
         (_, _, Some(a), Some(b)) => a / b,
-        _ => base.median_ms / r.median_ms,
+        _ => match (&r.dispatch_counts, &base.dispatch_counts) {
+            (Some(a), Some(b)) => per_step(b) / per_step(a),
+            _ => base.median_ms / r.median_ms,
+        },
     };
     ratio.is_finite().then_some(ratio)
 }
@@ -218,8 +289,10 @@ pub fn table(report: &Report) -> String {
         report.date
     );
     s += &format!(
-        "ceilings: {:.1} GFLOP/s (FMA chains), {:.1} GB/s (copy, read + write)\n",
-        report.ceilings.gflops, report.ceilings.gbps
+        "ceilings: {:.1} GFLOP/s (FMA chains), {:.1} GB/s (copy, read + write){}\n",
+        report.ceilings.gflops,
+        report.ceilings.gbps,
+        dispatch_floor_str(&report.ceilings)
     );
     s += &format!(
         "{:<24} {:<18} {:>11} {:>11} {:>10} {:>10} {:>9}\n",
@@ -231,9 +304,33 @@ pub fn table(report: &Report) -> String {
     s
 }
 
+/// The dispatch floor as the ceilings' line ends, or nothing where there is none.
+fn dispatch_floor_str(c: &Ceilings) -> String {
+    c.dispatch_us.map_or(String::new(), |us| {
+        format!(", {us:.1} µs per dispatch (raw wgpu chain)")
+    })
+}
+
+/// The lines under a row: its profile, its dispatches per step and its host time per
+/// recorded dispatch, those it has; empty when it has none of them.
+pub fn notes(r: &Record) -> String {
+    let mut s = profile_line(r);
+    if let Some(d) = &r.dispatch_counts {
+        let (f, u) = (&d.fused, &d.unfused);
+        s += &format!(
+            "    └ dispatches fused / unfused: per inner GD step {:.1} / {:.1}, per CG iteration {:.1} / {:.1}, per RAD step (forward + reverse) {:.1} / {:.1}\n",
+            f.gd_step, u.gd_step, f.cg_iteration, u.cg_iteration, f.rad_step, u.rad_step
+        );
+    }
+    if let Some(us) = r.host_us_per_dispatch {
+        s += &format!("    └ host {us:.1} µs per recorded dispatch (the calls alone, no sync)\n");
+    }
+    s
+}
+
 /// The profile line under a row: the profiled run's device time and dispatches, then
 /// each family's share; empty without a profile.
-pub fn profile_line(r: &Record) -> String {
+fn profile_line(r: &Record) -> String {
     let Some(p) = r.profile.as_ref().filter(|p| p.dispatches() > 0) else {
         return String::new();
     };
@@ -267,7 +364,7 @@ pub fn row(r: &Record) -> String {
         opt(r.gbps, 2),
         opt(r.per_op_us, 1),
         opt(r.fraction_of_ceiling.map(|f| 100.0 * f), 1),
-    ) + &profile_line(r)
+    ) + &notes(r)
 }
 
 /// One side-by-side table of several reports, matched by (name, size), with each
@@ -301,7 +398,7 @@ pub fn compare(reports: &[(String, Report)]) -> String {
     };
     for (i, (label, rep)) in reports.iter().enumerate() {
         s += &format!(
-            "[{}] {}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s\n",
+            "[{}] {}: {} [{} {}, driver {} {}], blo {} ({}), {}; ceilings {:.1} GFLOP/s, {:.1} GB/s{}\n",
             i + 1,
             clean(label),
             clean(&rep.adapter.info.name),
@@ -314,6 +411,7 @@ pub fn compare(reports: &[(String, Report)]) -> String {
             clean(&rep.date),
             rep.ceilings.gflops,
             rep.ceilings.gbps,
+            dispatch_floor_str(&rep.ceilings),
         );
     }
     const W: usize = 22;
@@ -385,6 +483,8 @@ mod tests {
             min_ms: ms,
             max_ms: ms,
             profile: None,
+            dispatch_counts: None,
+            host_us_per_dispatch: None,
         };
         let report = |results| Report {
             blo_version: "0".into(),
@@ -397,6 +497,7 @@ mod tests {
             ceilings: Ceilings {
                 gflops: 1.0,
                 gbps: 1.0,
+                dispatch_us: None,
             },
             results,
             skipped: Vec::new(),
@@ -418,5 +519,54 @@ mod tests {
         assert_eq!(ratio_str(12.345), "12.3×");
         let only_b = line("only_b");
         assert!(only_b.contains(" - "), "{t}");
+    }
+
+    /// A record without the fields added since (dispatch counts, host time per
+    /// dispatch, the dispatch floor) loads; with them, they are printed under the row
+    /// and `dispatch_overhead`'s fraction is the floor over its time per dispatch.
+    #[test]
+    fn dispatch_fields_are_optional_and_printed() {
+        let old = r#"{"name": "dispatch_overhead", "size": [1000], "device": "gpu",
+            "median_ms": 20.0, "gflops": null, "gbps": null, "fraction_of_ceiling": null,
+            "per_op_us": 20.0, "repeats": 3, "min_ms": 19.0, "max_ms": 21.0}"#;
+        let mut r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!((r.dispatch_counts, r.host_us_per_dispatch), (None, None));
+        let old_ceilings: Ceilings =
+            serde_json::from_str(r#"{"gflops": 1.0, "gbps": 2.0}"#).unwrap();
+        assert_eq!(old_ceilings.dispatch_us, None);
+        assert_eq!(fraction(&r, &old_ceilings), None);
+        assert_eq!(notes(&r), "");
+        let ceilings = Ceilings {
+            dispatch_us: Some(5.0),
+            ..old_ceilings
+        };
+        assert_eq!(fraction(&r, &ceilings), Some(0.25));
+        r.host_us_per_dispatch = Some(3.5);
+        assert!(
+            notes(&r).contains("host 3.5 µs per recorded dispatch"),
+            "{}",
+            notes(&r)
+        );
+        let step = |gd_step, cg_iteration, rad_step| StepDispatches {
+            gd_step,
+            cg_iteration,
+            rad_step,
+        };
+        r.name = "dispatches_ridge".into();
+        r.host_us_per_dispatch = None;
+        r.dispatch_counts = Some(DispatchCounts {
+            fused: step(4.0, 9.8, 11.8),
+            unfused: step(22.0, 17.0, 61.0),
+        });
+        let line = notes(&r);
+        assert!(
+            line.contains("per inner GD step 4.0 / 22.0")
+                && line.contains("per CG iteration 9.8 / 17.0")
+                && line.contains("per RAD step (forward + reverse) 11.8 / 61.0"),
+            "{line}"
+        );
+        // Round trip: the new fields are written and read back.
+        let back: Record = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -6,13 +6,16 @@ use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use blo::problems::data::{cleaning_split, digits};
 use blo::problems::{HyperCleaning, Ridge};
 use blo::solvers::{CgOptions, conjugate_gradient};
-use blo::{DType, Device, Error, GpuProfile, HvpOperator, Result, Tensor};
+use blo::{DType, Device, Error, GpuContext, GpuProfile, HvpOperator, Result, Tensor};
 
 use blo::CustomKernel;
 
 use super::ceilings::{copy_kernel, fma_kernel};
 use super::host::{adapter_record, build_info, threads, utc_now};
-use super::report::{Ceilings, Record, Report, Skipped, ceilings_of, fraction};
+use super::report::{
+    Ceilings, DispatchCounts, Record, Report, Skipped, StepDispatches, better_ceiling, ceilings_of,
+    fraction,
+};
 
 /// What to run and how long to measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,24 +84,30 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
         ceilings: Ceilings {
             gflops: f64::NAN,
             gbps: f64::NAN,
+            dispatch_us: None,
         },
         results: Vec::new(),
         fma_kernel: fma_kernel()?,
         copy_kernel: copy_kernel()?,
         profile: std::cell::RefCell::new(None),
     };
-    let fma = b.ceiling_fma()?;
-    on_record(&fma);
-    let copy = b.ceiling_copy()?;
-    on_record(&copy);
-    b.ceilings = ceilings_of(&fma, &copy);
-    b.results.push(fma);
-    b.results.push(copy);
+    let ceilings = b.measure_ceilings(&mut on_record)?;
+    let n_ceilings = ceilings.len();
+    b.ceilings = ceilings_of(&ceilings);
+    b.results = ceilings;
     let mut skipped = Vec::new();
     for case in suite(config.quick) {
         if let Some(f) = &config.only
             && !case.name().contains(f.as_str())
         {
+            continue;
+        }
+        if case.needs_gpu() && device.is_cpu() {
+            skipped.push(Skipped {
+                name: case.name(),
+                size: case.size(),
+                reason: "needs a GPU device (the CPU backend has no dispatches)".into(),
+            });
             continue;
         }
         match b.run_case(&case) {
@@ -117,21 +126,13 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
     // Measured again after the suite, keeping the better of the two: on a shared
     // machine a ceiling caught during a busy moment would make later results look
     // like more than 100 % of it.
-    let fma = b.ceiling_fma()?;
-    on_record(&fma);
-    let copy = b.ceiling_copy()?;
-    on_record(&copy);
-    for (i, again) in [fma, copy].into_iter().enumerate() {
-        let better = match (again.gflops, b.results[i].gflops) {
-            (Some(x), Some(y)) => x > y,
-            _ => again.gbps.unwrap_or(0.0) > b.results[i].gbps.unwrap_or(0.0),
-        };
-        if better {
+    for (i, again) in b.measure_ceilings(&mut on_record)?.into_iter().enumerate() {
+        if better_ceiling(&again, &b.results[i]) {
             b.results[i] = again;
         }
     }
-    b.ceilings = ceilings_of(&b.results[0], &b.results[1]);
-    for r in &mut b.results[2..] {
+    b.ceilings = ceilings_of(&b.results[..n_ceilings]);
+    for r in &mut b.results[n_ceilings..] {
         r.fraction_of_ceiling = fraction(r, &b.ceilings);
     }
     let (version, commit) = build_info();
@@ -173,6 +174,43 @@ enum Case {
     Ridge([usize; 3], usize, HyperMethod),
     /// Digits hyper-cleaning [n_train, n_val], inner steps T, and the method.
     Cleaning([usize; 2], usize, HyperMethod),
+    /// Dispatches per inner GD step, CG iteration and RAD step of a problem, counted
+    /// over T steps and K CG iterations, fused and unfused (GPU only).
+    Dispatches(Bilevel, usize, usize),
+}
+
+/// A benchmark problem of the hypergradient results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Bilevel {
+    /// Synthetic ridge [n, m, d].
+    Ridge([usize; 3]),
+    /// Digits hyper-cleaning [n_train, n_val].
+    Cleaning([usize; 2]),
+}
+
+impl Bilevel {
+    /// The problem, its initial λ and the inner GD step size.
+    fn build(self, dev: &Device) -> Result<(Box<dyn Problem>, Vec<Tensor>, f64)> {
+        match self {
+            Bilevel::Ridge([n, m, d]) => {
+                let p = Ridge::synthetic(n, m, d, 1, dev, DType::F32)?;
+                Ok((Box::new(p), vec![Tensor::zeros(&[d], dev)?], 0.3))
+            }
+            Bilevel::Cleaning([n_train, n_val]) => {
+                let (x, y) = digits();
+                let data = cleaning_split(&x, &y, 10, n_train, n_val, 0.5, 0)?;
+                let p = HyperCleaning::new(&data, 1e-3, dev, DType::F32)?;
+                Ok((Box::new(p), vec![Tensor::zeros(&[n_train], dev)?], 1.0))
+            }
+        }
+    }
+
+    fn size(self) -> Vec<usize> {
+        match self {
+            Bilevel::Ridge(s) => s.to_vec(),
+            Bilevel::Cleaning(s) => s.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,7 +248,14 @@ impl Case {
             Case::Ridge(_, _, HyperMethod::Cg(_)) => "hypergrad_ridge_cg".into(),
             Case::Cleaning(_, _, HyperMethod::Rad) => "hypergrad_cleaning_rad".into(),
             Case::Cleaning(_, _, HyperMethod::Cg(_)) => "hypergrad_cleaning_cg".into(),
+            Case::Dispatches(Bilevel::Ridge(_), ..) => "dispatches_ridge".into(),
+            Case::Dispatches(Bilevel::Cleaning(_), ..) => "dispatches_cleaning".into(),
         }
+    }
+
+    /// Whether the case means anything only on a GPU device (elsewhere it is skipped).
+    fn needs_gpu(&self) -> bool {
+        matches!(self, Case::Dispatches(..))
     }
 
     fn size(&self) -> Vec<usize> {
@@ -233,6 +278,7 @@ impl Case {
             }
             Case::Ridge(s, t, m) => with_method(s.to_vec(), *t, m),
             Case::Cleaning(s, t, m) => with_method(s.to_vec(), *t, m),
+            Case::Dispatches(p, t, k) => with_method(p.size(), *t, &HyperMethod::Cg(*k)),
         }
     }
 }
@@ -288,6 +334,8 @@ fn suite(quick: bool) -> Vec<Case> {
     for m in [HyperMethod::Rad, HyperMethod::Cg(k)] {
         v.push(Case::Cleaning(cleaning, t, m));
     }
+    v.push(Case::Dispatches(Bilevel::Ridge(ridge), t, k));
+    v.push(Case::Dispatches(Bilevel::Cleaning(cleaning), t, k));
     v
 }
 
@@ -316,6 +364,17 @@ pub(super) struct Bencher {
 }
 
 impl Bencher {
+    /// Measures the ceilings, calling `on_record` with each: FMA, copy and, on a GPU,
+    /// the dispatch floor, in that order.
+    fn measure_ceilings(&self, mut on_record: impl FnMut(&Record)) -> Result<Vec<Record>> {
+        let mut v = vec![self.ceiling_fma()?, self.ceiling_copy()?];
+        v.extend(self.ceiling_dispatch()?);
+        for r in &v {
+            on_record(r);
+        }
+        Ok(v)
+    }
+
     /// Warm-up once, then time repeats of `f` with a device sync around each.
     pub(super) fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
         let dev = &self.device;
@@ -357,18 +416,32 @@ impl Bencher {
             *self.profile.borrow_mut() = Some(profiles.swap_remove(PROFILED_RUNS / 2));
         }
         times.sort_by(f64::total_cmp);
-        let mid = times.len() / 2;
-        let median = if times.len() % 2 == 1 {
-            times[mid]
-        } else {
-            0.5 * (times[mid - 1] + times[mid])
-        };
         Ok(Timing {
-            median,
+            median: median_of_sorted(&times),
             min: times[0],
             max: times[times.len() - 1],
             repeats,
         })
+    }
+
+    /// The median host time of `f` alone over `max_repeats` runs after a warm-up, in
+    /// seconds: the device is idle when each run starts and the sync that waits for the
+    /// work `f` submitted is not timed.
+    fn host_time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let dev = &self.device;
+        let mut times = Vec::with_capacity(self.config.max_repeats);
+        for i in 0..=self.config.max_repeats {
+            dev.sync()?;
+            let t = Instant::now();
+            f()?;
+            let elapsed = t.elapsed().as_secs_f64();
+            dev.sync()?;
+            if i > 0 {
+                times.push(elapsed);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(median_of_sorted(&times))
     }
 
     pub(super) fn record(
@@ -394,6 +467,8 @@ impl Bencher {
             min_ms: t.min * 1e3,
             max_ms: t.max * 1e3,
             profile: self.profile.borrow_mut().take(),
+            dispatch_counts: None,
+            host_us_per_dispatch: None,
         };
         r.fraction_of_ceiling = fraction(&r, &self.ceilings);
         r
@@ -483,15 +558,22 @@ impl Bencher {
             }
             Case::DispatchOverhead(chain) => {
                 let x = Tensor::rand_uniform(&[64], -1.0, 1.0, 3, dev)?;
-                let t = self.time(|| {
+                let run = || {
                     let mut y = x.clone();
                     for _ in 0..*chain {
                         y = y.scale_shift(0.5, 0.25)?;
                     }
                     Ok(())
-                })?;
+                };
+                let t = self.time(run)?;
                 let mut r = rec(&t, None, None);
                 r.per_op_us = Some(t.median * 1e6 / *chain as f64);
+                if !dev.is_cpu() {
+                    // What the host spends recording (and submitting, every batch) a
+                    // dispatch: the part of `per_op_us` that fewer dispatches save on
+                    // any device, however fast its kernels.
+                    r.host_us_per_dispatch = Some(self.host_time(run)? * 1e6 / *chain as f64);
+                }
                 Ok(r)
             }
             Case::Hvp(shape) => {
@@ -515,21 +597,91 @@ impl Bencher {
                 r.per_op_us = Some(t.median * 1e6 / *iters as f64);
                 Ok(r)
             }
-            Case::Ridge([n, m, d], steps, method) => {
-                let p = Ridge::synthetic(*n, *m, *d, 1, dev, DType::F32)?;
-                let lambda = vec![Tensor::zeros(&[*d], dev)?];
-                self.time_hypergradient(&p, &lambda, 0.3, *steps, method.method())
+            Case::Ridge(s, steps, method) => {
+                let (p, lambda, lr) = Bilevel::Ridge(*s).build(dev)?;
+                self.time_hypergradient(p.as_ref(), &lambda, lr, *steps, method.method())
                     .map(|t| rec(&t, None, None))
             }
-            Case::Cleaning([n_train, n_val], steps, method) => {
-                let (x, y) = digits();
-                let data = cleaning_split(&x, &y, 10, *n_train, *n_val, 0.5, 0)?;
-                let p = HyperCleaning::new(&data, 1e-3, dev, DType::F32)?;
-                let lambda = vec![Tensor::zeros(&[*n_train], dev)?];
-                self.time_hypergradient(&p, &lambda, 1.0, *steps, method.method())
+            Case::Cleaning(s, steps, method) => {
+                let (p, lambda, lr) = Bilevel::Cleaning(*s).build(dev)?;
+                self.time_hypergradient(p.as_ref(), &lambda, lr, *steps, method.method())
                     .map(|t| rec(&t, None, None))
+            }
+            Case::Dispatches(problem, steps, iters) => {
+                let Some(ctx) = dev.gpu_context() else {
+                    return Err(Error::InvalidArgument {
+                        op: "bench",
+                        msg: format!("{name} needs a GPU device"),
+                    });
+                };
+                let (p, lambda, lr) = problem.build(dev)?;
+                let start = Instant::now();
+                let counts = self.dispatch_counts(ctx, p.as_ref(), &lambda, lr, *steps, *iters)?;
+                let elapsed = start.elapsed().as_secs_f64();
+                // One measurement: its time is that of all the counting runs.
+                let t = Timing {
+                    median: elapsed,
+                    min: elapsed,
+                    max: elapsed,
+                    repeats: 1,
+                };
+                let mut r = rec(&t, None, None);
+                r.dispatch_counts = Some(counts);
+                Ok(r)
             }
         }
+    }
+
+    /// Dispatches per inner GD step (over `steps` steps), per CG iteration (over `iters`)
+    /// and per RAD step of `p`, counted by difference, with fusion on and then off. The
+    /// caller ([`Self::run_case`]) restores the context's fusion setting.
+    fn dispatch_counts(
+        &self,
+        ctx: &GpuContext,
+        p: &dyn Problem,
+        lambda: &[Tensor],
+        lr: f64,
+        steps: usize,
+        iters: usize,
+    ) -> Result<DispatchCounts> {
+        let w0 = p.init_w()?;
+        let gd = |steps| Inner {
+            optimizer: InnerOptimizer::Gd { lr },
+            steps,
+        };
+        let cg = |iters| Method::Cg {
+            iters,
+            tol: None,
+            damping: 0.0,
+        };
+        // Dispatches of one hypergradient. Syncs on both sides keep work recorded
+        // before it out of the count; what the run leaves deferred and unread (its
+        // dropped results) never runs, the same with and without the steps.
+        let count = |steps: usize, method: &Method| -> Result<f64> {
+            ctx.sync()?;
+            let before = ctx.dispatch_count();
+            hypergradient(p, lambda, &w0, &gd(steps), method).map(drop)?;
+            ctx.sync()?;
+            Ok((ctx.dispatch_count() - before) as f64)
+        };
+        let per_step = |fused: bool| -> Result<StepDispatches> {
+            ctx.set_fusion(fused);
+            // Warm-up: a first use may add dispatches of its own (the autotuner timing
+            // matmul variants for a new shape) that would land in one count only.
+            count(steps, &cg(iters + 1))?;
+            count(steps, &Method::Rad)?;
+            let cg1 = count(0, &cg(1))?;
+            Ok(StepDispatches {
+                gd_step: (count(steps, &cg(1))? - cg1) / steps.max(1) as f64,
+                cg_iteration: (count(0, &cg(iters + 1))? - cg1) / iters.max(1) as f64,
+                rad_step: (count(steps, &Method::Rad)? - count(0, &Method::Rad)?)
+                    / steps.max(1) as f64,
+            })
+        };
+        Ok(DispatchCounts {
+            fused: per_step(true)?,
+            unfused: per_step(false)?,
+        })
     }
 
     fn time_hypergradient(
@@ -546,6 +698,16 @@ impl Bencher {
             steps,
         };
         self.time(|| hypergradient(p, lambda, &w0, &inner, &method).map(drop))
+    }
+}
+
+/// The median of sorted, non-empty times.
+fn median_of_sorted(times: &[f64]) -> f64 {
+    let mid = times.len() / 2;
+    if times.len() % 2 == 1 {
+        times[mid]
+    } else {
+        0.5 * (times[mid - 1] + times[mid])
     }
 }
 
