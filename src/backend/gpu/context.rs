@@ -25,6 +25,12 @@ pub(crate) const PARAM_BLOCK: u64 = 256;
 /// Dispatches per submission. A submission lets the device start working while the
 /// host records the next batch; the parameter arena holds exactly one batch.
 pub(super) const DISPATCHES_PER_SUBMIT: u64 = 512;
+/// Most bind groups kept for reuse (see [`GpuContext::record`]).
+const BIND_GROUP_CACHE: usize = 4096;
+
+/// A bind group's identity: the binding signature (reads, writes) and each storage
+/// binding's buffer and size (binding 0 is always the parameter arena).
+type BindKey = ((u32, u32), Vec<(wgpu::Buffer, u64)>);
 
 /// What blo reports about an adapter (also the form experiment results and benchmark
 /// reports record it in).
@@ -95,6 +101,7 @@ pub struct GpuContext {
     pub(super) modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pub(super) pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pub(super) layouts: Mutex<HashMap<(u32, u32), Arc<KernelLayout>>>,
+    pub(super) bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pub(super) poison: AtomicBool,
     /// Elementwise fusion (`fusion.rs`): whether it is on, its compiled kernels by
     /// signature, and the deferred buffers a sync must compute.
@@ -193,6 +200,7 @@ impl GpuContext {
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(std::env::var_os("BLO_POISON").is_some()),
             fusion: AtomicBool::new(fusion_from_env()?),
             fused: Mutex::new(HashMap::new()),
@@ -490,32 +498,56 @@ impl GpuContext {
         buffers: &[&GpuBuffer],
         workgroups: [u32; 3],
     ) {
-        let layout = self.layout(reads, writes);
-
-        let mut entries = Vec::with_capacity(buffers.len() + 1);
-        entries.push(wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.params,
-                offset: 0,
-                size: std::num::NonZeroU64::new(PARAM_BLOCK),
-            }),
-        });
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.raw(),
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(b.binding_size()),
-                }),
-            });
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout.0,
-            entries: &entries,
-        });
+        // A loop binds the same pooled buffers step after step: the bind group is made
+        // once and found again by (signature, buffers, sizes), which saves its creation
+        // on the host per dispatch.
+        let key: BindKey = (
+            (reads, writes),
+            buffers
+                .iter()
+                .map(|b| (b.raw().clone(), b.binding_size()))
+                .collect(),
+        );
+        let bind_group = {
+            let mut cache = self.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(&key) {
+                Some(g) => g.clone(),
+                None => {
+                    let layout = self.layout(reads, writes);
+                    let mut entries = Vec::with_capacity(buffers.len() + 1);
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &self.params,
+                            offset: 0,
+                            size: std::num::NonZeroU64::new(PARAM_BLOCK),
+                        }),
+                    });
+                    for (i, b) in buffers.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: 1 + i as u32,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: b.raw(),
+                                offset: 0,
+                                size: std::num::NonZeroU64::new(b.binding_size()),
+                            }),
+                        });
+                    }
+                    let g = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout.0,
+                        entries: &entries,
+                    });
+                    // Bounded: entries keep their buffers alive, so a cache that only
+                    // grew would hold buffers the program has dropped.
+                    if cache.len() >= BIND_GROUP_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(key, g.clone());
+                    g
+                }
+            }
+        };
 
         let mut pending = self.lock_pending();
         if pending.batch_dispatches >= DISPATCHES_PER_SUBMIT {
@@ -604,5 +636,42 @@ fn fusion_from_env() -> Result<bool> {
                 ),
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Tensor;
+    use crate::testing::fresh_gpu_or_skip;
+
+    /// A loop that binds the same pooled buffers reuses its bind groups: the cache
+    /// stops growing after the first steps, and releasing the pool empties it.
+    #[test]
+    fn bind_groups_are_reused_across_a_loop_and_released_with_the_pool() {
+        let Some(gpu) = fresh_gpu_or_skip() else {
+            return;
+        };
+        let ctx = gpu.gpu_context().unwrap();
+        ctx.set_fusion(false);
+        ctx.set_poison(false);
+        let x = Tensor::rand_uniform(&[33], -1.0, 1.0, 1, &gpu).unwrap();
+        let step = |y: &Tensor| y.scale_shift(0.5, 0.25).unwrap().mul(&x).unwrap();
+        let cached = || ctx.bind_groups.lock().unwrap().len();
+        let mut y = x.clone();
+        for _ in 0..5 {
+            y = step(&y);
+        }
+        gpu.sync().unwrap();
+        let warm = cached();
+        assert!(warm > 0);
+        for _ in 0..200 {
+            y = step(&y);
+        }
+        gpu.sync().unwrap();
+        assert_eq!(cached(), warm, "no new bind group in a steady loop");
+        assert!(y.to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        drop(y);
+        ctx.release_pooled();
+        assert_eq!(cached(), 0);
     }
 }

@@ -50,6 +50,11 @@ impl GpuContext {
 
     /// Frees every buffer kept in the pool (buffers held by tensors are unaffected).
     pub fn release_pooled(&self) {
+        // Cached bind groups hold their buffers: drop them too, or nothing is freed.
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut pool = self.lock_pool();
         pool.free.clear();
         pool.pooled_bytes = 0;
