@@ -855,7 +855,7 @@ fn run_profile_reports_the_kernels_of_the_run() {
     assert!(o.status.success(), "{}", text(&o));
     let shown = text(&o);
     assert!(shown.contains("GPU profile of the run"), "{shown}");
-    for family in ["matvec", "loss", "elementwise", "reduce"] {
+    for family in ["matvec", "loss", "fused", "reduce"] {
         assert!(
             shown.lines().any(|l| l.starts_with(family)),
             "{family}: {shown}"

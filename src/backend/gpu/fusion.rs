@@ -37,14 +37,58 @@ pub(crate) const MAX_NODES: usize = 24;
 /// Most buffers one generated kernel reads (further capped by the adapter's limit on
 /// storage bindings, less the output).
 pub(crate) const MAX_INPUTS: usize = 12;
+
+/// How an operand's elements map to its op's: element e reads element `(e / div) % len`
+/// of the operand. Broadcasting one contiguous block of dimensions has this form: a
+/// bias `[c]` over rows `[n, c]` is (1, c), per-row weights `[n, 1]` are (c, n).
+pub(crate) type Stride = (u32, u32);
+
+/// How an input is read, per vec4 of the output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Element for element.
+    Whole,
+    /// Its one element, repeated.
+    Splat,
+    /// Through a broadcast [`Stride`] (given in the parameter block).
+    Strided,
+}
+
+/// The [`Stride`] of an operand of shape `shape` broadcast to `out` (NumPy rules), if
+/// the dimensions it does not broadcast over are one contiguous block of `out`; `None`
+/// when they are not (it is broadcast in a gap), or when it has one element or `out`'s
+/// shape (which need no stride).
+pub(crate) fn block_stride(shape: &[usize], out: &[usize]) -> Option<Stride> {
+    if shape == out || shape.iter().product::<usize>() == 1 || shape.len() > out.len() {
+        return None;
+    }
+    let strides = crate::backend::broadcast_strides(shape, out);
+    let active: Vec<usize> = (0..out.len())
+        .filter(|&d| strides[d] != 0 && out[d] > 1)
+        .collect();
+    let (&lo, &last) = (active.first()?, active.last()?);
+    let hi = last + 1;
+    // Within the block, every dimension longer than 1 is read with row-major strides.
+    let mut expected = 1;
+    for d in (lo..hi).rev() {
+        if out[d] > 1 && strides[d] != expected {
+            return None;
+        }
+        expected *= out[d];
+    }
+    let div: usize = out[hi..].iter().product();
+    let len: usize = out[lo..hi].iter().product();
+    Some((u32::try_from(div).ok()?, u32::try_from(len).ok()?))
+}
 /// Invocations per workgroup of the generated kernels.
 const WG: u32 = 256;
 /// Most vec4s one invocation of a fused reduction adds (as the reduce kernels do).
 const REDUCE_VEC4: usize = 64;
 /// Most workgroups of a fused reduction: their partials are summed by a second pass.
 const REDUCE_MAX_GROUPS: usize = 1024;
-/// Host scalars a kernel's parameter block holds: 256 bytes less the 16-byte header.
-const MAX_SCALARS: usize = 60;
+/// Host scalars a kernel's parameter block holds: 256 bytes less the 16-byte header
+/// and the broadcast index of each input.
+pub(crate) const MAX_SCALARS: usize = 36;
 
 /// Where an update's coefficient comes from (as in `shaders/update.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +106,8 @@ pub(crate) enum CoefSource {
 pub(crate) enum FusedOp {
     /// Every element is the host scalar `s0` (no operands).
     Fill,
-    /// The operand, which has one element, repeated (broadcasting a scalar).
+    /// The operand broadcast to the output: one element repeated, or read through a
+    /// broadcast stride.
     Splat,
     /// `op` of the operand, with `s0`, `s1` as [`UnaryOp::ScaleShift`]'s a and b.
     Unary(UnaryOp),
@@ -104,12 +149,18 @@ impl FusedOp {
 pub(crate) struct Deferred {
     op: FusedOp,
     operands: Vec<GpuBuffer>,
+    /// Per operand, its broadcast stride, if it is read through one (a computed
+    /// buffer: a strided operand is never evaluated inside the expression).
+    strides: Vec<Option<Stride>>,
     scalars: [f32; 2],
     /// The deferred values under this one and the computed buffers they read (sorted
     /// addresses), kept so that building an expression never walks it. Exact when made;
     /// an operand computed since makes them stale, which `compute` allows for.
     members: Vec<usize>,
     inputs: Vec<usize>,
+    /// Host scalars of the expression ending here (an upper bound: a shared value's
+    /// count twice), which the parameter block caps.
+    scalar_count: usize,
     /// A [`FusedOp::Kernel`]'s dispatch, given its operands.
     kernel: Option<KernelThunk>,
 }
@@ -171,11 +222,41 @@ pub(crate) fn defer(
     scalars: [f32; 2],
     n: usize,
 ) -> Result<GpuBuffer> {
+    defer_strided(ctx, op, operands, &vec![None; operands.len()], scalars, n)
+}
+
+/// [`defer`] with some operands read through a broadcast [`Stride`].
+pub(crate) fn defer_strided(
+    ctx: &Arc<GpuContext>,
+    op: FusedOp,
+    operands: &[&GpuBuffer],
+    strides: &[Option<Stride>],
+    scalars: [f32; 2],
+    n: usize,
+) -> Result<GpuBuffer> {
     let bytes = (n * 4) as u64;
     ctx.check_size("tensor", bytes)?;
+    // A strided operand is read from memory: computed now if it is deferred.
+    for (b, st) in operands.iter().zip(strides) {
+        if st.is_some() {
+            b.compute()?;
+        }
+    }
     let (mut members, mut inputs) = footprint(operands);
+    let scalar_count = |operands: &[&GpuBuffer]| {
+        operands.iter().fold(op.scalars(), |total, b| {
+            let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            total
+                + d.as_ref()
+                    .filter(|d| !d.op.alone())
+                    .map_or(0, |d| d.scalar_count)
+        })
+    };
     // Too long or too wide: compute the largest deferred operand first, until it fits.
-    while members.len() + 1 > MAX_NODES || inputs.len() > ctx.input_cap() {
+    while members.len() + 1 > MAX_NODES
+        || inputs.len() > ctx.input_cap()
+        || scalar_count(operands) > MAX_SCALARS
+    {
         let Some(largest) = operands
             .iter()
             .map(|b| (b, footprint(&[b]).0.len()))
@@ -193,7 +274,9 @@ pub(crate) fn defer(
         Deferred {
             op,
             operands: operands.iter().map(|b| b.share()).collect(),
+            strides: strides.to_vec(),
             scalars,
+            scalar_count: scalar_count(operands),
             members,
             inputs,
             kernel: None,
@@ -253,8 +336,8 @@ enum Arg {
 struct Expr {
     ops: Vec<(FusedOp, Vec<Arg>)>,
     scalars: Vec<f32>,
-    /// The computed buffers read, in binding order.
-    inputs: Vec<GpuBuffer>,
+    /// The computed buffers read, in binding order, with the stride each is read through.
+    inputs: Vec<(GpuBuffer, Option<Stride>)>,
     /// Deferred values inside the expression that something else also holds (a tensor,
     /// another deferred op): written out as the kernel computes them, by op index, so
     /// that no later kernel computes them again.
@@ -297,7 +380,15 @@ impl Expr {
     }
 
     fn visit_op(&mut self, d: &Deferred, seen: &mut HashMap<*const BufferCell, Arg>) -> Arg {
-        let args: Vec<Arg> = d.operands.iter().map(|b| self.visit(b, seen)).collect();
+        let args: Vec<Arg> = d
+            .operands
+            .iter()
+            .zip(&d.strides)
+            .map(|(b, st)| match st {
+                Some(st) => self.strided_input(b, *st),
+                None => self.visit(b, seen),
+            })
+            .collect();
         self.scalars.extend_from_slice(&d.scalars[..d.op.scalars()]);
         self.ops.push((d.op, args));
         Arg::Op(self.ops.len() - 1)
@@ -329,12 +420,30 @@ impl Expr {
                         self.error.get_or_insert(e);
                     }
                 }
-                self.inputs.push(b.share());
+                self.inputs.push((b.share(), None));
                 Arg::Input(self.inputs.len() - 1)
             }
         };
         seen.insert(key, arg);
         arg
+    }
+
+    /// A computed operand read through `stride` (once per buffer and stride).
+    fn strided_input(&mut self, b: &GpuBuffer, stride: Stride) -> Arg {
+        // Computed when the op was deferred, unless by another thread meanwhile.
+        if let Err(e) = b.compute() {
+            self.error.get_or_insert(e);
+        }
+        let same = |(x, st): &(GpuBuffer, Option<Stride>)| {
+            Arc::ptr_eq(&x.inner, &b.inner) && *st == Some(stride)
+        };
+        match self.inputs.iter().position(same) {
+            Some(k) => Arg::Input(k),
+            None => {
+                self.inputs.push((b.share(), Some(stride)));
+                Arg::Input(self.inputs.len() - 1)
+            }
+        }
     }
 
     /// The ops in evaluation order, for profiles, repeats counted: `sub·square×2·axpby`.
@@ -365,7 +474,7 @@ impl Expr {
     /// The kernel's cache key: the ops and how they connect, and which inputs are single
     /// elements (read once and repeated). Sizes and scalar values are parameters.
     fn signature(&self, n: usize) -> String {
-        let mut s = signature(&self.ops, &self.splats(n));
+        let mut s = signature(&self.ops, &self.reads(n));
         for (k, _) in &self.outputs {
             let _ = write!(s, "|out,o{k}");
         }
@@ -377,19 +486,28 @@ impl Expr {
         self.outputs.iter().map(|(k, _)| *k).collect()
     }
 
-    /// Per input: whether it has one element, read once and repeated across the `n`.
-    fn splats(&self, n: usize) -> Vec<bool> {
+    /// How each input is read over `n` elements.
+    fn reads(&self, n: usize) -> Vec<Read> {
         self.inputs
             .iter()
-            .map(|b| b.numel() == 1 && n > 1)
+            .map(|(b, st)| match st {
+                Some(_) => Read::Strided,
+                None if b.numel() == 1 && n > 1 => Read::Splat,
+                None => Read::Whole,
+            })
             .collect()
     }
 }
 
-fn signature(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool]) -> String {
+fn signature(ops: &[(FusedOp, Vec<Arg>)], reads: &[Read]) -> String {
     let mut s = String::new();
-    for (i, splat) in splats.iter().enumerate() {
-        let _ = write!(s, "{}{i}", if *splat { 's' } else { 'v' });
+    for (i, read) in reads.iter().enumerate() {
+        let c = match read {
+            Read::Whole => 'v',
+            Read::Splat => 's',
+            Read::Strided => 't',
+        };
+        let _ = write!(s, "{c}{i}");
     }
     for (op, args) in ops {
         let _ = write!(s, "|{op:?}");
@@ -407,26 +525,23 @@ fn signature(ops: &[(FusedOp, Vec<Arg>)], splats: &[bool]) -> String {
     s
 }
 
-/// The WGSL of the kernel evaluating `ops` over inputs of which `splats` are single
-/// elements, labelled with its `signature`: four elements per invocation written out,
-/// or, when the last op is a [`FusedOp::Reduce`], their sum per workgroup.
-fn wgsl(
-    ops: &[(FusedOp, Vec<Arg>)],
-    splats: &[bool],
-    written: &[usize],
-    signature: &str,
-) -> String {
+/// The WGSL of the kernel evaluating `ops` over inputs read as `reads` says, labelled
+/// with its `signature`: four elements per invocation written out, or, when the last op
+/// is a [`FusedOp::Reduce`], their sum per workgroup.
+fn wgsl(ops: &[(FusedOp, Vec<Arg>)], reads: &[Read], written: &[usize], signature: &str) -> String {
     let reduce = matches!(ops.last(), Some((FusedOp::Reduce(_), _)));
     let mut w = String::new();
     let _ = writeln!(
         w,
         "// Generated by blo's elementwise fusion (src/backend/gpu/fusion.rs).\n// {signature}\n\
          const WG: u32 = {WG}u;\n\
-         struct Params {{ n4: u32, n: u32, block: u32, _pad: u32, s: array<vec4<f32>, {}> }}\n\
+         struct Params {{ n4: u32, n: u32, block: u32, _pad: u32,\n\
+         \x20   ix: array<vec4<u32>, {}>, s: array<vec4<f32>, {}> }}\n\
          @group(0) @binding(0) var<uniform> p: Params;",
+        MAX_INPUTS / 2,
         MAX_SCALARS / 4
     );
-    for i in 0..splats.len() {
+    for i in 0..reads.len() {
         let _ = writeln!(
             w,
             "@group(0) @binding({}) var<storage, read> in{i}: array<vec4<f32>>;",
@@ -437,27 +552,44 @@ fn wgsl(
         w,
         "@group(0) @binding({}) var<storage, read_write> out: array<{}>;\n\
          fn scalar(k: u32) -> f32 {{ return p.s[k / 4u][k % 4u]; }}",
-        splats.len() + 1,
+        reads.len() + 1,
         if reduce { "f32" } else { "vec4<f32>" }
     );
     for (j, _) in written.iter().enumerate() {
         let _ = writeln!(
             w,
             "@group(0) @binding({}) var<storage, read_write> side{j}: array<vec4<f32>>;",
-            splats.len() + 2 + j
+            reads.len() + 2 + j
         );
+    }
+    for (k, read) in reads.iter().enumerate() {
+        if *read == Read::Strided {
+            // Lane l of vec4 i is element 4i + l; it reads element (e / div) % len.
+            let _ = writeln!(
+                w,
+                "fn load{k}(i: u32) -> vec4<f32> {{\n\
+                 \x20   let st = vec2<u32>(p.ix[{q}u][{a}u], p.ix[{q}u][{b}u]);\n\
+                 \x20   let o = ((vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u)) / st.x) % st.y;\n\
+                 \x20   return vec4<f32>(in{k}[o.x / 4u][o.x % 4u], in{k}[o.y / 4u][o.y % 4u],\n\
+                 \x20                    in{k}[o.z / 4u][o.z % 4u], in{k}[o.w / 4u][o.w % 4u]);\n\
+                 }}",
+                q = k / 2,
+                a = 2 * (k % 2),
+                b = 2 * (k % 2) + 1
+            );
+        }
     }
     let _ = writeln!(
         w,
         "// The expression at vec4 index i (writing the values others hold).\n\
          fn value(i: u32) -> vec4<f32> {{"
     );
-    for (k, splat) in splats.iter().enumerate() {
-        if *splat {
-            let _ = writeln!(w, "    let i{k} = vec4<f32>(in{k}[0].x);");
-        } else {
-            let _ = writeln!(w, "    let i{k} = in{k}[i];");
-        }
+    for (k, read) in reads.iter().enumerate() {
+        let _ = match read {
+            Read::Whole => writeln!(w, "    let i{k} = in{k}[i];"),
+            Read::Splat => writeln!(w, "    let i{k} = vec4<f32>(in{k}[0].x);"),
+            Read::Strided => writeln!(w, "    let i{k} = load{k}(i);"),
+        };
     }
     let name = |a: &Arg| match a {
         Arg::Op(i) => format!("o{i}"),
@@ -474,7 +606,8 @@ fn wgsl(
         let second = args.get(1).map(name).unwrap_or_default();
         let value = match *op {
             FusedOp::Fill => format!("vec4<f32>({s0})"),
-            FusedOp::Splat => format!("vec4<f32>({first}.x)"),
+            // Its operand is already read (or computed) as the output's elements.
+            FusedOp::Splat => first,
             FusedOp::Unary(u) => unary_wgsl(u, &first, &s0, &s1),
             FusedOp::Binary(b) => binary_wgsl(b, &first, &second),
             FusedOp::Update { a, b } => {
@@ -610,6 +743,8 @@ struct Params {
     n: u32,
     block: u32,
     _pad: u32,
+    /// Per input, its broadcast stride (div, len), if it is read through one.
+    strides: [u32; 2 * MAX_INPUTS],
     scalars: [f32; MAX_SCALARS],
 }
 
@@ -661,7 +796,7 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         match cached {
             Some(k) => k,
             None => {
-                let source = wgsl(&expr.ops, &expr.splats(n), &expr.written(), &signature);
+                let source = wgsl(&expr.ops, &expr.reads(n), &expr.written(), &signature);
                 let module = ctx.compile_module("fused", &source)?;
                 let p = ctx.create_pipeline(
                     "fused",
@@ -693,8 +828,15 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         n: n as u32,
         block: block as u32,
         _pad: 0,
+        strides: [0; 2 * MAX_INPUTS],
         scalars: [0.0; MAX_SCALARS],
     };
+    for (k, (_, st)) in expr.inputs.iter().enumerate() {
+        if let Some((div, len)) = st {
+            params.strides[2 * k] = *div;
+            params.strides[2 * k + 1] = *len;
+        }
+    }
     params.scalars[..expr.scalars.len()].copy_from_slice(&expr.scalars);
     let scale = expr.scalars.last().copied().unwrap_or(1.0);
     if groups > 1 {
@@ -713,7 +855,7 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         .iter()
         .map(|(_, s)| ctx.alloc(s.bytes()))
         .collect::<Result<Vec<_>>>()?;
-    let mut buffers: Vec<&GpuBuffer> = expr.inputs.iter().collect();
+    let mut buffers: Vec<&GpuBuffer> = expr.inputs.iter().map(|(b, _)| b).collect();
     buffers.push(&out);
     buffers.extend(&sides);
     if !workgroups.contains(&0) {
@@ -764,7 +906,9 @@ pub(crate) fn defer_kernel(
         Deferred {
             op: FusedOp::Kernel,
             operands: operands.iter().map(|b| b.share()).collect(),
+            strides: vec![None; operands.len()],
             scalars: [0.0; 2],
+            scalar_count: 0,
             members: Vec::new(),
             inputs: Vec::new(),
             kernel: Some(Box::new(run)),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::{ALL_BINARY, ALL_UNARY, FullOp, UnaryOp};
+use crate::backend::{ALL_BINARY, ALL_UNARY, BinaryOp, FullOp, UnaryOp};
 use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
 use crate::problems::Ridge;
 use crate::testing::{fresh_gpu_or_skip, rel_err};
@@ -26,6 +26,8 @@ fn every_fused_op_generates_valid_wgsl() {
         vec![(FusedOp::Fill, vec![]), (FusedOp::Splat, vec![s])];
     ops.extend(ALL_UNARY.iter().map(|&u| (FusedOp::Unary(u), vec![v])));
     ops.extend(ALL_BINARY.iter().map(|&b| (FusedOp::Binary(b), vec![v, s])));
+    ops.push((FusedOp::Binary(BinaryOp::Add), vec![v, Arg::Input(2)]));
+    ops.push((FusedOp::Splat, vec![Arg::Input(2)]));
     for a in [CoefSource::Host, CoefSource::Device, CoefSource::Ratio] {
         for b in [CoefSource::Host, CoefSource::Device] {
             if a == CoefSource::Ratio && b == CoefSource::Device {
@@ -41,7 +43,8 @@ fn every_fused_op_generates_valid_wgsl() {
             ops.push((FusedOp::Update { a, b }, args));
         }
     }
-    let splats = [false, true];
+    // Inputs: one read whole, one single element, one through a broadcast stride.
+    let splats = [Read::Whole, Read::Splat, Read::Strided];
     // Reductions end an expression: each alone, over an op and an input.
     for r in [FullOp::Sum, FullOp::SumSq, FullOp::Dot, FullOp::SqDiff] {
         let ops = [
@@ -75,7 +78,11 @@ fn every_fused_op_generates_valid_wgsl() {
         })
         .collect();
     let sig = signature(&chained, &splats);
-    assert!(sig.starts_with("v0s1|Fill|Splat,i1|Unary(Neg),o1"), "{sig}");
+    assert!(
+        sig.starts_with("v0s1t2|Fill|Splat,i1|Unary(Neg),o1"),
+        "{sig}"
+    );
+    assert!(wgsl(&chained, &splats, &[], &sig).contains("fn load2("));
     validate(&wgsl(&chained, &splats, &[3, 7], &sig));
 }
 
@@ -223,10 +230,9 @@ fn long_and_wide_expressions_split_into_several_kernels() {
         y.to_vec::<f32>().unwrap(),
         vec![51.0, 52.0, 53.0, 54.0, 55.0]
     );
-    assert_eq!(
-        ctx.dispatch_count() - before,
-        100_u64.div_ceil(MAX_NODES as u64)
-    );
+    // A scale_shift has two host scalars: the parameter block caps the chain first.
+    let per_kernel = MAX_NODES.min(MAX_SCALARS / 2) as u64;
+    assert_eq!(ctx.dispatch_count() - before, 100_u64.div_ceil(per_kernel));
 
     let parts: Vec<Tensor> = (0..20)
         .map(|i| Tensor::full(&[5], i as f32, &gpu).unwrap().mul(&x).unwrap())
@@ -367,4 +373,124 @@ fn fused_reductions_match_the_cpu_in_f64() {
         "one kernel: square inside the sum"
     );
     assert_eq!(s.to_vec::<f32>().unwrap(), vec![14.0]);
+}
+
+/// The broadcasts a fused kernel reads through `(e / div) % len`: one contiguous block
+/// of the output's dimensions; the others go to the binary kernel's strided path.
+#[test]
+fn block_strides_cover_one_contiguous_block_of_dimensions() {
+    assert_eq!(
+        block_stride(&[10], &[7, 10]),
+        Some((1, 10)),
+        "a bias over rows"
+    );
+    assert_eq!(
+        block_stride(&[7, 1], &[7, 10]),
+        Some((10, 7)),
+        "a weight per row"
+    );
+    assert_eq!(block_stride(&[1, 10], &[7, 10]), Some((1, 10)));
+    assert_eq!(block_stride(&[2, 1, 1], &[2, 3, 4]), Some((12, 2)));
+    assert_eq!(block_stride(&[1, 3, 1], &[2, 3, 4]), Some((4, 3)));
+    assert_eq!(block_stride(&[4, 5], &[2, 3, 4, 5]), Some((1, 20)));
+    assert_eq!(
+        block_stride(&[3, 1, 1], &[3, 1, 5]),
+        Some((5, 3)),
+        "length-1 dims inside"
+    );
+    assert_eq!(
+        block_stride(&[3, 1, 5], &[3, 4, 5]),
+        None,
+        "broadcast in a gap"
+    );
+    assert_eq!(block_stride(&[7, 10], &[7, 10]), None, "no broadcast");
+    assert_eq!(
+        block_stride(&[1, 1], &[7, 10]),
+        None,
+        "one element: a splat"
+    );
+}
+
+/// Broadcast operands (a bias over rows, a weight per row, a broadcast_to, and a
+/// broadcast in a gap, which takes the binary kernel) fused against unfused and the CPU
+/// in f64 at awkward sizes, with new buffers poisoned.
+#[test]
+fn fused_broadcasts_match_unfused_ones_and_the_cpu_in_f64() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    for (n, c) in [(1usize, 1usize), (7, 3), (5, 10), (257, 13)] {
+        let run = |dev: &Device, dtype: DType| -> Vec<f64> {
+            let t = |shape: &[usize], seed: u64| {
+                let v = values(shape.iter().product(), seed);
+                let t = Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+                let t = if dtype == DType::F32 {
+                    t.to_dtype(DType::F32).unwrap()
+                } else {
+                    t
+                };
+                t.to_device(dev).unwrap()
+            };
+            let (z, bias, w) = (t(&[n, c], 5), t(&[c], 6), t(&[n, 1], 7));
+            let gap = (t(&[n, 1, c], 8), t(&[n, 2, c], 9));
+            let e = z
+                .add(&bias)
+                .unwrap()
+                .exp()
+                .unwrap()
+                .mul(&w.sigmoid().unwrap())
+                .unwrap();
+            let e = e
+                .sub(&bias.broadcast_to(&[n, c]).unwrap().scale(0.5).unwrap())
+                .unwrap();
+            let e = e
+                .div(&w.abs().unwrap().scale_shift(1.0, 1.0).unwrap())
+                .unwrap();
+            let g = gap.0.mul(&gap.1).unwrap().tanh().unwrap();
+            let mut out = e.to_vec::<f64>().unwrap();
+            out.extend(g.to_vec::<f64>().unwrap());
+            out.push(e.sum().unwrap().to_vec::<f64>().unwrap()[0]);
+            out
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        let mut got = Vec::new();
+        for fused in [true, false] {
+            ctx.set_fusion(fused);
+            got.push(run(&gpu, DType::F32));
+        }
+        ctx.set_fusion(true);
+        assert!(
+            rel_err(&got[0], &got[1]) <= 1e-6,
+            "[{n}, {c}]: {:e}",
+            rel_err(&got[0], &got[1])
+        );
+        assert!(
+            rel_err(&got[0], &want) <= 1e-5,
+            "[{n}, {c}]: {:e}",
+            rel_err(&got[0], &want)
+        );
+    }
+    // Fused, the broadcast chain is a kernel for each deferred operand read through a
+    // stride (w's sigmoid and abs) and one for the rest.
+    ctx.set_poison(false);
+    let (z, bias, w) = (
+        Tensor::rand_uniform(&[9, 4], -1.0, 1.0, 1, &gpu).unwrap(),
+        Tensor::rand_uniform(&[4], -1.0, 1.0, 2, &gpu).unwrap(),
+        Tensor::rand_uniform(&[9, 1], -1.0, 1.0, 3, &gpu).unwrap(),
+    );
+    gpu.sync().unwrap();
+    let before = ctx.dispatch_count();
+    let e = z
+        .add(&bias)
+        .unwrap()
+        .mul(&w)
+        .unwrap()
+        .sub(&bias.broadcast_to(&[9, 4]).unwrap());
+    e.unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(
+        ctx.dispatch_count() - before,
+        1,
+        "one kernel for a bias, a weight and a broadcast_to"
+    );
 }

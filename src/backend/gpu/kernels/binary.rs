@@ -33,21 +33,24 @@ pub(crate) fn binary_gpu(
     b_shape: &[usize],
     out: &[usize],
 ) -> Result<GpuBuffer> {
-    // Equal shapes or a one-element operand: no indexing beyond the element's own, so
-    // the op joins a fused kernel (`fusion.rs`).
-    let n = numel(out);
-    let fusable =
-        (a_shape == out || numel(a_shape) == 1) && (b_shape == out || numel(b_shape) == 1);
-    if a.ctx.fusion() && fusable {
-        return fusion::defer(&a.ctx, FusedOp::Binary(op), &[a, b], [0.0; 2], n);
+    // Equal shapes, a one-element operand, or one broadcast over a contiguous block of
+    // dimensions (a bias over rows, a weight per row): the op joins a fused kernel
+    // (`fusion.rs`).
+    if a.ctx.fusion()
+        && let (Some(sa), Some(sb)) = (fused_read(a_shape, out), fused_read(b_shape, out))
+    {
+        let n = numel(out);
+        return fusion::defer_strided(&a.ctx, FusedOp::Binary(op), &[a, b], &[sa, sb], [0.0; 2], n);
     }
     dispatch(op as u32, a, a_shape, b, b_shape, out)
 }
 
 /// `x` copied out to the broadcast shape `out`.
 pub(crate) fn broadcast_gpu(x: &GpuBuffer, x_shape: &[usize], out: &[usize]) -> Result<GpuBuffer> {
-    if x.ctx.fusion() && numel(x_shape) == 1 {
-        return fusion::defer(&x.ctx, FusedOp::Splat, &[x], [0.0; 2], numel(out));
+    if x.ctx.fusion()
+        && let Some(st) = fused_read(x_shape, out)
+    {
+        return fusion::defer_strided(&x.ctx, FusedOp::Splat, &[x], &[st], [0.0; 2], numel(out));
     }
     dispatch(OP_FIRST, x, x_shape, x, x_shape, out)
 }
@@ -129,4 +132,15 @@ fn dispatch(
         ctx.grid(n4 as u64, u64::from(WG))?,
     )?;
     Ok(y)
+}
+
+/// How a fused kernel reads an operand of `shape` broadcast to `out`: `Some(None)` as
+/// is (the same shape, or one element), `Some(Some(stride))` through a block stride,
+/// `None` if it cannot (broadcast over dimensions that are not one block: this
+/// kernel's strided path).
+fn fused_read(shape: &[usize], out: &[usize]) -> Option<Option<fusion::Stride>> {
+    if shape == out || numel(shape) == 1 {
+        return Some(None);
+    }
+    fusion::block_stride(shape, out).map(Some)
 }
