@@ -10,6 +10,10 @@
 // dispatch for what is otherwise a log-softmax, an exp, a one-hot, a difference and
 // two broadcast products. g is `upstream[0]` with UPSTREAM, else folded into `scale`.
 // An invalid label makes its row NaN, as in the loss.
+// `ce_grad_vjp`: ce_grad's vector–Jacobian product with u (second order through the
+// cross-entropy): vjp_z = s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩) and vjp_r = ⟨p_i − onehot_i, u_i⟩
+// (the weights' and g's gradients follow from r), with s_i as in ce_grad. The GPU
+// variant of the losses uses this row-per-invocation kernel too.
 // `cross_entropy`: Σ_i w_i·(logsumexp(z_i) − z_{i,y_i}) with a strided loop over rows,
 // a workgroup sum, and one partial per workgroup (final, times `scale`, when there is
 // one workgroup). An invalid label (negative, ≥ c, not an integer, NaN) makes the
@@ -53,6 +57,9 @@ struct GradParams {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> upstream: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(5) var<storage, read> u: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vjp_z: array<f32>;
+@group(0) @binding(7) var<storage, read_write> vjp_r: array<f32>;
 
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
@@ -175,5 +182,33 @@ fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
     for (var e = lo; e < hi; e++) {
         let hot = select(0.0, 1.0, f32(e - lo) == label);
         dz[e] = s * (exp(z[e / 4u][e % 4u] - lse) - hot);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_grad_vjp(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let r = linear_id(wid, nwg, lid);
+    if (r >= gp.rows) {
+        return;
+    }
+    let lo = r * gp.c;
+    let hi = lo + gp.c;
+    let lse = logsumexp(row_stats(lo, hi, lo));
+    let label = labels[r];
+    let s = grad_scale(r, label, gp.c);
+    var pu = 0.0;
+    var u_label = 0.0;
+    for (var e = lo; e < hi; e++) {
+        pu += exp(z[e / 4u][e % 4u] - lse) * u[e];
+        if (f32(e - lo) == label) {
+            u_label = u[e];
+        }
+    }
+    // An invalid label makes the row NaN through s; r is NaN then too.
+    vjp_r[r] = select(nan(), pu - u_label, s == s);
+    for (var e = lo; e < hi; e++) {
+        vjp_z[e] = s * exp(z[e / 4u][e % 4u] - lse) * (u[e] - pu);
     }
 }

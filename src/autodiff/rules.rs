@@ -39,6 +39,7 @@ pub(crate) fn keeps_output(op: &Op) -> bool {
         | Op::Dot
         | Op::Sqnorm
         | Op::CrossEntropy { .. }
+        | Op::CeGrad { .. }
         | Op::Mse
         | Op::Gather { .. }
         | Op::Transpose
@@ -161,12 +162,12 @@ pub(crate) fn backward(
             // ∂L/∂z_i = (w_i/n)(softmax(z_i) − onehot(y_i)), ∂L/∂w_i = CE_i / n.
             let z = x(0);
             let (n, c) = (z.shape()[0], z.shape()[1]);
-            // A gradient that is not differentiated again (a first-order backward, like
-            // every inner step's) takes the fused op: one dispatch on a GPU instead of
-            // the composition below, which stays for create_graph.
-            if !crate::tensor::tape::is_grad_enabled() && !need(1) && g.numel() == 1 {
+            // Unless the weights' gradient is wanted, the logits' gradient is one op
+            // (one dispatch on a GPU instead of the composition below), recorded as
+            // `CeGrad` under create_graph so that second order goes through its rule.
+            if !need(1) && g.numel() == 1 {
                 let w = inputs.get(1);
-                let gz = crate::ops::loss::cross_entropy_grad_raw(z, labels, w, probs.as_ref(), g)?;
+                let gz = crate::ops::loss::cross_entropy_grad(z, labels, w, probs.as_ref(), g)?;
                 return Ok(vec![Some(gz), None]);
             }
             let scale = g.scale(1.0 / n.max(1) as f64)?;
@@ -198,6 +199,41 @@ pub(crate) fn backward(
                     vec![gz, gw]
                 }
             }
+        }
+        Op::CeGrad { labels } => {
+            // y = s ⊙ (p − onehot) with s_i = g·w_i/n, p = softmax(z). For an upstream u:
+            // ∂/∂z_i = s_i · p_i ⊙ (u_i − ⟨p_i, u_i⟩) (softmax's symmetric Jacobian), and
+            // with r_i = ⟨p_i − onehot_i, u_i⟩: ∂/∂w_i = (g/n)·r_i, ∂/∂g = Σ (w_i/n)·r_i.
+            let (z, gz) = (x(0), x(1));
+            let w = inputs.get(2);
+            let n = z.shape()[0].max(1) as f64;
+            let (dz, r) = if crate::tensor::tape::is_grad_enabled() {
+                // Differentiated again: the composition, whose ops have rules.
+                let c = z.shape()[1];
+                let p = z.softmax()?;
+                let pu = p.mul(g)?.sum_axis(1, true)?;
+                let mut s = gz.scale(1.0 / n)?;
+                if let Some(w) = w {
+                    s = w.reshape(&[z.shape()[0], 1])?.mul(&s)?;
+                }
+                let dz = p.mul(&g.sub(&pu)?)?.mul(&s)?;
+                let r = p
+                    .sub(&Tensor::one_hot(labels, c)?)?
+                    .mul(g)?
+                    .sum_axis(1, false)?;
+                (dz, r)
+            } else {
+                crate::ops::loss::cross_entropy_grad_vjp_raw(z, labels, w, gz, g)?
+            };
+            let dg = when(1, &|| match w {
+                Some(w) => r.dot(w)?.scale(1.0 / n),
+                None => r.sum()?.scale(1.0 / n),
+            })?;
+            let mut grads = vec![need(0).then_some(dz), dg];
+            if w.is_some() {
+                grads.push(when(2, &|| r.mul(gz)?.scale(1.0 / n))?);
+            }
+            grads
         }
         Op::Mse => {
             let n = x(0).numel().max(1) as f64;

@@ -297,6 +297,7 @@ fn cases(kind: OpKind) -> Vec<Case> {
             })
             .collect(),
         OpKind::CrossEntropy => cross_entropy_cases(),
+        OpKind::CeGrad => ce_grad_cases(),
         OpKind::Mse => vec![case(
             "mse",
             vec![t64(&[4, 3], 40), t64(&[4, 3], 41)],
@@ -541,6 +542,27 @@ fn cross_entropy_cases() -> Vec<Case> {
                 Ok(record(op, &[&v[0]], out))
             },
         ),
+    ]
+}
+
+/// The cross-entropy's gradient as one op (what its rule records unless the weights'
+/// gradient is wanted): every input differentiable, weighted or not. First order runs
+/// the fused vector–Jacobian product, second order the rule's composition.
+fn ce_grad_cases() -> Vec<Case> {
+    let (n, c) = (5, 4);
+    let z = logits(&[n, c]);
+    let (y1, y2) = (labels(n, c), labels(n, c));
+    let of = |node: &Node| matches!(node.op, Op::CeGrad { .. });
+    vec![
+        case(
+            "ce_grad with weights and upstream gradient",
+            vec![z.clone(), t64(&[n], 62), t64(&[], 63)],
+            of,
+            move |v| crate::ops::loss::cross_entropy_grad(&v[0], &y1, Some(&v[1]), None, &v[2]),
+        ),
+        case("ce_grad", vec![z, t64(&[], 64)], of, move |v| {
+            crate::ops::loss::cross_entropy_grad(&v[0], &y2, None, None, &v[1])
+        }),
     ]
 }
 

@@ -364,6 +364,35 @@ pub(super) fn kernel_checks(v: &mut Vec<Check>) {
         }),
     );
     v.push(
+        Check::new(
+            "loss/ce_grad_vjp",
+            k,
+            vec![
+                u(&[ln, lc], 14),
+                labels(ln, lc),
+                u(&[ln], 15),
+                u(&[1], 18),
+                u(&[ln, lc], 19),
+            ],
+            |t| {
+                let g = t[3].reshape(&[])?;
+                let (dz, r) = crate::ops::loss::cross_entropy_grad_vjp_raw(
+                    &t[0],
+                    &t[1],
+                    Some(&t[2]),
+                    &g,
+                    &t[4],
+                )?;
+                Ok(vec![dz, r])
+            },
+        )
+        .with_reference(move |x| {
+            let (dz, r) =
+                naive::cross_entropy_grad_vjp(&x[0], &x[1], Some(&x[2]), x[3][0], &x[4], lc);
+            vec![dz, r]
+        }),
+    );
+    v.push(
         Check::new("loss/mse", k, vec![u(&[257], 16), u(&[257], 17)], |t| {
             Ok(vec![t[0].mse(&t[1])?])
         })

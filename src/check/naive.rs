@@ -307,6 +307,31 @@ pub fn cross_entropy_grad(
     d
 }
 
+/// The vector–Jacobian product of [`cross_entropy_grad`] with u: with p = softmax(z),
+/// s_i = g·w_i/n: (s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩), r_i = ⟨p_i, u_i⟩ − u_{i, y_i}).
+pub fn cross_entropy_grad_vjp(
+    z: &[f64],
+    labels: &[f64],
+    weights: Option<&[f64]>,
+    g: f64,
+    u: &[f64],
+    c: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = labels.len();
+    let p = softmax(z, c);
+    let mut dz = vec![0.0; z.len()];
+    let mut r = vec![0.0; n];
+    for i in 0..n {
+        let s = g * weights.map_or(1.0, |w| w[i]) / n as f64;
+        let pu: f64 = (0..c).map(|j| p[i * c + j] * u[i * c + j]).sum();
+        r[i] = pu - u[i * c + labels[i] as usize];
+        for j in 0..c {
+            dz[i * c + j] = s * p[i * c + j] * (u[i * c + j] - pu);
+        }
+    }
+    (dz, r)
+}
+
 /// The last two dims of stacked [m, n] matrices swapped.
 pub fn transpose(x: &[f64], m: usize, n: usize) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];

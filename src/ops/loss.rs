@@ -140,6 +140,51 @@ pub(crate) fn cross_entropy_grad_raw(
     Ok(Tensor::from_storage(out, logits.shape()))
 }
 
+/// [`cross_entropy_grad_raw`] recorded on the tape as [`Op::CeGrad`] (when recording),
+/// so that the gradient it computes can be differentiated again.
+pub(crate) fn cross_entropy_grad(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    probs: Option<&Tensor>,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let out = cross_entropy_grad_raw(logits, labels, weights, probs, g)?;
+    let op = Op::CeGrad {
+        labels: labels.detach(),
+    };
+    Ok(match weights {
+        Some(w) => record(op, &[logits, g, w], out),
+        None => record(op, &[logits, g], out),
+    })
+}
+
+/// The vector–Jacobian product of the cross-entropy's gradient with an upstream `u`
+/// (shaped like the logits), in one op (one dispatch on a GPU): with p = softmax(z),
+/// s_i = g·w_i/n and r_i = ⟨p_i − onehot_i, u_i⟩, returns (s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩),
+/// r). Not recorded: [`Op::CeGrad`]'s rule uses it when not differentiated again.
+pub(crate) fn cross_entropy_grad_vjp_raw(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    g: &Tensor,
+    u: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (n, c) = (logits.shape()[0], logits.shape()[1]);
+    let (dz, r) = logits.storage.cross_entropy_grad_vjp(
+        &labels.storage,
+        weights.map(|w| &*w.storage),
+        &g.storage,
+        &u.storage,
+        n,
+        c,
+    )?;
+    Ok((
+        Tensor::from_storage(dz, logits.shape()),
+        Tensor::from_storage(r, &[n]),
+    ))
+}
+
 /// mean((pred − target)²) over tensors of the same shape.
 pub(crate) fn mse_raw(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     reduce::mean_sqdiff_raw("mse", pred, target)

@@ -517,6 +517,67 @@ impl Storage {
         })
     }
 
+    /// The vector–Jacobian product of [`Self::cross_entropy_grad`] with `u` (shaped like
+    /// the logits): (s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩), r_i = ⟨p_i − onehot_i, u_i⟩) with
+    /// p = softmax(z) and s_i = g·w_i/n.
+    pub(crate) fn cross_entropy_grad_vjp(
+        &self,
+        labels: &Storage,
+        weights: Option<&Storage>,
+        upstream: &Storage,
+        u: &Storage,
+        n: usize,
+        c: usize,
+    ) -> Result<(Storage, Storage)> {
+        use crate::backend::Coef;
+        use cpu::loss::ce_grad_vjp_cpu;
+        const OP: &str = "cross_entropy";
+        fn f32s(s: &Storage) -> Option<&[f32]> {
+            match s {
+                Storage::F32(v) => Some(v),
+                _ => None,
+            }
+        }
+        fn f64s(s: &Storage) -> Option<&[f64]> {
+            match s {
+                Storage::F64(v) => Some(v),
+                _ => None,
+            }
+        }
+        Ok(match (self, labels, upstream, u) {
+            (Storage::F32(z), Storage::F32(y), Storage::F32(g), Storage::F32(u))
+                if weights.is_none_or(|w| f32s(w).is_some()) =>
+            {
+                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(f32s), g[0], u)?;
+                (Storage::F32(d.into()), Storage::F32(r.into()))
+            }
+            (Storage::F64(z), Storage::F64(y), Storage::F64(g), Storage::F64(u))
+                if weights.is_none_or(|w| f64s(w).is_some()) =>
+            {
+                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(f64s), g[0], u)?;
+                (Storage::F64(d.into()), Storage::F64(r.into()))
+            }
+            (Storage::Gpu(z), Storage::Gpu(y), Storage::Gpu(g), Storage::Gpu(u))
+                if weights.is_none_or(|w| w.gpu_buffer().is_some()) =>
+            {
+                let w = weights.and_then(Storage::gpu_buffer);
+                let upstream = match gpu::fusion::constant(g) {
+                    Some(v) => Coef::Host(f64::from(v)),
+                    None => Coef::Device(g),
+                };
+                let (d, r) = gpu::kernels::loss::ce_grad_vjp_gpu(z, n, c, y, w, upstream, u)?;
+                (Storage::Gpu(d), Storage::Gpu(r))
+            }
+            (z, y, g, u) => {
+                let odd = [g, u]
+                    .into_iter()
+                    .find(|s| s.dtype() != z.dtype() || s.device() != z.device())
+                    .unwrap_or_else(|| odd_one(z, y, weights));
+                return Err(mismatch(OP, z, odd));
+            }
+        })
+    }
+
     /// The CPU's fused cross-entropy that also returns softmax(logits) from the same
     /// exps; `None` on the GPU, or for operands that do not fit (the plain op reports).
     #[inline]

@@ -63,6 +63,12 @@ pub(crate) enum Op {
         labels: Tensor,
         probs: Option<Tensor>,
     },
+    /// The cross-entropy's gradient with respect to its logits, g·(w_i/n)·(softmax(z_i)
+    /// − onehot(y_i)), as one op (what the cross-entropy's rule records): inputs the
+    /// logits, the upstream 0-d g, then the weights if any.
+    CeGrad {
+        labels: Tensor,
+    },
     Mse,
     Gather {
         labels: Tensor,
@@ -128,6 +134,7 @@ op_kinds!(
     LogSoftmax,
     Softmax,
     CrossEntropy,
+    CeGrad,
     Mse,
     Gather,
     Transpose,

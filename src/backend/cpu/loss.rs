@@ -156,3 +156,31 @@ pub(crate) fn ce_grad_cpu<T: CpuMath>(
     }
     Ok(d)
 }
+
+/// CPU reference of the cross-entropy gradient's vector–Jacobian product with `u`: with
+/// p = softmax(z), s_i = g·w_i/n and r_i = ⟨p_i − onehot_i, u_i⟩, returns
+/// (s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩), r). A label that is not an integer in `0..c` is an
+/// error.
+pub(crate) fn ce_grad_vjp_cpu<T: CpuMath>(
+    z: &[T],
+    c: usize,
+    labels: &[T],
+    weights: Option<&[T]>,
+    g: T,
+    u: &[T],
+) -> Result<(Vec<T>, Vec<T>)> {
+    let mut d = softmax_cpu(z, c);
+    let n = labels.len();
+    let scale = g * T::of(1.0 / n.max(1) as f64);
+    let mut r = Vec::with_capacity(n);
+    for (i, (row, ui)) in d.chunks_exact_mut(c).zip(u.chunks_exact(c)).enumerate() {
+        let y = class_of("cross_entropy", i, labels[i], c)?;
+        let pu = row.iter().zip(ui).fold(T::zero(), |a, (&p, &v)| a + p * v);
+        r.push(pu - ui[y]);
+        let s = weights.map_or(scale, |w| scale * w[i]);
+        for (p, &v) in row.iter_mut().zip(ui) {
+            *p = s * *p * (v - pu);
+        }
+    }
+    Ok((d, r))
+}

@@ -26,6 +26,9 @@ pub(crate) struct Plan {
     cross_entropy: Kernel,
     /// The cross-entropy's gradient with respect to the logits (`ce_grad`).
     ce_grad: Kernel,
+    /// Its vector–Jacobian product (`ce_grad_vjp`; one row per invocation in every
+    /// variant, shaders/loss.wgsl).
+    ce_grad_vjp: Kernel,
     /// Whether these are the kernels of [`workgroup`], whose dispatch rules differ.
     per_workgroup: bool,
 }
@@ -54,8 +57,19 @@ pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
             reads: 4,
             writes: 1,
         },
+        ce_grad_vjp: CE_GRAD_VJP,
         per_workgroup: false,
     },
+};
+
+/// `ce_grad_vjp`, shared by the variants: second-order products through the
+/// cross-entropy are rarer than its value and gradient, so one row-per-invocation kernel
+/// serves both.
+pub(super) const CE_GRAD_VJP: Kernel = Kernel {
+    shader: &shaders::LOSS,
+    entry: "ce_grad_vjp",
+    reads: 5,
+    writes: 2,
 };
 
 /// Invocations per workgroup of the loss kernels (a multiple of 8, as `cross_entropy` requires).
@@ -213,4 +227,52 @@ pub(crate) fn ce_grad_gpu(
         ctx.grid(n as u64, u64::from(rows_per_group))?,
     )?;
     Ok(dz)
+}
+
+/// The vector–Jacobian product of [`ce_grad_gpu`]'s output with `u` (`[n, c]`): the
+/// logits' part and the per-row r_i = ⟨p_i − onehot_i, u_i⟩, in one dispatch.
+pub(crate) fn ce_grad_vjp_gpu(
+    z: &GpuBuffer,
+    n: usize,
+    c: usize,
+    labels: &GpuBuffer,
+    weights: Option<&GpuBuffer>,
+    upstream: Coef<'_, GpuBuffer>,
+    u: &GpuBuffer,
+) -> Result<(GpuBuffer, GpuBuffer)> {
+    let ctx = &z.ctx;
+    let plan = &ctx.variant(&registry::LOSS).plan;
+    let dz = ctx.alloc((n * c * 4) as u64)?;
+    let r = ctx.alloc((n * 4) as u64)?;
+    let inv_n = 1.0 / n.max(1) as f64;
+    let (scale, g) = match upstream {
+        Coef::Host(v) => (v * inv_n, None),
+        Coef::Device(b) => (inv_n, Some(b)),
+    };
+    let params = GradParams {
+        rows: n as u32,
+        c: c as u32,
+        scale: scale as f32,
+        _pad: 0,
+    };
+    ctx.dispatch(
+        &plan.ce_grad_vjp,
+        &[
+            ("WG", f64::from(WG)),
+            ("WEIGHTED", f64::from(u8::from(weights.is_some()))),
+            ("UPSTREAM", f64::from(u8::from(g.is_some()))),
+        ],
+        bytemuck::bytes_of(&params),
+        &[
+            z,
+            labels,
+            weights.unwrap_or(labels),
+            g.unwrap_or(labels),
+            u,
+            &dz,
+            &r,
+        ],
+        ctx.grid(n as u64, u64::from(WG))?,
+    )?;
+    Ok((dz, r))
 }

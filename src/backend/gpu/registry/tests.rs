@@ -715,6 +715,13 @@ fn loss_variants_match_the_cpu() {
             let got = ce_grad(&z, &y, Some(&w), None, &g).unwrap();
             let want = ce_grad(&z64, &y64, Some(&w64), None, &g64).unwrap();
             check(&got, &want, 1e-4, 1e-7, &what("weighted ce_grad"));
+            // Its vector–Jacobian product (the same kernel in every variant).
+            let (u, u64_) = pair(&[n, c], seed + 2, gpu);
+            let vjp = crate::ops::loss::cross_entropy_grad_vjp_raw;
+            let (dz, r) = vjp(&z, &y, Some(&w), &g, &u).unwrap();
+            let (dz64, r64) = vjp(&z64, &y64, Some(&w64), &g64, &u64_).unwrap();
+            check(&dz, &dz64, 1e-4, 1e-7, &what("ce_grad_vjp (logits)"));
+            check(&r, &r64, 1e-4, 1e-6, &what("ce_grad_vjp (rows)"));
         }
     });
 }

@@ -48,6 +48,7 @@ pub(crate) static ROW_PER_WORKGROUP: Variant<Plan> = Variant {
             reads: 4,
             writes: 1,
         },
+        ce_grad_vjp: super::CE_GRAD_VJP,
         per_workgroup: true,
     },
 };
