@@ -194,6 +194,17 @@ fn deferred_values_run_when_needed_and_never_when_not() {
     );
     assert_eq!(kept.to_vec::<f32>().unwrap(), vec![0.75, 0.0, 6.0]);
     assert_eq!(ctx.dispatch_count(), before + 1, "and it was not run again");
+    // A product with a constant one (an autodiff seed) is its other operand: a matvec
+    // then binds x itself, with nothing computed for the product.
+    let one = Tensor::ones(&[], &gpu).unwrap();
+    let same = x.mul(&one).unwrap();
+    assert!(Arc::ptr_eq(
+        &same.gpu_buffer().unwrap().inner,
+        &x.gpu_buffer().unwrap().inner
+    ));
+    let before = ctx.dispatch_count();
+    assert_eq!(one.mul(&x).unwrap().to_vec::<f32>().unwrap(), vec![0.5, -1.0, 2.0]);
+    assert_eq!(ctx.dispatch_count(), before, "no kernel for x · 1");
     // A kernel that binds a deferred operand computes it first, in one dispatch.
     let m = Tensor::from_vec(vec![1.0f32; 6], &[2, 3], &gpu).unwrap();
     let before = ctx.dispatch_count();

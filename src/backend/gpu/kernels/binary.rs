@@ -36,6 +36,16 @@ pub(crate) fn binary_gpu(
     // Equal shapes, a one-element operand, or one broadcast over a contiguous block of
     // dimensions (a bias over rows, a weight per row): the op joins a fused kernel
     // (`fusion.rs`).
+    // A product with a constant 1 (an autodiff seed, times a gradient) is its other
+    // operand: nothing to compute, and nothing that a kernel must bind.
+    if a.ctx.fusion() && op == BinaryOp::Mul {
+        if a_shape == out && fusion::constant(b) == Some(1.0) {
+            return Ok(a.share());
+        }
+        if b_shape == out && fusion::constant(a) == Some(1.0) {
+            return Ok(b.share());
+        }
+    }
     if a.ctx.fusion()
         && let (Some(sa), Some(sb)) = (fused_read(a_shape, out), fused_read(b_shape, out))
     {
