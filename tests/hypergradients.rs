@@ -1626,3 +1626,79 @@ fn f32_cg_far_past_convergence_is_no_worse_than_at_k_100_on_hyper_cleaning() {
         assert!(e100 <= 1e-4, "{dev}: K = 100: {e100:e}");
     }
 }
+
+/// Dispatches per inner GD step, per CG iteration and per RAD step (forward + reverse),
+/// fused, on ridge and hyper-cleaning: counted (never timed), the same on every run, and
+/// within bounds: the targets of the fusion work where it met them, and otherwise the
+/// counts it reached (ridge CG 6.3, hyper-cleaning CG 9.3, on lavapipe), so a change
+/// that adds dispatches to a step fails here. Unfused, each is several times more.
+#[test]
+fn dispatches_per_step_are_deterministic_and_few() {
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap().clone();
+    ctx.set_poison(false);
+    let ridge = Ridge::synthetic(300, 200, 40, 3, &gpu, DType::F32).unwrap();
+    let (x, y) = synthetic_classification(300, 8, 4, 2.0, 7);
+    let data = cleaning_split(&x, &y, 4, 100, 100, 0.3, 1).unwrap();
+    let cleaning = HyperCleaning::new(&data, 1e-3, &gpu, DType::F32).unwrap();
+    let cases: [(&str, &dyn Problem, Vec<Tensor>, [f64; 3]); 2] = [
+        (
+            "ridge",
+            &ridge,
+            vec![Tensor::zeros(&[40], &gpu).unwrap()],
+            // GD step, CG iteration, RAD step; one more where a GPU's matrix–vector
+            // product splits k (a second, small pass).
+            [6.0, 8.0, 15.0],
+        ),
+        (
+            "hyper-cleaning",
+            &cleaning,
+            vec![Tensor::zeros(&[100], &gpu).unwrap()],
+            [9.0, 11.0, 22.0],
+        ),
+    ];
+    let cg = |k| Method::Cg {
+        iters: k,
+        tol: None,
+        damping: 0.0,
+    };
+    for (name, p, lambda, bounds) in cases {
+        let w0 = p.init_w().unwrap();
+        let w10 = hypergradient(p, &lambda, &w0, &gd(0.1, 10), &cg(1))
+            .unwrap()
+            .w;
+        let count = |w: &[Tensor], steps: usize, m: Method| {
+            let before = ctx.dispatch_count();
+            hypergradient(p, &lambda, w, &gd(0.1, steps), &m).unwrap();
+            ctx.dispatch_count() - before
+        };
+        let per_step = |fused: bool| {
+            ctx.set_fusion(fused);
+            let gd_step = (count(&w0, 20, cg(1)) - count(&w0, 0, cg(1))) as f64 / 20.0;
+            let cg_iter = (count(&w10, 0, cg(21)) - count(&w10, 0, cg(1))) as f64 / 20.0;
+            let rad = (count(&w0, 20, Method::Rad) - count(&w0, 0, Method::Rad)) as f64 / 20.0;
+            [gd_step, cg_iter, rad]
+        };
+        let fused = per_step(true);
+        assert_eq!(per_step(true), fused, "{name}: the same counts every run");
+        let unfused = per_step(false);
+        ctx.set_fusion(true);
+        for (k, what) in ["GD step", "CG iteration", "RAD step"].iter().enumerate() {
+            assert!(
+                fused[k] <= bounds[k],
+                "{name} {what}: {} dispatches, more than {} (fused {fused:?}, unfused {unfused:?})",
+                fused[k],
+                bounds[k]
+            );
+            assert!(
+                fused[k] * 1.5 < unfused[k],
+                "{name} {what}: {fused:?} vs {unfused:?}"
+            );
+        }
+        eprintln!(
+            "{name}: dispatches per GD step, CG iteration, RAD step: fused {fused:?}, unfused {unfused:?}"
+        );
+    }
+}

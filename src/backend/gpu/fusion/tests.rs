@@ -203,7 +203,10 @@ fn deferred_values_run_when_needed_and_never_when_not() {
         &x.gpu_buffer().unwrap().inner
     ));
     let before = ctx.dispatch_count();
-    assert_eq!(one.mul(&x).unwrap().to_vec::<f32>().unwrap(), vec![0.5, -1.0, 2.0]);
+    assert_eq!(
+        one.mul(&x).unwrap().to_vec::<f32>().unwrap(),
+        vec![0.5, -1.0, 2.0]
+    );
     assert_eq!(ctx.dispatch_count(), before, "no kernel for x · 1");
     // A kernel that binds a deferred operand computes it first, in one dispatch.
     let m = Tensor::from_vec(vec![1.0f32; 6], &[2, 3], &gpu).unwrap();
