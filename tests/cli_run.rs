@@ -735,6 +735,19 @@ fn config_errors_exit_2_name_the_key_and_write_nothing() {
             RIDGE.replace("steps = 5", "steps = 5\nmax_steps = 100"),
             "inner.max_steps",
         ),
+        (
+            "solver-without-tol",
+            RIDGE.replace("steps = 5", "steps = 5\nsolver = \"newton\""),
+            "inner.solver",
+        ),
+        (
+            "solver-unknown",
+            RIDGE.replace(
+                "steps = 5",
+                "tol = 1e-6\nmax_steps = 100\nsolver = \"lbfgs\"",
+            ),
+            "inner.solver",
+        ),
         // Output next to a directory that does not exist.
         (
             "out-dir",

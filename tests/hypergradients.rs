@@ -1504,7 +1504,7 @@ fn hyper_cleaning_accuracies_match_an_arg_max_by_hand() {
 
 #[test]
 fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
-    use blo::bilevel::{SolveThen, Tolerance, solve_inner};
+    use blo::bilevel::{InnerSolver, SolveThen, Tolerance, solve_inner};
     let p = tiny_cleaning(&CPU, DType::F64);
     let l = cleaning_lambda(&CPU, DType::F64);
     let init = p.init_w().unwrap();
@@ -1513,6 +1513,7 @@ fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
         tol: 1e-8,
         max_steps: 50_000,
         check_every: 25,
+        solver: InnerSolver::Optimizer,
     };
     let s = solve_inner(&p, &l, &init, &gd_half, &tolerance).unwrap();
     assert!(s.grad_norm <= 1e-8, "{}", s.grad_norm);
@@ -1572,6 +1573,7 @@ fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
             tol: 1e-12,
             max_steps: 30,
             check_every: 10,
+            solver: InnerSolver::Optimizer,
         },
     )
     .unwrap_err()
@@ -1590,6 +1592,70 @@ fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
             Err(Error::InvalidArgument { .. })
         ));
     }
+}
+
+/// Newton–CG solves to a tolerance gradient descent reaches only after thousands of
+/// steps, in a few Newton steps, at the same solution; on ridge (quadratic) in one or
+/// two; an unreachable tolerance within max_steps is the same clear error.
+#[test]
+fn a_newton_inner_solve_reaches_a_tight_tolerance_in_few_steps() {
+    use blo::bilevel::{InnerSolver, Tolerance, solve_inner};
+    let p = tiny_cleaning(&CPU, DType::F64);
+    let l = cleaning_lambda(&CPU, DType::F64);
+    let init = p.init_w().unwrap();
+    let gd_half = InnerOptimizer::Gd { lr: 0.5 };
+    let newton = Tolerance {
+        tol: 1e-10,
+        max_steps: 50,
+        check_every: 1,
+        solver: InnerSolver::Newton,
+    };
+    let s = solve_inner(&p, &l, &init, &gd_half, &newton).unwrap();
+    assert!(s.grad_norm <= 1e-10, "{}", s.grad_norm);
+    assert!(s.steps >= 1 && s.steps <= 30, "{} Newton steps", s.steps);
+    let by_gd = solve_inner(
+        &p,
+        &l,
+        &init,
+        &gd_half,
+        &Tolerance {
+            tol: 1e-9,
+            max_steps: 200_000,
+            check_every: 50,
+            solver: InnerSolver::Optimizer,
+        },
+    )
+    .unwrap();
+    // The softmax bias has a null direction, so compare what it does not move: the
+    // inner gradient's zero is the same point up to it. Both reach the optimum; the
+    // outer loss (invariant to b + c·1) agrees.
+    let outer = |w: &[Tensor]| p.outer_loss(w, &l).unwrap().to_vec::<f64>().unwrap()[0];
+    assert!(
+        (outer(&s.w) - outer(&by_gd.w)).abs() <= 1e-8,
+        "{} vs {}",
+        outer(&s.w),
+        outer(&by_gd.w)
+    );
+    assert!(by_gd.steps > 10 * s.steps, "{} vs {}", by_gd.steps, s.steps);
+
+    let r = small_ridge(&CPU, DType::F64);
+    let lr = ridge_lambda(5, &CPU, DType::F64);
+    let s = solve_inner(&r, &lr, &r.init_w().unwrap(), &gd_half, &newton).unwrap();
+    assert!(s.steps <= 2 && s.grad_norm <= 1e-10, "{s:?}");
+
+    let e = solve_inner(
+        &p,
+        &l,
+        &init,
+        &gd_half,
+        &Tolerance {
+            max_steps: 1,
+            ..newton
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_steps = 1") && e.contains("Newton"), "{e}");
 }
 
 /// Issue #14: f32 CG on hyper-cleaning's singular Hessian, run far past convergence
@@ -1643,7 +1709,9 @@ fn dispatches_per_step_are_deterministic_and_few() {
     let (x, y) = synthetic_classification(300, 8, 4, 2.0, 7);
     let data = cleaning_split(&x, &y, 4, 100, 100, 0.3, 1).unwrap();
     let cleaning = HyperCleaning::new(&data, 1e-3, &gpu, DType::F32).unwrap();
-    let cases: [(&str, &dyn Problem, Vec<Tensor>, [f64; 3]); 2] = [
+    // Name, problem, λ, and the bounds per GD step, CG iteration and RAD step.
+    type StepCase<'a> = (&'static str, &'a dyn Problem, Vec<Tensor>, [f64; 3]);
+    let cases: [StepCase; 2] = [
         (
             "ridge",
             &ridge,

@@ -40,7 +40,7 @@ pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hyper
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
 };
-pub use solve_then::{InnerSolve, SolveThen, Tolerance, solve_inner};
+pub use solve_then::{InnerSolve, InnerSolver, SolveThen, Tolerance, solve_inner};
 
 use std::time::Duration;
 

@@ -4,9 +4,10 @@
 use super::method::{HypergradientMethod, MethodOutput};
 use super::outer::norm;
 use super::trajectory::run_inner;
-use super::{Inner, InnerOptimizer, Problem, refs, track};
-use crate::autodiff::grad;
+use super::{Inner, InnerOptimizer, Problem, flatten, refs, track, unflatten};
+use crate::autodiff::{HvpOperator, grad, no_grad};
 use crate::error::{Result, invalid};
+use crate::solvers::{CgOptions, conjugate_gradient};
 use crate::tensor::Tensor;
 
 /// When an inner solve stops: ‖∇_w L_in(w, λ)‖₂ ≤ `tol`, checked every `check_every`
@@ -15,10 +16,30 @@ use crate::tensor::Tensor;
 pub struct Tolerance {
     /// Gradient-norm tolerance, finite and > 0.
     pub tol: f64,
-    /// The most inner steps; reaching it above `tol` is an error.
+    /// The most inner steps (of the solver: optimizer steps, or Newton steps); reaching
+    /// it above `tol` is an error.
     pub max_steps: usize,
-    /// Steps between checks, ≥ 1 (the starting point is checked too).
+    /// Steps between checks, ≥ 1 (the starting point is checked too). Newton checks
+    /// every step.
     pub check_every: usize,
+    /// What takes the steps.
+    pub solver: InnerSolver,
+}
+
+/// The solver of an inner solve to tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InnerSolver {
+    /// The inner optimizer (gradient descent or momentum), as the unrolled methods run it.
+    #[default]
+    Optimizer,
+    /// Newton–CG, for small problems solved to a tight tolerance: each step solves
+    /// H d = −∇L by conjugate gradient on Hessian-vector products (to a relative
+    /// residual of min(½, √‖∇L‖), the Eisenstat–Walker forcing that gives superlinear
+    /// convergence; at most 2·|w| + 10 iterations), falls back to −∇L when that is not
+    /// a descent direction (a Hessian that is not positive definite there), and backtracks
+    /// (Armijo, factor ½) until the inner loss decreases enough. Each step reads back
+    /// a few scalars; it needs no step size.
+    Newton,
 }
 
 impl Tolerance {
@@ -65,6 +86,9 @@ pub fn solve_inner(
 ) -> Result<InnerSolve> {
     optimizer.validate()?;
     tolerance.validate()?;
+    if tolerance.solver == InnerSolver::Newton {
+        return newton_solve(problem, lambda, w0, tolerance);
+    }
     let nw = w0.len();
     let grad_norm = |w: &[Tensor]| -> Result<f64> {
         let wt = track(w);
@@ -98,6 +122,99 @@ pub fn solve_inner(
         steps: taken,
         grad_norm: g,
     })
+}
+
+/// [`InnerSolver::Newton`]'s solve.
+fn newton_solve(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    tolerance: &Tolerance,
+) -> Result<InnerSolve> {
+    let loss_at = |w: &[Tensor]| -> Result<f64> {
+        no_grad(|| problem.inner_loss(w, lambda))?.to_scalar::<f64>()
+    };
+    let mut w: Vec<Tensor> = w0.iter().map(Tensor::detach).collect();
+    let dim: usize = w.iter().map(Tensor::numel).sum();
+    let mut steps = 0;
+    loop {
+        let wt = track(&w);
+        let loss = problem.inner_loss(&wt, lambda)?;
+        let op = HvpOperator::new(&loss, &refs(&wt))?;
+        let g = flatten(&op.gradient())?;
+        let g_norm = g.sqnorm()?.to_scalar::<f64>()?.sqrt();
+        if g_norm <= tolerance.tol {
+            return Ok(InnerSolve {
+                w,
+                steps,
+                grad_norm: g_norm,
+            });
+        }
+        if !g_norm.is_finite() || steps == tolerance.max_steps {
+            return Err(invalid(
+                "inner solve",
+                format!(
+                    "Newton: ‖∇_w L_in‖ is {g_norm:e} after max_steps = {steps} Newton steps, above tol = {:e}: raise max_steps or loosen tol",
+                    tolerance.tol
+                ),
+            ));
+        }
+        let neg_g = g.neg()?;
+        let cg = conjugate_gradient(
+            |v| flatten(&op.hvp(&refs(&unflatten(v, &w)?))?),
+            &neg_g,
+            &CgOptions {
+                max_iters: 2 * dim + 10,
+                tol: Some(g_norm.sqrt().min(0.5) * g_norm),
+                check_every: 5,
+                damping: 0.0,
+            },
+        );
+        // A direction that does not descend (H not positive definite along it, or a
+        // CG that broke down) is replaced by steepest descent.
+        let direction = match cg {
+            Ok(solved) => {
+                let slope = solved.x.dot(&g)?.to_scalar::<f64>()?;
+                if slope < 0.0 && slope.is_finite() {
+                    Some((solved.x, slope))
+                } else {
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        let (d, slope) = match direction {
+            Some(found) => found,
+            None => (neg_g, -g_norm * g_norm),
+        };
+        let d = unflatten(&d, &w)?;
+        let f0 = loss.to_scalar::<f64>()?;
+        let mut t = 1.0;
+        let next = loop {
+            let trial: Vec<Tensor> = no_grad(|| {
+                w.iter()
+                    .zip(&d)
+                    .map(|(wi, di)| wi.axpy(t, di))
+                    .collect::<Result<_>>()
+            })?;
+            let f = loss_at(&trial)?;
+            if f.is_finite() && f <= f0 + 1e-4 * t * slope {
+                break trial;
+            }
+            t *= 0.5;
+            if t < 1e-12 {
+                return Err(invalid(
+                    "inner solve",
+                    format!(
+                        "Newton: no step along the search direction decreases the inner loss at ‖∇_w L_in‖ = {g_norm:e} (step {steps}); the tolerance tol = {:e} may be below what the precision allows",
+                        tolerance.tol
+                    ),
+                ));
+            }
+        };
+        w = next;
+        steps += 1;
+    }
 }
 
 /// A hypergradient method evaluated at an inner solution to tolerance: [`solve_inner`]

@@ -264,6 +264,11 @@ pub struct InnerConfig {
     /// With `tol`: steps between gradient-norm checks (default 10, ≥ 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_every: Option<usize>,
+    /// With `tol`: what solves, `"optimizer"` (the inner optimizer, the default) or
+    /// `"newton"` (Newton–CG with a line search, for small problems and tight
+    /// tolerances; `max_steps` then counts Newton steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver: Option<InnerSolverKind>,
     /// Optional `.npy` file holding the starting point w₀ as one flat vector in the
     /// problem's layout (ridge: w `[d]`; logistic and hyper-cleaning: W `[d, classes]`
     /// row-major, then b `[classes]`). Relative to the config file. Default: w₀ = 0.
@@ -272,6 +277,16 @@ pub struct InnerConfig {
     /// momentum: μ in [0, 1) (required for `kind = "momentum"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
+}
+
+/// `inner.solver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerSolverKind {
+    /// The inner optimizer (`kind`, `lr`).
+    Optimizer,
+    /// Newton–CG ([`crate::bilevel::InnerSolver::Newton`]).
+    Newton,
 }
 
 /// `inner.kind`.

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{
-    Config, DataConfig, DataSourceKind, InnerKind, LambdaInit, MethodConfig, OuterKind, ProblemKind,
+    Config, DataConfig, DataSourceKind, InnerKind, InnerSolverKind, LambdaInit, MethodConfig,
+    OuterKind, ProblemKind,
 };
 use super::{ConfigError, Experiment, HostData, Plan};
 use crate::bilevel::methods::MAX_DENSE_DIM;
-use crate::bilevel::{Inner, InnerOptimizer, OuterConfig, OuterOptimizer, Tolerance, WarmStart};
+use crate::bilevel::{
+    Inner, InnerOptimizer, InnerSolver, OuterConfig, OuterOptimizer, Tolerance, WarmStart,
+};
 use crate::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, digits, read_npy, synthetic_classification,
     synthetic_regression_pair,
@@ -400,6 +403,10 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<(Inner, Option<Tolerance>), ConfigE
                 ctx.required("inner.max_steps", i.max_steps, "with inner.tol")?,
             )?,
             check_every: ctx.at_least_one("inner.check_every", i.check_every.unwrap_or(10))?,
+            solver: match i.solver {
+                None | Some(InnerSolverKind::Optimizer) => InnerSolver::Optimizer,
+                Some(InnerSolverKind::Newton) => InnerSolver::Newton,
+            },
         };
         return Ok((
             Inner {
@@ -412,6 +419,7 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<(Inner, Option<Tolerance>), ConfigE
     for (key, set) in [
         ("inner.max_steps", i.max_steps.is_some()),
         ("inner.check_every", i.check_every.is_some()),
+        ("inner.solver", i.solver.is_some()),
     ] {
         if set {
             return Err(ctx.err(key, "applies only with inner.tol (a solve to tolerance)"));

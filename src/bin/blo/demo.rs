@@ -101,6 +101,7 @@ fn config(args: &Args, m: MethodConfig, inner_steps: usize, outer_steps: usize) 
             tol: None,
             max_steps: None,
             check_every: None,
+            solver: None,
         },
         method: m,
         outer: OuterConfigToml {
