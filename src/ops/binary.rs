@@ -363,7 +363,19 @@ mod tests {
             (&[2, 1, 7], &[3, 1]),
             (&[3, 1, 4], &[2, 1, 5, 1]),
         ];
-        let gpu = gpu_or_skip();
+        // The GPU fused (generated kernels, backend/gpu/fusion.rs) and unfused
+        // (shaders/binary.wgsl), each a context of its own.
+        let gpus: Vec<(&str, Device)> = match (
+            crate::testing::fresh_gpu_or_skip(),
+            crate::testing::fresh_gpu_or_skip(),
+        ) {
+            (Some(fused), Some(unfused)) => {
+                fused.gpu_context().unwrap().set_fusion(true);
+                unfused.gpu_context().unwrap().set_fusion(false);
+                vec![("gpu fused", fused), ("gpu unfused", unfused)]
+            }
+            _ => Vec::new(),
+        };
         for (k, (sa, sb)) in shapes.into_iter().enumerate() {
             let grid = |shape: &[usize], seed: u64| -> Vec<f32> {
                 let x = oracle_pair(shape, seed).0;
@@ -395,9 +407,9 @@ mod tests {
                     Tensor::from_vec(b64.clone(), sb, &Device::Cpu).unwrap(),
                 ),
             ];
-            if let Some(g) = &gpu {
+            for (label, g) in &gpus {
                 pairs.push((
-                    "gpu",
+                    label,
                     Tensor::from_vec(a.clone(), sa, g).unwrap(),
                     Tensor::from_vec(b.clone(), sb, g).unwrap(),
                 ));

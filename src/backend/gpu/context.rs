@@ -624,9 +624,13 @@ impl GpuContext {
 /// `BLO_FUSION`: unset, `1` or `on` fuses elementwise ops (the default); `0` or `off`
 /// dispatches each op alone.
 fn fusion_from_env() -> Result<bool> {
-    match std::env::var("BLO_FUSION") {
-        Err(_) => Ok(true),
-        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+    parse_fusion(std::env::var("BLO_FUSION").ok().as_deref())
+}
+
+fn parse_fusion(value: Option<&str>) -> Result<bool> {
+    match value {
+        None => Ok(true),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
             "" | "1" | "on" | "true" => Ok(true),
             "0" | "off" | "false" => Ok(false),
             other => Err(crate::error::invalid(
@@ -641,7 +645,22 @@ fn fusion_from_env() -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_fusion;
     use crate::Tensor;
+
+    #[test]
+    fn blo_fusion_takes_on_and_off_and_rejects_anything_else() {
+        for (v, want) in [
+            (None, true),
+            (Some("1"), true),
+            (Some(" ON "), true),
+            (Some("0"), false),
+        ] {
+            assert_eq!(parse_fusion(v).unwrap(), want, "{v:?}");
+        }
+        let e = parse_fusion(Some("maybe")).unwrap_err().to_string();
+        assert!(e.contains("BLO_FUSION") && e.contains("\"maybe\""), "{e}");
+    }
     use crate::testing::fresh_gpu_or_skip;
 
     /// A loop that binds the same pooled buffers reuses its bind groups: the cache

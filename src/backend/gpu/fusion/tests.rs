@@ -5,6 +5,13 @@ use crate::problems::Ridge;
 use crate::testing::{fresh_gpu_or_skip, rel_err};
 use crate::{DType, Device, Tensor};
 
+/// A GPU context of its own with fusion on (whatever `BLO_FUSION` says).
+fn fused_gpu() -> Option<Device> {
+    let gpu = fresh_gpu_or_skip()?;
+    gpu.gpu_context()?.set_fusion(true);
+    Some(gpu)
+}
+
 /// Parses and validates generated WGSL with naga (no adapter needed).
 fn validate(source: &str) {
     let module = naga::front::wgsl::parse_str(source)
@@ -115,7 +122,7 @@ fn expression(x: &Tensor, y: &Tensor, s: &Tensor, d: &Tensor) -> crate::Result<T
 /// poisoned; a shared subexpression is evaluated once per kernel.
 #[test]
 fn fused_expressions_match_unfused_ones_and_the_cpu_in_f64() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
@@ -174,7 +181,7 @@ fn fused_expressions_match_unfused_ones_and_the_cpu_in_f64() {
 /// tensor holding it, and an unread one is never computed.
 #[test]
 fn deferred_values_run_when_needed_and_never_when_not() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
@@ -228,7 +235,7 @@ fn deferred_values_run_when_needed_and_never_when_not() {
 /// split into several kernels with the right result.
 #[test]
 fn long_and_wide_expressions_split_into_several_kernels() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
@@ -274,7 +281,7 @@ fn long_and_wide_expressions_split_into_several_kernels() {
 /// the same every run (and below the unfused count).
 #[test]
 fn the_kernel_cache_stays_bounded_and_dispatch_counts_are_deterministic() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
@@ -323,7 +330,7 @@ fn the_kernel_cache_stays_bounded_and_dispatch_counts_are_deterministic() {
 /// match the CPU in f64; an unread reduction never runs.
 #[test]
 fn fused_reductions_match_the_cpu_in_f64() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
@@ -430,7 +437,7 @@ fn block_strides_cover_one_contiguous_block_of_dimensions() {
 /// in f64 at awkward sizes, with new buffers poisoned.
 #[test]
 fn fused_broadcasts_match_unfused_ones_and_the_cpu_in_f64() {
-    let Some(gpu) = fresh_gpu_or_skip() else {
+    let Some(gpu) = fused_gpu() else {
         return;
     };
     let ctx = gpu.gpu_context().unwrap();
