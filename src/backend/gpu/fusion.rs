@@ -1,24 +1,29 @@
 //! Elementwise fusion: chains of elementwise ops run as one generated kernel.
 //!
 //! With fusion on (the default; `BLO_FUSION=0` or [`GpuContext::set_fusion`] turns it
-//! off), the elementwise ops (unary, binary on equal shapes or with a one-element
-//! operand, broadcasting one element, fill, and the `b·y + a·x` updates) do not dispatch.
-//! Each returns a *deferred* buffer ([`GpuBuffer::deferred`]) holding its op and
-//! operands. When something needs a deferred buffer's contents (a kernel that binds it,
-//! a copy, a readback, a sync), [`compute`] walks the deferred ops it depends on, writes
-//! one WGSL kernel that evaluates them all in registers, four elements per invocation,
-//! and dispatches it once. Deferred values that are never needed are never computed.
+//! off), the elementwise ops (unary; binary on equal shapes, with a one-element operand,
+//! or with one broadcast over a contiguous block of dimensions; `broadcast_to`; fill; the
+//! `b·y + a·x` updates) and the full reductions do not dispatch. Each returns a
+//! *deferred* buffer ([`GpuBuffer::deferred`]) holding its op and operands. When
+//! something needs a deferred buffer's contents (a kernel that binds it, a copy, a
+//! readback, a sync), [`compute`] walks the deferred ops it depends on, writes one WGSL
+//! kernel that evaluates them all in registers, four elements per invocation (summing
+//! them, when the root is a reduction), and dispatches it once. Deferred values that
+//! are never needed are never computed; one that a tensor or another op also holds is
+//! written out by the kernel that computes it (a side output), so it is not computed
+//! twice. Other kernels can be deferred whole ([`defer_kernel`]) so that an unread
+//! result never runs.
 //!
 //! Fusion is below the tape: every op is still recorded with its own backward rule, so
 //! gradients, `create_graph` and second order are unchanged; only the number of
 //! dispatches falls.
 //!
 //! Kernels are generated from the structure of the expression alone (ops, how operands
-//! are shared, which operands are single elements), never from sizes or scalar values,
-//! which travel in the parameter block. So a loop compiles each distinct shape of
-//! expression once ([`GpuContext::fused_kernel_count`]). Expressions are capped at
-//! [`MAX_NODES`] ops and the adapter's storage bindings, and a deferred value shared by
-//! two kernels is recomputed in each (elementwise work is cheap next to a dispatch).
+//! are shared, how each input is read), never from sizes, scalar values or broadcast
+//! strides, which travel in the parameter block. So a loop compiles each distinct shape
+//! of expression once ([`GpuContext::fused_kernel_count`]). Expressions are capped at
+//! [`MAX_NODES`] ops, [`MAX_INPUTS`] inputs (or the adapter's storage bindings) and
+//! [`MAX_SCALARS`] host scalars; past a cap, the largest operand is computed first.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
