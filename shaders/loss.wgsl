@@ -23,6 +23,7 @@ override WEIGHTED: bool = false;
 override UPSTREAM: bool = false;
 //#include common/linear_id.wgsl
 //#include common/workgroup_sum.wgsl
+//#include common/ce_grad.wgsl
 
 struct RowParams {
     rows: u32,
@@ -38,24 +39,13 @@ struct CeParams {
     _pad: u32,
 }
 
-// `ce_grad`'s: `scale` multiplies every row's gradient (1/n, times the upstream
-// gradient when that is a host constant).
-struct GradParams {
-    rows: u32,
-    c: u32,
-    scale: f32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> rp: RowParams;
 @group(0) @binding(0) var<uniform> cp: CeParams;
-@group(0) @binding(0) var<uniform> gp: GradParams;
 @group(0) @binding(1) var<storage, read> z: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read> upstream: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(5) var<storage, read> u: array<f32>;
 @group(0) @binding(6) var<storage, read_write> vjp_z: array<f32>;
@@ -153,19 +143,6 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-// The factor of row r of `ce_grad`, and whether its label is a class (NaN if not).
-fn grad_scale(r: u32, label: f32, c: u32) -> f32 {
-    var s = gp.scale;
-    if (UPSTREAM) {
-        s *= upstream[0];
-    }
-    if (WEIGHTED) {
-        s *= weights[r];
-    }
-    let valid = label >= 0.0 && label < f32(c) && label == floor(label);
-    return select(nan(), s, valid);
-}
-
 @compute @workgroup_size(WG)
 fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
@@ -178,7 +155,7 @@ fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
     let hi = lo + gp.c;
     let lse = logsumexp(row_stats(lo, hi, lo));
     let label = labels[r];
-    let s = grad_scale(r, label, gp.c);
+    let s = grad_scale(r, label);
     for (var e = lo; e < hi; e++) {
         let hot = select(0.0, 1.0, f32(e - lo) == label);
         dz[e] = s * (exp(z[e / 4u][e % 4u] - lse) - hot);
@@ -197,7 +174,7 @@ fn ce_grad_vjp(@builtin(workgroup_id) wid: vec3<u32>,
     let hi = lo + gp.c;
     let lse = logsumexp(row_stats(lo, hi, lo));
     let label = labels[r];
-    let s = grad_scale(r, label, gp.c);
+    let s = grad_scale(r, label);
     var pu = 0.0;
     var u_label = 0.0;
     for (var e = lo; e < hi; e++) {

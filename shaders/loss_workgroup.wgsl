@@ -16,6 +16,7 @@ override WEIGHTED: bool = false;
 override UPSTREAM: bool = false;
 //#include common/seg_reduce_tree.wgsl
 //#include common/grid_sum.wgsl
+//#include common/ce_grad.wgsl
 
 // (running max m, Σ exp(z − m)) of a set of elements; (−∞, 0) for none.
 alias Acc = vec2<f32>;
@@ -34,24 +35,14 @@ struct CeParams {
     rounds: u32, // grid strides over the rows: every lane runs all of them (barriers)
 }
 
-// `ce_grad`'s (as in loss.wgsl).
-struct GradParams {
-    rows: u32,
-    c: u32,
-    scale: f32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> rp: RowParams;
 @group(0) @binding(0) var<uniform> cp: CeParams;
-@group(0) @binding(0) var<uniform> gp: GradParams;
 @group(0) @binding(1) var<storage, read> z: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scratch: Scratch;
-@group(0) @binding(4) var<storage, read> upstream: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 
 var<workgroup> sums: array<f32, WG>;
@@ -198,15 +189,7 @@ fn ce_grad(ids: Ids) {
     }
     let lse = row.x + log(row.y);
     let label = labels[r];
-    var s = gp.scale;
-    if (UPSTREAM) {
-        s *= upstream[0];
-    }
-    if (WEIGHTED) {
-        s *= weights[r];
-    }
-    let valid = label >= 0.0 && label < f32(gp.c) && label == floor(label);
-    s = select(nan(), s, valid);
+    let s = grad_scale(r, label);
     let last = (hi - 1u) / 4u;
     for (var v = lo / 4u + t; v <= last; v += TPR) {
         let p = exp(z[v] - lse);

@@ -144,6 +144,22 @@ impl Storage {
         }
     }
 
+    /// The elements, for f32 storage on the CPU.
+    fn f32s(&self) -> Option<&[f32]> {
+        match self {
+            Storage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The elements, for f64 storage on the CPU.
+    fn f64s(&self) -> Option<&[f64]> {
+        match self {
+            Storage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The GPU buffer, for storage on a GPU.
     pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {
         match self {
@@ -467,31 +483,19 @@ impl Storage {
         use crate::backend::Coef;
         use cpu::loss::ce_grad_cpu;
         const OP: &str = "cross_entropy";
-        fn f32s(s: &Storage) -> Option<&[f32]> {
-            match s {
-                Storage::F32(v) => Some(v),
-                _ => None,
-            }
-        }
-        fn f64s(s: &Storage) -> Option<&[f64]> {
-            match s {
-                Storage::F64(v) => Some(v),
-                _ => None,
-            }
-        }
         Ok(match (self, labels, upstream) {
             (Storage::F32(z), Storage::F32(y), Storage::F32(g))
-                if weights.is_none_or(|w| f32s(w).is_some()) =>
+                if weights.is_none_or(|w| w.f32s().is_some()) =>
             {
-                let w = weights.and_then(f32s);
-                let p = probs.and_then(f32s);
+                let w = weights.and_then(Storage::f32s);
+                let p = probs.and_then(Storage::f32s);
                 Storage::F32(CpuBuf::from(ce_grad_cpu(z, c, y, w, p, g[0])?))
             }
             (Storage::F64(z), Storage::F64(y), Storage::F64(g))
-                if weights.is_none_or(|w| f64s(w).is_some()) =>
+                if weights.is_none_or(|w| w.f64s().is_some()) =>
             {
-                let w = weights.and_then(f64s);
-                let p = probs.and_then(f64s);
+                let w = weights.and_then(Storage::f64s);
+                let p = probs.and_then(Storage::f64s);
                 Storage::F64(CpuBuf::from(ce_grad_cpu(z, c, y, w, p, g[0])?))
             }
             (Storage::Gpu(z), Storage::Gpu(y), Storage::Gpu(g))
@@ -532,29 +536,17 @@ impl Storage {
         use crate::backend::Coef;
         use cpu::loss::ce_grad_vjp_cpu;
         const OP: &str = "cross_entropy";
-        fn f32s(s: &Storage) -> Option<&[f32]> {
-            match s {
-                Storage::F32(v) => Some(v),
-                _ => None,
-            }
-        }
-        fn f64s(s: &Storage) -> Option<&[f64]> {
-            match s {
-                Storage::F64(v) => Some(v),
-                _ => None,
-            }
-        }
         Ok(match (self, labels, upstream, u) {
             (Storage::F32(z), Storage::F32(y), Storage::F32(g), Storage::F32(u))
-                if weights.is_none_or(|w| f32s(w).is_some()) =>
+                if weights.is_none_or(|w| w.f32s().is_some()) =>
             {
-                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(f32s), g[0], u)?;
+                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(Storage::f32s), g[0], u)?;
                 (Storage::F32(d.into()), Storage::F32(r.into()))
             }
             (Storage::F64(z), Storage::F64(y), Storage::F64(g), Storage::F64(u))
-                if weights.is_none_or(|w| f64s(w).is_some()) =>
+                if weights.is_none_or(|w| w.f64s().is_some()) =>
             {
-                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(f64s), g[0], u)?;
+                let (d, r) = ce_grad_vjp_cpu(z, c, y, weights.and_then(Storage::f64s), g[0], u)?;
                 (Storage::F64(d.into()), Storage::F64(r.into()))
             }
             (Storage::Gpu(z), Storage::Gpu(y), Storage::Gpu(g), Storage::Gpu(u))

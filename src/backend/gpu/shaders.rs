@@ -23,7 +23,8 @@
 //! is replaced by the text of `shaders/common/linear_id.wgsl` (itself expanded), between
 //! two comment lines naming it. A part is included once per shader: a second include of
 //! it is dropped, so parts may include what they need. The parts:
-//! - `common/*.wgsl`: the files in [`COMMON`] (index helpers, the matmul parameters and
+//! - `common/*.wgsl`: the files in [`COMMON`] (index helpers, the cross-entropy gradient's
+//!   row factor, the matmul parameters and
 //!   loaders, the workgroup sum, the segment reductions and the one-dispatch grid sum
 //!   of the GPU reductions and losses, their shared kernels);
 //! - `op_codes`: the numeric op codes as WGSL constants (`const UNARY_EXP: u32 = 1u;`),
@@ -117,6 +118,7 @@ common! {
     "common/seg_reduce_subgroup.wgsl",
     "common/grid_sum.wgsl",
     "common/reduce_workgroup.wgsl",
+    "common/ce_grad.wgsl",
 }
 
 /// The include name of the generated op-code constants.
