@@ -13,7 +13,9 @@
 // `ce_grad_vjp`: ce_grad's vector–Jacobian product with u (second order through the
 // cross-entropy): vjp_z = s_i·p_i ⊙ (u_i − ⟨p_i, u_i⟩) and vjp_r = ⟨p_i − onehot_i, u_i⟩
 // (the weights' and g's gradients follow from r), with s_i as in ce_grad. The GPU
-// variant of the losses uses this row-per-invocation kernel too.
+// variant of the losses uses this row-per-invocation kernel too. With BIAS it adds a
+// [c] bias to every row of u as it reads it: an HVP's tangent of the logits X·W + b is
+// X·u_W + u_b, and the sum need not be written out first.
 // `cross_entropy`: Σ_i w_i·(logsumexp(z_i) − z_{i,y_i}) with a strided loop over rows,
 // a workgroup sum, and one partial per workgroup (final, times `scale`, when there is
 // one workgroup). An invalid label (negative, ≥ c, not an integer, NaN) makes the
@@ -21,6 +23,7 @@
 override WG: u32 = 64u;         // a multiple of 8
 override WEIGHTED: bool = false;
 override UPSTREAM: bool = false;
+override BIAS: bool = false;
 //#include common/linear_id.wgsl
 //#include common/workgroup_sum.wgsl
 //#include common/ce_grad.wgsl
@@ -48,8 +51,10 @@ struct CeParams {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(5) var<storage, read> u: array<f32>;
-@group(0) @binding(6) var<storage, read_write> vjp_z: array<f32>;
-@group(0) @binding(7) var<storage, read_write> vjp_r: array<f32>;
+// With BIAS, ce_grad_vjp's u is `u + u_bias` with u_bias [c] added to every row.
+@group(0) @binding(6) var<storage, read> u_bias: array<f32>;
+@group(0) @binding(7) var<storage, read_write> vjp_z: array<f32>;
+@group(0) @binding(8) var<storage, read_write> vjp_r: array<f32>;
 
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
@@ -162,6 +167,14 @@ fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
+// Element e of u (in the row starting at lo), with the row bias when there is one.
+fn u_at(e: u32, lo: u32) -> f32 {
+    if (BIAS) {
+        return u[e] + u_bias[e - lo];
+    }
+    return u[e];
+}
+
 @compute @workgroup_size(WG)
 fn ce_grad_vjp(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
@@ -178,14 +191,15 @@ fn ce_grad_vjp(@builtin(workgroup_id) wid: vec3<u32>,
     var pu = 0.0;
     var u_label = 0.0;
     for (var e = lo; e < hi; e++) {
-        pu += exp(z[e / 4u][e % 4u] - lse) * u[e];
+        let ue = u_at(e, lo);
+        pu += exp(z[e / 4u][e % 4u] - lse) * ue;
         if (f32(e - lo) == label) {
-            u_label = u[e];
+            u_label = ue;
         }
     }
     // An invalid label makes the row NaN through s; r is NaN then too.
     vjp_r[r] = select(nan(), pu - u_label, s == s);
     for (var e = lo; e < hi; e++) {
-        vjp_z[e] = s * exp(z[e / 4u][e % 4u] - lse) * (u[e] - pu);
+        vjp_z[e] = s * exp(z[e / 4u][e % 4u] - lse) * (u_at(e, lo) - pu);
     }
 }

@@ -454,6 +454,9 @@ pub fn conjugate_gradient(
             let r = r.axpy_ratio(&moving, &pap, -1.0, &ap)?;
             let rr_new = r.sqnorm()?;
             let p = r.axpy_ratio(&rr_new, &rr, 1.0, &p)?;
+            // p is read by the next iteration's operator; x, which nothing reads until
+            // the end, is computed in the same kernel.
+            Tensor::compute_together(&[&p, &x])?;
             Ok((x, r, rr_new, p))
         })?;
         done = k;
@@ -513,6 +516,8 @@ pub fn neumann(
         (term, sum) = no_grad(|| -> Result<_> {
             let term = term.axpy(-eta, &a_term)?;
             let sum = sum.add(&term)?;
+            // As CG's x and p: the sum is computed with the term the operator reads next.
+            Tensor::compute_together(&[&term, &sum])?;
             Ok((term, sum))
         })?;
     }

@@ -1709,22 +1709,28 @@ fn dispatches_per_step_are_deterministic_and_few() {
     let (x, y) = synthetic_classification(300, 8, 4, 2.0, 7);
     let data = cleaning_split(&x, &y, 4, 100, 100, 0.3, 1).unwrap();
     let cleaning = HyperCleaning::new(&data, 1e-3, &gpu, DType::F32).unwrap();
-    // Name, problem, λ, and the bounds per GD step, CG iteration and RAD step.
+    // Name, problem, λ, and the bounds per GD step, CG iteration and RAD step: issue
+    // #12's targets. A GPU's Xᵀ·r splits k into a second, small pass (one more dispatch
+    // per GD step and CG iteration; RAD's bound has room for it); a CPU adapter's
+    // (lavapipe in CI) does not, so there the targets hold exactly.
+    let split = if ctx.info().device_type == "Cpu" {
+        0.0
+    } else {
+        1.0
+    };
     type StepCase<'a> = (&'static str, &'a dyn Problem, Vec<Tensor>, [f64; 3]);
     let cases: [StepCase; 2] = [
         (
             "ridge",
             &ridge,
             vec![Tensor::zeros(&[40], &gpu).unwrap()],
-            // GD step, CG iteration, RAD step; one more where a GPU's matrix–vector
-            // product splits k (a second, small pass).
-            [6.0, 8.0, 15.0],
+            [6.0 + split, 5.0 + split, 15.0],
         ),
         (
             "hyper-cleaning",
             &cleaning,
             vec![Tensor::zeros(&[100], &gpu).unwrap()],
-            [9.0, 11.0, 22.0],
+            [8.0 + split, 8.0 + split, 22.0],
         ),
     ];
     let cg = |k| Method::Cg {

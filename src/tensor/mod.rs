@@ -210,6 +210,19 @@ impl Tensor {
     pub(crate) fn gpu_buffer(&self) -> Option<&GpuBuffer> {
         self.storage.gpu_buffer()
     }
+
+    /// Computes GPU tensors whose values are still deferred (fused elementwise ops not
+    /// yet run) in as few dispatches as possible: those of one length in one kernel.
+    /// For values a loop carries side by side, so that one nothing reads until the end
+    /// (CG's x) is computed with one that is read each iteration (p) instead of growing a
+    /// chain computed on its own. Nothing to do on the CPU.
+    pub(crate) fn compute_together(ts: &[&Tensor]) -> Result<()> {
+        let bufs: Vec<&GpuBuffer> = ts.iter().filter_map(|t| t.gpu_buffer()).collect();
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        crate::backend::gpu::fusion::compute_together(&bufs)
+    }
 }
 
 impl fmt::Debug for Tensor {

@@ -349,6 +349,9 @@ struct Expr {
     outputs: Vec<(usize, GpuBuffer)>,
     /// Elements the kernel runs over.
     n: usize,
+    /// The op whose value is the kernel's output (the last one, unless companions were
+    /// evaluated after it).
+    root: usize,
     /// Per deferred value met: its op, a handle, and how many operands of this
     /// expression hold it.
     met: HashMap<*const BufferCell, (usize, GpuBuffer, usize)>,
@@ -359,19 +362,36 @@ struct Expr {
 impl Expr {
     /// Walks the deferred ops under `root` (whose op is `top`), each shared one once,
     /// over `n` elements, with at most `max_outputs` values written besides the root.
-    fn build(root: &GpuBuffer, top: &Deferred, n: usize, max_outputs: usize) -> Expr {
+    /// `companions` (deferred elementwise values of `n` elements) are evaluated in the
+    /// same kernel and written out.
+    fn build(
+        root: &GpuBuffer,
+        top: &Deferred,
+        n: usize,
+        max_outputs: usize,
+        companions: &[&GpuBuffer],
+    ) -> Expr {
         let mut e = Expr {
             ops: Vec::new(),
             scalars: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
             n,
+            root: 0,
             met: HashMap::new(),
             error: None,
         };
         let mut seen: HashMap<*const BufferCell, Arg> = HashMap::new();
         let root_arg = e.visit_op(top, &mut seen);
         seen.insert(Arc::as_ptr(&root.inner), root_arg);
+        e.root = e.ops.len() - 1;
+        for c in companions.iter().filter(|c| c.is_deferred()) {
+            e.visit(c, &mut seen);
+            // Not an operand of the expression: it is written because the caller holds it.
+            if let Some(m) = e.met.get_mut(&Arc::as_ptr(&c.inner)) {
+                m.2 -= 1;
+            }
+        }
         // Held by more than this expression's operands (and the handle in `met`).
         let mut outputs: Vec<(usize, GpuBuffer)> = std::mem::take(&mut e.met)
             .into_values()
@@ -480,6 +500,9 @@ impl Expr {
     /// elements (read once and repeated). Sizes and scalar values are parameters.
     fn signature(&self, n: usize) -> String {
         let mut s = signature(&self.ops, &self.reads(n));
+        if self.root + 1 != self.ops.len() {
+            let _ = write!(s, "|root,o{}", self.root);
+        }
         for (k, _) in &self.outputs {
             let _ = write!(s, "|out,o{k}");
         }
@@ -533,7 +556,13 @@ fn signature(ops: &[(FusedOp, Vec<Arg>)], reads: &[Read]) -> String {
 /// The WGSL of the kernel evaluating `ops` over inputs read as `reads` says, labelled
 /// with its `signature`: four elements per invocation written out, or, when the last op
 /// is a [`FusedOp::Reduce`], their sum per workgroup.
-fn wgsl(ops: &[(FusedOp, Vec<Arg>)], reads: &[Read], written: &[usize], signature: &str) -> String {
+fn wgsl(
+    ops: &[(FusedOp, Vec<Arg>)],
+    reads: &[Read],
+    written: &[usize],
+    root: usize,
+    signature: &str,
+) -> String {
     let reduce = matches!(ops.last(), Some((FusedOp::Reduce(_), _)));
     let mut w = String::new();
     let _ = writeln!(
@@ -647,7 +676,7 @@ fn wgsl(ops: &[(FusedOp, Vec<Arg>)], reads: &[Read], written: &[usize], signatur
             let _ = writeln!(w, "    side{j}[i] = o{k};");
         }
     }
-    let _ = writeln!(w, "    return o{};\n}}", ops.len() - 1);
+    let _ = writeln!(w, "    return o{root};\n}}");
     if !reduce {
         let _ = writeln!(
             w,
@@ -756,7 +785,77 @@ struct Params {
 /// Computes the deferred buffer `b` and the deferred ops it depends on in one dispatch,
 /// and drops its hold on its operands.
 pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
+    compute_with(b, &[])
+}
+
+/// Computes deferred buffers that are needed together in as few dispatches as the caps
+/// allow: the elementwise ones of the first one's length in one kernel (each value's ops
+/// once), the rest each on its own. For values a loop carries side by side (CG's x and
+/// p) that nothing reads at the same time, so that neither grows a chain of deferred ops
+/// that is computed later on its own.
+pub(crate) fn compute_together(bufs: &[&GpuBuffer]) -> Result<()> {
+    let elementwise = |b: &GpuBuffer| {
+        let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref().is_some_and(|d| !d.op.alone())
+    };
+    let Some(root) = bufs.iter().copied().find(|b| elementwise(b)) else {
+        return bufs.iter().try_for_each(|b| b.compute());
+    };
+    let mut companions: Vec<&GpuBuffer> = Vec::new();
+    for &b in bufs {
+        let fits = b.numel() == root.numel() && elementwise(b);
+        if !fits || Arc::ptr_eq(&b.inner, &root.inner) {
+            continue;
+        }
+        if !companions.iter().any(|c| Arc::ptr_eq(&c.inner, &b.inner)) {
+            companions.push(b);
+        }
+    }
+    compute_with(root, &companions)?;
+    bufs.iter().try_for_each(|b| b.compute())
+}
+
+/// Computes every reduction and deferred kernel under `b` first, each in its own
+/// dispatch, so that the expression reading them finds them (and any value they wrote
+/// out) computed, instead of computing a value twice: once inside the reduction and
+/// once in the expression.
+fn compute_alone_under(b: &GpuBuffer, seen: &mut Vec<usize>) -> Result<()> {
+    let id = Arc::as_ptr(&b.inner) as usize;
+    if seen.contains(&id) {
+        return Ok(());
+    }
+    seen.push(id);
+    let operands = {
+        let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        match d.as_ref() {
+            None => return Ok(()),
+            Some(d) if d.op.alone() => None,
+            Some(d) => Some(d.operands.iter().map(GpuBuffer::share).collect::<Vec<_>>()),
+        }
+    };
+    match operands {
+        None => compute(b),
+        Some(ops) => ops.iter().try_for_each(|o| compute_alone_under(o, seen)),
+    }
+}
+
+fn compute_with(b: &GpuBuffer, companions: &[&GpuBuffer]) -> Result<()> {
     let ctx = &b.ctx;
+    {
+        let operands: Vec<GpuBuffer> = {
+            let slot = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(d) if d.op != FusedOp::Kernel => {
+                    d.operands.iter().map(GpuBuffer::share).collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        let mut seen = vec![Arc::as_ptr(&b.inner) as usize];
+        for o in operands.iter().chain(companions.iter().copied()) {
+            compute_alone_under(o, &mut seen)?;
+        }
+    }
     let mut slot = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
     let Some(top) = slot.as_ref() else {
         return Ok(()); // computed meanwhile
@@ -782,15 +881,22 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         b.numel()
     };
     let cap = ctx.input_cap();
-    let mut expr = Expr::build(b, top, n, cap);
+    let companions = if reduction { &[][..] } else { companions };
+    let mut expr = Expr::build(b, top, n, cap, companions);
+    let over =
+        |e: &Expr| e.inputs.len() > cap || e.ops.len() > MAX_NODES || e.scalars.len() > MAX_SCALARS;
+    if !companions.is_empty() && over(&expr) {
+        drop(expr);
+        expr = Expr::build(b, top, n, cap, &[]);
+    }
     // The bounds kept while building are upper bounds, except that an operand computed
     // since turns its ops into one more input; past the caps, compute the operands first.
-    if expr.inputs.len() > cap || expr.ops.len() > MAX_NODES || expr.scalars.len() > MAX_SCALARS {
+    if over(&expr) {
         drop(expr);
         for operand in &top.operands {
             compute(operand)?;
         }
-        expr = Expr::build(b, top, n, cap);
+        expr = Expr::build(b, top, n, cap, &[]);
     }
     if let Some(e) = expr.error.take() {
         return Err(e);
@@ -801,7 +907,13 @@ pub(crate) fn compute(b: &GpuBuffer) -> Result<()> {
         match cached {
             Some(k) => k,
             None => {
-                let source = wgsl(&expr.ops, &expr.reads(n), &expr.written(), &signature);
+                let source = wgsl(
+                    &expr.ops,
+                    &expr.reads(n),
+                    &expr.written(),
+                    expr.root,
+                    &signature,
+                );
                 let module = ctx.compile_module("fused", &source)?;
                 let p = ctx.create_pipeline(
                     "fused",
@@ -937,6 +1049,115 @@ pub(crate) fn constant(b: &GpuBuffer) -> Option<f32> {
         }
         _ => None,
     }
+}
+
+/// A scalar factor split off a deferred value by [`split_factors`].
+pub(crate) enum Factor {
+    /// A host constant.
+    Host(f32),
+    /// A one-element device buffer.
+    Device(GpuBuffer),
+}
+
+/// Splits `b = c₁·c₂·…·rest` into `rest` and its scalar factors: deferred scale-shifts
+/// with no shift, and products with a one-element operand. A linear consumer that must
+/// read its operand from memory (a matrix product) then reads `rest` and the factors
+/// apply to its result, where they fuse into whatever reads it: the dispatch that would
+/// compute `c·rest` on its own is saved. (Reordering the product changes f32 rounding
+/// only, and an infinite `rest` times a zero factor gives NaN either way.)
+pub(crate) fn split_factors(b: &GpuBuffer) -> (GpuBuffer, Vec<Factor>) {
+    let mut rest = b.share();
+    let mut factors = Vec::new();
+    loop {
+        let next = {
+            let d = rest
+                .inner
+                .deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match d.as_ref() {
+                Some(d) if d.op == FusedOp::Unary(UnaryOp::ScaleShift) && d.scalars[1] == 0.0 => {
+                    Some((d.operands[0].share(), Factor::Host(d.scalars[0])))
+                }
+                Some(d)
+                    if d.op == FusedOp::Binary(BinaryOp::Mul)
+                        && d.strides.iter().all(Option::is_none) =>
+                {
+                    let (x, y) = (&d.operands[0], &d.operands[1]);
+                    let n = rest.numel();
+                    let scalar = |s: &GpuBuffer| match constant(s) {
+                        Some(c) => Factor::Host(c),
+                        None => Factor::Device(s.share()),
+                    };
+                    if y.numel() == 1 && x.numel() == n {
+                        Some((x.share(), scalar(y)))
+                    } else if x.numel() == 1 && y.numel() == n {
+                        Some((y.share(), scalar(x)))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        match next {
+            Some((r, f)) => {
+                rest = r;
+                factors.push(f);
+            }
+            None => return (rest, factors),
+        }
+    }
+}
+
+/// `(m, bias)` when `b` is the deferred sum `m + bias` of an `[rows, c]` value and a
+/// `[c]` bias broadcast over its rows (either order): a row kernel can add the bias as
+/// it reads `m`, so that `b` is never computed on its own (an HVP's tangent of the
+/// logits X·W + b).
+pub(crate) fn split_row_bias(b: &GpuBuffer, c: usize) -> Option<(GpuBuffer, GpuBuffer)> {
+    let d = b.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+    let d = d.as_ref()?;
+    if d.op != FusedOp::Binary(BinaryOp::Add) || d.strides.iter().any(Option::is_some) {
+        return None;
+    }
+    let row_bias = |x: &GpuBuffer| {
+        let dx = x.inner.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let dx = dx.as_ref()?;
+        let per_column = dx.op == FusedOp::Splat
+            && dx.strides[0] == Some((1, u32::try_from(c).ok()?))
+            && dx.operands[0].numel() == c;
+        per_column.then(|| dx.operands[0].share())
+    };
+    let (x, y) = (&d.operands[0], &d.operands[1]);
+    let n = b.numel();
+    if y.numel() == n
+        && let Some(bias) = row_bias(x)
+    {
+        return Some((y.share(), bias));
+    }
+    if x.numel() == n
+        && let Some(bias) = row_bias(y)
+    {
+        return Some((x.share(), bias));
+    }
+    // One row: any sum of two rows is a row plus a bias.
+    (n == c && x.numel() == c && y.numel() == c).then(|| (x.share(), y.share()))
+}
+
+/// `b` times `factors`, deferred.
+pub(crate) fn apply_factors(b: GpuBuffer, factors: Vec<Factor>) -> Result<GpuBuffer> {
+    let n = b.numel();
+    let ctx = b.ctx.clone();
+    factors.into_iter().try_fold(b, |v, f| match f {
+        Factor::Host(c) => defer(
+            &ctx,
+            FusedOp::Unary(UnaryOp::ScaleShift),
+            &[&v],
+            [c, 0.0],
+            n,
+        ),
+        Factor::Device(s) => defer(&ctx, FusedOp::Binary(BinaryOp::Mul), &[&v, &s], [0.0; 2], n),
+    })
 }
 
 /// A deferred full reduction `scale · Σ op(a, b)` over the `n` elements of `a` (and

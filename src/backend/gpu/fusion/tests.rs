@@ -58,7 +58,7 @@ fn every_fused_op_generates_valid_wgsl() {
             (FusedOp::Unary(UnaryOp::Exp), vec![v]),
             (FusedOp::Reduce(r), vec![Arg::Op(0), v]),
         ];
-        let src = wgsl(&ops, &splats, &[0], &signature(&ops, &splats));
+        let src = wgsl(&ops, &splats, &[0], 1, &signature(&ops, &splats));
         assert!(src.contains("workgroupBarrier"), "{src}");
         validate(&src);
     }
@@ -69,7 +69,7 @@ fn every_fused_op_generates_valid_wgsl() {
                 .map(|a| if *a == Arg::Op(0) { v } else { *a })
                 .collect(),
         )];
-        validate(&wgsl(&one, &splats, &[], &signature(&one, &splats)));
+        validate(&wgsl(&one, &splats, &[], 0, &signature(&one, &splats)));
     }
     // All at once, each op reading the previous one, as a chain does.
     let chained: Vec<(FusedOp, Vec<Arg>)> = ops
@@ -89,8 +89,13 @@ fn every_fused_op_generates_valid_wgsl() {
         sig.starts_with("v0s1t2|Fill|Splat,i1|Unary(Neg),o1"),
         "{sig}"
     );
-    assert!(wgsl(&chained, &splats, &[], &sig).contains("fn load2("));
-    validate(&wgsl(&chained, &splats, &[3, 7], &sig));
+    let last = chained.len() - 1;
+    assert!(wgsl(&chained, &splats, &[], last, &sig).contains("fn load2("));
+    validate(&wgsl(&chained, &splats, &[3, 7], last, &sig));
+    // A kernel with companions returns its root, which is then not the last op.
+    let src = wgsl(&chained, &splats, &[last], 2, &sig);
+    assert!(src.contains("return o2;"), "{src}");
+    validate(&src);
 }
 
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -514,4 +519,157 @@ fn fused_broadcasts_match_unfused_ones_and_the_cpu_in_f64() {
         1,
         "one kernel for a bias, a weight and a broadcast_to"
     );
+}
+
+/// `values` on `dev` (f32 on the GPU, f64 on the CPU).
+fn on(dev: &Device, v: &[f64], shape: &[usize]) -> Tensor {
+    let t = Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
+    match dev {
+        Device::Cpu => t,
+        _ => t.to_dtype(DType::F32).unwrap().to_device(dev).unwrap(),
+    }
+}
+
+/// Scalar factors of a matrix product's deferred operand (scale-shifts with no shift,
+/// products with a one-element tensor) apply to the product's result instead, where
+/// they fuse into its reader: no kernel computes the scaled operand. Either operand,
+/// values as the CPU's in f64.
+#[test]
+fn scalar_factors_of_a_product_operand_move_to_its_result() {
+    let Some(gpu) = fused_gpu() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    ctx.set_poison(false);
+    for (rows, k) in [(1usize, 1usize), (7, 5), (13, 33), (3, 257)] {
+        let (mv, vv) = (values(rows * k, 3), values(k, 4));
+        let run = |dev: &Device| -> (Vec<f64>, Vec<f64>, u64) {
+            let m = on(dev, &mv, &[rows, k]);
+            let v = on(dev, &vv, &[k, 1]);
+            let s = on(dev, &[-1.3], &[]);
+            dev.sync().unwrap();
+            let before = dev.gpu_context().map_or(0, |c| c.dispatch_count());
+            // (m · (0.7·v·s)) summed: the product, then one kernel for the factors and
+            // the sum. Unsplit, the scaled operand would take a kernel of its own.
+            let scaled = v.scale(0.7).unwrap().mul(&s).unwrap();
+            let total = m.matmul(&scaled).unwrap().sum().unwrap();
+            let total = total.to_vec::<f64>().unwrap();
+            let count = dev.gpu_context().map_or(0, |c| c.dispatch_count()) - before;
+            // The left operand scaled: (s·vᵀ·0.5) · m'.
+            let row = v
+                .reshape(&[1, k])
+                .unwrap()
+                .mul(&s)
+                .unwrap()
+                .scale(0.5)
+                .unwrap();
+            let left = row.matmul(&m.reshape(&[k, rows]).unwrap()).unwrap();
+            (total, left.to_vec::<f64>().unwrap(), count)
+        };
+        let (want_total, want_left, _) = run(&Device::Cpu);
+        let (total, left, count) = run(&gpu);
+        assert!(
+            rel_err(&total, &want_total) < 1e-5,
+            "{total:?} {want_total:?}"
+        );
+        assert!(rel_err(&left, &want_left) < 1e-5, "{rows}x{k}");
+        assert_eq!(count, 2, "{rows}x{k}: the product and one fused kernel");
+    }
+}
+
+/// Values computed together run in one kernel, each op once, and match the CPU in f64;
+/// a value one of them reads is written out, not computed twice; a reduction under one
+/// of them runs first, on its own.
+#[test]
+fn values_computed_together_share_one_kernel() {
+    let Some(gpu) = fused_gpu() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    ctx.set_poison(false);
+    for n in [1usize, 6, 1031] {
+        let (xv, yv) = (values(n, 5), values(n, 6));
+        let run = |dev: &Device| -> (Vec<Vec<f64>>, u64) {
+            let (x, y) = (on(dev, &xv, &[n]), on(dev, &yv, &[n]));
+            dev.sync().unwrap();
+            let before = dev.gpu_context().map_or(0, |c| c.dispatch_count());
+            let shared = x.sin().unwrap().mul(&y).unwrap();
+            let a = shared.scale_shift(2.0, 1.0).unwrap().mul(&y).unwrap();
+            let b = x.exp().unwrap().sub(&shared).unwrap();
+            let c = y
+                .scale(y.sqnorm().unwrap().to_scalar::<f64>().unwrap())
+                .unwrap();
+            let reduced = x.dot(&y).unwrap();
+            let d = x.mul(&reduced).unwrap();
+            let after_read = dev.gpu_context().map_or(0, |c| c.dispatch_count());
+            Tensor::compute_together(&[&a, &b, &shared, &c]).unwrap();
+            Tensor::compute_together(&[&d, &x]).unwrap();
+            let count = dev.gpu_context().map_or(0, |c| c.dispatch_count()) - after_read;
+            let _ = before;
+            let out = [a, b, shared, c, d]
+                .iter()
+                .map(|t| t.to_vec::<f64>().unwrap())
+                .collect();
+            (out, count)
+        };
+        let (want, _) = run(&Device::Cpu);
+        let (got, count) = run(&gpu);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(rel_err(g, w) < 1e-5, "n = {n}, value {k}: {g:?} vs {w:?}");
+        }
+        // a, b, shared and c in one kernel; the dot, then d.
+        assert_eq!(count, 3, "n = {n}");
+    }
+}
+
+/// The cross-entropy's VJP with u = m + bias (bias [c] broadcast over rows, either
+/// order) adds the bias as it reads m, saving the kernel that would compute u, and
+/// matches the CPU in f64.
+#[test]
+fn the_cross_entropy_vjp_adds_a_row_bias_itself() {
+    let Some(gpu) = fused_gpu() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    ctx.set_poison(false);
+    for (n, c) in [(1usize, 2usize), (7, 3), (37, 10)] {
+        let (zv, mv, bv) = (values(n * c, 7), values(n * c, 8), values(c, 9));
+        let labels: Vec<f64> = (0..n).map(|i| (i % c) as f64).collect();
+        for bias_first in [false, true] {
+            let run = |dev: &Device| -> (Vec<f64>, Vec<f64>, u64) {
+                let z = on(dev, &zv, &[n, c]);
+                let m = on(dev, &mv, &[n, c]);
+                let b = on(dev, &bv, &[c]);
+                let y = on(dev, &labels, &[n]);
+                let g = on(dev, &[0.5], &[]);
+                dev.sync().unwrap();
+                let before = dev.gpu_context().map_or(0, |c| c.dispatch_count());
+                let bias = b.broadcast_to(&[n, c]).unwrap();
+                let u = if bias_first {
+                    bias.add(&m).unwrap()
+                } else {
+                    m.add(&bias).unwrap()
+                };
+                let (dz, r) =
+                    crate::ops::loss::cross_entropy_grad_vjp_raw(&z, &y, None, &g, &u).unwrap();
+                // Held, u would be computed by the sync (what a sync owes the caller).
+                drop((u, bias, m));
+                dev.sync().unwrap();
+                let count = dev.gpu_context().map_or(0, |c| c.dispatch_count()) - before;
+                (
+                    dz.to_vec::<f64>().unwrap(),
+                    r.to_vec::<f64>().unwrap(),
+                    count,
+                )
+            };
+            let (want_dz, want_r, _) = run(&Device::Cpu);
+            let (dz, r, count) = run(&gpu);
+            assert!(
+                rel_err(&dz, &want_dz) < 1e-5,
+                "{n}x{c}: {dz:?} vs {want_dz:?}"
+            );
+            assert!(rel_err(&r, &want_r) < 1e-5, "{n}x{c}: {r:?} vs {want_r:?}");
+            assert_eq!(count, 1, "{n}x{c}: the VJP alone, with u never computed");
+        }
+    }
 }

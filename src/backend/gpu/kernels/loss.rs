@@ -13,6 +13,7 @@ pub(crate) mod workgroup;
 
 use super::reduce::sum_partials_gpu;
 use super::unary::unary_gpu;
+use crate::backend::gpu::fusion;
 use crate::backend::gpu::registry::{self, Variant};
 use crate::backend::gpu::shaders;
 use crate::backend::gpu::{GpuBuffer, Kernel};
@@ -68,7 +69,7 @@ pub(crate) static ROW_PER_INVOCATION: Variant<Plan> = Variant {
 pub(super) const CE_GRAD_VJP: Kernel = Kernel {
     shader: &shaders::LOSS,
     entry: "ce_grad_vjp",
-    reads: 5,
+    reads: 6,
     writes: 2,
 };
 
@@ -242,6 +243,13 @@ pub(crate) fn ce_grad_vjp_gpu(
 ) -> Result<(GpuBuffer, GpuBuffer)> {
     let ctx = &z.ctx;
     let plan = &ctx.variant(&registry::LOSS).plan;
+    // u = m + bias (a deferred sum, bias broadcast over rows): the kernel adds the bias
+    // as it reads m, saving the dispatch that would compute u.
+    let split = ctx.fusion().then(|| fusion::split_row_bias(u, c)).flatten();
+    let (u, bias) = match &split {
+        Some((m, bias)) => (m, Some(bias)),
+        None => (u, None),
+    };
     let dz = ctx.alloc((n * c * 4) as u64)?;
     let r = ctx.alloc((n * 4) as u64)?;
     let inv_n = 1.0 / n.max(1) as f64;
@@ -261,6 +269,7 @@ pub(crate) fn ce_grad_vjp_gpu(
             ("WG", f64::from(WG)),
             ("WEIGHTED", f64::from(u8::from(weights.is_some()))),
             ("UPSTREAM", f64::from(u8::from(g.is_some()))),
+            ("BIAS", f64::from(u8::from(bias.is_some()))),
         ],
         bytemuck::bytes_of(&params),
         &[
@@ -269,6 +278,7 @@ pub(crate) fn ce_grad_vjp_gpu(
             weights.unwrap_or(labels),
             g.unwrap_or(labels),
             u,
+            bias.unwrap_or(labels),
             &dz,
             &r,
         ],

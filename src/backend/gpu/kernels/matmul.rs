@@ -413,6 +413,20 @@ pub(crate) fn matmul_gpu(
 ) -> Result<GpuBuffer> {
     let ctx = &a.ctx;
     let MatmulDims { batch, m, k, n, .. } = *d;
+    // A product is linear in each operand: scalar factors of a deferred operand apply to
+    // the result instead, where they fuse into its readers, so the operand need not be
+    // computed on its own first (the scaled tangents of an HVP).
+    if ctx.fusion() && plan == GpuPlan::default() && (a.is_deferred() || b.is_deferred()) {
+        let (ra, fa) = crate::backend::gpu::fusion::split_factors(a);
+        let (rb, fb) = crate::backend::gpu::fusion::split_factors(b);
+        if !fa.is_empty() || !fb.is_empty() {
+            let out = matmul_gpu(&ra, &rb, d, trans_a, trans_b, plan)?;
+            return crate::backend::gpu::fusion::apply_factors(
+                out,
+                fa.into_iter().chain(fb).collect(),
+            );
+        }
+    }
     let out = ctx.alloc((batch * m * n * 4) as u64)?;
     if batch * m * n == 0 {
         return Ok(out);
