@@ -12,7 +12,11 @@
 //! are never needed are never computed; one that a tensor or another op also holds is
 //! written out by the kernel that computes it (a side output), so it is not computed
 //! twice. Other kernels can be deferred whole ([`defer_kernel`]) so that an unread
-//! result never runs.
+//! result never runs. Values a loop carries side by side can be computed in one kernel
+//! ([`compute_together`]), and kernels that read an operand from memory can take parts
+//! of its expression themselves: a matrix product moves its operands' scalar factors to
+//! its result ([`split_factors`]), the cross-entropy's VJP adds a row bias
+//! ([`split_row_bias`]).
 //!
 //! Fusion is below the tape: every op is still recorded with its own backward rule, so
 //! gradients, `create_graph` and second order are unchanged; only the number of
