@@ -22,7 +22,8 @@
 //!
 //! The modules form layers that import only downward, lowest first: `dtype` and `error`;
 //! `device` with the backends; `tensor` (including the recording half of autodiff's tape);
-//! `ops`; `autodiff`; `solvers`; `bilevel`; `problems`; `experiment`; the test helpers
+//! `ops`; `autodiff`; `solvers`; `bilevel` and `meta` (meta-learning, built on bilevel's
+//! inner trajectories); `problems`; `experiment`; the test helpers
 //! `check` and `testing`; and the `blo` command on top. `tests/layering.rs` checks it.
 
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ mod dtype;
 pub mod error;
 #[cfg(feature = "config")]
 pub mod experiment;
+pub mod meta;
 pub mod ops;
 pub mod problems;
 pub use backend::gpu::shaders;

@@ -46,7 +46,8 @@ const LAYERS: &[&[&str]] = &[
     &["ops"],
     &["autodiff"],
     &["solvers"],
-    &["bilevel"],
+    // Meta-learning sits beside the bilevel core and runs its inner trajectories.
+    &["bilevel", "meta"],
     &["problems"],
     &["experiment"],
     // Test helpers (`blo check`, `blo::testing`).

@@ -59,6 +59,28 @@ impl InnerOptimizer {
         Ok(state)
     }
 
+    /// Φ with a tensor step size: the gradient g of each w-tensor is replaced by α ⊙ g
+    /// (α broadcast to g's shape) before the update, so gradient descent becomes
+    /// w ← w − lr·α ⊙ ∇_w L_in and momentum accumulates α ⊙ ∇_w L_in. `alpha` holds one
+    /// tensor per w-tensor, or is empty (then this is [`InnerOptimizer::step`]'s map).
+    /// Recorded like any op when α is on the graph, so dΦ/dα comes from the tape.
+    pub(crate) fn step_scaled(
+        &self,
+        state: &[Tensor],
+        g: &[Tensor],
+        alpha: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        if alpha.is_empty() {
+            return self.step(state, g);
+        }
+        let scaled: Vec<Tensor> = g
+            .iter()
+            .zip(alpha)
+            .map(|(gi, a)| gi.mul(a))
+            .collect::<Result<_>>()?;
+        self.step(state, &scaled)
+    }
+
     /// Φ applied to a state given the gradient ∇_w L_in at its w. Recorded when the
     /// inputs are on the graph (RAD rebuilds steps through it).
     pub(crate) fn step(&self, state: &[Tensor], g: &[Tensor]) -> Result<Vec<Tensor>> {

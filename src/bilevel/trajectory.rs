@@ -24,6 +24,20 @@ pub(crate) fn check_divergence(
     w_t: &[Tensor],
     steps: usize,
 ) -> Result<()> {
+    check_divergence_scaled(problem, lambda, opt, &[], start, w_t, steps)
+}
+
+/// [`check_divergence`] for an inner loop whose gradients are scaled by the step-size
+/// tensors `alpha` (empty: none), see [`InnerOptimizer::step_scaled`].
+pub(crate) fn check_divergence_scaled(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    opt: &InnerOptimizer,
+    alpha: &[Tensor],
+    start: &[Tensor],
+    w_t: &[Tensor],
+    steps: usize,
+) -> Result<()> {
     let norm = no_grad(|| dot_list(w_t, w_t))?.to_vec::<f64>()?[0];
     if norm.is_finite() {
         return Ok(());
@@ -40,7 +54,7 @@ pub(crate) fn check_divergence(
         if !value.is_finite() {
             break;
         }
-        s = no_grad(|| opt.step(&s, &g))?;
+        s = no_grad(|| opt.step_scaled(&s, &g, alpha))?;
     }
     losses.push(norm);
     Err(divergence(&losses, steps))
@@ -90,6 +104,23 @@ pub(crate) fn run_inner(
     keep: bool,
     nw: usize,
 ) -> Result<Vec<Vec<Tensor>>> {
+    run_inner_scaled(problem, lambda, opt, &[], state, steps, keep, nw)
+}
+
+/// [`run_inner`] with the gradients scaled by the step-size tensors `alpha` (empty:
+/// none), see [`InnerOptimizer::step_scaled`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_inner_scaled(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    opt: &InnerOptimizer,
+    alpha: &[Tensor],
+    state: Vec<Tensor>,
+    steps: usize,
+    keep: bool,
+    nw: usize,
+) -> Result<Vec<Vec<Tensor>>> {
+    let alpha = detach_all(alpha);
     let lambda = detach_all(lambda);
     // Both grow as the loop runs, never reserved from the user's step count: a run of
     // 10⁹ steps can start (and be stopped) instead of failing to reserve its storage.
@@ -100,13 +131,13 @@ pub(crate) fn run_inner(
         let w = track(&s[..nw]);
         let loss = problem.inner_loss(&w, &lambda)?;
         let g = grad(&loss, &refs(&w), false)?;
-        let next = no_grad(|| opt.step(&s, &g))?;
+        let next = no_grad(|| opt.step_scaled(&s, &g, &alpha))?;
         if keep {
             states.push(s);
         }
         s = next;
     }
-    check_divergence(problem, &lambda, opt, &start, &s[..nw], steps)?;
+    check_divergence_scaled(problem, &lambda, opt, &alpha, &start, &s[..nw], steps)?;
     states.push(s);
     Ok(states)
 }
@@ -119,18 +150,68 @@ pub fn run_to_end(
     w0: &[Tensor],
     inner: &Inner,
 ) -> Result<Vec<Tensor>> {
+    run_to_end_scaled(problem, lambda, w0, inner, &[])
+}
+
+/// [`run_to_end`] with a tensor step size: every inner gradient g is replaced by α ⊙ g
+/// before the optimizer uses it (see [`InnerOptimizer::step_scaled`]); `alpha` holds
+/// one tensor per w-tensor (0-d, or broadcastable to that w-tensor's shape), or is
+/// empty for none.
+pub fn run_to_end_scaled(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    inner: &Inner,
+    alpha: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    check_alpha(w0, alpha)?;
     let nw = w0.len();
     let state0 = inner.optimizer.init_state(w0)?;
-    let states = run_inner(
+    let states = run_inner_scaled(
         problem,
         lambda,
         &inner.optimizer,
+        alpha,
         state0,
         inner.steps,
         false,
         nw,
     )?;
     Ok(states[0][..nw].to_vec())
+}
+
+/// Checks step-size tensors against w: none, or one per w-tensor, each on w's device
+/// and dtype and broadcasting to exactly that w-tensor's shape.
+pub(crate) fn check_alpha(w0: &[Tensor], alpha: &[Tensor]) -> Result<()> {
+    if alpha.is_empty() {
+        return Ok(());
+    }
+    if alpha.len() != w0.len() {
+        return Err(invalid(
+            "inner step size",
+            format!(
+                "give one step-size tensor per w-tensor ({}), got {}",
+                w0.len(),
+                alpha.len()
+            ),
+        ));
+    }
+    for (i, (w, a)) in w0.iter().zip(alpha).enumerate() {
+        crate::tensor::same_place("inner step size", w, a)?;
+        let fits = crate::ops::binary::broadcast_shape("inner step size", w.shape(), a.shape())
+            .is_ok_and(|s| s == w.shape());
+        if !fits {
+            return Err(invalid(
+                "inner step size",
+                format!(
+                    "step-size tensor {i} has shape {:?}, which does not broadcast to its w-tensor's shape {:?}; use a 0-d tensor or one of w's shape",
+                    a.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An inner run with every state s_0..s_T stored (memory O(T·|w|)), ready for reverse
@@ -140,6 +221,8 @@ pub struct Trajectory<'p> {
     problem: &'p dyn Problem,
     lambda: Vec<Tensor>,
     optimizer: InnerOptimizer,
+    /// Step-size tensors scaling each inner gradient (empty: none).
+    alpha: Vec<Tensor>,
     states: Vec<Vec<Tensor>>,
     nw: usize,
 }
@@ -153,9 +236,14 @@ pub struct Adjoint {
     /// dL/dw_{T−K}: the adjoint at the state the sweep stopped at (its w-part; the
     /// optimizer's buffers start at zero). For K = T this is dL/dw₀.
     pub dw: Vec<Tensor>,
+    /// dL/dα for a trajectory run with step-size tensors α
+    /// ([`Trajectory::run_scaled`]), shaped like them, summed over the K steps; empty
+    /// otherwise.
+    pub dalpha: Vec<Tensor>,
 }
 
-/// A rebuilt reverse step: tracked state, tracked λ, Φ(state, λ) with its graph.
+/// A rebuilt reverse step: tracked state, tracked λ followed by tracked α, Φ(state, λ)
+/// with its graph.
 type StepGraph = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>);
 
 impl<'p> Trajectory<'p> {
@@ -167,13 +255,31 @@ impl<'p> Trajectory<'p> {
         w0: &[Tensor],
         inner: &Inner,
     ) -> Result<Self> {
+        Self::run_scaled(problem, lambda, w0, inner, &[])
+    }
+
+    /// [`Trajectory::run`] with a step size that is a tensor: each inner gradient g is
+    /// replaced by α ⊙ g (see [`InnerOptimizer::step_scaled`]), `alpha` holding one
+    /// tensor per w-tensor (0-d for a scalar rate, w's shape for a per-parameter one, or
+    /// anything broadcasting to w's shape), or nothing. The reverse sweep then also
+    /// returns dL/dα ([`Adjoint::dalpha`]): Meta-SGD's learned rates.
+    pub fn run_scaled(
+        problem: &'p dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+        alpha: &[Tensor],
+    ) -> Result<Self> {
+        check_alpha(w0, alpha)?;
         let nw = w0.len();
         let lambda = detach_all(lambda);
+        let alpha = detach_all(alpha);
         let state0 = inner.optimizer.init_state(w0)?;
-        let states = run_inner(
+        let states = run_inner_scaled(
             problem,
             &lambda,
             &inner.optimizer,
+            &alpha,
             state0,
             inner.steps,
             true,
@@ -183,6 +289,7 @@ impl<'p> Trajectory<'p> {
             problem,
             lambda,
             optimizer: inner.optimizer,
+            alpha,
             states,
             nw,
         })
@@ -223,7 +330,12 @@ impl<'p> Trajectory<'p> {
             ));
         }
         let (problem, lambda, nw, states) = (self.problem, &self.lambda, self.nw, &self.states);
+        let (nl, alpha) = (lambda.len(), &self.alpha);
         let mut hyper = dlambda;
+        let mut dalpha: Vec<Tensor> = alpha
+            .iter()
+            .map(Tensor::zeros_like)
+            .collect::<Result<_>>()?;
         // Adjoint of the whole state: ∂L/∂w_T for w, zero for optimizer buffers.
         let mut adj: Vec<Tensor> = dw_t;
         for s in &states[t][nw..] {
@@ -233,9 +345,11 @@ impl<'p> Trajectory<'p> {
         // state and λ and Φ(state, λ) with its graph. It does not depend on the adjoint.
         let rebuild = |step: usize| -> Result<StepGraph> {
             let s = track(&states[step]);
-            let l = track(lambda);
+            let mut l = track(lambda);
+            let a = track(alpha);
             let g = grad(&problem.inner_loss(&s[..nw], &l)?, &refs(&s[..nw]), true)?;
-            let next = self.optimizer.step(&s, &g)?;
+            let next = self.optimizer.step_scaled(&s, &g, &a)?;
+            l.extend(a);
             Ok((s, l, next))
         };
         let mut backprop = |(s, l, next): &StepGraph| -> Result<()> {
@@ -243,8 +357,12 @@ impl<'p> Trajectory<'p> {
             let mut wrt = refs(s);
             wrt.extend(refs(l));
             let mut grads = grad(&adj_dot, &wrt, false)?;
-            let gl = grads.split_off(s.len());
+            let mut gl = grads.split_off(s.len());
+            let ga = gl.split_off(nl);
             hyper = add_lists(&hyper, &gl)?;
+            if !ga.is_empty() {
+                dalpha = add_lists(&dalpha, &ga)?;
+            }
             adj = grads;
             Ok(())
         };
@@ -262,6 +380,7 @@ impl<'p> Trajectory<'p> {
         Ok(Adjoint {
             dlambda: hyper,
             dw: adj,
+            dalpha,
         })
     }
 }

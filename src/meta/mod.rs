@@ -1,0 +1,588 @@
+//! Meta-learning: learning an initialization θ (and, for Meta-SGD, per-parameter step
+//! sizes α) that adapts to a new task in a few gradient steps. MAML, first-order MAML,
+//! Meta-SGD, iMAML, ANIL and Reptile, for a whole batch of tasks at once.
+//!
+//! # Set-up
+//! A model is an [`Mlp`] whose parameters are one flat vector θ (layout in [`Mlp`]). A
+//! [`TaskBatch`] holds B tasks as tensors with a leading task dimension; the B adapted
+//! parameter sets are tensors with the same leading dimension, so every kernel serves
+//! every task and the number of dispatches does not grow with B.
+//!
+//! For each task i, the **inner loop** is S steps of gradient descent on its support
+//! loss L_i^s, every task starting from the shared θ:
+//!
+//! φ_i⁰ = θ,  φ_i^{t+1} = φ_i^t − α ⊙ ∇L_i^s(φ_i^t),
+//!
+//! with α a positive scalar, or Meta-SGD's learned vector. The **meta-loss** is the mean
+//! over tasks of the query loss at the adapted parameters,
+//! M(θ, α) = (1/B) Σ_i L_i^q(φ_i^S). Losses are means over a task's points: MSE without
+//! a ½ factor, or cross-entropy ([`TaskLoss`]).
+//!
+//! # Methods
+//! Each is one function returning a [`MetaGradient`] (the direction the meta-optimizer
+//! descends along, and the meta-loss); [`MetaMethod`] names them for configs and
+//! [`meta_gradient`] runs any of them.
+//! - [`maml`]: dM/dθ exactly, second order, through all S steps.
+//! - [`fomaml`]: first-order MAML, dθ_S/dθ := I, so (1/B) Σ_i ∇L_i^q(φ_i^S).
+//! - [`meta_sgd`]: ∂M/∂θ and ∂M/∂α with α a learned per-parameter vector.
+//! - [`imaml`]: implicit MAML, (1/B) Σ_i (I + H_i/λ)⁻¹ ∇L_i^q(φ_i) with a proximal inner
+//!   problem, solved by conjugate gradient on Hessian-vector products.
+//! - [`anil`]: MAML where only the last layer adapts.
+//! - [`reptile`]: the direction θ − (1/B) Σ_i φ_i^S, so that a step of size ε is
+//!   Reptile's θ ← θ + ε·mean_i(φ_i − θ).
+//!
+//! [`meta_train`] runs the outer loop (SGD or Adam) over freshly drawn task batches, and
+//! [`adapt`] / [`evaluate`] score the adapted parameters on held-out tasks.
+//!
+//! # How the second order is computed
+//! The inner loop is the bilevel core's inner trajectory ([`crate::bilevel::trajectory`]),
+//! with the B adapted parameter sets as the inner variables w. MAML's meta-gradient is
+//! its reverse sweep's adjoint at the start, dM/dw₀, summed over the task dimension
+//! (every task starts from the same θ). Meta-SGD's α is the trajectory's step-size
+//! tensor ([`Trajectory::run_scaled`]), whose adjoint the same sweep returns. The sweep
+//! stores the S+1 iterates only and rebuilds each step's graph (with create_graph) on
+//! the way back, so memory is O(S·B·P), not O(S·activations).
+
+mod mlp;
+mod tasks;
+mod train;
+
+#[cfg(test)]
+mod tests;
+
+pub use mlp::{Activation, Mlp};
+pub use tasks::{TaskBatch, TaskLoss};
+pub use train::{
+    AdaptResult, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate, meta_train,
+};
+
+use std::time::Instant;
+
+use crate::autodiff::{HvpOperator, grad, no_grad};
+use crate::bilevel::trajectory::{Trajectory, run_to_end};
+use crate::bilevel::{Inner, InnerOptimizer, Problem, bytes_of, refs, track};
+use crate::error::{Result, invalid};
+use crate::solvers::{CgOptions, conjugate_gradient};
+use crate::tensor::{Tensor, same_place};
+
+use mlp::batched;
+
+/// A meta-gradient and what computing it took.
+#[derive(Debug, Clone)]
+pub struct MetaGradient {
+    /// The direction for θ (flat layout, `[P]`): ∂M/∂θ, or the method's stand-in for it
+    /// (first-order, implicit, Reptile's θ − mean φ).
+    pub theta: Tensor,
+    /// ∂M/∂α (`[P]`) for Meta-SGD; `None` for the others.
+    pub alpha: Option<Tensor>,
+    /// The meta-loss M: the mean query loss at the adapted parameters.
+    pub meta_loss: f64,
+    /// Inner steps S taken per task.
+    pub inner_steps: usize,
+    /// Conjugate-gradient iterations (iMAML); 0 otherwise.
+    pub solver_iterations: usize,
+    /// CG's final residual norm (iMAML).
+    pub residual: Option<f64>,
+    /// Bytes of inner iterates stored for the reverse sweep (MAML, Meta-SGD, ANIL).
+    pub stored_bytes: u64,
+    /// GPU dispatches recorded (`None` on the CPU).
+    pub dispatches: Option<u64>,
+    /// Wall time including the final readback.
+    pub wall_time: std::time::Duration,
+}
+
+/// A meta-learning method with its settings; the inner step size α and the number of
+/// inner steps S are given separately.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetaMethod {
+    /// [`maml`].
+    Maml,
+    /// [`fomaml`].
+    Fomaml,
+    /// [`meta_sgd`] (α is the learned vector).
+    MetaSgd,
+    /// [`imaml`] with proximal strength λ and CG settings.
+    Imaml {
+        /// λ > 0 of the proximal term (λ/2)‖φ − θ‖².
+        lambda: f64,
+        /// Conjugate-gradient iterations.
+        cg_iters: usize,
+    },
+    /// [`anil`].
+    Anil,
+    /// [`reptile`].
+    Reptile,
+}
+
+impl MetaMethod {
+    /// The method's name as configs spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaMethod::Maml => "maml",
+            MetaMethod::Fomaml => "fomaml",
+            MetaMethod::MetaSgd => "meta-sgd",
+            MetaMethod::Imaml { .. } => "imaml",
+            MetaMethod::Anil => "anil",
+            MetaMethod::Reptile => "reptile",
+        }
+    }
+
+    /// Whether the method needs S ≥ 1 inner steps (Reptile's direction and iMAML's
+    /// implicit gradient are meaningless at φ = θ).
+    pub fn needs_inner_steps(&self) -> bool {
+        matches!(self, MetaMethod::Imaml { .. } | MetaMethod::Reptile)
+    }
+}
+
+/// The inner step size: a positive scalar, or Meta-SGD's per-parameter vector.
+#[derive(Debug, Clone)]
+pub enum StepSize {
+    /// One α > 0 for every parameter.
+    Scalar(f64),
+    /// A vector `[P]` in θ's flat layout (Meta-SGD's learned α).
+    PerParameter(Tensor),
+}
+
+/// Runs `method` with step size `alpha` (a [`StepSize::PerParameter`] vector for
+/// Meta-SGD, a scalar for the others) and `steps` inner steps.
+pub fn meta_gradient(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: &StepSize,
+    steps: usize,
+) -> Result<MetaGradient> {
+    if steps == 0 && method.needs_inner_steps() {
+        return Err(invalid(
+            method.name(),
+            "needs at least one inner step (S ≥ 1): its direction is computed from the adapted parameters",
+        ));
+    }
+    let scalar = || match alpha {
+        StepSize::Scalar(a) => Ok(*a),
+        StepSize::PerParameter(_) => Err(invalid(
+            method.name(),
+            "takes a scalar inner step size; only Meta-SGD learns a per-parameter α",
+        )),
+    };
+    match *method {
+        MetaMethod::Maml => maml(model, tasks, theta, scalar()?, steps),
+        MetaMethod::Fomaml => fomaml(model, tasks, theta, scalar()?, steps),
+        MetaMethod::MetaSgd => match alpha {
+            StepSize::PerParameter(a) => meta_sgd(model, tasks, theta, a, steps),
+            StepSize::Scalar(a) => {
+                let v = theta.detach().full_like(*a)?;
+                meta_sgd(model, tasks, theta, &v, steps)
+            }
+        },
+        MetaMethod::Imaml { lambda, cg_iters } => {
+            imaml(model, tasks, theta, scalar()?, steps, lambda, cg_iters)
+        }
+        MetaMethod::Anil => anil(model, tasks, theta, scalar()?, steps),
+        MetaMethod::Reptile => reptile(model, tasks, theta, scalar()?, steps),
+    }
+}
+
+/// The inner problem of a task batch as a bilevel [`Problem`]: w is the adapted part of
+/// the B parameter sets (batched pieces, from piece `head` on), λ the shared pieces
+/// before it (ANIL's body; empty otherwise).
+pub(crate) struct Adaptation<'a> {
+    model: &'a Mlp,
+    tasks: &'a TaskBatch,
+    /// Index of the first adapted piece (0: all adapt).
+    head: usize,
+    /// iMAML's proximal term (λ/2)‖w − anchor‖², summed over tasks.
+    prox: Option<(f64, Vec<Tensor>)>,
+}
+
+impl Adaptation<'_> {
+    fn params(&self, w: &[Tensor], lambda: &[Tensor]) -> Vec<Tensor> {
+        lambda.iter().chain(w).cloned().collect()
+    }
+
+    /// The support loss without the proximal term.
+    fn support_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        let pred = self.model.forward_with_ones(
+            &self.params(w, lambda),
+            self.tasks.support_x(),
+            self.tasks.support_ones(),
+        )?;
+        self.tasks.loss_sum(&pred, self.tasks.support_y())
+    }
+}
+
+impl Problem for Adaptation<'_> {
+    fn init_w(&self) -> Result<Vec<Tensor>> {
+        Err(invalid(
+            "meta-learning",
+            "the adaptation problem starts from the meta-parameters θ passed explicitly",
+        ))
+    }
+
+    fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+        self.model.piece_shapes()[..self.head].to_vec()
+    }
+
+    /// Σ_i L_i^s(φ_i) (each task's gradient is its own), plus (λ/2) Σ_i ‖φ_i − θ‖² for
+    /// iMAML.
+    fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        let loss = self.support_loss(w, lambda)?;
+        match &self.prox {
+            None => Ok(loss),
+            Some((strength, anchor)) => {
+                let mut total = loss;
+                for (p, a) in w.iter().zip(anchor) {
+                    total = total.add(&p.sub(a)?.sqnorm()?.scale(0.5 * strength)?)?;
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// (1/B) Σ_i L_i^q(φ_i): the meta-loss.
+    fn outer_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
+        let pred = self.model.forward_with_ones(
+            &self.params(w, lambda),
+            self.tasks.query_x(),
+            self.tasks.query_ones(),
+        )?;
+        self.tasks.loss_mean(&pred, self.tasks.query_y())
+    }
+}
+
+/// Entry checks shared by every method: the model fits the tasks, θ is `[P]` on their
+/// device and dtype, α is finite and > 0.
+fn check(model: &Mlp, tasks: &TaskBatch, theta: &Tensor, alpha: Option<f64>) -> Result<()> {
+    model.check_theta("θ", theta)?;
+    same_place("θ vs tasks", theta, tasks.support_x())?;
+    if tasks.features() != model.inputs() {
+        return Err(invalid(
+            "meta-learning",
+            format!(
+                "the tasks have {} input features but the model's input width is {} (widths {:?})",
+                tasks.features(),
+                model.inputs(),
+                model.widths()
+            ),
+        ));
+    }
+    if tasks.loss() == TaskLoss::Mse && tasks.support_y().shape()[2] != model.outputs() {
+        return Err(invalid(
+            "meta-learning",
+            format!(
+                "the tasks have {} target(s) per point but the model's output width is {}",
+                tasks.support_y().shape()[2],
+                model.outputs()
+            ),
+        ));
+    }
+    if let Some(a) = alpha
+        && !(a.is_finite() && a > 0.0)
+    {
+        return Err(invalid(
+            "meta-learning",
+            format!("the inner step size α must be finite and > 0, got {a}"),
+        ));
+    }
+    Ok(())
+}
+
+/// θ's pieces repeated for the B tasks: the starting point w₀ of every task.
+fn start(model: &Mlp, theta: &Tensor, tasks: usize) -> Result<Vec<Tensor>> {
+    no_grad(|| {
+        model
+            .unflatten(&theta.detach())?
+            .iter()
+            .map(|p| batched(p, tasks))
+            .collect()
+    })
+}
+
+fn gd(alpha: f64, steps: usize) -> Inner {
+    Inner {
+        optimizer: InnerOptimizer::Gd { lr: alpha },
+        steps,
+    }
+}
+
+/// The meta-loss and its gradient with respect to the adapted (w) and shared (λ) parts.
+fn query_grads(
+    problem: &Adaptation,
+    w: &[Tensor],
+    lambda: &[Tensor],
+) -> Result<(f64, Vec<Tensor>, Vec<Tensor>)> {
+    let (wt, lt) = (track(w), track(lambda));
+    let loss = problem.outer_loss(&wt, &lt)?;
+    let mut all = refs(&wt);
+    all.extend(refs(&lt));
+    let mut g = grad(&loss, &all, false)?;
+    let gl = g.split_off(wt.len());
+    Ok((loss.to_scalar::<f64>()?, g, gl))
+}
+
+/// Times a method and counts its dispatches.
+fn timed(tasks: &TaskBatch, f: impl FnOnce() -> Result<MetaGradient>) -> Result<MetaGradient> {
+    let t0 = Instant::now();
+    let device = tasks.device();
+    let before = device.gpu_context().map(|c| c.dispatch_count());
+    let mut out = f()?;
+    out.dispatches = device
+        .gpu_context()
+        .zip(before)
+        .map(|(c, b)| c.dispatch_count() - b);
+    out.wall_time = t0.elapsed();
+    Ok(out)
+}
+
+fn output(theta: Tensor, alpha: Option<Tensor>, meta_loss: f64, steps: usize) -> MetaGradient {
+    MetaGradient {
+        theta,
+        alpha,
+        meta_loss,
+        inner_steps: steps,
+        solver_iterations: 0,
+        residual: None,
+        stored_bytes: 0,
+        dispatches: None,
+        wall_time: std::time::Duration::ZERO,
+    }
+}
+
+/// **MAML** (Finn et al. 2017), full second order: dM/dθ for
+/// M(θ) = (1/B) Σ_i L_i^q(φ_i^S(θ)), φ_i^{t+1} = φ_i^t − α ∇L_i^s(φ_i^t), φ_i⁰ = θ,
+/// differentiated through all S steps including their Hessians:
+/// dM/dθ = (1/B) Σ_i Π_{t=S−1..0} (I − α ∇²L_i^s(φ_i^t)) ∇L_i^q(φ_i^S).
+///
+/// S = 0 gives the plain query gradient at θ.
+pub fn maml(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, Some(alpha))?;
+    timed(tasks, || {
+        let problem = Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: None,
+        };
+        let w0 = start(model, theta, tasks.tasks())?;
+        let trajectory = Trajectory::run(&problem, &[], &w0, &gd(alpha, steps))?;
+        let (loss, gw, _) = query_grads(&problem, trajectory.w(steps), &[])?;
+        let adjoint = trajectory.reverse(steps, gw, vec![])?;
+        let dtheta = no_grad(|| model.flatten(&adjoint.dw))?;
+        let mut out = output(dtheta, None, loss, steps);
+        out.stored_bytes = trajectory.stored_bytes();
+        Ok(out)
+    })
+}
+
+/// **First-order MAML**: MAML's gradient with dφ_i^S/dθ replaced by I,
+/// (1/B) Σ_i ∇L_i^q(φ_i^S), where φ_i^S are the same S inner steps as [`maml`]'s.
+pub fn fomaml(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, Some(alpha))?;
+    timed(tasks, || {
+        let problem = Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: None,
+        };
+        let w0 = start(model, theta, tasks.tasks())?;
+        let phi = run_to_end(&problem, &[], &w0, &gd(alpha, steps))?;
+        let (loss, gw, _) = query_grads(&problem, &phi, &[])?;
+        let dtheta = no_grad(|| model.flatten(&gw))?;
+        Ok(output(dtheta, None, loss, steps))
+    })
+}
+
+/// **Meta-SGD** (Li et al. 2017): the inner steps are φ_i^{t+1} = φ_i^t − α ⊙ ∇L_i^s(φ_i^t)
+/// with α `[P]` a learned per-parameter vector (the same at every step), and both
+/// ∂M/∂θ and ∂M/∂α are returned, second order through all S steps:
+/// ∂M/∂α = −(1/B) Σ_i Σ_t ∇L_i^s(φ_i^t) ⊙ a_i^{t+1}, with a_i^{t+1} the adjoint
+/// dM/dφ_i^{t+1}.
+pub fn meta_sgd(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: &Tensor,
+    steps: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, None)?;
+    model.check_theta("Meta-SGD's α", alpha)?;
+    same_place("α vs θ", alpha, theta)?;
+    timed(tasks, || {
+        let problem = Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: None,
+        };
+        let w0 = start(model, theta, tasks.tasks())?;
+        // α's pieces repeated for the B tasks like θ's: the same rates for every task,
+        // multiplied elementwise without a broadcast (whose kernels B = 1 would skip);
+        // the sweep's dα per task is summed over tasks at the end.
+        let a = start(model, alpha, tasks.tasks())?;
+        let trajectory = Trajectory::run_scaled(&problem, &[], &w0, &gd(1.0, steps), &a)?;
+        let (loss, gw, _) = query_grads(&problem, trajectory.w(steps), &[])?;
+        let adjoint = trajectory.reverse(steps, gw, vec![])?;
+        let (dtheta, dalpha) = no_grad(|| -> Result<_> {
+            Ok((model.flatten(&adjoint.dw)?, model.flatten(&adjoint.dalpha)?))
+        })?;
+        let mut out = output(dtheta, Some(dalpha), loss, steps);
+        out.stored_bytes = trajectory.stored_bytes();
+        Ok(out)
+    })
+}
+
+/// **iMAML** (Rajeswaran et al. 2019): each task adapts on the proximal problem
+/// L_i^s(φ) + (λ/2)‖φ − θ‖², approximately solved by S steps of gradient descent from θ
+/// with step α, and the meta-gradient comes from the implicit function theorem at the
+/// φ_i reached: (1/B) Σ_i (I + ∇²L_i^s(φ_i)/λ)⁻¹ ∇L_i^q(φ_i).
+///
+/// The B systems are one block-diagonal system, solved together by [`conjugate_gradient`]
+/// with `cg_iters` iterations on Hessian-vector products (no readback until the end).
+pub fn imaml(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+    lambda: f64,
+    cg_iters: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, Some(alpha))?;
+    if !(lambda.is_finite() && lambda > 0.0) || cg_iters == 0 {
+        return Err(invalid(
+            "imaml",
+            format!(
+                "needs a proximal strength λ > 0 (got {lambda}) and at least one CG iteration (got {cg_iters})"
+            ),
+        ));
+    }
+    timed(tasks, || {
+        let w0 = start(model, theta, tasks.tasks())?;
+        let problem = Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: Some((lambda, w0.clone())),
+        };
+        let phi = run_to_end(&problem, &[], &w0, &gd(alpha, steps))?;
+        let (loss, gw, _) = query_grads(&problem, &phi, &[])?;
+        let phit = track(&phi);
+        let support = problem.support_loss(&phit, &[])?;
+        let op = HvpOperator::new(&support, &refs(&phit))?;
+        let b = crate::bilevel::flatten(&gw)?;
+        let solved = conjugate_gradient(
+            |v| {
+                let parts = crate::bilevel::unflatten(v, &phi)?;
+                let hv = crate::bilevel::flatten(&op.hvp(&refs(&parts))?)?;
+                no_grad(|| v.axpy(1.0 / lambda, &hv))
+            },
+            &b,
+            &CgOptions {
+                max_iters: cg_iters,
+                ..CgOptions::default()
+            },
+        )?;
+        let x = crate::bilevel::unflatten(&solved.x, &phi)?;
+        let dtheta = no_grad(|| model.flatten(&x))?;
+        let mut out = output(dtheta, None, loss, steps);
+        out.solver_iterations = solved.iterations;
+        out.residual = Some(solved.residual_norm);
+        out.stored_bytes = bytes_of(&phi) * 4;
+        Ok(out)
+    })
+}
+
+/// **ANIL** (Raghu et al. 2020): MAML where only the last layer (W_L, b_L) adapts in the
+/// inner loop; the body is shared by every task's adaptation. Full second order: the
+/// body's gradient flows through the head's S adaptation steps
+/// (the reverse sweep's λ-part), the head's through its start (dM/dw₀).
+/// Equals [`meta_sgd`] with α = 0 on every layer but the last.
+pub fn anil(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, Some(alpha))?;
+    timed(tasks, || {
+        let head = 2 * (model.layers() - 1);
+        let problem = Adaptation {
+            model,
+            tasks,
+            head,
+            prox: None,
+        };
+        let pieces = no_grad(|| model.unflatten(&theta.detach()))?;
+        let body = pieces[..head].to_vec();
+        let w0 = no_grad(|| -> Result<Vec<Tensor>> {
+            pieces[head..]
+                .iter()
+                .map(|p| batched(p, tasks.tasks()))
+                .collect()
+        })?;
+        let trajectory = Trajectory::run(&problem, &body, &w0, &gd(alpha, steps))?;
+        let (loss, gw, gl) = query_grads(&problem, trajectory.w(steps), &body)?;
+        let adjoint = trajectory.reverse(steps, gw, gl)?;
+        let mut all = adjoint.dlambda;
+        all.extend(adjoint.dw);
+        let dtheta = no_grad(|| model.flatten(&all))?;
+        let mut out = output(dtheta, None, loss, steps);
+        out.stored_bytes = trajectory.stored_bytes();
+        Ok(out)
+    })
+}
+
+/// **Reptile** (Nichol et al. 2018): S inner steps per task as for [`maml`], then the
+/// direction θ − (1/B) Σ_i φ_i^S, so that the meta-optimizer's step of size ε,
+/// θ ← θ − ε·direction, is Reptile's θ ← θ + ε·mean_i(φ_i − θ). Needs S ≥ 1.
+pub fn reptile(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+) -> Result<MetaGradient> {
+    check(model, tasks, theta, Some(alpha))?;
+    if steps == 0 {
+        return Err(invalid(
+            "reptile",
+            "needs at least one inner step (S ≥ 1): with S = 0 every φ equals θ",
+        ));
+    }
+    timed(tasks, || {
+        let problem = Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: None,
+        };
+        let w0 = start(model, theta, tasks.tasks())?;
+        let phi = run_to_end(&problem, &[], &w0, &gd(alpha, steps))?;
+        let loss = no_grad(|| problem.outer_loss(&phi, &[]))?.to_scalar::<f64>()?;
+        let b = tasks.tasks() as f64;
+        let dtheta = no_grad(|| -> Result<Tensor> {
+            let diff: Vec<Tensor> = w0
+                .iter()
+                .zip(&phi)
+                .map(|(t, p)| t.sub(p)?.scale(1.0 / b))
+                .collect::<Result<_>>()?;
+            model.flatten(&diff)
+        })?;
+        Ok(output(dtheta, None, loss, steps))
+    })
+}

@@ -1,0 +1,383 @@
+//! The meta-training loop and post-adaptation evaluation.
+
+use std::time::Instant;
+
+use super::mlp::batched;
+use super::{
+    Adaptation, MetaGradient, MetaMethod, Mlp, StepSize, TaskBatch, TaskLoss, check, gd,
+    meta_gradient,
+};
+use crate::autodiff::no_grad;
+use crate::bilevel::OuterOptimizer;
+use crate::bilevel::trajectory::run_to_end_scaled;
+use crate::error::{Result, invalid};
+use crate::tensor::{Tensor, same_place};
+
+/// Draws the task batch of each meta-iteration.
+pub trait TaskSampler {
+    /// The tasks of meta-iteration `iteration` (0-based). Seeded samplers return the same
+    /// batch for the same iteration.
+    fn sample(&mut self, iteration: usize) -> Result<TaskBatch>;
+}
+
+/// A fixed batch: every iteration trains on the same tasks.
+impl TaskSampler for TaskBatch {
+    fn sample(&mut self, _iteration: usize) -> Result<TaskBatch> {
+        Ok(self.clone())
+    }
+}
+
+/// Settings of [`meta_train`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetaTrainConfig {
+    /// The meta-gradient.
+    pub method: MetaMethod,
+    /// Inner steps S.
+    pub inner_steps: usize,
+    /// Meta-iterations (0 computes the meta-gradient once and updates nothing).
+    pub iterations: usize,
+    /// How θ (and Meta-SGD's α) move along the meta-gradient: SGD (Reptile's ε is its lr)
+    /// or Adam, with the bilevel outer loop's definitions.
+    pub optimizer: OuterOptimizer,
+}
+
+/// One meta-iteration of a [`MetaTrace`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaStep {
+    /// Iteration index (0-based).
+    pub iteration: usize,
+    /// The meta-loss at θ before this iteration's update.
+    pub meta_loss: f64,
+    /// ‖meta-gradient‖₂ (θ and α together).
+    pub grad_norm: f64,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+}
+
+/// The result of [`meta_train`].
+#[derive(Debug, Clone)]
+pub struct MetaTrace {
+    /// One entry per meta-iteration (one for `iterations = 0`).
+    pub steps: Vec<MetaStep>,
+    /// The final θ.
+    pub theta: Tensor,
+    /// The final step size (Meta-SGD's learned α, or the fixed scalar).
+    pub alpha: StepSize,
+    /// The last meta-gradient computed (at the final θ when `iterations = 0`).
+    pub last: MetaGradient,
+}
+
+struct Adam {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: i32,
+}
+
+/// θ ← θ − lr·g (SGD) or Adam's bias-corrected step, for each (parameter, gradient)
+/// pair: the same update as the bilevel outer loop's.
+fn update(
+    opt: &OuterOptimizer,
+    adam: &mut Option<Adam>,
+    params: &[Tensor],
+    grads: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    no_grad(|| match *opt {
+        OuterOptimizer::Sgd { lr } => params
+            .iter()
+            .zip(grads)
+            .map(|(p, g)| p.axpy(-lr, g))
+            .collect(),
+        OuterOptimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
+            let st = match adam {
+                Some(s) => s,
+                None => adam.insert(Adam {
+                    m: grads
+                        .iter()
+                        .map(Tensor::zeros_like)
+                        .collect::<Result<_>>()?,
+                    v: grads
+                        .iter()
+                        .map(Tensor::zeros_like)
+                        .collect::<Result<_>>()?,
+                    t: 0,
+                }),
+            };
+            st.t += 1;
+            let c1 = 1.0 - beta1.powi(st.t);
+            let c2 = 1.0 - beta2.powi(st.t);
+            let mut out = Vec::with_capacity(params.len());
+            for i in 0..params.len() {
+                st.m[i] = st.m[i].axpby(beta1, 1.0 - beta1, &grads[i])?;
+                st.v[i] = st.v[i].axpby(beta2, 1.0 - beta2, &grads[i].square()?)?;
+                let denom = st.v[i].scale(1.0 / c2)?.sqrt()?.scale_shift(1.0, eps)?;
+                out.push(params[i].axpy(-lr / c1, &st.m[i].div(&denom)?)?);
+            }
+            Ok(out)
+        }
+    })
+}
+
+fn check_optimizer(opt: &OuterOptimizer) -> Result<()> {
+    let ok = match *opt {
+        OuterOptimizer::Sgd { lr } => lr.is_finite() && lr > 0.0,
+        OuterOptimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
+            lr.is_finite()
+                && lr > 0.0
+                && (0.0..1.0).contains(&beta1)
+                && (0.0..1.0).contains(&beta2)
+                && eps.is_finite()
+                && eps > 0.0
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "meta optimizer",
+            format!("{opt:?}: need lr > 0, betas in [0, 1), eps > 0, all finite"),
+        ))
+    }
+}
+
+/// Meta-trains θ (and Meta-SGD's α) from `theta0` / `alpha0`: at each iteration, a task
+/// batch from `sampler`, the meta-gradient by `config.method`, and one step of
+/// `config.optimizer`. `observe` sees each [`MetaStep`] as it is recorded. Fails, naming
+/// the iteration, when the meta-gradient stops being finite.
+pub fn meta_train(
+    model: &Mlp,
+    sampler: &mut dyn TaskSampler,
+    theta0: &Tensor,
+    alpha0: &StepSize,
+    config: &MetaTrainConfig,
+    observe: &mut dyn FnMut(&MetaStep),
+) -> Result<MetaTrace> {
+    check_optimizer(&config.optimizer)?;
+    let t0 = Instant::now();
+    let mut theta = theta0.detach();
+    let learn_alpha = config.method == MetaMethod::MetaSgd;
+    let mut alpha = match (alpha0, learn_alpha) {
+        (StepSize::PerParameter(a), true) => StepSize::PerParameter(a.detach()),
+        (StepSize::Scalar(a), true) => StepSize::PerParameter(theta.full_like(*a)?),
+        (a, false) => a.clone(),
+    };
+    let mut adam = None;
+    let mut steps = Vec::new();
+    let mut it = 0;
+    loop {
+        let tasks = sampler.sample(it)?;
+        let g = meta_gradient(
+            &config.method,
+            model,
+            &tasks,
+            &theta,
+            &alpha,
+            config.inner_steps,
+        )
+        .map_err(|e| at_iteration(e, it))?;
+        let mut grads = vec![g.theta.clone()];
+        grads.extend(g.alpha.clone());
+        let norm = no_grad(|| -> Result<f64> {
+            let mut total = 0.0;
+            for t in &grads {
+                total += t.sqnorm()?.to_scalar::<f64>()?;
+            }
+            Ok(total.sqrt())
+        })?;
+        if !norm.is_finite() || !g.meta_loss.is_finite() {
+            return Err(invalid(
+                "meta_train",
+                format!(
+                    "the meta-loss ({}) or meta-gradient norm ({norm}) is not finite at iteration {it}; lower the meta or inner step size",
+                    g.meta_loss
+                ),
+            ));
+        }
+        let step = MetaStep {
+            iteration: it,
+            meta_loss: g.meta_loss,
+            grad_norm: norm,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        };
+        observe(&step);
+        steps.push(step);
+        if it >= config.iterations || config.iterations == 0 {
+            return Ok(MetaTrace {
+                steps,
+                theta,
+                alpha,
+                last: g,
+            });
+        }
+        let mut params = vec![theta.clone()];
+        if let StepSize::PerParameter(a) = &alpha {
+            params.push(a.clone());
+        }
+        let mut new = update(&config.optimizer, &mut adam, &params, &grads)?;
+        if learn_alpha {
+            alpha = StepSize::PerParameter(new.pop().expect("α follows θ"));
+        }
+        theta = new.pop().expect("θ");
+        it += 1;
+    }
+}
+
+fn at_iteration(e: crate::Error, it: usize) -> crate::Error {
+    match e {
+        crate::Error::InvalidArgument { op, msg } if it > 0 => crate::Error::InvalidArgument {
+            op,
+            msg: format!("{msg} (at meta-iteration {it})"),
+        },
+        other => other,
+    }
+}
+
+/// What adapting to a task batch gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptResult {
+    /// Each task's query loss after adaptation.
+    pub query_losses: Vec<f64>,
+    /// Each task's query accuracy after adaptation (classification only).
+    pub query_accuracy: Option<Vec<f64>>,
+}
+
+impl AdaptResult {
+    /// Mean and half-width of the 95 % confidence interval (1.96·sd/√n) of per-task
+    /// values.
+    pub fn mean_ci95(values: &[f64]) -> (f64, f64) {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        if values.len() < 2 {
+            return (mean, 0.0);
+        }
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, 1.96 * (var / n).sqrt())
+    }
+}
+
+/// Adapts θ to every task of `tasks` with `steps` inner steps of the method's inner loop
+/// (only the last layer for ANIL, the proximal problem for iMAML, α ⊙ ∇ for Meta-SGD)
+/// and scores each task's query set.
+pub fn adapt(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: &StepSize,
+    steps: usize,
+) -> Result<AdaptResult> {
+    check(model, tasks, theta, None)?;
+    let b = tasks.tasks();
+    let head = if *method == MetaMethod::Anil {
+        2 * (model.layers() - 1)
+    } else {
+        0
+    };
+    let phi = no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let pieces = model.unflatten(&theta.detach())?;
+        let body = pieces[..head].to_vec();
+        let w0: Vec<Tensor> = pieces[head..]
+            .iter()
+            .map(|p| batched(p, b))
+            .collect::<Result<_>>()?;
+        let prox = match method {
+            MetaMethod::Imaml { lambda, .. } => Some((*lambda, w0.clone())),
+            _ => None,
+        };
+        let problem = Adaptation {
+            model,
+            tasks,
+            head,
+            prox,
+        };
+        let (lr, a) = match alpha {
+            StepSize::Scalar(a) => {
+                if !(a.is_finite() && *a > 0.0) {
+                    return Err(invalid(
+                        "adapt",
+                        format!("the inner step size α must be finite and > 0, got {a}"),
+                    ));
+                }
+                (*a, vec![])
+            }
+            StepSize::PerParameter(a) => {
+                model.check_theta("Meta-SGD's α", a)?;
+                same_place("α vs θ", a, theta)?;
+                let pieces = model.unflatten(&a.detach())?;
+                let a: Vec<Tensor> = pieces[head..]
+                    .iter()
+                    .map(|p| batched(p, b))
+                    .collect::<Result<_>>()?;
+                (1.0, a)
+            }
+        };
+        let w = run_to_end_scaled(&problem, &body, &w0, &gd(lr, steps), &a)?;
+        Ok((body, w))
+    })?;
+    let (body, w) = phi;
+    let params: Vec<Tensor> = body.into_iter().chain(w).collect();
+    no_grad(|| {
+        let pred = model.forward_with_ones(&params, tasks.query_x(), tasks.query_ones())?;
+        let query_losses = per_task_losses(tasks, &pred)?;
+        let query_accuracy = match tasks.loss() {
+            TaskLoss::CrossEntropy => Some(tasks.query_accuracy(&pred)?),
+            TaskLoss::Mse => None,
+        };
+        Ok(AdaptResult {
+            query_losses,
+            query_accuracy,
+        })
+    })
+}
+
+/// Each task's mean query loss, read back.
+fn per_task_losses(tasks: &TaskBatch, pred: &Tensor) -> Result<Vec<f64>> {
+    let (b, n) = (tasks.tasks(), tasks.query_points());
+    let y = tasks.query_y();
+    match tasks.loss() {
+        TaskLoss::Mse => {
+            let per = pred.shape()[1] * pred.shape()[2];
+            pred.sub(y)?
+                .square()?
+                .reshape(&[b, per])?
+                .mean_axis(1, false)?
+                .to_vec::<f64>()
+        }
+        TaskLoss::CrossEntropy => {
+            let c = pred.shape()[2];
+            let logp = pred.reshape(&[b * n, c])?.log_softmax()?;
+            let picked = logp.gather(&y.reshape(&[b * n])?)?;
+            picked
+                .reshape(&[b, n])?
+                .mean_axis(1, false)?
+                .neg()?
+                .to_vec::<f64>()
+        }
+    }
+}
+
+/// The mean post-adaptation query loss over `tasks` and its 95 % confidence half-width,
+/// plus the mean accuracy and its half-width for classification.
+pub fn evaluate(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: &StepSize,
+    steps: usize,
+) -> Result<((f64, f64), Option<(f64, f64)>)> {
+    let r = adapt(method, model, tasks, theta, alpha, steps)?;
+    Ok((
+        AdaptResult::mean_ci95(&r.query_losses),
+        r.query_accuracy.as_deref().map(AdaptResult::mean_ci95),
+    ))
+}
