@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::methods::{Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
+use super::methods::{Bda, Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
 use super::{Hypergradient, Inner, Problem, Report, check_lambda, detach_all, refs, track};
 use crate::autodiff::grad;
 use crate::device::Device;
@@ -122,6 +122,15 @@ pub trait HypergradientMethod {
     fn warm_starts(&self) -> bool {
         true
     }
+
+    /// Whether the method differentiates through the projection onto a problem's inner
+    /// bounds ([`Problem::inner_bounds`]): true for those that unroll the inner loop
+    /// (RAD, T-RAD, BDA). Methods that assume an unconstrained inner optimum (implicit,
+    /// one-step) or carry tangents through the plain update (forward) do not, and
+    /// [`hypergradient_with`] rejects a problem with bounds for them.
+    fn supports_inner_bounds(&self) -> bool {
+        false
+    }
 }
 
 /// What a [`HypergradientMethod`] computed; [`hypergradient_with`] turns it into a
@@ -227,6 +236,12 @@ pub enum Method {
     /// [`MAX_DENSE_DIM`](super::methods::MAX_DENSE_DIM). Formerly `Exact`
     /// ([`Method::Exact`] is kept as an alias).
     Implicit,
+    /// `bda(T)` (Liu et al. 2020): reverse mode through T inner steps that descend
+    /// (1 − α_k)·L_in + α_k·(s_u/s_l)·L_out ([`Aggregation`](super::methods::Aggregation)),
+    /// for inner problems whose minimisers form a set: the trajectory drifts towards the
+    /// minimiser the outer loss prefers. Stores the iterates as RAD does and returns
+    /// dL_out/dw₀ too.
+    Bda(Bda),
 }
 
 impl Method {
@@ -246,6 +261,7 @@ impl Method {
             Method::FixedPoint { .. } => FixedPoint::NAME,
             Method::OneStep { .. } => OneStep::NAME,
             Method::Implicit => Implicit::NAME,
+            Method::Bda(_) => Bda::NAME,
         }
     }
 
@@ -268,6 +284,7 @@ impl Method {
             Method::FixedPoint { k, eta } => f(&FixedPoint { k, eta }),
             Method::OneStep { xi, exact } => f(&OneStep { xi, exact }),
             Method::Implicit => f(&Implicit),
+            Method::Bda(b) => f(&b),
         }
     }
 }
@@ -294,6 +311,22 @@ impl HypergradientMethod for Method {
     fn warm_starts(&self) -> bool {
         self.with(|m| m.warm_starts())
     }
+
+    fn supports_inner_bounds(&self) -> bool {
+        self.with(|m| m.supports_inner_bounds())
+    }
+}
+
+/// Fails unless [lo, hi] is a box: both finite (or infinite on the open side) and
+/// lo ≤ hi.
+pub(crate) fn check_bounds(what: &str, lo: f64, hi: f64) -> Result<()> {
+    if lo.is_nan() || hi.is_nan() || lo > hi || lo == f64::INFINITY || hi == f64::NEG_INFINITY {
+        return Err(invalid(
+            "bounds",
+            format!("{what} [{lo}, {hi}] are not a box: need lo ≤ hi, neither NaN"),
+        ));
+    }
+    Ok(())
 }
 
 /// A built-in method's setting out of its domain: the setting's name (as the method's
@@ -356,6 +389,18 @@ pub fn hypergradient_with(
     }
     inner.optimizer.validate()?;
     method.validate(inner)?;
+    if let Some((lo, hi)) = problem.inner_bounds() {
+        check_bounds("the problem's inner bounds", lo, hi)?;
+        if !method.supports_inner_bounds() {
+            return Err(invalid(
+                "hypergradient",
+                format!(
+                    "the problem bounds its inner variables to [{lo}, {hi}], which `{}` does not differentiate through: use rad, trad or bda (or iaptt_gm)",
+                    method.name()
+                ),
+            ));
+        }
+    }
     let device = w0.first().map(Tensor::device).unwrap_or(Device::Cpu);
     let dispatches_before = device.gpu_context().map(|c| c.dispatch_count());
     let lambda = detach_all(lambda);

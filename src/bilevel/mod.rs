@@ -16,13 +16,20 @@
 //! dL/dw₀), is [`trajectory`].
 //!
 //! [`optimize`] runs the outer loop with any method; [`hoag`] is HOAG, an outer loop
-//! that sets its own inner steps and solver tolerance per step.
+//! that sets its own inner steps and solver tolerance per step; [`iaptt_gm`] is
+//! IAPTT-GM, an outer loop that also learns the inner starting point. For inner
+//! problems with several minimisers, [`Method::Bda`] aggregates the outer loss into the
+//! inner steps; problems may bound their inner variables and λ
+//! ([`Problem::inner_bounds`], [`Problem::lambda_bounds`]).
 //!
 //! Files: `inner.rs` (Φ), `trajectory.rs`, `method.rs` (the trait, [`Method`], the
 //! driver), `methods/{unrolled,forward,implicit,one_step}.rs`, `outer.rs`,
 //! `hoag.rs`.
 
+#[cfg(test)]
+mod beyond_lls_tests;
 mod hoag;
+mod iaptt;
 mod inner;
 mod method;
 pub mod methods;
@@ -33,6 +40,9 @@ pub mod trajectory;
 #[cfg(feature = "config")]
 pub(crate) use hoag::HOAG;
 pub use hoag::{HoagConfig, HoagSettings, hoag, hoag_with};
+pub use iaptt::{
+    IapttConfig, IapttGradient, IapttStep, IapttTrace, iaptt_gm, iaptt_gm_with, iaptt_gradient,
+};
 pub use inner::{Inner, InnerOptimizer};
 #[cfg(feature = "config")]
 pub(crate) use method::BadSetting;
@@ -67,6 +77,19 @@ pub trait Problem: Sync {
     /// The exact minimiser w*(λ) of the inner loss, for problems that have a closed form
     /// (used by [`Method::Implicit`]); `None` otherwise.
     fn inner_solution(&self, _lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
+        None
+    }
+    /// Box constraints lo ≤ w ≤ hi on every inner variable, elementwise, or `None` (the
+    /// default: unconstrained). The inner optimizer's iterates are projected onto the box
+    /// after every step, w ← clamp(Φ(w), lo, hi), and unrolled methods (RAD, T-RAD, BDA,
+    /// IAPTT-GM) differentiate through the clamp (derivative 1 inside the box, 0 where
+    /// it binds); the other methods reject a problem with bounds.
+    fn inner_bounds(&self) -> Option<(f64, f64)> {
+        None
+    }
+    /// Box constraints on every element of λ, or `None` (the default). The outer loops
+    /// ([`optimize`], [`iaptt_gm`]) project λ onto the box after every update.
+    fn lambda_bounds(&self) -> Option<(f64, f64)> {
         None
     }
 }

@@ -117,6 +117,14 @@ pub struct Trace {
     pub last: Hypergradient,
 }
 
+/// λ projected onto the problem's λ bounds, if it has any.
+pub(super) fn project_lambda(problem: &dyn Problem, lambda: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    match problem.lambda_bounds() {
+        None => Ok(lambda),
+        Some((lo, hi)) => no_grad(|| lambda.iter().map(|l| l.clamp(lo, hi)).collect()),
+    }
+}
+
 pub(super) fn norm(ts: &[Tensor]) -> Result<f64> {
     Ok(no_grad(|| dot_list(ts, ts))?.to_scalar::<f64>()?.sqrt())
 }
@@ -249,6 +257,7 @@ pub fn optimize_with(
         // its loss non-finite at the starting w, which blames λ, and the error gains the
         // outer step and learning rate above.
         lambda = update(&config.optimizer, &mut adam, &lambda, &hg.grad)?;
+        lambda = project_lambda(problem, lambda)?;
         if config.warm_start == WarmStart::Warm && method.warm_starts() {
             w_start = hg.w.clone();
         }

@@ -6,11 +6,48 @@
 //! The optimizer state s_t is w_t followed by the optimizer's buffers (the momentum's
 //! velocity, zero at s₀); see [`InnerOptimizer`].
 
+use super::methods::bda::Aggregation;
 use super::{Inner, InnerOptimizer, Problem, bytes_of, detach_all, dot_list, refs, track};
 use crate::autodiff::{grad, no_grad};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
+
+/// The loss inner step `k` descends: L_in, or BDA's aggregation of both levels.
+pub(crate) fn step_loss(
+    problem: &dyn Problem,
+    aggregation: Option<&Aggregation>,
+    k: usize,
+    w: &[Tensor],
+    lambda: &[Tensor],
+) -> Result<Tensor> {
+    let inner = problem.inner_loss(w, lambda)?;
+    match aggregation {
+        None => Ok(inner),
+        Some(a) => {
+            let alpha = a.alpha(k);
+            let outer = problem.outer_loss(w, lambda)?;
+            inner
+                .scale(1.0 - alpha)?
+                .add(&outer.scale(alpha * a.upper_ratio())?)
+        }
+    }
+}
+
+/// The state with its w-part projected onto the problem's inner bounds, if it has any
+/// (recorded when the state is on the graph).
+pub(crate) fn project(
+    problem: &dyn Problem,
+    mut state: Vec<Tensor>,
+    nw: usize,
+) -> Result<Vec<Tensor>> {
+    if let Some((lo, hi)) = problem.inner_bounds() {
+        for w in &mut state[..nw] {
+            *w = w.clamp(lo, hi)?;
+        }
+    }
+    Ok(state)
+}
 
 /// Fails if the inner loop diverged, naming the step. The common case costs one
 /// readback, of ‖w_T‖², and no per-step work: a step whose loss or gradient is not
@@ -24,16 +61,18 @@ pub(crate) fn check_divergence(
     w_t: &[Tensor],
     steps: usize,
 ) -> Result<()> {
-    check_divergence_scaled(problem, lambda, opt, &[], start, w_t, steps)
+    check_divergence_scaled(problem, lambda, opt, &[], None, start, w_t, steps)
 }
 
 /// [`check_divergence`] for an inner loop whose gradients are scaled by the step-size
 /// tensors `alpha` (empty: none), see [`InnerOptimizer::step_scaled`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_divergence_scaled(
     problem: &dyn Problem,
     lambda: &[Tensor],
     opt: &InnerOptimizer,
     alpha: &[Tensor],
+    aggregation: Option<&Aggregation>,
     start: &[Tensor],
     w_t: &[Tensor],
     steps: usize,
@@ -45,16 +84,16 @@ pub(crate) fn check_divergence_scaled(
     let nw = w_t.len();
     let mut losses = Vec::new();
     let mut s = start.to_vec();
-    for _ in 0..steps {
+    for k in 0..steps {
         let w = track(&s[..nw]);
-        let loss = problem.inner_loss(&w, lambda)?;
+        let loss = step_loss(problem, aggregation, k, &w, lambda)?;
         let g = grad(&loss, &refs(&w), false)?;
         let value = loss.to_vec::<f64>()?[0];
         losses.push(value);
         if !value.is_finite() {
             break;
         }
-        s = no_grad(|| opt.step_scaled(&s, &g, alpha))?;
+        s = no_grad(|| project(problem, opt.step_scaled(&s, &g, alpha)?, nw))?;
     }
     losses.push(norm);
     Err(divergence(&losses, steps))
@@ -104,7 +143,7 @@ pub(crate) fn run_inner(
     keep: bool,
     nw: usize,
 ) -> Result<Vec<Vec<Tensor>>> {
-    run_inner_scaled(problem, lambda, opt, &[], state, steps, keep, nw)
+    run_inner_scaled(problem, lambda, opt, &[], None, state, steps, keep, nw)
 }
 
 /// [`run_inner`] with the gradients scaled by the step-size tensors `alpha` (empty:
@@ -115,6 +154,7 @@ pub(crate) fn run_inner_scaled(
     lambda: &[Tensor],
     opt: &InnerOptimizer,
     alpha: &[Tensor],
+    aggregation: Option<&Aggregation>,
     state: Vec<Tensor>,
     steps: usize,
     keep: bool,
@@ -127,17 +167,26 @@ pub(crate) fn run_inner_scaled(
     let mut states = Vec::new();
     let start = state.clone();
     let mut s = state;
-    for _ in 0..steps {
+    for k in 0..steps {
         let w = track(&s[..nw]);
-        let loss = problem.inner_loss(&w, &lambda)?;
+        let loss = step_loss(problem, aggregation, k, &w, &lambda)?;
         let g = grad(&loss, &refs(&w), false)?;
-        let next = no_grad(|| opt.step_scaled(&s, &g, &alpha))?;
+        let next = no_grad(|| project(problem, opt.step_scaled(&s, &g, &alpha)?, nw))?;
         if keep {
             states.push(s);
         }
         s = next;
     }
-    check_divergence_scaled(problem, &lambda, opt, &alpha, &start, &s[..nw], steps)?;
+    check_divergence_scaled(
+        problem,
+        &lambda,
+        opt,
+        &alpha,
+        aggregation,
+        &start,
+        &s[..nw],
+        steps,
+    )?;
     states.push(s);
     Ok(states)
 }
@@ -172,6 +221,7 @@ pub fn run_to_end_scaled(
         lambda,
         &inner.optimizer,
         alpha,
+        None,
         state0,
         inner.steps,
         false,
@@ -223,6 +273,8 @@ pub struct Trajectory<'p> {
     optimizer: InnerOptimizer,
     /// Step-size tensors scaling each inner gradient (empty: none).
     alpha: Vec<Tensor>,
+    /// BDA's aggregation of the outer loss into each step, if any.
+    aggregation: Option<Aggregation>,
     states: Vec<Vec<Tensor>>,
     nw: usize,
 }
@@ -270,6 +322,31 @@ impl<'p> Trajectory<'p> {
         inner: &Inner,
         alpha: &[Tensor],
     ) -> Result<Self> {
+        Self::run_with(problem, lambda, w0, inner, alpha, None)
+    }
+
+    /// [`Trajectory::run`] for BDA: inner step k descends (1 − α_k)·L_in + α_k·ρ·L_out
+    /// (see [`Aggregation`]), so the reverse sweep differentiates the aggregated
+    /// trajectory.
+    pub fn run_aggregated(
+        problem: &'p dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+        aggregation: &Aggregation,
+    ) -> Result<Self> {
+        aggregation.validate()?;
+        Self::run_with(problem, lambda, w0, inner, &[], Some(*aggregation))
+    }
+
+    fn run_with(
+        problem: &'p dyn Problem,
+        lambda: &[Tensor],
+        w0: &[Tensor],
+        inner: &Inner,
+        alpha: &[Tensor],
+        aggregation: Option<Aggregation>,
+    ) -> Result<Self> {
         check_alpha(w0, alpha)?;
         let nw = w0.len();
         let lambda = detach_all(lambda);
@@ -280,6 +357,7 @@ impl<'p> Trajectory<'p> {
             &lambda,
             &inner.optimizer,
             &alpha,
+            aggregation.as_ref(),
             state0,
             inner.steps,
             true,
@@ -290,8 +368,29 @@ impl<'p> Trajectory<'p> {
             lambda,
             optimizer: inner.optimizer,
             alpha,
+            aggregation,
             states,
             nw,
+        })
+    }
+
+    /// The same trajectory stopped after its first `k` steps (k ≤ T), sharing the
+    /// stored iterates: IAPTT-GM's truncation differentiates through steps 0..k only.
+    pub fn truncated(&self, k: usize) -> Result<Trajectory<'p>> {
+        if k > self.steps() {
+            return Err(invalid(
+                "trajectory",
+                format!("cannot keep {k} of {} steps", self.steps()),
+            ));
+        }
+        Ok(Trajectory {
+            problem: self.problem,
+            lambda: self.lambda.clone(),
+            optimizer: self.optimizer,
+            alpha: self.alpha.clone(),
+            aggregation: self.aggregation,
+            states: self.states[..=k].to_vec(),
+            nw: self.nw,
         })
     }
 
@@ -347,8 +446,9 @@ impl<'p> Trajectory<'p> {
             let s = track(&states[step]);
             let mut l = track(lambda);
             let a = track(alpha);
-            let g = grad(&problem.inner_loss(&s[..nw], &l)?, &refs(&s[..nw]), true)?;
-            let next = self.optimizer.step_scaled(&s, &g, &a)?;
+            let loss = step_loss(problem, self.aggregation.as_ref(), step, &s[..nw], &l)?;
+            let g = grad(&loss, &refs(&s[..nw]), true)?;
+            let next = project(problem, self.optimizer.step_scaled(&s, &g, &a)?, nw)?;
             l.extend(a);
             Ok((s, l, next))
         };

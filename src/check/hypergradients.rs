@@ -36,6 +36,7 @@ pub(super) fn methods() -> Vec<(&'static str, Method)> {
             },
         ),
         ("exact", Method::Exact),
+        ("bda", Method::Bda(crate::bilevel::methods::Bda::default())),
     ]
 }
 

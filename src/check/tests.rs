@@ -157,7 +157,8 @@ fn names_are_unique_and_every_op_is_listed() {
             | Method::Neumann { .. }
             | Method::FixedPoint { .. }
             | Method::OneStep { .. }
-            | Method::Implicit => {}
+            | Method::Implicit
+            | Method::Bda(_) => {}
         }
     }
 }

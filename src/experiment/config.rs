@@ -15,7 +15,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::ConfigError;
-use crate::bilevel::methods::{Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
+use crate::bilevel::methods::{
+    Bda, Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad,
+};
 use crate::bilevel::{BadSetting, HOAG, HoagSettings, HypergradientMethod, Inner};
 /// `device`: defined with the devices, since the command line's `--device` shares it.
 pub use crate::device::DeviceSpec;
@@ -329,6 +331,9 @@ pub enum MethodConfig {
     /// `hoag`: [`crate::bilevel::hoag`], which replaces the outer loop; `iters`, `eps0`,
     /// `decay`, `check_every`.
     Hoag(HoagSettings),
+    /// `bda`: [`Method::Bda`](crate::bilevel::Method::Bda); `mu`, or `alpha0` and
+    /// `decay`, and `upper_ratio`.
+    Bda(Bda),
 }
 
 impl MethodConfig {
@@ -343,6 +348,7 @@ impl MethodConfig {
             MethodConfig::FixedPoint(m) => m,
             MethodConfig::OneStep(m) => m,
             MethodConfig::Implicit(m) => m,
+            MethodConfig::Bda(m) => m,
             MethodConfig::Hoag(_) => return None,
         })
     }
@@ -358,6 +364,7 @@ impl MethodConfig {
             MethodConfig::FixedPoint(_) => FixedPoint::NAME,
             MethodConfig::OneStep(_) => OneStep::NAME,
             MethodConfig::Implicit(_) => Implicit::NAME,
+            MethodConfig::Bda(_) => Bda::NAME,
             MethodConfig::Hoag(_) => HOAG,
         }
     }
@@ -372,6 +379,7 @@ impl MethodConfig {
             MethodConfig::FixedPoint(m) => m.check(),
             MethodConfig::OneStep(m) => m.check(),
             MethodConfig::Hoag(m) => m.check(),
+            MethodConfig::Bda(m) => m.check(),
         }
     }
 }

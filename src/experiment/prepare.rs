@@ -375,6 +375,7 @@ fn inner_of(ctx: &Ctx, c: &Config) -> Result<(Inner, Option<Tolerance>), ConfigE
         MethodConfig::Rad(_) => Some("rad"),
         MethodConfig::Trad(_) => Some("trad"),
         MethodConfig::Forward(_) => Some("forward"),
+        MethodConfig::Bda(_) => Some("bda"),
         MethodConfig::Hoag(_) => Some("hoag"),
         _ => None,
     };
@@ -950,9 +951,9 @@ fn stored_iterates_fit(
         _ => 4,
     };
     let (key, what, copies) = match &c.method {
-        MethodConfig::Rad(_) => (
+        MethodConfig::Rad(_) | MethodConfig::Bda(_) => (
             "inner.steps",
-            "rad's stored iterates (inner.steps + 1 inner states)",
+            "the stored iterates (inner.steps + 1 inner states)",
             inner.steps.saturating_add(1),
         ),
         MethodConfig::Trad(t) => (

@@ -102,6 +102,25 @@ impl Tensor {
     pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(other, BinaryOp::Min)
     }
+    /// Each element clamped to [lo, hi], as `minimum(maximum(x, lo), hi)` (an infinite
+    /// bound is skipped): the derivative is 1 strictly inside the box and 0 outside it.
+    /// `lo > hi` or a NaN bound is an `InvalidArgument` error.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(crate::error::invalid(
+                "clamp",
+                format!("[{lo}, {hi}] is not an interval: need lo ≤ hi, neither NaN"),
+            ));
+        }
+        let mut out = self.clone();
+        if lo.is_finite() {
+            out = out.maximum(&self.full_like(lo)?)?;
+        }
+        if hi.is_finite() {
+            out = out.minimum(&self.full_like(hi)?)?;
+        }
+        Ok(out)
+    }
     /// 1 where self > other, else 0.
     pub fn gt(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(other, BinaryOp::Gt)

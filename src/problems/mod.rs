@@ -3,9 +3,11 @@
 pub mod classification;
 pub mod data;
 pub mod ridge;
+pub mod toys;
 
 pub use classification::{HyperCleaning, Logistic};
 pub use ridge::Ridge;
+pub use toys::{BdaToy, IapttToy, QuadraticToy};
 
 use crate::device::Device;
 use crate::error::{Result, invalid};

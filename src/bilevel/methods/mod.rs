@@ -9,15 +9,19 @@
 //! - `implicit`: [`Cg`], [`Neumann`], [`FixedPoint`], a linear solve with H at w_T, and
 //!   [`Implicit`], H solved densely at w* or w_T;
 //! - `one_step`: [`OneStep`], DARTS's one virtual step;
+//! - `bda`: [`Bda`], reverse mode through an inner loop that also descends the outer
+//!   loss (for inner problems with several minimisers);
 //!
 //! Notation: g = ∇_w L_out, H = ∇²_w L_in, J = ∂²L_in/∂λ∂w, all at the point the method
 //! evaluates them.
 
+pub(crate) mod bda;
 mod forward;
 mod implicit;
 mod one_step;
 mod unrolled;
 
+pub use bda::{Aggregation, AlphaSchedule, Bda};
 pub use forward::Forward;
 pub use implicit::{Cg, FixedPoint, Implicit, MAX_DENSE_DIM, Neumann};
 

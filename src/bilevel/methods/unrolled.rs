@@ -61,6 +61,10 @@ impl HypergradientMethod for Rad {
     ) -> Result<MethodOutput> {
         unrolled(problem, lambda, w0, inner, inner.steps)
     }
+
+    fn supports_inner_bounds(&self) -> bool {
+        true
+    }
 }
 
 impl HypergradientMethod for Trad {
@@ -80,6 +84,10 @@ impl HypergradientMethod for Trad {
         inner: &Inner,
     ) -> Result<MethodOutput> {
         unrolled(problem, lambda, w0, inner, self.k)
+    }
+
+    fn supports_inner_bounds(&self) -> bool {
+        true
     }
 }
 
