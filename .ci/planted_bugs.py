@@ -34,6 +34,20 @@ class Bug:
 
 
 BUGS = [
+    # BDA's α_k = μ/(k+1) shifted by one step: the trajectory still converges, and the
+    # reverse sweep still matches finite differences of itself; only the definition
+    # checked by hand catches it.
+    Bug(
+        "bda_alpha_off_by_one",
+        [("src/bilevel/methods/bda.rs", "mu / (k as f64 + 1.0)", "mu / (k as f64 + 2.0)")],
+        ["--lib", "bda_steps_follow_the_aggregation_by_hand"],
+    ),
+    # The cross-entropy VJP's row bias (issue #12) read as zero. Needs a GPU adapter.
+    Bug(
+        "ce_grad_vjp_drops_the_row_bias",
+        [("shaders/loss.wgsl", "return u[e] + u_bias[e - lo];", "return u[e];")],
+        ["--lib", "the_cross_entropy_vjp_adds_a_row_bias_itself"],
+    ),
     Bug(
         "trad_reverses_k_plus_1_steps",
         [("src/bilevel/trajectory.rs", "let steps = (t - k..t).rev();",

@@ -165,6 +165,51 @@ fn fd(value: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
         .collect()
 }
 
+/// BDA's inner steps are the paper's, computed by hand on T1:
+/// y_{k+1} = y_k − s_l·((1 − α_k)·∇f + α_k·ρ·∇F) with α_k = μ/(k+1) (or α₀·decay^k),
+/// ∇_{y₁}f = y₁ − x, ∇_{y₂}f = 0, ∇_{y₁}F = y₁ − e, ∇_{y₂}F = y₂ − x.
+#[test]
+fn bda_steps_follow_the_aggregation_by_hand() {
+    let dev = Device::Cpu;
+    let p = BdaToy::new(2, &dev, DType::F64).unwrap().with_y2_start(0.4);
+    let x = [0.9, -0.3];
+    let lambda = vec![crate::problems::tensor(&x, &[2], &dev, DType::F64).unwrap()];
+    let (s_l, rho) = (0.3, 2.0);
+    for alpha in [
+        AlphaSchedule::Harmonic { mu: 0.6 },
+        AlphaSchedule::Geometric {
+            alpha0: 0.8,
+            decay: 0.5,
+        },
+    ] {
+        let agg = Aggregation {
+            alpha,
+            upper_ratio: rho,
+        };
+        let (mut y1, mut y2) = (vec![0.0, 0.0], vec![0.4, 0.4]);
+        for k in 0..3 {
+            let a = match alpha {
+                AlphaSchedule::Harmonic { mu } => mu / (k as f64 + 1.0),
+                AlphaSchedule::Geometric { alpha0, decay } => alpha0 * decay.powi(k),
+            };
+            for i in 0..2 {
+                let g1 = (1.0 - a) * (y1[i] - x[i]) + a * rho * (y1[i] - 1.0);
+                let g2 = a * rho * (y2[i] - x[i]);
+                y1[i] -= s_l * g1;
+                y2[i] -= s_l * g2;
+            }
+        }
+        let t = Trajectory::run_aggregated(&p, &lambda, &p.init_w().unwrap(), &gd(s_l, 3), &agg)
+            .unwrap();
+        let got = host(t.w(3));
+        let want: Vec<f64> = y1.iter().chain(&y2).copied().collect();
+        assert!(
+            rel_err(&got, &want) < 1e-14,
+            "{alpha:?}: {got:?} vs {want:?}"
+        );
+    }
+}
+
 /// BDA's hypergradient is the derivative of L_out(w_T(λ), λ) along its own aggregated
 /// trajectory (central differences in f64), with either schedule, and its dw₀ is the
 /// derivative with respect to the start.

@@ -417,6 +417,12 @@ impl Problem for StartAt<'_> {
     fn inner_solution(&self, lambda: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
         self.problem.inner_solution(lambda)
     }
+    fn inner_bounds(&self) -> Option<(f64, f64)> {
+        self.problem.inner_bounds()
+    }
+    fn lambda_bounds(&self) -> Option<(f64, f64)> {
+        self.problem.lambda_bounds()
+    }
 }
 
 fn flat(ts: &[Tensor]) -> Result<Vec<f64>> {

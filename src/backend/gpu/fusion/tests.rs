@@ -564,7 +564,11 @@ fn scalar_factors_of_a_product_operand_move_to_its_result() {
                 .scale(0.5)
                 .unwrap();
             let left = row.matmul(&m.reshape(&[k, rows]).unwrap()).unwrap();
-            (total, left.to_vec::<f64>().unwrap(), count)
+            // One shifted, which is not a factor: m · (0.7·v + 0.25).
+            let shifted = m.matmul(&v.scale_shift(0.7, 0.25).unwrap()).unwrap();
+            let mut both = left.to_vec::<f64>().unwrap();
+            both.extend(shifted.to_vec::<f64>().unwrap());
+            (total, both, count)
         };
         let (want_total, want_left, _) = run(&Device::Cpu);
         let (total, left, count) = run(&gpu);
