@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
+use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient_from};
 use blo::problems::{HyperCleaning, Ridge};
 use blo::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,7 +19,7 @@ fn gd(steps: usize, lr: f64) -> Inner {
 }
 
 fn run(p: &dyn Problem, lambda: &[Tensor], w0: &[Tensor], inner: &Inner, m: &Method) {
-    hypergradient(p, lambda, w0, inner, m).expect("hypergradient");
+    hypergradient_from(p, lambda, w0, inner, m).expect("hypergradient");
 }
 
 /// A benchmark problem: name, problem, initial λ and the inner step size.
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
     for (label, dev) in &devices {
         for (name, p, lambda, lr) in cases(dev) {
             let w0 = p.init_w().unwrap();
-            let w100 = hypergradient(
+            let w100 = hypergradient_from(
                 p.as_ref(),
                 &lambda,
                 &w0,

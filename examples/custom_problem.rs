@@ -50,18 +50,13 @@ fn main() -> Result<()> {
         optimizer: InnerOptimizer::Gd { lr: 0.5 },
         steps: 60,
     };
-    let w0 = problem.init_w()?;
     for method in [
-        Method::Rad,
-        Method::Forward,
-        Method::Cg {
-            iters: 3,
-            tol: None,
-            damping: 0.0,
-        },
-        Method::Neumann { k: 50, eta: 0.5 },
+        Method::rad(),
+        Method::forward(),
+        Method::cg(3),
+        Method::neumann(50, 0.5),
     ] {
-        let h = hypergradient(&problem, &lambda, &w0, &inner, &method)?;
+        let h = hypergradient(&problem, &lambda, &inner, &method)?;
         let got = h.grad[0].to_vec::<f64>()?[0];
         println!(
             "{:>8}: {got:.6}  (|error| {:.1e})",

@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release --example hvp`
 
+use blo::check::rel_err;
 use blo::solvers::{CgOptions, conjugate_gradient};
-use blo::testing::rel_err;
 use blo::{DType, Device, HvpOperator, Tensor};
 
 fn loss(x: &Tensor, labels: &Tensor, w: &Tensor, d: usize, c: usize) -> blo::Result<Tensor> {

@@ -17,6 +17,15 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
 
+// ln(1 + t) with t = e^−|v| ∈ (0, 1]: no overflow, and no small t lost to the rounding
+// of 1 + t: below t = 0.05 the series t − t²/2 + t³/3 − t⁴/4 + t⁵/5 (relative error
+// < t⁵/6 < 5e-8), so that log's absolute error near 1 (up to 2⁻²¹ in Vulkan's rules)
+// stays relative to ≥ 0.05. The same expression as fusion.rs's `unary_wgsl`.
+fn log1p_exp_neg_abs(v: vec4<f32>) -> vec4<f32> {
+    let t = exp(-abs(v));
+    return select(log(1.0 + t), t * (1.0 - t * (0.5 - t * (0.33333334 - t * (0.25 - t * 0.2)))), t < vec4<f32>(0.05));
+}
+
 fn apply(v: vec4<f32>) -> vec4<f32> {
     switch OP {
         case UNARY_NEG: { return -v; }
@@ -36,6 +45,8 @@ fn apply(v: vec4<f32>) -> vec4<f32> {
         case UNARY_SCALE_SHIFT: { return p.a * v + p.b; }
         case UNARY_SIGN: { return sign(v); }
         case UNARY_RECIP: { return 1.0 / v; }
+        case UNARY_SOFTPLUS: { return max(v, vec4<f32>(0.0)) + log1p_exp_neg_abs(v); }
+        case UNARY_LOG_SIGMOID: { return min(v, vec4<f32>(0.0)) - log1p_exp_neg_abs(v); }
         default: { return v; }
     }
 }

@@ -85,17 +85,8 @@ pub fn worst_violation(got: &[f64], want: &[f64], rtol: f64, atol: f64) -> (f64,
     worst
 }
 
-/// Norm-wise relative error ‖got − want‖ / ‖want‖ (absolute when want is 0).
-pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w) * (g - w))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
-    if den == 0.0 { num } else { num / den }
-}
+/// The norm-wise relative error, now public as [`crate::check::rel_err`].
+pub use crate::check::rel_err;
 
 /// Asserts |got − want| ≤ max(rtol·|want|, atol) elementwise, and equal lengths.
 #[track_caller]

@@ -9,7 +9,7 @@
 
 use blo::bilevel::{
     HoagConfig, Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, Problem, WarmStart,
-    hoag, hypergradient, optimize,
+    hoag, hypergradient_from, optimize,
 };
 use blo::problems::data::{
     CleaningData, Matrix, Split, cleaning_split, synthetic_classification,
@@ -473,7 +473,7 @@ fn blo_hypergradient(
         optimizer: opt.blo(),
         steps: t,
     };
-    let h = hypergradient(p, &[t64(lam, &[lam.len()])], w0, &inner, &method).unwrap();
+    let h = hypergradient_from(p, &[t64(lam, &[lam.len()])], w0, &inner, &method).unwrap();
     (vals(&h.grad), h)
 }
 

@@ -4,7 +4,7 @@
 use blo::bilevel::methods::MAX_DENSE_DIM;
 use blo::bilevel::{
     HoagConfig, HypergradientMethod, Inner, InnerOptimizer, Method, MethodOutput, OuterConfig,
-    OuterOptimizer, Problem, WarmStart, hoag, hypergradient, hypergradient_with, optimize,
+    OuterOptimizer, Problem, WarmStart, hoag, hypergradient, hypergradient_from, optimize,
 };
 use blo::problems::data::{Matrix, cleaning_split, synthetic_classification};
 use blo::problems::{HyperCleaning, Logistic, Ridge};
@@ -48,7 +48,7 @@ fn gd(lr: f64, steps: usize) -> Inner {
 
 fn hg(p: &dyn Problem, l: &[Tensor], inner: &Inner, m: Method) -> Vec<f64> {
     let w0 = p.init_w().unwrap();
-    vals(&hypergradient(p, l, &w0, inner, &m).unwrap().grad)
+    vals(&hypergradient_from(p, l, &w0, inner, &m).unwrap().grad)
 }
 
 /// The implicit ridge hypergradient computed independently on the host:
@@ -185,7 +185,7 @@ fn rad_matches_finite_differences_of_the_unrolled_outer_loss() {
     let rad = hg(&p, &lam(lv.clone(), &CPU, DType::F64), &inner, Method::Rad);
     let f = |l: Vec<f64>| {
         let w0 = p.init_w().unwrap();
-        hypergradient(&p, &lam(l, &CPU, DType::F64), &w0, &inner, &Method::Rad)
+        hypergradient_from(&p, &lam(l, &CPU, DType::F64), &w0, &inner, &Method::Rad)
             .unwrap()
             .report
             .outer_loss
@@ -232,10 +232,10 @@ fn rad_returns_dw0_matching_finite_differences() {
         steps: 20,
     };
     for inner in [gd(0.15, 20), momentum] {
-        let h = hypergradient(&p, &l, &w0_of(&start), &inner, &Method::Rad).unwrap();
+        let h = hypergradient_from(&p, &l, &w0_of(&start), &inner, &Method::Rad).unwrap();
         let dw0 = vals(h.dw0.as_ref().expect("RAD returns dw0"));
         let f = |v: Vec<f64>| {
-            hypergradient(&p, &l, &w0_of(&v), &inner, &Method::Rad)
+            hypergradient_from(&p, &l, &w0_of(&v), &inner, &Method::Rad)
                 .unwrap()
                 .report
                 .outer_loss
@@ -253,7 +253,7 @@ fn rad_returns_dw0_matching_finite_differences() {
         let e = rel_err(&dw0, &fd);
         assert!(e <= 1e-6, "{inner:?}: dw0 vs finite differences: {e:e}");
         for m in [Method::Trad { k: 5 }, Method::Forward] {
-            let h = hypergradient(&p, &l, &w0_of(&start), &inner, &m).unwrap();
+            let h = hypergradient_from(&p, &l, &w0_of(&start), &inner, &m).unwrap();
             assert!(h.dw0.is_none(), "{m:?} reports a dw0");
         }
     }
@@ -375,7 +375,6 @@ fn hyper_cleaning_on_digits_improves_accuracy_and_finds_corrupted_labels() {
     let baseline = hypergradient(
         &p,
         &zero,
-        &p.init_w().unwrap(),
         &inner,
         &Method::Cg {
             iters: 1,
@@ -465,30 +464,29 @@ fn bad_input_is_a_clear_error() {
     let l = ridge_lambda(5, &CPU, DType::F64);
     let err = |r: blo::Result<blo::bilevel::Hypergradient>| r.unwrap_err();
     // λ of the wrong length
-    let e = err(hypergradient(
+    let e = err(hypergradient_from(
         &p,
         &ridge_lambda(4, &CPU, DType::F64),
         &w0,
         &gd(0.1, 5),
         &Method::Rad,
     ));
-    // Named as λ's mismatch, found before any op (whose own mismatch would name the op).
-    assert!(matches!(e, Error::ShapeMismatch { op: "λ", .. }), "{e}");
+    // Named as λ[0]'s mismatch, found before any op (whose own mismatch would name the op).
+    assert!(e.to_string().contains("λ[0] has shape [4]"), "{e}");
     let two = [l.clone(), l.clone()].concat();
-    let e = err(hypergradient(&p, &two, &w0, &gd(0.1, 5), &Method::Rad));
+    let e = err(hypergradient_from(&p, &two, &w0, &gd(0.1, 5), &Method::Rad));
     assert!(e.to_string().contains("λ must have 1 tensor"), "{e}");
     // The dense solve has a size limit, checked before any work.
     let big = Ridge::synthetic(4, 3, MAX_DENSE_DIM + 1, 1, &CPU, DType::F64).unwrap();
     let e = err(hypergradient(
         &big,
         &lam(vec![0.0; MAX_DENSE_DIM + 1], &CPU, DType::F64),
-        &big.init_w().unwrap(),
         &gd(0.1, 5),
         &Method::Implicit,
     ));
     assert!(e.to_string().contains("limit of 1024"), "{e}");
     // A closed form must have w's shapes.
-    let e = err(hypergradient(
+    let e = err(hypergradient_from(
         &WrongSolution(small_ridge(&CPU, DType::F64)),
         &l,
         &w0,
@@ -497,9 +495,9 @@ fn bad_input_is_a_clear_error() {
     ));
     assert!(matches!(e, Error::ShapeMismatch { op: "w", .. }), "{e}");
     // η ≤ 0
-    let e = err(hypergradient(&p, &l, &w0, &gd(0.0, 5), &Method::Rad));
+    let e = err(hypergradient_from(&p, &l, &w0, &gd(0.0, 5), &Method::Rad));
     assert!(e.to_string().contains("step size"), "{e}");
-    let e = err(hypergradient(
+    let e = err(hypergradient_from(
         &p,
         &l,
         &w0,
@@ -517,11 +515,11 @@ fn bad_input_is_a_clear_error() {
         Method::Neumann { k: 0, eta: 0.1 },
         Method::Trad { k: 0 },
     ] {
-        let e = err(hypergradient(&p, &l, &w0, &gd(0.1, 5), &m));
+        let e = err(hypergradient_from(&p, &l, &w0, &gd(0.1, 5), &m));
         assert!(matches!(e, Error::InvalidArgument { .. }), "{m:?}: {e}");
     }
     // A diverging inner loop names the step.
-    let e = err(hypergradient(&p, &l, &w0, &gd(1e4, 50), &Method::Rad));
+    let e = err(hypergradient_from(&p, &l, &w0, &gd(1e4, 50), &Method::Rad));
     let msg = e.to_string();
     assert!(msg.contains("diverged") && msg.contains("step"), "{msg}");
     // Mismatched data shapes.
@@ -557,15 +555,7 @@ impl Problem for Blowup {
 #[test]
 fn divergence_names_the_first_non_finite_step() {
     let l = lam(vec![0.0], &CPU, DType::F64);
-    let run = |steps: usize, m: Method| {
-        hypergradient(
-            &Blowup,
-            &l,
-            &Blowup.init_w().unwrap(),
-            &gd(1.0 + 1e100, steps),
-            &m,
-        )
-    };
+    let run = |steps: usize, m: Method| hypergradient(&Blowup, &l, &gd(1.0 + 1e100, steps), &m);
     for m in [
         Method::Rad,
         Method::Forward,
@@ -597,7 +587,7 @@ fn an_infinite_outer_loss_is_an_error() {
     let w0 = p.init_w().unwrap();
     // Find the first step whose inner loss overflows, then stop there: w_t itself and
     // ‖w_t‖² are finite, but X·w_t is not.
-    let msg = hypergradient(&p, &l, &w0, &gd(1e4, 60), &Method::Rad)
+    let msg = hypergradient_from(&p, &l, &w0, &gd(1e4, 60), &Method::Rad)
         .unwrap_err()
         .to_string();
     let t: usize = msg
@@ -607,7 +597,7 @@ fn an_infinite_outer_loss_is_an_error() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no step in: {msg}"));
     for m in [Method::Rad, Method::Trad { k: 1 }, Method::Forward] {
-        let msg = hypergradient(&p, &l, &w0, &gd(1e4, t), &m)
+        let msg = hypergradient_from(&p, &l, &w0, &gd(1e4, t), &m)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("outer loss"), "{m:?} at T = {t}: {msg}");
@@ -697,7 +687,7 @@ fn invalid_settings_fail_before_any_work() {
         ),
     ];
     for (inner, m, what) in cases {
-        let e = hypergradient(&p, &l, &w0, &inner, &m).unwrap_err();
+        let e = hypergradient_from(&p, &l, &w0, &inner, &m).unwrap_err();
         assert!(e.to_string().contains(what), "{m:?}: {e}");
         assert_eq!(
             p.calls.load(std::sync::atomic::Ordering::SeqCst),
@@ -821,7 +811,7 @@ fn warm_starts_continue_from_the_last_inner_iterate() {
             exact: true,
         },
     ] {
-        let first = hypergradient(&p, &l0, &w0, &inner, &m).unwrap();
+        let first = hypergradient_from(&p, &l0, &w0, &inner, &m).unwrap();
         let mut lasts = Vec::new();
         for warm in [WarmStart::Warm, WarmStart::Reinit] {
             let config = OuterConfig {
@@ -836,7 +826,7 @@ fn warm_starts_continue_from_the_last_inner_iterate() {
             } else {
                 &w0
             };
-            let want = hypergradient(&p, &trace.lambda, start, &inner, &m).unwrap();
+            let want = hypergradient_from(&p, &trace.lambda, start, &inner, &m).unwrap();
             assert_eq!(vals(&trace.last.grad), vals(&want.grad), "{m:?} {warm:?}");
             lasts.push(vals(&trace.last.grad));
         }
@@ -916,8 +906,10 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
             },
             d * f64_bytes,
         ),
+        // BDA stores the iterates as RAD does.
+        (gd(0.1, t as usize), Method::bda(), (t + 1) * d * f64_bytes),
     ] {
-        let r = hypergradient(&p, &l, &w0, &inner, &m).unwrap().report;
+        let r = hypergradient_from(&p, &l, &w0, &inner, &m).unwrap().report;
         assert_eq!(r.stored_bytes, want, "{m:?} with {inner:?}");
         let name = match m {
             Method::Rad => "rad",
@@ -928,6 +920,7 @@ fn reports_name_the_method_and_count_the_state_it_stores() {
             Method::FixedPoint { .. } => "fixed_point",
             Method::OneStep { .. } => "one_step",
             Method::Implicit => "implicit",
+            Method::Bda(_) => "bda",
         };
         assert_eq!((r.method.as_str(), m.name()), (name, name));
     }
@@ -985,7 +978,7 @@ fn an_error_while_rebuilding_reverse_steps_is_returned() {
             optimizer: InnerOptimizer::Gd { lr: 0.1 },
             steps,
         };
-        let err = hypergradient(&p, &lambda, &w0, &inner, &Method::Rad).unwrap_err();
+        let err = hypergradient_from(&p, &lambda, &w0, &inner, &Method::Rad).unwrap_err();
         assert!(
             err.to_string().contains("fails on purpose"),
             "fail_from {fail_from}: {err}"
@@ -1009,7 +1002,7 @@ fn exact_reads_the_hessian_back_once() {
         let l = vec![Tensor::zeros(&[d], &gpu).unwrap()];
         let w0 = p.init_w().unwrap();
         let before = ctx.readback_count();
-        hypergradient(&p, &l, &w0, &gd(0.1, 0), &Method::Exact).unwrap();
+        hypergradient_from(&p, &l, &w0, &gd(0.1, 0), &Method::Exact).unwrap();
         counts.push(ctx.readback_count() - before);
     }
     assert_eq!(
@@ -1026,7 +1019,6 @@ fn reports_count_gpu_dispatches() {
     let r = hypergradient(
         &p,
         &ridge_lambda(5, &CPU, DType::F64),
-        &p.init_w().unwrap(),
         &gd(0.1, 3),
         &Method::Rad,
     )
@@ -1044,7 +1036,7 @@ fn reports_count_gpu_dispatches() {
     let mut counts = Vec::new();
     for steps in [3, 6] {
         let before = ctx.dispatch_count();
-        let r = hypergradient(&p, &l, &w0, &gd(0.1, steps), &Method::Rad)
+        let r = hypergradient_from(&p, &l, &w0, &gd(0.1, steps), &Method::Rad)
             .unwrap()
             .report;
         let n = r.dispatches.expect("dispatches are counted on the GPU");
@@ -1086,20 +1078,20 @@ impl HypergradientMethod for Custom {
 }
 
 #[test]
-fn any_method_runs_through_hypergradient_with_and_optimize() {
+fn any_method_runs_through_hypergradient_from_and_optimize() {
     let p = small_ridge(&CPU, DType::F64);
     let l = ridge_lambda(5, &CPU, DType::F64);
     let w0 = p.init_w().unwrap();
     let inner = gd(0.1, 10);
-    let mine = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: false }).unwrap();
-    let rad = hypergradient(&p, &l, &w0, &inner, &Method::Rad).unwrap();
+    let mine = hypergradient_from(&p, &l, &w0, &inner, &Custom { wrong_shape: false }).unwrap();
+    let rad = hypergradient_from(&p, &l, &w0, &inner, &Method::Rad).unwrap();
     assert_eq!(mine.report.method, "custom");
     assert_eq!(vals(&mine.grad), vals(&rad.grad));
     assert_eq!(
         (mine.report.inner_steps, mine.report.stored_bytes),
         (10, rad.report.stored_bytes)
     );
-    let e = hypergradient_with(&p, &l, &w0, &inner, &Custom { wrong_shape: true }).unwrap_err();
+    let e = hypergradient_from(&p, &l, &w0, &inner, &Custom { wrong_shape: true }).unwrap_err();
     assert!(
         e.to_string()
             .contains("method custom returned a gradient of shapes"),
@@ -1233,8 +1225,8 @@ fn every_method_honours_w0_and_runs_with_zero_steps() {
     let mut at_w = all_methods();
     at_w.retain(|m| !matches!(m, Method::Rad | Method::Trad { .. } | Method::Forward));
     for m in at_w {
-        let from0 = hypergradient(&p, &l, &init, &gd(0.5, t), &m).unwrap();
-        let at = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        let from0 = hypergradient_from(&p, &l, &init, &gd(0.5, t), &m).unwrap();
+        let at = hypergradient_from(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
         let err = rel_err(&vals(&at.grad), &vals(&from0.grad));
         // Same f64 operations in the same order, up to how w_T was stored.
         assert!(err <= 1e-12, "{m:?}: {err:e}");
@@ -1245,7 +1237,7 @@ fn every_method_honours_w0_and_runs_with_zero_steps() {
     // depend on λ, so zero; RAD's dw₀ is ∇_w L_out(w₀).
     let hand = by_hand(&p, &l, &w_t);
     for m in [Method::Rad, Method::Forward] {
-        let out = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
+        let out = hypergradient_from(&p, &l, &w_t, &gd(0.5, 0), &m).unwrap();
         assert!(vals(&out.grad).iter().all(|&v| v == 0.0), "{m:?}");
         assert_eq!(out.report.inner_steps, 0);
         if m == Method::Rad {
@@ -1261,12 +1253,12 @@ fn every_method_honours_w0_and_runs_with_zero_steps() {
     let rad0 = hg_from(&p, &l, &init, 3, Method::Rad);
     assert!(rel_err(&rad, &rad0) > 1e-3, "w₀ was ignored");
     // T-RAD cannot differentiate through zero steps: a clear error, before any work.
-    let e = hypergradient(&p, &l, &w_t, &gd(0.5, 0), &Method::Trad { k: 1 }).unwrap_err();
+    let e = hypergradient_from(&p, &l, &w_t, &gd(0.5, 0), &Method::Trad { k: 1 }).unwrap_err();
     assert!(e.to_string().contains("1..=T = 0"), "{e}");
 }
 
 fn hg_from(p: &dyn Problem, l: &[Tensor], w0: &[Tensor], t: usize, m: Method) -> Vec<f64> {
-    vals(&hypergradient(p, l, w0, &gd(0.5, t), &m).unwrap().grad)
+    vals(&hypergradient_from(p, l, w0, &gd(0.5, t), &m).unwrap().grad)
 }
 
 #[test]
@@ -1334,8 +1326,7 @@ impl Problem for NoClosedForm {
 fn implicit_uses_the_closed_form_and_equals_it_at_w_star_without_one() {
     let p = small_ridge(&CPU, DType::F64);
     let l = ridge_lambda(5, &CPU, DType::F64);
-    let closed =
-        hypergradient(&p, &l, &p.init_w().unwrap(), &gd(0.1, 7), &Method::Implicit).unwrap();
+    let closed = hypergradient(&p, &l, &gd(0.1, 7), &Method::Implicit).unwrap();
     assert_eq!(closed.report.method, "implicit");
     assert_eq!(
         closed.report.inner_steps, 0,
@@ -1344,7 +1335,7 @@ fn implicit_uses_the_closed_form_and_equals_it_at_w_star_without_one() {
     // The former name is the same method.
     assert_eq!(Method::Exact, Method::Implicit);
     let w_star = p.inner_solution(&l).unwrap().unwrap();
-    let dense = hypergradient(
+    let dense = hypergradient_from(
         &NoClosedForm(p.clone()),
         &l,
         &w_star,
@@ -1365,7 +1356,7 @@ fn implicit_on_hyper_cleaning_is_the_minimum_norm_solve_of_the_singular_hessian(
     let p = tiny_cleaning(&CPU, DType::F64);
     let l = cleaning_lambda(&CPU, DType::F64);
     let w = cleaning_point(&p, &l, 8);
-    let imp = hypergradient(&p, &l, &w, &gd(0.5, 0), &Method::Implicit).unwrap();
+    let imp = hypergradient_from(&p, &l, &w, &gd(0.5, 0), &Method::Implicit).unwrap();
     let got = vals(&imp.grad);
     assert!(got.iter().all(|v| v.is_finite()));
     let hand = by_hand(&p, &l, &w);
@@ -1445,7 +1436,7 @@ fn implicit_on_hyper_cleaning_matches_finite_differences_through_a_converged_inn
     let l = lam(lv.clone(), &CPU, DType::F64);
     let w_star = newton_inner_solution(&p, &l);
     let imp = vals(
-        &hypergradient(&p, &l, &w_star, &gd(0.5, 0), &Method::Implicit)
+        &hypergradient_from(&p, &l, &w_star, &gd(0.5, 0), &Method::Implicit)
             .unwrap()
             .grad,
     );
@@ -1544,7 +1535,7 @@ fn an_inner_solve_to_tolerance_reaches_it_and_reports_it() {
         method: &Method::Implicit,
         tolerance,
     };
-    let out = hypergradient_with(&p, &l, &init, &gd(0.5, 0), &then).unwrap();
+    let out = hypergradient_from(&p, &l, &init, &gd(0.5, 0), &then).unwrap();
     assert_eq!(out.report.method, "implicit");
     assert_eq!(out.report.inner_steps, s.steps);
     assert_eq!(out.report.inner_grad_norm, Some(s.grad_norm));
@@ -1740,12 +1731,12 @@ fn dispatches_per_step_are_deterministic_and_few() {
     };
     for (name, p, lambda, bounds) in cases {
         let w0 = p.init_w().unwrap();
-        let w10 = hypergradient(p, &lambda, &w0, &gd(0.1, 10), &cg(1))
+        let w10 = hypergradient_from(p, &lambda, &w0, &gd(0.1, 10), &cg(1))
             .unwrap()
             .w;
         let count = |w: &[Tensor], steps: usize, m: Method| {
             let before = ctx.dispatch_count();
-            hypergradient(p, &lambda, w, &gd(0.1, steps), &m).unwrap();
+            hypergradient_from(p, &lambda, w, &gd(0.1, steps), &m).unwrap();
             ctx.dispatch_count() - before
         };
         let per_step = |fused: bool| {

@@ -323,7 +323,9 @@ fn unary_keeps_output(op: UnaryOp) -> bool {
         | UnaryOp::Relu
         | UnaryOp::ScaleShift
         | UnaryOp::ReluMask
-        | UnaryOp::Sign => false,
+        | UnaryOp::Sign
+        | UnaryOp::Softplus
+        | UnaryOp::LogSigmoid => false,
     }
 }
 
@@ -349,6 +351,10 @@ fn unary(
         UnaryOp::Relu => g.mul(&x.relu_mask()?)?,
         UnaryOp::ScaleShift => g.scale(a)?,
         UnaryOp::Recip => g.mul(&y().square()?)?.neg()?,
+        // Written with sigmoid, not from the stable forward's max/|x| pieces, so the
+        // derivative is right at x = 0 too (sigmoid(0) = ½) and differentiable again.
+        UnaryOp::Softplus => g.mul(&x.sigmoid()?)?,
+        UnaryOp::LogSigmoid => g.mul(&x.neg()?.sigmoid()?)?,
         // Piecewise-constant functions: zero derivative almost everywhere.
         UnaryOp::ReluMask | UnaryOp::Sign => return Ok(None),
     }))

@@ -413,6 +413,8 @@ fn unary_case(u: UnaryOp) -> Case {
         | UnaryOp::Cos
         | UnaryOp::Tanh
         | UnaryOp::Sigmoid
+        | UnaryOp::Softplus
+        | UnaryOp::LogSigmoid
         | UnaryOp::ScaleShift => (t64(&shape, 14), false),
     };
     let records = move |n: &Node| matches!(n.op, Op::Unary { op, .. } if op == u);

@@ -96,6 +96,63 @@ fn unary_rules() {
     }
 }
 
+/// softplus and log_sigmoid at extreme and near-zero inputs (where a hand-written stable
+/// form built from relu and abs has derivative 0 at 0): first derivatives against finite
+/// differences and against sigmoid exactly, second derivatives (a Hessian-vector product
+/// through the recorded rule) against finite differences of the gradient.
+#[test]
+fn softplus_and_log_sigmoid_at_extremes() {
+    let xs = vec![-100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 100.0];
+    let x = Tensor::from_vec(xs.clone(), &[7], &CPU).unwrap();
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    for op in [UnaryOp::Softplus, UnaryOp::LogSigmoid] {
+        check(&format!("{op:?} extremes"), vec![x.clone()], move |a| {
+            weigh(a[0].unary(op)?, 3)
+        });
+        // The exact first derivative, ½ at 0.
+        let xt = x.requires_grad();
+        let g = vals(&grad(&xt.unary(op).unwrap().sum().unwrap(), &[&xt], false).unwrap()[0]);
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&v| {
+                if op == UnaryOp::Softplus {
+                    sig(v)
+                } else {
+                    sig(-v)
+                }
+            })
+            .collect();
+        assert_close(&g, &want, 1e-15, 1e-300, &format!("{op:?}' = sigmoid"));
+        assert_eq!(g[3], 0.5, "{op:?}'(0)");
+        // Second order: H v of Σ r·f(x) is r·f''(x)·v, against differences of the gradient.
+        let r = t64(&[7], 5);
+        let v = t64(&[7], 6);
+        let gradient = |at: &Tensor, graph: bool| {
+            let loss = at.unary(op).unwrap().mul(&r).unwrap().sum().unwrap();
+            grad(&loss, &[at], graph).unwrap().remove(0)
+        };
+        let gt = gradient(&xt, true);
+        let hv = vals(&grad(&gt.dot(&v).unwrap(), &[&xt], false).unwrap()[0]);
+        let h = 1e-5;
+        let shifted = |s: f64| vals(&gradient(&x.axpy(s, &v).unwrap().requires_grad(), false));
+        let (up, down) = (shifted(h), shifted(-h));
+        let fd: Vec<f64> = up
+            .iter()
+            .zip(&down)
+            .map(|(a, b)| (a - b) / (2.0 * h))
+            .collect();
+        // Central differences of sigmoid: O(h²) truncation and ε/h ≈ 1e-11 rounding.
+        assert_close(&hv, &fd, 1e-6, 1e-10, &format!("{op:?}'' (H v)"));
+        let (r3, v3) = (vals(&r)[3], vals(&v)[3]);
+        let curvature = if op == UnaryOp::Softplus { 0.25 } else { -0.25 };
+        assert!(
+            (hv[3] - curvature * r3 * v3).abs() < 1e-15,
+            "{op:?}''(0) = ±¼, got {}",
+            hv[3]
+        );
+    }
+}
+
 #[test]
 fn binary_rules_with_broadcasting() {
     let shapes: [(&[usize], &[usize]); 5] = [

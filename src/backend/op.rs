@@ -20,7 +20,7 @@ pub enum UnaryOp {
     Sqrt = 3,
     /// x²
     Square = 4,
-    /// |x|
+    /// |x|; derivative sign(x), so 0 at x = 0.
     Abs = 5,
     /// sin x
     Sin = 6,
@@ -30,20 +30,27 @@ pub enum UnaryOp {
     Tanh = 8,
     /// 1 / (1 + e⁻ˣ)
     Sigmoid = 9,
-    /// max(x, 0)
+    /// max(x, 0); derivative 1 for x > 0 and 0 for x ≤ 0 (0 at x = 0).
     Relu = 10,
     /// 1 where x > 0, else 0: ReLU's derivative.
     ReluMask = 11,
     /// a·x + b with host scalars a, b.
     ScaleShift = 12,
-    /// −1, 0 or 1 (0 for ±0): the derivative of |x| away from 0.
+    /// −1, 0 or 1 (0 for ±0): the derivative of |x| away from 0. Its own derivative is
+    /// 0 everywhere (no gradient flows through it).
     Sign = 13,
     /// 1 / x
     Recip = 14,
+    /// softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^−|x|) so that it
+    /// neither overflows nor loses its small values; derivative sigmoid(x) everywhere.
+    Softplus = 15,
+    /// log sigmoid(x) = −softplus(−x), computed as min(x, 0) − ln(1 + e^−|x|);
+    /// derivative sigmoid(−x) everywhere.
+    LogSigmoid = 16,
 }
 
 /// Every unary op, for tests and `blo check`.
-pub const ALL_UNARY: [UnaryOp; 15] = [
+pub const ALL_UNARY: [UnaryOp; 17] = [
     UnaryOp::Neg,
     UnaryOp::Exp,
     UnaryOp::Log,
@@ -59,6 +66,8 @@ pub const ALL_UNARY: [UnaryOp; 15] = [
     UnaryOp::ScaleShift,
     UnaryOp::Sign,
     UnaryOp::Recip,
+    UnaryOp::Softplus,
+    UnaryOp::LogSigmoid,
 ];
 
 // ---- binary ------------------------------------------------------------------------

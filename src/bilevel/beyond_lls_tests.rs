@@ -30,7 +30,7 @@ fn dist(x: &[f64], y: &[f64]) -> f64 {
 }
 
 fn filled(v: f64, n: usize, dev: &Device, dtype: DType) -> Vec<Tensor> {
-    vec![crate::problems::tensor(&vec![v; n], &[n], dev, dtype).unwrap()]
+    vec![Tensor::from_f64(&vec![v; n], &[n], dev, dtype).unwrap()]
 }
 
 fn sgd(steps: usize, lr: f64, warm: bool) -> OuterConfig {
@@ -173,7 +173,7 @@ fn bda_steps_follow_the_aggregation_by_hand() {
     let dev = Device::Cpu;
     let p = BdaToy::new(2, &dev, DType::F64).unwrap().with_y2_start(0.4);
     let x = [0.9, -0.3];
-    let lambda = vec![crate::problems::tensor(&x, &[2], &dev, DType::F64).unwrap()];
+    let lambda = vec![Tensor::from_f64(&x, &[2], &dev, DType::F64).unwrap()];
     let (s_l, rho) = (0.3, 2.0);
     for alpha in [
         AlphaSchedule::Harmonic { mu: 0.6 },
@@ -231,7 +231,7 @@ fn bda_hypergradients_match_finite_differences_of_their_definition() {
             upper_ratio: 1.5,
         };
         let value = |x: &[f64], w0: &[Tensor]| {
-            let l = vec![crate::problems::tensor(x, &[3], &dev, DType::F64).unwrap()];
+            let l = vec![Tensor::from_f64(x, &[3], &dev, DType::F64).unwrap()];
             let t = Trajectory::run_aggregated(&p, &l, w0, &inner, &agg).unwrap();
             p.outer_loss(t.w(t.steps()), &l)
                 .unwrap()
@@ -239,8 +239,8 @@ fn bda_hypergradients_match_finite_differences_of_their_definition() {
                 .unwrap()
         };
         let w0 = p.init_w().unwrap();
-        let lambda = vec![crate::problems::tensor(&x, &[3], &dev, DType::F64).unwrap()];
-        let hg = hypergradient(
+        let lambda = vec![Tensor::from_f64(&x, &[3], &dev, DType::F64).unwrap()];
+        let hg = hypergradient_from(
             &p,
             &lambda,
             &w0,
@@ -259,7 +259,7 @@ fn bda_hypergradients_match_finite_differences_of_their_definition() {
         let start = host(&w0[1..]);
         let want_dw = fd(
             |s| {
-                let y2 = crate::problems::tensor(s, &[3], &dev, DType::F64).unwrap();
+                let y2 = Tensor::from_f64(s, &[3], &dev, DType::F64).unwrap();
                 value(&x, &[y1.clone(), y2])
             },
             &start,
@@ -281,7 +281,7 @@ fn iaptt_gradients_match_finite_differences_of_their_definition() {
     let p = IapttToy::new(2, &dev, DType::F64).unwrap();
     let inner = gd(0.05, 12);
     let (x, z) = (vec![3.0, 5.0], vec![0.5, 1.7]);
-    let t = |v: &[f64]| vec![crate::problems::tensor(v, &[2], &dev, DType::F64).unwrap()];
+    let t = |v: &[f64]| vec![Tensor::from_f64(v, &[2], &dev, DType::F64).unwrap()];
     let g = iaptt_gradient(&p, &t(&x), &t(&z), &inner, true).unwrap();
     assert!(g.k_star >= 1 && g.k_star <= 12);
     let upto = gd(0.05, g.k_star);
@@ -315,12 +315,12 @@ fn bda_and_iaptt_on_the_gpu_match_the_cpu_in_f64() {
     let run = |dev: &Device, dtype: DType| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let t1 = BdaToy::new(7, dev, dtype).unwrap().with_y2_start(0.2);
         let x: Vec<f64> = (0..7).map(|i| 0.3 * i as f64 - 0.8).collect();
-        let lambda = vec![crate::problems::tensor(&x, &[7], dev, dtype).unwrap()];
+        let lambda = vec![Tensor::from_f64(&x, &[7], dev, dtype).unwrap()];
         let w0 = t1.init_w().unwrap();
-        let bda =
-            hypergradient(&t1, &lambda, &w0, &gd(0.4, 8), &Method::Bda(Bda::default())).unwrap();
+        let bda = hypergradient_from(&t1, &lambda, &w0, &gd(0.4, 8), &Method::Bda(Bda::default()))
+            .unwrap();
         let t3 = IapttToy::new(5, dev, dtype).unwrap();
-        let t = |v: &[f64]| vec![crate::problems::tensor(v, &[5], dev, dtype).unwrap()];
+        let t = |v: &[f64]| vec![Tensor::from_f64(v, &[5], dev, dtype).unwrap()];
         let g = iaptt_gradient(
             &t3,
             &t(&[2.0, 3.0, 4.5, 6.0, 9.0]),
@@ -381,13 +381,13 @@ fn bad_schedules_boxes_and_starts_are_clear_errors() {
                 upper_ratio: 1.0,
             },
         });
-        let e = hypergradient(&p, &x0, &w0, &gd(0.1, 3), &m)
+        let e = hypergradient_from(&p, &x0, &w0, &gd(0.1, 3), &m)
             .unwrap_err()
             .to_string();
         assert!(e.contains("(0, 1]"), "{e}");
     }
     let l = vec![Tensor::from_vec(vec![0.0f64], &[1], &dev).unwrap()];
-    let e = hypergradient(
+    let e = hypergradient_from(
         &BadBox,
         &l,
         &BadBox.init_w().unwrap(),
@@ -414,7 +414,7 @@ fn bad_schedules_boxes_and_starts_are_clear_errors() {
         tol: None,
         damping: 0.0,
     };
-    let e = hypergradient(
+    let e = hypergradient_from(
         &t3,
         &t3.lambda0().unwrap(),
         &t3.init_w().unwrap(),

@@ -9,11 +9,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::method::BadSetting;
+use super::method::{HypergradientMethod, evaluate};
 use super::outer::norm;
 use super::trajectory::run_inner;
 use super::{
-    Inner, InnerOptimizer, Method, Problem, Trace, TraceStep, check_lambda, detach_all,
-    hypergradient, refs, track,
+    Inner, InnerOptimizer, Method, Problem, Trace, TraceStep, check_inputs, check_losses,
+    detach_all, refs, track,
 };
 use crate::autodiff::{grad, no_grad};
 use crate::error::{Result, invalid};
@@ -45,6 +46,8 @@ pub(crate) const HOAG: &str = "hoag";
 
 /// HOAG: at outer step k, run the inner optimizer (warm-started) until
 /// ‖∇_w L_in‖ ≤ ε_k, solve H v = g by CG to residual ε_k, step λ; ε_k = ε₀·decay^k.
+/// Checks λ₀ (count, shapes, device, dtype), the settings and the losses' shapes before
+/// any work, as [`hypergradient`](super::hypergradient) does.
 pub fn hoag(problem: &dyn Problem, lambda0: &[Tensor], config: &HoagConfig) -> Result<Trace> {
     hoag_with(problem, lambda0, config, &mut |_| {})
 }
@@ -56,8 +59,10 @@ pub fn hoag_with(
     config: &HoagConfig,
     observe: &mut dyn FnMut(&TraceStep),
 ) -> Result<Trace> {
-    check_lambda(problem, lambda0)?;
+    const OP: &str = "hoag";
+    let w0 = check_inputs(OP, problem, lambda0, None)?;
     config.inner.validate()?;
+    super::method::check_method_bounds(problem, "hoag", false)?;
     let c = config;
     if !(c.lr.is_finite()
         && c.lr > 0.0
@@ -74,9 +79,10 @@ pub fn hoag_with(
             format!("{c:?}: need lr > 0, eps0 > 0, decay in (0, 1), and positive step caps"),
         ));
     }
+    check_losses(OP, problem, lambda0, &w0)?;
     let start = Instant::now();
     let mut lambda = detach_all(lambda0);
-    let mut w = problem.init_w()?;
+    let mut w = w0;
     let nw = w.len();
     let mut steps = Vec::new();
     let mut last = None;
@@ -109,7 +115,8 @@ pub fn hoag_with(
             optimizer: c.inner,
             steps: 0,
         };
-        let mut hg = hypergradient(problem, &lambda, &w, &inner, &method)?;
+        method.validate(&inner)?;
+        let mut hg = evaluate(None, problem, &lambda, &w, &inner, &method)?;
         hg.report.method = HOAG.to_string();
         hg.report.inner_steps = taken;
         let hnorm = norm(&hg.grad)?;

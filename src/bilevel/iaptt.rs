@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::method::{check_bounds, outer_grads};
 use super::outer::{norm, project_lambda};
 use super::trajectory::{Trajectory, project};
-use super::{Inner, Problem, check_lambda, check_w, detach_all};
+use super::{Inner, Problem, check_inputs, check_losses, detach_all};
 use crate::autodiff::no_grad;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
@@ -218,10 +218,11 @@ pub fn iaptt_gm_with(
     config: &IapttConfig,
     observe: &mut dyn FnMut(&IapttStep),
 ) -> Result<IapttTrace> {
-    check_lambda(problem, lambda0)?;
-    check_w(z0, &problem.init_w()?)?;
+    const OP: &str = "iaptt_gm";
+    let z0 = check_inputs(OP, problem, lambda0, Some(z0))?;
     inner.optimizer.validate()?;
     config.validate()?;
+    check_losses(OP, problem, lambda0, &z0)?;
     for (what, bounds) in [
         ("the problem's inner bounds", problem.inner_bounds()),
         ("the problem's λ bounds", problem.lambda_bounds()),
@@ -248,7 +249,7 @@ pub fn iaptt_gm_with(
     let start = Instant::now();
     let mut lambda = detach_all(lambda0);
     let nz = z0.len();
-    let mut z = no_grad(|| project(problem, detach_all(z0), nz))?;
+    let mut z = no_grad(|| project(problem, detach_all(&z0), nz))?;
     let mut steps = Vec::with_capacity(config.steps);
     for step in 0..config.steps {
         let g = iaptt_gradient(problem, &lambda, &z, inner, config.truncate)?;

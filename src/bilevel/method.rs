@@ -1,18 +1,20 @@
 //! What a hypergradient method is: the [`HypergradientMethod`] trait, the
-//! [`hypergradient_with`] driver that runs any of them (checks, timing, dispatch count,
-//! report), and [`Method`], the enum of the built-in ones.
+//! [`hypergradient`] / [`hypergradient_from`] drivers that run any of them (checks,
+//! timing, dispatch count, report), and [`Method`], the enum of the built-in ones.
 
 use std::time::Instant;
 
 use super::methods::{Bda, Cg, FixedPoint, Forward, Implicit, Neumann, OneStep, Rad, Trad};
-use super::{Hypergradient, Inner, Problem, Report, check_lambda, detach_all, refs, track};
+use super::{
+    Hypergradient, Inner, Problem, Report, check_inputs, check_losses, detach_all, refs, track,
+};
 use crate::autodiff::grad;
 use crate::device::Device;
 use crate::error::{Error, Result, invalid};
 use crate::tensor::Tensor;
 
 /// A way to compute dL_out/dλ. Implement it in a file of your own to add a method:
-/// [`hypergradient_with`] and [`optimize`](super::optimize) run any implementation, with
+/// [`hypergradient`] and [`optimize`](super::optimize) run any implementation, with
 /// the same checks and report as the built-in ones ([`Method`]).
 ///
 /// The building blocks are public: [`trajectory`](super::trajectory) runs the inner
@@ -24,8 +26,8 @@ use crate::tensor::Tensor;
 ///
 /// ```
 /// use blo::bilevel::{
-///     hypergradient, hypergradient_with, trajectory, HypergradientMethod, Inner,
-///     InnerOptimizer, Method, MethodOutput, Problem,
+///     hypergradient, trajectory, HypergradientMethod, Inner, InnerOptimizer, Method,
+///     MethodOutput, Problem,
 /// };
 /// use blo::problems::Ridge;
 /// use blo::{grad, DType, Device, Error, HvpOperator, Result, Tensor};
@@ -89,10 +91,10 @@ use crate::tensor::Tensor;
 /// let p = Ridge::synthetic(40, 30, 5, 3, &dev, DType::F64)?;
 /// let lambda = vec![Tensor::from_vec(vec![0.1f64; 5], &[5], &dev)?];
 /// let inner = Inner { optimizer: InnerOptimizer::Gd { lr: 0.2 }, steps: 20 };
-/// let mine = hypergradient_with(&p, &lambda, &p.init_w()?, &inner, &IdentityInverse { eta: 0.2 })?;
+/// let mine = hypergradient(&p, &lambda, &inner, &IdentityInverse { eta: 0.2 })?;
 /// assert_eq!(mine.report.method, "identity_inverse");
 /// // One fixed-point iteration is the same approximation.
-/// let fp = hypergradient(&p, &lambda, &p.init_w()?, &inner, &Method::FixedPoint { k: 1, eta: 0.2 })?;
+/// let fp = hypergradient(&p, &lambda, &inner, &Method::fixed_point(1, 0.2))?;
 /// let (a, b) = (mine.grad[0].to_vec::<f64>()?, fp.grad[0].to_vec::<f64>()?);
 /// assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12 * y.abs().max(1.0)));
 /// # Ok(()) }
@@ -105,9 +107,9 @@ pub trait HypergradientMethod {
     /// step, so that a bad setting costs nothing.
     fn validate(&self, inner: &Inner) -> Result<()>;
 
-    /// dL_out/dλ at λ, with the inner optimizer started from `w0`. `lambda` has the
-    /// problem's shapes and no graph; `inner` and the settings passed
-    /// [`validate`](Self::validate).
+    /// dL_out/dλ at λ, with the inner optimizer started from `w0`. `lambda` and `w0`
+    /// passed the entry checks (the problem's shapes, device and dtype; `lambda` has no
+    /// graph); `inner` and the settings passed [`validate`](Self::validate).
     fn compute(
         &self,
         problem: &dyn Problem,
@@ -127,13 +129,13 @@ pub trait HypergradientMethod {
     /// bounds ([`Problem::inner_bounds`]): true for those that unroll the inner loop
     /// (RAD, T-RAD, BDA). Methods that assume an unconstrained inner optimum (implicit,
     /// one-step) or carry tangents through the plain update (forward) do not, and
-    /// [`hypergradient_with`] rejects a problem with bounds for them.
+    /// [`hypergradient`] rejects a problem with bounds for them.
     fn supports_inner_bounds(&self) -> bool {
         false
     }
 }
 
-/// What a [`HypergradientMethod`] computed; [`hypergradient_with`] turns it into a
+/// What a [`HypergradientMethod`] computed; [`hypergradient`] turns it into a
 /// [`Hypergradient`] with its [`Report`].
 #[derive(Debug, Clone)]
 pub struct MethodOutput {
@@ -170,7 +172,10 @@ pub struct MethodOutput {
 ///
 /// Each variant is implemented by the type of the same name in
 /// [`methods`](super::methods) (one file per family); this enum is the convenient
-/// spelling, and implements [`HypergradientMethod`] by delegating to them.
+/// spelling, and implements [`HypergradientMethod`] by delegating to them. Each variant
+/// has a constructor with the common defaults: [`Method::rad`], [`Method::trad`],
+/// [`Method::forward`], [`Method::cg`], [`Method::neumann`], [`Method::fixed_point`],
+/// [`Method::one_step`], [`Method::implicit`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
     /// `rad(T, η)`: reverse mode through all T steps of Φ, plus the direct ∇_λ L_out.
@@ -250,6 +255,59 @@ impl Method {
     #[allow(non_upper_case_globals)]
     pub const Exact: Method = Method::Implicit;
 
+    /// [`Method::Rad`]: reverse mode through every inner step.
+    pub fn rad() -> Method {
+        Method::Rad
+    }
+
+    /// [`Method::Trad`]: reverse mode through the last `k` inner steps (1 ≤ k ≤ T).
+    pub fn trad(k: usize) -> Method {
+        Method::Trad { k }
+    }
+
+    /// [`Method::Forward`]: forward mode through every inner step.
+    pub fn forward() -> Method {
+        Method::Forward
+    }
+
+    /// [`Method::Cg`] with `iters` iterations, no residual tolerance (all `iters` run)
+    /// and no damping. For a tolerance or damping write the variant:
+    /// `Method::Cg { iters: 50, tol: Some(1e-6), damping: 1e-3 }`.
+    pub fn cg(iters: usize) -> Method {
+        Method::Cg {
+            iters,
+            tol: None,
+            damping: 0.0,
+        }
+    }
+
+    /// [`Method::Neumann`] with `k` terms after the first and series step `eta`
+    /// (converges for eta < 2/λ_max(H); the inner step size is a natural choice).
+    pub fn neumann(k: usize, eta: f64) -> Method {
+        Method::Neumann { k, eta }
+    }
+
+    /// [`Method::FixedPoint`] with `k` iterations of step `eta`.
+    pub fn fixed_point(k: usize, eta: f64) -> Method {
+        Method::FixedPoint { k, eta }
+    }
+
+    /// [`Method::OneStep`] with virtual step `xi` and the exact mixed product (DARTS's
+    /// finite difference: `Method::OneStep { xi, exact: false }`).
+    pub fn one_step(xi: f64) -> Method {
+        Method::OneStep { xi, exact: true }
+    }
+
+    /// `bda(T)` with blo's default aggregation: α_k = 0.5/(k+1), s_u = s_l.
+    pub fn bda() -> Method {
+        Method::Bda(Bda::default())
+    }
+
+    /// [`Method::Implicit`]: the implicit hypergradient with H solved directly.
+    pub fn implicit() -> Method {
+        Method::Implicit
+    }
+
     /// A short name ("rad", "trad", "forward", "cg", "neumann", "fixed_point", "one_step", "implicit").
     pub fn name(&self) -> &'static str {
         match self {
@@ -317,6 +375,27 @@ impl HypergradientMethod for Method {
     }
 }
 
+/// Fails if the problem's inner bounds are not a box, or if it has bounds and the method
+/// `name` does not differentiate through them (`supported`).
+pub(crate) fn check_method_bounds(
+    problem: &dyn Problem,
+    name: &str,
+    supported: bool,
+) -> Result<()> {
+    if let Some((lo, hi)) = problem.inner_bounds() {
+        check_bounds("the problem's inner bounds", lo, hi)?;
+        if !supported {
+            return Err(invalid(
+                "hypergradient",
+                format!(
+                    "the problem bounds its inner variables to [{lo}, {hi}], which `{name}` does not differentiate through: use rad, trad or bda (or iaptt_gm)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Fails unless [lo, hi] is a box: both finite (or infinite on the open side) and
 /// lo ≤ hi.
 pub(crate) fn check_bounds(what: &str, lo: f64, hi: f64) -> Result<()> {
@@ -356,60 +435,118 @@ pub(crate) fn positive(key: &'static str, v: f64) -> std::result::Result<(), Bad
     Ok(())
 }
 
-/// dL_out/dλ at λ by `method`, starting the inner optimizer from `w0`.
+/// dL_out/dλ at λ by `method` (a [`Method`] or any [`HypergradientMethod`]), starting
+/// the inner optimizer from the problem's own w₀, [`Problem::init_w`]. Same as
+/// [`hypergradient_from`] with `problem.init_w()?`.
+///
+/// Checks before any work, each error naming what is wrong: λ's count, shapes (the
+/// problem's [`lambda_shapes`](Problem::lambda_shapes)), device and dtype (those of
+/// `init_w()`, where the problem runs); the inner optimizer's and the method's
+/// settings; that both losses are 0-d. Then fails if the inner loop diverges (naming
+/// the step) or if the outer loss at the evaluation point is not finite. Times the call
+/// and counts its GPU dispatches ([`Report`]).
+///
+/// ```
+/// use blo::bilevel::{hypergradient, Inner, InnerOptimizer, Method};
+/// use blo::problems::Ridge;
+/// use blo::{DType, Device, Tensor};
+/// # fn main() -> blo::Result<()> {
+/// let dev = Device::cpu();
+/// let p = Ridge::synthetic(40, 30, 5, 3, &dev, DType::F64)?;
+/// let lambda = vec![Tensor::from_f64(&[0.1; 5], &[5], &dev, DType::F64)?];
+/// let inner = Inner { optimizer: InnerOptimizer::Gd { lr: 0.2 }, steps: 20 };
+/// let h = hypergradient(&p, &lambda, &inner, &Method::rad())?;
+/// assert_eq!(h.grad[0].shape(), &[5]);
+/// # Ok(()) }
+/// ```
 pub fn hypergradient(
     problem: &dyn Problem,
     lambda: &[Tensor],
-    w0: &[Tensor],
     inner: &Inner,
-    method: &Method,
+    method: &dyn HypergradientMethod,
 ) -> Result<Hypergradient> {
-    hypergradient_with(problem, lambda, w0, inner, method)
+    let start = Start::now(lambda);
+    let w0 = check_inputs(OP, problem, lambda, None)?;
+    checked(start, problem, lambda, &w0, inner, method)
 }
 
-/// dL_out/dλ at λ by any [`HypergradientMethod`], starting the inner optimizer from
-/// `w0`. Checks λ, the inner optimizer and the method's settings before any work;
-/// fails if the outer loss at the evaluation point is not finite; times the call and
-/// counts its GPU dispatches.
-pub fn hypergradient_with(
+/// [`hypergradient`] with the inner optimizer started from the given `w0` (a warm start,
+/// or a meta-learned initialisation) instead of `problem.init_w()`. `w0` must match
+/// `init_w()` in count, shapes, device and dtype (checked, naming w₀[i]).
+pub fn hypergradient_from(
     problem: &dyn Problem,
     lambda: &[Tensor],
     w0: &[Tensor],
     inner: &Inner,
     method: &dyn HypergradientMethod,
 ) -> Result<Hypergradient> {
-    let start = Instant::now();
-    check_lambda(problem, lambda)?;
-    // A problem indexes its w; an empty list must not reach it.
-    if w0.is_empty() {
-        return Err(invalid(
-            "hypergradient",
-            "w0 is empty: start from the problem's inner variables (`problem.init_w()`)",
-        ));
-    }
-    inner.optimizer.validate()?;
-    method.validate(inner)?;
-    if let Some((lo, hi)) = problem.inner_bounds() {
-        check_bounds("the problem's inner bounds", lo, hi)?;
-        if !method.supports_inner_bounds() {
-            return Err(invalid(
-                "hypergradient",
-                format!(
-                    "the problem bounds its inner variables to [{lo}, {hi}], which `{}` does not differentiate through: use rad, trad or bda (or iaptt_gm)",
-                    method.name()
-                ),
-            ));
+    let start = Start::now(lambda);
+    let w0 = check_inputs(OP, problem, lambda, Some(w0))?;
+    checked(start, problem, lambda, &w0, inner, method)
+}
+
+const OP: &str = "hypergradient";
+
+/// When a hypergradient's report starts counting: its wall time and, on a GPU, the
+/// context's dispatch count (so the entry checks' loss evaluations are counted too).
+#[derive(Clone, Copy)]
+pub(crate) struct Start {
+    time: Instant,
+    dispatches: Option<u64>,
+}
+
+impl Start {
+    /// Now, on the device of `on` (λ, or w₀ where λ is empty).
+    pub(crate) fn now(on: &[Tensor]) -> Start {
+        let dispatches = on
+            .first()
+            .and_then(|t| t.device().gpu_context().map(|c| c.dispatch_count()));
+        Start {
+            time: Instant::now(),
+            dispatches,
         }
     }
+}
+
+/// The settings' checks and the losses' shapes, then [`evaluate`].
+fn checked(
+    start: Start,
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    inner: &Inner,
+    method: &dyn HypergradientMethod,
+) -> Result<Hypergradient> {
+    inner.optimizer.validate()?;
+    method.validate(inner)?;
+    check_method_bounds(problem, method.name(), method.supports_inner_bounds())?;
+    check_losses(OP, problem, lambda, w0)?;
+    evaluate(Some(start), problem, lambda, w0, inner, method)
+}
+
+/// The hypergradient for inputs and settings that passed the entry checks (the outer
+/// loops check once, then call this every step): runs the method, checks its outer loss
+/// and gradient shapes, and reports, counting from `start` (from now when `None`).
+pub(crate) fn evaluate(
+    start: Option<Start>,
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    inner: &Inner,
+    method: &dyn HypergradientMethod,
+) -> Result<Hypergradient> {
     let device = w0.first().map(Tensor::device).unwrap_or(Device::Cpu);
-    let dispatches_before = device.gpu_context().map(|c| c.dispatch_count());
+    let start = start.unwrap_or_else(|| Start::now(w0));
+    let dispatches_before = start
+        .dispatches
+        .or_else(|| device.gpu_context().map(|c| c.dispatch_count()));
     let lambda = detach_all(lambda);
     let out = method.compute(problem, &lambda, w0, inner)?;
     // The inner loop's checks see the losses of steps 0..T−1 and ‖w_T‖²; an iterate that
     // is finite but overflows the losses shows first here (read back anyway).
     if !out.outer_loss.is_finite() {
         return Err(invalid(
-            "hypergradient",
+            OP,
             format!(
                 "the outer loss at the evaluation point is {}: the inner optimizer probably diverged in its last step (lower its step size), or the outer loss overflows there",
                 out.outer_loss
@@ -424,7 +561,7 @@ pub fn hypergradient_with(
             .any(|(g, l)| g.shape() != l.shape())
     {
         return Err(invalid(
-            "hypergradient",
+            OP,
             format!(
                 "method {} returned a gradient of shapes {:?} for λ of shapes {:?}",
                 method.name(),
@@ -449,7 +586,7 @@ pub fn hypergradient_with(
             stored_bytes: out.stored_bytes,
             inner_grad_norm: out.inner_grad_norm,
             outer_loss: out.outer_loss,
-            wall_time: start.elapsed(),
+            wall_time: start.time.elapsed(),
             dispatches,
         },
     })

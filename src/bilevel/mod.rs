@@ -9,8 +9,8 @@
 //! A hypergradient method is anything implementing [`HypergradientMethod`]: it checks
 //! its settings and computes dL_out/dλ from (problem, λ, w₀, inner). The built-in ones
 //! live one family per file in [`methods`] and are named by the enum [`Method`] (whose
-//! variants hold their exact definitions). [`hypergradient`] runs a [`Method`],
-//! [`hypergradient_with`] any implementation, both with the same checks and
+//! variants hold their exact definitions). [`hypergradient`] runs any of them from the
+//! problem's w₀ ([`hypergradient_from`] from a given one), with the same checks and
 //! [`Report`]. The machinery they share, running the inner optimizer with divergence
 //! detection and the reverse sweep through a stored trajectory (which also yields
 //! dL/dw₀), is [`trajectory`].
@@ -46,7 +46,7 @@ pub use iaptt::{
 pub use inner::{Inner, InnerOptimizer};
 #[cfg(feature = "config")]
 pub(crate) use method::BadSetting;
-pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_with};
+pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_from};
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
 };
@@ -54,6 +54,7 @@ pub use solve_then::{InnerSolve, InnerSolver, SolveThen, Tolerance, solve_inner}
 
 use std::time::Duration;
 
+use crate::autodiff::no_grad;
 use crate::error::{Error, Result, invalid};
 use crate::tensor::Tensor;
 
@@ -136,28 +137,188 @@ pub struct Report {
     pub dispatches: Option<u64>,
 }
 
+/// w_T(λ): `inner.steps` steps of the inner optimizer from `w0` at λ, without a graph,
+/// the point every unrolled method differentiates through. Fails naming the step where
+/// the inner loop diverged. For a solve to a gradient-norm tolerance instead, use
+/// [`solve_inner`].
+///
+/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming λ[i] or
+/// w₀[i]), the inner optimizer, and that both losses are 0-d, before any step. (Inside a
+/// [`HypergradientMethod`], whose inputs passed these checks already,
+/// [`trajectory::run_to_end`] is the same run without them.)
+pub fn inner_iterate(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    inner: &Inner,
+) -> Result<Vec<Tensor>> {
+    const OP: &str = "inner_iterate";
+    let w0 = check_inputs(OP, problem, lambda, Some(w0))?;
+    inner.optimizer.validate()?;
+    check_losses(OP, problem, lambda, &w0)?;
+    trajectory::run_to_end(problem, lambda, &w0, inner)
+}
+
+/// The bilevel objective at λ, L_out(w_T(λ), λ), with w_T(λ) the inner optimizer's
+/// iterate after `inner.steps` steps from `problem.init_w()` ([`inner_iterate`]): the
+/// number the hypergradient methods differentiate (the unrolled ones exactly), and what
+/// a finite-difference check ([`crate::check::fd_hypergradient`]) or an evaluation of
+/// a run's result reads. One readback. Checks as [`inner_iterate`] does.
+pub fn outer_value(problem: &dyn Problem, lambda: &[Tensor], inner: &Inner) -> Result<f64> {
+    const OP: &str = "outer_value";
+    let w0 = check_inputs(OP, problem, lambda, None)?;
+    inner.optimizer.validate()?;
+    check_losses(OP, problem, lambda, &w0)?;
+    let w = trajectory::run_to_end(problem, lambda, &w0, inner)?;
+    let value = no_grad(|| problem.outer_loss(&w, lambda))?.to_scalar::<f64>()?;
+    if !value.is_finite() {
+        return Err(invalid(
+            OP,
+            format!(
+                "the outer loss at w_T is {value}: the inner optimizer probably diverged in its last step (lower its step size), or the outer loss overflows there"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 pub(crate) fn bytes_of(ts: &[Tensor]) -> u64 {
     ts.iter()
         .map(|t| (t.numel() * t.dtype().size()) as u64)
         .sum()
 }
 
-/// Checks λ against the problem's declared shapes.
-pub(crate) fn check_lambda(problem: &dyn Problem, lambda: &[Tensor]) -> Result<()> {
+/// The checks every entry point (`hypergradient`, `optimize`, `hoag`, `solve_inner`,
+/// `outer_value`, and any later one, such as meta-learning's) runs on what the caller
+/// passed, before any work: λ's and w₀'s count, shapes, device and dtype against the
+/// problem, each error naming λ[i] or w₀[i] and `op`. The reference is the problem's
+/// `init_w()`: its shapes are w's, and its device and dtype are where the problem runs.
+/// Returns w₀: the given one, or `init_w()` when `w0` is `None`.
+///
+/// Runs none of the problem's losses; [`check_losses`] does, once the settings passed.
+pub(crate) fn check_inputs(
+    op: &'static str,
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: Option<&[Tensor]>,
+) -> Result<Vec<Tensor>> {
+    let init = problem.init_w()?;
+    let Some(first) = init.first() else {
+        return Err(invalid(
+            op,
+            "the problem's init_w() returned no tensors: a problem needs at least one inner variable",
+        ));
+    };
+    let (device, dtype) = (first.device(), first.dtype());
+    let place = |name: String, t: &Tensor| -> Result<()> {
+        if t.device() != device {
+            return Err(invalid(
+                op,
+                format!(
+                    "{name} lives on {}, but the problem runs on {device} (where its init_w() is): \
+                     make it there (Tensor::from_f64(values, shape, &device, {dtype:?})) or move it with .to_device(&device)",
+                    t.device()
+                ),
+            ));
+        }
+        if t.dtype() != dtype {
+            return Err(invalid(
+                op,
+                format!(
+                    "{name} is {:?}, but the problem computes in {dtype:?} (its init_w()'s dtype): \
+                     convert it with .to_dtype(DType::{dtype:?}) or make it with Tensor::from_f64",
+                    t.dtype()
+                ),
+            ));
+        }
+        Ok(())
+    };
     let want = problem.lambda_shapes();
     if want.len() != lambda.len() {
         return Err(invalid(
-            "hypergradient",
-            format!("λ must have {} tensor(s), got {}", want.len(), lambda.len()),
+            op,
+            format!(
+                "λ must have {} tensor(s), one per entry of the problem's lambda_shapes(), got {}",
+                want.len(),
+                lambda.len()
+            ),
         ));
     }
-    for (w, l) in want.iter().zip(lambda) {
+    for (i, (w, l)) in want.iter().zip(lambda).enumerate() {
         if l.shape() != &w[..] {
-            return Err(Error::ShapeMismatch {
-                op: "λ",
-                lhs: l.shape().to_vec(),
-                rhs: w.clone(),
-            });
+            return Err(invalid(
+                op,
+                format!(
+                    "λ[{i}] has shape {:?}, but the problem's lambda_shapes()[{i}] is {w:?}",
+                    l.shape()
+                ),
+            ));
+        }
+        place(format!("λ[{i}]"), l)?;
+    }
+    let Some(w0) = w0 else {
+        for (i, w) in init.iter().enumerate() {
+            place(format!("the problem's init_w()[{i}]"), w)?;
+        }
+        return Ok(init);
+    };
+    if w0.is_empty() {
+        return Err(invalid(
+            op,
+            "w₀ is empty: start from the problem's inner variables (problem.init_w())",
+        ));
+    }
+    if w0.len() != init.len() {
+        return Err(invalid(
+            op,
+            format!(
+                "w₀ must have {} tensor(s), like the problem's init_w(), got {}",
+                init.len(),
+                w0.len()
+            ),
+        ));
+    }
+    for (i, (w, like)) in w0.iter().zip(&init).enumerate() {
+        if w.shape() != like.shape() {
+            return Err(invalid(
+                op,
+                format!(
+                    "w₀[{i}] has shape {:?}, but the problem's init_w()[{i}] has {:?}",
+                    w.shape(),
+                    like.shape()
+                ),
+            ));
+        }
+        place(format!("w₀[{i}]"), w)?;
+    }
+    Ok(w0.to_vec())
+}
+
+/// Evaluates both losses once at (w₀, λ), without a graph, and checks that each is a 0-d
+/// tensor, naming the inner or the outer loss. On a GPU nothing is read back (shapes
+/// are known on the host), and with fusion the unread losses never run.
+pub(crate) fn check_losses(
+    op: &'static str,
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+) -> Result<()> {
+    let (inner, outer) = no_grad(|| -> Result<(Tensor, Tensor)> {
+        Ok((
+            problem.inner_loss(w0, lambda)?,
+            problem.outer_loss(w0, lambda)?,
+        ))
+    })?;
+    for (which, loss) in [("inner", &inner), ("outer", &outer)] {
+        if !loss.shape().is_empty() {
+            return Err(invalid(
+                op,
+                format!(
+                    "the problem's {which} loss must be a 0-d tensor (shape []), got shape {:?}: \
+                     reduce it with .sum() or .mean(), or .reshape(&[]) a one-element tensor",
+                    loss.shape()
+                ),
+            ));
         }
     }
     Ok(())

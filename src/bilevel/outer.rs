@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
+use super::method::evaluate;
 use super::{
-    Hypergradient, HypergradientMethod, Inner, Problem, Report, check_lambda, detach_all, dot_list,
-    hypergradient_with,
+    Hypergradient, HypergradientMethod, Inner, Problem, Report, check_inputs, check_losses,
+    detach_all, dot_list,
 };
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result, invalid};
@@ -81,7 +82,9 @@ pub enum WarmStart {
 /// Configuration of [`optimize`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OuterConfig {
-    /// Outer steps. 0 computes the hypergradient at the initial λ once.
+    /// Outer steps: updates of λ. The hypergradient is computed `steps + 1` times, at
+    /// λ₀, …, λ_steps (the last one measures where the run ended); 0 computes it at the
+    /// initial λ once.
     pub steps: usize,
     /// The update of λ.
     pub optimizer: OuterOptimizer,
@@ -89,10 +92,11 @@ pub struct OuterConfig {
     pub warm_start: WarmStart,
 }
 
-/// One outer step of a [`Trace`].
+/// One hypergradient evaluation of a [`Trace`]: the one at λ_step, before that step's
+/// update (none after the last).
 #[derive(Debug, Clone)]
 pub struct TraceStep {
-    /// Outer step index (0-based).
+    /// Outer step index k (0-based): this entry is at λ_k.
     pub step: usize,
     /// L_out at the point the hypergradient was evaluated (before this step's update).
     pub outer_loss: f64,
@@ -107,7 +111,8 @@ pub struct TraceStep {
 /// The result of an outer loop.
 #[derive(Debug, Clone)]
 pub struct Trace {
-    /// One entry per outer step (one entry for `steps = 0`).
+    /// `steps + 1` entries: entry k is the hypergradient evaluation at λ_k, so entry 0
+    /// is at the initial λ and the last at the final λ (one entry for `steps = 0`).
     pub steps: Vec<TraceStep>,
     /// Final λ.
     pub lambda: Vec<Tensor>,
@@ -175,7 +180,12 @@ fn update(
 
 /// Runs the outer loop: at each step, the hypergradient by `method` (a [`Method`] or
 /// any [`HypergradientMethod`]) at λ, then an update of λ. Returns the trace (one
-/// readback of the loss and the norm per step).
+/// readback of the loss and the norm per step). The inner optimizer starts from
+/// `problem.init_w()` (and, with [`WarmStart::Warm`], later from the previous end).
+///
+/// Checks once, before any work, what [`hypergradient`](super::hypergradient) checks:
+/// λ₀'s count, shapes, device and dtype against the problem (naming λ₀[i] as λ[i]),
+/// the settings, and that both losses are 0-d.
 ///
 /// [`Method`]: super::Method
 pub fn optimize(
@@ -198,10 +208,14 @@ pub fn optimize_with(
     config: &OuterConfig,
     observe: &mut dyn FnMut(&TraceStep),
 ) -> Result<Trace> {
-    check_lambda(problem, lambda0)?;
+    const OP: &str = "optimize";
+    let w0 = check_inputs(OP, problem, lambda0, None)?;
     config.optimizer.validate()?;
+    inner.optimizer.validate()?;
+    method.validate(inner)?;
+    super::method::check_method_bounds(problem, method.name(), method.supports_inner_bounds())?;
+    check_losses(OP, problem, lambda0, &w0)?;
     let start = Instant::now();
-    let w0 = problem.init_w()?;
     let mut lambda = detach_all(lambda0);
     let mut w_start = w0.clone();
     let mut adam = None;
@@ -213,7 +227,7 @@ pub fn optimize_with(
     loop {
         // After an update, a failure is the outer step's doing as much as the inner
         // loop's: the message says which outer step and learning rate led there.
-        let hg = hypergradient_with(problem, &lambda, &w_start, inner, method).map_err(|e| {
+        let hg = evaluate(None, problem, &lambda, &w_start, inner, method).map_err(|e| {
             if step == 0 {
                 return e;
             }

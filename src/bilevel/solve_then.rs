@@ -4,7 +4,9 @@
 use super::method::{HypergradientMethod, MethodOutput};
 use super::outer::norm;
 use super::trajectory::run_inner;
-use super::{Inner, InnerOptimizer, Problem, flatten, refs, track, unflatten};
+use super::{
+    Inner, InnerOptimizer, Problem, check_inputs, check_losses, flatten, refs, track, unflatten,
+};
 use crate::autodiff::{HvpOperator, grad, no_grad};
 use crate::error::{Result, invalid};
 use crate::solvers::{CgOptions, conjugate_gradient};
@@ -75,8 +77,14 @@ pub struct InnerSolve {
 }
 
 /// Runs `optimizer` from `w0` until ‖∇_w L_in(w, λ)‖₂ ≤ `tolerance.tol`, checking every
-/// `check_every` steps. Fails, naming the norm reached, if `max_steps` come first, or
-/// naming the step where the inner loop diverged.
+/// `check_every` steps, and returns where it ended. Fails, naming the norm reached, if
+/// `max_steps` come first, or naming the step where the inner loop diverged.
+///
+/// For a fixed number of steps (the w_T that the unrolled methods differentiate), use
+/// [`inner_iterate`](super::inner_iterate); for L_out there, [`outer_value`](super::outer_value).
+///
+/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming λ[i] or
+/// w₀[i]), the settings, and that both losses are 0-d, before any step.
 pub fn solve_inner(
     problem: &dyn Problem,
     lambda: &[Tensor],
@@ -84,8 +92,22 @@ pub fn solve_inner(
     optimizer: &InnerOptimizer,
     tolerance: &Tolerance,
 ) -> Result<InnerSolve> {
+    const OP: &str = "solve_inner";
+    let w0 = check_inputs(OP, problem, lambda, Some(w0))?;
     optimizer.validate()?;
     tolerance.validate()?;
+    check_losses(OP, problem, lambda, &w0)?;
+    solve(problem, lambda, &w0, optimizer, tolerance)
+}
+
+/// [`solve_inner`] for inputs that passed its checks.
+fn solve(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    w0: &[Tensor],
+    optimizer: &InnerOptimizer,
+    tolerance: &Tolerance,
+) -> Result<InnerSolve> {
     if tolerance.solver == InnerSolver::Newton {
         return newton_solve(problem, lambda, w0, tolerance);
     }
@@ -251,7 +273,7 @@ impl HypergradientMethod for SolveThen<'_> {
         w0: &[Tensor],
         inner: &Inner,
     ) -> Result<MethodOutput> {
-        let solved = solve_inner(problem, lambda, w0, &inner.optimizer, &self.tolerance)?;
+        let solved = solve(problem, lambda, w0, &inner.optimizer, &self.tolerance)?;
         let at = Inner {
             optimizer: inner.optimizer,
             steps: 0,

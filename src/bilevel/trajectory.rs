@@ -84,14 +84,30 @@ pub(crate) fn check_divergence_scaled(
     let nw = w_t.len();
     let mut losses = Vec::new();
     let mut s = start.to_vec();
-    for k in 0..steps {
+    for t in 0..steps {
         let w = track(&s[..nw]);
-        let loss = step_loss(problem, aggregation, k, &w, lambda)?;
+        let loss = step_loss(problem, aggregation, t, &w, lambda)?;
         let g = grad(&loss, &refs(&w), false)?;
         let value = loss.to_vec::<f64>()?[0];
         losses.push(value);
         if !value.is_finite() {
             break;
+        }
+        // A finite loss with a non-finite gradient: at the start, a log or a division
+        // at a data or label value it cannot take, not the step size's doing.
+        let g_norm = no_grad(|| dot_list(&g, &g))?.to_vec::<f64>()?[0];
+        if !g_norm.is_finite() {
+            let cause = if t == 0 {
+                "before any inner step, so check the data and the labels (a value where the loss is not differentiable) and λ's values; the inner step size is not the cause"
+            } else {
+                "the inner optimizer diverged (lower its step size), or the loss is not differentiable at this iterate (check the data and the labels)"
+            };
+            return Err(invalid(
+                "inner loop",
+                format!(
+                    "the gradient of the inner loss is not finite ({g_norm}) at inner step {t} of {steps} while the loss is {value}: {cause}"
+                ),
+            ));
         }
         s = no_grad(|| project(problem, opt.step_scaled(&s, &g, alpha)?, nw))?;
     }
@@ -112,7 +128,7 @@ fn divergence(values: &[f64], steps: usize) -> crate::error::Error {
         return invalid(
             "inner loop",
             format!(
-                "the inner loss is {} at the starting w, before any inner step: λ makes the problem overflow there (check λ's values and the data), the inner step size is not the cause",
+                "the inner loss is {} at the starting w, before any inner step: check the data and the labels (a label outside what the loss accepts, a NaN in the data) and λ's values (one that makes the loss overflow); the inner step size is not the cause",
                 values[0]
             ),
         );

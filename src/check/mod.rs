@@ -4,6 +4,10 @@
 //! inputs. This is how to find out whether an adapter and its driver compute what blo
 //! expects, before trusting a benchmark or an experiment on it.
 //!
+//! For code that embeds blo, the module also has the finite-difference check of a
+//! hypergradient, [`fd_hypergradient`], and [`rel_err`], the error measure behind every
+//! tolerance here.
+//!
 //! ```no_run
 //! use blo::{Device, check};
 //! # fn main() -> blo::Result<()> {
@@ -17,7 +21,7 @@
 //!
 //! A check is a function of a few seeded input tensors returning some output tensors;
 //! [`Check::run`] evaluates it on the device with f32 inputs and reports the worst
-//! norm-wise relative error ([`crate::testing::rel_err`]) over the outputs against an
+//! norm-wise relative error ([`rel_err`]) over the outputs against an
 //! oracle given the same values widened to f64. Tolerances follow the project's rule:
 //! [`KERNEL_TOL`] for single kernels, gradients and second-order products,
 //! [`HYPERGRADIENT_TOL`] for whole hypergradients, exact for 0/1 comparison masks.
@@ -47,7 +51,7 @@ use crate::problems::data::{cleaning_split, synthetic_classification};
 use crate::problems::{HyperCleaning, Ridge};
 use crate::solvers::{CgOptions, conjugate_gradient, fixed_point, neumann};
 use crate::tensor::{DType, Tensor};
-use crate::testing::{oracle_pair, rel_err};
+use crate::testing::oracle_pair;
 
 /// Relative-error tolerance of single kernels, gradients, HVPs, mixed products and
 /// solver outputs (f32 against f64).
@@ -429,11 +433,13 @@ pub fn run_checks_matching(
     results
 }
 
+mod fd;
 mod gradients;
 mod hypergradients;
 mod kernels;
 mod naive;
 
+pub use fd::{fd_hypergradient, rel_err};
 use gradients::{gradient_checks, second_order_checks};
 use hypergradients::hypergradient_checks;
 use kernels::kernel_checks;

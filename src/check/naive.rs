@@ -121,6 +121,9 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
             }
         }
         UnaryOp::Recip => 1.0 / x,
+        // The textbook forms (the checks' inputs are moderate), not blo's stable ones.
+        UnaryOp::Softplus => (1.0 + x.exp()).ln(),
+        UnaryOp::LogSigmoid => -(1.0 + (-x).exp()).ln(),
     }
 }
 

@@ -65,8 +65,42 @@ pub struct DeviceChoice {
 }
 
 fn instance() -> wgpu::Instance {
+    #[cfg(unix)]
+    quiet_mesa_runtime_dir();
     // `_from_env` makes WGPU_BACKEND (and wgpu's other variables) select backends.
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Mesa's Vulkan drivers (llvmpipe, and the loaders of real GPUs on Linux) print
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment" every time an
+/// adapter is probed on a machine without a login session (CI, containers, ssh). Before
+/// the first instance, when the variable is unset or not a directory, blo points it at a
+/// private 0700 directory under the temporary directory, as the `blo` command does, so
+/// that a program embedding blo gets clean output too. A variable naming a directory is
+/// never touched.
+///
+/// Setting the environment from a library is only safe while no other thread reads it
+/// through C's `getenv` (Rust's own `std::env` calls take a lock): it is done once, before
+/// any driver code (and so any driver thread) exists. A program that reads the
+/// environment from C on other threads while it first opens a GPU should set
+/// `XDG_RUNTIME_DIR` itself at startup (README, "Embedding blo").
+#[cfg(unix)]
+fn quiet_mesa_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+            return;
+        }
+        let dir = std::env::temp_dir().join("blo-xdg-runtime");
+        if std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+        {
+            // SAFETY: see above: once, before any driver thread; Rust readers of the
+            // environment are serialised with this write by std's lock.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    });
 }
 
 /// Ranks adapters: discrete before integrated before virtual before software.
@@ -103,6 +137,10 @@ impl Device {
     /// (this is how tests run the GPU path on Mesa's llvmpipe). Honours
     /// `WGPU_ADAPTER_NAME` (a case-insensitive substring of the adapter name) and
     /// `WGPU_BACKEND`. Errors with [`Error::NoAdapter`] when there is none.
+    ///
+    /// On Unix, the first probe sets `XDG_RUNTIME_DIR` to a private directory when it is
+    /// unset or not a directory, which silences Mesa's "XDG_RUNTIME_DIR is invalid"
+    /// message on headless machines (set it yourself to keep blo from touching it).
     pub fn gpu() -> Result<Device> {
         match requested_name() {
             Some(name) => Self::gpu_named(&name),

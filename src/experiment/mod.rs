@@ -285,7 +285,7 @@ impl Experiment {
             None => built.problem(),
         };
         let lambda_shape = vec![self.lambda0.len()];
-        let lambda = vec![crate::problems::tensor(
+        let lambda = vec![crate::tensor::Tensor::from_f64(
             &self.lambda0,
             &lambda_shape,
             device,
@@ -394,7 +394,12 @@ impl<'p> StartAt<'p> {
                     ),
                 )
             })?;
-            w0.push(crate::problems::tensor(part, t.shape(), device, dtype)?);
+            w0.push(crate::tensor::Tensor::from_f64(
+                part,
+                t.shape(),
+                device,
+                dtype,
+            )?);
             at += n;
         }
         Ok(StartAt { problem, w0 })

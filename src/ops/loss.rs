@@ -1,4 +1,5 @@
-//! Losses: log-softmax, (weighted) cross-entropy and mean squared error. The CPU code is
+//! Losses: log-softmax, (weighted) cross-entropy, binary cross-entropy with logits and
+//! mean squared error. The CPU code is
 //! in `backend/cpu/loss.rs` (`log_softmax_cpu`, `cross_entropy_cpu`, ...), the GPU plans
 //! of `shaders/loss.wgsl` in `backend/gpu/kernels/loss.rs` (mse is a `reduce` kernel).
 //! Every loss is a 0-d tensor on its device.
@@ -237,6 +238,73 @@ impl Tensor {
             Some(w) => record(op, &[self, w], out),
             None => record(op, &[self], out),
         })
+    }
+
+    /// Mean binary cross-entropy of logits `self` against `labels` (the same shape,
+    /// values in [0, 1]; soft labels allowed), optionally weighted per element, as
+    /// PyTorch's `binary_cross_entropy_with_logits(z, y, weight)` with the default
+    /// `reduction = "mean"`:
+    ///
+    /// `(1/N) Σ_i w_i · (softplus(z_i) − y_i·z_i)`
+    /// ` = (1/N) Σ_i w_i · (−y_i ln σ(z_i) − (1 − y_i) ln(1 − σ(z_i)))`,
+    ///
+    /// with N the number of elements of `self` (not Σ w) and `w_i = 1` without
+    /// `weights`. `weights` must broadcast to the logits' shape (per example `[n]` for
+    /// logits `[n]`, or per class `[c]` for `[n, c]`). Stable for any logits (through
+    /// [`Tensor::softplus`]) and differentiable to any order in the logits, the labels
+    /// and the weights; an empty tensor gives NaN (0 / 0). Computed as
+    /// `y_i·softplus(−z_i) + (1 − y_i)·softplus(z_i)`, whose terms are ≥ 0 for labels in
+    /// [0, 1], so no cancellation. A 0-d tensor on the device, recorded as a few
+    /// elementwise ops and a mean (fused into few dispatches on a GPU).
+    ///
+    /// Labels are not range-checked (that would cost a readback on a GPU): a label
+    /// outside [0, 1] gives a loss that is not a cross-entropy and may be unbounded
+    /// below. Shapes that do not fit are `ShapeMismatch`; operands on different devices
+    /// or of different dtypes are `DeviceMismatch` / `DTypeMismatch`.
+    ///
+    /// ```
+    /// use blo::{Device, Tensor};
+    /// # fn main() -> blo::Result<()> {
+    /// let dev = Device::cpu();
+    /// let z = Tensor::from_vec(vec![0.0f64, 100.0, -100.0], &[3], &dev)?;
+    /// let y = Tensor::from_vec(vec![1.0f64, 1.0, 0.0], &[3], &dev)?;
+    /// let loss = z.bce_with_logits(&y, None)?.to_scalar::<f64>()?;
+    /// // ln 2 for the first element, e⁻¹⁰⁰ for the confident correct ones.
+    /// assert!((loss - 2f64.ln() / 3.0).abs() < 1e-15);
+    /// # Ok(()) }
+    /// ```
+    pub fn bce_with_logits(&self, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "bce_with_logits";
+        same_place(OP, self, labels)?;
+        if labels.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().to_vec(),
+                rhs: labels.shape().to_vec(),
+            });
+        }
+        // y·softplus(−z) + (1 − y)·softplus(z), not softplus(z) − y·z: both terms are
+        // ≥ 0 for labels in [0, 1], so a confident right answer (z = 100, y = 1) keeps
+        // its e⁻¹⁰⁰ instead of cancelling to 0 (the gradient in the weights sees it).
+        let terms = labels
+            .mul(&self.neg()?.softplus()?)?
+            .add(&labels.scale_shift(-1.0, 1.0)?.mul(&self.softplus()?)?)?;
+        let terms = match weights {
+            Some(w) => {
+                same_place(OP, self, w)?;
+                let out = crate::ops::binary::broadcast_shape(OP, self.shape(), w.shape());
+                if out.as_deref().ok() != Some(self.shape()) {
+                    return Err(Error::ShapeMismatch {
+                        op: OP,
+                        lhs: self.shape().to_vec(),
+                        rhs: w.shape().to_vec(),
+                    });
+                }
+                terms.mul(w)?
+            }
+            None => terms,
+        };
+        terms.mean()
     }
 
     /// Mean squared error `mean((self − target)²)` as a 0-d tensor; the shapes must be
@@ -619,5 +687,137 @@ mod tests {
         drop(z.cross_entropy(&y, None).unwrap());
         gpu.sync().unwrap();
         assert_eq!(ctx.dispatch_count(), before);
+    }
+
+    /// Logits at the extremes and near 0, labels hard and soft, weights in (0, 1).
+    fn bce_inputs() -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let z = vec![-100.0, -20.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 20.0, 100.0];
+        let y = vec![0.0, 1.0, 0.3, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0];
+        let w = vec![0.2, 0.9, 0.5, 0.7, 0.1, 0.6, 0.4, 0.8, 0.3];
+        (z, y, w)
+    }
+
+    /// PyTorch's formula, evaluated on the host: max(z, 0) − z·y + ln(1 + e^−|z|).
+    fn bce_host(z: &[f64], y: &[f64], w: &[f64]) -> f64 {
+        let n = z.len() as f64;
+        z.iter()
+            .zip(y)
+            .zip(w)
+            .map(|((&z, &y), &w)| w * (z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()))
+            .sum::<f64>()
+            / n
+    }
+
+    #[test]
+    fn bce_with_logits_values_and_derivatives() {
+        let cpu = Device::Cpu;
+        let (z, y, w) = bce_inputs();
+        let n = z.len();
+        let t = |v: &[f64]| Tensor::from_vec(v.to_vec(), &[n], &cpu).unwrap();
+        let (zt, yt, wt) = (t(&z), t(&y), t(&w));
+        let got = zt.bce_with_logits(&yt, Some(&wt)).unwrap();
+        assert_eq!(got.shape(), &[] as &[usize]);
+        let want = bce_host(&z, &y, &w);
+        assert!((got.to_scalar::<f64>().unwrap() - want).abs() <= 1e-15 * want.abs());
+        let unweighted = zt.bce_with_logits(&yt, None).unwrap();
+        let want = bce_host(&z, &y, &vec![1.0; n]);
+        assert!((unweighted.to_scalar::<f64>().unwrap() - want).abs() <= 1e-15 * want);
+        // Gradients in the logits, the labels and the weights, in closed form:
+        // w_i (σ(z_i) − y_i)/N, −w_i z_i/N and (softplus(z_i) − y_i z_i)/N, with
+        // σ(z) − y written as (1 − y)σ(z) − yσ(−z), which keeps σ(−100) = e⁻¹⁰⁰.
+        let (zg, yg, wg) = (zt.requires_grad(), yt.requires_grad(), wt.requires_grad());
+        let loss = zg.bce_with_logits(&yg, Some(&wg)).unwrap();
+        let g = crate::autodiff::grad(&loss, &[&zg, &yg, &wg], true).unwrap();
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let nf = n as f64;
+        let dz: Vec<f64> = (0..n)
+            .map(|i| w[i] * ((1.0 - y[i]) * sig(z[i]) - y[i] * sig(-z[i])) / nf)
+            .collect();
+        let dy: Vec<f64> = (0..n).map(|i| -w[i] * z[i] / nf).collect();
+        let dw: Vec<f64> = (0..n)
+            .map(|i| (z[i].max(0.0) - z[i] * y[i] + (-z[i].abs()).exp().ln_1p()) / nf)
+            .collect();
+        for (k, want) in [dz, dy, dw].iter().enumerate() {
+            let got = g[k].to_vec::<f64>().unwrap();
+            // 1e-12, not ε: near z = 0 with a soft label, σ(z) − y ≈ 2.5e-4 is a difference
+            // of two ~0.5 terms, on both sides, each rounding differently.
+            assert_close(&got, want, 1e-12, 1e-300, &format!("gradient {k}"));
+        }
+        // Second order: the Hessian in z is diagonal, w_i σ(z_i)σ(−z_i)/N, so
+        // H·1 holds it (¼·w/N at z = 0, where a relu-based softplus would give 0).
+        let ones = zt.ones_like().unwrap();
+        let hz = crate::autodiff::grad(&g[0].dot(&ones).unwrap(), &[&zg], false).unwrap();
+        let want: Vec<f64> = (0..n).map(|i| w[i] * sig(z[i]) * sig(-z[i]) / nf).collect();
+        // atol ε/N: sigmoid's rule is σ(1 − σ), whose 1 − σ keeps only absolute accuracy
+        // where σ ≈ 1 (z = 20: 2e-9 to ~5e-8 relative).
+        assert_close(&hz[0].to_vec::<f64>().unwrap(), &want, 1e-12, 1e-17, "H·1");
+        // Per-class weights broadcast; a wrong label or weight shape is an error.
+        let z2 = Tensor::from_vec(vec![0.5f64; 6], &[2, 3], &cpu).unwrap();
+        let y2 = z2.zeros_like().unwrap();
+        let per_class = Tensor::from_vec(vec![1.0f64, 2.0, 3.0], &[3], &cpu).unwrap();
+        let l = z2.bce_with_logits(&y2, Some(&per_class)).unwrap();
+        // Labels 0: every term is softplus(0.5) = ln(1 + e^0.5), times mean(1, 2, 3) = 2.
+        let sp = 0.5f64.exp().ln_1p();
+        assert!((l.to_scalar::<f64>().unwrap() - 2.0 * sp).abs() < 1e-14);
+        let e = z2.bce_with_logits(&per_class, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    op: "bce_with_logits",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = z2.bce_with_logits(&y2, Some(&yt)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    op: "bce_with_logits",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// The GPU (f32) against the CPU (f64) at extreme logits, fused and unfused: the
+    /// loss, and its gradient in the logits and the weights.
+    #[test]
+    fn gpu_bce_with_logits_matches_f64() {
+        let Some(gpu) = crate::testing::fresh_gpu_or_skip() else {
+            return;
+        };
+        let ctx = gpu.gpu_context().unwrap().clone();
+        let (z, y, w) = bce_inputs();
+        let n = z.len();
+        let run = |dev: &Device, dtype: crate::DType| {
+            let t = |v: &[f64]| {
+                Tensor::from_vec(v.to_vec(), &[n], &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_device(dev)
+                    .unwrap()
+            };
+            let (zt, yt, wt) = (t(&z).requires_grad(), t(&y), t(&w).requires_grad());
+            let loss = zt.bce_with_logits(&yt, Some(&wt)).unwrap();
+            let g = crate::autodiff::grad(&loss, &[&zt, &wt], false).unwrap();
+            let mut out = loss.to_vec::<f64>().unwrap();
+            for gi in &g {
+                out.extend(gi.to_vec::<f64>().unwrap());
+            }
+            out
+        };
+        let want = run(&Device::Cpu, crate::DType::F64);
+        for fused in [true, false] {
+            ctx.set_fusion(fused);
+            let got = run(&gpu, crate::DType::F32);
+            // f32 rounding of inputs and results; atol for the e⁻¹⁰⁰-sized gradient
+            // terms, which f32 cannot hold.
+            assert_close(&got, &want, 1e-5, 1e-7, &format!("fused: {fused}"));
+        }
     }
 }

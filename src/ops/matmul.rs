@@ -88,6 +88,40 @@ impl Tensor {
         self.matmul_t(other, false, false)
     }
 
+    /// Matrix–vector product `self · v`: [m, k]·[k] → [m] (with `trans`, selfᵀ·v for
+    /// self stored [k, m]). Recorded as reshape, matmul and reshape, so it is
+    /// differentiable in both operands to any order, and on a GPU it runs the
+    /// matrix–vector kernels (the product is narrow). Other shapes are `ShapeMismatch`.
+    ///
+    /// ```
+    /// use blo::{Device, Tensor};
+    /// # fn main() -> blo::Result<()> {
+    /// let dev = Device::cpu();
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &dev)?;
+    /// let v = Tensor::from_vec(vec![1.0f32, 0.0, -1.0], &[3], &dev)?;
+    /// assert_eq!(x.matvec(&v, false)?.to_vec::<f32>()?, vec![-2.0, -2.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn matvec(&self, v: &Tensor, trans: bool) -> Result<Tensor> {
+        let (&[r, c], &[k]) = (self.shape(), v.shape()) else {
+            return Err(Error::ShapeMismatch {
+                op: "matvec",
+                lhs: self.shape().to_vec(),
+                rhs: v.shape().to_vec(),
+            });
+        };
+        let (m, inner) = if trans { (c, r) } else { (r, c) };
+        if inner != k {
+            return Err(Error::ShapeMismatch {
+                op: "matvec",
+                lhs: self.shape().to_vec(),
+                rhs: v.shape().to_vec(),
+            });
+        }
+        self.matmul_t(&v.reshape(&[k, 1])?, trans, false)?
+            .reshape(&[m])
+    }
+
     /// Matrix product with either stored operand transposed: `trans_a` uses selfᵀ (self
     /// stored [k, m]), `trans_b` uses otherᵀ (other stored [n, k]), as fast as the plain
     /// product: the kernels read either layout in place. Batching works as in
@@ -375,5 +409,84 @@ mod tests {
                 Err(Error::DeviceMismatch { op: "matmul", .. })
             ));
         }
+    }
+
+    #[test]
+    fn matvec_values_gradients_and_shape_errors() {
+        let cpu = Device::Cpu;
+        let xv = oracle_pair(&[5, 3], 41).1;
+        let xt = Tensor::from_vec(xv.clone(), &[5, 3], &cpu).unwrap();
+        let v = Tensor::from_vec(vec![0.5f64, -1.0, 2.0], &[3], &cpu).unwrap();
+        let u = Tensor::from_vec(vec![1.0f64, 2.0, 0.0, -1.0, 0.25], &[5], &cpu).unwrap();
+        let want: Vec<f64> = (0..5)
+            .map(|i| xv[3 * i] * 0.5 - xv[3 * i + 1] + 2.0 * xv[3 * i + 2])
+            .collect();
+        let got = xt.matvec(&v, false).unwrap();
+        assert_eq!(got.shape(), &[5]);
+        assert_close(&got.to_vec::<f64>().unwrap(), &want, 1e-15, 1e-15, "X v");
+        let want_t: Vec<f64> = (0..3)
+            .map(|j| {
+                (0..5)
+                    .map(|i| xv[3 * i + j] * [1.0, 2.0, 0.0, -1.0, 0.25][i])
+                    .sum()
+            })
+            .collect();
+        let got_t = xt.matvec(&u, true).unwrap().to_vec::<f64>().unwrap();
+        assert_close(&got_t, &want_t, 1e-15, 1e-15, "Xᵀ u");
+        // d⟨u, X v⟩/dv = Xᵀ u and d/dX = u vᵀ.
+        let (xg, vg) = (xt.requires_grad(), v.requires_grad());
+        let g = crate::autodiff::grad(
+            &xg.matvec(&vg, false).unwrap().dot(&u).unwrap(),
+            &[&xg, &vg],
+            false,
+        )
+        .unwrap();
+        assert_close(
+            &g[1].to_vec::<f64>().unwrap(),
+            &want_t,
+            1e-15,
+            1e-15,
+            "d/dv",
+        );
+        let uv: Vec<f64> = (0..15)
+            .map(|e| [1.0, 2.0, 0.0, -1.0, 0.25][e / 3] * [0.5, -1.0, 2.0][e % 3])
+            .collect();
+        assert_close(&g[0].to_vec::<f64>().unwrap(), &uv, 1e-15, 1e-15, "d/dX");
+        for bad in [
+            xt.matvec(&u, false),
+            xt.matvec(&v, true),
+            v.matvec(&v, false),
+        ] {
+            assert!(
+                matches!(bad, Err(Error::ShapeMismatch { op: "matvec", .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gpu_matvec_runs_the_matvec_kernels() {
+        let Some(gpu) = crate::testing::fresh_gpu_or_skip() else {
+            return;
+        };
+        let ctx = gpu.gpu_context().unwrap().clone();
+        let (x32, x64) = oracle_pair(&[37, 19], 42);
+        let (v32, v64) = oracle_pair(&[19], 43);
+        let want = Tensor::from_vec(x64, &[37, 19], &Device::Cpu)
+            .unwrap()
+            .matvec(&Tensor::from_vec(v64, &[19], &Device::Cpu).unwrap(), false)
+            .unwrap();
+        ctx.start_profile().unwrap();
+        let got = Tensor::from_vec(x32, &[37, 19], &gpu)
+            .unwrap()
+            .matvec(&Tensor::from_vec(v32, &[19], &gpu).unwrap(), false)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
+        let profile = ctx.finish_profile().unwrap();
+        assert_close(&got, &want.to_vec::<f64>().unwrap(), 1e-5, 1e-6, "GPU X v");
+        let families: Vec<&str> = profile.kernels.iter().map(|k| k.family.as_str()).collect();
+        assert!(families.contains(&"matvec"), "{families:?}");
+        assert!(!families.contains(&"matmul"), "{families:?}");
     }
 }

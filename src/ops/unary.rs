@@ -41,7 +41,8 @@ impl Tensor {
     pub fn square(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Square)
     }
-    /// |x|
+    /// |x|. Its derivative is sign(x), which is 0 at x = 0 (so a gradient step from
+    /// x = 0 does not move x).
     pub fn abs(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Abs)
     }
@@ -61,7 +62,8 @@ impl Tensor {
     pub fn sigmoid(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Sigmoid)
     }
-    /// max(x, 0)
+    /// max(x, 0). Its derivative is 1 for x > 0 and 0 for x ≤ 0, including x = 0 (as in
+    /// PyTorch): a parameter that starts at 0 gets no gradient through relu.
     pub fn relu(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Relu)
     }
@@ -69,13 +71,28 @@ impl Tensor {
     pub fn relu_mask(&self) -> Result<Tensor> {
         self.unary(UnaryOp::ReluMask)
     }
-    /// sign(x) ∈ {−1, 0, 1}
+    /// sign(x) ∈ {−1, 0, 1}. Its derivative is 0 everywhere, at x = 0 too: no gradient
+    /// flows through it.
     pub fn sign(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Sign)
     }
     /// 1 / x
     pub fn recip(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Recip)
+    }
+    /// softplus(x) = ln(1 + eˣ), stable for any x: computed as max(x, 0) + ln(1 + e^−|x|),
+    /// so it neither overflows for large x (softplus(1000) = 1000) nor rounds small values
+    /// to 0 (softplus(−40) ≈ 4.2e−18 in f64). Its derivative is sigmoid(x) everywhere
+    /// (½ at x = 0), differentiable again to any order; writing softplus by hand from
+    /// `relu` and `abs` would give derivative 0 at x = 0.
+    pub fn softplus(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Softplus)
+    }
+    /// ln sigmoid(x) = −softplus(−x) = −ln(1 + e⁻ˣ), stable for any x (computed as
+    /// min(x, 0) − ln(1 + e^−|x|)). Its derivative is sigmoid(−x) = 1 − sigmoid(x)
+    /// everywhere.
+    pub fn log_sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::LogSigmoid)
     }
     /// a·x + b with host scalars.
     pub fn scale_shift(&self, a: f64, b: f64) -> Result<Tensor> {
@@ -157,6 +174,83 @@ mod tests {
                     &format!("{op:?} n={n}"),
                 );
             }
+        }
+    }
+
+    /// The extreme and near-zero inputs of softplus and log_sigmoid, with their values
+    /// in closed form (f64).
+    const EXTREMES: [f64; 9] = [
+        -1000.0, -100.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 100.0, 1000.0,
+    ];
+
+    #[test]
+    fn softplus_and_log_sigmoid_are_stable() {
+        let x = Tensor::from_vec(EXTREMES.to_vec(), &[9], &crate::Device::Cpu).unwrap();
+        let sp = x.softplus().unwrap().to_vec::<f64>().unwrap();
+        let ls = x.log_sigmoid().unwrap().to_vec::<f64>().unwrap();
+        for (i, &v) in EXTREMES.iter().enumerate() {
+            // ln(1 + eᵛ): eᵛ itself below −30 (the next term is e²ᵛ/2 < 1e-26·eᵛ),
+            // ln_1p(eᵛ) in between, v + e⁻ᵛ above 30.
+            let want = if v < -30.0 {
+                v.exp()
+            } else if v > 30.0 {
+                v + (-v).exp()
+            } else {
+                v.exp().ln_1p()
+            };
+            assert_close(&[sp[i]], &[want], 1e-14, 0.0, &format!("softplus({v})"));
+            let want_ls = if v > 30.0 {
+                -(-v).exp()
+            } else if v < -30.0 {
+                v - v.exp()
+            } else {
+                -(-v).exp().ln_1p()
+            };
+            assert_close(
+                &[ls[i]],
+                &[want_ls],
+                1e-14,
+                0.0,
+                &format!("log_sigmoid({v})"),
+            );
+        }
+        // In f32 too: no overflow to ∞ at 1000, no flush to 0 at −20.
+        let x32 = Tensor::from_vec(vec![1000.0f32, -20.0], &[2], &crate::Device::Cpu).unwrap();
+        let y = x32.softplus().unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(y[0], 1000.0);
+        assert!((y[1] / (-20.0f32).exp() - 1.0).abs() < 1e-6, "{}", y[1]);
+    }
+
+    /// The GPU (f32) against the CPU in f64 at extreme inputs, values and gradients.
+    #[test]
+    fn gpu_softplus_and_log_sigmoid_at_extremes() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let cpu = crate::Device::Cpu;
+        let xs: Vec<f64> = EXTREMES[1..8].to_vec(); // ±100, ±20, ±1e-3, 0
+        let xc = Tensor::from_vec(xs.clone(), &[xs.len()], &cpu).unwrap();
+        let xg = Tensor::from_vec(
+            xs.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &[xs.len()],
+            &gpu,
+        )
+        .unwrap();
+        for op in [UnaryOp::Softplus, UnaryOp::LogSigmoid] {
+            let yc = xc.unary(op).unwrap().to_vec::<f64>().unwrap();
+            let yg = xg.unary(op).unwrap().to_vec::<f64>().unwrap();
+            // f32 rounding (a few ulp) relative; atol for the e⁻¹⁰⁰ tails, below f32's
+            // smallest normal, which a GPU may flush to 0.
+            assert_close(&yg, &yc, 1e-5, 1e-30, &format!("{op:?} values"));
+            let (tc, tg) = (xc.requires_grad(), xg.requires_grad());
+            let gc = crate::autodiff::grad(&tc.unary(op).unwrap().sum().unwrap(), &[&tc], false)
+                .unwrap()[0]
+                .to_vec::<f64>()
+                .unwrap();
+            let gg = crate::autodiff::grad(&tg.unary(op).unwrap().sum().unwrap(), &[&tg], false)
+                .unwrap()[0]
+                .to_vec::<f64>()
+                .unwrap();
+            assert_close(&gg, &gc, 1e-5, 1e-30, &format!("{op:?} gradients"));
+            assert_eq!(gg[3], 0.5, "{op:?}'(0) on the GPU");
         }
     }
 

@@ -5,7 +5,7 @@ use crate::bilevel::Problem;
 use crate::device::Device;
 use crate::error::{Error, Result, invalid};
 use crate::problems::data::{CleaningData, Split, cleaning_split, digits};
-use crate::problems::{labels_tensor, matrix_tensor, tensor};
+use crate::problems::labels_tensor;
 use crate::tensor::{DType, Tensor};
 
 /// Features and labels of one split on the device.
@@ -26,7 +26,7 @@ impl DeviceSplit {
             });
         }
         Ok(Self {
-            x: matrix_tensor(&s.x, device, dtype)?,
+            x: s.x.to_tensor(device, dtype)?,
             labels: labels_tensor(&s.labels, classes, device, dtype)?,
             host_labels: s.labels.clone(),
         })
@@ -66,7 +66,7 @@ impl DeviceSplit {
 }
 
 fn zeros(shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    tensor(
+    Tensor::from_f64(
         &vec![0.0; shape.iter().product()],
         shape,
         &like.device(),

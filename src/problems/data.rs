@@ -7,7 +7,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+use crate::device::Device;
 use crate::error::{Error, Result, invalid};
+use crate::tensor::{DType, Tensor};
 
 /// A dense row-major f64 matrix on the host (features), before it becomes a tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,12 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// The matrix as a tensor [rows, cols] of `dtype` on `device`
+    /// ([`Tensor::from_f64`]).
+    pub fn to_tensor(&self, device: &Device, dtype: DType) -> Result<Tensor> {
+        Tensor::from_f64(&self.data, &[self.rows, self.cols], device, dtype)
+    }
+
     /// The rows at `idx`, in that order.
     pub fn select_rows(&self, idx: &[usize]) -> Matrix {
         let mut data = Vec::with_capacity(idx.len() * self.cols);

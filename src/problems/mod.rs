@@ -11,29 +11,7 @@ pub use toys::{BdaToy, IapttToy, QuadraticToy};
 
 use crate::device::Device;
 use crate::error::{Result, invalid};
-use crate::problems::data::Matrix;
 use crate::tensor::{DType, Tensor};
-
-/// Makes a tensor on `device` in `dtype` from f64 host values.
-pub(crate) fn tensor(
-    data: &[f64],
-    shape: &[usize],
-    device: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
-    match dtype {
-        DType::F64 => Tensor::from_vec(data.to_vec(), shape, device),
-        DType::F32 => Tensor::from_vec(
-            data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            shape,
-            device,
-        ),
-    }
-}
-
-pub(crate) fn matrix_tensor(m: &Matrix, device: &Device, dtype: DType) -> Result<Tensor> {
-    tensor(&m.data, &[m.rows, m.cols], device, dtype)
-}
 
 pub(crate) fn labels_tensor(
     labels: &[usize],
@@ -48,11 +26,5 @@ pub(crate) fn labels_tensor(
         ));
     }
     let v: Vec<f64> = labels.iter().map(|&l| l as f64).collect();
-    tensor(&v, &[labels.len()], device, dtype)
-}
-
-/// `X w` for a matrix X [n, d] and a vector w [d], as a vector [n].
-pub(crate) fn matvec(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, d) = (x.shape()[0], x.shape()[1]);
-    x.matmul(&w.reshape(&[d, 1])?)?.reshape(&[n])
+    Tensor::from_f64(&v, &[labels.len()], device, dtype)
 }

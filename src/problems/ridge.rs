@@ -8,7 +8,6 @@ use crate::bilevel::Problem;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::problems::data::{Matrix, synthetic_regression_pair};
-use crate::problems::{matrix_tensor, matvec, tensor};
 use crate::tensor::{DType, Tensor};
 
 /// The ridge problem (λ ∈ R^d). w is one tensor `[d]` (flat, as an experiment's
@@ -61,10 +60,10 @@ impl Ridge {
             ));
         }
         Ok(Self {
-            x: matrix_tensor(x, device, dtype)?,
-            y: tensor(y, &[y.len()], device, dtype)?,
-            x_val: matrix_tensor(x_val, device, dtype)?,
-            y_val: tensor(y_val, &[y_val.len()], device, dtype)?,
+            x: x.to_tensor(device, dtype)?,
+            y: Tensor::from_f64(y, &[y.len()], device, dtype)?,
+            x_val: x_val.to_tensor(device, dtype)?,
+            y_val: Tensor::from_f64(y_val, &[y_val.len()], device, dtype)?,
             host: (x.clone(), y.to_vec()),
         })
     }
@@ -91,7 +90,7 @@ impl Ridge {
 impl Problem for Ridge {
     fn init_w(&self) -> Result<Vec<Tensor>> {
         let d = self.dim();
-        Ok(vec![tensor(
+        Ok(vec![Tensor::from_f64(
             &vec![0.0; d],
             &[d],
             &self.x.device(),
@@ -105,7 +104,9 @@ impl Problem for Ridge {
 
     fn inner_loss(&self, w: &[Tensor], lambda: &[Tensor]) -> Result<Tensor> {
         let n = self.x.shape()[0] as f64;
-        let fit = matvec(&self.x, &w[0])?
+        let fit = self
+            .x
+            .matvec(&w[0], false)?
             .sub(&self.y)?
             .sqnorm()?
             .scale(0.5 / n)?;
@@ -115,7 +116,8 @@ impl Problem for Ridge {
 
     fn outer_loss(&self, w: &[Tensor], _lambda: &[Tensor]) -> Result<Tensor> {
         let m = self.x_val.shape()[0] as f64;
-        matvec(&self.x_val, &w[0])?
+        self.x_val
+            .matvec(&w[0], false)?
             .sub(&self.y_val)?
             .sqnorm()?
             .scale(0.5 / m)
@@ -141,7 +143,12 @@ impl Problem for Ridge {
                 a[j * d + j] += l.exp();
             }
             let w = crate::solvers::solve_dense(&a, &rhs)?;
-            Ok(vec![tensor(&w, &[d], &self.x.device(), self.x.dtype())?])
+            Ok(vec![Tensor::from_f64(
+                &w,
+                &[d],
+                &self.x.device(),
+                self.x.dtype(),
+            )?])
         })())
     }
 }

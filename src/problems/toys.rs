@@ -3,7 +3,6 @@
 //! control ([`QuadraticToy`], T2) and IAPTT-GM's non-convex toy ([`IapttToy`], T3).
 //! λ is x and w is y in the papers' notation; F is the outer loss, f the inner one.
 
-use super::tensor;
 use crate::bilevel::Problem;
 use crate::device::Device;
 use crate::error::{Result, invalid};
@@ -59,8 +58,8 @@ impl BdaToy {
 impl Problem for BdaToy {
     fn init_w(&self) -> Result<Vec<Tensor>> {
         Ok(vec![
-            tensor(&vec![0.0; self.n], &[self.n], &self.device, self.dtype)?,
-            tensor(
+            Tensor::from_f64(&vec![0.0; self.n], &[self.n], &self.device, self.dtype)?,
+            Tensor::from_f64(
                 &vec![self.y2_start; self.n],
                 &[self.n],
                 &self.device,
@@ -115,7 +114,7 @@ impl QuadraticToy {
 
 impl Problem for QuadraticToy {
     fn init_w(&self) -> Result<Vec<Tensor>> {
-        Ok(vec![tensor(
+        Ok(vec![Tensor::from_f64(
             &vec![0.0; self.n],
             &[self.n],
             &self.device,
@@ -172,7 +171,7 @@ impl IapttToy {
 
     /// The paper's start x⁰ = 1.
     pub fn lambda0(&self) -> Result<Vec<Tensor>> {
-        Ok(vec![tensor(
+        Ok(vec![Tensor::from_f64(
             &vec![1.0; self.n],
             &[self.n],
             &self.device,
@@ -183,7 +182,7 @@ impl IapttToy {
 
 impl Problem for IapttToy {
     fn init_w(&self) -> Result<Vec<Tensor>> {
-        Ok(vec![tensor(
+        Ok(vec![Tensor::from_f64(
             &vec![2.0; self.n],
             &[self.n],
             &self.device,

@@ -59,23 +59,81 @@ impl Tensor {
         Ok(Tensor::from_storage(storage, shape))
     }
 
-    /// A 0-d f32 tensor holding `value` on `device`.
+    /// A tensor of `dtype` on `device` holding `data` (row-major) with `shape`, from f64
+    /// host values (rounded to nearest for f32). The constructor for code that runs in
+    /// either dtype, such as a [`Problem`](crate::bilevel::Problem) built in f64 for
+    /// gradient checks and in f32 for a GPU; f64 works on the CPU only (a GPU tensor
+    /// must be f32: `InvalidArgument`). A 0-d tensor is `from_f64(&[v], &[], …)`.
+    ///
+    /// ```
+    /// use blo::{DType, Device, Tensor};
+    /// # fn main() -> blo::Result<()> {
+    /// let t = Tensor::from_f64(&[1.0, 2.5], &[2], &Device::cpu(), DType::F32)?;
+    /// assert_eq!((t.dtype(), t.to_vec::<f32>()?), (DType::F32, vec![1.0, 2.5]));
+    /// # Ok(()) }
+    /// ```
+    pub fn from_f64(
+        data: &[f64],
+        shape: &[usize],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        check_len("from_f64", data.len(), shape)?;
+        let storage = match dtype {
+            DType::F64 => Storage::from_host("from_f64", data.to_vec(), device)?,
+            DType::F32 => Storage::from_host(
+                "from_f64",
+                data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                device,
+            )?,
+        };
+        Ok(Tensor::from_storage(storage, shape))
+    }
+
+    /// A tensor of `dtype` on `device` filled with `value` (rounded for f32): [`Tensor::full`]
+    /// for any dtype. f64 works on the CPU only (`InvalidArgument` on a GPU).
+    pub fn full_dtype(
+        shape: &[usize],
+        value: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        match dtype {
+            DType::F32 => Tensor::full(shape, value as f32, device),
+            DType::F64 => {
+                let n = checked_numel("full_dtype", shape)?;
+                let mut v = try_host_vec("full_dtype", n)?;
+                v.resize(n, value);
+                let storage = Storage::from_host("full_dtype", v, device)?;
+                Ok(Tensor::from_storage(storage, shape))
+            }
+        }
+    }
+
+    /// Zeros of `dtype` on `device`: [`Tensor::zeros`] for any dtype.
+    pub fn zeros_dtype(shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+        Tensor::full_dtype(shape, 0.0, device, dtype)
+    }
+
+    /// A 0-d f32 tensor holding `value` on `device` (any dtype:
+    /// [`from_f64`](Tensor::from_f64)`(&[value], &[], device, dtype)`).
     pub fn scalar(value: f32, device: &Device) -> Result<Tensor> {
         Tensor::from_vec(vec![value], &[], device)
     }
 
     /// An f32 tensor filled with `value`. On the GPU this is a fill kernel, not an upload.
+    /// Any dtype: [`Tensor::full_dtype`].
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Tensor> {
         let storage = Storage::full_f32(checked_numel("full", shape)?, value, device)?;
         Ok(Tensor::from_storage(storage, shape))
     }
 
-    /// An f32 tensor of zeros.
+    /// An f32 tensor of zeros (any dtype: [`Tensor::zeros_dtype`]).
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
         Tensor::full(shape, 0.0, device)
     }
 
-    /// An f32 tensor of ones.
+    /// An f32 tensor of ones (any dtype: [`Tensor::full_dtype`] with 1).
     pub fn ones(shape: &[usize], device: &Device) -> Result<Tensor> {
         Tensor::full(shape, 1.0, device)
     }
@@ -260,6 +318,53 @@ pub(crate) fn same_place(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dtype-taking constructors make what they say on either device, and refuse f64
+    /// on a GPU and data that does not fit the shape.
+    #[test]
+    fn dtype_constructors() {
+        let cpu = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            let t = Tensor::from_f64(&[1.0, -2.5, 1e-3], &[3], &cpu, dtype).unwrap();
+            assert_eq!((t.dtype(), t.shape()), (dtype, &[3][..]));
+            let want = [
+                1.0,
+                -2.5,
+                if dtype == DType::F32 {
+                    f64::from(1e-3f32)
+                } else {
+                    1e-3
+                },
+            ];
+            assert_eq!(t.to_vec::<f64>().unwrap(), want);
+            let f = Tensor::full_dtype(&[2, 2], 0.5, &cpu, dtype).unwrap();
+            assert_eq!(
+                (f.dtype(), f.to_vec::<f64>().unwrap()),
+                (dtype, vec![0.5; 4])
+            );
+            let z = Tensor::zeros_dtype(&[0, 3], &cpu, dtype).unwrap();
+            assert_eq!((z.dtype(), z.numel()), (dtype, 0));
+            let s = Tensor::from_f64(&[2.0], &[], &cpu, dtype).unwrap();
+            assert_eq!(s.to_scalar::<f64>().unwrap(), 2.0);
+        }
+        let e = Tensor::from_f64(&[1.0; 5], &[2, 3], &cpu, DType::F64).unwrap_err();
+        assert!(
+            matches!(e, Error::ShapeMismatch { op: "from_f64", .. }),
+            "{e}"
+        );
+        if let Some(gpu) = crate::testing::gpu_or_skip() {
+            let t = Tensor::from_f64(&[1.0, 2.0], &[2], &gpu, DType::F32).unwrap();
+            assert_eq!(t.to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+            let f = Tensor::full_dtype(&[3], 4.0, &gpu, DType::F32).unwrap();
+            assert_eq!(f.to_vec::<f32>().unwrap(), vec![4.0; 3]);
+            for r in [
+                Tensor::from_f64(&[1.0], &[1], &gpu, DType::F64),
+                Tensor::full_dtype(&[1], 1.0, &gpu, DType::F64),
+            ] {
+                assert!(matches!(r, Err(Error::UnsupportedDType { .. })), "{r:?}");
+            }
+        }
+    }
 
     /// Shapes whose element count overflows, or whose bytes no platform can address, are
     /// typed errors, on every constructor and on reshape and broadcasting, instead of a

@@ -44,6 +44,10 @@ pub(crate) fn apply<T: Element>(op: UnaryOp, x: T, a: T, b: T) -> T {
             }
         }
         UnaryOp::Recip => one / x,
+        // ln(1 + eˣ) = max(x, 0) + ln(1 + e^−|x|): e^−|x| ≤ 1 never overflows, and
+        // ln_1p keeps the tail e^−|x| for large |x| (e.g. softplus(−40) ≈ 4.2e−18).
+        UnaryOp::Softplus => x.max(zero) + (-x.abs()).exp().ln_1p(),
+        UnaryOp::LogSigmoid => x.min(zero) - (-x.abs()).exp().ln_1p(),
     }
 }
 

@@ -752,7 +752,17 @@ fn unary_wgsl(op: UnaryOp, x: &str, a: &str, b: &str) -> String {
         UnaryOp::ScaleShift => format!("{a} * {x} + {b}"),
         UnaryOp::Sign => format!("sign({x})"),
         UnaryOp::Recip => format!("1.0 / {x}"),
+        UnaryOp::Softplus => format!("max({x}, vec4<f32>(0.0)) + {}", log1p_exp_neg_abs(x)),
+        UnaryOp::LogSigmoid => format!("min({x}, vec4<f32>(0.0)) - {}", log1p_exp_neg_abs(x)),
     }
+}
+
+/// shaders/unary.wgsl's `log1p_exp_neg_abs(x)` as one expression: ln(1 + e^−|x|).
+fn log1p_exp_neg_abs(x: &str) -> String {
+    let t = format!("exp(-abs({x}))");
+    format!(
+        "select(log(1.0 + {t}), {t} * (1.0 - {t} * (0.5 - {t} * (0.33333334 - {t} * (0.25 - {t} * 0.2)))), {t} < vec4<f32>(0.05))"
+    )
 }
 
 fn binary_wgsl(op: BinaryOp, u: &str, v: &str) -> String {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::backend::{ALL_BINARY, ALL_UNARY, BinaryOp, FullOp, UnaryOp};
-use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
+use crate::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient_from};
 use crate::problems::Ridge;
 use crate::testing::{fresh_gpu_or_skip, rel_err};
 use crate::{DType, Device, Tensor};
@@ -299,7 +299,7 @@ fn the_kernel_cache_stays_bounded_and_dispatch_counts_are_deterministic() {
             steps,
         };
         let before = ctx.dispatch_count();
-        let r = hypergradient(&p, &lambda, &w0, &inner, &Method::Rad).unwrap();
+        let r = hypergradient_from(&p, &lambda, &w0, &inner, &Method::Rad).unwrap();
         (
             ctx.dispatch_count() - before,
             r.grad[0].to_vec::<f64>().unwrap(),

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 
 use blo::{Device, DeviceSpec, Error};
 
-use report::Report;
+use report::BenchReport;
 use suite::Config;
 
 /// Arguments of `blo bench`.
@@ -163,7 +163,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn compare(paths: &[PathBuf]) -> ExitCode {
-    let mut reports: Vec<(String, Report)> = Vec::new();
+    let mut reports: Vec<(String, BenchReport)> = Vec::new();
     for p in paths {
         match report::load(p) {
             Ok(r) => reports.push((p.display().to_string(), r)),

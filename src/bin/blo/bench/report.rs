@@ -112,7 +112,7 @@ pub struct Ceilings {
 
 /// A whole benchmark run: what ran where, and the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct BenchReport {
     /// blo's version (`CARGO_PKG_VERSION`).
     pub blo_version: String,
     /// Short git commit the binary was built from, or `unknown`.
@@ -189,12 +189,12 @@ pub fn fraction(r: &Record, c: &Ceilings) -> Option<f64> {
 }
 
 /// Serialises a report as pretty JSON (the `--json` format).
-pub fn to_json(report: &Report) -> Result<String> {
+pub fn to_json(report: &BenchReport) -> Result<String> {
     serde_json::to_string_pretty(report).map_err(|e| invalid("bench json", e.to_string()))
 }
 
 /// Parses a report written by [`to_json`]; the error names the problem and the path.
-pub fn from_json(text: &str, path: &str) -> Result<Report> {
+pub fn from_json(text: &str, path: &str) -> Result<BenchReport> {
     serde_json::from_str(text).map_err(|e| {
         invalid(
             "bench --compare",
@@ -206,7 +206,7 @@ pub fn from_json(text: &str, path: &str) -> Result<Report> {
 }
 
 /// Reads and parses a report file.
-pub fn load(path: &std::path::Path) -> Result<Report> {
+pub fn load(path: &std::path::Path) -> Result<BenchReport> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         invalid(
             "bench --compare",
@@ -276,7 +276,7 @@ fn speedup(r: &Record, base: &Record) -> Option<f64> {
 }
 
 /// A plain-text table of one report (what `blo bench` prints).
-pub fn table(report: &Report) -> String {
+pub fn table(report: &BenchReport) -> String {
     let mut s = format!(
         "blo {} ({}) on {} [{} {}, driver {} {}], {}\n",
         report.blo_version,
@@ -372,7 +372,7 @@ pub fn row(r: &Record) -> String {
 /// there is one, else inverse time ratio) and, after each throughput, its percentage
 /// of that device's ceiling. The ceilings themselves match by name alone (their sizes
 /// depend on the device). Missing results are shown as `-`.
-pub fn compare(reports: &[(String, Report)]) -> String {
+pub fn compare(reports: &[(String, BenchReport)]) -> String {
     let mut keys: Vec<(String, Vec<usize>)> = Vec::new();
     for (_, rep) in reports {
         for r in &rep.results {
@@ -430,7 +430,7 @@ pub fn compare(reports: &[(String, Report)]) -> String {
             size_str(&key.1)
         };
         s += &format!("{:<24} {:<18}", clean(&key.0), size);
-        let find = |rep: &Report| rep.results.iter().find(|r| &compare_key(r) == key).cloned();
+        let find = |rep: &BenchReport| rep.results.iter().find(|r| &compare_key(r) == key).cloned();
         let base = find(&reports[0].1);
         for (i, (_, rep)) in reports.iter().enumerate() {
             let r = find(rep);
@@ -486,7 +486,7 @@ mod tests {
             dispatch_counts: None,
             host_us_per_dispatch: None,
         };
-        let report = |results| Report {
+        let report = |results| BenchReport {
             blo_version: "0".into(),
             git_commit: "x".into(),
             date: "d".into(),

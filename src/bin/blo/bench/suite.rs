@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient};
+use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient_from};
 use blo::problems::data::{cleaning_split, digits};
 use blo::problems::{HyperCleaning, Ridge};
 use blo::solvers::{CgOptions, conjugate_gradient};
@@ -13,8 +13,8 @@ use blo::CustomKernel;
 use super::ceilings::{copy_kernel, fma_kernel};
 use super::host::{adapter_record, build_info, threads, utc_now};
 use super::report::{
-    Ceilings, DispatchCounts, Record, Report, Skipped, StepDispatches, better_ceiling, ceilings_of,
-    fraction,
+    BenchReport, Ceilings, DispatchCounts, Record, Skipped, StepDispatches, better_ceiling,
+    ceilings_of, fraction,
 };
 
 /// What to run and how long to measure.
@@ -65,9 +65,13 @@ impl Config {
 /// Runs the suite on `device`, calling `on_record` as each result arrives (for
 /// progress output; the ceilings arrive twice, before and after the suite, and the
 /// report's fractions use the better of each). A result that exceeds a limit of the device
-/// ([`blo::Error::TooLarge`]) is listed in [`Report::skipped`]; any other error
+/// ([`blo::Error::TooLarge`]) is listed in [`BenchReport::skipped`]; any other error
 /// stops the run.
-pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record)) -> Result<Report> {
+pub fn run(
+    device: &Device,
+    config: &Config,
+    mut on_record: impl FnMut(&Record),
+) -> Result<BenchReport> {
     if config.min_repeats == 0 || config.max_repeats < config.min_repeats {
         return Err(Error::InvalidArgument {
             op: "bench",
@@ -136,7 +140,7 @@ pub fn run(device: &Device, config: &Config, mut on_record: impl FnMut(&Record))
         r.fraction_of_ceiling = fraction(r, &b.ceilings);
     }
     let (version, commit) = build_info();
-    Ok(Report {
+    Ok(BenchReport {
         blo_version: version.to_string(),
         git_commit: commit.to_string(),
         date,
@@ -660,7 +664,7 @@ impl Bencher {
         let count = |steps: usize, method: &Method| -> Result<f64> {
             ctx.sync()?;
             let before = ctx.dispatch_count();
-            hypergradient(p, lambda, &w0, &gd(steps), method).map(drop)?;
+            hypergradient_from(p, lambda, &w0, &gd(steps), method).map(drop)?;
             ctx.sync()?;
             Ok((ctx.dispatch_count() - before) as f64)
         };
@@ -697,7 +701,7 @@ impl Bencher {
             optimizer: InnerOptimizer::Gd { lr },
             steps,
         };
-        self.time(|| hypergradient(p, lambda, &w0, &inner, &method).map(drop))
+        self.time(|| hypergradient_from(p, lambda, &w0, &inner, &method).map(drop))
     }
 }
 
