@@ -1,10 +1,13 @@
-//! Built-in bilevel problems with exact definitions, and their data.
+//! Built-in bilevel problems with exact definitions, meta-learning task distributions
+//! (sinusoid regression, few-shot digits), and their data.
 
 pub mod classification;
 pub mod data;
+pub mod fewshot;
 pub mod ridge;
 
 pub use classification::{HyperCleaning, Logistic};
+pub use fewshot::{ClassSplit, DigitsFewShot, Sinusoid};
 pub use ridge::Ridge;
 
 use crate::device::Device;
