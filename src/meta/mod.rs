@@ -54,6 +54,7 @@ pub use mlp::{Activation, Mlp};
 pub use tasks::{TaskBatch, TaskLoss};
 pub use train::{
     AdaptResult, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate, meta_train,
+    meta_train_with,
 };
 
 use std::time::Instant;
