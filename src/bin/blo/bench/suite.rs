@@ -358,7 +358,8 @@ fn suite(quick: bool) -> Vec<Case> {
     }
     v.push(Case::Dispatches(Bilevel::Ridge(ridge), t, k));
     v.push(Case::Dispatches(Bilevel::Cleaning(cleaning), t, k));
-    let tasks: &[usize] = if quick { &[32] } else { &[32, 1024] };
+    // B = 1 beside 32 shows that a step's dispatches do not depend on the number of tasks.
+    let tasks: &[usize] = if quick { &[1, 32] } else { &[1, 32, 1024] };
     for &b in tasks {
         for m in [MetaKind::Maml, MetaKind::Fomaml, MetaKind::MetaSgd] {
             v.push(Case::Meta(m, b));
