@@ -160,9 +160,9 @@ fn variant(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
 fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
     let dir = scratch("bad");
     let bad_x = dir.join("bad_query_x.npy");
-    write_npy(&bad_x, &vec![0.5; 3 * 6], &[3, 6]).unwrap();
+    write_npy(&bad_x, &[0.5; 3 * 6], &[3, 6]).unwrap();
     let short = dir.join("short.npy");
-    write_npy(&short, &vec![0.01; 96], &[96]).unwrap();
+    write_npy(&short, &[0.01; 96], &[96]).unwrap();
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         (
             "widths",

@@ -846,8 +846,8 @@ impl MetaExperiment {
                 if let Some(tb) = &test_batch
                     && (s.iteration % every == 0 || s.iteration == c.outer.steps)
                 {
-                    let ((loss, _), _) =
-                        evaluate(&method, &self.model, tb, theta, alpha, c.inner.steps)?;
+                    let loss =
+                        evaluate(&method, &self.model, tb, theta, alpha, c.inner.steps)?.loss;
                     curve.push(CurvePoint {
                         iteration: s.iteration,
                         loss,
@@ -875,15 +875,14 @@ impl MetaExperiment {
                 let mut s = self.sampler(device, dtype, k, e.tasks, true)?;
                 let batch = s.sample(0)?;
                 for &st in &steps {
-                    let ((loss, ci), acc) =
-                        evaluate(&method, &self.model, &batch, &theta, &alpha, st)?;
+                    let e = evaluate(&method, &self.model, &batch, &theta, &alpha, st)?;
                     evaluation.push(EvalRecord {
                         support: k,
                         steps: st,
-                        loss,
-                        loss_ci95: ci,
-                        accuracy: acc.map(|a| a.0),
-                        accuracy_ci95: acc.map(|a| a.1),
+                        loss: e.loss,
+                        loss_ci95: e.loss_ci95,
+                        accuracy: e.accuracy,
+                        accuracy_ci95: e.accuracy_ci95,
                     });
                 }
             }

@@ -53,8 +53,8 @@ mod tests;
 pub use mlp::{Activation, Mlp};
 pub use tasks::{TaskBatch, TaskLoss};
 pub use train::{
-    AdaptResult, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate, meta_train,
-    meta_train_with,
+    AdaptResult, Evaluation, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate,
+    meta_train, meta_train_with,
 };
 
 use std::time::Instant;

@@ -383,8 +383,23 @@ fn per_task_losses(tasks: &TaskBatch, pred: &Tensor) -> Result<Vec<f64>> {
     }
 }
 
+/// Post-adaptation scores over a batch of test tasks: means and 95 % confidence
+/// half-widths (1.96·sd/√n over tasks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean query loss after adaptation.
+    pub loss: f64,
+    /// Its 95 % confidence half-width.
+    pub loss_ci95: f64,
+    /// Mean query accuracy (classification only).
+    pub accuracy: Option<f64>,
+    /// Its 95 % confidence half-width.
+    pub accuracy_ci95: Option<f64>,
+}
+
 /// The mean post-adaptation query loss over `tasks` and its 95 % confidence half-width,
-/// plus the mean accuracy and its half-width for classification.
+/// plus the mean accuracy and its half-width for classification ([`adapt`] with
+/// the same arguments, summarised).
 pub fn evaluate(
     method: &MetaMethod,
     model: &Mlp,
@@ -392,10 +407,14 @@ pub fn evaluate(
     theta: &Tensor,
     alpha: &StepSize,
     steps: usize,
-) -> Result<((f64, f64), Option<(f64, f64)>)> {
+) -> Result<Evaluation> {
     let r = adapt(method, model, tasks, theta, alpha, steps)?;
-    Ok((
-        AdaptResult::mean_ci95(&r.query_losses),
-        r.query_accuracy.as_deref().map(AdaptResult::mean_ci95),
-    ))
+    let (loss, loss_ci95) = AdaptResult::mean_ci95(&r.query_losses);
+    let acc = r.query_accuracy.as_deref().map(AdaptResult::mean_ci95);
+    Ok(Evaluation {
+        loss,
+        loss_ci95,
+        accuracy: acc.map(|a| a.0),
+        accuracy_ci95: acc.map(|a| a.1),
+    })
 }
