@@ -77,7 +77,7 @@ fn every_meta_example_config_runs_and_writes_its_results() {
             );
         }
         for e in r["evaluation"].as_array().unwrap() {
-            assert!(e["loss"].as_f64().unwrap().is_finite(), "{name}");
+            assert!(e["loss"].as_f64().unwrap().is_finite(), "{name}: {e}");
             if r["problem"] == "digits-fewshot" {
                 let a = e["accuracy"].as_f64().unwrap();
                 assert!((0.0..=1.0).contains(&a), "{name}: accuracy {a}");
@@ -196,6 +196,13 @@ fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
                     .replace("metagradient_alpha_out", "# metagradient_alpha_out")
             }),
             "inner.steps",
+        ),
+        (
+            "unknown-method-key",
+            variant(&dir, "unknown-method", |t| {
+                t.replace("kind = \"meta-sgd\"", "kind = \"meta-sgd\"\nlambda = 1.0")
+            }),
+            "method",
         ),
         (
             "unknown-key",

@@ -28,7 +28,7 @@ pub(crate) fn check_divergence(
 }
 
 /// [`check_divergence`] for an inner loop whose gradients are scaled by the step-size
-/// tensors `alpha` (empty: none), see [`InnerOptimizer::step_scaled`].
+/// tensors `alpha` (empty: none), see `InnerOptimizer::step_scaled`.
 pub(crate) fn check_divergence_scaled(
     problem: &dyn Problem,
     lambda: &[Tensor],
@@ -108,7 +108,7 @@ pub(crate) fn run_inner(
 }
 
 /// [`run_inner`] with the gradients scaled by the step-size tensors `alpha` (empty:
-/// none), see [`InnerOptimizer::step_scaled`].
+/// none), see `InnerOptimizer::step_scaled`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_inner_scaled(
     problem: &dyn Problem,
@@ -154,7 +154,8 @@ pub fn run_to_end(
 }
 
 /// [`run_to_end`] with a tensor step size: every inner gradient g is replaced by α ⊙ g
-/// before the optimizer uses it (see [`InnerOptimizer::step_scaled`]); `alpha` holds
+/// before the optimizer uses it (gradient descent: w ← w − lr·α ⊙ ∇_w L_in; momentum
+/// accumulates α ⊙ ∇_w L_in); `alpha` holds
 /// one tensor per w-tensor (0-d, or broadcastable to that w-tensor's shape), or is
 /// empty for none.
 pub fn run_to_end_scaled(
@@ -259,7 +260,8 @@ impl<'p> Trajectory<'p> {
     }
 
     /// [`Trajectory::run`] with a step size that is a tensor: each inner gradient g is
-    /// replaced by α ⊙ g (see [`InnerOptimizer::step_scaled`]), `alpha` holding one
+    /// replaced by α ⊙ g before the optimizer uses it (gradient descent:
+    /// w ← w − lr·α ⊙ ∇_w L_in), `alpha` holding one
     /// tensor per w-tensor (0-d for a scalar rate, w's shape for a per-parameter one, or
     /// anything broadcasting to w's shape), or nothing. The reverse sweep then also
     /// returns dL/dα ([`Adjoint::dalpha`]): Meta-SGD's learned rates.

@@ -200,29 +200,39 @@ pub struct MetaInnerConfig {
     pub alpha_init: Option<LambdaInit>,
 }
 
-/// `[method]`.
+/// `[method]`: `kind`, and for iMAML its keys; any other key is an error naming it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum MetaMethodConfig {
-    /// [`crate::meta::maml`].
-    Maml,
-    /// [`crate::meta::fomaml`].
-    Fomaml,
-    /// [`crate::meta::meta_sgd`].
+    /// [`crate::meta::maml`], no keys.
+    Maml(NoKeys),
+    /// [`crate::meta::fomaml`], no keys.
+    Fomaml(NoKeys),
+    /// [`crate::meta::meta_sgd`], no keys (α's initial value is `inner.alpha_init`).
     #[serde(alias = "meta_sgd")]
-    MetaSgd,
-    /// [`crate::meta::imaml`].
-    Imaml {
-        /// λ > 0 of the proximal term.
-        lambda: f64,
-        /// CG iterations (default 10).
-        #[serde(default = "default_cg")]
-        cg_iters: usize,
-    },
-    /// [`crate::meta::anil`].
-    Anil,
-    /// [`crate::meta::reptile`].
-    Reptile,
+    MetaSgd(NoKeys),
+    /// [`crate::meta::imaml`]: `lambda`, `cg_iters`.
+    Imaml(ImamlKeys),
+    /// [`crate::meta::anil`], no keys.
+    Anil(NoKeys),
+    /// [`crate::meta::reptile`], no keys (its ε is `outer.lr` with `outer.kind = "sgd"`).
+    Reptile(NoKeys),
+}
+
+/// The settings of a method that has none: `kind` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoKeys {}
+
+/// iMAML's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImamlKeys {
+    /// λ > 0 of the proximal term (λ/2)‖φ − θ‖².
+    pub lambda: f64,
+    /// CG iterations (default 10).
+    #[serde(default = "default_cg")]
+    pub cg_iters: usize,
 }
 
 fn default_cg() -> usize {
@@ -233,12 +243,15 @@ impl MetaMethodConfig {
     /// The library's method.
     pub fn method(&self) -> MetaMethod {
         match *self {
-            MetaMethodConfig::Maml => MetaMethod::Maml,
-            MetaMethodConfig::Fomaml => MetaMethod::Fomaml,
-            MetaMethodConfig::MetaSgd => MetaMethod::MetaSgd,
-            MetaMethodConfig::Imaml { lambda, cg_iters } => MetaMethod::Imaml { lambda, cg_iters },
-            MetaMethodConfig::Anil => MetaMethod::Anil,
-            MetaMethodConfig::Reptile => MetaMethod::Reptile,
+            MetaMethodConfig::Maml(_) => MetaMethod::Maml,
+            MetaMethodConfig::Fomaml(_) => MetaMethod::Fomaml,
+            MetaMethodConfig::MetaSgd(_) => MetaMethod::MetaSgd,
+            MetaMethodConfig::Imaml(k) => MetaMethod::Imaml {
+                lambda: k.lambda,
+                cg_iters: k.cg_iters,
+            },
+            MetaMethodConfig::Anil(_) => MetaMethod::Anil,
+            MetaMethodConfig::Reptile(_) => MetaMethod::Reptile,
         }
     }
 }
@@ -288,14 +301,17 @@ pub struct EvalRecord {
     pub support: usize,
     /// Inner steps.
     pub steps: usize,
-    /// Mean post-adaptation query loss over the test tasks.
-    pub loss: f64,
+    /// Mean post-adaptation query loss over the test tasks (`null` when the adaptation
+    /// diverged).
+    pub loss: Option<f64>,
     /// Its 95 % confidence half-width.
-    pub loss_ci95: f64,
+    pub loss_ci95: Option<f64>,
     /// Mean query accuracy (classification).
     pub accuracy: Option<f64>,
     /// Its 95 % confidence half-width.
     pub accuracy_ci95: Option<f64>,
+    /// Why the adaptation failed (it diverged), if it did.
+    pub error: Option<String>,
 }
 
 /// A point of the post-adaptation curve.
@@ -875,15 +891,34 @@ impl MetaExperiment {
                 let mut s = self.sampler(device, dtype, k, e.tasks, true)?;
                 let batch = s.sample(0)?;
                 for &st in &steps {
-                    let e = evaluate(&method, &self.model, &batch, &theta, &alpha, st)?;
-                    evaluation.push(EvalRecord {
-                        support: k,
-                        steps: st,
-                        loss: e.loss,
-                        loss_ci95: e.loss_ci95,
-                        accuracy: e.accuracy,
-                        accuracy_ci95: e.accuracy_ci95,
-                    });
+                    // An adaptation that diverges (Meta-SGD's α, learned for S steps,
+                    // can be too large for more) is a result of its own, not a failure
+                    // of the run.
+                    let record = match evaluate(&method, &self.model, &batch, &theta, &alpha, st) {
+                        Ok(e) => EvalRecord {
+                            support: k,
+                            steps: st,
+                            loss: Some(e.loss),
+                            loss_ci95: Some(e.loss_ci95),
+                            accuracy: e.accuracy,
+                            accuracy_ci95: e.accuracy_ci95,
+                            error: None,
+                        },
+                        Err(crate::Error::InvalidArgument {
+                            op: "inner loop",
+                            msg,
+                        }) => EvalRecord {
+                            support: k,
+                            steps: st,
+                            loss: None,
+                            loss_ci95: None,
+                            accuracy: None,
+                            accuracy_ci95: None,
+                            error: Some(msg),
+                        },
+                        Err(e) => return Err(e),
+                    };
+                    evaluation.push(record);
                 }
             }
         }

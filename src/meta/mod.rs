@@ -502,7 +502,8 @@ pub fn imaml(
         let mut out = output(dtheta, None, loss, steps);
         out.solver_iterations = solved.iterations;
         out.residual = Some(solved.residual_norm);
-        out.stored_bytes = bytes_of(&phi) * 4;
+        // The adapted parameters and CG's four vectors (x, r, p, Ap) of the same size.
+        out.stored_bytes = bytes_of(&phi) * 5;
         Ok(out)
     })
 }

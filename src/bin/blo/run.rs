@@ -316,9 +316,18 @@ fn run_meta(args: Args) -> ExitCode {
         r.final_meta_loss, r.initial_meta_loss, r.metagradient_ms
     );
     for e in &r.evaluation {
+        let (Some(loss), Some(ci)) = (e.loss, e.loss_ci95) else {
+            println!(
+                "post-adaptation K = {:>3}, {:>2} step(s): {}",
+                e.support,
+                e.steps,
+                e.error.as_deref().unwrap_or("no result")
+            );
+            continue;
+        };
         print!(
-            "post-adaptation K = {:>3}, {:>2} step(s): loss {:.4} ± {:.4}",
-            e.support, e.steps, e.loss, e.loss_ci95
+            "post-adaptation K = {:>3}, {:>2} step(s): loss {loss:.4} ± {ci:.4}",
+            e.support, e.steps
         );
         match (e.accuracy, e.accuracy_ci95) {
             (Some(a), Some(ci)) => println!(", accuracy {:.2} % ± {:.2} %", 100.0 * a, 100.0 * ci),
