@@ -41,6 +41,7 @@
 //! from the run itself.
 
 mod config;
+pub mod meta;
 mod prepare;
 mod results;
 

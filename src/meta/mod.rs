@@ -53,7 +53,8 @@ mod tests;
 pub use mlp::{Activation, Mlp};
 pub use tasks::{TaskBatch, TaskLoss};
 pub use train::{
-    AdaptResult, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate, meta_train,
+    AdaptResult, Evaluation, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate,
+    meta_train, meta_train_with,
 };
 
 use std::time::Instant;
@@ -501,7 +502,8 @@ pub fn imaml(
         let mut out = output(dtheta, None, loss, steps);
         out.solver_iterations = solved.iterations;
         out.residual = Some(solved.residual_norm);
-        out.stored_bytes = bytes_of(&phi) * 4;
+        // The adapted parameters and CG's four vectors (x, r, p, Ap) of the same size.
+        out.stored_bytes = bytes_of(&phi) * 5;
         Ok(out)
     })
 }

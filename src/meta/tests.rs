@@ -384,6 +384,42 @@ fn a_batch_equals_separate_runs() {
     }
 }
 
+/// Post-adaptation evaluation scores the same adapted parameters the meta-gradient
+/// does: its mean query loss is the meta-loss, for every method's inner loop.
+#[test]
+fn adapt_reproduces_the_meta_loss() {
+    let dev = Device::cpu();
+    let m = net(Activation::Tanh);
+    let tasks = sin_tasks(3, 5, 22, &dev, DType::F64);
+    let th = f64v(&theta0(&m, 9), &dev);
+    let al = StepSize::PerParameter(th.full_like(0.07).unwrap());
+    for method in all_methods() {
+        let alpha = match method {
+            MetaMethod::MetaSgd => al.clone(),
+            _ => StepSize::Scalar(0.07),
+        };
+        for steps in [1, 4] {
+            let g = meta_gradient(&method, &m, &tasks, &th, &alpha, steps).unwrap();
+            let r = adapt(&method, &m, &tasks, &th, &alpha, steps).unwrap();
+            let mean = r.query_losses.iter().sum::<f64>() / 3.0;
+            assert!(
+                (mean - g.meta_loss).abs() < 1e-12,
+                "{}: {mean} vs {}",
+                method.name(),
+                g.meta_loss
+            );
+        }
+        let one = adapt(&method, &m, &tasks, &th, &alpha, 1).unwrap();
+        let four = adapt(&method, &m, &tasks, &th, &alpha, 4).unwrap();
+        assert_ne!(
+            one,
+            four,
+            "{}: more inner steps must change the result",
+            method.name()
+        );
+    }
+}
+
 /// Entry checks: θ and α of the wrong length, tasks that do not fit the model or each
 /// other, a non-positive step size: typed errors before any work.
 #[test]

@@ -161,6 +161,23 @@ pub fn meta_train(
     config: &MetaTrainConfig,
     observe: &mut dyn FnMut(&MetaStep),
 ) -> Result<MetaTrace> {
+    meta_train_with(model, sampler, theta0, alpha0, config, &mut |s, _, _| {
+        observe(s);
+        Ok(())
+    })
+}
+
+/// [`meta_train`], calling `observe` with each [`MetaStep`] and the θ and α it was
+/// computed at (before that iteration's update), so that a caller can evaluate the
+/// meta-parameters along the way; an error from `observe` stops the run.
+pub fn meta_train_with(
+    model: &Mlp,
+    sampler: &mut dyn TaskSampler,
+    theta0: &Tensor,
+    alpha0: &StepSize,
+    config: &MetaTrainConfig,
+    observe: &mut dyn FnMut(&MetaStep, &Tensor, &StepSize) -> Result<()>,
+) -> Result<MetaTrace> {
     check_optimizer(&config.optimizer)?;
     let t0 = Instant::now();
     let mut theta = theta0.detach();
@@ -208,7 +225,7 @@ pub fn meta_train(
             grad_norm: norm,
             elapsed_s: t0.elapsed().as_secs_f64(),
         };
-        observe(&step);
+        observe(&step, &theta, &alpha)?;
         steps.push(step);
         if it >= config.iterations || config.iterations == 0 {
             return Ok(MetaTrace {
@@ -282,8 +299,9 @@ pub fn adapt(
     } else {
         0
     };
-    let phi = no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let pieces = model.unflatten(&theta.detach())?;
+    // Not under no_grad: the inner loop takes gradients (and records nothing else).
+    let phi = (|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let pieces = no_grad(|| model.unflatten(&theta.detach()))?;
         let body = pieces[..head].to_vec();
         let w0: Vec<Tensor> = pieces[head..]
             .iter()
@@ -322,7 +340,7 @@ pub fn adapt(
         };
         let w = run_to_end_scaled(&problem, &body, &w0, &gd(lr, steps), &a)?;
         Ok((body, w))
-    })?;
+    })()?;
     let (body, w) = phi;
     let params: Vec<Tensor> = body.into_iter().chain(w).collect();
     no_grad(|| {
@@ -365,8 +383,23 @@ fn per_task_losses(tasks: &TaskBatch, pred: &Tensor) -> Result<Vec<f64>> {
     }
 }
 
+/// Post-adaptation scores over a batch of test tasks: means and 95 % confidence
+/// half-widths (1.96·sd/√n over tasks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean query loss after adaptation.
+    pub loss: f64,
+    /// Its 95 % confidence half-width.
+    pub loss_ci95: f64,
+    /// Mean query accuracy (classification only).
+    pub accuracy: Option<f64>,
+    /// Its 95 % confidence half-width.
+    pub accuracy_ci95: Option<f64>,
+}
+
 /// The mean post-adaptation query loss over `tasks` and its 95 % confidence half-width,
-/// plus the mean accuracy and its half-width for classification.
+/// plus the mean accuracy and its half-width for classification ([`adapt`] with
+/// the same arguments, summarised).
 pub fn evaluate(
     method: &MetaMethod,
     model: &Mlp,
@@ -374,10 +407,14 @@ pub fn evaluate(
     theta: &Tensor,
     alpha: &StepSize,
     steps: usize,
-) -> Result<((f64, f64), Option<(f64, f64)>)> {
+) -> Result<Evaluation> {
     let r = adapt(method, model, tasks, theta, alpha, steps)?;
-    Ok((
-        AdaptResult::mean_ci95(&r.query_losses),
-        r.query_accuracy.as_deref().map(AdaptResult::mean_ci95),
-    ))
+    let (loss, loss_ci95) = AdaptResult::mean_ci95(&r.query_losses);
+    let acc = r.query_accuracy.as_deref().map(AdaptResult::mean_ci95);
+    Ok(Evaluation {
+        loss,
+        loss_ci95,
+        accuracy: acc.map(|a| a.0),
+        accuracy_ci95: acc.map(|a| a.1),
+    })
 }

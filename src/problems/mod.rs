@@ -1,11 +1,14 @@
-//! Built-in bilevel problems with exact definitions, and their data.
+//! Built-in bilevel problems with exact definitions, meta-learning task distributions
+//! (sinusoid regression, few-shot digits), and their data.
 
 pub mod classification;
 pub mod data;
+pub mod fewshot;
 pub mod ridge;
 pub mod toys;
 
 pub use classification::{HyperCleaning, Logistic};
+pub use fewshot::{ClassSplit, DigitsFewShot, Sinusoid};
 pub use ridge::Ridge;
 pub use toys::{BdaToy, IapttToy, QuadraticToy};
 
@@ -27,4 +30,15 @@ pub(crate) fn labels_tensor(
     }
     let v: Vec<f64> = labels.iter().map(|&l| l as f64).collect();
     Tensor::from_f64(&v, &[labels.len()], device, dtype)
+}
+
+/// A tensor on `device` in `dtype` from f64 host values: [`Tensor::from_f64`] under the
+/// name the meta-learning code uses.
+pub(crate) fn tensor(
+    data: &[f64],
+    shape: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    Tensor::from_f64(data, shape, device, dtype)
 }

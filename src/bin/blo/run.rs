@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use blo::experiment::meta::{MetaExperiment, is_meta_config};
 use blo::experiment::{Experiment, Output, check_outputs, write_all_or_nothing};
 use blo::problems::data::npy_bytes;
 
@@ -39,6 +40,9 @@ fn run_error(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs `blo run`.
 pub fn run(args: Args) -> ExitCode {
+    if std::fs::read_to_string(&args.config).is_ok_and(|t| is_meta_config(&t)) {
+        return run_meta(args);
+    }
     let experiment = match Experiment::from_file(&args.config) {
         Ok(e) => e,
         Err(e) => return config_error(e),
@@ -172,6 +176,172 @@ pub fn run(args: Args) -> ExitCode {
     }
     if let Some(p) = &hg_path {
         println!("hypergradient written to {}", p.display());
+    }
+    println!("results written to {}", out.display());
+    ExitCode::SUCCESS
+}
+
+/// The default results path: `<config name>.results.json` in the current directory.
+fn default_out(args: &Args) -> PathBuf {
+    args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "blo".into());
+        PathBuf::from(format!("{stem}.results.json"))
+    })
+}
+
+/// `blo run` for a meta-learning config (`problem.kind` sinusoid or digits-fewshot).
+fn run_meta(args: Args) -> ExitCode {
+    let experiment = match MetaExperiment::from_file(&args.config) {
+        Ok(e) => e,
+        Err(e) => return config_error(e),
+    };
+    if args.profile {
+        return config_error("--profile is not supported for meta-learning configs yet");
+    }
+    let out = default_out(&args);
+    let c = experiment.config();
+    let g_path = experiment.output_path(&c.metagradient_out, &out);
+    let ga_path = experiment.output_path(&c.metagradient_alpha_out, &out);
+    let plot_path = experiment.output_path(&c.plot_out, &out);
+    let keys: Vec<(String, &Option<PathBuf>)> = [
+        ("metagradient_out", &g_path),
+        ("metagradient_alpha_out", &ga_path),
+        ("plot_out", &plot_path),
+    ]
+    .into_iter()
+    .map(|(k, p)| (format!("{}: key `{k}`:", args.config.display()), p))
+    .collect();
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
+    for (k, p) in &keys {
+        if let Some(p) = p {
+            outputs.push((k, p));
+        }
+    }
+    let inputs = experiment.input_files();
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    if let Err(e) = check_outputs(&outputs, &input_refs) {
+        return config_error(e);
+    }
+    let (device, reason) = match experiment.open_device() {
+        Ok(d) => d,
+        Err(e) => return run_error(e),
+    };
+    println!("device: {reason}");
+    let m = experiment.model();
+    println!(
+        "problem {}, method {}, model {:?} ({} parameters), {} meta-iteration(s)",
+        experiment.problem_name(),
+        c.method.method().name(),
+        m.widths(),
+        m.dim(),
+        c.outer.steps
+    );
+    let total = c.outer.steps + 1;
+    let every = total.div_ceil(20).max(1);
+    let outcome = experiment.run(&device, &reason, &mut |s| {
+        if s.iteration % every == 0 || s.iteration + 1 == total {
+            println!(
+                "  iteration {:>5}  meta-loss {:<12.6}  ‖g‖ {:<10.3e}  {:.3} s",
+                s.iteration, s.meta_loss, s.grad_norm, s.elapsed_s
+            );
+        }
+    });
+    let mut outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return run_error(e),
+    };
+    outcome.results.metagradient_out = g_path.as_ref().map(|p| p.display().to_string());
+    outcome.results.metagradient_alpha_out = ga_path.as_ref().map(|p| p.display().to_string());
+    let json = match serde_json::to_vec_pretty(&outcome.results) {
+        Ok(j) => j,
+        Err(e) => return run_error(format!("cannot encode the results: {e}")),
+    };
+    let mut files = vec![Output {
+        path: &out,
+        bytes: json,
+        what: "--out",
+    }];
+    let dim = m.dim();
+    if let Some(p) = &g_path {
+        match npy_bytes(&outcome.metagradient, &[dim]) {
+            Ok(bytes) => files.push(Output {
+                path: p,
+                bytes,
+                what: "metagradient_out",
+            }),
+            Err(e) => return run_error(format!("cannot encode the meta-gradient: {e}")),
+        }
+    }
+    if let (Some(p), Some(ga)) = (&ga_path, &outcome.metagradient_alpha) {
+        match npy_bytes(ga, &[dim]) {
+            Ok(bytes) => files.push(Output {
+                path: p,
+                bytes,
+                what: "metagradient_alpha_out",
+            }),
+            Err(e) => return run_error(format!("cannot encode ∂M/∂α: {e}")),
+        }
+    }
+    if let Some(p) = &plot_path {
+        let r = &outcome.results;
+        let plot = crate::plot::LinePlot {
+            title: format!("{} on {}: post-adaptation test loss", r.method, r.problem),
+            x_label: "meta-iteration".into(),
+            y_label: "query loss after adaptation".into(),
+            series: vec![crate::plot::Series {
+                name: r.method.clone(),
+                points: r
+                    .curve
+                    .iter()
+                    .map(|c| (c.iteration as f64, c.loss))
+                    .collect(),
+            }],
+        };
+        files.push(Output {
+            path: p,
+            bytes: plot.to_svg().into_bytes(),
+            what: "plot_out",
+        });
+    }
+    if let Err(e) = write_all_or_nothing(&files) {
+        return run_error(e);
+    }
+    let r = &outcome.results;
+    println!(
+        "meta-loss {:.6} (initial {:.6}), {:.3} ms per meta-gradient step",
+        r.final_meta_loss, r.initial_meta_loss, r.metagradient_ms
+    );
+    for e in &r.evaluation {
+        let (Some(loss), Some(ci)) = (e.loss, e.loss_ci95) else {
+            println!(
+                "post-adaptation K = {:>3}, {:>2} step(s): {}",
+                e.support,
+                e.steps,
+                e.error.as_deref().unwrap_or("no result")
+            );
+            continue;
+        };
+        print!(
+            "post-adaptation K = {:>3}, {:>2} step(s): loss {loss:.4} ± {ci:.4}",
+            e.support, e.steps
+        );
+        match (e.accuracy, e.accuracy_ci95) {
+            (Some(a), Some(ci)) => println!(", accuracy {:.2} % ± {:.2} %", 100.0 * a, 100.0 * ci),
+            _ => println!(),
+        }
+    }
+    for (what, p) in [
+        ("∂M/∂θ", &g_path),
+        ("∂M/∂α", &ga_path),
+        ("plot", &plot_path),
+    ] {
+        if let Some(p) = p {
+            println!("{what} written to {}", p.display());
+        }
     }
     println!("results written to {}", out.display());
     ExitCode::SUCCESS

@@ -59,6 +59,14 @@ pub struct Record {
     /// the chain's length). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_us_per_dispatch: Option<f64>,
+    /// `meta_*` results: tasks per second (the batch's tasks over the median time of one
+    /// meta-gradient step). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_s: Option<f64>,
+    /// `meta_*` results on a GPU: dispatches of one meta-gradient step (the same for
+    /// every number of tasks). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatches_per_step: Option<u64>,
 }
 
 /// Dispatches per step of each part of a hypergradient, counted by difference: a run
@@ -322,6 +330,13 @@ pub fn notes(r: &Record) -> String {
             f.gd_step, u.gd_step, f.cg_iteration, u.cg_iteration, f.rad_step, u.rad_step
         );
     }
+    if let Some(t) = r.tasks_per_s {
+        s += &format!("    └ {t:.0} tasks/s");
+        if let Some(d) = r.dispatches_per_step {
+            s += &format!(", {d} dispatches per meta-gradient step");
+        }
+        s += "\n";
+    }
     if let Some(us) = r.host_us_per_dispatch {
         s += &format!("    └ host {us:.1} µs per recorded dispatch (the calls alone, no sync)\n");
     }
@@ -485,6 +500,8 @@ mod tests {
             profile: None,
             dispatch_counts: None,
             host_us_per_dispatch: None,
+            tasks_per_s: None,
+            dispatches_per_step: None,
         };
         let report = |results| BenchReport {
             blo_version: "0".into(),

@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use blo::bilevel::{Inner, InnerOptimizer, Method, Problem, hypergradient_from};
+use blo::meta::{Activation, MetaMethod, Mlp as MetaMlp, StepSize, meta_gradient};
+use blo::problems::Sinusoid;
 use blo::problems::data::{cleaning_split, digits};
 use blo::problems::{HyperCleaning, Ridge};
 use blo::solvers::{CgOptions, conjugate_gradient};
@@ -181,7 +183,23 @@ enum Case {
     /// Dispatches per inner GD step, CG iteration and RAD step of a problem, counted
     /// over T steps and K CG iterations, fused and unfused (GPU only).
     Dispatches(Bilevel, usize, usize),
+    /// One meta-gradient step on B sinusoid tasks (K = 10 support and query points,
+    /// S = 5 inner steps, MLP 1-40-40-1): the method and B.
+    Meta(MetaKind, usize),
 }
+
+/// The meta-learning methods benchmarked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MetaKind {
+    Maml,
+    Fomaml,
+    MetaSgd,
+}
+
+/// Support (= query) points K, inner steps S and the hidden width of the meta results.
+const META_K: usize = 10;
+const META_S: usize = 5;
+const META_HIDDEN: usize = 40;
 
 /// A benchmark problem of the hypergradient results.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -254,6 +272,9 @@ impl Case {
             Case::Cleaning(_, _, HyperMethod::Cg(_)) => "hypergrad_cleaning_cg".into(),
             Case::Dispatches(Bilevel::Ridge(_), ..) => "dispatches_ridge".into(),
             Case::Dispatches(Bilevel::Cleaning(_), ..) => "dispatches_cleaning".into(),
+            Case::Meta(MetaKind::Maml, _) => "meta_maml".into(),
+            Case::Meta(MetaKind::Fomaml, _) => "meta_fomaml".into(),
+            Case::Meta(MetaKind::MetaSgd, _) => "meta_meta_sgd".into(),
         }
     }
 
@@ -283,6 +304,7 @@ impl Case {
             Case::Ridge(s, t, m) => with_method(s.to_vec(), *t, m),
             Case::Cleaning(s, t, m) => with_method(s.to_vec(), *t, m),
             Case::Dispatches(p, t, k) => with_method(p.size(), *t, &HyperMethod::Cg(*k)),
+            Case::Meta(_, b) => vec![*b, META_K, META_S, META_HIDDEN],
         }
     }
 }
@@ -340,6 +362,13 @@ fn suite(quick: bool) -> Vec<Case> {
     }
     v.push(Case::Dispatches(Bilevel::Ridge(ridge), t, k));
     v.push(Case::Dispatches(Bilevel::Cleaning(cleaning), t, k));
+    // B = 1 beside 32 shows that a step's dispatches do not depend on the number of tasks.
+    let tasks: &[usize] = if quick { &[1, 32] } else { &[1, 32, 1024] };
+    for &b in tasks {
+        for m in [MetaKind::Maml, MetaKind::Fomaml, MetaKind::MetaSgd] {
+            v.push(Case::Meta(m, b));
+        }
+    }
     v
 }
 
@@ -473,6 +502,8 @@ impl Bencher {
             profile: self.profile.borrow_mut().take(),
             dispatch_counts: None,
             host_us_per_dispatch: None,
+            tasks_per_s: None,
+            dispatches_per_step: None,
         };
         r.fraction_of_ceiling = fraction(&r, &self.ceilings);
         r
@@ -610,6 +641,27 @@ impl Bencher {
                 let (p, lambda, lr) = Bilevel::Cleaning(*s).build(dev)?;
                 self.time_hypergradient(p.as_ref(), &lambda, lr, *steps, method.method())
                     .map(|t| rec(&t, None, None))
+            }
+            Case::Meta(kind, b) => {
+                let model = MetaMlp::new(&[1, META_HIDDEN, META_HIDDEN, 1], Activation::Relu)?;
+                let tasks = Sinusoid::new(*b, META_K, META_K, 0, dev, DType::F32)?.batch(0)?;
+                let theta = model.init(0, dev, DType::F32)?;
+                let (method, alpha) = match kind {
+                    MetaKind::Maml => (MetaMethod::Maml, StepSize::Scalar(0.01)),
+                    MetaKind::Fomaml => (MetaMethod::Fomaml, StepSize::Scalar(0.01)),
+                    MetaKind::MetaSgd => (
+                        MetaMethod::MetaSgd,
+                        StepSize::PerParameter(theta.full_like(0.01)?),
+                    ),
+                };
+                let step = || meta_gradient(&method, &model, &tasks, &theta, &alpha, META_S);
+                let t = self.time(|| step().map(drop))?;
+                let mut r = rec(&t, None, None);
+                r.tasks_per_s = Some(*b as f64 / t.median);
+                if dev.gpu_context().is_some() {
+                    r.dispatches_per_step = step()?.dispatches;
+                }
+                Ok(r)
             }
             Case::Dispatches(problem, steps, iters) => {
                 let Some(ctx) = dev.gpu_context() else {

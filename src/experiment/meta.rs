@@ -1,0 +1,975 @@
+//! Meta-learning experiments: a TOML file whose `[problem] kind` is `"sinusoid"` or
+//! `"digits-fewshot"` ([`is_meta_config`]), run by `blo run` like the bilevel ones.
+//!
+//! ```toml
+//! device = "cpu"
+//! dtype = "f64"
+//! metagradient_out = "g.npy"        # ∂M/∂θ (f64, flat layout); needs outer.steps = 0
+//! metagradient_alpha_out = "ga.npy" # Meta-SGD's ∂M/∂α; needs outer.steps = 0
+//! [problem]
+//! kind = "sinusoid"    # or "digits-fewshot" (then `ways`)
+//! tasks = 32           # tasks per meta-batch
+//! support = 10         # K: support points per task (digits: images per class)
+//! query = 10           # query points per task (default: support)
+//! seed = 0
+//! [model]
+//! widths = [1, 40, 40, 1]
+//! activation = "relu"  # or "tanh"
+//! init = "theta0.npy"  # optional initial θ (flat layout); default: seeded PyTorch init
+//! [data]               # optional: one fixed task batch from .npy files
+//! support_x = "sx.npy" # [tasks, points] or [tasks, points, features]
+//! support_y = "sy.npy"
+//! query_x = "qx.npy"
+//! query_y = "qy.npy"
+//! [inner]
+//! lr = 0.01            # α (Meta-SGD: every α_i's initial value)
+//! steps = 5            # S
+//! alpha_init = "a.npy" # Meta-SGD: α's initial value from .npy (flat layout)
+//! [method]
+//! kind = "maml"        # fomaml, meta-sgd, imaml (lambda, cg_iters), anil, reptile
+//! [outer]
+//! steps = 100
+//! kind = "adam"        # or "sgd" (Reptile's ε is its lr)
+//! lr = 0.001
+//! [eval]
+//! tasks = 1000         # held-out test tasks (a separate seed)
+//! support = [5, 10, 20]
+//! steps = [1, 10]
+//! every = 10           # meta-iterations between points of the post-adaptation curve
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use super::config::{DTypeName, DeviceSpec, LambdaInit, OuterKind};
+use crate::bilevel::OuterOptimizer;
+use crate::device::Device;
+use crate::error::Result;
+use crate::meta::{
+    Activation, MetaMethod, MetaStep, MetaTrainConfig, Mlp, StepSize, TaskBatch, TaskLoss,
+    TaskSampler, evaluate, meta_train_with,
+};
+use crate::problems::data::read_npy;
+use crate::problems::fewshot::HostTasks;
+use crate::problems::{ClassSplit, DigitsFewShot, Sinusoid};
+use crate::tensor::DType;
+
+/// Whether the TOML text is a meta-learning experiment (its `problem.kind` is
+/// `"sinusoid"` or `"digits-fewshot"`).
+pub fn is_meta_config(text: &str) -> bool {
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    matches!(
+        v.get("problem")
+            .and_then(|p| p.get("kind"))
+            .and_then(|k| k.as_str()),
+        Some("sinusoid" | "digits-fewshot")
+    )
+}
+
+/// A meta-learning experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Where to run (as for bilevel experiments).
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// `"f32"` (default) or `"f64"` (CPU only).
+    #[serde(default)]
+    pub dtype: DTypeName,
+    /// `.npy` for ∂M/∂θ at the initial θ (f64, flat layout); needs `outer.steps = 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metagradient_out: Option<PathBuf>,
+    /// `.npy` for Meta-SGD's ∂M/∂α at the initial α; needs `outer.steps = 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metagradient_alpha_out: Option<PathBuf>,
+    /// `.svg` plot of the post-adaptation test loss against meta-iterations (written by
+    /// `blo run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plot_out: Option<PathBuf>,
+    /// The task distribution.
+    pub problem: MetaProblemConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// A fixed task batch from `.npy` files instead of the generator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<TaskDataConfig>,
+    /// The inner loop.
+    pub inner: MetaInnerConfig,
+    /// The meta-gradient.
+    pub method: MetaMethodConfig,
+    /// The meta-optimizer.
+    #[serde(default)]
+    pub outer: MetaOuterConfig,
+    /// Post-adaptation evaluation on held-out tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalConfig>,
+}
+
+/// `problem.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetaProblemKind {
+    /// [`Sinusoid`].
+    Sinusoid,
+    /// [`DigitsFewShot`].
+    DigitsFewshot,
+}
+
+/// `[problem]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaProblemConfig {
+    /// The task distribution.
+    pub kind: MetaProblemKind,
+    /// Tasks per meta-batch (default 32).
+    #[serde(default = "default_tasks")]
+    pub tasks: usize,
+    /// Support points per task (digits: images per class, the K of N-way K-shot).
+    pub support: usize,
+    /// Query points per task (digits: per class); default `support`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<usize>,
+    /// digits-fewshot: N, classes per episode (2..=4, the meta-test split's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ways: Option<usize>,
+    /// Seed of the training tasks and of θ's initialization (default 0); test tasks use
+    /// seed + 1.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_tasks() -> usize {
+    32
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Layer widths, input first, output last.
+    pub widths: Vec<usize>,
+    /// `"relu"` (default) or `"tanh"`.
+    #[serde(default)]
+    pub activation: ActivationName,
+    /// `.npy` initial θ in the flat layout; default: [`Mlp::init`] with the problem's seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+}
+
+/// `model.activation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationName {
+    /// ReLU.
+    #[default]
+    Relu,
+    /// tanh.
+    Tanh,
+}
+
+/// `[data]`: the four task arrays, `[tasks, points]` or `[tasks, points, features]`;
+/// targets `[tasks, points]` (regression values or class labels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDataConfig {
+    /// Support inputs.
+    pub support_x: PathBuf,
+    /// Support targets.
+    pub support_y: PathBuf,
+    /// Query inputs.
+    pub query_x: PathBuf,
+    /// Query targets.
+    pub query_y: PathBuf,
+}
+
+/// `[inner]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaInnerConfig {
+    /// The inner step size α > 0 (Meta-SGD: every α_i's initial value).
+    pub lr: f64,
+    /// Inner steps S.
+    pub steps: usize,
+    /// Meta-SGD: α's initial value, a number or a `.npy` vector in the flat layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_init: Option<LambdaInit>,
+}
+
+/// `[method]`: `kind`, and for iMAML its keys; any other key is an error naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum MetaMethodConfig {
+    /// [`crate::meta::maml`], no keys.
+    Maml(NoKeys),
+    /// [`crate::meta::fomaml`], no keys.
+    Fomaml(NoKeys),
+    /// [`crate::meta::meta_sgd`], no keys (α's initial value is `inner.alpha_init`).
+    #[serde(alias = "meta_sgd")]
+    MetaSgd(NoKeys),
+    /// [`crate::meta::imaml`]: `lambda`, `cg_iters`.
+    Imaml(ImamlKeys),
+    /// [`crate::meta::anil`], no keys.
+    Anil(NoKeys),
+    /// [`crate::meta::reptile`], no keys (its ε is `outer.lr` with `outer.kind = "sgd"`).
+    Reptile(NoKeys),
+}
+
+/// The settings of a method that has none: `kind` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoKeys {}
+
+/// iMAML's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImamlKeys {
+    /// λ > 0 of the proximal term (λ/2)‖φ − θ‖².
+    pub lambda: f64,
+    /// CG iterations (default 10).
+    #[serde(default = "default_cg")]
+    pub cg_iters: usize,
+}
+
+fn default_cg() -> usize {
+    10
+}
+
+impl MetaMethodConfig {
+    /// The library's method.
+    pub fn method(&self) -> MetaMethod {
+        match *self {
+            MetaMethodConfig::Maml(_) => MetaMethod::Maml,
+            MetaMethodConfig::Fomaml(_) => MetaMethod::Fomaml,
+            MetaMethodConfig::MetaSgd(_) => MetaMethod::MetaSgd,
+            MetaMethodConfig::Imaml(k) => MetaMethod::Imaml {
+                lambda: k.lambda,
+                cg_iters: k.cg_iters,
+            },
+            MetaMethodConfig::Anil(_) => MetaMethod::Anil,
+            MetaMethodConfig::Reptile(_) => MetaMethod::Reptile,
+        }
+    }
+}
+
+/// `[outer]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaOuterConfig {
+    /// Meta-iterations; 0 (default) computes the meta-gradient once.
+    #[serde(default)]
+    pub steps: usize,
+    /// `"sgd"` or `"adam"` (required when steps > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<OuterKind>,
+    /// Step size > 0 (required when steps > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-out test tasks (default 1000).
+    #[serde(default = "default_eval_tasks")]
+    pub tasks: usize,
+    /// Support sizes K to adapt with (default: the problem's).
+    #[serde(default)]
+    pub support: Vec<usize>,
+    /// Inner step counts to adapt with (default: the inner loop's).
+    #[serde(default)]
+    pub steps: Vec<usize>,
+    /// Meta-iterations between points of the post-adaptation curve (default: about 10
+    /// points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<usize>,
+}
+
+fn default_eval_tasks() -> usize {
+    1000
+}
+
+/// One post-adaptation evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Support size K.
+    pub support: usize,
+    /// Inner steps.
+    pub steps: usize,
+    /// Mean post-adaptation query loss over the test tasks (`null` when the adaptation
+    /// diverged).
+    pub loss: Option<f64>,
+    /// Its 95 % confidence half-width.
+    pub loss_ci95: Option<f64>,
+    /// Mean query accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// Its 95 % confidence half-width.
+    pub accuracy_ci95: Option<f64>,
+    /// Why the adaptation failed (it diverged), if it did.
+    pub error: Option<String>,
+}
+
+/// A point of the post-adaptation curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Meta-iteration.
+    pub iteration: usize,
+    /// Mean post-adaptation query loss on the test tasks (the config's K and S).
+    pub loss: f64,
+}
+
+/// The results JSON of a meta-learning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaResults {
+    /// blo's version.
+    pub blo_version: String,
+    /// The config file.
+    pub config_file: String,
+    /// The parsed config, echoed.
+    pub config: MetaConfig,
+    /// The device.
+    pub device: super::DeviceRecord,
+    /// Problem kind.
+    pub problem: String,
+    /// Method name.
+    pub method: String,
+    /// Number of parameters P.
+    pub dim: usize,
+    /// The meta-loss curve, one record per meta-iteration.
+    pub trace: Vec<MetaStepRecord>,
+    /// Post-adaptation loss on the test tasks during training.
+    pub curve: Vec<CurvePoint>,
+    /// Post-adaptation evaluation after training.
+    pub evaluation: Vec<EvalRecord>,
+    /// The first meta-loss.
+    pub initial_meta_loss: f64,
+    /// The last meta-loss.
+    pub final_meta_loss: f64,
+    /// Milliseconds per meta-gradient, averaged over the run.
+    pub metagradient_ms: f64,
+    /// The final θ.
+    pub final_theta: Vec<f64>,
+    /// Where ∂M/∂θ was written.
+    pub metagradient_out: Option<String>,
+    /// Where ∂M/∂α was written.
+    pub metagradient_alpha_out: Option<String>,
+}
+
+/// A meta-iteration's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaStepRecord {
+    /// Iteration.
+    pub iteration: usize,
+    /// Meta-loss before the update.
+    pub meta_loss: f64,
+    /// Meta-gradient norm.
+    pub grad_norm: f64,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+}
+
+/// What a run produced, for the results and the output files.
+#[derive(Debug, Clone)]
+pub struct MetaOutcome {
+    /// The results JSON.
+    pub results: MetaResults,
+    /// ∂M/∂θ at the initial θ (f64), when `outer.steps = 0`.
+    pub metagradient: Vec<f64>,
+    /// ∂M/∂α (Meta-SGD).
+    pub metagradient_alpha: Option<Vec<f64>>,
+}
+
+/// A checked meta-learning experiment.
+#[derive(Debug, Clone)]
+pub struct MetaExperiment {
+    file: PathBuf,
+    config: MetaConfig,
+    model: Mlp,
+    theta0: Vec<f64>,
+    alpha0: Option<Vec<f64>>,
+    data: Option<(HostTasks, TaskLoss)>,
+    inputs: Vec<PathBuf>,
+}
+
+fn err(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        message: message.into(),
+        position: None,
+    }
+}
+
+fn parse<T: DeserializeOwned>(text: &str, file: &Path) -> std::result::Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| err(file, "", format!("not valid TOML: {}", e.message().trim())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().message().trim().to_string();
+        let key = if path == "." { String::new() } else { path };
+        match message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
+            Some(name) => err(
+                file,
+                &if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                },
+                "missing: this key is required",
+            ),
+            None => err(file, &key, message),
+        }
+    })
+}
+
+impl MetaExperiment {
+    /// Reads and checks a meta-learning experiment file; relative paths in it are
+    /// relative to its directory.
+    pub fn from_file(path: &Path) -> std::result::Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path, "", format!("cannot read the config: {e}")))?;
+        let config: MetaConfig = parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_config(config, path, base)
+    }
+
+    /// Checks a parsed config: every value, the model against the tasks, θ's and α's
+    /// lengths, the task arrays' shapes. Nothing runs.
+    pub fn from_config(
+        config: MetaConfig,
+        file: &Path,
+        base: &Path,
+    ) -> std::result::Result<Self, ConfigError> {
+        let bad = |key: &str, msg: String| err(file, key, msg);
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut inputs = Vec::new();
+        let mut npy =
+            |key: &str, p: &Path| -> std::result::Result<(Vec<f64>, Vec<usize>), ConfigError> {
+                let full = resolve(p);
+                inputs.push(full.clone());
+                let a = read_npy(&full).map_err(|e| {
+                    bad(
+                        key,
+                        format!("expected a readable .npy file of float32/float64: {e}"),
+                    )
+                })?;
+                if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
+                    return Err(bad(
+                        key,
+                        format!("element {i} is {}; every value must be finite", a.data[i]),
+                    ));
+                }
+                Ok((a.data, a.shape))
+            };
+        if config.dtype == DTypeName::F64 && config.device != DeviceSpec::Cpu {
+            return Err(bad(
+                "dtype",
+                "\"f64\" runs on the CPU backend only; set device = \"cpu\" or dtype = \"f32\""
+                    .into(),
+            ));
+        }
+        let p = &config.problem;
+        let method = config.method.method();
+        if p.tasks == 0 || p.support == 0 || p.query == Some(0) {
+            return Err(bad(
+                "problem",
+                "tasks, support and query must be ≥ 1".into(),
+            ));
+        }
+        let activation = match config.model.activation {
+            ActivationName::Relu => Activation::Relu,
+            ActivationName::Tanh => Activation::Tanh,
+        };
+        let model = Mlp::new(&config.model.widths, activation)
+            .map_err(|e| bad("model.widths", e.to_string()))?;
+        let loss = match p.kind {
+            MetaProblemKind::Sinusoid => {
+                if p.ways.is_some() {
+                    return Err(bad("problem.ways", "applies to digits-fewshot only".into()));
+                }
+                TaskLoss::Mse
+            }
+            MetaProblemKind::DigitsFewshot => TaskLoss::CrossEntropy,
+        };
+        // Task data: from .npy, or the generator's shapes.
+        let data = match &config.data {
+            None => None,
+            Some(d) => {
+                let sx = npy("data.support_x", &d.support_x)?;
+                let sy = npy("data.support_y", &d.support_y)?;
+                let qx = npy("data.query_x", &d.query_x)?;
+                let qy = npy("data.query_y", &d.query_y)?;
+                let x3 = |key: &str, s: &[usize]| match *s {
+                    [t, n] => Ok([t, n, 1]),
+                    [t, n, f] => Ok([t, n, f]),
+                    _ => Err(bad(
+                        key,
+                        format!("expected [tasks, points] or [tasks, points, features], got {s:?}"),
+                    )),
+                };
+                let (sxs, qxs) = (x3("data.support_x", &sx.1)?, x3("data.query_x", &qx.1)?);
+                let fits = |y: &[usize], x: &[usize; 3]| y == [x[0], x[1]] || y == [x[0], x[1], 1];
+                if sxs[0] != qxs[0] || sxs[2] != qxs[2] || !fits(&sy.1, &sxs) || !fits(&qy.1, &qxs)
+                {
+                    return Err(bad(
+                        "data",
+                        format!(
+                            "the task arrays do not fit together: support x {:?}, support y {:?}, query x {:?}, query y {:?}; x must be [tasks, points(, features)] with the same tasks and features, and y [tasks, points] like its x",
+                            sx.1, sy.1, qx.1, qy.1
+                        ),
+                    ));
+                }
+                if sxs[0] == 0 || sxs[1] == 0 || qxs[1] == 0 {
+                    return Err(bad(
+                        "data",
+                        "every task needs at least one support and one query point".into(),
+                    ));
+                }
+                if loss == TaskLoss::CrossEntropy {
+                    let classes = model.outputs();
+                    if let Some(v) =
+                        sy.0.iter()
+                            .chain(&qy.0)
+                            .find(|&&v| v < 0.0 || v.fract() != 0.0 || v >= classes as f64)
+                    {
+                        return Err(bad(
+                            "data",
+                            format!(
+                                "label {v} is not a class index below the model's {classes} outputs"
+                            ),
+                        ));
+                    }
+                }
+                Some((
+                    HostTasks {
+                        support_x: sx.0,
+                        support_y: sy.0,
+                        query_x: qx.0,
+                        query_y: qy.0,
+                        tasks: sxs[0],
+                        support: sxs[1],
+                        query: qxs[1],
+                        features: sxs[2],
+                    },
+                    loss,
+                ))
+            }
+        };
+        let (features, outputs) = match (&data, p.kind) {
+            (Some((h, _)), MetaProblemKind::Sinusoid) => (h.features, 1),
+            (Some((h, _)), MetaProblemKind::DigitsFewshot) => (h.features, model.outputs()),
+            (None, MetaProblemKind::Sinusoid) => (1, 1),
+            (None, MetaProblemKind::DigitsFewshot) => {
+                let ways = p.ways.ok_or_else(|| {
+                    bad(
+                        "problem.ways",
+                        "missing: digits-fewshot needs N, the classes per episode".into(),
+                    )
+                })?;
+                let q = p.query.unwrap_or(p.support);
+                DigitsFewShot::new(
+                    ways,
+                    p.support,
+                    q,
+                    1,
+                    ClassSplit::Test,
+                    0,
+                    &Device::cpu(),
+                    DType::F32,
+                )
+                .map_err(|e| bad("problem", e.to_string()))?;
+                (64, ways)
+            }
+        };
+        if model.inputs() != features || model.outputs() != outputs {
+            return Err(bad(
+                "model.widths",
+                format!(
+                    "the model maps {} inputs to {} outputs, but the tasks have {features} input feature(s) and need {outputs} output(s)",
+                    model.inputs(),
+                    model.outputs()
+                ),
+            ));
+        }
+        let theta0 = match &config.model.init {
+            Some(path) => {
+                let (v, _) = npy("model.init", path)?;
+                if v.len() != model.dim() {
+                    return Err(bad(
+                        "model.init",
+                        format!(
+                            "θ has {} values but the layer widths {:?} have {} parameters; the widths do not match θ's length",
+                            v.len(),
+                            model.widths(),
+                            model.dim()
+                        ),
+                    ));
+                }
+                v
+            }
+            None => model
+                .init(p.seed, &Device::cpu(), DType::F64)
+                .and_then(|t| t.to_vec::<f64>())
+                .map_err(|e| bad("model", e.to_string()))?,
+        };
+        let inner = &config.inner;
+        if !(inner.lr.is_finite() && inner.lr > 0.0) {
+            return Err(bad(
+                "inner.lr",
+                format!("must be finite and > 0, got {}", inner.lr),
+            ));
+        }
+        if inner.steps == 0 && method.needs_inner_steps() {
+            return Err(bad(
+                "inner.steps",
+                format!("{} needs at least one inner step (S ≥ 1)", method.name()),
+            ));
+        }
+        let alpha0 = match (&inner.alpha_init, method) {
+            (None, MetaMethod::MetaSgd) => Some(vec![inner.lr; model.dim()]),
+            (Some(LambdaInit::Value(v)), MetaMethod::MetaSgd) => Some(vec![*v; model.dim()]),
+            (Some(LambdaInit::Npy(path)), MetaMethod::MetaSgd) => {
+                let (v, _) = npy("inner.alpha_init", path)?;
+                if v.len() != model.dim() {
+                    return Err(bad(
+                        "inner.alpha_init",
+                        format!(
+                            "α has {} values but the model has {} parameters (widths {:?}); α needs one per parameter",
+                            v.len(),
+                            model.dim(),
+                            model.widths()
+                        ),
+                    ));
+                }
+                Some(v)
+            }
+            (Some(_), _) => {
+                return Err(bad(
+                    "inner.alpha_init",
+                    "applies to kind = \"meta-sgd\" only".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        if let MetaMethod::Imaml { lambda, cg_iters } = method
+            && (!(lambda.is_finite() && lambda > 0.0) || cg_iters == 0)
+        {
+            return Err(bad(
+                "method",
+                "imaml needs lambda > 0 and cg_iters ≥ 1".into(),
+            ));
+        }
+        let o = &config.outer;
+        if o.steps > 0 {
+            if o.kind.is_none() {
+                return Err(bad(
+                    "outer.kind",
+                    "missing: \"sgd\" or \"adam\" is required when steps > 0".into(),
+                ));
+            }
+            match o.lr {
+                Some(lr) if lr.is_finite() && lr > 0.0 => {}
+                _ => {
+                    return Err(bad(
+                        "outer.lr",
+                        "missing or not > 0: required when steps > 0".into(),
+                    ));
+                }
+            }
+        }
+        if o.steps > 0 && config.metagradient_out.is_some() {
+            return Err(bad(
+                "metagradient_out",
+                "is written only with outer.steps = 0 (the meta-gradient at the initial θ)".into(),
+            ));
+        }
+        if config.metagradient_alpha_out.is_some() && (o.steps > 0 || method != MetaMethod::MetaSgd)
+        {
+            return Err(bad(
+                "metagradient_alpha_out",
+                "needs method.kind = \"meta-sgd\" and outer.steps = 0".into(),
+            ));
+        }
+        if let Some(e) = &config.eval {
+            if e.tasks == 0 || e.support.contains(&0) || e.every == Some(0) {
+                return Err(bad(
+                    "eval",
+                    "tasks, support sizes and every must be ≥ 1".into(),
+                ));
+            }
+            if data.is_some() && !e.support.is_empty() {
+                return Err(bad(
+                    "eval.support",
+                    "with [data] the test tasks are the given ones; drop eval.support".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            file: file.to_path_buf(),
+            config,
+            model,
+            theta0,
+            alpha0,
+            data,
+            inputs,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &MetaConfig {
+        &self.config
+    }
+
+    /// The problem's name as configs spell it.
+    pub fn problem_name(&self) -> &'static str {
+        match self.config.problem.kind {
+            MetaProblemKind::Sinusoid => "sinusoid",
+            MetaProblemKind::DigitsFewshot => "digits-fewshot",
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Mlp {
+        &self.model
+    }
+
+    /// Files the experiment reads (outputs must not overwrite them).
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut v = self.inputs.clone();
+        v.push(self.file.clone());
+        v
+    }
+
+    /// An output path of the config, relative to the results file's directory.
+    pub fn output_path(&self, p: &Option<PathBuf>, results: &Path) -> Option<PathBuf> {
+        p.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                results.parent().unwrap_or(Path::new(".")).join(p)
+            }
+        })
+    }
+
+    /// Opens the config's device.
+    pub fn open_device(&self) -> Result<(Device, String)> {
+        super::open_device(&self.config.device)
+    }
+
+    fn sampler(
+        &self,
+        device: &Device,
+        dtype: DType,
+        support: usize,
+        tasks: usize,
+        test: bool,
+    ) -> Result<Box<dyn TaskSampler>> {
+        let p = &self.config.problem;
+        if let Some((h, loss)) = &self.data {
+            return Ok(Box::new(h.to_batch(*loss, device, dtype)?));
+        }
+        let seed = p.seed + u64::from(test);
+        let query = p.query.unwrap_or(p.support);
+        Ok(match p.kind {
+            MetaProblemKind::Sinusoid => {
+                Box::new(Sinusoid::new(tasks, support, query, seed, device, dtype)?)
+            }
+            MetaProblemKind::DigitsFewshot => Box::new(DigitsFewShot::new(
+                p.ways.unwrap_or(2),
+                support,
+                query,
+                tasks,
+                if test {
+                    ClassSplit::Test
+                } else {
+                    ClassSplit::Train
+                },
+                seed,
+                device,
+                dtype,
+            )?),
+        })
+    }
+
+    /// Runs the experiment on `device`, calling `observe` after each meta-iteration.
+    pub fn run(
+        &self,
+        device: &Device,
+        reason: &str,
+        observe: &mut dyn FnMut(&MetaStep),
+    ) -> Result<MetaOutcome> {
+        let c = &self.config;
+        let dtype: DType = c.dtype.into();
+        let method = c.method.method();
+        let host = |v: &[f64]| crate::problems::tensor(v, &[v.len()], device, dtype);
+        let theta0 = host(&self.theta0)?;
+        let alpha0 = match &self.alpha0 {
+            Some(a) => StepSize::PerParameter(host(a)?),
+            None => StepSize::Scalar(c.inner.lr),
+        };
+        let optimizer = match (c.outer.kind, c.outer.lr) {
+            (Some(OuterKind::Adam), Some(lr)) => OuterOptimizer::adam(lr),
+            (_, lr) => OuterOptimizer::Sgd {
+                lr: lr.unwrap_or(1.0),
+            },
+        };
+        let p = &c.problem;
+        let mut sampler = self.sampler(device, dtype, p.support, p.tasks, false)?;
+        let eval = c.eval.clone();
+        let eval_tasks = eval.as_ref().map_or(0, |e| e.tasks);
+        let mut test_sampler = match &eval {
+            Some(_) => Some(self.sampler(device, dtype, p.support, eval_tasks, true)?),
+            None => None,
+        };
+        let test_batch: Option<TaskBatch> = match &mut test_sampler {
+            Some(s) => Some(s.sample(0)?),
+            None => None,
+        };
+        let every = eval
+            .as_ref()
+            .and_then(|e| e.every)
+            .unwrap_or((c.outer.steps / 10).max(1));
+        let mut curve = Vec::new();
+        let config = MetaTrainConfig {
+            method,
+            inner_steps: c.inner.steps,
+            iterations: c.outer.steps,
+            optimizer,
+        };
+        let t0 = std::time::Instant::now();
+        let trace = meta_train_with(
+            &self.model,
+            sampler.as_mut(),
+            &theta0,
+            &alpha0,
+            &config,
+            &mut |s, theta, alpha| {
+                observe(s);
+                if let Some(tb) = &test_batch
+                    && (s.iteration % every == 0 || s.iteration == c.outer.steps)
+                {
+                    let loss =
+                        evaluate(&method, &self.model, tb, theta, alpha, c.inner.steps)?.loss;
+                    curve.push(CurvePoint {
+                        iteration: s.iteration,
+                        loss,
+                    });
+                }
+                Ok(())
+            },
+        )?;
+        let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let (theta, alpha, last) = (trace.theta, trace.alpha, trace.last);
+        let trace_steps = trace.steps;
+        let mut evaluation = Vec::new();
+        if let Some(e) = &eval {
+            let supports = if e.support.is_empty() {
+                vec![p.support]
+            } else {
+                e.support.clone()
+            };
+            let steps = if e.steps.is_empty() {
+                vec![c.inner.steps]
+            } else {
+                e.steps.clone()
+            };
+            for &k in &supports {
+                let mut s = self.sampler(device, dtype, k, e.tasks, true)?;
+                let batch = s.sample(0)?;
+                for &st in &steps {
+                    // An adaptation that diverges (Meta-SGD's α, learned for S steps,
+                    // can be too large for more) is a result of its own, not a failure
+                    // of the run.
+                    let record = match evaluate(&method, &self.model, &batch, &theta, &alpha, st) {
+                        Ok(e) => EvalRecord {
+                            support: k,
+                            steps: st,
+                            loss: Some(e.loss),
+                            loss_ci95: Some(e.loss_ci95),
+                            accuracy: e.accuracy,
+                            accuracy_ci95: e.accuracy_ci95,
+                            error: None,
+                        },
+                        Err(crate::Error::InvalidArgument {
+                            op: "inner loop",
+                            msg,
+                        }) => EvalRecord {
+                            support: k,
+                            steps: st,
+                            loss: None,
+                            loss_ci95: None,
+                            accuracy: None,
+                            accuracy_ci95: None,
+                            error: Some(msg),
+                        },
+                        Err(e) => return Err(e),
+                    };
+                    evaluation.push(record);
+                }
+            }
+        }
+        let dev_record = super::DeviceRecord::new(device, reason);
+        let (metagradient, metagradient_alpha) = if c.outer.steps == 0 {
+            (
+                last.theta.to_vec::<f64>()?,
+                last.alpha.as_ref().map(|a| a.to_vec::<f64>()).transpose()?,
+            )
+        } else {
+            (Vec::new(), None)
+        };
+        let initial = trace_steps.first().map_or(f64::NAN, |s| s.meta_loss);
+        let fin = trace_steps.last().map_or(f64::NAN, |s| s.meta_loss);
+        // Evaluation during training is included; without it, this is the mean time of
+        // a meta-gradient step (with the meta-optimizer's update).
+        let ms = if c.outer.steps > 0 {
+            elapsed_ms / (c.outer.steps + 1) as f64
+        } else {
+            last.wall_time.as_secs_f64() * 1e3
+        };
+        let name = self.problem_name();
+        Ok(MetaOutcome {
+            results: MetaResults {
+                blo_version: env!("CARGO_PKG_VERSION").to_string(),
+                config_file: self.file.display().to_string(),
+                config: c.clone(),
+                device: dev_record,
+                problem: name.into(),
+                method: method.name().into(),
+                dim: self.model.dim(),
+                trace: trace_steps
+                    .iter()
+                    .map(|s| MetaStepRecord {
+                        iteration: s.iteration,
+                        meta_loss: s.meta_loss,
+                        grad_norm: s.grad_norm,
+                        elapsed_s: s.elapsed_s,
+                    })
+                    .collect(),
+                curve,
+                evaluation,
+                initial_meta_loss: initial,
+                final_meta_loss: fin,
+                metagradient_ms: ms,
+                final_theta: theta.to_vec::<f64>()?,
+                metagradient_out: None,
+                metagradient_alpha_out: None,
+            },
+            metagradient,
+            metagradient_alpha,
+        })
+    }
+}
