@@ -396,7 +396,7 @@ pub struct MetaExperiment {
     inputs: Vec<PathBuf>,
 }
 
-fn err(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+pub(super) fn err(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
         key: key.to_string(),
@@ -405,7 +405,10 @@ fn err(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn parse<T: DeserializeOwned>(text: &str, file: &Path) -> std::result::Result<T, ConfigError> {
+pub(super) fn parse<T: DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> std::result::Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| err(file, "", format!("not valid TOML: {}", e.message().trim())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {

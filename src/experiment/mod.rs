@@ -44,6 +44,7 @@ mod config;
 pub mod meta;
 mod prepare;
 mod results;
+pub mod toys;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

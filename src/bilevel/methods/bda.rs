@@ -182,7 +182,7 @@ impl HypergradientMethod for Bda {
     }
 
     fn validate(&self, _inner: &Inner) -> Result<()> {
-        self.aggregation.validate()
+        Ok(self.check()?)
     }
 
     fn compute(

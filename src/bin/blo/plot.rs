@@ -213,6 +213,24 @@ impl LinePlot {
     }
 }
 
+/// Several plots stacked vertically in one SVG document (each drawn as by
+/// [`LinePlot::to_svg`], nested at its offset).
+pub fn stack(plots: &[LinePlot]) -> String {
+    let height = HEIGHT * plots.len() as f64;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}">"#
+    );
+    s.push('\n');
+    for (i, p) in plots.iter().enumerate() {
+        let inner = p.to_svg();
+        // The nested document keeps its size and gains its place.
+        let placed = inner.replacen("<svg ", &format!(r#"<svg y="{}" "#, HEIGHT * i as f64), 1);
+        s.push_str(&placed);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

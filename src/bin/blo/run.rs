@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use blo::experiment::meta::{MetaExperiment, is_meta_config};
+use blo::experiment::toys::{ToyExperiment, is_toy_config};
 use blo::experiment::{Experiment, Output, check_outputs, write_all_or_nothing};
 use blo::problems::data::npy_bytes;
 
@@ -42,6 +43,9 @@ fn run_error(msg: impl std::fmt::Display) -> ExitCode {
 pub fn run(args: Args) -> ExitCode {
     if std::fs::read_to_string(&args.config).is_ok_and(|t| is_meta_config(&t)) {
         return run_meta(args);
+    }
+    if std::fs::read_to_string(&args.config).is_ok_and(|t| is_toy_config(&t)) {
+        return run_toy(args);
     }
     let experiment = match Experiment::from_file(&args.config) {
         Ok(e) => e,
@@ -344,5 +348,113 @@ fn run_meta(args: Args) -> ExitCode {
         }
     }
     println!("results written to {}", out.display());
+    ExitCode::SUCCESS
+}
+
+/// `blo run` for a toy config (`problem.kind` bda-toy, quadratic-toy or iaptt-toy):
+/// several methods from the same start, their curves in the results and the plot.
+fn run_toy(args: Args) -> ExitCode {
+    let experiment = match ToyExperiment::from_file(&args.config) {
+        Ok(e) => e,
+        Err(e) => return config_error(e),
+    };
+    if args.profile {
+        return config_error("--profile is not supported for toy configs");
+    }
+    let out = default_out(&args);
+    let plot_path = experiment.config().plot_out.as_ref().map(|p| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            out.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    });
+    let plot_key = format!("{}: key `plot_out`:", args.config.display());
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
+    if let Some(p) = &plot_path {
+        outputs.push((&plot_key, p));
+    }
+    let inputs = experiment.input_files();
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    if let Err(e) = check_outputs(&outputs, &input_refs) {
+        return config_error(e);
+    }
+    let (device, reason) = match experiment.open_device() {
+        Ok(d) => d,
+        Err(e) => return run_error(e),
+    };
+    println!("device: {reason}");
+    let names = experiment.method_names();
+    let c = experiment.config();
+    println!(
+        "problem {}, methods {}, {} outer step(s) each",
+        experiment.problem_name(),
+        names.join(", "),
+        c.outer.steps
+    );
+    let total = c.outer.steps + 1;
+    let every = total.div_ceil(10).max(1);
+    let results = experiment.run(&device, &reason, &mut |m, s| {
+        if s.step % every == 0 || s.step + 1 == total {
+            println!(
+                "  {:<24} step {:>5}  F {:<12.6} ‖x − x*‖ {:<10.3e} f {:.6}",
+                names[m], s.step, s.outer_loss, s.distance, s.inner_loss
+            );
+        }
+    });
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => return run_error(e),
+    };
+    let json = match serde_json::to_vec_pretty(&results) {
+        Ok(j) => j,
+        Err(e) => return run_error(format!("cannot encode the results: {e}")),
+    };
+    let mut files = vec![Output {
+        path: &out,
+        bytes: json,
+        what: "--out",
+    }];
+    if let Some(p) = &plot_path {
+        let curve = |title: &str, y: &str, f: &dyn Fn(&blo::experiment::toys::ToyStep) -> f64| {
+            crate::plot::LinePlot {
+                title: format!("{title} on {}", results.problem),
+                x_label: "outer step".into(),
+                y_label: y.into(),
+                series: results
+                    .runs
+                    .iter()
+                    .map(|r| crate::plot::Series {
+                        name: r.method.clone(),
+                        points: r.steps.iter().map(|s| (s.step as f64, f(s))).collect(),
+                    })
+                    .collect(),
+            }
+        };
+        let svg = crate::plot::stack(&[
+            curve("F(x, y)", "outer objective F", &|s| s.outer_loss),
+            curve("distance to x*", "‖x − x*‖", &|s| s.distance),
+            curve("f(x, y)", "inner objective f", &|s| s.inner_loss),
+        ]);
+        files.push(Output {
+            path: p,
+            bytes: svg.into_bytes(),
+            what: "plot_out",
+        });
+    }
+    if let Err(e) = write_all_or_nothing(&files) {
+        return run_error(e);
+    }
+    println!("{:<26} {:>14} {:>14}", "method", "final F", "‖x − x*‖");
+    for r in &results.runs {
+        println!(
+            "{:<26} {:>14.6} {:>14.3e}",
+            r.method, r.final_outer_loss, r.final_distance
+        );
+    }
+    println!("results written to {}", out.display());
+    if let Some(p) = &plot_path {
+        println!("plot written to {}", p.display());
+    }
     ExitCode::SUCCESS
 }
