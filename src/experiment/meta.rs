@@ -36,6 +36,8 @@
 //! support = [5, 10, 20]
 //! steps = [1, 10]
 //! every = 10           # meta-iterations between points of the post-adaptation curve
+//! [[compare]]          # optional, repeatable: another method (keys as in [method])
+//! kind = "fomaml"      # trained from the same θ on the same tasks; results' comparison
 //! ```
 
 use std::path::{Path, PathBuf};
