@@ -83,11 +83,24 @@ fn every_meta_example_config_runs_and_writes_its_results() {
                 assert!((0.0..=1.0).contains(&a), "{name}: accuracy {a}");
             }
         }
+        let compared = r["comparison"].as_array().unwrap();
+        assert_eq!(
+            compared.len(),
+            r["config"]["compare"].as_array().map_or(0, Vec::len),
+            "{name}: one comparison per [[compare]]"
+        );
+        for c in compared {
+            assert!(c["final_meta_loss"].as_f64().unwrap().is_finite(), "{name}");
+            methods.insert(c["method"].as_str().unwrap().to_string());
+        }
         if let Some(p) = r["config"]["plot_out"].as_str() {
             let svg = std::fs::read_to_string(dir.join(p)).unwrap();
-            assert!(
-                svg.starts_with("<svg") && svg.contains("polyline"),
-                "{name}: plot"
+            assert!(svg.starts_with("<svg"), "{name}: plot");
+            // One curve per method.
+            assert_eq!(
+                svg.matches("<polyline").count(),
+                1 + compared.len(),
+                "{name}"
             );
         }
         methods.insert(r["method"].as_str().unwrap().to_string());

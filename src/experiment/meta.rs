@@ -36,6 +36,8 @@
 //! support = [5, 10, 20]
 //! steps = [1, 10]
 //! every = 10           # meta-iterations between points of the post-adaptation curve
+//! [[compare]]          # optional, repeatable: another method (keys as in [method])
+//! kind = "fomaml"      # trained from the same θ on the same tasks; results' comparison
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -105,6 +107,10 @@ pub struct MetaConfig {
     /// The meta-optimizer.
     #[serde(default)]
     pub outer: MetaOuterConfig,
+    /// More methods (`[[compare]]` tables like `[method]`) trained the same way from the
+    /// same θ on the same tasks, for the results' `comparison` and the plot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<MetaMethodConfig>,
     /// Post-adaptation evaluation on held-out tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalConfig>,
@@ -346,6 +352,8 @@ pub struct MetaResults {
     pub curve: Vec<CurvePoint>,
     /// Post-adaptation evaluation after training.
     pub evaluation: Vec<EvalRecord>,
+    /// The `[[compare]]` methods, trained the same way.
+    pub comparison: Vec<ComparedRun>,
     /// The first meta-loss.
     pub initial_meta_loss: f64,
     /// The last meta-loss.
@@ -358,6 +366,31 @@ pub struct MetaResults {
     pub metagradient_out: Option<String>,
     /// Where ∂M/∂α was written.
     pub metagradient_alpha_out: Option<String>,
+}
+
+/// A method of `[[compare]]`, trained from the same θ on the same task batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparedRun {
+    /// Its name.
+    pub method: String,
+    /// Its first meta-loss.
+    pub initial_meta_loss: f64,
+    /// Its last meta-loss.
+    pub final_meta_loss: f64,
+    /// Its post-adaptation curve.
+    pub curve: Vec<CurvePoint>,
+    /// Its post-adaptation evaluation after training.
+    pub evaluation: Vec<EvalRecord>,
+}
+
+/// What [`MetaExperiment::train`] gives.
+struct Trained {
+    steps: Vec<MetaStep>,
+    curve: Vec<CurvePoint>,
+    evaluation: Vec<EvalRecord>,
+    theta: crate::tensor::Tensor,
+    last: crate::meta::MetaGradient,
+    elapsed_ms: f64,
 }
 
 /// A meta-iteration's record.
@@ -676,6 +709,25 @@ impl MetaExperiment {
                 "imaml needs lambda > 0 and cg_iters ≥ 1".into(),
             ));
         }
+        for (i, m) in config.compare.iter().enumerate() {
+            match m.method() {
+                m if inner.steps == 0 && m.needs_inner_steps() => {
+                    return Err(bad(
+                        &format!("compare[{i}]"),
+                        format!("{} needs at least one inner step (S ≥ 1)", m.name()),
+                    ));
+                }
+                MetaMethod::Imaml { lambda, cg_iters }
+                    if !(lambda.is_finite() && lambda > 0.0) || cg_iters == 0 =>
+                {
+                    return Err(bad(
+                        &format!("compare[{i}]"),
+                        "imaml needs lambda > 0 and cg_iters ≥ 1".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
         let o = &config.outer;
         if o.steps > 0 {
             if o.kind.is_none() {
@@ -808,21 +860,24 @@ impl MetaExperiment {
         })
     }
 
-    /// Runs the experiment on `device`, calling `observe` after each meta-iteration.
-    pub fn run(
+    /// Meta-trains `method` from the config's θ (and α), evaluating along the way and
+    /// at the end.
+    fn train(
         &self,
+        method: MetaMethod,
         device: &Device,
-        reason: &str,
         observe: &mut dyn FnMut(&MetaStep),
-    ) -> Result<MetaOutcome> {
+    ) -> Result<Trained> {
         let c = &self.config;
         let dtype: DType = c.dtype.into();
-        let method = c.method.method();
         let host = |v: &[f64]| crate::problems::tensor(v, &[v.len()], device, dtype);
         let theta0 = host(&self.theta0)?;
-        let alpha0 = match &self.alpha0 {
-            Some(a) => StepSize::PerParameter(host(a)?),
-            None => StepSize::Scalar(c.inner.lr),
+        let alpha0 = match (&self.alpha0, method) {
+            (Some(a), MetaMethod::MetaSgd) => StepSize::PerParameter(host(a)?),
+            (None, MetaMethod::MetaSgd) => {
+                StepSize::PerParameter(host(&vec![c.inner.lr; self.model.dim()])?)
+            }
+            _ => StepSize::Scalar(c.inner.lr),
         };
         let optimizer = match (c.outer.kind, c.outer.lr) {
             (Some(OuterKind::Adam), Some(lr)) => OuterOptimizer::adam(lr),
@@ -833,13 +888,11 @@ impl MetaExperiment {
         let p = &c.problem;
         let mut sampler = self.sampler(device, dtype, p.support, p.tasks, false)?;
         let eval = c.eval.clone();
-        let eval_tasks = eval.as_ref().map_or(0, |e| e.tasks);
-        let mut test_sampler = match &eval {
-            Some(_) => Some(self.sampler(device, dtype, p.support, eval_tasks, true)?),
-            None => None,
-        };
-        let test_batch: Option<TaskBatch> = match &mut test_sampler {
-            Some(s) => Some(s.sample(0)?),
+        let test_batch: Option<TaskBatch> = match &eval {
+            Some(e) => Some(
+                self.sampler(device, dtype, p.support, e.tasks, true)?
+                    .sample(0)?,
+            ),
             None => None,
         };
         let every = eval
@@ -877,7 +930,6 @@ impl MetaExperiment {
         )?;
         let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (theta, alpha, last) = (trace.theta, trace.alpha, trace.last);
-        let trace_steps = trace.steps;
         let mut evaluation = Vec::new();
         if let Some(e) = &eval {
             let supports = if e.support.is_empty() {
@@ -891,8 +943,7 @@ impl MetaExperiment {
                 e.steps.clone()
             };
             for &k in &supports {
-                let mut s = self.sampler(device, dtype, k, e.tasks, true)?;
-                let batch = s.sample(0)?;
+                let batch = self.sampler(device, dtype, k, e.tasks, true)?.sample(0)?;
                 for &st in &steps {
                     // An adaptation that diverges (Meta-SGD's α, learned for S steps,
                     // can be too large for more) is a result of its own, not a failure
@@ -924,6 +975,46 @@ impl MetaExperiment {
                     evaluation.push(record);
                 }
             }
+        }
+        Ok(Trained {
+            steps: trace.steps,
+            curve,
+            evaluation,
+            theta,
+            last,
+            elapsed_ms,
+        })
+    }
+
+    /// Runs the experiment on `device`, calling `observe` after each meta-iteration of
+    /// the main method; then trains each `[[compare]]` method the same way.
+    pub fn run(
+        &self,
+        device: &Device,
+        reason: &str,
+        observe: &mut dyn FnMut(&MetaStep),
+    ) -> Result<MetaOutcome> {
+        let c = &self.config;
+        let method = c.method.method();
+        let Trained {
+            steps: trace_steps,
+            curve,
+            evaluation,
+            theta,
+            last,
+            elapsed_ms,
+        } = self.train(method, device, observe)?;
+        let mut comparison = Vec::new();
+        for m in &c.compare {
+            let m = m.method();
+            let t = self.train(m, device, &mut |_| {})?;
+            comparison.push(ComparedRun {
+                method: m.name().into(),
+                initial_meta_loss: t.steps.first().map_or(f64::NAN, |s| s.meta_loss),
+                final_meta_loss: t.steps.last().map_or(f64::NAN, |s| s.meta_loss),
+                curve: t.curve,
+                evaluation: t.evaluation,
+            });
         }
         let dev_record = super::DeviceRecord::new(device, reason);
         let (metagradient, metagradient_alpha) = if c.outer.steps == 0 {
@@ -964,6 +1055,7 @@ impl MetaExperiment {
                     .collect(),
                 curve,
                 evaluation,
+                comparison,
                 initial_meta_loss: initial,
                 final_meta_loss: fin,
                 metagradient_ms: ms,

@@ -293,17 +293,16 @@ fn run_meta(args: Args) -> ExitCode {
     if let Some(p) = &plot_path {
         let r = &outcome.results;
         let plot = crate::plot::LinePlot {
-            title: format!("{} on {}: post-adaptation test loss", r.method, r.problem),
+            title: format!("{}: post-adaptation test loss", r.problem),
             x_label: "meta-iteration".into(),
             y_label: "query loss after adaptation".into(),
-            series: vec![crate::plot::Series {
-                name: r.method.clone(),
-                points: r
-                    .curve
-                    .iter()
-                    .map(|c| (c.iteration as f64, c.loss))
-                    .collect(),
-            }],
+            series: std::iter::once((&r.method, &r.curve))
+                .chain(r.comparison.iter().map(|c| (&c.method, &c.curve)))
+                .map(|(name, curve)| crate::plot::Series {
+                    name: name.clone(),
+                    points: curve.iter().map(|c| (c.iteration as f64, c.loss)).collect(),
+                })
+                .collect(),
         };
         files.push(Output {
             path: p,
@@ -319,10 +318,12 @@ fn run_meta(args: Args) -> ExitCode {
         "meta-loss {:.6} (initial {:.6}), {:.3} ms per meta-gradient step",
         r.final_meta_loss, r.initial_meta_loss, r.metagradient_ms
     );
-    for e in &r.evaluation {
+    let runs = std::iter::once((&r.method, &r.evaluation))
+        .chain(r.comparison.iter().map(|c| (&c.method, &c.evaluation)));
+    for (method, e) in runs.flat_map(|(m, ev)| ev.iter().map(move |e| (m, e))) {
         let (Some(loss), Some(ci)) = (e.loss, e.loss_ci95) else {
             println!(
-                "post-adaptation K = {:>3}, {:>2} step(s): {}",
+                "{method}: post-adaptation K = {:>3}, {:>2} step(s): {}",
                 e.support,
                 e.steps,
                 e.error.as_deref().unwrap_or("no result")
@@ -330,7 +331,7 @@ fn run_meta(args: Args) -> ExitCode {
             continue;
         };
         print!(
-            "post-adaptation K = {:>3}, {:>2} step(s): loss {loss:.4} ± {ci:.4}",
+            "{method}: post-adaptation K = {:>3}, {:>2} step(s): loss {loss:.4} ± {ci:.4}",
             e.support, e.steps
         );
         match (e.accuracy, e.accuracy_ci95) {
