@@ -193,7 +193,7 @@ pub(crate) fn check_inputs(
                 op,
                 format!(
                     "{name} lives on {}, but the problem runs on {device} (where its init_w() is): \
-                     make it there (Tensor::from_f64(values, shape, &device, {dtype:?})) or move it with .to_device(&device)",
+                     make it there (Tensor::from_f64(values, shape, &device, DType::{dtype:?})) or move it with .to_device(&device)",
                     t.device()
                 ),
             ));
