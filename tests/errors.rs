@@ -385,6 +385,58 @@ mod entry {
         );
     }
 
+    /// A loss that is finite at w₀ with a gradient that is not (|w| through sqrt(w²) at
+    /// w = 0): named as the gradient at step 0, blaming the data, not the step size.
+    #[test]
+    fn a_non_finite_gradient_at_step_0_blames_the_data() {
+        struct Kink(Ridge);
+        impl Problem for Kink {
+            fn init_w(&self) -> Result<Vec<Tensor>> {
+                self.0.init_w()
+            }
+            fn lambda_shapes(&self) -> Vec<Vec<usize>> {
+                self.0.lambda_shapes()
+            }
+            fn inner_loss(&self, w: &[Tensor], l: &[Tensor]) -> Result<Tensor> {
+                self.0.inner_loss(w, l)?.add(&w[0].square()?.sqrt()?.sum()?)
+            }
+            fn outer_loss(&self, w: &[Tensor], l: &[Tensor]) -> Result<Tensor> {
+                self.0.outer_loss(w, l)
+            }
+        }
+        let p = Kink(Ridge::synthetic(10, 8, 3, 1, &CPU, DType::F64).unwrap());
+        let e = hypergradient(&p, &lambda(3, &CPU, DType::F64), &inner(), &Method::rad())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gradient of the inner loss is not finite"),
+            "{e}"
+        );
+        assert!(
+            e.contains("inner step 0") && e.contains("check the data and the labels"),
+            "{e}"
+        );
+        assert!(!e.contains("lower its step size"), "{e}");
+    }
+
+    /// The finite-difference check refuses a step it cannot use, and a λ that does not
+    /// fit the problem, naming it.
+    #[test]
+    fn fd_hypergradient_checks_its_step_and_lambda() {
+        let p = problem(&[], &[]);
+        let l = lambda(3, &CPU, DType::F64);
+        for h in [0.0, -1e-5, f64::NAN] {
+            let e = blo::check::fd_hypergradient(&p, &l, &inner(), h).unwrap_err();
+            assert!(
+                e.to_string().contains("the step h must be finite and > 0"),
+                "{e}"
+            );
+        }
+        let e = blo::check::fd_hypergradient(&p, &lambda(2, &CPU, DType::F64), &inner(), 1e-5)
+            .unwrap_err();
+        assert!(e.to_string().contains("λ[0] has shape [2]"), "{e}");
+    }
+
     /// Labels a loss cannot take make it non-finite at the starting point: the message
     /// says to check the data and labels, not to lower the step size.
     #[test]

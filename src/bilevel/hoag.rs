@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::method::BadSetting;
-use super::method::{HypergradientMethod, evaluate};
+use super::method::{BadSetting, HypergradientMethod, evaluate};
 use super::outer::norm;
 use super::trajectory::run_inner;
 use super::{

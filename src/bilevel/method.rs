@@ -472,7 +472,7 @@ pub fn hypergradient(
 
 /// [`hypergradient`] with the inner optimizer started from the given `w0` (a warm start,
 /// or a meta-learned initialisation) instead of `problem.init_w()`. `w0` must match
-/// `init_w()` in count, shapes, device and dtype (checked, naming w₀[i]).
+/// `init_w()` in count, shapes, device and dtype (checked, naming `w₀[i]`).
 pub fn hypergradient_from(
     problem: &dyn Problem,
     lambda: &[Tensor],

@@ -142,8 +142,8 @@ pub struct Report {
 /// the inner loop diverged. For a solve to a gradient-norm tolerance instead, use
 /// [`solve_inner`].
 ///
-/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming λ[i] or
-/// w₀[i]), the inner optimizer, and that both losses are 0-d, before any step. (Inside a
+/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming `λ[i]` or
+/// `w₀[i]`), the inner optimizer, and that both losses are 0-d, before any step. (Inside a
 /// [`HypergradientMethod`], whose inputs passed these checks already,
 /// [`trajectory::run_to_end`] is the same run without them.)
 pub fn inner_iterate(
@@ -191,7 +191,7 @@ pub(crate) fn bytes_of(ts: &[Tensor]) -> u64 {
 /// The checks every entry point (`hypergradient`, `optimize`, `hoag`, `solve_inner`,
 /// `outer_value`, and any later one, such as meta-learning's) runs on what the caller
 /// passed, before any work: λ's and w₀'s count, shapes, device and dtype against the
-/// problem, each error naming λ[i] or w₀[i] and `op`. The reference is the problem's
+/// problem, each error naming `λ[i]` or `w₀[i]` and `op`. The reference is the problem's
 /// `init_w()`: its shapes are w's, and its device and dtype are where the problem runs.
 /// Returns w₀: the given one, or `init_w()` when `w0` is `None`.
 ///
@@ -216,7 +216,7 @@ pub(crate) fn check_inputs(
                 op,
                 format!(
                     "{name} lives on {}, but the problem runs on {device} (where its init_w() is): \
-                     make it there (Tensor::from_f64(values, shape, &device, {dtype:?})) or move it with .to_device(&device)",
+                     make it there (Tensor::from_f64(values, shape, &device, DType::{dtype:?})) or move it with .to_device(&device)",
                     t.device()
                 ),
             ));

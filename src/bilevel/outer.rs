@@ -184,7 +184,7 @@ fn update(
 /// `problem.init_w()` (and, with [`WarmStart::Warm`], later from the previous end).
 ///
 /// Checks once, before any work, what [`hypergradient`](super::hypergradient) checks:
-/// λ₀'s count, shapes, device and dtype against the problem (naming λ₀[i] as λ[i]),
+/// λ₀'s count, shapes, device and dtype against the problem (naming `λ[i]`),
 /// the settings, and that both losses are 0-d.
 ///
 /// [`Method`]: super::Method

@@ -83,8 +83,8 @@ pub struct InnerSolve {
 /// For a fixed number of steps (the w_T that the unrolled methods differentiate), use
 /// [`inner_iterate`](super::inner_iterate); for L_out there, [`outer_value`](super::outer_value).
 ///
-/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming λ[i] or
-/// w₀[i]), the settings, and that both losses are 0-d, before any step.
+/// Checks λ and `w0` against the problem (count, shapes, device, dtype, naming `λ[i]` or
+/// `w₀[i]`), the settings, and that both losses are 0-d, before any step.
 pub fn solve_inner(
     problem: &dyn Problem,
     lambda: &[Tensor],

@@ -33,7 +33,7 @@ pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 
 /// dL/dλ by central finite differences of the bilevel objective
 /// L(λ) = L_out(w_T(λ), λ) ([`outer_value`]: `inner.steps` inner steps from
-/// `problem.init_w()`): element j of λ[i] is (L(λ + h·e_ij) − L(λ − h·e_ij)) / 2h.
+/// `problem.init_w()`): element j of `λ[i]` is (L(λ + h·e_ij) − L(λ − h·e_ij)) / 2h.
 /// Returns tensors shaped like λ, on its device and in its dtype, to compare with
 /// [`Hypergradient::grad`](crate::bilevel::Hypergradient::grad) (through
 /// [`rel_err`] of their values).

@@ -870,7 +870,7 @@ impl MetaExperiment {
     ) -> Result<Trained> {
         let c = &self.config;
         let dtype: DType = c.dtype.into();
-        let host = |v: &[f64]| crate::problems::tensor(v, &[v.len()], device, dtype);
+        let host = |v: &[f64]| crate::tensor::Tensor::from_f64(v, &[v.len()], device, dtype);
         let theta0 = host(&self.theta0)?;
         let alpha0 = match (&self.alpha0, method) {
             (Some(a), MetaMethod::MetaSgd) => StepSize::PerParameter(host(a)?),

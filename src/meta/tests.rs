@@ -533,10 +533,11 @@ fn gpu_dispatches_do_not_grow_with_tasks_and_memory_is_flat() {
         };
         // The first call also runs one-time work (autotuning); count after it.
         count(32);
-        assert_eq!(count(2), count(32), "{}", method.name());
-        // One task may take fewer: a [1, P] operand is a single row, so a broadcast over
-        // it is no broadcast and a row bias is any second operand (fusion's splits).
-        assert!(count(1) <= count(32), "{}", method.name());
+        let at_32 = count(32);
+        assert_eq!(count(2), at_32, "{}", method.name());
+        // One task may take fewer: with one row, a per-task operand is no broadcast, and
+        // fusion moves more scalar factors past the products (Meta-SGD: one fewer).
+        assert!(count(1) <= at_32, "{}", method.name());
     }
     // A context of its own: tests running beside this one would change a shared pool.
     let Some(gpu) = fresh_gpu_or_skip() else {

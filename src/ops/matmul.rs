@@ -88,7 +88,7 @@ impl Tensor {
         self.matmul_t(other, false, false)
     }
 
-    /// Matrix–vector product `self · v`: [m, k]·[k] → [m] (with `trans`, selfᵀ·v for
+    /// Matrix–vector product `self · v`: `[m, k]·[k] → [m]` (with `trans`, selfᵀ·v for
     /// self stored [k, m]). Recorded as reshape, matmul and reshape, so it is
     /// differentiable in both operands to any order, and on a GPU it runs the
     /// matrix–vector kernels (the product is narrow). Other shapes are `ShapeMismatch`.

@@ -7,11 +7,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::data::{Matrix, digits};
-use super::tensor;
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::meta::{TaskBatch, TaskLoss, TaskSampler};
-use crate::tensor::DType;
+use crate::tensor::{DType, Tensor};
 
 /// The random stream of batch `index` of a generator seeded with `seed`.
 fn stream(seed: u64, index: u64) -> ChaCha8Rng {
@@ -47,10 +46,10 @@ impl HostTasks {
     pub fn to_batch(&self, loss: TaskLoss, device: &Device, dtype: DType) -> Result<TaskBatch> {
         let (b, f) = (self.tasks, self.features);
         TaskBatch::new(
-            tensor(&self.support_x, &[b, self.support, f], device, dtype)?,
-            tensor(&self.support_y, &[b, self.support], device, dtype)?,
-            tensor(&self.query_x, &[b, self.query, f], device, dtype)?,
-            tensor(&self.query_y, &[b, self.query], device, dtype)?,
+            Tensor::from_f64(&self.support_x, &[b, self.support, f], device, dtype)?,
+            Tensor::from_f64(&self.support_y, &[b, self.support], device, dtype)?,
+            Tensor::from_f64(&self.query_x, &[b, self.query, f], device, dtype)?,
+            Tensor::from_f64(&self.query_y, &[b, self.query], device, dtype)?,
             loss,
         )
     }

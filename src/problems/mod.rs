@@ -31,14 +31,3 @@ pub(crate) fn labels_tensor(
     let v: Vec<f64> = labels.iter().map(|&l| l as f64).collect();
     Tensor::from_f64(&v, &[labels.len()], device, dtype)
 }
-
-/// A tensor on `device` in `dtype` from f64 host values: [`Tensor::from_f64`] under the
-/// name the meta-learning code uses.
-pub(crate) fn tensor(
-    data: &[f64],
-    shape: &[usize],
-    device: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
-    Tensor::from_f64(data, shape, device, dtype)
-}
