@@ -47,6 +47,7 @@ pub use inner::{Inner, InnerOptimizer};
 #[cfg(feature = "config")]
 pub(crate) use method::BadSetting;
 pub use method::{HypergradientMethod, Method, MethodOutput, hypergradient, hypergradient_from};
+pub(crate) use outer::update as outer_update;
 pub use outer::{
     OuterConfig, OuterOptimizer, Trace, TraceStep, WarmStart, optimize, optimize_with,
 };

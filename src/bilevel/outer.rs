@@ -43,7 +43,7 @@ impl OuterOptimizer {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let ok = match *self {
             OuterOptimizer::Sgd { lr } => lr.is_finite() && lr > 0.0,
             OuterOptimizer::Adam {
@@ -134,13 +134,14 @@ pub(super) fn norm(ts: &[Tensor]) -> Result<f64> {
     Ok(no_grad(|| dot_list(ts, ts))?.to_scalar::<f64>()?.sqrt())
 }
 
-struct AdamState {
+/// Adam's moments and step count, kept across [`update`] calls.
+pub(crate) struct AdamState {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     t: i32,
 }
 
-fn update(
+pub(crate) fn update(
     opt: &OuterOptimizer,
     adam: &mut Option<AdamState>,
     lambda: &[Tensor],

@@ -8,8 +8,8 @@ use super::{
     meta_gradient,
 };
 use crate::autodiff::no_grad;
-use crate::bilevel::OuterOptimizer;
 use crate::bilevel::trajectory::run_to_end_scaled;
+use crate::bilevel::{OuterOptimizer, outer_update};
 use crate::error::{Result, invalid};
 use crate::tensor::{Tensor, same_place};
 
@@ -67,88 +67,6 @@ pub struct MetaTrace {
     pub last: MetaGradient,
 }
 
-struct Adam {
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    t: i32,
-}
-
-/// θ ← θ − lr·g (SGD) or Adam's bias-corrected step, for each (parameter, gradient)
-/// pair: the same update as the bilevel outer loop's.
-fn update(
-    opt: &OuterOptimizer,
-    adam: &mut Option<Adam>,
-    params: &[Tensor],
-    grads: &[Tensor],
-) -> Result<Vec<Tensor>> {
-    no_grad(|| match *opt {
-        OuterOptimizer::Sgd { lr } => params
-            .iter()
-            .zip(grads)
-            .map(|(p, g)| p.axpy(-lr, g))
-            .collect(),
-        OuterOptimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } => {
-            let st = match adam {
-                Some(s) => s,
-                None => adam.insert(Adam {
-                    m: grads
-                        .iter()
-                        .map(Tensor::zeros_like)
-                        .collect::<Result<_>>()?,
-                    v: grads
-                        .iter()
-                        .map(Tensor::zeros_like)
-                        .collect::<Result<_>>()?,
-                    t: 0,
-                }),
-            };
-            st.t += 1;
-            let c1 = 1.0 - beta1.powi(st.t);
-            let c2 = 1.0 - beta2.powi(st.t);
-            let mut out = Vec::with_capacity(params.len());
-            for i in 0..params.len() {
-                st.m[i] = st.m[i].axpby(beta1, 1.0 - beta1, &grads[i])?;
-                st.v[i] = st.v[i].axpby(beta2, 1.0 - beta2, &grads[i].square()?)?;
-                let denom = st.v[i].scale(1.0 / c2)?.sqrt()?.scale_shift(1.0, eps)?;
-                out.push(params[i].axpy(-lr / c1, &st.m[i].div(&denom)?)?);
-            }
-            Ok(out)
-        }
-    })
-}
-
-fn check_optimizer(opt: &OuterOptimizer) -> Result<()> {
-    let ok = match *opt {
-        OuterOptimizer::Sgd { lr } => lr.is_finite() && lr > 0.0,
-        OuterOptimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } => {
-            lr.is_finite()
-                && lr > 0.0
-                && (0.0..1.0).contains(&beta1)
-                && (0.0..1.0).contains(&beta2)
-                && eps.is_finite()
-                && eps > 0.0
-        }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            "meta optimizer",
-            format!("{opt:?}: need lr > 0, betas in [0, 1), eps > 0, all finite"),
-        ))
-    }
-}
-
 /// Meta-trains θ (and Meta-SGD's α) from `theta0` / `alpha0`: at each iteration, a task
 /// batch from `sampler`, the meta-gradient by `config.method`, and one step of
 /// `config.optimizer`. `observe` sees each [`MetaStep`] as it is recorded. Fails, naming
@@ -178,7 +96,7 @@ pub fn meta_train_with(
     config: &MetaTrainConfig,
     observe: &mut dyn FnMut(&MetaStep, &Tensor, &StepSize) -> Result<()>,
 ) -> Result<MetaTrace> {
-    check_optimizer(&config.optimizer)?;
+    config.optimizer.validate()?;
     let t0 = Instant::now();
     let mut theta = theta0.detach();
     let learn_alpha = config.method == MetaMethod::MetaSgd;
@@ -239,7 +157,7 @@ pub fn meta_train_with(
         if let StepSize::PerParameter(a) = &alpha {
             params.push(a.clone());
         }
-        let mut new = update(&config.optimizer, &mut adam, &params, &grads)?;
+        let mut new = outer_update(&config.optimizer, &mut adam, &params, &grads)?;
         if learn_alpha {
             alpha = StepSize::PerParameter(new.pop().expect("α follows θ"));
         }
