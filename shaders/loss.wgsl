@@ -148,6 +148,23 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
+// Row r's bounds, log-sum-exp, label and gradient factor: what `ce_grad` and
+// `ce_grad_vjp` start from.
+struct GradRow {
+    lo: u32,
+    hi: u32,
+    lse: f32,
+    label: f32,
+    s: f32,
+}
+
+fn grad_row(r: u32) -> GradRow {
+    let lo = r * gp.c;
+    let hi = lo + gp.c;
+    let label = labels[r];
+    return GradRow(lo, hi, logsumexp(row_stats(lo, hi, lo)), label, grad_scale(r, label));
+}
+
 @compute @workgroup_size(WG)
 fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
@@ -156,14 +173,10 @@ fn ce_grad(@builtin(workgroup_id) wid: vec3<u32>,
     if (r >= gp.rows) {
         return;
     }
-    let lo = r * gp.c;
-    let hi = lo + gp.c;
-    let lse = logsumexp(row_stats(lo, hi, lo));
-    let label = labels[r];
-    let s = grad_scale(r, label);
-    for (var e = lo; e < hi; e++) {
-        let hot = select(0.0, 1.0, f32(e - lo) == label);
-        dz[e] = s * (exp(z[e / 4u][e % 4u] - lse) - hot);
+    let g = grad_row(r);
+    for (var e = g.lo; e < g.hi; e++) {
+        let hot = select(0.0, 1.0, f32(e - g.lo) == g.label);
+        dz[e] = g.s * (exp(z[e / 4u][e % 4u] - g.lse) - hot);
     }
 }
 
@@ -183,23 +196,19 @@ fn ce_grad_vjp(@builtin(workgroup_id) wid: vec3<u32>,
     if (r >= gp.rows) {
         return;
     }
-    let lo = r * gp.c;
-    let hi = lo + gp.c;
-    let lse = logsumexp(row_stats(lo, hi, lo));
-    let label = labels[r];
-    let s = grad_scale(r, label);
+    let g = grad_row(r);
     var pu = 0.0;
     var u_label = 0.0;
-    for (var e = lo; e < hi; e++) {
-        let ue = u_at(e, lo);
-        pu += exp(z[e / 4u][e % 4u] - lse) * ue;
-        if (f32(e - lo) == label) {
+    for (var e = g.lo; e < g.hi; e++) {
+        let ue = u_at(e, g.lo);
+        pu += exp(z[e / 4u][e % 4u] - g.lse) * ue;
+        if (f32(e - g.lo) == g.label) {
             u_label = ue;
         }
     }
     // An invalid label makes the row NaN through s; r is NaN then too.
-    vjp_r[r] = select(nan(), pu - u_label, s == s);
-    for (var e = lo; e < hi; e++) {
-        vjp_z[e] = s * exp(z[e / 4u][e % 4u] - lse) * (u_at(e, lo) - pu);
+    vjp_r[r] = select(nan(), pu - u_label, g.s == g.s);
+    for (var e = g.lo; e < g.hi; e++) {
+        vjp_z[e] = g.s * exp(z[e / 4u][e % 4u] - g.lse) * (u_at(e, g.lo) - pu);
     }
 }

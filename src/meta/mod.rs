@@ -365,21 +365,45 @@ pub fn maml(
 ) -> Result<MetaGradient> {
     check(model, tasks, theta, Some(alpha))?;
     timed(tasks, || {
-        let problem = Adaptation {
-            model,
-            tasks,
-            head: 0,
-            prox: None,
-        };
-        let w0 = start(model, theta, tasks.tasks())?;
-        let trajectory = Trajectory::run(&problem, &[], &w0, &gd(alpha, steps))?;
-        let (loss, gw, _) = query_grads(&problem, trajectory.w(steps), &[])?;
-        let adjoint = trajectory.reverse(steps, gw, vec![])?;
-        let dtheta = no_grad(|| model.flatten(&adjoint.dw))?;
-        let mut out = output(dtheta, None, loss, steps);
-        out.stored_bytes = trajectory.stored_bytes();
-        Ok(out)
+        through_steps(model, tasks, theta, alpha, steps, 0)
     })
+}
+
+/// MAML's meta-gradient with the first `head` pieces of θ shared by every task (λ of
+/// the reverse sweep) and the rest adapted (w, batched per task): `head = 0` is MAML,
+/// the last layer alone adapting is ANIL. dM/dθ is the sweep's λ-part followed by its
+/// dw₀.
+fn through_steps(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &Tensor,
+    alpha: f64,
+    steps: usize,
+    head: usize,
+) -> Result<MetaGradient> {
+    let problem = Adaptation {
+        model,
+        tasks,
+        head,
+        prox: None,
+    };
+    let pieces = no_grad(|| model.unflatten(&theta.detach()))?;
+    let body = pieces[..head].to_vec();
+    let w0 = no_grad(|| -> Result<Vec<Tensor>> {
+        pieces[head..]
+            .iter()
+            .map(|p| batched(p, tasks.tasks()))
+            .collect()
+    })?;
+    let trajectory = Trajectory::run(&problem, &body, &w0, &gd(alpha, steps))?;
+    let (loss, gw, gl) = query_grads(&problem, trajectory.w(steps), &body)?;
+    let adjoint = trajectory.reverse(steps, gw, gl)?;
+    let mut all = adjoint.dlambda;
+    all.extend(adjoint.dw);
+    let dtheta = no_grad(|| model.flatten(&all))?;
+    let mut out = output(dtheta, None, loss, steps);
+    out.stored_bytes = trajectory.stored_bytes();
+    Ok(out)
 }
 
 /// **First-order MAML**: MAML's gradient with dφ_i^S/dθ replaced by I,
@@ -521,31 +545,9 @@ pub fn anil(
     steps: usize,
 ) -> Result<MetaGradient> {
     check(model, tasks, theta, Some(alpha))?;
+    let head = 2 * (model.layers() - 1);
     timed(tasks, || {
-        let head = 2 * (model.layers() - 1);
-        let problem = Adaptation {
-            model,
-            tasks,
-            head,
-            prox: None,
-        };
-        let pieces = no_grad(|| model.unflatten(&theta.detach()))?;
-        let body = pieces[..head].to_vec();
-        let w0 = no_grad(|| -> Result<Vec<Tensor>> {
-            pieces[head..]
-                .iter()
-                .map(|p| batched(p, tasks.tasks()))
-                .collect()
-        })?;
-        let trajectory = Trajectory::run(&problem, &body, &w0, &gd(alpha, steps))?;
-        let (loss, gw, gl) = query_grads(&problem, trajectory.w(steps), &body)?;
-        let adjoint = trajectory.reverse(steps, gw, gl)?;
-        let mut all = adjoint.dlambda;
-        all.extend(adjoint.dw);
-        let dtheta = no_grad(|| model.flatten(&all))?;
-        let mut out = output(dtheta, None, loss, steps);
-        out.stored_bytes = trajectory.stored_bytes();
-        Ok(out)
+        through_steps(model, tasks, theta, alpha, steps, head)
     })
 }
 

@@ -41,36 +41,27 @@ fn run_error(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs `blo run`.
 pub fn run(args: Args) -> ExitCode {
-    if std::fs::read_to_string(&args.config).is_ok_and(|t| is_meta_config(&t)) {
+    // An unreadable file is reported by the bilevel config's reader below.
+    let text = std::fs::read_to_string(&args.config).unwrap_or_default();
+    if is_meta_config(&text) {
         return run_meta(args);
     }
-    if std::fs::read_to_string(&args.config).is_ok_and(|t| is_toy_config(&t)) {
+    if is_toy_config(&text) {
         return run_toy(args);
     }
     let experiment = match Experiment::from_file(&args.config) {
         Ok(e) => e,
         Err(e) => return config_error(e),
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .config
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "blo".into());
-        PathBuf::from(format!("{stem}.results.json"))
-    });
+    let out = default_out(&args);
     let hg_path = experiment.hypergradient_path(&out);
-    // Every output checked before any work: a file name in an existing, writable
-    // directory, not another output, not the config or a data file.
-    let hg_key = format!("{}: key `hypergradient_out`:", args.config.display());
-    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
-    if let Some(p) = &hg_path {
-        outputs.push((&hg_key, p));
-    }
-    let inputs = experiment.input_files();
-    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    if let Err(e) = check_outputs(&outputs, &input_refs) {
-        return config_error(e);
+    if let Err(code) = check_run_outputs(
+        &args,
+        &out,
+        &[("hypergradient_out", hg_path.as_deref())],
+        &experiment.input_files(),
+    ) {
+        return code;
     }
 
     let (device, reason) = match experiment.open_device() {
@@ -186,6 +177,34 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 /// The default results path: `<config name>.results.json` in the current directory.
+/// Every output checked before any work: a file name in an existing, writable
+/// directory, not another output, not the config or a data file. `named` holds the
+/// config's own outputs, by key.
+fn check_run_outputs(
+    args: &Args,
+    out: &Path,
+    named: &[(&str, Option<&Path>)],
+    inputs: &[PathBuf],
+) -> Result<(), ExitCode> {
+    let keys: Vec<(String, &Path)> = named
+        .iter()
+        .filter_map(|(k, p)| p.map(|p| (format!("{}: key `{k}`:", args.config.display()), p)))
+        .collect();
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", out)];
+    outputs.extend(keys.iter().map(|(k, p)| (k.as_str(), *p)));
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    check_outputs(&outputs, &input_refs).map_err(config_error)
+}
+
+/// `p` as given when absolute, else next to the results file `out`.
+fn beside(out: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        out.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
 fn default_out(args: &Args) -> PathBuf {
     args.out.clone().unwrap_or_else(|| {
         let stem = args
@@ -211,24 +230,17 @@ fn run_meta(args: Args) -> ExitCode {
     let g_path = experiment.output_path(&c.metagradient_out, &out);
     let ga_path = experiment.output_path(&c.metagradient_alpha_out, &out);
     let plot_path = experiment.output_path(&c.plot_out, &out);
-    let keys: Vec<(String, &Option<PathBuf>)> = [
-        ("metagradient_out", &g_path),
-        ("metagradient_alpha_out", &ga_path),
-        ("plot_out", &plot_path),
-    ]
-    .into_iter()
-    .map(|(k, p)| (format!("{}: key `{k}`:", args.config.display()), p))
-    .collect();
-    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
-    for (k, p) in &keys {
-        if let Some(p) = p {
-            outputs.push((k, p));
-        }
-    }
-    let inputs = experiment.input_files();
-    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    if let Err(e) = check_outputs(&outputs, &input_refs) {
-        return config_error(e);
+    if let Err(code) = check_run_outputs(
+        &args,
+        &out,
+        &[
+            ("metagradient_out", g_path.as_deref()),
+            ("metagradient_alpha_out", ga_path.as_deref()),
+            ("plot_out", plot_path.as_deref()),
+        ],
+        &experiment.input_files(),
+    ) {
+        return code;
     }
     let (device, reason) = match experiment.open_device() {
         Ok(d) => d,
@@ -363,22 +375,18 @@ fn run_toy(args: Args) -> ExitCode {
         return config_error("--profile is not supported for toy configs");
     }
     let out = default_out(&args);
-    let plot_path = experiment.config().plot_out.as_ref().map(|p| {
-        if p.is_absolute() {
-            p.clone()
-        } else {
-            out.parent().unwrap_or(Path::new(".")).join(p)
-        }
-    });
-    let plot_key = format!("{}: key `plot_out`:", args.config.display());
-    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out)];
-    if let Some(p) = &plot_path {
-        outputs.push((&plot_key, p));
-    }
-    let inputs = experiment.input_files();
-    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    if let Err(e) = check_outputs(&outputs, &input_refs) {
-        return config_error(e);
+    let plot_path = experiment
+        .config()
+        .plot_out
+        .as_deref()
+        .map(|p| beside(&out, p));
+    if let Err(code) = check_run_outputs(
+        &args,
+        &out,
+        &[("plot_out", plot_path.as_deref())],
+        &experiment.input_files(),
+    ) {
+        return code;
     }
     let (device, reason) = match experiment.open_device() {
         Ok(d) => d,
