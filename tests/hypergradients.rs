@@ -1700,28 +1700,29 @@ fn dispatches_per_step_are_deterministic_and_few() {
     let (x, y) = synthetic_classification(300, 8, 4, 2.0, 7);
     let data = cleaning_split(&x, &y, 4, 100, 100, 0.3, 1).unwrap();
     let cleaning = HyperCleaning::new(&data, 1e-3, &gpu, DType::F32).unwrap();
-    // Name, problem, λ, and the bounds per GD step, CG iteration and RAD step: issue
-    // #12's targets. A GPU's Xᵀ·r splits k into a second, small pass (one more dispatch
-    // per GD step and CG iteration; RAD's bound has room for it); a CPU adapter's
-    // (lavapipe in CI) does not, so there the targets hold exactly.
+    // Name, problem, λ, and the bounds per GD step, CG iteration and RAD step (issue
+    // #12's targets) and Neumann term (the operator plus one kernel, the term and the
+    // sum computed together). A GPU's Xᵀ·r splits k into a second, small pass (one more
+    // dispatch per GD step, CG iteration and Neumann term; RAD's bound has room for it);
+    // a CPU adapter's (lavapipe in CI) does not, so there the bounds hold exactly.
     let split = if ctx.info().device_type == "Cpu" {
         0.0
     } else {
         1.0
     };
-    type StepCase<'a> = (&'static str, &'a dyn Problem, Vec<Tensor>, [f64; 3]);
+    type StepCase<'a> = (&'static str, &'a dyn Problem, Vec<Tensor>, [f64; 4]);
     let cases: [StepCase; 2] = [
         (
             "ridge",
             &ridge,
             vec![Tensor::zeros(&[40], &gpu).unwrap()],
-            [6.0 + split, 5.0 + split, 15.0],
+            [6.0 + split, 5.0 + split, 15.0, 3.0 + split],
         ),
         (
             "hyper-cleaning",
             &cleaning,
             vec![Tensor::zeros(&[100], &gpu).unwrap()],
-            [8.0 + split, 8.0 + split, 22.0],
+            [8.0 + split, 8.0 + split, 22.0, 6.0 + split],
         ),
     ];
     let cg = |k| Method::Cg {
@@ -1744,13 +1745,16 @@ fn dispatches_per_step_are_deterministic_and_few() {
             let gd_step = (count(&w0, 20, cg(1)) - count(&w0, 0, cg(1))) as f64 / 20.0;
             let cg_iter = (count(&w10, 0, cg(21)) - count(&w10, 0, cg(1))) as f64 / 20.0;
             let rad = (count(&w0, 20, Method::Rad) - count(&w0, 0, Method::Rad)) as f64 / 20.0;
-            [gd_step, cg_iter, rad]
+            let neumann = |k| Method::Neumann { k, eta: 0.01 };
+            let term = (count(&w10, 0, neumann(21)) - count(&w10, 0, neumann(1))) as f64 / 20.0;
+            [gd_step, cg_iter, rad, term]
         };
         let fused = per_step(true);
         assert_eq!(per_step(true), fused, "{name}: the same counts every run");
         let unfused = per_step(false);
         ctx.set_fusion(true);
-        for (k, what) in ["GD step", "CG iteration", "RAD step"].iter().enumerate() {
+        let steps = ["GD step", "CG iteration", "RAD step", "Neumann term"];
+        for (k, what) in steps.iter().enumerate() {
             assert!(
                 fused[k] <= bounds[k],
                 "{name} {what}: {} dispatches, more than {} (fused {fused:?}, unfused {unfused:?})",
@@ -1763,7 +1767,7 @@ fn dispatches_per_step_are_deterministic_and_few() {
             );
         }
         eprintln!(
-            "{name}: dispatches per GD step, CG iteration, RAD step: fused {fused:?}, unfused {unfused:?}"
+            "{name}: dispatches per GD step, CG iteration, RAD step, Neumann term: fused {fused:?}, unfused {unfused:?}"
         );
     }
 }
