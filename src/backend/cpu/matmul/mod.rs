@@ -4,6 +4,8 @@
 //! passes split over two cores (`threads.rs`).
 
 #[cfg(target_arch = "x86_64")]
+mod small;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 use crate::backend::MatmulDims;
@@ -45,6 +47,24 @@ pub(crate) trait Gemm: Element {
         _rsa: usize,
         _csa: usize,
         _b: &[Self],
+        _m: usize,
+        _k: usize,
+        _n: usize,
+        _c: &mut [Self],
+    ) -> bool {
+        false
+    }
+    /// C = op(A)·op(B) for a product small enough that packing its operands would cost
+    /// as much as multiplying them (see `matmul/small.rs`); false when there is no
+    /// kernel for this shape or CPU. Element (p, j) of op(B) is `b[p·rsb + j·csb]`.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_small(
+        _a: &[Self],
+        _rsa: usize,
+        _csa: usize,
+        _b: &[Self],
+        _rsb: usize,
+        _csb: usize,
         _m: usize,
         _k: usize,
         _n: usize,
@@ -123,6 +143,27 @@ impl Gemm for f32 {
                 // SAFETY: the CPU supports AVX-512F (checked above).
                 unsafe { narrow_gemm(&a[r0 * rsa..], rsa, csa, b, r1 - r0, k, n, o) };
             });
+            return true;
+        }
+        false
+    }
+
+    fn fast_small(
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        c: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if m * k * n <= small::SMALL_MAX && small::available() {
+            // SAFETY: the CPU has AVX-512F or AVX2 and FMA (checked just above).
+            unsafe { small::small_gemm(a, rsa, csa, b, rsb, csb, m, k, n, c) };
             return true;
         }
         false
@@ -309,6 +350,14 @@ pub(crate) fn matmul_cpu<T: Gemm>(
         if all {
             return c;
         }
+    }
+    let mut all = true;
+    for (t, ct) in c.chunks_exact_mut(m * n).enumerate() {
+        let (at, bt) = (&a[t * sa..t * sa + m * k], &b[t * sb..t * sb + k * n]);
+        all &= T::fast_small(at, rsa, csa, bt, rsb, csb, m, k, n, ct);
+    }
+    if all {
+        return c;
     }
     // matrixmultiply's own threading spins and yields on every call, which cost a third
     // of a small-matrix workload (hyper-cleaning); big products split their rows over
