@@ -191,7 +191,7 @@ mod tests {
     /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
-        let shapes: [(&[usize], &[usize]); 15] = [
+        let shapes: [(&[usize], &[usize]); 21] = [
             (&[4, 3], &[3]),
             (&[3], &[4, 3]),
             (&[4, 3], &[4, 1]),
@@ -209,6 +209,14 @@ mod tests {
             (&[0, 3], &[0, 1]),
             (&[0, 1], &[0, 3]),
             (&[2, 0], &[2, 1]),
+            // A row broadcast inside each outer block (a per-task bias), either side,
+            // with one or several broadcast dims, and empty variants.
+            (&[3, 4, 5], &[3, 1, 5]),
+            (&[3, 1, 5], &[3, 4, 5]),
+            (&[2, 3, 4, 5], &[2, 1, 1, 5]),
+            (&[2, 3, 4, 5], &[2, 1, 4, 5]),
+            (&[3, 0, 5], &[3, 1, 5]),
+            (&[3, 4, 0], &[3, 1, 0]),
         ];
         for (sa, sb) in shapes {
             let out = broadcast_shape("t", sa, sb).unwrap();

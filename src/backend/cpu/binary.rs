@@ -84,6 +84,9 @@ enum Pattern {
     /// Output element i reads element i / block (a column broadcast along trailing dims;
     /// a single element is a block of the whole output).
     Repeat(usize),
+    /// Output element i reads element (i / block)·inner + i % inner: a row broadcast
+    /// inside each outer block, such as a per-task bias [B, 1, C] over [B, N, C].
+    BlockTile { block: usize, inner: usize },
 }
 
 fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
@@ -104,6 +107,17 @@ fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
     if padded[j..].iter().all(|&d| d == 1) {
         return Some(Pattern::Repeat(numel(&out[j..]).max(1)));
     }
+    // Equal leading dims, then broadcast ones, then equal trailing dims.
+    let l = j + padded[j..].iter().take_while(|&&d| d == 1).count();
+    if padded[l..] == out[l..] {
+        let inner = numel(&out[l..]);
+        if inner > 0 {
+            return Some(Pattern::BlockTile {
+                block: numel(&out[j..]),
+                inner,
+            });
+        }
+    }
     None
 }
 
@@ -115,6 +129,11 @@ fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
 /// f(full[i], row[i % row.len()]) for every element of `full`.
 fn tile_rows<T: Element>(full: &[T], row: &[T], f: &impl Fn(T, T) -> T) -> Vec<T> {
     let mut y = vec![T::zero(); full.len()];
+    tile_rows_into(&mut y, full, row, f);
+    y
+}
+
+fn tile_rows_into<T: Element>(y: &mut [T], full: &[T], row: &[T], f: &impl Fn(T, T) -> T) {
     with_row_len!(row.len(), |C| {
         let len = row_len::<C>(row.len());
         let row = &row[..len];
@@ -124,7 +143,6 @@ fn tile_rows<T: Element>(full: &[T], row: &[T], f: &impl Fn(T, T) -> T) -> Vec<T
             }
         }
     });
-    y
 }
 
 /// f(full[i], per_row[i / k]) for every element of `full`.
@@ -142,6 +160,25 @@ fn repeat_rows<T: Element>(full: &[T], per_row: &[T], k: usize, f: &impl Fn(T, T
             }
         }
     });
+    y
+}
+
+/// f(full[i], rows[(i / block)·inner + i % inner]): [`tile_rows`] within each block.
+fn block_tile_rows<T: Element>(
+    full: &[T],
+    rows: &[T],
+    block: usize,
+    inner: usize,
+    f: &impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); full.len()];
+    for ((yb, fb), row) in y
+        .chunks_exact_mut(block)
+        .zip(full.chunks_exact(block))
+        .zip(rows.chunks_exact(inner))
+    {
+        tile_rows_into(yb, fb, row, f);
+    }
     y
 }
 
@@ -175,6 +212,12 @@ pub(crate) fn binary_cpu<T: Element>(
         }
         (Some(Pattern::Repeat(k)), Some(Pattern::Full)) => {
             return repeat_rows(b, a, k, &|x, y| f(y, x));
+        }
+        (Some(Pattern::Full), Some(Pattern::BlockTile { block, inner })) if n > 0 => {
+            return block_tile_rows(a, b, block, inner, &f);
+        }
+        (Some(Pattern::BlockTile { block, inner }), Some(Pattern::Full)) if n > 0 => {
+            return block_tile_rows(b, a, block, inner, &|x, y| f(y, x));
         }
         _ => {}
     }
@@ -218,6 +261,15 @@ pub(crate) fn broadcast_cpu<T: Element>(x: &[T], x_shape: &[usize], out: &[usize
             let mut y = Vec::with_capacity(n);
             for &v in x.iter().take(n / k) {
                 y.resize(y.len() + k, v);
+            }
+            y
+        }
+        Some(Pattern::BlockTile { block, inner }) if n > 0 => {
+            let mut y = Vec::with_capacity(n);
+            for row in x.chunks_exact(inner).take(n / block) {
+                for _ in 0..block / inner {
+                    y.extend_from_slice(row);
+                }
             }
             y
         }
