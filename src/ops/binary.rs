@@ -191,7 +191,7 @@ mod tests {
     /// Every CPU fast path (binary ops and broadcast_to) against a naive index computation.
     #[test]
     fn cpu_fast_paths_match_naive_broadcasting() {
-        let shapes: [(&[usize], &[usize]); 21] = [
+        let shapes: [(&[usize], &[usize]); 24] = [
             (&[4, 3], &[3]),
             (&[3], &[4, 3]),
             (&[4, 3], &[4, 1]),
@@ -217,6 +217,10 @@ mod tests {
             (&[2, 3, 4, 5], &[2, 1, 4, 5]),
             (&[3, 0, 5], &[3, 1, 5]),
             (&[3, 4, 0], &[3, 1, 0]),
+            // One element against anything, either side.
+            (&[3, 4, 5], &[1]),
+            (&[1, 1], &[7]),
+            (&[0, 2], &[1]),
         ];
         for (sa, sb) in shapes {
             let out = broadcast_shape("t", sa, sb).unwrap();

@@ -385,8 +385,8 @@ impl Storage {
     #[inline]
     pub(crate) fn slice(&self, start: usize, end: usize) -> Result<Storage> {
         Ok(match self {
-            Storage::F32(v) => Storage::F32(CpuBuf::from(v[start..end].to_vec())),
-            Storage::F64(v) => Storage::F64(CpuBuf::from(v[start..end].to_vec())),
+            Storage::F32(v) => Storage::F32(CpuBuf::from(cpu::index::copy_cpu(&v[start..end]))),
+            Storage::F64(v) => Storage::F64(CpuBuf::from(cpu::index::copy_cpu(&v[start..end]))),
             Storage::Gpu(b) => Storage::Gpu(gpu::kernels::index::slice_gpu(b, start, end - start)?),
         })
     }

@@ -2,6 +2,7 @@
 //! NumPy broadcasting, with contiguous loops for row, column and scalar broadcasts.
 
 use super::math::{row_len, with_row_len};
+use super::pool::{take, zeros};
 use crate::backend::{BinaryOp, broadcast_strides, numel};
 use crate::dtype::Element;
 
@@ -94,6 +95,11 @@ fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
         return Some(Pattern::Full);
     }
     let n = numel(shape);
+    if n == 1 {
+        // One value for the whole output (a scalar factor): a single run, not rows of
+        // length 1, which walk the output one element per row.
+        return Some(Pattern::Repeat(numel(out).max(1)));
+    }
     let trimmed: &[usize] = {
         let lead = shape.iter().take_while(|&&d| d == 1).count();
         &shape[lead..]
@@ -128,7 +134,7 @@ fn pattern(shape: &[usize], out: &[usize]) -> Option<Pattern> {
 
 /// f(full[i], row[i % row.len()]) for every element of `full`.
 fn tile_rows<T: Element>(full: &[T], row: &[T], f: &impl Fn(T, T) -> T) -> Vec<T> {
-    let mut y = vec![T::zero(); full.len()];
+    let mut y = zeros(full.len());
     tile_rows_into(&mut y, full, row, f);
     y
 }
@@ -147,7 +153,7 @@ fn tile_rows_into<T: Element>(y: &mut [T], full: &[T], row: &[T], f: &impl Fn(T,
 
 /// f(full[i], per_row[i / k]) for every element of `full`.
 fn repeat_rows<T: Element>(full: &[T], per_row: &[T], k: usize, f: &impl Fn(T, T) -> T) -> Vec<T> {
-    let mut y = vec![T::zero(); full.len()];
+    let mut y = zeros(full.len());
     with_row_len!(k, |C| {
         let len = row_len::<C>(k);
         for ((yr, fr), &v) in y
@@ -171,7 +177,7 @@ fn block_tile_rows<T: Element>(
     inner: usize,
     f: &impl Fn(T, T) -> T,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); full.len()];
+    let mut y = zeros(full.len());
     for ((yb, fb), row) in y
         .chunks_exact_mut(block)
         .zip(full.chunks_exact(block))
@@ -195,7 +201,9 @@ pub(crate) fn binary_cpu<T: Element>(
     let n = numel(out);
     match (pattern(a_shape, out), pattern(b_shape, out)) {
         (Some(Pattern::Full), Some(Pattern::Full)) => {
-            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+            let mut y = take(n);
+            y.extend(a.iter().zip(b).map(|(&x, &y)| f(x, y)));
+            return y;
         }
         // The mirrored patterns swap the operands (and the arguments of `f`). `pattern`
         // makes a period or block a whole trailing part of the output (at least 1), so it
@@ -225,7 +233,7 @@ pub(crate) fn binary_cpu<T: Element>(
     let sb = broadcast_strides(b_shape, out);
     let mut idx = vec![0usize; out.len()];
     let (mut ia, mut ib) = (0usize, 0usize);
-    let mut y = Vec::with_capacity(n);
+    let mut y = take(n);
     for _ in 0..n {
         y.push(f(a[ia], b[ib]));
         // Odometer increment of the output index, carrying the operand offsets along.
@@ -249,23 +257,27 @@ pub(crate) fn binary_cpu<T: Element>(
 pub(crate) fn broadcast_cpu<T: Element>(x: &[T], x_shape: &[usize], out: &[usize]) -> Vec<T> {
     let n = numel(out);
     match pattern(x_shape, out) {
-        Some(Pattern::Full) => x.to_vec(),
+        Some(Pattern::Full) => {
+            let mut y = take(n);
+            y.extend_from_slice(x);
+            y
+        }
         Some(Pattern::Tile(p)) if p == x.len() && p > 0 => {
-            let mut y = Vec::with_capacity(n);
+            let mut y = take(n);
             while y.len() < n {
                 y.extend_from_slice(x);
             }
             y
         }
         Some(Pattern::Repeat(k)) if k > 0 => {
-            let mut y = Vec::with_capacity(n);
+            let mut y = take(n);
             for &v in x.iter().take(n / k) {
                 y.resize(y.len() + k, v);
             }
             y
         }
         Some(Pattern::BlockTile { block, inner }) if n > 0 => {
-            let mut y = Vec::with_capacity(n);
+            let mut y = take(n);
             for row in x.chunks_exact(inner).take(n / block) {
                 for _ in 0..block / inner {
                     y.extend_from_slice(row);

@@ -1,13 +1,22 @@
 //! Host arrays of CPU tensors.
 
+use crate::dtype::Element;
+
 /// Host elements of a CPU tensor: a `Vec` whose live elements may start a few elements
 /// in, so that large arrays can begin on a 64-byte boundary without a custom allocator.
 /// Matrix–vector kernels stream such arrays from cache with aligned vector loads; the
 /// allocator's 16-byte alignment made every other 32-byte load straddle two cache lines
 /// (measured: 22 µs instead of 17 µs per pass over a 2000×200 f32 matrix).
-pub(crate) struct CpuBuf<T> {
+pub(crate) struct CpuBuf<T: Element> {
     vec: Vec<T>,
     start: usize,
+}
+
+/// The array goes back to the pool (`pool.rs`) for the next op's output.
+impl<T: Element> Drop for CpuBuf<T> {
+    fn drop(&mut self) {
+        super::pool::give(std::mem::take(&mut self.vec));
+    }
 }
 
 /// Arrays at least this long are copied to a 64-byte boundary when they arrive
@@ -15,7 +24,7 @@ pub(crate) struct CpuBuf<T> {
 pub(crate) const ALIGN_MIN_BYTES: usize = 16 * 1024;
 pub(crate) const ALIGN_BYTES: usize = 64;
 
-impl<T: Copy + Default> CpuBuf<T> {
+impl<T: Element> CpuBuf<T> {
     /// `data` itself, or an aligned copy of it when it is large and misaligned.
     pub(crate) fn aligned(data: Vec<T>) -> Self {
         let size = std::mem::size_of::<T>();
@@ -27,19 +36,19 @@ impl<T: Copy + Default> CpuBuf<T> {
         let mut vec = Vec::with_capacity(data.len() + pad);
         // The capacity is reserved up front, so the pointer does not move while filling.
         let start = (ALIGN_BYTES - vec.as_ptr() as usize % ALIGN_BYTES) % ALIGN_BYTES / size;
-        vec.resize(start, T::default());
+        vec.resize(start, T::zero());
         vec.extend_from_slice(&data);
         CpuBuf { vec, start }
     }
 }
 
-impl<T> From<Vec<T>> for CpuBuf<T> {
+impl<T: Element> From<Vec<T>> for CpuBuf<T> {
     fn from(vec: Vec<T>) -> Self {
         CpuBuf { vec, start: 0 }
     }
 }
 
-impl<T> std::ops::Deref for CpuBuf<T> {
+impl<T: Element> std::ops::Deref for CpuBuf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         &self.vec[self.start..]

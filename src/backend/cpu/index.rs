@@ -46,7 +46,7 @@ pub(crate) fn gather_cpu<T: Element>(x: &[T], labels: &[T], classes: usize) -> R
 
 /// CPU reference: `[batch, rows, cols]` → `[batch, cols, rows]`.
 pub(crate) fn transpose_cpu<T: Element>(x: &[T], batch: usize, rows: usize, cols: usize) -> Vec<T> {
-    let mut y = Vec::with_capacity(x.len());
+    let mut y = super::pool::take(x.len());
     for t in 0..batch {
         let plane = &x[t * rows * cols..(t + 1) * rows * cols];
         for c in 0..cols {
@@ -56,12 +56,19 @@ pub(crate) fn transpose_cpu<T: Element>(x: &[T], batch: usize, rows: usize, cols
     y
 }
 
+/// A copy of `x` (in a recycled array when there is one).
+pub(crate) fn copy_cpu<T: Element>(x: &[T]) -> Vec<T> {
+    let mut y = super::pool::take(x.len());
+    y.extend_from_slice(x);
+    y
+}
+
 /// The parts' elements one after another (`total` of them).
-pub(crate) fn concat_cpu<'a, T: Copy + 'a>(
+pub(crate) fn concat_cpu<'a, T: Element>(
     parts: impl Iterator<Item = &'a [T]>,
     total: usize,
 ) -> Vec<T> {
-    let mut y = Vec::with_capacity(total);
+    let mut y = super::pool::take(total);
     for p in parts {
         y.extend_from_slice(p);
     }

@@ -3,6 +3,7 @@
 
 mod buf;
 pub(crate) mod math;
+pub(crate) mod pool;
 pub(crate) mod threads;
 
 pub(crate) use buf::CpuBuf;

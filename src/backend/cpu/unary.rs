@@ -1,6 +1,7 @@
 //! The CPU side of the unary ops (`ops/unary.rs`): each op applied to every element.
 
 use super::math::CpuMath;
+use super::pool::take;
 use crate::backend::UnaryOp;
 use crate::dtype::Element;
 
@@ -56,12 +57,15 @@ pub(crate) fn unary_cpu<T: CpuMath>(op: UnaryOp, x: &[T], a: f64, b: f64) -> Vec
     let (a, b) = (T::of(a), T::of(b));
     // One loop per op (the op is matched once, not per element), so each vectorises.
     fn map<T: Element>(x: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-        x.iter().map(|&v| f(v)).collect()
+        let mut y = take(x.len());
+        y.extend(x.iter().map(|&v| f(v)));
+        y
     }
     let one = T::one();
     match op {
         UnaryOp::Exp => {
-            let mut y = x.to_vec();
+            let mut y = take(x.len());
+            y.extend_from_slice(x);
             T::exp_inplace(&mut y);
             y
         }

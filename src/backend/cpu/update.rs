@@ -5,7 +5,9 @@ use crate::dtype::Element;
 
 /// CPU reference: `b·y + a·x` elementwise.
 pub(crate) fn update_cpu<T: Element>(y: &[T], x: &[T], a: T, b: T) -> Vec<T> {
-    y.iter().zip(x).map(|(&y, &x)| b * y + a * x).collect()
+    let mut out = super::pool::take(y.len());
+    out.extend(y.iter().zip(x).map(|(&y, &x)| b * y + a * x));
+    out
 }
 
 /// The host values `(a, b)` of `coefs`, reading a device scalar with `value`. A zero

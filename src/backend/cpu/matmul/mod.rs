@@ -326,7 +326,7 @@ pub(crate) fn matmul_cpu<T: Gemm>(
     trans_b: bool,
 ) -> Vec<T> {
     let MatmulDims { batch, m, k, n, .. } = *d;
-    let mut c = vec![T::zero(); batch * m * n];
+    let mut c = crate::backend::cpu::pool::zeros(batch * m * n);
     if c.is_empty() || k == 0 {
         return c;
     }
