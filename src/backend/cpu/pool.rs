@@ -151,7 +151,7 @@ mod tests {
         let small: Vec<f64> = take(10);
         assert_eq!(small.capacity(), 10);
         // Far more than the bound, in arrays of 1 MB: the pool empties and refills.
-        for _ in 0..(2 * MAX_BYTES >> 20) {
+        for _ in 0..((2 * MAX_BYTES) >> 20) {
             give(vec![0.0f64; (1 << 20) / 8]);
             assert!(pooled_bytes_f64() <= MAX_BYTES);
         }
