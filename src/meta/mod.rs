@@ -51,7 +51,15 @@ mod train;
 mod warpgrad;
 
 #[cfg(test)]
+mod extra_tests;
+#[cfg(test)]
+mod l2f_tests;
+#[cfg(test)]
+mod mtnet_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod warpgrad_tests;
 
 pub use l2f::{l2f, l2f_gamma_net, l2f_init};
 pub use mlp::{Activation, Mlp};
