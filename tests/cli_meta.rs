@@ -105,7 +105,9 @@ fn every_meta_example_config_runs_and_writes_its_results() {
         }
         methods.insert(r["method"].as_str().unwrap().to_string());
     }
-    for m in ["maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile"] {
+    for m in [
+        "maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile", "l2f", "mt-net", "warpgrad",
+    ] {
         assert!(
             methods.contains(m),
             "no example config for {m}: {methods:?}"
@@ -169,6 +171,13 @@ fn variant(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
     path
 }
 
+/// The npy example with `[method]`'s body replaced and Meta-SGD's α keys dropped.
+fn as_method(t: String, body: &str) -> String {
+    t.replace("kind = \"meta-sgd\"", body)
+        .replace("alpha_init", "# alpha_init")
+        .replace("metagradient_alpha_out", "# metagradient_alpha_out")
+}
+
 #[test]
 fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
     let dir = scratch("bad");
@@ -216,6 +225,51 @@ fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
                 t.replace("kind = \"meta-sgd\"", "kind = \"meta-sgd\"\nlambda = 1.0")
             }),
             "method",
+        ),
+        (
+            "warp-layers",
+            variant(&dir, "warp-layers", |t| {
+                as_method(t, "kind = \"warpgrad\"\nwarp_layers = [1, 3]")
+            }),
+            "method",
+        ),
+        (
+            "warp-layers-twice",
+            variant(&dir, "warp-twice", |t| {
+                as_method(t, "kind = \"warpgrad\"\nwarp_layers = [1, 1]")
+            }),
+            "method",
+        ),
+        (
+            "l2f-hidden",
+            variant(&dir, "l2f-hidden", |t| {
+                as_method(t, "kind = \"l2f\"\nhidden = 0")
+            }),
+            "method",
+        ),
+        (
+            "mt-net-temperature",
+            variant(&dir, "mt-net-temperature", |t| {
+                as_method(t, "kind = \"mt-net\"\ntemperature = 0.0")
+            }),
+            "method",
+        ),
+        (
+            "t-net-temperature",
+            variant(&dir, "t-net-temperature", |t| {
+                as_method(t, "kind = \"t-net\"\ntemperature = 1.0")
+            }),
+            "method",
+        ),
+        (
+            "compared-warp-layers",
+            variant(&dir, "compared-warp", |t| {
+                format!(
+                    "{}\n[[compare]]\nkind = \"warpgrad\"\nwarp_layers = [4]\n",
+                    as_method(t, "kind = \"maml\"")
+                )
+            }),
+            "compare[0]",
         ),
         (
             "unknown-key",
