@@ -1,6 +1,7 @@
 //! Meta-learning: learning an initialization θ (and, for Meta-SGD, per-parameter step
 //! sizes α) that adapts to a new task in a few gradient steps. MAML, first-order MAML,
-//! Meta-SGD, iMAML, ANIL and Reptile, for a whole batch of tasks at once.
+//! Meta-SGD, iMAML, ANIL and Reptile, and three meta-learners with meta-parameters of
+//! their own, L2F, MT-Net (and T-Net) and WarpGrad, for a whole batch of tasks at once.
 //!
 //! # Set-up
 //! A model is an [`Mlp`] whose parameters are one flat vector θ (layout in [`Mlp`]). A
@@ -30,6 +31,23 @@
 //! - [`anil`]: MAML where only the last layer adapts.
 //! - [`reptile`]: the direction θ − (1/B) Σ_i φ_i^S, so that a step of size ε is
 //!   Reptile's θ ← θ + ε·mean_i(φ_i − θ).
+//! - [`l2f`]: MAML from a per-task start γ_i ⊙ θ, the layer-wise attenuations γ_i
+//!   predicted by a small network g_φ from the task's support gradient at θ; dM/dθ and
+//!   dM/dφ, second order (through γ's dependence on θ too).
+//! - [`mt_net`]: every layer followed by a meta-learned transformation T that the inner
+//!   loop never adapts, and (MT-Net) a sampled mask over output units restricting which
+//!   weights adapt; dM/dθ, dM/dT and the straight-through dM/dζ of the mask's logits,
+//!   second order. Without the mask it is T-Net.
+//! - [`warpgrad`]: warp layers ω interleaved with the task layers, frozen in the inner
+//!   loop; ω's gradient is the mean query gradient along the inner trajectory (no
+//!   back-propagation through it, memory flat in S), θ's direction Reptile's.
+//!
+//! # Meta-parameters beyond θ and α
+//! L2F's φ, MT-Net's T and ζ and WarpGrad's ω are flat tensors listed, per method, by
+//! [`MetaMethod::extra_names`] and initialised by [`MetaMethod::init_extra`]. They travel
+//! in [`MetaParams::extra`] into [`meta_gradient_with`], [`adapt_with`],
+//! [`evaluate_with`] and [`meta_train_with`] (whose meta-optimizer updates them with θ),
+//! and their gradients come back, named, in [`MetaGradient::extra`].
 //!
 //! [`meta_train`] runs the outer loop (SGD or Adam) over freshly drawn task batches, and
 //! [`adapt`] / [`evaluate`] score the adapted parameters on held-out tasks.
@@ -42,6 +60,11 @@
 //! tensor ([`Trajectory::run_scaled`]), whose adjoint the same sweep returns. The sweep
 //! stores the S+1 iterates only and rebuilds each step's graph (with create_graph) on
 //! the way back, so memory is O(S·B·P), not O(S·activations).
+//!
+//! The newer methods reuse the same sweep: MT-Net's T is the sweep's λ and its masked
+//! rates α·M are the step-size tensors whose adjoint carries ζ's gradient; L2F pulls
+//! the sweep's dM/dw₀ back through its start γ ⊙ θ on the tape; WarpGrad runs the inner
+//! loop without a sweep, one step at a time, and keeps only the current iterate.
 
 mod l2f;
 mod mlp;
