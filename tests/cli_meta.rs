@@ -299,3 +299,30 @@ fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
         assert_eq!(before.len(), after.len(), "{what}: something was written");
     }
 }
+
+/// The six-method config prints one table: a header with the 10-shot columns after 1
+/// and 10 steps, and one row per meta-learner with a finite MSE in each.
+#[test]
+fn the_six_meta_learners_print_one_table() {
+    let dir = scratch("six");
+    let o = run(&examples().join("sinusoid-six.toml"), &dir.join("r.json"));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("method "))
+        .unwrap_or_else(|| panic!("no table: {out}"));
+    assert!(header.contains("MSE K=10 S=1") && header.contains("MSE K=10 S=10"));
+    for m in ["maml", "fomaml", "meta-sgd", "l2f", "mt-net", "warpgrad"] {
+        let row = out
+            .lines()
+            .find(|l| l.split(" | ").next().map(str::trim) == Some(m))
+            .unwrap_or_else(|| panic!("no row for {m}: {out}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!(cells.len(), 6, "{row}");
+        for c in &cells[4..] {
+            let mse: f64 = c.split(" ± ").next().unwrap().trim().parse().unwrap();
+            assert!(mse.is_finite() && mse > 0.0, "{m}: {c}");
+        }
+    }
+}
