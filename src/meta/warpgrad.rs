@@ -232,7 +232,8 @@ impl Problem for Warped<'_> {
 /// Needs S ≥ 1.
 ///
 /// Memory per meta-step, f32, 1-40-40-1 (two 40 × 40 warp layers), B = 32 (measured
-/// by the test `warpgrad_memory_is_flat_in_steps`; MAML stores its S + 1 iterates):
+/// by the test `warpgrad_memory_is_flat_in_steps` and printed by `cargo run --example
+/// meta_memory`; MAML stores its S + 1 iterates):
 ///
 /// | S | MAML | WarpGrad |
 /// | --- | --- | --- |
