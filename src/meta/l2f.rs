@@ -30,7 +30,7 @@ pub fn l2f_gamma_net(model: &Mlp, hidden: Option<usize>) -> Result<Mlp> {
 
 /// Initial φ for [`l2f`]: W1, b1, W2 by [`Mlp::init`] (PyTorch's rule, seeded), and the
 /// output bias b2 = ln 99 ≈ 4.6 on every output, so that γ starts near σ(4.6) = 0.99:
-/// the paper starts from (almost) no forgetting, where L2F is MAML.
+/// meta-training starts from (almost) no forgetting, where L2F is MAML.
 pub fn l2f_init(
     model: &Mlp,
     hidden: Option<usize>,
@@ -140,16 +140,17 @@ pub(super) fn check_phi(model: &Mlp, hidden: Option<usize>, phi: &Tensor) -> Res
 ///    piece, giving v_i ∈ ℝ^L with L = 2 × layers (v_ik = mean of g_i over W_1, b_1, W_2,
 ///    …; the paper's layer-wise input);
 /// 2. the γ-network gives attenuations γ_i = σ(g_φ(v_i)) ∈ (0, 1)^L, g_φ an MLP
-///    `[L, hidden, L]` with ReLU ([`l2f_gamma_net`]; the paper's two layers, hidden = L
-///    by default);
-/// 3. the task starts at φ_i⁰ = γ_i ⊙ θ, γ_ik multiplying every entry of piece k;
-/// 4. S steps of MAML's inner loop follow, φ_i^{t+1} = φ_i^t − α ∇L_i^s(φ_i^t).
+///    `[L, hidden, L]` with ReLU ([`l2f_gamma_net`]: two layers, hidden = L by
+///    default);
+/// 3. the task starts at θ_i⁰ = γ_i ⊙ θ, γ_ik multiplying every entry of piece k;
+/// 4. S steps of MAML's inner loop follow, θ_i^{t+1} = θ_i^t − α ∇L_i^s(θ_i^t).
 ///
-/// The meta-loss is M(θ, φ) = (1/B) Σ_i L_i^q(φ_i^S), and the returned gradients are
+/// (φ names the γ-network's parameters here, so the adapted parameters are θ_i^t.)
+/// The meta-loss is M(θ, φ) = (1/B) Σ_i L_i^q(θ_i^S), and the returned gradients are
 /// dM/dθ ([`MetaGradient::theta`]) and dM/dφ (`extra`, `"phi"`), full second order: the
 /// S steps through the reverse sweep as for [`super::maml`], then the start's
 /// vector–Jacobian product on the tape, where γ depends on θ through g_i (a
-/// Hessian-vector product of the support loss), as the paper's meta-gradient does.
+/// Hessian-vector product of the support loss).
 /// φ's layout is the γ-network's flat layout ([`Mlp`]); [`l2f_init`] is the
 /// initialization (γ ≈ 0.99 at the start). With γ ≡ 1 this is MAML.
 pub fn l2f(

@@ -271,7 +271,7 @@ fn check_mt(
 ///
 /// W_l ← W_l − α·(M_l ⊙ ∇_{W_l} L_i^s),  b_l ← b_l − α·∇_{b_l} L_i^s,
 ///
-/// (the paper masks W only; b is always adapted). T-Net is M ≡ 1.
+/// (the update rule masks W only, so b is always adapted). T-Net is M ≡ 1.
 ///
 /// The meta-loss is M = (1/B) Σ_i L_i^q(W_i^S, b_i^S; T), and the gradients are dM/dθ
 /// (the initial W and b), dM/dT (`extra` `"T"`, flat like T) and, for MT-Net, the
