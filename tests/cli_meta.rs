@@ -106,7 +106,8 @@ fn every_meta_example_config_runs_and_writes_its_results() {
         methods.insert(r["method"].as_str().unwrap().to_string());
     }
     for m in [
-        "maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile", "l2f", "mt-net", "warpgrad",
+        "maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile", "l2f", "mt-net", "t-net",
+        "warpgrad",
     ] {
         assert!(
             methods.contains(m),
