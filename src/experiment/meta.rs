@@ -27,7 +27,10 @@
 //! alpha_init = "a.npy" # Meta-SGD: α's initial value from .npy (flat layout)
 //! [method]
 //! kind = "maml"        # fomaml, meta-sgd, imaml (lambda, cg_iters), anil, reptile,
-//!                      # l2f (hidden), mt-net (temperature), t-net, warpgrad (warp_layers)
+//!                      # l2f, mt-net, t-net, warpgrad, with their keys:
+//! # hidden = 6         # l2f: the γ-network's hidden width (default 2 × layers)
+//! # temperature = 1.0  # mt-net: τ of the Gumbel-sigmoid mask (default 1)
+//! # warp_layers = [1, 2] # warpgrad: hidden layers followed by a warp layer (default all)
 //! [outer]
 //! steps = 100
 //! kind = "adam"        # or "sgd" (Reptile's ε is its lr)

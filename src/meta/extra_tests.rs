@@ -11,7 +11,7 @@ use super::*;
 use crate::bilevel::OuterOptimizer;
 use crate::device::Device;
 use crate::tensor::DType;
-use crate::testing::{assert_close, gpu_or_skip, rel_err};
+use crate::testing::{assert_close, fresh_gpu_or_skip, gpu_or_skip, rel_err};
 
 fn new_methods() -> Vec<MetaMethod> {
     vec![
@@ -320,5 +320,37 @@ fn new_methods_dispatches_do_not_grow_with_tasks() {
         let at_32 = count(32);
         assert_eq!(count(2), at_32, "{}", method.name());
         assert!(count(1) <= at_32, "{}", method.name());
+    }
+}
+
+/// Repeated meta-iterations of each new method leave the GPU's live and pooled bytes
+/// unchanged (nothing from one meta-gradient outlives it).
+#[test]
+fn new_methods_gpu_memory_is_flat() {
+    // A context of its own: tests running beside this one would change a shared pool.
+    let Some(gpu) = fresh_gpu_or_skip() else {
+        return;
+    };
+    let ctx = gpu.gpu_context().unwrap();
+    let m = net(Activation::Relu);
+    let th = m.init(1, &gpu, DType::F32).unwrap();
+    let mut tasks = sin_tasks(4, 5, 67, &gpu, DType::F32);
+    for method in new_methods() {
+        let step = |tasks: &mut TaskBatch, iterations: usize| {
+            let c = MetaTrainConfig {
+                method,
+                inner_steps: 2,
+                iterations,
+                optimizer: OuterOptimizer::adam(1e-3),
+            };
+            let r = meta_train(&m, tasks, &th, &StepSize::Scalar(0.05), &c, &mut |_| {}).unwrap();
+            r.theta.to_vec::<f32>().unwrap();
+        };
+        step(&mut tasks, 2);
+        let before = ctx.memory();
+        step(&mut tasks, 40);
+        let after = ctx.memory();
+        assert_eq!(before.live_bytes, after.live_bytes, "{}", method.name());
+        assert_eq!(before.pooled_bytes, after.pooled_bytes, "{}", method.name());
     }
 }
