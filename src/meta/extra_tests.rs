@@ -317,9 +317,23 @@ fn new_methods_dispatches_do_not_grow_with_tasks() {
         };
         // The first call also runs one-time work (autotuning); count after it.
         count(32);
-        let at_32 = count(32);
-        assert_eq!(count(2), at_32, "{}", method.name());
-        assert!(count(1) <= at_32, "{}", method.name());
+        // The GPU registry's tests switch matvec's kernel shape process-wide for a while
+        // (test builds only), which changes every count made meanwhile. A measurement
+        // is kept only when the counts at B = 32 before and after it agree; a count that
+        // truly depends on B fails every attempt.
+        let mut last = None;
+        for _ in 0..5 {
+            let (before, at_2, at_1, after) = (count(32), count(2), count(1), count(32));
+            if before == after {
+                last = Some((before, at_2, at_1));
+                if at_2 == before && at_1 <= before {
+                    break;
+                }
+            }
+        }
+        let (at_32, at_2, at_1) = last.expect("the B = 32 counts never agreed twice in a row");
+        assert_eq!(at_2, at_32, "{}", method.name());
+        assert!(at_1 <= at_32, "{}", method.name());
     }
 }
 
