@@ -361,10 +361,27 @@ fn new_methods_gpu_memory_is_flat() {
             r.theta.to_vec::<f32>().unwrap();
         };
         step(&mut tasks, 2);
-        let before = ctx.memory();
-        step(&mut tasks, 40);
-        let after = ctx.memory();
-        assert_eq!(before.live_bytes, after.live_bytes, "{}", method.name());
-        assert_eq!(before.pooled_bytes, after.pooled_bytes, "{}", method.name());
+        // A window in which the registry's tests switch matvec's kernel shape
+        // process-wide (test builds only) can pool a buffer of another size once; a leak
+        // grows on every attempt, so one attempt of three must leave both counts as they
+        // were.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let before = ctx.memory();
+            step(&mut tasks, 40);
+            let after = ctx.memory();
+            let pair = |m: &crate::MemoryStats| (m.live_bytes, m.pooled_bytes);
+            seen.push((pair(&before), pair(&after)));
+            if pair(&before) == pair(&after) {
+                break;
+            }
+        }
+        let (before, after) = *seen.last().unwrap();
+        assert_eq!(
+            before,
+            after,
+            "{}: (live, pooled) bytes {seen:?}",
+            method.name()
+        );
     }
 }
