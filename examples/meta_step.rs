@@ -1,7 +1,7 @@
-//! Times one meta-gradient step (MAML, FOMAML, Meta-SGD) on 32 sinusoid tasks, K = 10,
-//! S = 5, MLP 1-40-40-1, on the CPU backend: `cargo run --release --example meta_step
-//! [ITERS] [B]`.
-use blo::meta::{Activation, MetaMethod, Mlp, StepSize, meta_gradient};
+//! Times one meta-gradient step (MAML, FOMAML, Meta-SGD, L2F, MT-Net, WarpGrad) on 32
+//! sinusoid tasks, K = 10, S = 5, MLP 1-40-40-1, on the CPU backend: `cargo run
+//! --release --example meta_step [ITERS] [B]`.
+use blo::meta::{Activation, MetaMethod, MetaParams, Mlp, StepSize, meta_gradient_with};
 use blo::problems::Sinusoid;
 use blo::{DType, Device};
 
@@ -20,11 +20,28 @@ fn main() -> blo::Result<()> {
             MetaMethod::MetaSgd,
             StepSize::PerParameter(theta.full_like(0.01)?),
         ),
+        (MetaMethod::L2f { hidden: None }, StepSize::Scalar(0.01)),
+        (
+            MetaMethod::MtNet {
+                temperature: 1.0,
+                masked: true,
+            },
+            StepSize::Scalar(0.01),
+        ),
+        (
+            MetaMethod::WarpGrad { layers: None },
+            StepSize::Scalar(0.01),
+        ),
     ] {
+        let params = MetaParams {
+            theta: theta.clone(),
+            alpha,
+            extra: method.init_extra(&model, 0, &dev, DType::F32)?,
+        };
         let mut times = Vec::new();
-        for _ in 0..iters {
+        for i in 0..iters {
             let t = std::time::Instant::now();
-            meta_gradient(&method, &model, &tasks, &theta, &alpha, 5)?;
+            meta_gradient_with(&method, &model, &tasks, &params, 5, i as u64)?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);

@@ -105,7 +105,10 @@ fn every_meta_example_config_runs_and_writes_its_results() {
         }
         methods.insert(r["method"].as_str().unwrap().to_string());
     }
-    for m in ["maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile"] {
+    for m in [
+        "maml", "fomaml", "meta-sgd", "imaml", "anil", "reptile", "l2f", "mt-net", "t-net",
+        "warpgrad",
+    ] {
         assert!(
             methods.contains(m),
             "no example config for {m}: {methods:?}"
@@ -169,6 +172,13 @@ fn variant(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
     path
 }
 
+/// The npy example with `[method]`'s body replaced and Meta-SGD's α keys dropped.
+fn as_method(t: String, body: &str) -> String {
+    t.replace("kind = \"meta-sgd\"", body)
+        .replace("alpha_init", "# alpha_init")
+        .replace("metagradient_alpha_out", "# metagradient_alpha_out")
+}
+
 #[test]
 fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
     let dir = scratch("bad");
@@ -218,6 +228,51 @@ fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
             "method",
         ),
         (
+            "warp-layers",
+            variant(&dir, "warp-layers", |t| {
+                as_method(t, "kind = \"warpgrad\"\nwarp_layers = [1, 3]")
+            }),
+            "method",
+        ),
+        (
+            "warp-layers-twice",
+            variant(&dir, "warp-twice", |t| {
+                as_method(t, "kind = \"warpgrad\"\nwarp_layers = [1, 1]")
+            }),
+            "method",
+        ),
+        (
+            "l2f-hidden",
+            variant(&dir, "l2f-hidden", |t| {
+                as_method(t, "kind = \"l2f\"\nhidden = 0")
+            }),
+            "method",
+        ),
+        (
+            "mt-net-temperature",
+            variant(&dir, "mt-net-temperature", |t| {
+                as_method(t, "kind = \"mt-net\"\ntemperature = 0.0")
+            }),
+            "method",
+        ),
+        (
+            "t-net-temperature",
+            variant(&dir, "t-net-temperature", |t| {
+                as_method(t, "kind = \"t-net\"\ntemperature = 1.0")
+            }),
+            "method",
+        ),
+        (
+            "compared-warp-layers",
+            variant(&dir, "compared-warp", |t| {
+                format!(
+                    "{}\n[[compare]]\nkind = \"warpgrad\"\nwarp_layers = [4]\n",
+                    as_method(t, "kind = \"maml\"")
+                )
+            }),
+            "compare[0]",
+        ),
+        (
             "unknown-key",
             variant(&dir, "unknown", |t| {
                 t.replace("[inner]", "[inner]\nlr_typo = 1")
@@ -243,5 +298,32 @@ fn bad_meta_configs_exit_2_name_the_key_and_write_nothing() {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(before.len(), after.len(), "{what}: something was written");
+    }
+}
+
+/// The six-method config prints one table: a header with the 10-shot columns after 1
+/// and 10 steps, and one row per meta-learner with a finite MSE in each.
+#[test]
+fn the_six_meta_learners_print_one_table() {
+    let dir = scratch("six");
+    let o = run(&examples().join("sinusoid-six.toml"), &dir.join("r.json"));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("method "))
+        .unwrap_or_else(|| panic!("no table: {out}"));
+    assert!(header.contains("MSE K=10 S=1") && header.contains("MSE K=10 S=10"));
+    for m in ["maml", "fomaml", "meta-sgd", "l2f", "mt-net", "warpgrad"] {
+        let row = out
+            .lines()
+            .find(|l| l.split(" | ").next().map(str::trim) == Some(m))
+            .unwrap_or_else(|| panic!("no row for {m}: {out}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!(cells.len(), 6, "{row}");
+        for c in &cells[4..] {
+            let mse: f64 = c.split(" ± ").next().unwrap().trim().parse().unwrap();
+            assert!(mse.is_finite() && mse > 0.0, "{m}: {c}");
+        }
     }
 }

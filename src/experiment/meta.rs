@@ -26,7 +26,11 @@
 //! steps = 5            # S
 //! alpha_init = "a.npy" # Meta-SGD: α's initial value from .npy (flat layout)
 //! [method]
-//! kind = "maml"        # fomaml, meta-sgd, imaml (lambda, cg_iters), anil, reptile
+//! kind = "maml"        # fomaml, meta-sgd, imaml (lambda, cg_iters), anil, reptile,
+//!                      # l2f, mt-net, t-net, warpgrad, with their keys:
+//! # hidden = 6         # l2f: the γ-network's hidden width (default 2 × layers)
+//! # temperature = 1.0  # mt-net: τ of the Gumbel-sigmoid mask (default 1)
+//! # warp_layers = [1, 2] # warpgrad: hidden layers followed by a warp layer (default all)
 //! [outer]
 //! steps = 100
 //! kind = "adam"        # or "sgd" (Reptile's ε is its lr)
@@ -51,8 +55,8 @@ use crate::bilevel::OuterOptimizer;
 use crate::device::Device;
 use crate::error::Result;
 use crate::meta::{
-    Activation, MetaMethod, MetaStep, MetaTrainConfig, Mlp, StepSize, TaskBatch, TaskLoss,
-    TaskSampler, evaluate, meta_train_with,
+    Activation, MetaMethod, MetaParams, MetaStep, MetaTrainConfig, Mlp, StepSize, TaskBatch,
+    TaskLoss, TaskSampler, WarpLayers, evaluate_with, meta_train_with,
 };
 use crate::problems::data::read_npy;
 use crate::problems::fewshot::HostTasks;
@@ -223,6 +227,47 @@ pub enum MetaMethodConfig {
     Anil(NoKeys),
     /// [`crate::meta::reptile`], no keys (its ε is `outer.lr` with `outer.kind = "sgd"`).
     Reptile(NoKeys),
+    /// [`crate::meta::l2f`]: `hidden`, the γ-network's hidden width (default L, twice the
+    /// number of layers).
+    L2f(L2fKeys),
+    /// [`crate::meta::mt_net`] with its mask: `temperature` (τ, default 1).
+    MtNet(MtNetKeys),
+    /// [`crate::meta::mt_net`] without the mask (T-Net), no keys.
+    TNet(NoKeys),
+    /// [`crate::meta::warpgrad`]: `warp_layers`, the hidden layers (1-based) followed by
+    /// a warp layer (default: every hidden layer).
+    Warpgrad(WarpKeys),
+}
+
+/// L2F's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2fKeys {
+    /// The γ-network's hidden width (default L = 2 × layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
+}
+
+/// MT-Net's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtNetKeys {
+    /// τ > 0 of the straight-through Gumbel-sigmoid mask (default 1).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+}
+
+fn default_temperature() -> f64 {
+    1.0
+}
+
+/// WarpGrad's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarpKeys {
+    /// Hidden layers (1-based) followed by a warp layer (default: every hidden layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warp_layers: Option<WarpLayers>,
 }
 
 /// The settings of a method that has none: `kind` alone.
@@ -258,6 +303,18 @@ impl MetaMethodConfig {
             },
             MetaMethodConfig::Anil(_) => MetaMethod::Anil,
             MetaMethodConfig::Reptile(_) => MetaMethod::Reptile,
+            MetaMethodConfig::L2f(k) => MetaMethod::L2f { hidden: k.hidden },
+            MetaMethodConfig::MtNet(k) => MetaMethod::MtNet {
+                temperature: k.temperature,
+                masked: true,
+            },
+            MetaMethodConfig::TNet(_) => MetaMethod::MtNet {
+                temperature: 1.0,
+                masked: false,
+            },
+            MetaMethodConfig::Warpgrad(k) => MetaMethod::WarpGrad {
+                layers: k.warp_layers,
+            },
         }
     }
 }
@@ -360,12 +417,97 @@ pub struct MetaResults {
     pub final_meta_loss: f64,
     /// Milliseconds per meta-gradient, averaged over the run.
     pub metagradient_ms: f64,
+    /// Bytes the last meta-gradient stored ([`crate::meta::MetaGradient::stored_bytes`]).
+    pub stored_bytes: u64,
     /// The final θ.
     pub final_theta: Vec<f64>,
     /// Where ∂M/∂θ was written.
     pub metagradient_out: Option<String>,
     /// Where ∂M/∂α was written.
     pub metagradient_alpha_out: Option<String>,
+}
+
+impl MetaResults {
+    /// One table of every method trained (the main one, then `[[compare]]`): final
+    /// meta-loss, milliseconds per meta-gradient step, bytes stored by a meta-gradient,
+    /// and one column per post-adaptation evaluation (K-shot, S steps): the mean query
+    /// loss ± its 95 % half-width, or for classification the accuracy ± its half-width
+    /// in percent; `diverged` where the adaptation did.
+    pub fn table(&self) -> String {
+        let classify = self.problem == "digits-fewshot";
+        let mut rows = vec![(
+            self.method.as_str(),
+            self.final_meta_loss,
+            self.metagradient_ms,
+            self.stored_bytes,
+            &self.evaluation,
+        )];
+        rows.extend(self.comparison.iter().map(|c| {
+            (
+                c.method.as_str(),
+                c.final_meta_loss,
+                c.metagradient_ms,
+                c.stored_bytes,
+                &c.evaluation,
+            )
+        }));
+        let mut header = vec![
+            "method".to_string(),
+            "meta-loss".into(),
+            "ms/step".into(),
+            "stored bytes".into(),
+        ];
+        header.extend(self.evaluation.iter().map(|e| {
+            let what = if classify { "accuracy %" } else { "MSE" };
+            format!("{what} K={} S={}", e.support, e.steps)
+        }));
+        let mut cells = vec![header];
+        for (method, loss, ms, bytes, evals) in rows {
+            let mut row = vec![
+                method.to_string(),
+                format!("{loss:.4}"),
+                format!("{ms:.2}"),
+                bytes.to_string(),
+            ];
+            row.extend(evals.iter().map(|e| {
+                match (e.loss, e.loss_ci95, e.accuracy, e.accuracy_ci95) {
+                    (_, _, Some(a), Some(ci)) if classify => {
+                        format!("{:.2} ± {:.2}", 100.0 * a, 100.0 * ci)
+                    }
+                    (Some(l), Some(ci), _, _) => format!("{l:.4} ± {ci:.4}"),
+                    _ => "diverged".into(),
+                }
+            }));
+            cells.push(row);
+        }
+        let cols = cells.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|j| {
+                cells
+                    .iter()
+                    .filter_map(|r| r.get(j))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for (i, r) in cells.iter().enumerate() {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, &w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+                .collect();
+            out.push_str(line.join(" | ").trim_end());
+            out.push('\n');
+            if i == 0 {
+                let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+                out.push_str(&rule.join("-|-"));
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 /// A method of `[[compare]]`, trained from the same θ on the same task batches.
@@ -377,6 +519,10 @@ pub struct ComparedRun {
     pub initial_meta_loss: f64,
     /// Its last meta-loss.
     pub final_meta_loss: f64,
+    /// Its milliseconds per meta-gradient, averaged over the run.
+    pub metagradient_ms: f64,
+    /// Bytes its last meta-gradient stored.
+    pub stored_bytes: u64,
     /// Its post-adaptation curve.
     pub curve: Vec<CurvePoint>,
     /// Its post-adaptation evaluation after training.
@@ -701,6 +847,27 @@ impl MetaExperiment {
             }
             (None, _) => None,
         };
+        let methods = std::iter::once(("method".to_string(), method)).chain(
+            config
+                .compare
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("compare[{i}]"), m.method())),
+        );
+        for (key, m) in methods {
+            if let MetaMethod::MtNet { temperature, .. } = m
+                && !(temperature.is_finite() && temperature > 0.0)
+            {
+                return Err(bad(
+                    &key,
+                    format!("mt-net's mask temperature must be finite and > 0, got {temperature}"),
+                ));
+            }
+            // The method's own meta-parameters must fit the model (the γ-network's width,
+            // the warp layers' placement).
+            m.init_extra(&model, 0, &Device::cpu(), DType::F64)
+                .map_err(|e| bad(&key, e.to_string()))?;
+        }
         if let MetaMethod::Imaml { lambda, cg_iters } = method
             && (!(lambda.is_finite() && lambda > 0.0) || cg_iters == 0)
         {
@@ -872,6 +1039,7 @@ impl MetaExperiment {
         let dtype: DType = c.dtype.into();
         let host = |v: &[f64]| crate::tensor::Tensor::from_f64(v, &[v.len()], device, dtype);
         let theta0 = host(&self.theta0)?;
+        let extra = method.init_extra(&self.model, c.problem.seed, device, dtype)?;
         let alpha0 = match (&self.alpha0, method) {
             (Some(a), MetaMethod::MetaSgd) => StepSize::PerParameter(host(a)?),
             (None, MetaMethod::MetaSgd) => {
@@ -907,19 +1075,22 @@ impl MetaExperiment {
             optimizer,
         };
         let t0 = std::time::Instant::now();
+        let init = MetaParams {
+            theta: theta0,
+            alpha: alpha0,
+            extra,
+        };
         let trace = meta_train_with(
             &self.model,
             sampler.as_mut(),
-            &theta0,
-            &alpha0,
+            &init,
             &config,
-            &mut |s, theta, alpha| {
+            &mut |s, params| {
                 observe(s);
                 if let Some(tb) = &test_batch
                     && (s.iteration % every == 0 || s.iteration == c.outer.steps)
                 {
-                    let loss =
-                        evaluate(&method, &self.model, tb, theta, alpha, c.inner.steps)?.loss;
+                    let loss = evaluate_with(&method, &self.model, tb, params, c.inner.steps)?.loss;
                     curve.push(CurvePoint {
                         iteration: s.iteration,
                         loss,
@@ -929,7 +1100,12 @@ impl MetaExperiment {
             },
         )?;
         let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let (theta, alpha, last) = (trace.theta, trace.alpha, trace.last);
+        let last = trace.last;
+        let params = MetaParams {
+            theta: trace.theta,
+            alpha: trace.alpha,
+            extra: trace.extra,
+        };
         let mut evaluation = Vec::new();
         if let Some(e) = &eval {
             let supports = if e.support.is_empty() {
@@ -948,7 +1124,7 @@ impl MetaExperiment {
                     // An adaptation that diverges (Meta-SGD's α, learned for S steps,
                     // can be too large for more) is a result of its own, not a failure
                     // of the run.
-                    let record = match evaluate(&method, &self.model, &batch, &theta, &alpha, st) {
+                    let record = match evaluate_with(&method, &self.model, &batch, &params, st) {
                         Ok(e) => EvalRecord {
                             support: k,
                             steps: st,
@@ -980,7 +1156,7 @@ impl MetaExperiment {
             steps: trace.steps,
             curve,
             evaluation,
-            theta,
+            theta: params.theta,
             last,
             elapsed_ms,
         })
@@ -1012,6 +1188,8 @@ impl MetaExperiment {
                 method: m.name().into(),
                 initial_meta_loss: t.steps.first().map_or(f64::NAN, |s| s.meta_loss),
                 final_meta_loss: t.steps.last().map_or(f64::NAN, |s| s.meta_loss),
+                metagradient_ms: per_step_ms(c.outer.steps, t.elapsed_ms, &t.last),
+                stored_bytes: t.last.stored_bytes,
                 curve: t.curve,
                 evaluation: t.evaluation,
             });
@@ -1029,11 +1207,7 @@ impl MetaExperiment {
         let fin = trace_steps.last().map_or(f64::NAN, |s| s.meta_loss);
         // Evaluation during training is included; without it, this is the mean time of
         // a meta-gradient step (with the meta-optimizer's update).
-        let ms = if c.outer.steps > 0 {
-            elapsed_ms / (c.outer.steps + 1) as f64
-        } else {
-            last.wall_time.as_secs_f64() * 1e3
-        };
+        let ms = per_step_ms(c.outer.steps, elapsed_ms, &last);
         let name = self.problem_name();
         Ok(MetaOutcome {
             results: MetaResults {
@@ -1059,6 +1233,7 @@ impl MetaExperiment {
                 initial_meta_loss: initial,
                 final_meta_loss: fin,
                 metagradient_ms: ms,
+                stored_bytes: last.stored_bytes,
                 final_theta: theta.to_vec::<f64>()?,
                 metagradient_out: None,
                 metagradient_alpha_out: None,
@@ -1066,5 +1241,15 @@ impl MetaExperiment {
             metagradient,
             metagradient_alpha,
         })
+    }
+}
+
+/// Milliseconds per meta-gradient step: the run's time over its meta-gradients
+/// (evaluation during training included), or the one meta-gradient's wall time.
+fn per_step_ms(steps: usize, elapsed_ms: f64, last: &crate::meta::MetaGradient) -> f64 {
+    if steps > 0 {
+        elapsed_ms / (steps + 1) as f64
+    } else {
+        last.wall_time.as_secs_f64() * 1e3
     }
 }

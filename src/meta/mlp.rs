@@ -208,6 +208,22 @@ impl Mlp {
         x: &Tensor,
         ones: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_inserted(params, x, ones, &[], &[])
+    }
+
+    /// [`Mlp::forward_with_ones`] with square matrices multiplied in after layers:
+    /// `after_affine[l]` (MT-Net's T) right after layer l's affine map, before its
+    /// activation, and `after_activation[l]` (WarpGrad's warp Ω) after its activation.
+    /// Either list may be empty (nothing inserted); a matrix is shared by every task
+    /// (`[w, w]`), w being layer l's output width.
+    pub(crate) fn forward_inserted(
+        &self,
+        params: &[Tensor],
+        x: &Tensor,
+        ones: &Tensor,
+        after_affine: &[Option<&Tensor>],
+        after_activation: &[Option<&Tensor>],
+    ) -> Result<Tensor> {
         if params.len() != 2 * self.layers() {
             return Err(invalid(
                 "mlp forward",
@@ -221,11 +237,17 @@ impl Mlp {
         let mut h = x.clone();
         for (l, wb) in params.chunks(2).enumerate() {
             h = h.matmul(&wb[0])?.add(&ones.matmul(&wb[1])?)?;
+            if let Some(Some(t)) = after_affine.get(l) {
+                h = h.matmul(t)?;
+            }
             if l + 1 < self.layers() {
                 h = match self.activation {
                     Activation::Relu => h.relu()?,
                     Activation::Tanh => h.tanh()?,
                 };
+            }
+            if let Some(Some(w)) = after_activation.get(l) {
+                h = h.matmul(w)?;
             }
         }
         Ok(h)

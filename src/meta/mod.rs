@@ -1,6 +1,7 @@
 //! Meta-learning: learning an initialization θ (and, for Meta-SGD, per-parameter step
 //! sizes α) that adapts to a new task in a few gradient steps. MAML, first-order MAML,
-//! Meta-SGD, iMAML, ANIL and Reptile, for a whole batch of tasks at once.
+//! Meta-SGD, iMAML, ANIL and Reptile, and three meta-learners with meta-parameters of
+//! their own, L2F, MT-Net (and T-Net) and WarpGrad, for a whole batch of tasks at once.
 //!
 //! # Set-up
 //! A model is an [`Mlp`] whose parameters are one flat vector θ (layout in [`Mlp`]). A
@@ -30,6 +31,23 @@
 //! - [`anil`]: MAML where only the last layer adapts.
 //! - [`reptile`]: the direction θ − (1/B) Σ_i φ_i^S, so that a step of size ε is
 //!   Reptile's θ ← θ + ε·mean_i(φ_i − θ).
+//! - [`l2f`]: MAML from a per-task start γ_i ⊙ θ, the layer-wise attenuations γ_i
+//!   predicted by a small network g_φ from the task's support gradient at θ; dM/dθ and
+//!   dM/dφ, second order (through γ's dependence on θ too).
+//! - [`mt_net`]: every layer followed by a meta-learned transformation T that the inner
+//!   loop never adapts, and (MT-Net) a sampled mask over output units restricting which
+//!   weights adapt; dM/dθ, dM/dT and the straight-through dM/dζ of the mask's logits,
+//!   second order. Without the mask it is T-Net.
+//! - [`warpgrad`]: warp layers ω interleaved with the task layers, frozen in the inner
+//!   loop; ω's gradient is the mean query gradient along the inner trajectory (no
+//!   back-propagation through it, memory flat in S), θ's direction Reptile's.
+//!
+//! # Meta-parameters beyond θ and α
+//! L2F's φ, MT-Net's T and ζ and WarpGrad's ω are flat tensors listed, per method, by
+//! [`MetaMethod::extra_names`] and initialised by [`MetaMethod::init_extra`]. They travel
+//! in [`MetaParams::extra`] into [`meta_gradient_with`], [`adapt_with`],
+//! [`evaluate_with`] and [`meta_train_with`] (whose meta-optimizer updates them with θ),
+//! and their gradients come back, named, in [`MetaGradient::extra`].
 //!
 //! [`meta_train`] runs the outer loop (SGD or Adam) over freshly drawn task batches, and
 //! [`adapt`] / [`evaluate`] score the adapted parameters on held-out tasks.
@@ -42,20 +60,39 @@
 //! tensor ([`Trajectory::run_scaled`]), whose adjoint the same sweep returns. The sweep
 //! stores the S+1 iterates only and rebuilds each step's graph (with create_graph) on
 //! the way back, so memory is O(S·B·P), not O(S·activations).
+//!
+//! The newer methods reuse the same sweep: MT-Net's T is the sweep's λ and its masked
+//! rates α·M are the step-size tensors whose adjoint carries ζ's gradient; L2F pulls
+//! the sweep's dM/dw₀ back through its start γ ⊙ θ on the tape; WarpGrad runs the inner
+//! loop without a sweep, one step at a time, and keeps only the current iterate.
 
+mod l2f;
 mod mlp;
+mod mtnet;
 mod tasks;
 mod train;
+mod warpgrad;
 
 #[cfg(test)]
+mod extra_tests;
+#[cfg(test)]
+mod l2f_tests;
+#[cfg(test)]
+mod mtnet_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod warpgrad_tests;
 
+pub use l2f::{l2f, l2f_gamma_net, l2f_init};
 pub use mlp::{Activation, Mlp};
+pub use mtnet::{MtMask, logistic_noise, mt_net, mt_net_init};
 pub use tasks::{TaskBatch, TaskLoss};
 pub use train::{
-    AdaptResult, Evaluation, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler, adapt, evaluate,
-    meta_train, meta_train_with,
+    AdaptResult, EVAL_NOISE_SEED, Evaluation, MetaStep, MetaTrace, MetaTrainConfig, TaskSampler,
+    adapt, adapt_with, evaluate, evaluate_with, meta_train, meta_train_with,
 };
+pub use warpgrad::{WarpLayers, warp_init, warpgrad};
 
 use std::time::Instant;
 
@@ -84,8 +121,15 @@ pub struct MetaGradient {
     pub solver_iterations: usize,
     /// CG's final residual norm (iMAML).
     pub residual: Option<f64>,
-    /// Bytes of inner iterates stored for the reverse sweep (MAML, Meta-SGD, ANIL).
+    /// Bytes of inner iterates stored for the reverse sweep (MAML, Meta-SGD, ANIL, L2F,
+    /// MT-Net); for WarpGrad, the bytes it holds at once (the current iterate and the
+    /// warp gradient's accumulator), which do not grow with S.
     pub stored_bytes: u64,
+    /// The gradients of the method's other meta-parameters, named and in the order of
+    /// [`MetaMethod::extra_names`], each shaped like its parameter: L2F's `"phi"`,
+    /// MT-Net's `"T"` and `"zeta"` (T-Net: `"T"`), WarpGrad's `"omega"`; empty for the
+    /// others.
+    pub extra: Vec<(&'static str, Tensor)>,
     /// GPU dispatches recorded (`None` on the CPU).
     pub dispatches: Option<u64>,
     /// Wall time including the final readback.
@@ -113,6 +157,26 @@ pub enum MetaMethod {
     Anil,
     /// [`reptile`].
     Reptile,
+    /// [`l2f`] with the γ-network's hidden width (`None`: L, the number of parameter
+    /// pieces).
+    L2f {
+        /// Hidden width of g_φ (`None`: L = 2 × layers).
+        hidden: Option<usize>,
+    },
+    /// [`mt_net`]: `masked` is MT-Net (a Gumbel-sigmoid mask over the output units with
+    /// temperature τ), unmasked is T-Net.
+    MtNet {
+        /// τ > 0 of the straight-through Gumbel-sigmoid (ignored without the mask).
+        temperature: f64,
+        /// Whether the inner update is masked (MT-Net) or not (T-Net).
+        masked: bool,
+    },
+    /// [`warpgrad`] with warp layers after the given hidden layers (`None`: after every
+    /// hidden layer).
+    WarpGrad {
+        /// Where the warp layers sit.
+        layers: Option<WarpLayers>,
+    },
 }
 
 impl MetaMethod {
@@ -125,13 +189,79 @@ impl MetaMethod {
             MetaMethod::Imaml { .. } => "imaml",
             MetaMethod::Anil => "anil",
             MetaMethod::Reptile => "reptile",
+            MetaMethod::L2f { .. } => "l2f",
+            MetaMethod::MtNet { masked: true, .. } => "mt-net",
+            MetaMethod::MtNet { masked: false, .. } => "t-net",
+            MetaMethod::WarpGrad { .. } => "warpgrad",
         }
     }
 
-    /// Whether the method needs S ≥ 1 inner steps (Reptile's direction and iMAML's
-    /// implicit gradient are meaningless at φ = θ).
+    /// Whether the method needs S ≥ 1 inner steps (Reptile's and WarpGrad's direction
+    /// and iMAML's implicit gradient are meaningless at φ = θ).
     pub fn needs_inner_steps(&self) -> bool {
-        matches!(self, MetaMethod::Imaml { .. } | MetaMethod::Reptile)
+        matches!(
+            self,
+            MetaMethod::Imaml { .. } | MetaMethod::Reptile | MetaMethod::WarpGrad { .. }
+        )
+    }
+
+    /// The names of the meta-parameters the method learns besides θ (and Meta-SGD's
+    /// α), in the order [`MetaParams::extra`] and [`MetaGradient::extra`] hold them:
+    /// L2F `["phi"]` (the γ-network, [`l2f_init`]), MT-Net `["T", "zeta"]` and T-Net
+    /// `["T"]` ([`mt_net_init`]), WarpGrad `["omega"]` ([`warp_init`]); none for the
+    /// others.
+    pub fn extra_names(&self) -> &'static [&'static str] {
+        match self {
+            MetaMethod::L2f { .. } => &["phi"],
+            MetaMethod::MtNet { masked: true, .. } => &["T", "zeta"],
+            MetaMethod::MtNet { masked: false, .. } => &["T"],
+            MetaMethod::WarpGrad { .. } => &["omega"],
+            _ => &[],
+        }
+    }
+
+    /// The initial values of [`MetaMethod::extra_names`] for `model` (each method's
+    /// documented initialization; `seed` seeds L2F's γ-network).
+    pub fn init_extra(
+        &self,
+        model: &Mlp,
+        seed: u64,
+        device: &crate::device::Device,
+        dtype: crate::tensor::DType,
+    ) -> Result<Vec<Tensor>> {
+        match *self {
+            MetaMethod::L2f { hidden } => Ok(vec![l2f_init(model, hidden, seed, device, dtype)?]),
+            MetaMethod::MtNet { masked, .. } => {
+                let (t, zeta) = mt_net_init(model, device, dtype)?;
+                Ok(if masked { vec![t, zeta] } else { vec![t] })
+            }
+            MetaMethod::WarpGrad { layers } => Ok(vec![warp_init(model, layers, device, dtype)?]),
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+/// Everything a method meta-learns: θ, the inner step size (Meta-SGD's learned α, a
+/// fixed scalar for the others) and the method's other meta-parameters
+/// ([`MetaMethod::extra_names`]; empty for the MAML family).
+#[derive(Debug, Clone)]
+pub struct MetaParams {
+    /// θ, flat layout `[P]`.
+    pub theta: Tensor,
+    /// The inner step size.
+    pub alpha: StepSize,
+    /// The other meta-parameters, in the order of [`MetaMethod::extra_names`].
+    pub extra: Vec<Tensor>,
+}
+
+impl MetaParams {
+    /// θ and α, without other meta-parameters (the MAML family).
+    pub fn new(theta: Tensor, alpha: StepSize) -> Self {
+        Self {
+            theta,
+            alpha,
+            extra: vec![],
+        }
     }
 }
 
@@ -145,7 +275,8 @@ pub enum StepSize {
 }
 
 /// Runs `method` with step size `alpha` (a [`StepSize::PerParameter`] vector for
-/// Meta-SGD, a scalar for the others) and `steps` inner steps.
+/// Meta-SGD, a scalar for the others) and `steps` inner steps. The methods with
+/// meta-parameters of their own (L2F, MT-Net, WarpGrad) need [`meta_gradient_with`].
 pub fn meta_gradient(
     method: &MetaMethod,
     model: &Mlp,
@@ -154,6 +285,45 @@ pub fn meta_gradient(
     alpha: &StepSize,
     steps: usize,
 ) -> Result<MetaGradient> {
+    let params = MetaParams::new(theta.clone(), alpha.clone());
+    meta_gradient_with(method, model, tasks, &params, steps, 0)
+}
+
+/// Checks that `extra` holds one tensor per name of [`MetaMethod::extra_names`].
+fn check_extra(method: &MetaMethod, extra: &[Tensor]) -> Result<()> {
+    let names = method.extra_names();
+    if extra.len() == names.len() {
+        return Ok(());
+    }
+    let hint = match method {
+        MetaMethod::MtNet { masked: true, .. } if extra.len() == 1 => {
+            "; MT-Net's mask needs its logits ζ (one per output unit, from mt_net_init) after T, or use T-Net (masked = false) for no mask"
+        }
+        _ => "; MetaMethod::init_extra gives their initial values",
+    };
+    Err(invalid(
+        method.name(),
+        format!(
+            "expects {} extra meta-parameter tensor(s) {names:?}, got {}{hint}",
+            names.len(),
+            extra.len()
+        ),
+    ))
+}
+
+/// [`meta_gradient`] for any method, with its meta-parameters in `params`. `noise_seed`
+/// seeds this call's randomness: MT-Net's logistic noise for the mask (one draw per
+/// task, [`logistic_noise`]); the other methods ignore it.
+pub fn meta_gradient_with(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+    noise_seed: u64,
+) -> Result<MetaGradient> {
+    let (theta, alpha) = (&params.theta, &params.alpha);
+    check_extra(method, &params.extra)?;
     if steps == 0 && method.needs_inner_steps() {
         return Err(invalid(
             method.name(),
@@ -182,6 +352,54 @@ pub fn meta_gradient(
         }
         MetaMethod::Anil => anil(model, tasks, theta, scalar()?, steps),
         MetaMethod::Reptile => reptile(model, tasks, theta, scalar()?, steps),
+        MetaMethod::L2f { hidden } => l2f(
+            model,
+            hidden,
+            tasks,
+            theta,
+            &params.extra[0],
+            scalar()?,
+            steps,
+        ),
+        MetaMethod::MtNet {
+            temperature,
+            masked,
+        } => {
+            let noise = if masked {
+                Some(logistic_noise(
+                    model,
+                    tasks.tasks(),
+                    noise_seed,
+                    &tasks.device(),
+                    tasks.dtype(),
+                )?)
+            } else {
+                None
+            };
+            let mask = noise.as_ref().map(|noise| MtMask {
+                logits: &params.extra[1],
+                noise,
+                temperature,
+            });
+            mt_net(
+                model,
+                tasks,
+                theta,
+                &params.extra[0],
+                mask.as_ref(),
+                scalar()?,
+                steps,
+            )
+        }
+        MetaMethod::WarpGrad { layers } => warpgrad(
+            model,
+            layers,
+            tasks,
+            theta,
+            &params.extra[0],
+            scalar()?,
+            steps,
+        ),
     }
 }
 
@@ -345,6 +563,7 @@ fn output(theta: Tensor, alpha: Option<Tensor>, meta_loss: f64, steps: usize) ->
         solver_iterations: 0,
         residual: None,
         stored_bytes: 0,
+        extra: vec![],
         dispatches: None,
         wall_time: std::time::Duration::ZERO,
     }

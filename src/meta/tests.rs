@@ -14,7 +14,7 @@ use crate::tensor::DType;
 use crate::testing::{assert_close, fresh_gpu_or_skip, gpu_or_skip, rel_err};
 
 /// Seeded regression tasks: x uniform in [−2, 2], y = a·sin(x − p) per task.
-fn sin_tasks(b: usize, k: usize, seed: u64, device: &Device, dtype: DType) -> TaskBatch {
+pub(super) fn sin_tasks(b: usize, k: usize, seed: u64, device: &Device, dtype: DType) -> TaskBatch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut make = |n: usize, amp: &[f64], ph: &[f64]| {
         let mut xs = Vec::new();
@@ -38,22 +38,28 @@ fn sin_tasks(b: usize, k: usize, seed: u64, device: &Device, dtype: DType) -> Ta
     TaskBatch::new(sx, sy, qx, qy, TaskLoss::Mse).unwrap()
 }
 
-fn net(act: Activation) -> Mlp {
+pub(super) fn net(act: Activation) -> Mlp {
     Mlp::new(&[1, 8, 8, 1], act).unwrap()
 }
 
-fn host(t: &Tensor) -> Vec<f64> {
+pub(super) fn host(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().unwrap()
 }
 
-fn f64v(v: &[f64], dev: &Device) -> Tensor {
+pub(super) fn f64v(v: &[f64], dev: &Device) -> Tensor {
     Tensor::from_vec(v.to_vec(), &[v.len()], dev).unwrap()
 }
 
 /// The meta-loss M(θ, α) by its definition, with no tape beyond each inner gradient:
 /// S steps φ ← φ − α ⊙ ∇L^s(φ) per task from θ, then the mean query loss. `alpha` is
 /// `[P]`; `head` pieces onward adapt (0: all). `prox`: iMAML's inner problem.
-fn meta_loss(model: &Mlp, tasks: &TaskBatch, theta: &[f64], alpha: &[f64], steps: usize) -> f64 {
+pub(super) fn meta_loss(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    theta: &[f64],
+    alpha: &[f64],
+    steps: usize,
+) -> f64 {
     let dev = Device::cpu();
     let problem = Adaptation {
         model,
@@ -88,7 +94,7 @@ fn meta_loss(model: &Mlp, tasks: &TaskBatch, theta: &[f64], alpha: &[f64], steps
 }
 
 /// Central differences of `f` at `x`, every coordinate, step h.
-fn fd(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+pub(super) fn fd(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
     (0..x.len())
         .map(|i| {
             let mut p = x.to_vec();
@@ -100,7 +106,7 @@ fn fd(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         .collect()
 }
 
-fn theta0(model: &Mlp, seed: u64) -> Vec<f64> {
+pub(super) fn theta0(model: &Mlp, seed: u64) -> Vec<f64> {
     host(&model.init(seed, &Device::cpu(), DType::F64).unwrap())
 }
 

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use super::mlp::batched;
 use super::{
-    Adaptation, MetaGradient, MetaMethod, Mlp, StepSize, TaskBatch, TaskLoss, check, gd,
-    meta_gradient,
+    Adaptation, MetaGradient, MetaMethod, MetaParams, Mlp, MtMask, StepSize, TaskBatch, TaskLoss,
+    check, check_extra, gd, l2f, logistic_noise, meta_gradient_with, mtnet, warpgrad,
 };
 use crate::autodiff::no_grad;
 use crate::bilevel::trajectory::run_to_end_scaled;
@@ -63,11 +63,15 @@ pub struct MetaTrace {
     pub theta: Tensor,
     /// The final step size (Meta-SGD's learned α, or the fixed scalar).
     pub alpha: StepSize,
+    /// The final values of the method's other meta-parameters
+    /// ([`MetaMethod::extra_names`]).
+    pub extra: Vec<Tensor>,
     /// The last meta-gradient computed (at the final θ when `iterations = 0`).
     pub last: MetaGradient,
 }
 
-/// Meta-trains θ (and Meta-SGD's α) from `theta0` / `alpha0`: at each iteration, a task
+/// Meta-trains θ (and Meta-SGD's α) from `theta0` / `alpha0`, and the method's other
+/// meta-parameters from [`MetaMethod::init_extra`] (seed 0): at each iteration, a task
 /// batch from `sampler`, the meta-gradient by `config.method`, and one step of
 /// `config.optimizer`. `observe` sees each [`MetaStep`] as it is recorded. Fails, naming
 /// the iteration, when the meta-gradient stops being finite.
@@ -79,26 +83,39 @@ pub fn meta_train(
     config: &MetaTrainConfig,
     observe: &mut dyn FnMut(&MetaStep),
 ) -> Result<MetaTrace> {
-    meta_train_with(model, sampler, theta0, alpha0, config, &mut |s, _, _| {
+    let extra = config
+        .method
+        .init_extra(model, 0, &theta0.device(), theta0.dtype())?;
+    let init = MetaParams {
+        theta: theta0.clone(),
+        alpha: alpha0.clone(),
+        extra,
+    };
+    meta_train_with(model, sampler, &init, config, &mut |s, _| {
         observe(s);
         Ok(())
     })
 }
 
-/// [`meta_train`], calling `observe` with each [`MetaStep`] and the θ and α it was
-/// computed at (before that iteration's update), so that a caller can evaluate the
-/// meta-parameters along the way; an error from `observe` stops the run.
+/// [`meta_train`] from the meta-parameters `init` (θ, α and the method's others),
+/// calling `observe` with each [`MetaStep`] and the meta-parameters it was computed at
+/// (before that iteration's update), so that a caller can evaluate them along the way;
+/// an error from `observe` stops the run. The meta-optimizer updates every
+/// meta-parameter the method learns (θ, Meta-SGD's α, the extra ones) as one list.
+/// Iteration i draws MT-Net's mask noise with seed i.
 pub fn meta_train_with(
     model: &Mlp,
     sampler: &mut dyn TaskSampler,
-    theta0: &Tensor,
-    alpha0: &StepSize,
+    init: &MetaParams,
     config: &MetaTrainConfig,
-    observe: &mut dyn FnMut(&MetaStep, &Tensor, &StepSize) -> Result<()>,
+    observe: &mut dyn FnMut(&MetaStep, &MetaParams) -> Result<()>,
 ) -> Result<MetaTrace> {
     config.optimizer.validate()?;
+    check_extra(&config.method, &init.extra)?;
+    let (theta0, alpha0) = (&init.theta, &init.alpha);
     let t0 = Instant::now();
     let mut theta = theta0.detach();
+    let mut extra: Vec<Tensor> = init.extra.iter().map(Tensor::detach).collect();
     let learn_alpha = config.method == MetaMethod::MetaSgd;
     let mut alpha = match (alpha0, learn_alpha) {
         (StepSize::PerParameter(a), true) => StepSize::PerParameter(a.detach()),
@@ -110,17 +127,23 @@ pub fn meta_train_with(
     let mut it = 0;
     loop {
         let tasks = sampler.sample(it)?;
-        let g = meta_gradient(
+        let params = MetaParams {
+            theta: theta.clone(),
+            alpha: alpha.clone(),
+            extra: extra.clone(),
+        };
+        let g = meta_gradient_with(
             &config.method,
             model,
             &tasks,
-            &theta,
-            &alpha,
+            &params,
             config.inner_steps,
+            it as u64,
         )
         .map_err(|e| at_iteration(e, it))?;
         let mut grads = vec![g.theta.clone()];
         grads.extend(g.alpha.clone());
+        grads.extend(g.extra.iter().map(|(_, t)| t.clone()));
         let norm = no_grad(|| -> Result<f64> {
             let mut total = 0.0;
             for t in &grads {
@@ -143,13 +166,14 @@ pub fn meta_train_with(
             grad_norm: norm,
             elapsed_s: t0.elapsed().as_secs_f64(),
         };
-        observe(&step, &theta, &alpha)?;
+        observe(&step, &params)?;
         steps.push(step);
         if it >= config.iterations || config.iterations == 0 {
             return Ok(MetaTrace {
                 steps,
                 theta,
                 alpha,
+                extra,
                 last: g,
             });
         }
@@ -157,7 +181,9 @@ pub fn meta_train_with(
         if let StepSize::PerParameter(a) = &alpha {
             params.push(a.clone());
         }
+        params.extend(extra.iter().cloned());
         let mut new = outer_update(&config.optimizer, &mut adam, &params, &grads)?;
+        extra = new.split_off(new.len() - extra.len());
         if learn_alpha {
             alpha = StepSize::PerParameter(new.pop().expect("α follows θ"));
         }
@@ -201,7 +227,8 @@ impl AdaptResult {
 
 /// Adapts θ to every task of `tasks` with `steps` inner steps of the method's inner loop
 /// (only the last layer for ANIL, the proximal problem for iMAML, α ⊙ ∇ for Meta-SGD)
-/// and scores each task's query set.
+/// and scores each task's query set. The methods with meta-parameters of their own
+/// need [`adapt_with`].
 pub fn adapt(
     method: &MetaMethod,
     model: &Mlp,
@@ -210,7 +237,118 @@ pub fn adapt(
     alpha: &StepSize,
     steps: usize,
 ) -> Result<AdaptResult> {
+    let params = MetaParams::new(theta.clone(), alpha.clone());
+    adapt_with(method, model, tasks, &params, steps, EVAL_NOISE_SEED)
+}
+
+/// The seed of MT-Net's mask noise in [`adapt`] and [`evaluate`].
+pub const EVAL_NOISE_SEED: u64 = u64::MAX;
+
+/// [`adapt`] for any method, with its meta-parameters in `params`: L2F adapts from its
+/// attenuated start, MT-Net with T and its mask (sampled with `noise_seed`, as in
+/// [`super::meta_gradient_with`]), WarpGrad with its warp layers frozen.
+pub fn adapt_with(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+    noise_seed: u64,
+) -> Result<AdaptResult> {
+    let theta = &params.theta;
     check(model, tasks, theta, None)?;
+    check_extra(method, &params.extra)?;
+    let pred = predictions(method, model, tasks, params, steps, noise_seed)?;
+    no_grad(|| {
+        let query_losses = per_task_losses(tasks, &pred)?;
+        let query_accuracy = match tasks.loss() {
+            TaskLoss::CrossEntropy => Some(tasks.query_accuracy(&pred)?),
+            TaskLoss::Mse => None,
+        };
+        Ok(AdaptResult {
+            query_losses,
+            query_accuracy,
+        })
+    })
+}
+
+/// The query predictions `[B, N_q, out]` after adaptation.
+fn predictions(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+    noise_seed: u64,
+) -> Result<Tensor> {
+    let (theta, alpha) = (&params.theta, &params.alpha);
+    let scalar = || match alpha {
+        StepSize::Scalar(a) if a.is_finite() && *a > 0.0 => Ok(*a),
+        StepSize::Scalar(a) => Err(invalid(
+            "adapt",
+            format!("the inner step size α must be finite and > 0, got {a}"),
+        )),
+        StepSize::PerParameter(_) => Err(invalid(
+            method.name(),
+            "takes a scalar inner step size; only Meta-SGD learns a per-parameter α",
+        )),
+    };
+    match *method {
+        MetaMethod::L2f { hidden } => {
+            let w = l2f::adapted(
+                model,
+                hidden,
+                tasks,
+                theta,
+                &params.extra[0],
+                scalar()?,
+                steps,
+            )?;
+            return no_grad(|| model.forward_with_ones(&w, tasks.query_x(), tasks.query_ones()));
+        }
+        MetaMethod::MtNet {
+            temperature,
+            masked,
+        } => {
+            let noise = if masked {
+                Some(logistic_noise(
+                    model,
+                    tasks.tasks(),
+                    noise_seed,
+                    &tasks.device(),
+                    tasks.dtype(),
+                )?)
+            } else {
+                None
+            };
+            let mask = noise.as_ref().map(|noise| MtMask {
+                logits: &params.extra[1],
+                noise,
+                temperature,
+            });
+            return mtnet::adapted_predictions(
+                model,
+                tasks,
+                theta,
+                &params.extra[0],
+                mask.as_ref(),
+                scalar()?,
+                steps,
+            );
+        }
+        MetaMethod::WarpGrad { layers } => {
+            return warpgrad::adapted_predictions(
+                model,
+                layers,
+                tasks,
+                theta,
+                &params.extra[0],
+                scalar()?,
+                steps,
+            );
+        }
+        _ => {}
+    }
     let b = tasks.tasks();
     let head = if *method == MetaMethod::Anil {
         2 * (model.layers() - 1)
@@ -261,18 +399,7 @@ pub fn adapt(
     })()?;
     let (body, w) = phi;
     let params: Vec<Tensor> = body.into_iter().chain(w).collect();
-    no_grad(|| {
-        let pred = model.forward_with_ones(&params, tasks.query_x(), tasks.query_ones())?;
-        let query_losses = per_task_losses(tasks, &pred)?;
-        let query_accuracy = match tasks.loss() {
-            TaskLoss::CrossEntropy => Some(tasks.query_accuracy(&pred)?),
-            TaskLoss::Mse => None,
-        };
-        Ok(AdaptResult {
-            query_losses,
-            query_accuracy,
-        })
-    })
+    no_grad(|| model.forward_with_ones(&params, tasks.query_x(), tasks.query_ones()))
 }
 
 /// Each task's mean query loss, read back.
@@ -326,7 +453,20 @@ pub fn evaluate(
     alpha: &StepSize,
     steps: usize,
 ) -> Result<Evaluation> {
-    let r = adapt(method, model, tasks, theta, alpha, steps)?;
+    let params = MetaParams::new(theta.clone(), alpha.clone());
+    evaluate_with(method, model, tasks, &params, steps)
+}
+
+/// [`evaluate`] for any method, with its meta-parameters in `params` ([`adapt_with`];
+/// MT-Net's mask noise seeded with [`EVAL_NOISE_SEED`]).
+pub fn evaluate_with(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+) -> Result<Evaluation> {
+    let r = adapt_with(method, model, tasks, params, steps, EVAL_NOISE_SEED)?;
     let (loss, loss_ci95) = AdaptResult::mean_ci95(&r.query_losses);
     let acc = r.query_accuracy.as_deref().map(AdaptResult::mean_ci95);
     Ok(Evaluation {

@@ -330,27 +330,8 @@ fn run_meta(args: Args) -> ExitCode {
         "meta-loss {:.6} (initial {:.6}), {:.3} ms per meta-gradient step",
         r.final_meta_loss, r.initial_meta_loss, r.metagradient_ms
     );
-    let runs = std::iter::once((&r.method, &r.evaluation))
-        .chain(r.comparison.iter().map(|c| (&c.method, &c.evaluation)));
-    for (method, e) in runs.flat_map(|(m, ev)| ev.iter().map(move |e| (m, e))) {
-        let (Some(loss), Some(ci)) = (e.loss, e.loss_ci95) else {
-            println!(
-                "{method}: post-adaptation K = {:>3}, {:>2} step(s): {}",
-                e.support,
-                e.steps,
-                e.error.as_deref().unwrap_or("no result")
-            );
-            continue;
-        };
-        print!(
-            "{method}: post-adaptation K = {:>3}, {:>2} step(s): loss {loss:.4} ± {ci:.4}",
-            e.support, e.steps
-        );
-        match (e.accuracy, e.accuracy_ci95) {
-            (Some(a), Some(ci)) => println!(", accuracy {:.2} % ± {:.2} %", 100.0 * a, 100.0 * ci),
-            _ => println!(),
-        }
-    }
+    // Every method in one table: the main one, then each [[compare]].
+    print!("{}", r.table());
     for (what, p) in [
         ("∂M/∂θ", &g_path),
         ("∂M/∂α", &ga_path),
