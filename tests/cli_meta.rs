@@ -320,10 +320,74 @@ fn the_six_meta_learners_print_one_table() {
             .find(|l| l.split(" | ").next().map(str::trim) == Some(m))
             .unwrap_or_else(|| panic!("no row for {m}: {out}"));
         let cells: Vec<&str> = row.split(" | ").collect();
-        assert_eq!(cells.len(), 6, "{row}");
-        for c in &cells[4..] {
+        assert_eq!(cells.len(), 7, "{row}");
+        assert_eq!(cells[1].trim(), "0.01 × 2", "{m}: the shared inner loop");
+        for c in &cells[5..] {
             let mse: f64 = c.split(" ± ").next().unwrap().trim().parse().unwrap();
             assert!(mse.is_finite() && mse > 0.0, "{m}: {c}");
         }
     }
+}
+
+/// A `[[compare]]` table with `inner_lr` and `inner_steps` trains and evaluates with
+/// them: its results equal those of the same method run as the main one with that
+/// `[inner]`, and differ from the shared inner loop's; a bad `inner_lr` exits 2 naming
+/// its key.
+#[test]
+fn compared_methods_take_their_own_inner_loop() {
+    let dir = scratch("compare-inner");
+    let base = std::fs::read_to_string(examples().join("sinusoid-fomaml.toml"))
+        .unwrap()
+        .replace("plot_out = \"sinusoid-fomaml.svg\"", "");
+    let write = |name: &str, text: String| {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let results = |name: &str, text: String| -> serde_json::Value {
+        let out = dir.join(format!("{name}.json"));
+        let o = run(&write(name, text), &out);
+        assert!(o.status.success(), "{name}: {}", text_of(&o));
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    };
+    fn text_of(o: &Output) -> String {
+        text(o)
+    }
+    let compared = results(
+        "compared",
+        base.clone().replace(
+            "[outer]",
+            "[[compare]]\nkind = \"maml\"\ninner_lr = 0.02\ninner_steps = 3\n\n[[compare]]\nkind = \"maml\"\n\n[outer]",
+        ),
+    );
+    let alone = results(
+        "alone",
+        base.replace("kind = \"fomaml\"", "kind = \"maml\"")
+            .replace("lr = 0.01\nsteps = 2", "lr = 0.02\nsteps = 3"),
+    );
+    let own = &compared["comparison"][0];
+    let shared = &compared["comparison"][1];
+    assert_eq!(own["inner_lr"], 0.02);
+    assert_eq!(own["inner_steps"], 3);
+    assert_eq!(shared["inner_lr"], 0.01);
+    assert_eq!(shared["inner_steps"], 2);
+    assert_eq!(own["final_meta_loss"], alone["final_meta_loss"]);
+    assert_eq!(own["evaluation"], alone["evaluation"]);
+    assert_ne!(own["final_meta_loss"], shared["final_meta_loss"]);
+
+    let bad = write(
+        "bad",
+        std::fs::read_to_string(dir.join("compared.toml"))
+            .unwrap()
+            .replace("inner_lr = 0.02", "inner_lr = -1.0"),
+    );
+    let out = dir.join("bad.json");
+    let o = run(&bad, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("compare[0].inner_lr"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
 }

@@ -42,6 +42,8 @@
 //! every = 10           # meta-iterations between points of the post-adaptation curve
 //! [[compare]]          # optional, repeatable: another method (keys as in [method])
 //! kind = "fomaml"      # trained from the same θ on the same tasks; results' comparison
+//! inner_lr = 0.01      # optional: this method's own α and S (default: [inner]'s)
+//! inner_steps = 5
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -114,7 +116,7 @@ pub struct MetaConfig {
     /// More methods (`[[compare]]` tables like `[method]`) trained the same way from the
     /// same θ on the same tasks, for the results' `comparison` and the plot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub compare: Vec<MetaMethodConfig>,
+    pub compare: Vec<CompareConfig>,
     /// Post-adaptation evaluation on held-out tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalConfig>,
@@ -428,8 +430,8 @@ pub struct MetaResults {
 }
 
 impl MetaResults {
-    /// One table of every method trained (the main one, then `[[compare]]`): final
-    /// meta-loss, milliseconds per meta-gradient step, bytes stored by a meta-gradient,
+    /// One table of every method trained (the main one, then `[[compare]]`): its inner
+    /// step size and steps, final meta-loss, milliseconds per meta-gradient step, bytes stored by a meta-gradient,
     /// and one column per post-adaptation evaluation (K-shot, S steps): the mean query
     /// loss ± its 95 % half-width, or for classification the accuracy ± its half-width
     /// in percent; `diverged` where the adaptation did.
@@ -437,6 +439,7 @@ impl MetaResults {
         let classify = self.problem == "digits-fewshot";
         let mut rows = vec![(
             self.method.as_str(),
+            (self.config.inner.lr, self.config.inner.steps),
             self.final_meta_loss,
             self.metagradient_ms,
             self.stored_bytes,
@@ -445,6 +448,7 @@ impl MetaResults {
         rows.extend(self.comparison.iter().map(|c| {
             (
                 c.method.as_str(),
+                (c.inner_lr, c.inner_steps),
                 c.final_meta_loss,
                 c.metagradient_ms,
                 c.stored_bytes,
@@ -453,6 +457,7 @@ impl MetaResults {
         }));
         let mut header = vec![
             "method".to_string(),
+            "α × S".into(),
             "meta-loss".into(),
             "ms/step".into(),
             "stored bytes".into(),
@@ -462,9 +467,10 @@ impl MetaResults {
             format!("{what} K={} S={}", e.support, e.steps)
         }));
         let mut cells = vec![header];
-        for (method, loss, ms, bytes, evals) in rows {
+        for (method, (lr, steps), loss, ms, bytes, evals) in rows {
             let mut row = vec![
                 method.to_string(),
+                format!("{lr} × {steps}"),
                 format!("{loss:.4}"),
                 format!("{ms:.2}"),
                 bytes.to_string(),
@@ -510,11 +516,41 @@ impl MetaResults {
     }
 }
 
+/// A `[[compare]]` table: a method with the keys of `[method]`, and optionally an
+/// inner loop of its own (methods differ in what suits them: iMAML needs many small
+/// steps that nearly solve its proximal problem, MAML learns from one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CompareConfig {
+    /// The method and its keys.
+    #[serde(flatten)]
+    pub method: MetaMethodConfig,
+    /// This method's inner step size α (default `inner.lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_lr: Option<f64>,
+    /// This method's inner steps S (default `inner.steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_steps: Option<usize>,
+}
+
+impl CompareConfig {
+    /// α and S of this method, given `[inner]`.
+    pub fn inner(&self, inner: &MetaInnerConfig) -> (f64, usize) {
+        (
+            self.inner_lr.unwrap_or(inner.lr),
+            self.inner_steps.unwrap_or(inner.steps),
+        )
+    }
+}
+
 /// A method of `[[compare]]`, trained from the same θ on the same task batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComparedRun {
     /// Its name.
     pub method: String,
+    /// The inner step size α it was trained and evaluated with.
+    pub inner_lr: f64,
+    /// The inner steps S it was trained with.
+    pub inner_steps: usize,
     /// Its first meta-loss.
     pub initial_meta_loss: f64,
     /// Its last meta-loss.
@@ -852,7 +888,7 @@ impl MetaExperiment {
                 .compare
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (format!("compare[{i}]"), m.method())),
+                .map(|(i, m)| (format!("compare[{i}]"), m.method.method())),
         );
         for (key, m) in methods {
             if let MetaMethod::MtNet { temperature, .. } = m
@@ -876,9 +912,16 @@ impl MetaExperiment {
                 "imaml needs lambda > 0 and cg_iters ≥ 1".into(),
             ));
         }
-        for (i, m) in config.compare.iter().enumerate() {
-            match m.method() {
-                m if inner.steps == 0 && m.needs_inner_steps() => {
+        for (i, cm) in config.compare.iter().enumerate() {
+            let (lr, steps) = cm.inner(inner);
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(bad(
+                    &format!("compare[{i}].inner_lr"),
+                    format!("must be finite and > 0, got {lr}"),
+                ));
+            }
+            match cm.method.method() {
+                m if steps == 0 && m.needs_inner_steps() => {
                     return Err(bad(
                         &format!("compare[{i}]"),
                         format!("{} needs at least one inner step (S ≥ 1)", m.name()),
@@ -1032,6 +1075,7 @@ impl MetaExperiment {
     fn train(
         &self,
         method: MetaMethod,
+        (inner_lr, inner_steps): (f64, usize),
         device: &Device,
         observe: &mut dyn FnMut(&MetaStep),
     ) -> Result<Trained> {
@@ -1041,11 +1085,15 @@ impl MetaExperiment {
         let theta0 = host(&self.theta0)?;
         let extra = method.init_extra(&self.model, c.problem.seed, device, dtype)?;
         let alpha0 = match (&self.alpha0, method) {
-            (Some(a), MetaMethod::MetaSgd) => StepSize::PerParameter(host(a)?),
-            (None, MetaMethod::MetaSgd) => {
-                StepSize::PerParameter(host(&vec![c.inner.lr; self.model.dim()])?)
+            // `inner.alpha_init` belongs to `[inner]`: a compared Meta-SGD with an
+            // `inner_lr` of its own starts every α_i there instead.
+            (Some(a), MetaMethod::MetaSgd) if inner_lr == c.inner.lr => {
+                StepSize::PerParameter(host(a)?)
             }
-            _ => StepSize::Scalar(c.inner.lr),
+            (_, MetaMethod::MetaSgd) => {
+                StepSize::PerParameter(host(&vec![inner_lr; self.model.dim()])?)
+            }
+            _ => StepSize::Scalar(inner_lr),
         };
         let optimizer = match (c.outer.kind, c.outer.lr) {
             (Some(OuterKind::Adam), Some(lr)) => OuterOptimizer::adam(lr),
@@ -1070,7 +1118,7 @@ impl MetaExperiment {
         let mut curve = Vec::new();
         let config = MetaTrainConfig {
             method,
-            inner_steps: c.inner.steps,
+            inner_steps,
             iterations: c.outer.steps,
             optimizer,
         };
@@ -1090,7 +1138,7 @@ impl MetaExperiment {
                 if let Some(tb) = &test_batch
                     && (s.iteration % every == 0 || s.iteration == c.outer.steps)
                 {
-                    let loss = evaluate_with(&method, &self.model, tb, params, c.inner.steps)?.loss;
+                    let loss = evaluate_with(&method, &self.model, tb, params, inner_steps)?.loss;
                     curve.push(CurvePoint {
                         iteration: s.iteration,
                         loss,
@@ -1114,7 +1162,7 @@ impl MetaExperiment {
                 e.support.clone()
             };
             let steps = if e.steps.is_empty() {
-                vec![c.inner.steps]
+                vec![inner_steps]
             } else {
                 e.steps.clone()
             };
@@ -1179,13 +1227,16 @@ impl MetaExperiment {
             theta,
             last,
             elapsed_ms,
-        } = self.train(method, device, observe)?;
+        } = self.train(method, (c.inner.lr, c.inner.steps), device, observe)?;
         let mut comparison = Vec::new();
-        for m in &c.compare {
-            let m = m.method();
-            let t = self.train(m, device, &mut |_| {})?;
+        for cm in &c.compare {
+            let m = cm.method.method();
+            let (inner_lr, inner_steps) = cm.inner(&c.inner);
+            let t = self.train(m, (inner_lr, inner_steps), device, &mut |_| {})?;
             comparison.push(ComparedRun {
                 method: m.name().into(),
+                inner_lr,
+                inner_steps,
                 initial_meta_loss: t.steps.first().map_or(f64::NAN, |s| s.meta_loss),
                 final_meta_loss: t.steps.last().map_or(f64::NAN, |s| s.meta_loss),
                 metagradient_ms: per_step_ms(c.outer.steps, t.elapsed_ms, &t.last),

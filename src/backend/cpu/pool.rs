@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::dtype::DType;
 use crate::dtype::Element;
-use crate::tensor::DType;
 
 /// Arrays smaller than this go straight back to the allocator, whose small-size bins
 /// are already fast.
