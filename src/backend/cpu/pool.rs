@@ -10,8 +10,8 @@
 //!
 //! The pool is bounded: past [`MAX_BYTES`] it is emptied (everything handed back to the
 //! allocator) before taking the new array, so a program whose sizes change does not
-//! keep the old ones forever. Recycling changes no value: a taken array is empty and
-//! every op writes all of its output.
+//! keep the old ones forever. Recycling changes no value: a taken array is empty, and
+//! an op that takes a [`stale`] one (old values) writes every element of it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,10 +55,9 @@ fn take_from<U>(pool: &Mutex<Option<Pool<U>>>, len: usize) -> Option<Vec<U>> {
     })
 }
 
-fn give_to<U>(pool: &Mutex<Option<Pool<U>>>, mut v: Vec<U>) {
+fn give_to<U>(pool: &Mutex<Option<Pool<U>>>, v: Vec<U>) {
     let cap = v.capacity();
     let bytes = bytes_of::<U>(cap);
-    v.clear();
     let emptied = with_pool(pool, |p| {
         let emptied = (p.bytes + bytes > MAX_BYTES).then(|| {
             p.bytes = 0;
@@ -75,6 +74,22 @@ fn give_to<U>(pool: &Mutex<Option<Pool<U>>>, mut v: Vec<U>) {
 /// An empty array with room for `len` elements: a recycled one of exactly that
 /// capacity when the pool has it.
 pub(crate) fn take<T: Element>(len: usize) -> Vec<T> {
+    let mut v = recycled(len);
+    v.clear();
+    v
+}
+
+/// `len` elements of unspecified value (a recycled array's old contents, or zeros):
+/// for an output that its kernel overwrites entirely, which saves zeroing it first.
+pub(crate) fn stale<T: Element>(len: usize) -> Vec<T> {
+    let mut v = recycled(len);
+    v.resize(len, T::zero());
+    v
+}
+
+/// A recycled array of capacity `len` as it was given back (its elements kept), or an
+/// empty one with that capacity.
+fn recycled<T: Element>(len: usize) -> Vec<T> {
     if bytes_of::<T>(len) >= MIN_BYTES {
         // The element type is f32 or f64 by its DType; the casts are checked (size
         // and alignment), so another type simply gets a fresh array.

@@ -309,6 +309,7 @@ fn matvec_cpu<T: Gemm>(
                 }
             }
         } else if !T::fast_combine_rows(rows, len, &vector[..rows.len() / len], ct) {
+            ct.fill(T::zero());
             for (p, row) in rows.chunks_exact(len).enumerate() {
                 axpy_row(ct, vector[p], row);
             }
@@ -326,10 +327,12 @@ pub(crate) fn matmul_cpu<T: Gemm>(
     trans_b: bool,
 ) -> Vec<T> {
     let MatmulDims { batch, m, k, n, .. } = *d;
-    let mut c = crate::backend::cpu::pool::zeros(batch * m * n);
-    if c.is_empty() || k == 0 {
-        return c;
+    if batch * m * n == 0 || k == 0 {
+        return crate::backend::cpu::pool::zeros(batch * m * n);
     }
+    // Every path below writes each element of C (the accumulating fallback of
+    // `matvec_cpu` zeroes its rows first), so C need not be zeroed here.
+    let mut c = crate::backend::cpu::pool::stale(batch * m * n);
     if matvec_cpu(a, b, d, trans_a, trans_b, &mut c) {
         return c;
     }

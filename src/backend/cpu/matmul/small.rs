@@ -16,8 +16,8 @@ use std::arch::x86_64::{
     __m256, __m256i, __m512, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
     _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_permute2f128_ps, _mm256_set1_ps,
     _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
-    _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
-    _mm512_setzero_ps,
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 /// Products with m·k·n up to this go through [`small_gemm`]; above it a packing GEMM's
@@ -191,6 +191,7 @@ fn row_blocks(m: usize, mut block: impl FnMut(usize, usize)) {
 
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_avx512(g: &Args) {
+    /// Rows i..i+R, columns j0..j0+16 (masked).
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const R: usize>(g: &Args, i: usize, j0: usize, mask: u16) {
         let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
@@ -209,23 +210,66 @@ unsafe fn kernel_avx512(g: &Args) {
             unsafe { _mm512_mask_storeu_ps(g.c.add((i + r) * g.n + j0), mask, *x) };
         }
     }
-    let mut j0 = 0;
-    while j0 < g.n {
-        let cols = (g.n - j0).min(16);
-        let mask = if cols == 16 {
+    /// Rows i..i+R, columns j0..j0+16 and (masked) j0+16..j0+32: each broadcast of A
+    /// feeds two FMAs, so loads no longer bound the loop.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block2<const R: usize>(g: &Args, i: usize, j0: usize, mask: u16) {
+        let mut acc0: [__m512; R] = [_mm512_setzero_ps(); R];
+        let mut acc1: [__m512; R] = [_mm512_setzero_ps(); R];
+        for p in 0..g.k {
+            // SAFETY: as in `block`; columns j0..j0+16 are all inside the row.
+            unsafe {
+                let row = g.b.add(p * g.n + j0);
+                let b0 = _mm512_loadu_ps(row);
+                let b1 = _mm512_maskz_loadu_ps(mask, row.add(16));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*g.a.add((i + r) * g.rsa + p * g.csa));
+                    acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            unsafe {
+                let row = g.c.add((i + r) * g.n + j0);
+                _mm512_storeu_ps(row, acc0[r]);
+                _mm512_mask_storeu_ps(row.add(16), mask, acc1[r]);
+            }
+        }
+    }
+    let mask_of = |cols: usize| {
+        if cols == 16 {
             u16::MAX
         } else {
             (1u16 << cols) - 1
-        };
-        row_blocks(g.m, |i, rows| unsafe {
-            match rows {
-                8 => block::<8>(g, i, j0, mask),
-                4 => block::<4>(g, i, j0, mask),
-                2 => block::<2>(g, i, j0, mask),
-                _ => block::<1>(g, i, j0, mask),
-            }
-        });
-        j0 += 16;
+        }
+    };
+    let mut j0 = 0;
+    while j0 < g.n {
+        let rem = g.n - j0;
+        if rem > 16 {
+            let mask = mask_of((rem - 16).min(16));
+            row_blocks(g.m, |i, rows| unsafe {
+                match rows {
+                    8 => block2::<8>(g, i, j0, mask),
+                    4 => block2::<4>(g, i, j0, mask),
+                    2 => block2::<2>(g, i, j0, mask),
+                    _ => block2::<1>(g, i, j0, mask),
+                }
+            });
+            j0 += 32;
+        } else {
+            let mask = mask_of(rem);
+            row_blocks(g.m, |i, rows| unsafe {
+                match rows {
+                    8 => block::<8>(g, i, j0, mask),
+                    4 => block::<4>(g, i, j0, mask),
+                    2 => block::<2>(g, i, j0, mask),
+                    _ => block::<1>(g, i, j0, mask),
+                }
+            });
+            j0 += 16;
+        }
     }
 }
 
@@ -290,6 +334,9 @@ mod tests {
             (13, 37, 1),
             (5, 19, 27),
             (8, 24, 17),
+            (11, 6, 32),
+            (9, 5, 47),
+            (3, 4, 64),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k)
