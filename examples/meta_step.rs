@@ -1,6 +1,7 @@
 //! Times one meta-gradient step (MAML, FOMAML, Meta-SGD, L2F, MT-Net, WarpGrad) on 32
 //! sinusoid tasks, K = 10, S = 5, MLP 1-40-40-1, on the CPU backend: `cargo run
-//! --release --example meta_step [ITERS] [B]`.
+//! --release --example meta_step [ITERS] [B] [METHOD]` (METHOD: time only the methods
+//! whose name contains it).
 use blo::meta::{Activation, MetaMethod, MetaParams, Mlp, StepSize, meta_gradient_with};
 use blo::problems::Sinusoid;
 use blo::{DType, Device};
@@ -9,6 +10,7 @@ fn main() -> blo::Result<()> {
     let mut args = std::env::args().skip(1);
     let iters: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let b: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
+    let only = args.next().unwrap_or_default();
     let dev = Device::cpu();
     let model = Mlp::new(&[1, 40, 40, 1], Activation::Relu)?;
     let tasks = Sinusoid::new(b, 10, 10, 0, &dev, DType::F32)?.batch(0)?;
@@ -33,6 +35,9 @@ fn main() -> blo::Result<()> {
             StepSize::Scalar(0.01),
         ),
     ] {
+        if !method.name().contains(only.as_str()) {
+            continue;
+        }
         let params = MetaParams {
             theta: theta.clone(),
             alpha,
