@@ -206,8 +206,8 @@ fn check_matvec_forms(
 }
 
 /// Every path of `matmul_cpu` writes each element of C, which it takes from the pool
-/// without zeroing: the pool is primed with NaN arrays of C's length, so an element a
-/// path skips stays NaN. Shapes reach the small kernel (plain and transposed B), the
+/// without zeroing: the pool is primed with NaN arrays of C's length (each at least
+/// the pool's 32 KB minimum), so an element a path skips stays NaN. Shapes reach the small kernel (plain and transposed B), the
 /// narrow GEMM, both matrix–vector kernels and the packing GEMM, threaded or not; f64
 /// takes the portable loops of the same shapes.
 #[test]
@@ -217,9 +217,9 @@ fn every_cpu_matmul_path_overwrites_a_recycled_output() {
             (64, 10, 40, 40, false, false),
             (64, 10, 40, 40, true, true),
             (8, 300, 20, 16, false, false),
-            (1, 5000, 30, 1, false, false),
-            (1, 1, 30, 5000, false, false),
-            (1, 1, 30, 5000, true, true),
+            (1, 10000, 30, 1, false, false),
+            (1, 1, 30, 10000, false, false),
+            (1, 1, 30, 10000, true, true),
             (1, 300, 250, 230, false, false),
             (4, 100, 90, 80, true, false),
         ] {
