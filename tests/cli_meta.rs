@@ -4,44 +4,17 @@
 //! `.npy` tasks; bad input exits with code 2, names the key and writes nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use blo::meta::{Activation, Mlp, TaskBatch, TaskLoss, meta_sgd};
 use blo::problems::data::{read_npy, write_npy};
 use blo::testing::assert_close;
 use blo::{Device, Tensor};
 
-fn blo() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blo"))
-}
+mod common;
+use common::{run, scratch, text};
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/meta")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("blo-cli-meta-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(config: &Path, out: &Path) -> Output {
-    blo()
-        .arg("run")
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::configs("meta")
 }
 
 #[test]
@@ -339,20 +312,17 @@ fn compared_methods_take_their_own_inner_loop() {
     let base = std::fs::read_to_string(examples().join("sinusoid-fomaml.toml"))
         .unwrap()
         .replace("plot_out = \"sinusoid-fomaml.svg\"", "");
-    let write = |name: &str, text: String| {
+    let write = |name: &str, config: String| {
         let p = dir.join(format!("{name}.toml"));
-        std::fs::write(&p, text).unwrap();
+        std::fs::write(&p, config).unwrap();
         p
     };
-    let results = |name: &str, text: String| -> serde_json::Value {
+    let results = |name: &str, config: String| -> serde_json::Value {
         let out = dir.join(format!("{name}.json"));
-        let o = run(&write(name, text), &out);
-        assert!(o.status.success(), "{name}: {}", text_of(&o));
+        let o = run(&write(name, config), &out);
+        assert!(o.status.success(), "{name}: {}", text(&o));
         serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
     };
-    fn text_of(o: &Output) -> String {
-        text(o)
-    }
     let compared = results(
         "compared",
         base.clone().replace(

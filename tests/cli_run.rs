@@ -4,7 +4,6 @@
 //! nothing; a failure inside blo exits with 1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use blo::bilevel::{
     Inner, InnerOptimizer, Method, OuterConfig, OuterOptimizer, WarmStart, hypergradient,
@@ -16,45 +15,14 @@ use blo::problems::{HyperCleaning, Logistic, Ridge};
 use blo::testing::{gpu_or_skip, worst_violation};
 use blo::{DType, Device, Tensor};
 
-const CPU: Device = Device::Cpu;
-
-fn blo() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blo"))
-}
+mod common;
+use common::{blo, json, run, scratch, text};
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs")
+    common::configs("")
 }
 
-/// A fresh, empty scratch directory per test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("blo-cli-run-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(config: &Path, out: &Path) -> Output {
-    blo()
-        .arg("run")
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
+const CPU: Device = Device::Cpu;
 
 fn assert_same(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");

@@ -4,36 +4,13 @@
 //! T3 where RAD does not); bad input exits with code 2, names the key and writes
 //! nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+
+mod common;
+use common::{run, scratch, text};
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/toys")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("blo-cli-toys-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(config: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blo"))
-        .arg("run")
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::configs("toys")
 }
 
 /// Final ‖x − x*‖ per method name.

@@ -64,12 +64,7 @@ pub(super) fn attenuated_start(
     let b = tasks.tasks();
     let l = gnet.inputs();
     let (dev, dtype) = (tasks.device(), tasks.dtype());
-    let problem = Adaptation {
-        model,
-        tasks,
-        head: 0,
-        prox: None,
-    };
+    let problem = Adaptation::all(model, tasks);
     // Σ_i L_i^s: each task's gradient is that of its own mean support loss.
     let loss = problem.support_loss(at, &[])?;
     let g = grad(&loss, &refs(at), create_graph)?;
@@ -166,12 +161,7 @@ pub fn l2f(
     let gnet = check_phi(model, hidden, phi)?;
     same_place("φ vs θ", phi, theta)?;
     timed(tasks, || {
-        let problem = Adaptation {
-            model,
-            tasks,
-            head: 0,
-            prox: None,
-        };
+        let problem = Adaptation::all(model, tasks);
         let theta_t = theta.detach().requires_grad();
         let phi_t = phi.detach().requires_grad();
         let at = track(&start(model, theta, tasks.tasks())?);
@@ -210,12 +200,7 @@ pub(super) fn adapted(
 ) -> Result<Vec<Tensor>> {
     let gnet = check_phi(model, hidden, phi)?;
     same_place("φ vs θ", phi, theta)?;
-    let problem = Adaptation {
-        model,
-        tasks,
-        head: 0,
-        prox: None,
-    };
+    let problem = Adaptation::all(model, tasks);
     let pieces = no_grad(|| model.unflatten(&theta.detach()))?;
     let at: Vec<Tensor> = no_grad(|| {
         pieces

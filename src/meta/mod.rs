@@ -365,17 +365,7 @@ pub fn meta_gradient_with(
             temperature,
             masked,
         } => {
-            let noise = if masked {
-                Some(logistic_noise(
-                    model,
-                    tasks.tasks(),
-                    noise_seed,
-                    &tasks.device(),
-                    tasks.dtype(),
-                )?)
-            } else {
-                None
-            };
+            let noise = mtnet::batch_noise(model, tasks, masked, noise_seed)?;
             let mask = noise.as_ref().map(|noise| MtMask {
                 logits: &params.extra[1],
                 noise,
@@ -415,7 +405,17 @@ pub(crate) struct Adaptation<'a> {
     prox: Option<(f64, Vec<Tensor>)>,
 }
 
-impl Adaptation<'_> {
+impl<'a> Adaptation<'a> {
+    /// Every piece adapts, with no proximal term (all methods but ANIL and iMAML).
+    fn all(model: &'a Mlp, tasks: &'a TaskBatch) -> Self {
+        Adaptation {
+            model,
+            tasks,
+            head: 0,
+            prox: None,
+        }
+    }
+
     fn params(&self, w: &[Tensor], lambda: &[Tensor]) -> Vec<Tensor> {
         lambda.iter().chain(w).cloned().collect()
     }
@@ -636,12 +636,7 @@ pub fn fomaml(
 ) -> Result<MetaGradient> {
     check(model, tasks, theta, Some(alpha))?;
     timed(tasks, || {
-        let problem = Adaptation {
-            model,
-            tasks,
-            head: 0,
-            prox: None,
-        };
+        let problem = Adaptation::all(model, tasks);
         let w0 = start(model, theta, tasks.tasks())?;
         let phi = run_to_end(&problem, &[], &w0, &gd(alpha, steps))?;
         let (loss, gw, _) = query_grads(&problem, &phi, &[])?;
@@ -666,12 +661,7 @@ pub fn meta_sgd(
     model.check_theta("Meta-SGD's α", alpha)?;
     same_place("α vs θ", alpha, theta)?;
     timed(tasks, || {
-        let problem = Adaptation {
-            model,
-            tasks,
-            head: 0,
-            prox: None,
-        };
+        let problem = Adaptation::all(model, tasks);
         let w0 = start(model, theta, tasks.tasks())?;
         // α's pieces repeated for the B tasks like θ's: the same rates for every task,
         // multiplied elementwise without a broadcast (whose kernels B = 1 would skip);
@@ -798,12 +788,7 @@ pub fn reptile(
         ));
     }
     timed(tasks, || {
-        let problem = Adaptation {
-            model,
-            tasks,
-            head: 0,
-            prox: None,
-        };
+        let problem = Adaptation::all(model, tasks);
         let w0 = start(model, theta, tasks.tasks())?;
         let phi = run_to_end(&problem, &[], &w0, &gd(alpha, steps))?;
         let loss = no_grad(|| problem.outer_loss(&phi, &[]))?.to_scalar::<f64>()?;

@@ -28,6 +28,20 @@ pub struct MtMask<'a> {
     pub temperature: f64,
 }
 
+/// The noise of a task batch's mask sample ([`logistic_noise`] seeded with `seed`), or
+/// `None` for T-Net (`masked` false): what both meta-gradients and adaptation draw.
+pub(super) fn batch_noise(
+    model: &Mlp,
+    tasks: &TaskBatch,
+    masked: bool,
+    seed: u64,
+) -> Result<Option<Vec<Tensor>>> {
+    if !masked {
+        return Ok(None);
+    }
+    logistic_noise(model, tasks.tasks(), seed, &tasks.device(), tasks.dtype()).map(Some)
+}
+
 /// Seeded logistic noise g = ln u − ln(1 − u), u ~ U(0, 1), for MT-Net's mask: one
 /// `[B, fan_out_l]` tensor per layer of `model`, drawn task by task from one ChaCha8
 /// stream seeded with `seed` (so a task run alone gets other noise than in a batch:

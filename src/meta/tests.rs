@@ -61,12 +61,7 @@ pub(super) fn meta_loss(
     steps: usize,
 ) -> f64 {
     let dev = Device::cpu();
-    let problem = Adaptation {
-        model,
-        tasks,
-        head: 0,
-        prox: None,
-    };
+    let problem = Adaptation::all(model, tasks);
     let b = tasks.tasks();
     let a = model.unflatten(&f64v(alpha, &dev)).unwrap();
     let mut w: Vec<Tensor> = model

@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::mlp::batched;
 use super::{
     Adaptation, MetaGradient, MetaMethod, MetaParams, Mlp, MtMask, StepSize, TaskBatch, TaskLoss,
-    check, check_extra, gd, l2f, logistic_noise, meta_gradient_with, mtnet, warpgrad,
+    check, check_extra, gd, l2f, meta_gradient_with, mtnet, warpgrad,
 };
 use crate::autodiff::no_grad;
 use crate::bilevel::trajectory::run_to_end_scaled;
@@ -310,17 +310,7 @@ fn predictions(
             temperature,
             masked,
         } => {
-            let noise = if masked {
-                Some(logistic_noise(
-                    model,
-                    tasks.tasks(),
-                    noise_seed,
-                    &tasks.device(),
-                    tasks.dtype(),
-                )?)
-            } else {
-                None
-            };
+            let noise = mtnet::batch_noise(model, tasks, masked, noise_seed)?;
             let mask = noise.as_ref().map(|noise| MtMask {
                 logits: &params.extra[1],
                 noise,
