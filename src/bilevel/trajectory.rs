@@ -184,10 +184,7 @@ pub(crate) fn run_inner_scaled(
     let start = state.clone();
     let mut s = state;
     for k in 0..steps {
-        let w = track(&s[..nw]);
-        let loss = step_loss(problem, aggregation, k, &w, &lambda)?;
-        let g = grad(&loss, &refs(&w), false)?;
-        let next = no_grad(|| project(problem, opt.step_scaled(&s, &g, &alpha)?, nw))?;
+        let next = step_unchecked(problem, &lambda, opt, &alpha, aggregation, k, &s, nw)?;
         if keep {
             states.push(s);
         }
@@ -205,6 +202,27 @@ pub(crate) fn run_inner_scaled(
     )?;
     states.push(s);
     Ok(states)
+}
+
+/// Inner step k from optimizer state `s` (w first, `nw` tensors), without a graph and
+/// without the divergence check: a caller that steps one at a time (WarpGrad, which
+/// keeps only the current iterate) checks once at the end with
+/// [`check_divergence_scaled`], not with a readback per step.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_unchecked(
+    problem: &dyn Problem,
+    lambda: &[Tensor],
+    opt: &InnerOptimizer,
+    alpha: &[Tensor],
+    aggregation: Option<&Aggregation>,
+    k: usize,
+    s: &[Tensor],
+    nw: usize,
+) -> Result<Vec<Tensor>> {
+    let w = track(&s[..nw]);
+    let loss = step_loss(problem, aggregation, k, &w, lambda)?;
+    let g = grad(&loss, &refs(&w), false)?;
+    no_grad(|| project(problem, opt.step_scaled(s, &g, alpha)?, nw))
 }
 
 /// w_T: `inner.steps` steps of the inner optimizer from `w0` at λ, without a graph and

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::mlp::host_tensor;
 use super::{MetaGradient, Mlp, TaskBatch, check, gd, output, start, timed};
 use crate::autodiff::{grad, no_grad};
-use crate::bilevel::trajectory::{add_lists, run_to_end};
+use crate::bilevel::trajectory::{add_lists, check_divergence_scaled, run_to_end, step_unchecked};
 use crate::bilevel::{Problem, bytes_of, refs, track};
 use crate::device::Device;
 use crate::error::{Result, invalid};
@@ -260,12 +260,15 @@ pub fn warpgrad(
     }
     timed(tasks, || {
         let om = no_grad(|| warped.pieces(&omega.detach()))?;
-        let mut w = start(model, theta, tasks.tasks())?;
+        let w0 = start(model, theta, tasks.tasks())?;
+        let opt = gd(alpha, steps).optimizer;
+        let nw = w0.len();
+        let mut s = opt.init_state(&w0)?;
         let mut acc: Vec<Tensor> = Vec::new();
         let mut loss = None;
         for k in 0..=steps {
             let ot = track(&om);
-            let l = warped.outer_loss(&w, &ot)?;
+            let l = warped.outer_loss(&s[..nw], &ot)?;
             let g = grad(&l, &refs(&ot), false)?;
             acc = if acc.is_empty() {
                 g
@@ -276,14 +279,16 @@ pub fn warpgrad(
                 loss = Some(l.detach());
             } else {
                 // One step of the shared inner loop at a time, so that no point of the
-                // trajectory outlives the next.
-                w = run_to_end(&warped, &om, &w, &gd(alpha, 1))?;
+                // trajectory outlives the next; divergence is checked once, below.
+                s = step_unchecked(&warped, &om, &opt, &[], None, k, &s, nw)?;
             }
         }
+        check_divergence_scaled(&warped, &om, &opt, &[], None, &w0, &s[..nw], steps)?;
+        let w = &s[..nw];
         let loss = loss.expect("the loop ends at k = S").to_scalar::<f64>()?;
         let b = tasks.tasks() as f64;
         let (dtheta, domega) = no_grad(|| -> Result<_> {
-            let mean_phi = model.flatten(&w)?.scale(1.0 / b)?;
+            let mean_phi = model.flatten(w)?.scale(1.0 / b)?;
             let parts: Vec<&Tensor> = acc.iter().collect();
             Ok((
                 theta.detach().sub(&mean_phi)?,
@@ -291,7 +296,7 @@ pub fn warpgrad(
             ))
         })?;
         let mut out = output(dtheta, None, loss, steps);
-        out.stored_bytes = bytes_of(&w) + bytes_of(&acc);
+        out.stored_bytes = bytes_of(w) + bytes_of(&acc);
         out.extra = vec![("omega", domega)];
         Ok(out)
     })
