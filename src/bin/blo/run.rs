@@ -39,6 +39,17 @@ fn run_error(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The results JSON, the first file a run writes (`--out`).
+fn results_file<'a>(results: &impl serde::Serialize, out: &'a Path) -> Result<Output<'a>, String> {
+    let bytes = serde_json::to_vec_pretty(results)
+        .map_err(|e| format!("cannot encode the results: {e}"))?;
+    Ok(Output {
+        path: out,
+        bytes,
+        what: "--out",
+    })
+}
+
 /// Runs `blo run`.
 pub fn run(args: Args) -> ExitCode {
     // An unreadable file is reported by the bilevel config's reader below.
@@ -125,15 +136,10 @@ pub fn run(args: Args) -> ExitCode {
             Err(e) => return run_error(e),
         }
     }
-    let json = match serde_json::to_vec_pretty(&results) {
-        Ok(j) => j,
-        Err(e) => return run_error(format!("cannot encode the results: {e}")),
+    let mut files = match results_file(&results, &out) {
+        Ok(f) => vec![f],
+        Err(e) => return run_error(e),
     };
-    let mut files = vec![Output {
-        path: &out,
-        bytes: json,
-        what: "--out",
-    }];
     if let Some(p) = &hg_path {
         match npy_bytes(&outcome.hypergradient, &outcome.lambda_shape) {
             Ok(bytes) => files.push(Output {
@@ -272,15 +278,10 @@ fn run_meta(args: Args) -> ExitCode {
     };
     outcome.results.metagradient_out = g_path.as_ref().map(|p| p.display().to_string());
     outcome.results.metagradient_alpha_out = ga_path.as_ref().map(|p| p.display().to_string());
-    let json = match serde_json::to_vec_pretty(&outcome.results) {
-        Ok(j) => j,
-        Err(e) => return run_error(format!("cannot encode the results: {e}")),
+    let mut files = match results_file(&outcome.results, &out) {
+        Ok(f) => vec![f],
+        Err(e) => return run_error(e),
     };
-    let mut files = vec![Output {
-        path: &out,
-        bytes: json,
-        what: "--out",
-    }];
     let dim = m.dim();
     if let Some(p) = &g_path {
         match npy_bytes(&outcome.metagradient, &[dim]) {
@@ -396,15 +397,10 @@ fn run_toy(args: Args) -> ExitCode {
         Ok(r) => r,
         Err(e) => return run_error(e),
     };
-    let json = match serde_json::to_vec_pretty(&results) {
-        Ok(j) => j,
-        Err(e) => return run_error(format!("cannot encode the results: {e}")),
+    let mut files = match results_file(&results, &out) {
+        Ok(f) => vec![f],
+        Err(e) => return run_error(e),
     };
-    let mut files = vec![Output {
-        path: &out,
-        bytes: json,
-        what: "--out",
-    }];
     if let Some(p) = &plot_path {
         let curve = |title: &str, y: &str, f: &dyn Fn(&blo::experiment::toys::ToyStep) -> f64| {
             crate::plot::LinePlot {
