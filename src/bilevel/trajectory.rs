@@ -503,9 +503,11 @@ impl<'p> Trajectory<'p> {
             Ok(())
         };
         let steps = (t - k..t).rev();
-        if states[t].first().is_some_and(|s| s.device().is_cpu()) && Device::cpu_threads() > 1 {
+        let on_cpu = states[t].first().is_some_and(|s| s.device().is_cpu());
+        if on_cpu && Device::cpu_threads() > 1 && !crate::backend::cpu::threads::inside_half() {
             // On the CPU a second thread rebuilds step s−1 while this one back-propagates
             // through step s: the two halves of a reverse step take about as long each.
+            // Not inside half of a split batch, whose other half has the second core.
             pipeline(steps, &rebuild, &mut backprop)?;
         } else {
             for step in steps {

@@ -46,7 +46,7 @@ fn extra(method: &MetaMethod, m: &Mlp, dev: &Device, dtype: DType) -> Vec<Tensor
         .collect()
 }
 
-fn params(method: &MetaMethod, m: &Mlp, dev: &Device, dtype: DType) -> MetaParams {
+pub(super) fn params(method: &MetaMethod, m: &Mlp, dev: &Device, dtype: DType) -> MetaParams {
     let th = theta0(m, 7);
     MetaParams {
         theta: mlp::host_tensor(&th, &[th.len()], dev, dtype).unwrap(),

@@ -65,7 +65,14 @@
 //! rates α·M are the step-size tensors whose adjoint carries ζ's gradient; L2F pulls
 //! the sweep's dM/dw₀ back through its start γ ⊙ θ on the tape; WarpGrad runs the inner
 //! loop without a sweep, one step at a time, and keeps only the current iterate.
+//!
+//! # Two cores
+//! On the CPU with two or more cores, [`meta_gradient`] and [`meta_gradient_with`] (and
+//! so [`meta_train`]) compute the task batch of every method but iMAML in two halves at
+//! once, one per core, and combine their means (see `meta/halves.rs` for why and what
+//! it measured). Results agree with one core's (`BLO_CPU_THREADS=1`) to rounding.
 
+mod halves;
 mod l2f;
 mod mlp;
 mod mtnet;
@@ -314,6 +321,11 @@ fn check_extra(method: &MetaMethod, extra: &[Tensor]) -> Result<()> {
 /// [`meta_gradient`] for any method, with its meta-parameters in `params`. `noise_seed`
 /// seeds this call's randomness: MT-Net's logistic noise for the mask (one draw per
 /// task, [`logistic_noise`]); the other methods ignore it.
+///
+/// On the CPU with two or more cores, every method but iMAML computes the batch in two
+/// halves, one per core, and combines their means: the result agrees with
+/// `BLO_CPU_THREADS=1`'s to rounding (see `meta/halves.rs`). The method functions
+/// ([`maml`] and the others) compute a batch as one.
 pub fn meta_gradient_with(
     method: &MetaMethod,
     model: &Mlp,
@@ -322,7 +334,22 @@ pub fn meta_gradient_with(
     steps: usize,
     noise_seed: u64,
 ) -> Result<MetaGradient> {
-    let (theta, alpha) = (&params.theta, &params.alpha);
+    let split = halves::splits(method, tasks);
+    meta_gradient_split(method, model, tasks, params, steps, noise_seed, split)
+}
+
+/// [`meta_gradient_with`], with the batch computed in two halves (one per core when
+/// the second is free) if `split`, else as one.
+fn meta_gradient_split(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+    noise_seed: u64,
+    split: bool,
+) -> Result<MetaGradient> {
+    let alpha = &params.alpha;
     check_extra(method, &params.extra)?;
     if steps == 0 && method.needs_inner_steps() {
         return Err(invalid(
@@ -337,6 +364,47 @@ pub fn meta_gradient_with(
             "takes a scalar inner step size; only Meta-SGD learns a per-parameter α",
         )),
     };
+    // Drawn for the whole batch, so that a half gets its own tasks' noise.
+    let noise = match *method {
+        MetaMethod::MtNet { masked, .. } => mtnet::batch_noise(model, tasks, masked, noise_seed)?,
+        _ => None,
+    };
+    let all = tasks.tasks();
+    let batch = |tasks: &TaskBatch, first: usize| -> Result<MetaGradient> {
+        let noise = match &noise {
+            Some(noise) if tasks.tasks() < all => {
+                Some(mtnet::noise_rows(noise, first, tasks.tasks())?)
+            }
+            whole => whole.clone(),
+        };
+        one_batch(
+            method,
+            model,
+            tasks,
+            params,
+            steps,
+            noise.as_deref(),
+            scalar,
+        )
+    };
+    if split {
+        halves::in_halves(tasks, &batch)
+    } else {
+        batch(tasks, 0)
+    }
+}
+
+/// [`meta_gradient_with`]'s method on one batch, with MT-Net's mask noise drawn.
+fn one_batch(
+    method: &MetaMethod,
+    model: &Mlp,
+    tasks: &TaskBatch,
+    params: &MetaParams,
+    steps: usize,
+    noise: Option<&[Tensor]>,
+    scalar: impl Fn() -> Result<f64>,
+) -> Result<MetaGradient> {
+    let (theta, alpha) = (&params.theta, &params.alpha);
     match *method {
         MetaMethod::Maml => maml(model, tasks, theta, scalar()?, steps),
         MetaMethod::Fomaml => fomaml(model, tasks, theta, scalar()?, steps),
@@ -361,12 +429,8 @@ pub fn meta_gradient_with(
             scalar()?,
             steps,
         ),
-        MetaMethod::MtNet {
-            temperature,
-            masked,
-        } => {
-            let noise = mtnet::batch_noise(model, tasks, masked, noise_seed)?;
-            let mask = noise.as_ref().map(|noise| MtMask {
+        MetaMethod::MtNet { temperature, .. } => {
+            let mask = noise.map(|noise| MtMask {
                 logits: &params.extra[1],
                 noise,
                 temperature,

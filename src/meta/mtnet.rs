@@ -42,6 +42,17 @@ pub(super) fn batch_noise(
     logistic_noise(model, tasks.tasks(), seed, &tasks.device(), tasks.dtype()).map(Some)
 }
 
+/// The rows `first..first + len` (tasks) of each layer's noise.
+pub(super) fn noise_rows(noise: &[Tensor], first: usize, len: usize) -> Result<Vec<Tensor>> {
+    noise
+        .iter()
+        .map(|g| {
+            let f = g.shape()[1];
+            g.slice(first * f, len * f)?.reshape(&[len, f])
+        })
+        .collect()
+}
+
 /// Seeded logistic noise g = ln u − ln(1 − u), u ~ U(0, 1), for MT-Net's mask: one
 /// `[B, fan_out_l]` tensor per layer of `model`, drawn task by task from one ChaCha8
 /// stream seeded with `seed` (so a task run alone gets other noise than in a batch:

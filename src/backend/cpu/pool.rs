@@ -25,6 +25,14 @@ use crate::dtype::Element;
 /// [500, 10] arrays are 20 KB) by 7 %, from 48 KB MAML (its [32, 10, 40] activations
 /// are 51 KB) by half; from 32 KB neither.
 const MIN_BYTES: usize = 32 * 1024;
+/// The smallest array kept by the pool of a thread running half of a split task batch
+/// ([`in_two`](super::threads::in_two)), which is its own (no lock between the halves).
+/// It keeps smaller arrays than the shared pool because with two threads running,
+/// every time the allocator hands memory back to the kernel (trimming its heap after
+/// a free) the other core's TLB is flushed by an interrupt: measured, with halves of
+/// 16 sinusoid tasks (activations of 26 KB) that was a quarter of L2F's meta-gradient,
+/// which then took longer on two cores than on one.
+const HALF_MIN_BYTES: usize = 4 * 1024;
 /// Arrays larger than this go back to the allocator too: they are rare within a step,
 /// and filling them costs far more than mapping them.
 const MAX_ARRAY_BYTES: usize = 4 << 20;
@@ -39,6 +47,13 @@ struct Pool<T> {
 
 static F32: Mutex<Option<Pool<f32>>> = Mutex::new(None);
 static F64: Mutex<Option<Pool<f64>>> = Mutex::new(None);
+
+thread_local! {
+    /// This thread's own pools, used while it runs half of a split task batch (a
+    /// `Mutex` only to share the shared pools' code; it is never contended).
+    static HALF_F32: Mutex<Option<Pool<f32>>> = const { Mutex::new(None) };
+    static HALF_F64: Mutex<Option<Pool<f64>>> = const { Mutex::new(None) };
+}
 
 fn bytes_of<T>(elements: usize) -> usize {
     elements * std::mem::size_of::<T>()
@@ -96,12 +111,16 @@ pub(crate) fn stale<T: Element>(len: usize) -> Vec<T> {
 /// A recycled array of capacity `len` as it was given back (its elements kept), or an
 /// empty one with that capacity.
 fn recycled<T: Element>(len: usize) -> Vec<T> {
-    if bytes_of::<T>(len) >= MIN_BYTES {
+    let half = super::threads::inside_half();
+    let min = if half { HALF_MIN_BYTES } else { MIN_BYTES };
+    if bytes_of::<T>(len) >= min {
         // The element type is f32 or f64 by its DType; the casts are checked (size
         // and alignment), so another type simply gets a fresh array.
-        let recycled = match T::DTYPE {
-            DType::F32 => take_from(&F32, len).and_then(|v| bytemuck::try_cast_vec(v).ok()),
-            DType::F64 => take_from(&F64, len).and_then(|v| bytemuck::try_cast_vec(v).ok()),
+        let recycled = match (T::DTYPE, half) {
+            (DType::F32, false) => take_from(&F32, len).and_then(cast),
+            (DType::F64, false) => take_from(&F64, len).and_then(cast),
+            (DType::F32, true) => HALF_F32.with(|p| take_from(p, len)).and_then(cast),
+            (DType::F64, true) => HALF_F64.with(|p| take_from(p, len)).and_then(cast),
         };
         if let Some(v) = recycled {
             return v;
@@ -117,23 +136,24 @@ pub(crate) fn zeros<T: Element>(len: usize) -> Vec<T> {
     v
 }
 
-/// Hands `v` to the pool, unless it is small or large.
+/// `v` as a vector of `U` when `T` is `U` (the casts are checked: size and alignment).
+fn cast<T: bytemuck::Pod, U: bytemuck::Pod>(v: Vec<T>) -> Option<Vec<U>> {
+    bytemuck::try_cast_vec(v).ok()
+}
+
+/// Hands `v` to the pool the calling thread uses now, unless it is small or large.
 pub(crate) fn give<T: Element>(v: Vec<T>) {
-    if !(MIN_BYTES..=MAX_ARRAY_BYTES).contains(&bytes_of::<T>(v.capacity())) {
+    let half = super::threads::inside_half();
+    let min = if half { HALF_MIN_BYTES } else { MIN_BYTES };
+    if !(min..=MAX_ARRAY_BYTES).contains(&bytes_of::<T>(v.capacity())) {
         return;
     }
-    match T::DTYPE {
-        DType::F32 => {
-            if let Ok(v) = bytemuck::try_cast_vec::<T, f32>(v) {
-                give_to(&F32, v);
-            }
-        }
-        DType::F64 => {
-            if let Ok(v) = bytemuck::try_cast_vec::<T, f64>(v) {
-                give_to(&F64, v);
-            }
-        }
-    }
+    match (T::DTYPE, half) {
+        (DType::F32, false) => cast(v).map(|v| give_to(&F32, v)),
+        (DType::F64, false) => cast(v).map(|v| give_to(&F64, v)),
+        (DType::F32, true) => cast(v).map(|v| HALF_F32.with(|p| give_to(p, v))),
+        (DType::F64, true) => cast(v).map(|v| HALF_F64.with(|p| give_to(p, v))),
+    };
 }
 
 /// Bytes the f64 pool holds now.

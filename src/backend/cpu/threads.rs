@@ -11,15 +11,20 @@
 //! the second half and the caller the first, so each core keeps re-reading the same
 //! half of the matrix from its own L2.
 //!
+//! The same helper runs half of a coarser computation ([`in_two`]): a meta-gradient's
+//! task batch is split in two halves, one per core.
+//!
 //! [`cores`] is the one count of CPU threads blo uses: `BLO_CPU_THREADS=1` keeps every
-//! pass, RAD's reverse sweep and large GEMMs on the calling thread.
+//! pass, RAD's reverse sweep, large GEMMs and meta-gradient halves on the calling
+//! thread.
 
 // Only the x86-64 kernels split passes; elsewhere just `cores` and `both_cores_busy`
 // are used.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use std::sync::OnceLock;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -188,18 +193,69 @@ impl Drop for Published {
     }
 }
 
+thread_local! {
+    /// True on a thread while it runs a half of [`in_two`].
+    static IN_HALF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while the calling thread runs a half of [`in_two`]: a computation that splits
+/// itself in two does not split again inside a half.
+pub(crate) fn inside_half() -> bool {
+    IN_HALF.with(Cell::get)
+}
+
+/// Sets [`IN_HALF`] for this thread until dropped (also when a half unwinds).
+struct InHalf(bool);
+
+impl InHalf {
+    fn enter() -> InHalf {
+        InHalf(IN_HALF.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for InHalf {
+    fn drop(&mut self) {
+        IN_HALF.with(|f| f.set(self.0));
+    }
+}
+
+/// `[work(0), work(1)]` for two halves that are whole computations of their own: on
+/// the two cores when the helper is free, one after the other on this thread
+/// otherwise, so what they return does not depend on which happened. Both cores count
+/// as busy meanwhile (passes inside stay on their own thread, and RAD's reverse sweep
+/// starts no thread), and [`inside_half`] is true inside either half.
+pub(crate) fn in_two<R: Send>(work: &(dyn Fn(usize) -> R + Sync)) -> [R; 2] {
+    let slots: [Mutex<Option<R>>; 2] = [Mutex::new(None), Mutex::new(None)];
+    let run = |half: usize| {
+        let _inside = InHalf::enter();
+        let out = work(half);
+        *slots[half].lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
+    };
+    run_halves_with(&run, true);
+    slots.map(|slot| {
+        slot.into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("run_halves runs each half exactly once")
+    })
+}
+
 /// Runs `work(0)` and `work(1)`, on two cores when the helper is free.
 pub(crate) fn run_halves(work: &(dyn Fn(usize) + Sync)) {
-    let Some(h) = helper().filter(|_| BOTH_BUSY.load(Ordering::Relaxed) == 0) else {
+    run_halves_with(work, false)
+}
+
+/// [`run_halves`], with both cores marked busy while the halves run when `mark_busy`.
+fn run_halves_with(work: &(dyn Fn(usize) + Sync), mark_busy: bool) {
+    let free = helper()
+        .filter(|_| BOTH_BUSY.load(Ordering::Relaxed) == 0)
+        .filter(|h| !h.busy.swap(true, Ordering::Acquire));
+    // Marked only now: the helper is taken only when no coarser section is running.
+    let _busy = mark_busy.then(both_cores_busy);
+    let Some(h) = free else {
         work(0);
         work(1);
         return;
     };
-    if h.busy.swap(true, Ordering::Acquire) {
-        work(0);
-        work(1);
-        return;
-    }
     let job = Job {
         run: work,
         claimed: [AtomicBool::new(false), AtomicBool::new(false)],
@@ -219,13 +275,30 @@ pub(crate) fn run_halves(work: &(dyn Fn(usize) + Sync)) {
     drop(published);
     assert!(
         !job.panicked.load(Ordering::SeqCst),
-        "a half of a CPU matrix–vector pass panicked on the helper thread"
+        "a half of a CPU computation panicked on the helper thread"
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `in_two` returns the halves' results in order, marks the threads running them
+    /// (and only while they do), and a panicking half comes out of it.
+    #[test]
+    fn in_two_returns_both_halves_in_order() {
+        for _ in 0..200 {
+            let got = in_two(&|h| (h * 10 + 1, inside_half(), BOTH_BUSY.load(Ordering::SeqCst)));
+            assert_eq!(got.map(|r| r.0), [1, 11]);
+            assert!(got.iter().all(|r| r.1 && r.2 > 0), "{got:?}");
+            assert!(!inside_half());
+        }
+        let nested = in_two(&|h| in_two(&|g| 2 * h + g));
+        assert_eq!(nested, [[0, 1], [2, 3]]);
+        let outcome = std::panic::catch_unwind(|| in_two(&|h| assert_ne!(h, 1, "half 1 fails")));
+        assert!(outcome.is_err());
+        assert!(!inside_half(), "the flag is cleared when a half unwinds");
+    }
 
     /// Both halves run exactly once whichever thread takes them, thousands of times in a
     /// row (one job address reused); a panicking half, on either thread, comes out of
