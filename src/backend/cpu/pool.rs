@@ -6,7 +6,8 @@
 //! every step faulted fresh zeroed pages in again: measured, a fifth of a MAML step on
 //! the CPU (32 tasks, 1-40-40-1) was page faults, page clearing and unmapping. Here the
 //! arrays of dropped CPU tensors (from [`MIN_BYTES`] up) wait in per-length free lists
-//! and the CPU ops take their outputs from them.
+//! and the CPU ops take their outputs from them. A thread running half of a split task
+//! batch uses a pool of its own, from [`HALF_MIN_BYTES`] up.
 //!
 //! The pool is bounded: past [`MAX_BYTES`] it is emptied (everything handed back to the
 //! allocator) before taking the new array, so a program whose sizes change does not
@@ -26,7 +27,8 @@ use crate::dtype::Element;
 /// are 51 KB) by half; from 32 KB neither.
 const MIN_BYTES: usize = 32 * 1024;
 /// The smallest array kept by the pool of a thread running half of a split task batch
-/// ([`in_two`](super::threads::in_two)), which is its own (no lock between the halves).
+/// ([`in_two`](super::threads::in_two)), which is its own (no lock between the halves;
+/// bounded by [`MAX_BYTES`] like the shared one, and kept for the thread's next half).
 /// It keeps smaller arrays than the shared pool because with two threads running,
 /// every time the allocator hands memory back to the kernel (trimming its heap after
 /// a free) the other core's TLB is flushed by an interrupt: measured, with halves of
@@ -165,6 +167,28 @@ fn pooled_bytes_f64() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inside half of a split batch, arrays from [`HALF_MIN_BYTES`] (below the shared
+    /// pool's minimum) come back from the thread's own pool, which stays bounded; the
+    /// pool is the thread's alone, so this checks pointers exactly.
+    #[test]
+    fn a_half_recycles_smaller_arrays_in_its_own_pool() {
+        let checks = super::super::threads::in_two(&|_| {
+            let len = HALF_MIN_BYTES / 8 + 11;
+            assert!(bytes_of::<f64>(len) < MIN_BYTES);
+            let v: Vec<f64> = vec![2.0; len];
+            let ptr = v.as_ptr();
+            give(v);
+            let again: Vec<f64> = take(len);
+            let recycled = again.as_ptr() == ptr && again.is_empty() && again.capacity() == len;
+            for _ in 0..((2 * MAX_BYTES) >> 20) {
+                give(vec![0.0f64; (1 << 20) / 8]);
+            }
+            let bounded = HALF_F64.with(|p| with_pool(p, |p| p.bytes)) <= MAX_BYTES;
+            (recycled, bounded)
+        });
+        assert_eq!(checks, [(true, true), (true, true)]);
+    }
 
     /// A large array comes back with its capacity and is handed out again empty; small
     /// ones are not kept; the pool never holds more than its bound. Uses f64 at a

@@ -71,6 +71,9 @@ fn helper() -> Option<&'static Helper> {
         let (tx, rx) = std::sync::mpsc::channel::<&'static Helper>();
         let spawned = std::thread::Builder::new()
             .name("blo-cpu-pair".into())
+            // It runs whole meta-gradients (half a task batch): the main thread's usual
+            // stack, not a spawned thread's 2 MiB.
+            .stack_size(8 << 20)
             .spawn(move || {
                 let helper: &'static Helper = Box::leak(Box::new(Helper {
                     job: AtomicPtr::new(std::ptr::null_mut()),
