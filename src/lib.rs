@@ -46,7 +46,7 @@ pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
-pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp};
+pub use autodiff::{HvpOperator, grad, hvp, mixed, mixed_t, no_grad, vjp, vjp_many};
 pub use device::{
     AdapterInfo, CustomKernel, Device, DeviceChoice, DeviceSpec, GpuContext, GpuProfile,
     KernelTime, MemoryStats, TuneMode, TuneResult,

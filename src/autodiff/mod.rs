@@ -85,12 +85,38 @@ pub fn vjp(
     wrt: &[&Tensor],
     create_graph: bool,
 ) -> Result<Vec<Tensor>> {
-    if seed.shape() != output.shape() {
-        return Err(crate::Error::ShapeMismatch {
-            op: "vjp",
-            lhs: output.shape().to_vec(),
-            rhs: seed.shape().to_vec(),
-        });
+    vjp_many(&[output], &[seed], wrt, create_graph)
+}
+
+/// Σ_j seeds_j ⊙ ∂outputs_j/∂wrt for each tensor in `wrt`: one reverse sweep for
+/// several outputs, the same as [`grad`] of Σ_j ⟨seeds_j, outputs_j⟩ without the inner
+/// products and their backward passes (a reverse sweep through an inner step has
+/// one output per parameter tensor).
+pub fn vjp_many(
+    outputs: &[&Tensor],
+    seeds: &[&Tensor],
+    wrt: &[&Tensor],
+    create_graph: bool,
+) -> Result<Vec<Tensor>> {
+    if outputs.len() != seeds.len() {
+        return Err(invalid(
+            "vjp",
+            format!(
+                "give one seed per output: {} output(s), {} seed(s)",
+                outputs.len(),
+                seeds.len()
+            ),
+        ));
+    }
+    for (output, seed) in outputs.iter().zip(seeds) {
+        if seed.shape() != output.shape() {
+            return Err(crate::Error::ShapeMismatch {
+                op: "vjp",
+                lhs: output.shape().to_vec(),
+                rhs: seed.shape().to_vec(),
+            });
+        }
+        crate::tensor::same_place("vjp", output, seed)?;
     }
     for (i, w) in wrt.iter().enumerate() {
         if w.node.is_none() {
@@ -104,7 +130,7 @@ pub fn vjp(
         }
     }
     let wanted: IdSet = wrt.iter().map(|w| node_id(w)).collect();
-    let grads = with_grad_mode(create_graph, || backward(output, seed, &wanted))?;
+    let grads = with_grad_mode(create_graph, || backward(outputs, seeds, &wanted))?;
     wrt.iter()
         .map(|w| match grads.get(&node_id(w)) {
             Some(g) => Ok(g.clone()),
@@ -117,44 +143,55 @@ fn node_id(t: &Tensor) -> u64 {
     t.node.as_ref().map_or(0, |n| n.id)
 }
 
-/// Reverse sweep: accumulates gradients of every node on a path to a wanted node.
-fn backward(output: &Tensor, seed: &Tensor, wanted: &IdSet) -> Result<IdMap<Tensor>> {
-    let Some(root) = output.node.clone() else {
-        return Ok(IdMap::default());
-    };
-    // Post-order DFS (iterative: graphs of unrolled loops are deep), keeping only nodes
-    // from which a wanted node is reachable.
+/// Reverse sweep from `outputs` seeded with `seeds`: accumulates gradients of every
+/// node on a path to a wanted node.
+fn backward(outputs: &[&Tensor], seeds: &[&Tensor], wanted: &IdSet) -> Result<IdMap<Tensor>> {
+    // Post-order DFS from each output in turn (iterative: graphs of unrolled loops are
+    // deep), keeping only nodes from which a wanted node is reachable. Reversed, the
+    // post-order of the whole forest is a topological order.
     let mut order: Vec<Arc<Node>> = Vec::new();
     let mut reaches: IdMap<bool> = IdMap::default();
-    let mut stack: Vec<(Arc<Node>, usize)> = vec![(root.clone(), 0)];
     let mut visiting: IdSet = IdSet::default();
-    visiting.insert(root.id);
-    while let Some((node, next)) = stack.pop() {
-        if next < node.inputs.len() {
-            let child = node.inputs[next].node.clone();
-            stack.push((node, next + 1));
-            if let Some(child) = child
-                && !reaches.contains_key(&child.id)
-                && visiting.insert(child.id)
-            {
-                stack.push((child, 0));
-            }
-        } else {
-            let r = wanted.contains(&node.id)
-                || node.inputs.iter().any(|t| {
-                    t.node
-                        .as_ref()
-                        .is_some_and(|c| reaches.get(&c.id) == Some(&true))
-                });
-            reaches.insert(node.id, r);
-            if r {
-                order.push(node);
+    let mut stack: Vec<(Arc<Node>, usize)> = Vec::new();
+    for root in outputs.iter().filter_map(|o| o.node.clone()) {
+        if visiting.insert(root.id) {
+            stack.push((root, 0));
+        }
+        while let Some((node, next)) = stack.pop() {
+            if next < node.inputs.len() {
+                let child = node.inputs[next].node.clone();
+                stack.push((node, next + 1));
+                if let Some(child) = child
+                    && !reaches.contains_key(&child.id)
+                    && visiting.insert(child.id)
+                {
+                    stack.push((child, 0));
+                }
+            } else {
+                let r = wanted.contains(&node.id)
+                    || node.inputs.iter().any(|t| {
+                        t.node
+                            .as_ref()
+                            .is_some_and(|c| reaches.get(&c.id) == Some(&true))
+                    });
+                reaches.insert(node.id, r);
+                if r {
+                    order.push(node);
+                }
             }
         }
     }
 
     let mut grads: IdMap<Tensor> = IdMap::default();
-    grads.insert(root.id, seed.detach());
+    for (output, seed) in outputs.iter().zip(seeds) {
+        let Some(root) = &output.node else { continue };
+        let seed = seed.detach();
+        let acc = match grads.remove(&root.id) {
+            Some(prev) => prev.add(&seed)?,
+            None => seed,
+        };
+        grads.insert(root.id, acc);
+    }
     for node in order.iter().rev() {
         let Some(g) = grads.get(&node.id).cloned() else {
             continue;
@@ -227,10 +264,7 @@ impl HvpOperator {
     /// H v, block by block (one direction tensor per parameter tensor).
     pub fn hvp(&self, v: &[&Tensor]) -> Result<Vec<Tensor>> {
         let w: Vec<&Tensor> = self.w.iter().collect();
-        with_grad_mode(true, || {
-            let gv = dot_many("hvp", &self.grad_w, v)?;
-            grad(&gv, &w, false)
-        })
+        with_grad_mode(true, || directional("hvp", &self.grad_w, v, &w))
     }
 
     /// H v for a single parameter tensor.
@@ -241,10 +275,7 @@ impl HvpOperator {
     /// (∂²L/∂λ∂w) v = ∇_λ (∇_w L · v) for tensors `lambda` the loss was computed from.
     /// λ-tensors the loss does not depend on get zeros.
     pub fn mixed(&self, lambda: &[&Tensor], v: &[&Tensor]) -> Result<Vec<Tensor>> {
-        with_grad_mode(true, || {
-            let gv = dot_many("mixed", &self.grad_w, v)?;
-            grad(&gv, lambda, false)
-        })
+        with_grad_mode(true, || directional("mixed", &self.grad_w, v, lambda))
     }
 }
 
@@ -277,21 +308,25 @@ pub fn mixed_t(
 ) -> Result<Vec<Tensor>> {
     with_grad_mode(true, || {
         let g = grad(loss, lambda, true)?;
-        let gu = dot_many("mixed_t", &g, u)?;
-        grad(&gu, w, false)
+        directional("mixed_t", &g, u, w)
     })
 }
 
-/// Σ_i ⟨a_i, b_i⟩ as a 0-d tensor on the graph.
-fn dot_many(op: &'static str, a: &[Tensor], b: &[&Tensor]) -> Result<Tensor> {
-    if a.len() != b.len() || a.is_empty() {
+/// ∇_wrt Σ_i ⟨g_i, v_i⟩ for gradients `g` on the graph and constant directions `v`
+/// (one per gradient, of its shape): one reverse sweep seeded with the directions.
+fn directional(
+    op: &'static str,
+    g: &[Tensor],
+    v: &[&Tensor],
+    wrt: &[&Tensor],
+) -> Result<Vec<Tensor>> {
+    if g.len() != v.len() || g.is_empty() {
         return Err(invalid(
             op,
-            format!("expected {} direction tensor(s), got {}", a.len(), b.len()),
+            format!("expected {} direction tensor(s), got {}", g.len(), v.len()),
         ));
     }
-    let mut total: Option<Tensor> = None;
-    for (x, y) in a.iter().zip(b) {
+    for (x, y) in g.iter().zip(v) {
         if x.shape() != y.shape() {
             return Err(crate::Error::ShapeMismatch {
                 op,
@@ -299,13 +334,9 @@ fn dot_many(op: &'static str, a: &[Tensor], b: &[&Tensor]) -> Result<Tensor> {
                 rhs: y.shape().to_vec(),
             });
         }
-        let d = x.dot(&y.detach())?;
-        total = Some(match total {
-            Some(t) => t.add(&d)?,
-            None => d,
-        });
+        crate::tensor::same_place(op, x, y)?;
     }
-    Ok(total.expect("non-empty checked above"))
+    vjp_many(&g.iter().collect::<Vec<_>>(), v, wrt, false)
 }
 
 #[cfg(test)]

@@ -644,3 +644,46 @@ fn only_ops_whose_rule_reads_the_output_keep_it() {
     assert!(!kept(x.matmul_t(&x, false, true)));
     assert!(!kept(x.sum()));
 }
+
+/// `vjp_many` equals `grad` of Σ_j ⟨seed_j, output_j⟩ taken the long way: for outputs
+/// that share a subgraph, the same output given twice (its seeds add up), and an output
+/// off the graph (it contributes nothing); mismatched seeds are clear errors.
+#[test]
+fn vjp_many_equals_the_gradient_of_the_seeded_sum() {
+    let (x, y) = (
+        t64(&[3, 4], 1).requires_grad(),
+        t64(&[4], 2).requires_grad(),
+    );
+    let shared = x.mul(&y).unwrap().tanh().unwrap();
+    let a = shared.sum_axis(1, false).unwrap();
+    let b = shared.mul(&x).unwrap();
+    let constant = t64(&[2], 3);
+    let (sa, sb, sb2, sc) = (t64(&[3], 4), t64(&[3, 4], 5), t64(&[3, 4], 6), t64(&[2], 7));
+    let got = vjp_many(
+        &[&a, &b, &constant, &b],
+        &[&sa, &sb, &sc, &sb2],
+        &[&x, &y],
+        false,
+    )
+    .unwrap();
+    let total = a
+        .dot(&sa)
+        .unwrap()
+        .add(&b.dot(&sb.add(&sb2).unwrap()).unwrap())
+        .unwrap();
+    let want = grad(&total, &[&x, &y], false).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert_close(&vals(g), &vals(w), 1e-13, 1e-15, "vjp_many");
+    }
+    assert!(
+        vals(&got[1]).iter().any(|v| v.abs() > 1e-3),
+        "a gradient that is not trivially zero"
+    );
+    let count = vjp_many(&[&a, &b], &[&sa], &[&x], false).unwrap_err();
+    assert!(count.to_string().contains("one seed per output"), "{count}");
+    let shape = vjp_many(&[&a], &[&sb], &[&x], false).unwrap_err();
+    assert!(
+        matches!(shape, crate::Error::ShapeMismatch { .. }),
+        "{shape}"
+    );
+}

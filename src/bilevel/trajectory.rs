@@ -8,7 +8,7 @@
 
 use super::methods::bda::Aggregation;
 use super::{Inner, InnerOptimizer, Problem, bytes_of, detach_all, dot_list, refs, track};
-use crate::autodiff::{grad, no_grad};
+use crate::autodiff::{grad, no_grad, vjp_many};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::Tensor;
@@ -488,11 +488,20 @@ impl<'p> Trajectory<'p> {
             l.extend(a);
             Ok((s, l, next))
         };
+        let on_cpu = states[t].first().is_some_and(|s| s.device().is_cpu());
         let mut backprop = |(s, l, next): &StepGraph| -> Result<()> {
-            let adj_dot = dot_list(next, &adj)?;
             let mut wrt = refs(s);
             wrt.extend(refs(l));
-            let mut grads = grad(&adj_dot, &wrt, false)?;
+            // One sweep seeded with the adjoint on the CPU (no inner products: a
+            // seventh fewer ops per MAML step). On the GPU the fused inner products
+            // read the adjoint out each step; seeded, its deferred expression grew
+            // across steps (ridge RAD: 28.5 dispatches per step instead of 24, and
+            // 39 kernels compiled instead of 10).
+            let mut grads = if on_cpu {
+                vjp_many(&refs(next), &refs(&adj), &wrt, false)?
+            } else {
+                grad(&dot_list(next, &adj)?, &wrt, false)?
+            };
             let mut gl = grads.split_off(s.len());
             let ga = gl.split_off(nl);
             hyper = add_lists(&hyper, &gl)?;
@@ -503,7 +512,6 @@ impl<'p> Trajectory<'p> {
             Ok(())
         };
         let steps = (t - k..t).rev();
-        let on_cpu = states[t].first().is_some_and(|s| s.device().is_cpu());
         if on_cpu && Device::cpu_threads() > 1 && !crate::backend::cpu::threads::inside_half() {
             // On the CPU a second thread rebuilds step s−1 while this one back-propagates
             // through step s: the two halves of a reverse step take about as long each.
