@@ -18,8 +18,8 @@
 //! pass, RAD's reverse sweep, large GEMMs and meta-gradient halves on the calling
 //! thread.
 
-// Only the x86-64 kernels split passes; elsewhere just `cores` and `both_cores_busy`
-// are used.
+// Only the x86-64 kernels split passes; elsewhere just `cores`, `both_cores_busy` and
+// `in_two` are used.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use std::cell::Cell;
