@@ -13,7 +13,7 @@ use crate::device::Device;
 use crate::tensor::DType;
 use crate::testing::{assert_close, fresh_gpu_or_skip, gpu_or_skip, rel_err};
 
-fn new_methods() -> Vec<MetaMethod> {
+pub(super) fn new_methods() -> Vec<MetaMethod> {
     vec![
         MetaMethod::L2f { hidden: None },
         MetaMethod::MtNet {

@@ -104,7 +104,7 @@ fn mismatch(what: &str) -> crate::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::extra_tests::params;
+    use super::super::extra_tests::{new_methods, params};
     use super::super::tests::{host, net, sin_tasks};
     use super::super::*;
     use super::splits;
@@ -126,23 +126,14 @@ mod tests {
         let dev = Device::cpu();
         let m = net(Activation::Relu);
         let tasks = sin_tasks(5, 4, 91, &dev, DType::F64);
-        for method in [
+        let family = [
             MetaMethod::Maml,
             MetaMethod::Fomaml,
             MetaMethod::MetaSgd,
             MetaMethod::Anil,
             MetaMethod::Reptile,
-            MetaMethod::L2f { hidden: None },
-            MetaMethod::MtNet {
-                temperature: 0.7,
-                masked: true,
-            },
-            MetaMethod::MtNet {
-                temperature: 1.0,
-                masked: false,
-            },
-            MetaMethod::WarpGrad { layers: None },
-        ] {
+        ];
+        for method in family.into_iter().chain(new_methods()) {
             let mut p = params(&method, &m, &dev, DType::F64);
             if method == MetaMethod::MetaSgd {
                 let a: Vec<f64> = (0..m.dim())

@@ -3,9 +3,9 @@
 
 use super::mlp::{batched, host_tensor};
 use super::{Adaptation, MetaGradient, Mlp, TaskBatch, check, gd, output, start, timed};
-use crate::autodiff::{grad, no_grad};
+use crate::autodiff::{grad, no_grad, vjp_many};
 use crate::bilevel::trajectory::Trajectory;
-use crate::bilevel::{detach_all, dot_list, refs, track};
+use crate::bilevel::{detach_all, refs, track};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::{DType, Tensor, same_place};
@@ -170,11 +170,10 @@ pub fn l2f(
         let trajectory = Trajectory::run(&problem, &[], &detach_all(&w0), &gd(alpha, steps))?;
         let (loss, gw, _) = super::query_grads(&problem, trajectory.w(steps), &[])?;
         let adjoint = trajectory.reverse(steps, gw, vec![])?;
-        // dM/dw₀ pulled back through the start: ⟨w₀(θ, φ), a₀⟩ differentiated.
-        let pull = dot_list(&w0, &adjoint.dw)?;
+        // dM/dw₀ pulled back through the start: one sweep from w₀(θ, φ) seeded with a₀.
         let mut wrt = vec![&theta_t, &phi_t];
         wrt.extend(refs(&at));
-        let mut g = grad(&pull, &wrt, false)?;
+        let mut g = vjp_many(&refs(&w0), &refs(&adjoint.dw), &wrt, false)?;
         let through_at = g.split_off(2);
         let (dtheta, dphi) = no_grad(|| -> Result<_> {
             let via_gradient = model.flatten(&through_at)?;

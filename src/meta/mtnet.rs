@@ -8,9 +8,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::mlp::{batched, host_tensor};
 use super::{MetaGradient, Mlp, TaskBatch, check, gd, output, start, timed};
-use crate::autodiff::{grad, no_grad};
+use crate::autodiff::{grad, no_grad, vjp_many};
 use crate::bilevel::trajectory::{Trajectory, run_to_end_scaled};
-use crate::bilevel::{Problem, dot_list, refs, track};
+use crate::bilevel::{Problem, refs, track};
 use crate::device::Device;
 use crate::error::{Result, invalid};
 use crate::tensor::{DType, Tensor, same_place};
@@ -347,8 +347,7 @@ pub fn mt_net(
         out.extra = vec![("T", dt)];
         if let Some(z) = &zeta {
             // The step sizes' adjoint pulled back to ζ through the straight-through mask.
-            let pull = dot_list(&rates, &adjoint.dalpha)?;
-            let dz = grad(&pull, &[z], false)?.remove(0);
+            let dz = vjp_many(&refs(&rates), &refs(&adjoint.dalpha), &[z], false)?.remove(0);
             out.extra.push(("zeta", dz));
         }
         out.stored_bytes = trajectory.stored_bytes();

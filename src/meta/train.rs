@@ -364,24 +364,11 @@ fn predictions(
             prox,
         };
         let (lr, a) = match alpha {
-            StepSize::Scalar(a) => {
-                if !(a.is_finite() && *a > 0.0) {
-                    return Err(invalid(
-                        "adapt",
-                        format!("the inner step size α must be finite and > 0, got {a}"),
-                    ));
-                }
-                (*a, vec![])
-            }
+            StepSize::Scalar(_) => (scalar()?, vec![]),
             StepSize::PerParameter(a) => {
                 model.check_theta("Meta-SGD's α", a)?;
                 same_place("α vs θ", a, theta)?;
-                let pieces = model.unflatten(&a.detach())?;
-                let a: Vec<Tensor> = pieces[head..]
-                    .iter()
-                    .map(|p| batched(p, b))
-                    .collect::<Result<_>>()?;
-                (1.0, a)
+                (1.0, super::start(model, a, b)?.split_off(head))
             }
         };
         let w = run_to_end_scaled(&problem, &body, &w0, &gd(lr, steps), &a)?;
