@@ -4,34 +4,11 @@
 //! system must be as it was: no partial output, no pre-existing file removed or
 //! overwritten.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("blo-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
 
-fn run(config: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blo"))
-        .arg("run")
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{blo, run, scratch, text};
 
 /// A small ridge run on the CPU with `extra` lines at the top level and `table` lines
 /// replacing the default tables' keys.
@@ -274,7 +251,7 @@ fn huge_counts_in_a_config_are_config_errors_naming_the_key() {
 fn the_demo_writes_both_outputs_or_neither() {
     let dir = scratch("demo");
     std::fs::create_dir_all(dir.join("blo-demo.svg")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_blo"))
+    let o = blo()
         .args([
             "--device",
             "cpu",

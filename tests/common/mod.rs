@@ -41,10 +41,11 @@ pub fn run(config: &Path, out: &Path) -> Output {
         .unwrap()
 }
 
-/// A run's stdout and stderr, for assertion messages.
+/// A run's exit code, stdout and stderr, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(
-        "stdout:\n{}\nstderr:\n{}",
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
